@@ -1,0 +1,217 @@
+// fastconv._cpu: pybind11 bindings of the CPU kernels.
+//
+// The Python layer validates every argument and allocates the outputs; this layer checks
+// again that each buffer is float32, C-contiguous and exactly the size its geometry says
+// (so a direct call with a wrong buffer raises instead of touching memory), picks the
+// AVX2 or generic kernels, and releases the GIL while a kernel runs.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+
+#include "cpu/kernels.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace py = pybind11;
+using fastconv::ConvGeometry;
+using fastconv::PoolGeometry;
+
+namespace fastconv::cpu {
+
+namespace {
+std::atomic<int> g_threads{0};  // 0: not set yet, use OpenMP's default
+std::atomic<bool> g_avx2{false};
+
+bool cpu_has_avx2() {
+#if FASTCONV_HAVE_AVX2 && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+}  // namespace
+
+int num_threads() {
+  const int n = g_threads.load();
+#ifdef _OPENMP
+  return n > 0 ? n : omp_get_max_threads();
+#else
+  (void)n;
+  return 1;
+#endif
+}
+
+}  // namespace fastconv::cpu
+
+namespace {
+
+namespace cpu = fastconv::cpu;
+
+// Runs the AVX2 build of a kernel where the CPU has it, the generic build elsewhere.
+#if FASTCONV_HAVE_AVX2
+#define DISPATCH(kernel, ...) \
+  (cpu::g_avx2.load() ? cpu::avx2::kernel(__VA_ARGS__) : cpu::generic::kernel(__VA_ARGS__))
+#else
+#define DISPATCH(kernel, ...) cpu::generic::kernel(__VA_ARGS__)
+#endif
+
+const float* checked(const py::array& a, int64_t size, const char* name, bool output = false) {
+  if (a.dtype().kind() != 'f' || a.itemsize() != 4 || a.dtype().byteorder() == '>')
+    throw py::type_error(std::string(name) + " must be a float32 array");
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + " must be C-contiguous");
+  if (a.size() != size)
+    throw py::value_error(std::string(name) + " has " + std::to_string(a.size()) +
+                          " elements, the geometry needs " + std::to_string(size));
+  if (output && !a.writeable()) throw py::value_error(std::string(name) + " is read-only");
+  return static_cast<const float*>(a.data());
+}
+
+float* output(const py::array& a, int64_t size, const char* name) {
+  return const_cast<float*>(checked(a, size, name, true));
+}
+
+void require(bool ok, const char* what) {
+  if (!ok) throw py::value_error(std::string("invalid geometry: ") + what);
+}
+
+ConvGeometry conv_geometry(const std::array<int64_t, ConvGeometry::kFields>& fields) {
+  const ConvGeometry g = ConvGeometry::from_array(fields);
+  require(g.n >= 0 && g.c_in > 0 && g.h > 0 && g.w > 0 && g.c_out > 0 && g.kh > 0 && g.kw > 0,
+          "sizes must be positive");
+  require(g.stride_h > 0 && g.stride_w > 0 && g.dil_h > 0 && g.dil_w > 0, "stride/dilation > 0");
+  require(g.groups > 0 && g.c_in % g.groups == 0 && g.c_out % g.groups == 0, "groups");
+  require(g.oh > 0 && g.ow > 0, "empty output");
+  // Windows may reach past the input on any side: every kernel bounds-checks its reads.
+  require(g.pad_top >= 0 && g.pad_left >= 0, "padding must be >= 0");
+  return g;
+}
+
+PoolGeometry pool_geometry(const std::array<int64_t, PoolGeometry::kFields>& fields) {
+  const PoolGeometry g = PoolGeometry::from_array(fields);
+  require(g.n >= 0 && g.c > 0 && g.h > 0 && g.w > 0 && g.kh > 0 && g.kw > 0, "sizes");
+  require(g.stride_h > 0 && g.stride_w > 0, "stride > 0");
+  require(g.kind >= 0 && g.kind <= 3, "pool kind");
+  require(g.oh > 0 && g.ow > 0 && g.pad_top >= 0 && g.pad_left >= 0, "output size");
+  // Every window must hold a real cell: first and last windows overlap the input.
+  require(g.pad_top < g.kh && g.pad_left < g.kw &&
+              (g.oh - 1) * g.stride_h - g.pad_top < g.h && (g.ow - 1) * g.stride_w - g.pad_left < g.w,
+          "a window would hold only padding");
+  return g;
+}
+
+void conv2d_forward(const py::array& x, const py::array& w, const py::object& bias,
+                    const py::array& y, const std::array<int64_t, ConvGeometry::kFields>& f) {
+  const ConvGeometry g = conv_geometry(f);
+  const float* b = bias.is_none() ? nullptr : checked(bias.cast<py::array>(), g.c_out, "bias");
+  const float *px = checked(x, g.x_size(), "x"), *pw = checked(w, g.w_size(), "w");
+  float* py_ = output(y, g.y_size(), "y");
+  if (g.n == 0) return;
+  py::gil_scoped_release release;
+  DISPATCH(conv2d_forward, g, px, pw, b, py_);
+}
+
+void conv2d_backward_input(const py::array& dy, const py::array& w, const py::array& dx,
+                           const std::array<int64_t, ConvGeometry::kFields>& f) {
+  const ConvGeometry g = conv_geometry(f);
+  const float *pdy = checked(dy, g.y_size(), "dy"), *pw = checked(w, g.w_size(), "w");
+  float* pdx = output(dx, g.x_size(), "dx");
+  if (g.n == 0) return;
+  py::gil_scoped_release release;
+  DISPATCH(conv2d_backward_input, g, pdy, pw, pdx);
+}
+
+void conv2d_backward_weight(const py::array& dy, const py::array& x, const py::array& dw,
+                            const std::array<int64_t, ConvGeometry::kFields>& f) {
+  const ConvGeometry g = conv_geometry(f);
+  const float *pdy = checked(dy, g.y_size(), "dy"), *px = checked(x, g.x_size(), "x");
+  float* pdw = output(dw, g.w_size(), "dw");
+  py::gil_scoped_release release;
+  if (g.n == 0) {
+    std::fill(pdw, pdw + g.w_size(), 0.f);
+    return;
+  }
+  DISPATCH(conv2d_backward_weight, g, pdy, px, pdw);
+}
+
+void bias_backward(const py::array& dy, const py::array& dbias,
+                   const std::array<int64_t, ConvGeometry::kFields>& f) {
+  const ConvGeometry g = conv_geometry(f);
+  const float* pdy = checked(dy, g.y_size(), "dy");
+  float* pdb = output(dbias, g.c_out, "dbias");
+  py::gil_scoped_release release;
+  if (g.n == 0) {
+    std::fill(pdb, pdb + g.c_out, 0.f);
+    return;
+  }
+  DISPATCH(bias_backward, g, pdy, pdb);
+}
+
+void pool2d_forward(const py::array& x, const py::array& y,
+                    const std::array<int64_t, PoolGeometry::kFields>& f) {
+  const PoolGeometry g = pool_geometry(f);
+  const float* px = checked(x, g.x_size(), "x");
+  float* py_ = output(y, g.y_size(), "y");
+  if (g.n == 0) return;
+  py::gil_scoped_release release;
+  DISPATCH(pool2d_forward, g, px, py_);
+}
+
+void pool2d_backward(const py::array& dy, const py::array& x, const py::array& dx,
+                     const std::array<int64_t, PoolGeometry::kFields>& f) {
+  const PoolGeometry g = pool_geometry(f);
+  const float *pdy = checked(dy, g.y_size(), "dy"), *px = checked(x, g.x_size(), "x");
+  float* pdx = output(dx, g.x_size(), "dx");
+  if (g.n == 0) return;
+  py::gil_scoped_release release;
+  DISPATCH(pool2d_backward, g, pdy, px, pdx);
+}
+
+void set_isa(const std::string& name) {
+  if (name == "avx2") {
+    if (!cpu::cpu_has_avx2()) throw py::value_error("this CPU (or build) has no AVX2/FMA");
+    cpu::g_avx2 = true;
+  } else if (name == "generic") {
+    cpu::g_avx2 = false;
+  } else {
+    throw py::value_error("isa must be 'avx2' or 'generic', got '" + name + "'");
+  }
+}
+
+void set_num_threads(int n) {
+  if (n < 1) throw py::value_error("set_num_threads needs n >= 1, got " + std::to_string(n));
+  cpu::g_threads = n;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cpu, m) {
+  m.doc() = "fastconv CPU kernels (AVX2/FMA with a portable fallback, OpenMP threads)";
+  const char* forced = std::getenv("FASTCONV_ISA");
+  set_isa(forced ? forced : (cpu::cpu_has_avx2() ? "avx2" : "generic"));
+
+  m.def("conv2d_forward", &conv2d_forward, py::arg("x"), py::arg("w"), py::arg("bias"),
+        py::arg("y"), py::arg("geometry"));
+  m.def("conv2d_backward_input", &conv2d_backward_input, py::arg("dy"), py::arg("w"),
+        py::arg("dx"), py::arg("geometry"));
+  m.def("conv2d_backward_weight", &conv2d_backward_weight, py::arg("dy"), py::arg("x"),
+        py::arg("dw"), py::arg("geometry"));
+  m.def("bias_backward", &bias_backward, py::arg("dy"), py::arg("dbias"), py::arg("geometry"));
+  m.def("pool2d_forward", &pool2d_forward, py::arg("x"), py::arg("y"), py::arg("geometry"));
+  m.def("pool2d_backward", &pool2d_backward, py::arg("dy"), py::arg("x"), py::arg("dx"),
+        py::arg("geometry"));
+  m.def("isa", [] { return std::string(cpu::g_avx2 ? "avx2" : "generic"); },
+        "The instruction set the kernels run with: 'avx2' or 'generic'.");
+  m.def("set_isa", &set_isa, py::arg("name"),
+        "Force 'generic' (portable) or 'avx2' kernels; for testing both on one machine.");
+  m.def("get_num_threads", &cpu::num_threads, "Threads the kernels use.");
+  m.def("set_num_threads", &set_num_threads, py::arg("n"), "Threads the kernels use.");
+}

@@ -1,0 +1,417 @@
+// Dense (and grouped) 2-D convolution on the CPU: forward, backward-input, backward-weight,
+// in NCHW and NHWC, all as packed GEMMs whose packers gather the im2col matrix on the fly.
+//
+// Per group g (Cg = C_in/G input channels, Mg = C_out/G output channels, K = Cg*KH*KW,
+// P = OH*OW output pixels):
+//   NCHW forward      y[n, g]   (Mg x P)   = W_g (Mg x K) * col(x[n, g]) (K x P)
+//   NHWC forward      y[pixels] (P x Mg)   = col(x)^T (P x K') * W_g^T (K' x Mg)
+//   backward input    stride 1: a forward conv of dy with the flipped, transposed kernel;
+//                     otherwise dcol = W^T dy, scattered back (col2im)
+//   backward weight   dW_g += dy[n, g] * col(x[n, g])^T, summed over images/pixels
+// K is ordered (ci, ky, kx) in NCHW and (ky, kx, ci) in NHWC (K'), so that the gather reads
+// contiguous memory in each layout.
+#include <cstring>
+#include <vector>
+
+#include "cpu/gemm.h"
+#include "cpu/kernels.h"
+#include "cpu/parallel.h"
+
+namespace fastconv::cpu::FASTCONV_ISA {
+namespace {
+
+constexpr int64_t kPixelChunk = 256;  // NCHW: output pixels per work item (B panel in L2)
+
+bool is_depthwise(const ConvGeometry& g) { return g.groups > 1 && g.groups == g.c_in; }
+
+// visit(j, offset) for output pixels p0 + j, j < count, of tap (ky, kx) on one NCHW plane;
+// offset is the input element's offset in the plane, or -1 where the tap reads padding.
+template <class Visit>
+inline void for_tap_pixels(const ConvGeometry& g, int64_t ky, int64_t kx, int64_t p0,
+                           int64_t count, Visit&& visit) {
+  int64_t oy = p0 / g.ow, ox = p0 % g.ow;
+  for (int64_t j = 0; j < count; ++oy, ox = 0) {
+    const int64_t run = std::min(count - j, g.ow - ox);
+    const int64_t iy = g.in_row(oy, ky);
+    const bool row_ok = iy >= 0 && iy < g.h;
+    for (int64_t t = 0; t < run; ++t) {
+      const int64_t ix = g.in_col(ox + t, kx);
+      visit(j + t, row_ok && ix >= 0 && ix < g.w ? iy * g.w + ix : int64_t{-1});
+    }
+    j += run;
+  }
+}
+
+// Offset of input pixel (b, iy, ix) at channel c0 in NHWC, or -1 for padding.
+inline int64_t nhwc_tap(const ConvGeometry& g, int64_t b, int64_t oy, int64_t ox, int64_t ky,
+                        int64_t kx, int64_t c0) {
+  const int64_t iy = g.in_row(oy, ky), ix = g.in_col(ox, kx);
+  if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) return -1;
+  return ((b * g.h + iy) * g.w + ix) * g.c_in + c0;
+}
+
+// B operand of the NCHW forward: column j = output pixel p_base + j, depth k = (ci, ky, kx)
+// of one image's group; `planes` points at that group's first input channel.
+struct NchwColumnPacker {
+  const ConvGeometry& g;
+  const float* planes;
+  int64_t p_base;
+  Panel operator()(int64_t j0, int64_t nc, int64_t k0, int64_t kc) const {
+    std::vector<float>& buf = scratch_b();
+    buf.resize(round_up(nc, NR) * kc);
+    float* dst = buf.data();
+    const int64_t taps = g.kh * g.kw, stride = kc * NR;
+    for (int64_t kk = 0; kk < kc; ++kk) {
+      const int64_t k = k0 + kk, tap = k % taps;
+      const float* plane = planes + (k / taps) * g.h * g.w;
+      float* row = dst + kk * NR;
+      for_tap_pixels(g, tap / g.kw, tap % g.kw, p_base + j0, nc, [&](int64_t j, int64_t off) {
+        row[(j / NR) * stride + j % NR] = off >= 0 ? plane[off] : 0.f;
+      });
+      for (int64_t j = nc; j % NR; ++j) row[(j / NR) * stride + j % NR] = 0.f;
+    }
+    return {dst, stride};
+  }
+};
+
+// A operand of the NHWC forward: row i = output pixel p_base + i (over the whole batch),
+// depth k = (ky, kx, ci) within group `group`.
+struct NhwcRowPacker {
+  const ConvGeometry& g;
+  const float* x;
+  int64_t group, p_base;
+  Panel operator()(int64_t i0, int64_t m, int64_t k0, int64_t kc) const {
+    std::vector<float>& buf = scratch_a();
+    buf.resize(round_up(m, MR) * kc);
+    const int64_t cg = g.cin_per_group(), pixels = g.oh * g.ow;
+    for (int64_t i = 0; i < round_up(m, MR); ++i) {
+      float* d = buf.data() + (i / MR) * kc * MR + i % MR;
+      if (i >= m) {
+        for (int64_t kk = 0; kk < kc; ++kk) d[kk * MR] = 0.f;
+        continue;
+      }
+      const int64_t p = p_base + i0 + i, b = p / pixels, oy = p % pixels / g.ow, ox = p % g.ow;
+      for (int64_t k = k0; k < k0 + kc;) {
+        const int64_t tap = k / cg, ci = k % cg, run = std::min(cg - ci, k0 + kc - k);
+        const int64_t off = nhwc_tap(g, b, oy, ox, tap / g.kw, tap % g.kw, group * cg + ci);
+        float* dk = d + (k - k0) * MR;
+        for (int64_t t = 0; t < run; ++t) dk[t * MR] = off >= 0 ? x[off + t] : 0.f;
+        k += run;
+      }
+    }
+    return {buf.data(), kc * MR};
+  }
+};
+
+// W_g reordered to (Mg x K') with K' = (ky, kx, ci): the NHWC depth order.
+std::vector<float> weights_tap_major(const ConvGeometry& g, const float* w, int64_t group) {
+  const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
+  std::vector<float> out(mg * cg * taps);
+  const float* wg = w + group * mg * cg * taps;
+  for (int64_t o = 0; o < mg; ++o)
+    for (int64_t ci = 0; ci < cg; ++ci)
+      for (int64_t t = 0; t < taps; ++t) out[(o * taps + t) * cg + ci] = wg[(o * cg + ci) * taps + t];
+  return out;
+}
+
+void forward_nchw(const ConvGeometry& g, const float* x, const float* w, const float* bias,
+                  float* y) {
+  const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), K = cg * g.kh * g.kw;
+  const int64_t P = g.oh * g.ow, chunks = (P + kPixelChunk - 1) / kPixelChunk;
+  std::vector<std::vector<float>> packed(g.groups);
+  for (int64_t grp = 0; grp < g.groups; ++grp) packed[grp] = prepack(w + grp * mg * K, K, 1, mg, K, MR);
+  parallel_for(g.n * g.groups * chunks, [&](int64_t item) {
+    const int64_t chunk = item % chunks, grp = item / chunks % g.groups, b = item / chunks / g.groups;
+    const int64_t p0 = chunk * kPixelChunk, nc = std::min(kPixelChunk, P - p0);
+    NchwColumnPacker cols{g, x + (b * g.c_in + grp * cg) * g.h * g.w, p0};
+    float* out = y + (b * g.c_out + grp * mg) * P + p0;
+    auto weights = [&](int64_t i0, int64_t, int64_t k0, int64_t) {
+      return prepacked_panel(packed[grp], K, MR, i0, k0);
+    };
+    gemm(mg, nc, K, weights, as_b(cols), out, P, false);
+    if (bias)
+      for (int64_t o = 0; o < mg; ++o)
+        for (int64_t j = 0; j < nc; ++j) out[o * P + j] += bias[grp * mg + o];
+  });
+}
+
+void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const float* bias,
+                  float* y) {
+  const int64_t mg = g.cout_per_group(), K = g.cin_per_group() * g.kh * g.kw;
+  const int64_t pixels = g.n * g.oh * g.ow, chunks = (pixels + MC - 1) / MC;
+  std::vector<std::vector<float>> packed(g.groups);
+  for (int64_t grp = 0; grp < g.groups; ++grp)
+    packed[grp] = prepack(weights_tap_major(g, w, grp).data(), K, 1, mg, K, NR);
+  parallel_for(chunks * g.groups, [&](int64_t item) {
+    const int64_t grp = item % g.groups, p0 = item / g.groups * MC, m = std::min(MC, pixels - p0);
+    NhwcRowPacker rows{g, x, grp, p0};
+    auto weights = [&](int64_t k0, int64_t, int64_t j0, int64_t) {
+      return prepacked_panel(packed[grp], K, NR, j0, k0);
+    };
+    float* out = y + p0 * g.c_out + grp * mg;
+    gemm(m, mg, K, rows, weights, out, g.c_out, false);
+    if (bias)
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t o = 0; o < mg; ++o) out[i * g.c_out + o] += bias[grp * mg + o];
+  });
+}
+
+// Stride 1: dx is the forward convolution of dy with the kernel flipped in space and with
+// input/output channels swapped, padded so that the output has the input's size. Padding
+// may come out negative (more padding than the kernel reach): the gather's bounds checks
+// handle that as cropping.
+void backward_input_as_forward(const ConvGeometry& g, const float* dy, const float* w,
+                               float* dx) {
+  const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
+  std::vector<float> flipped(g.w_size());
+  for (int64_t grp = 0; grp < g.groups; ++grp)
+    for (int64_t o = 0; o < mg; ++o)
+      for (int64_t ci = 0; ci < cg; ++ci)
+        for (int64_t t = 0; t < taps; ++t)
+          flipped[((grp * cg + ci) * mg + o) * taps + (taps - 1 - t)] =
+              w[((grp * mg + o) * cg + ci) * taps + t];
+  ConvGeometry t = g;
+  t.c_in = g.c_out;
+  t.c_out = g.c_in;
+  t.h = g.oh;
+  t.w = g.ow;
+  t.oh = g.h;
+  t.ow = g.w;
+  t.pad_top = g.dil_h * (g.kh - 1) - g.pad_top;
+  t.pad_left = g.dil_w * (g.kw - 1) - g.pad_left;
+  if (g.channels_last) forward_nhwc(t, dy, flipped.data(), nullptr, dx);
+  else forward_nchw(t, dy, flipped.data(), nullptr, dx);
+}
+
+// Strided: dcol = W_g^T dy for a block of pixels, then each column is added back into the
+// input positions it was gathered from. One work item owns whole images, so the
+// overlapping scatters never race.
+void backward_input_col2im_nchw(const ConvGeometry& g, const float* dy, const float* w,
+                                float* dx) {
+  const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
+  const int64_t K = cg * taps, P = g.oh * g.ow;
+  std::vector<std::vector<float>> packed(g.groups);  // W_g^T: (K x Mg)
+  for (int64_t grp = 0; grp < g.groups; ++grp) packed[grp] = prepack(w + grp * mg * K, 1, K, K, mg, MR);
+  parallel_for(g.n * g.groups, [&](int64_t item) {
+    const int64_t grp = item % g.groups, b = item / g.groups;
+    float* dxg = dx + (b * g.c_in + grp * cg) * g.h * g.w;
+    const float* dyg = dy + (b * g.c_out + grp * mg) * P;
+    std::memset(dxg, 0, sizeof(float) * cg * g.h * g.w);
+    std::vector<float> dcol(K * kPixelChunk);
+    for (int64_t p0 = 0; p0 < P; p0 += kPixelChunk) {
+      const int64_t nc = std::min(kPixelChunk, P - p0);
+      StridedPacker grads{dyg + p0, 1, P, NR, &scratch_b()};
+      auto weights = [&](int64_t i0, int64_t, int64_t k0, int64_t) {
+        return prepacked_panel(packed[grp], mg, MR, i0, k0);
+      };
+      gemm(K, nc, mg, weights, as_b(grads), dcol.data(), nc, false);
+      for (int64_t k = 0; k < K; ++k) {
+        float* plane = dxg + (k / taps) * g.h * g.w;
+        const float* src = dcol.data() + k * nc;
+        for_tap_pixels(g, k % taps / g.kw, k % taps % g.kw, p0, nc, [&](int64_t j, int64_t off) {
+          if (off >= 0) plane[off] += src[j];
+        });
+      }
+    }
+  });
+}
+
+void backward_input_col2im_nhwc(const ConvGeometry& g, const float* dy, const float* w,
+                                float* dx) {
+  const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
+  const int64_t K = cg * taps, P = g.oh * g.ow;
+  std::vector<std::vector<float>> packed(g.groups);  // W_g in (ky, kx, ci) order: (Mg x K')
+  for (int64_t grp = 0; grp < g.groups; ++grp)
+    packed[grp] = prepack(weights_tap_major(g, w, grp).data(), 1, K, K, mg, NR);
+  parallel_for(g.n, [&](int64_t b) {
+    std::memset(dx + b * g.h * g.w * g.c_in, 0, sizeof(float) * g.h * g.w * g.c_in);
+    std::vector<float> dcol(MC * K);
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      for (int64_t p0 = 0; p0 < P; p0 += MC) {
+        const int64_t m = std::min(MC, P - p0);
+        StridedPacker grads{dy + (b * P + p0) * g.c_out + grp * mg, g.c_out, 1, MR, &scratch_a()};
+        auto weights = [&](int64_t k0, int64_t, int64_t j0, int64_t) {
+          return prepacked_panel(packed[grp], mg, NR, j0, k0);
+        };
+        gemm(m, K, mg, grads, weights, dcol.data(), K, false);
+        for (int64_t i = 0; i < m; ++i) {
+          const int64_t oy = (p0 + i) / g.ow, ox = (p0 + i) % g.ow;
+          for (int64_t t = 0; t < taps; ++t) {
+            const int64_t off = nhwc_tap(g, b, oy, ox, t / g.kw, t % g.kw, grp * cg);
+            if (off < 0) continue;
+            const float* src = dcol.data() + i * K + t * cg;
+            for (int64_t ci = 0; ci < cg; ++ci) dx[off + ci] += src[ci];
+          }
+        }
+      }
+    }
+  });
+}
+
+// B operand of the NCHW weight gradient: depth = output pixels p_base + j, column = k.
+struct NchwColumnTPacker {
+  const ConvGeometry& g;
+  const float* planes;
+  int64_t p_base;
+  Panel operator()(int64_t j0, int64_t n, int64_t p0, int64_t pc) const {
+    std::vector<float>& buf = scratch_b();
+    buf.assign(round_up(n, NR) * pc, 0.f);
+    const int64_t taps = g.kh * g.kw;
+    for (int64_t kk = 0; kk < n; ++kk) {
+      const int64_t k = j0 + kk, tap = k % taps;
+      const float* plane = planes + (k / taps) * g.h * g.w;
+      float* col = buf.data() + (kk / NR) * pc * NR + kk % NR;
+      for_tap_pixels(g, tap / g.kw, tap % g.kw, p_base + p0, pc, [&](int64_t j, int64_t off) {
+        if (off >= 0) col[j * NR] = plane[off];
+      });
+    }
+    return {buf.data(), pc * NR};
+  }
+};
+
+// A operand of the NHWC weight gradient: row = k in (ky, kx, ci) order, depth = pixel
+// p_base + j over the whole batch.
+struct NhwcColumnTPacker {
+  const ConvGeometry& g;
+  const float* x;
+  int64_t group, p_base;
+  Panel operator()(int64_t i0, int64_t m, int64_t p0, int64_t pc) const {
+    std::vector<float>& buf = scratch_a();
+    buf.assign(round_up(m, MR) * pc, 0.f);
+    const int64_t cg = g.cin_per_group(), pixels = g.oh * g.ow;
+    for (int64_t s = 0; s < m; s += MR) {
+      float* dst = buf.data() + s / MR * pc * MR;
+      const int64_t rows = std::min(MR, m - s);
+      for (int64_t j = 0; j < pc; ++j) {
+        const int64_t p = p_base + p0 + j, b = p / pixels, oy = p % pixels / g.ow, ox = p % g.ow;
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t k = i0 + s + r, tap = k / cg;
+          const int64_t off = nhwc_tap(g, b, oy, ox, tap / g.kw, tap % g.kw, group * cg + k % cg);
+          if (off >= 0) dst[j * MR + r] = x[off];
+        }
+      }
+    }
+    return {buf.data(), pc * MR};
+  }
+};
+
+// Splits `count` items into `parts` contiguous ranges; range t is [begin, end).
+inline void split_range(int64_t count, int64_t parts, int64_t t, int64_t& begin, int64_t& end) {
+  begin = count * t / parts;
+  end = count * (t + 1) / parts;
+}
+
+// Sums per-thread partial gradients in thread order, so the result does not depend on timing.
+void reduce_partials(const std::vector<std::vector<float>>& partials, float* out, int64_t size) {
+  std::memcpy(out, partials[0].data(), sizeof(float) * size);
+  for (size_t t = 1; t < partials.size(); ++t)
+    for (int64_t i = 0; i < size; ++i) out[i] += partials[t][i];
+}
+
+void backward_weight_nchw(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
+  const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), K = cg * g.kh * g.kw;
+  const int64_t P = g.oh * g.ow, chunks = (P + kPixelChunk - 1) / kPixelChunk;
+  const int threads = num_threads();
+  std::vector<std::vector<float>> partial(threads, std::vector<float>(g.w_size(), 0.f));
+  parallel_threads(threads, [&](int t, int team) {
+    int64_t begin, end;
+    split_range(g.n * chunks, team, t, begin, end);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / chunks, p0 = item % chunks * kPixelChunk;
+      const int64_t pc = std::min(kPixelChunk, P - p0);
+      for (int64_t grp = 0; grp < g.groups; ++grp) {
+        StridedPacker grads{dy + (b * g.c_out + grp * mg) * P + p0, P, 1, MR, &scratch_a()};
+        NchwColumnTPacker cols{g, x + (b * g.c_in + grp * cg) * g.h * g.w, p0};
+        gemm(mg, K, pc, grads, as_b(cols), partial[t].data() + grp * mg * K, K, true);
+      }
+    }
+  });
+  reduce_partials(partial, dw, g.w_size());
+}
+
+void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
+  const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
+  const int64_t K = cg * taps, pixels = g.n * g.oh * g.ow;
+  const int64_t chunks = (pixels + kPixelChunk - 1) / kPixelChunk;
+  const int threads = num_threads();
+  // Partials hold dW_g^T (K' x Mg) per group, K' in (ky, kx, ci) order.
+  std::vector<std::vector<float>> partial(threads, std::vector<float>(g.w_size(), 0.f));
+  parallel_threads(threads, [&](int t, int team) {
+    int64_t begin, end;
+    split_range(chunks, team, t, begin, end);
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      const int64_t p0 = chunk * kPixelChunk, pc = std::min(kPixelChunk, pixels - p0);
+      for (int64_t grp = 0; grp < g.groups; ++grp) {
+        NhwcColumnTPacker cols{g, x, grp, p0};
+        StridedPacker grads{dy + p0 * g.c_out + grp * mg, 1, g.c_out, NR, &scratch_b()};
+        gemm(K, mg, pc, cols, as_b(grads), partial[t].data() + grp * K * mg, mg, true);
+      }
+    }
+  });
+  std::vector<float> sum(g.w_size());
+  reduce_partials(partial, sum.data(), g.w_size());
+  for (int64_t grp = 0; grp < g.groups; ++grp)
+    for (int64_t o = 0; o < mg; ++o)
+      for (int64_t ci = 0; ci < cg; ++ci)
+        for (int64_t t = 0; t < taps; ++t)
+          dw[((grp * mg + o) * cg + ci) * taps + t] = sum[grp * K * mg + (t * cg + ci) * mg + o];
+}
+
+}  // namespace
+
+void conv2d_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias,
+                    float* y) {
+  if (is_depthwise(g)) return depthwise_conv2d_forward(g, x, w, bias, y);
+  if (g.channels_last) forward_nhwc(g, x, w, bias, y);
+  else forward_nchw(g, x, w, bias, y);
+}
+
+void conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
+  if (is_depthwise(g)) return depthwise_conv2d_backward_input(g, dy, w, dx);
+  if (g.stride_h == 1 && g.stride_w == 1) backward_input_as_forward(g, dy, w, dx);
+  else if (g.channels_last) backward_input_col2im_nhwc(g, dy, w, dx);
+  else backward_input_col2im_nchw(g, dy, w, dx);
+}
+
+void conv2d_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
+  if (is_depthwise(g)) return depthwise_conv2d_backward_weight(g, dy, x, dw);
+  if (g.channels_last) backward_weight_nhwc(g, dy, x, dw);
+  else backward_weight_nchw(g, dy, x, dw);
+}
+
+void bias_backward(const ConvGeometry& g, const float* dy, float* dbias) {
+  const int64_t P = g.oh * g.ow, C = g.c_out;
+  if (!g.channels_last) {
+    parallel_for(C, [&](int64_t c) {
+      double total = 0.0;
+      for (int64_t b = 0; b < g.n; ++b) {
+        const float* plane = dy + (b * C + c) * P;
+        float s = 0.f;
+        for (int64_t p = 0; p < P; ++p) s += plane[p];
+        total += s;
+      }
+      dbias[c] = static_cast<float>(total);
+    });
+    return;
+  }
+  const int threads = num_threads();
+  std::vector<std::vector<double>> partial(threads, std::vector<double>(C, 0.0));
+  parallel_threads(threads, [&](int t, int team) {
+    int64_t begin, end;
+    split_range(g.n * P, team, t, begin, end);
+    std::vector<float> block(C);
+    for (int64_t p = begin; p < end; p += P) {  // float sums per image-sized block
+      std::fill(block.begin(), block.end(), 0.f);
+      for (int64_t q = p; q < std::min(end, p + P); ++q)
+        for (int64_t c = 0; c < C; ++c) block[c] += dy[q * C + c];
+      for (int64_t c = 0; c < C; ++c) partial[t][c] += block[c];
+    }
+  });
+  for (int64_t c = 0; c < C; ++c) {
+    double total = 0.0;
+    for (int t = 0; t < threads; ++t) total += partial[t][c];
+    dbias[c] = static_cast<float>(total);
+  }
+}
+
+}  // namespace fastconv::cpu::FASTCONV_ISA

@@ -1,0 +1,234 @@
+// Depthwise 2-D convolution on the CPU: one filter per (input channel, multiplier) pair.
+//
+// C input channels, M = C_out / C depth multiplier; output channel o reads input channel
+// o / M with weights w[o, 0, KH, KW]. There is no reduction over channels, so the work is
+// memory-bound: NCHW loops run along a row (contiguous for stride 1), NHWC loops run along
+// the channels of a pixel, a block of pixels at a time so that weights stay in registers.
+#include <cstring>
+#include <vector>
+
+#include "cpu/kernels.h"
+#include "cpu/parallel.h"
+
+namespace fastconv::cpu::FASTCONV_ISA {
+namespace {
+
+constexpr int64_t kLanes = 16;   // channels per NHWC block: two AVX2 vectors
+constexpr int64_t kPixels = 4;   // output pixels per NHWC block
+
+// Visits each in-bounds (output row, input row) pair of tap row ky, and within it each
+// (kx, [ox_lo, ox_hi), first input column) so that input column = first + (ox-ox_lo)*stride.
+template <class Visit>
+inline void for_valid_taps(const ConvGeometry& g, int64_t oy, Visit&& visit) {
+  for (int64_t ky = 0; ky < g.kh; ++ky) {
+    const int64_t iy = g.in_row(oy, ky);
+    if (iy < 0 || iy >= g.h) continue;
+    for (int64_t kx = 0; kx < g.kw; ++kx) {
+      int64_t lo, hi;
+      valid_outputs(g.ow, g.w, g.stride_w, kx * g.dil_w - g.pad_left, lo, hi);
+      if (lo < hi) visit(ky, kx, iy, lo, hi, g.in_col(lo, kx));
+    }
+  }
+}
+
+// Weights as (KH*KW, C_out): a tap's weights for consecutive channels are contiguous.
+std::vector<float> tap_major(const ConvGeometry& g, const float* w) {
+  const int64_t taps = g.kh * g.kw;
+  std::vector<float> out(taps * g.c_out);
+  for (int64_t o = 0; o < g.c_out; ++o)
+    for (int64_t t = 0; t < taps; ++t) out[t * g.c_out + o] = w[o * taps + t];
+  return out;
+}
+
+void forward_nchw(const ConvGeometry& g, const float* x, const float* w, const float* bias,
+                  float* y) {
+  const int64_t mult = g.c_out / g.c_in, taps = g.kh * g.kw;
+  parallel_for(g.n * g.c_out, [&](int64_t plane) {
+    const int64_t o = plane % g.c_out, b = plane / g.c_out;
+    const float* in = x + (b * g.c_in + o / mult) * g.h * g.w;
+    const float* wo = w + o * taps;
+    for (int64_t oy = 0; oy < g.oh; ++oy) {
+      float* out = y + (plane * g.oh + oy) * g.ow;
+      std::fill(out, out + g.ow, bias ? bias[o] : 0.f);
+      for_valid_taps(g, oy, [&](int64_t ky, int64_t kx, int64_t iy, int64_t lo, int64_t hi,
+                                int64_t ix) {
+        const float wv = wo[ky * g.kw + kx];
+        const float* row = in + iy * g.w + ix - lo * g.stride_w;
+        for (int64_t ox = lo; ox < hi; ++ox) out[ox] += wv * row[ox * g.stride_w];
+      });
+    }
+  });
+}
+
+// One output pixel block [ox0, ox0+count) x channel block [c0, c0+lanes) of row oy.
+void forward_nhwc_block(const ConvGeometry& g, const float* x, const float* wt,
+                        const float* bias, float* y, int64_t b, int64_t oy, int64_t ox0,
+                        int64_t count, int64_t c0, int64_t lanes) {
+  const int64_t mult = g.c_out / g.c_in;
+  float acc[kPixels][kLanes];
+  for (int64_t q = 0; q < kPixels; ++q)
+    for (int64_t l = 0; l < kLanes; ++l) acc[q][l] = bias && l < lanes ? bias[c0 + l] : 0.f;
+  float in[kLanes] = {};
+  for (int64_t ky = 0; ky < g.kh; ++ky) {
+    const int64_t iy = g.in_row(oy, ky);
+    if (iy < 0 || iy >= g.h) continue;
+    for (int64_t kx = 0; kx < g.kw; ++kx) {
+      const float* wv = wt + (ky * g.kw + kx) * g.c_out + c0;
+      for (int64_t q = 0; q < count; ++q) {
+        const int64_t ix = g.in_col(ox0 + q, kx);
+        if (ix < 0 || ix >= g.w) continue;
+        const float* px = x + ((b * g.h + iy) * g.w + ix) * g.c_in;
+        for (int64_t l = 0; l < lanes; ++l) in[l] = px[(c0 + l) / mult];
+        for (int64_t l = 0; l < kLanes; ++l) acc[q][l] += in[l] * (l < lanes ? wv[l] : 0.f);
+      }
+    }
+  }
+  for (int64_t q = 0; q < count; ++q)
+    std::memcpy(y + ((b * g.oh + oy) * g.ow + ox0 + q) * g.c_out + c0, acc[q],
+                sizeof(float) * lanes);
+}
+
+void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const float* bias,
+                  float* y) {
+  const std::vector<float> wt = tap_major(g, w);
+  parallel_for(g.n * g.oh, [&](int64_t row) {
+    const int64_t b = row / g.oh, oy = row % g.oh;
+    for (int64_t ox0 = 0; ox0 < g.ow; ox0 += kPixels)
+      for (int64_t c0 = 0; c0 < g.c_out; c0 += kLanes)
+        forward_nhwc_block(g, x, wt.data(), bias, y, b, oy, ox0, std::min(kPixels, g.ow - ox0),
+                           c0, std::min(kLanes, g.c_out - c0));
+  });
+}
+
+// dx plane of input channel c is the scatter of its M output planes; one item per plane.
+void backward_input_nchw(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
+  const int64_t mult = g.c_out / g.c_in, taps = g.kh * g.kw;
+  parallel_for(g.n * g.c_in, [&](int64_t plane) {
+    const int64_t c = plane % g.c_in, b = plane / g.c_in;
+    float* out = dx + plane * g.h * g.w;
+    std::fill(out, out + g.h * g.w, 0.f);
+    for (int64_t m = 0; m < mult; ++m) {
+      const int64_t o = c * mult + m;
+      const float* grad = dy + (b * g.c_out + o) * g.oh * g.ow;
+      for (int64_t oy = 0; oy < g.oh; ++oy) {
+        const float* grow = grad + oy * g.ow;
+        for_valid_taps(g, oy, [&](int64_t ky, int64_t kx, int64_t iy, int64_t lo, int64_t hi,
+                                  int64_t ix) {
+          const float wv = w[o * taps + ky * g.kw + kx];
+          float* row = out + iy * g.w + ix - lo * g.stride_w;
+          for (int64_t ox = lo; ox < hi; ++ox) row[ox * g.stride_w] += wv * grow[ox];
+        });
+      }
+    }
+  });
+}
+
+// NHWC dx by gathering: input pixel (iy, ix) collects every output whose window covers it,
+// so rows are independent and can run in parallel.
+void backward_input_nhwc(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
+  const int64_t mult = g.c_out / g.c_in;
+  const std::vector<float> wt = tap_major(g, w);
+  parallel_for(g.n * g.h, [&](int64_t row) {
+    const int64_t b = row / g.h, iy = row % g.h;
+    std::vector<float> acc(g.c_in);
+    for (int64_t ix = 0; ix < g.w; ++ix) {
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t ky = 0; ky < g.kh; ++ky) {
+        const int64_t ny = iy + g.pad_top - ky * g.dil_h;  // = oy * stride_h
+        if (ny < 0 || ny % g.stride_h || ny / g.stride_h >= g.oh) continue;
+        for (int64_t kx = 0; kx < g.kw; ++kx) {
+          const int64_t nx = ix + g.pad_left - kx * g.dil_w;
+          if (nx < 0 || nx % g.stride_w || nx / g.stride_w >= g.ow) continue;
+          const float* grad = dy + ((b * g.oh + ny / g.stride_h) * g.ow + nx / g.stride_w) * g.c_out;
+          const float* wv = wt.data() + (ky * g.kw + kx) * g.c_out;
+          if (mult == 1) {
+            for (int64_t c = 0; c < g.c_in; ++c) acc[c] += grad[c] * wv[c];
+          } else {
+            for (int64_t o = 0; o < g.c_out; ++o) acc[o / mult] += grad[o] * wv[o];
+          }
+        }
+      }
+      std::memcpy(dx + ((b * g.h + iy) * g.w + ix) * g.c_in, acc.data(), sizeof(float) * g.c_in);
+    }
+  });
+}
+
+void backward_weight_nchw(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
+  const int64_t mult = g.c_out / g.c_in, taps = g.kh * g.kw;
+  parallel_for(g.c_out, [&](int64_t o) {
+    std::vector<double> total(taps, 0.0);
+    for (int64_t b = 0; b < g.n; ++b) {
+      const float* in = x + (b * g.c_in + o / mult) * g.h * g.w;
+      const float* grad = dy + (b * g.c_out + o) * g.oh * g.ow;
+      std::vector<float> sums(taps, 0.f);
+      for (int64_t oy = 0; oy < g.oh; ++oy) {
+        const float* grow = grad + oy * g.ow;
+        for_valid_taps(g, oy, [&](int64_t ky, int64_t kx, int64_t iy, int64_t lo, int64_t hi,
+                                  int64_t ix) {
+          const float* row = in + iy * g.w + ix - lo * g.stride_w;
+          float s = 0.f;
+          for (int64_t ox = lo; ox < hi; ++ox) s += grow[ox] * row[ox * g.stride_w];
+          sums[ky * g.kw + kx] += s;
+        });
+      }
+      for (int64_t t = 0; t < taps; ++t) total[t] += sums[t];
+    }
+    for (int64_t t = 0; t < taps; ++t) dw[o * taps + t] = static_cast<float>(total[t]);
+  });
+}
+
+void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
+  const int64_t mult = g.c_out / g.c_in, taps = g.kh * g.kw, rows = g.n * g.oh;
+  const int threads = num_threads();
+  // Per-thread partial sums (KH*KW, C_out), reduced in thread order.
+  std::vector<std::vector<double>> partial(threads, std::vector<double>(taps * g.c_out, 0.0));
+  parallel_threads(threads, [&](int t, int team) {
+    std::vector<float> sums(taps * g.c_out);
+    for (int64_t row = rows * t / team; row < rows * (t + 1) / team; ++row) {
+      const int64_t b = row / g.oh, oy = row % g.oh;
+      std::fill(sums.begin(), sums.end(), 0.f);
+      for_valid_taps(g, oy, [&](int64_t ky, int64_t kx, int64_t iy, int64_t lo, int64_t hi,
+                                int64_t ix) {
+        float* s = sums.data() + (ky * g.kw + kx) * g.c_out;
+        for (int64_t ox = lo; ox < hi; ++ox) {
+          const float* grad = dy + ((b * g.oh + oy) * g.ow + ox) * g.c_out;
+          const float* px = x + ((b * g.h + iy) * g.w + ix + (ox - lo) * g.stride_w) * g.c_in;
+          if (mult == 1) {
+            for (int64_t c = 0; c < g.c_out; ++c) s[c] += grad[c] * px[c];
+          } else {
+            for (int64_t o = 0; o < g.c_out; ++o) s[o] += grad[o] * px[o / mult];
+          }
+        }
+      });
+      for (int64_t i = 0; i < taps * g.c_out; ++i) partial[t][i] += sums[i];
+    }
+  });
+  for (int64_t o = 0; o < g.c_out; ++o)
+    for (int64_t k = 0; k < taps; ++k) {
+      double total = 0.0;
+      for (int t = 0; t < threads; ++t) total += partial[t][k * g.c_out + o];
+      dw[o * taps + k] = static_cast<float>(total);
+    }
+}
+
+}  // namespace
+
+void depthwise_conv2d_forward(const ConvGeometry& g, const float* x, const float* w,
+                              const float* bias, float* y) {
+  if (g.channels_last) forward_nhwc(g, x, w, bias, y);
+  else forward_nchw(g, x, w, bias, y);
+}
+
+void depthwise_conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* w,
+                                     float* dx) {
+  if (g.channels_last) backward_input_nhwc(g, dy, w, dx);
+  else backward_input_nchw(g, dy, w, dx);
+}
+
+void depthwise_conv2d_backward_weight(const ConvGeometry& g, const float* dy, const float* x,
+                                      float* dw) {
+  if (g.channels_last) backward_weight_nhwc(g, dy, x, dw);
+  else backward_weight_nchw(g, dy, x, dw);
+}
+
+}  // namespace fastconv::cpu::FASTCONV_ISA

@@ -1,0 +1,98 @@
+// The GEMM micro-kernel and the generic packers (see gemm.h for the packed formats).
+#include "cpu/gemm.h"
+
+#include <cstring>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define FASTCONV_USE_AVX2 1
+#endif
+
+namespace fastconv::cpu::FASTCONV_ISA {
+namespace {
+
+#ifdef FASTCONV_USE_AVX2
+// 6x16 register tile: 12 accumulators + 2 B vectors + 1 broadcast = 15 of 16 ymm registers.
+// Each depth step is 2 loads, 6 broadcasts and 12 FMAs, enough to keep both FMA ports busy.
+void kernel_full(int64_t k, const float* a, const float* b, float* c, int64_t ldc,
+                 bool accumulate) {
+  __m256 acc[MR][2];
+  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  for (int64_t p = 0; p < k; ++p, a += MR, b += NR) {
+    const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+    for (int r = 0; r < MR; ++r) {
+      const __m256 ar = _mm256_broadcast_ss(a + r);
+      acc[r][0] = _mm256_fmadd_ps(ar, b0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(ar, b1, acc[r][1]);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    float* row = c + r * ldc;
+    if (accumulate) {
+      acc[r][0] = _mm256_add_ps(acc[r][0], _mm256_loadu_ps(row));
+      acc[r][1] = _mm256_add_ps(acc[r][1], _mm256_loadu_ps(row + 8));
+    }
+    _mm256_storeu_ps(row, acc[r][0]);
+    _mm256_storeu_ps(row + 8, acc[r][1]);
+  }
+}
+#else
+// Portable tile: plain loops the compiler vectorises for whatever the baseline ISA is.
+void kernel_full(int64_t k, const float* a, const float* b, float* c, int64_t ldc,
+                 bool accumulate) {
+  float acc[MR][NR] = {};
+  for (int64_t p = 0; p < k; ++p, a += MR, b += NR)
+    for (int r = 0; r < MR; ++r)
+      for (int j = 0; j < NR; ++j) acc[r][j] += a[r] * b[j];
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < NR; ++j) c[r * ldc + j] = accumulate ? c[r * ldc + j] + acc[r][j] : acc[r][j];
+}
+#endif
+
+}  // namespace
+
+void micro_tile(int64_t k, const float* a, const float* b, float* c, int64_t ldc, int64_t mr,
+                int64_t nr, bool accumulate) {
+  if (mr == MR && nr == NR) {
+    kernel_full(k, a, b, c, ldc, accumulate);
+    return;
+  }
+  // Edge tile: compute the full tile into a local buffer, write back the valid part.
+  float tile[MR * NR];
+  kernel_full(k, a, b, tile, NR, false);
+  for (int64_t r = 0; r < mr; ++r)
+    for (int64_t j = 0; j < nr; ++j)
+      c[r * ldc + j] = accumulate ? c[r * ldc + j] + tile[r * NR + j] : tile[r * NR + j];
+}
+
+void pack_strided(const float* src, int64_t rs, int64_t cs, int64_t i0, int64_t m, int64_t k0,
+                  int64_t k, int64_t width, float* dst) {
+  for (int64_t s = 0; s < m; s += width, dst += k * width) {
+    const int64_t rows = std::min(width, m - s);
+    const float* base = src + (i0 + s) * rs + k0 * cs;
+    if (rows < width) std::memset(dst, 0, sizeof(float) * k * width);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = base + r * rs;
+      for (int64_t p = 0; p < k; ++p) dst[p * width + r] = row[p * cs];
+    }
+  }
+}
+
+std::vector<float> prepack(const float* src, int64_t rs, int64_t cs, int64_t m, int64_t k,
+                           int64_t width) {
+  std::vector<float> packed(round_up(m, width) * k);
+  pack_strided(src, rs, cs, 0, m, 0, k, width, packed.data());
+  return packed;
+}
+
+std::vector<float>& scratch_a() {
+  thread_local std::vector<float> buffer;
+  return buffer;
+}
+
+std::vector<float>& scratch_b() {
+  thread_local std::vector<float> buffer;
+  return buffer;
+}
+
+}  // namespace fastconv::cpu::FASTCONV_ISA

@@ -1,0 +1,96 @@
+// A packed single-precision GEMM, C[M x N] (+)= A[M x K] * B[K x N], in the style of BLIS:
+// the operands are copied ("packed") into slivers that the micro-kernel streams through,
+// MR rows of A or NR columns of B at a time, k-major:
+//
+//   A sliver:  a[k * MR + r]   (r < MR rows, zero-filled past M)
+//   B sliver:  b[k * NR + c]   (c < NR columns, zero-filled past N)
+//
+// Convolutions never hand this GEMM a matrix: they hand it packers that gather straight
+// from the activations (im2col on the fly) or return pre-packed weights, so no im2col
+// buffer is ever written. The GEMM itself is single-threaded; callers split the work.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+namespace fastconv::cpu::FASTCONV_ISA {
+
+constexpr int64_t MR = 6;     // rows of C per micro-tile: 6 x 2 ymm accumulators
+constexpr int64_t NR = 16;    // columns of C per micro-tile: two 8-float vectors
+constexpr int64_t KC = 256;   // depth per packed block: an A and a B sliver fit in L1
+constexpr int64_t MC = 120;   // rows per packed A block: it stays in L2
+
+inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// Packed slivers of a block: sliver s starts at data + s * sliver_stride.
+struct Panel {
+  const float* data;
+  int64_t sliver_stride;
+};
+
+// C[mr x nr] (+)= sliver(a) * sliver(b) over depth k, for mr <= MR, nr <= NR; ldc is C's
+// row stride (columns are contiguous).
+void micro_tile(int64_t k, const float* a, const float* b, float* c, int64_t ldc,
+                int64_t mr, int64_t nr, bool accumulate);
+
+// Packs rows [i0, i0+m) x depth [k0, k0+k) of the matrix element(i, k) = src[i*rs + k*cs]
+// into MR-slivers (for A) -- or, with the roles of rows and columns swapped, columns into
+// NR-slivers (for B). `width` is MR or NR.
+void pack_strided(const float* src, int64_t rs, int64_t cs, int64_t i0, int64_t m, int64_t k0,
+                  int64_t k, int64_t width, float* dst);
+
+// Pre-packs a whole M x K operand into width-slivers spanning the full depth K, so that
+// sliver s, depth block k0 is at data + s*K*width + k0*width.
+std::vector<float> prepack(const float* src, int64_t rs, int64_t cs, int64_t m, int64_t k,
+                           int64_t width);
+
+inline Panel prepacked_panel(const std::vector<float>& packed, int64_t depth, int64_t width,
+                             int64_t i0, int64_t k0) {
+  return {packed.data() + (i0 / width) * depth * width + k0 * width, depth * width};
+}
+
+// The blocked loop nest. a_panel(i0, mc, k0, kc) returns the packed A rows [i0, i0+mc) at
+// depth [k0, k0+kc) (i0 a multiple of MR); b_panel(k0, kc, j0, nc) likewise for B columns.
+template <class APanel, class BPanel>
+void gemm(int64_t M, int64_t N, int64_t K, APanel&& a_panel, BPanel&& b_panel, float* c,
+          int64_t ldc, bool accumulate) {
+  for (int64_t k0 = 0; k0 < K; k0 += KC) {
+    const int64_t kc = std::min(KC, K - k0);
+    const Panel b = b_panel(k0, kc, int64_t{0}, N);
+    for (int64_t i0 = 0; i0 < M; i0 += MC) {
+      const int64_t mc = std::min(MC, M - i0);
+      const Panel a = a_panel(i0, mc, k0, kc);
+      for (int64_t jr = 0; jr < N; jr += NR) {
+        const float* bs = b.data + (jr / NR) * b.sliver_stride;
+        for (int64_t ir = 0; ir < mc; ir += MR) {
+          micro_tile(kc, a.data + (ir / MR) * a.sliver_stride, bs, c + (i0 + ir) * ldc + jr, ldc,
+                     std::min(MR, mc - ir), std::min(NR, N - jr), accumulate || k0 > 0);
+        }
+      }
+    }
+  }
+}
+
+// Per-thread packing buffers, reused across calls (OpenMP keeps its threads alive).
+std::vector<float>& scratch_a();
+std::vector<float>& scratch_b();
+
+// Packer for an operand held as a strided matrix: rows [i0, i0+m) at depth [k0, k0+k).
+struct StridedPacker {
+  const float* src;
+  int64_t rs, cs, width;
+  std::vector<float>* buffer;
+  Panel operator()(int64_t i0, int64_t m, int64_t k0, int64_t k) const {
+    buffer->resize(round_up(m, width) * k);
+    pack_strided(src, rs, cs, i0, m, k0, k, width, buffer->data());
+    return {buffer->data(), k * width};
+  }
+};
+
+// The B-side view of a packer: gemm asks B for (k0, kc, j0, nc), packers take (j0, nc, k0, kc).
+template <class Packer>
+auto as_b(Packer& p) {
+  return [&p](int64_t k0, int64_t kc, int64_t j0, int64_t nc) { return p(j0, nc, k0, kc); };
+}
+
+}  // namespace fastconv::cpu::FASTCONV_ISA

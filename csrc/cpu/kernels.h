@@ -1,0 +1,33 @@
+// The CPU kernel entry points. Each is compiled twice (see CMakeLists.txt): into
+// fastconv::cpu::avx2 with AVX2/FMA enabled and into fastconv::cpu::generic for any x86-64
+// or other CPU; bindings.cpp picks one at import time.
+//
+// All pointers are C-contiguous float32 buffers whose sizes match the geometry; the Python
+// layer has validated the geometry and allocated the outputs.
+#pragma once
+#include "geometry.h"
+
+#define FASTCONV_KERNEL_DECLARATIONS                                                          \
+  void conv2d_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, \
+                      float* y);                                                              \
+  void conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* w, float* dx); \
+  void conv2d_backward_weight(const ConvGeometry& g, const float* dy, const float* x,          \
+                              float* dw);                                                     \
+  void bias_backward(const ConvGeometry& g, const float* dy, float* dbias);                    \
+  void depthwise_conv2d_forward(const ConvGeometry& g, const float* x, const float* w,         \
+                                const float* bias, float* y);                                 \
+  void depthwise_conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* w, \
+                                       float* dx);                                            \
+  void depthwise_conv2d_backward_weight(const ConvGeometry& g, const float* dy, const float* x, \
+                                        float* dw);                                           \
+  void pool2d_forward(const PoolGeometry& g, const float* x, float* y);                       \
+  void pool2d_backward(const PoolGeometry& g, const float* dy, const float* x, float* dx);
+
+namespace fastconv::cpu {
+namespace avx2 {
+FASTCONV_KERNEL_DECLARATIONS
+}
+namespace generic {
+FASTCONV_KERNEL_DECLARATIONS
+}
+}  // namespace fastconv::cpu

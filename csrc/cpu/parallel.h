@@ -1,0 +1,41 @@
+// Threading over the machine's cores with OpenMP, sized by fastconv.set_num_threads().
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace fastconv::cpu {
+
+int num_threads();  // defined once, in bindings.cpp
+
+// body(i) for i in [0, count), items handed out one at a time (they may differ in cost).
+template <class Body>
+void parallel_for(int64_t count, Body&& body) {
+#ifdef _OPENMP
+  const int threads = static_cast<int>(std::min<int64_t>(num_threads(), count));
+  if (threads > 1) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    for (int64_t i = 0; i < count; ++i) body(i);
+    return;
+  }
+#endif
+  for (int64_t i = 0; i < count; ++i) body(i);
+}
+
+// body(t, threads) once per thread, for partial results that are then reduced in a fixed
+// order, so that a sum does not depend on scheduling.
+template <class Body>
+void parallel_threads(int threads, Body&& body) {
+#ifdef _OPENMP
+  if (threads > 1) {
+#pragma omp parallel num_threads(threads)
+    body(omp_get_thread_num(), omp_get_num_threads());
+    return;
+  }
+#endif
+  body(0, 1);
+}
+
+}  // namespace fastconv::cpu

@@ -1,0 +1,105 @@
+// Shape contracts shared by the CPU kernels, the CUDA kernels and the CUDA CPU harness.
+//
+// Legend: N batch, C channels, H/W input height/width, OH/OW output height/width,
+// KH/KW kernel size, G groups. Activations are NCHW or NHWC (channels_last); weights are
+// always (C_out, C_in/G, KH, KW). Every index is 64-bit: a batch of large images passes 2^31
+// elements long before any single dimension does.
+#pragma once
+#include <array>
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(FASTCONV_CUDA_HARNESS)
+#define FC_HD __host__ __device__
+#else
+#define FC_HD
+#endif
+
+namespace fastconv {
+
+// Output length of a sliding window; the Python layer has already rejected windows that
+// do not fit, so a non-positive result here means a caller bypassed validation.
+FC_HD inline int64_t window_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad_lo,
+                                     int64_t pad_hi, int64_t dilation) {
+  return (in + pad_lo + pad_hi - dilation * (k - 1) - 1) / stride + 1;
+}
+
+// Outputs o in [lo, hi) whose tap reads a real input cell, i.e. 0 <= o*stride + start < in,
+// where start = tap*dilation - pad. Lets inner loops run without bounds checks.
+FC_HD inline void valid_outputs(int64_t out, int64_t in, int64_t stride, int64_t start,
+                                int64_t& lo, int64_t& hi) {
+  lo = start >= 0 ? 0 : (-start + stride - 1) / stride;
+  hi = in - 1 - start < 0 ? 0 : (in - 1 - start) / stride + 1;
+  if (hi > out) hi = out;
+  if (lo > hi) lo = hi;
+}
+
+struct ConvGeometry {
+  int64_t n, c_in, h, w, c_out, kh, kw, oh, ow;
+  int64_t stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups;
+  int64_t channels_last;
+
+  static constexpr int kFields = 17;
+  static ConvGeometry from_array(const std::array<int64_t, kFields>& a) {
+    return {a[0], a[1], a[2],  a[3],  a[4],  a[5],  a[6],  a[7], a[8],
+            a[9], a[10], a[11], a[12], a[13], a[14], a[15], a[16]};
+  }
+
+  FC_HD int64_t cin_per_group() const { return c_in / groups; }
+  FC_HD int64_t cout_per_group() const { return c_out / groups; }
+  FC_HD int64_t x_size() const { return n * c_in * h * w; }
+  FC_HD int64_t y_size() const { return n * c_out * oh * ow; }
+  FC_HD int64_t w_size() const { return c_out * cin_per_group() * kh * kw; }
+  // Row/column of the input that output (oy, ox) reads at tap (ky, kx); may be padding.
+  FC_HD int64_t in_row(int64_t oy, int64_t ky) const { return oy * stride_h - pad_top + ky * dil_h; }
+  FC_HD int64_t in_col(int64_t ox, int64_t kx) const { return ox * stride_w - pad_left + kx * dil_w; }
+  // Offset of activation element (b, c, y, x) in either layout, with `channels` channels.
+  FC_HD static int64_t offset(bool nhwc, int64_t channels, int64_t height, int64_t width,
+                              int64_t b, int64_t c, int64_t y, int64_t x) {
+    return nhwc ? ((b * height + y) * width + x) * channels + c
+                : ((b * channels + c) * height + y) * width + x;
+  }
+  FC_HD int64_t x_offset(int64_t b, int64_t c, int64_t y, int64_t x) const {
+    return offset(channels_last != 0, c_in, h, w, b, c, y, x);
+  }
+  FC_HD int64_t y_offset(int64_t b, int64_t c, int64_t y, int64_t x) const {
+    return offset(channels_last != 0, c_out, oh, ow, b, c, y, x);
+  }
+};
+
+enum class PoolKind : int64_t { kMax = 0, kMin = 1, kAvg = 2, kSum = 3 };
+
+struct PoolGeometry {
+  int64_t n, c, h, w, kh, kw, oh, ow;
+  int64_t stride_h, stride_w, pad_top, pad_left;
+  int64_t channels_last, kind, count_include_pad;
+
+  static constexpr int kFields = 15;
+  static PoolGeometry from_array(const std::array<int64_t, kFields>& a) {
+    return {a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7],
+            a[8], a[9], a[10], a[11], a[12], a[13], a[14]};
+  }
+
+  FC_HD int64_t x_size() const { return n * c * h * w; }
+  FC_HD int64_t y_size() const { return n * c * oh * ow; }
+  FC_HD PoolKind pool_kind() const { return static_cast<PoolKind>(kind); }
+  // Window of output (oy, ox) clipped to the real input: rows [y0, y1), columns [x0, x1).
+  FC_HD void window(int64_t oy, int64_t ox, int64_t& y0, int64_t& y1, int64_t& x0,
+                    int64_t& x1) const {
+    const int64_t ys = oy * stride_h - pad_top, xs = ox * stride_w - pad_left;
+    y0 = ys < 0 ? 0 : ys;
+    x0 = xs < 0 ? 0 : xs;
+    y1 = ys + kh < h ? ys + kh : h;
+    x1 = xs + kw < w ? xs + kw : w;
+  }
+  // Average pooling divides by the real cells, or by the whole window when padding counts
+  // (windows never reach past the padding, so that is always KH*KW).
+  FC_HD float avg_divisor(int64_t cells) const {
+    return static_cast<float>(count_include_pad ? kh * kw : cells);
+  }
+  FC_HD int64_t offset(int64_t b, int64_t ch, int64_t y, int64_t x, int64_t height,
+                       int64_t width) const {
+    return ConvGeometry::offset(channels_last != 0, c, height, width, b, ch, y, x);
+  }
+};
+
+}  // namespace fastconv

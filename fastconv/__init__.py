@@ -1,0 +1,24 @@
+"""fastconv: hand-written CPU (AVX2/FMA) and CUDA kernels for 2-D convolution and pooling.
+
+The functional API lives in `fastconv.functional` and is re-exported here; the NumPy oracle
+is `fastconv.reference`. See README.md for conventions.
+"""
+from . import reference
+from ._cpu import get_num_threads, isa, set_num_threads
+from .functional import (avg_pool2d, avg_pool2d_backward, conv2d, conv2d_backward,
+                         depthwise_conv2d, depthwise_conv2d_backward, global_avg_pool2d,
+                         global_avg_pool2d_backward, max_pool2d, max_pool2d_backward,
+                         min_pool2d, min_pool2d_backward, pointwise_conv2d,
+                         pointwise_conv2d_backward, separable_conv2d, separable_conv2d_backward,
+                         sum_pool2d, sum_pool2d_backward)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "avg_pool2d", "avg_pool2d_backward", "conv2d", "conv2d_backward", "depthwise_conv2d",
+    "depthwise_conv2d_backward", "get_num_threads", "global_avg_pool2d",
+    "global_avg_pool2d_backward", "isa", "max_pool2d", "max_pool2d_backward", "min_pool2d",
+    "min_pool2d_backward", "pointwise_conv2d", "pointwise_conv2d_backward", "reference",
+    "separable_conv2d", "separable_conv2d_backward", "set_num_threads", "sum_pool2d",
+    "sum_pool2d_backward",
+]

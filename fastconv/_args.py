@@ -1,0 +1,227 @@
+"""Argument parsing and validation shared by the fast API and the NumPy reference.
+
+Everything a native kernel relies on is checked here, in Python, before any pointer is
+touched: dtypes, ranks, channel counts, strides, paddings and window sizes. Each failure
+raises TypeError (wrong kind of thing) or ValueError (right kind, wrong value) with a message
+that says how to fix the call.
+"""
+from __future__ import annotations
+
+import numbers
+from dataclasses import astuple, dataclass
+
+import numpy as np
+
+LAYOUTS = {"NCHW": False, "NHWC": True, "CHANNELS_FIRST": False, "CHANNELS_LAST": True}
+
+
+def channels_last(layout) -> bool:
+    """True for NHWC. Accepts "NCHW"/"NHWC" and Keras' "channels_first"/"channels_last"."""
+    if not isinstance(layout, str) or layout.upper() not in LAYOUTS:
+        raise ValueError(f"layout must be 'NCHW' or 'NHWC' (or 'channels_first'/'channels_last'), "
+                         f"got {layout!r}")
+    return LAYOUTS[layout.upper()]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def pair(value, name: str, *, minimum: int) -> tuple[int, int]:
+    """An int or an (h, w) pair of ints, each at least `minimum`."""
+    if _is_int(value):
+        values = (int(value), int(value))
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(map(_is_int, value)):
+        values = (int(value[0]), int(value[1]))
+    else:
+        raise TypeError(f"{name} must be an int or a pair of ints (h, w), got {value!r}")
+    if min(values) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return values
+
+
+def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """TensorFlow/Keras 'same': output = ceil(size / stride); the odd pixel goes after."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + dilation * (kernel - 1) + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def padding4(padding, hw, kernel, stride, dilation) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) from an int, (ph, pw), ((t, b), (l, r)), 'valid' or 'same'."""
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode == "valid":
+            return 0, 0, 0, 0
+        if mode == "same":
+            return (*same_padding(hw[0], kernel[0], stride[0], dilation[0]),
+                    *same_padding(hw[1], kernel[1], stride[1], dilation[1]))
+        raise ValueError(f"padding must be 'valid', 'same', an int or pairs of ints, got {padding!r}")
+    if (isinstance(padding, (tuple, list)) and len(padding) == 2
+            and all(isinstance(p, (tuple, list)) for p in padding)):
+        rows, cols = (pair(tuple(p), "padding", minimum=0) for p in padding)
+        return (*rows, *cols)
+    try:
+        ph, pw = pair(padding, "padding", minimum=0)
+    except TypeError:
+        raise TypeError("padding must be an int, (ph, pw), ((top, bottom), (left, right)), "
+                        f"'valid' or 'same', got {padding!r}") from None
+    return ph, ph, pw, pw
+
+
+def window_out(size: int, kernel: int, stride: int, pad: tuple[int, int], dilation: int,
+               what: str) -> int:
+    span = dilation * (kernel - 1) + 1
+    if size + pad[0] + pad[1] < span:
+        raise ValueError(f"{what}: the kernel spans {span} pixels but the padded input is only "
+                         f"{size + pad[0] + pad[1]} ({size} + padding {pad[0]}+{pad[1]}); use a "
+                         f"smaller kernel or dilation, more padding, or padding='same'")
+    return (size + pad[0] + pad[1] - span) // stride + 1
+
+
+def array(x, name: str, ndim: int, xp=None):
+    """Check dtype and rank; return a C-contiguous float32 array of the same library."""
+    if xp is None:
+        xp = np
+    if not hasattr(x, "dtype") or not hasattr(x, "shape"):
+        raise TypeError(f"{name} must be a float32 array, got {type(x).__name__}; "
+                        f"use np.asarray({name}, dtype=np.float32)")
+    if x.dtype != np.float32:
+        raise TypeError(f"{name} has dtype {x.dtype}; fastconv computes in float32: "
+                        f"pass {name}.astype(np.float32)")
+    if x.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
+    return xp.ascontiguousarray(x)
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Mirrors csrc/geometry.h ConvGeometry field for field."""
+    n: int
+    c_in: int
+    h: int
+    w: int
+    c_out: int
+    kh: int
+    kw: int
+    oh: int
+    ow: int
+    stride_h: int
+    stride_w: int
+    pad_top: int
+    pad_left: int
+    dil_h: int
+    dil_w: int
+    groups: int
+    channels_last: int
+
+    def astuple(self):
+        return astuple(self)
+
+    def activation_shape(self, channels: int, height: int, width: int):
+        return ((self.n, height, width, channels) if self.channels_last
+                else (self.n, channels, height, width))
+
+    @property
+    def x_shape(self):
+        return self.activation_shape(self.c_in, self.h, self.w)
+
+    @property
+    def y_shape(self):
+        return self.activation_shape(self.c_out, self.oh, self.ow)
+
+
+@dataclass(frozen=True)
+class PoolGeometry:
+    """Mirrors csrc/geometry.h PoolGeometry field for field."""
+    n: int
+    c: int
+    h: int
+    w: int
+    kh: int
+    kw: int
+    oh: int
+    ow: int
+    stride_h: int
+    stride_w: int
+    pad_top: int
+    pad_left: int
+    channels_last: int
+    kind: int
+    count_include_pad: int
+
+    def astuple(self):
+        return astuple(self)
+
+    @property
+    def y_shape(self):
+        return ((self.n, self.oh, self.ow, self.c) if self.channels_last
+                else (self.n, self.c, self.oh, self.ow))
+
+
+POOL_KINDS = {"max": 0, "min": 1, "avg": 2, "sum": 3}
+
+
+def split_activation(shape, nhwc: bool):
+    """(N, C, H, W) of an activation shape in either layout."""
+    if nhwc:
+        n, h, w, c = shape
+    else:
+        n, c, h, w = shape
+    return n, c, h, w
+
+
+def conv_geometry(x_shape, w_shape, *, stride, padding, dilation, groups, layout,
+                  what="conv2d") -> ConvGeometry:
+    nhwc = channels_last(layout)
+    n, c_in, h, w = split_activation(x_shape, nhwc)
+    c_out, cin_group, kh, kw = w_shape
+    if not _is_int(groups):
+        raise TypeError(f"{what}: groups must be an int, got {groups!r}")
+    if groups < 1:
+        raise ValueError(f"{what}: groups must be >= 1, got {groups}")
+    if c_in < 1 or c_out < 1 or kh < 1 or kw < 1:
+        raise ValueError(f"{what}: channels and kernel sizes must be positive, got input "
+                         f"{tuple(x_shape)} ({'NHWC' if nhwc else 'NCHW'}) and weight {tuple(w_shape)}")
+    if c_in % groups or c_out % groups:
+        raise ValueError(f"{what}: groups={groups} must divide both the input channels ({c_in}) "
+                         f"and the output channels ({c_out})")
+    if cin_group != c_in // groups:
+        raise ValueError(f"{what}: weight has {cin_group} input channels per group but the input "
+                         f"has {c_in} channels / {groups} groups = {c_in // groups}; weights are "
+                         f"(out_channels, in_channels/groups, KH, KW) and the input is "
+                         f"{'NHWC' if nhwc else 'NCHW'} (check layout=)")
+    sh, sw = pair(stride, "stride", minimum=1)
+    dh, dw = pair(dilation, "dilation", minimum=1)
+    top, bottom, left, right = padding4(padding, (h, w), (kh, kw), (sh, sw), (dh, dw))
+    oh = window_out(h, kh, sh, (top, bottom), dh, f"{what} height")
+    ow = window_out(w, kw, sw, (left, right), dw, f"{what} width")
+    return ConvGeometry(n, c_in, h, w, c_out, kh, kw, oh, ow, sh, sw, top, left, dh, dw,
+                        groups, int(nhwc))
+
+
+def pool_geometry(x_shape, kernel_size, *, stride, padding, layout, kind,
+                  count_include_pad=False, what="pool2d") -> PoolGeometry:
+    nhwc = channels_last(layout)
+    n, c, h, w = split_activation(x_shape, nhwc)
+    if c < 1:
+        raise ValueError(f"{what}: the input has no channels (shape {tuple(x_shape)})")
+    kh, kw = pair(kernel_size, "kernel_size", minimum=1)
+    sh, sw = (kh, kw) if stride is None else pair(stride, "stride", minimum=1)
+    top, bottom, left, right = padding4(padding, (h, w), (kh, kw), (sh, sw), (1, 1))
+    if not (isinstance(padding, str) and padding.lower() == "same"):
+        if max(top, bottom) > kh // 2 or max(left, right) > kw // 2:
+            raise ValueError(f"{what}: padding {padding!r} is more than half the kernel "
+                             f"{(kh, kw)}, so a window could hold only padding; use at most "
+                             f"{(kh // 2, kw // 2)} or padding='same'")
+    oh = window_out(h, kh, sh, (top, bottom), 1, f"{what} height")
+    ow = window_out(w, kw, sw, (left, right), 1, f"{what} width")
+    if not isinstance(count_include_pad, (bool, np.bool_)):
+        raise TypeError(f"{what}: count_include_pad must be a bool, got {count_include_pad!r}")
+    return PoolGeometry(n, c, h, w, kh, kw, oh, ow, sh, sw, top, left, int(nhwc),
+                        POOL_KINDS[kind], int(count_include_pad))
+
+
+def expect_shape(arr, shape, name: str, hint: str = ""):
+    if tuple(arr.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(arr.shape)}{hint}")

@@ -1,0 +1,217 @@
+"""The functional API: validated Python entry points over the native kernels.
+
+Every function takes float32 arrays (NumPy for the CPU kernels, CuPy or any CUDA array for
+the GPU kernels), checks all arguments in Python, allocates the result with the same array
+library and calls the kernel of the same name in `fastconv._cpu` or `fastconv._cuda`.
+Conventions (README.md has the table): cross-correlation; weights (C_out, C_in/groups, KH, KW);
+depthwise weights (C*M, 1, KH, KW); pointwise weights (C_out, C_in); layout "NCHW" or "NHWC"
+for activations; padding int, (ph, pw), ((top, bottom), (left, right)), "valid" or "same".
+"""
+from __future__ import annotations
+
+from . import _args, _backend
+
+
+def _conv_inputs(x, w, bias, xp, what):
+    x = _args.array(x, "x", 4, xp)
+    w = _args.array(w, "w", 4, xp)
+    if bias is not None:
+        bias = _args.array(bias, "bias", 1, xp)
+        _args.expect_shape(bias, (w.shape[0],), "bias", " (one value per output channel)")
+    return x, w, bias
+
+
+def _conv_forward(x, w, bias, what, **geometry_args):
+    backend, xp = _backend.resolve(x, w, bias)
+    x, w, bias = _conv_inputs(x, w, bias, xp, what)
+    g = _args.conv_geometry(x.shape, w.shape, what=what, **geometry_args)
+    y = xp.empty(g.y_shape, dtype=xp.float32)
+    backend.conv2d_forward(x, w, bias, y, g.astuple())
+    return y
+
+
+def _conv_backward(dy, x, w, what, need_dx=True, **geometry_args):
+    backend, xp = _backend.resolve(dy, x, w)
+    x, w, _ = _conv_inputs(x, w, None, xp, what)
+    dy = _args.array(dy, "dy", 4, xp)
+    g = _args.conv_geometry(x.shape, w.shape, what=what, **geometry_args)
+    _args.expect_shape(dy, g.y_shape, "dy", " (the shape of the forward output)")
+    dx = None
+    if need_dx:
+        dx = xp.empty(g.x_shape, dtype=xp.float32)
+        backend.conv2d_backward_input(dy, w, dx, g.astuple())
+    dw = xp.empty(w.shape, dtype=xp.float32)
+    backend.conv2d_backward_weight(dy, x, dw, g.astuple())
+    dbias = xp.empty((g.c_out,), dtype=xp.float32)
+    backend.bias_backward(dy, dbias, g.astuple())
+    return dx, dw, dbias
+
+
+def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, layout="NCHW"):
+    """2-D cross-correlation: y[n, o] = bias[o] + sum_c,ky,kx x[n, c, ...] * w[o, c, ky, kx]."""
+    return _conv_forward(x, w, bias, "conv2d", stride=stride, padding=padding,
+                         dilation=dilation, groups=groups, layout=layout)
+
+
+def conv2d_backward(dy, x, w, *, stride=1, padding=0, dilation=1, groups=1, layout="NCHW",
+                    need_dx=True):
+    """Gradients (dx, dw, dbias) of conv2d; need_dx=False skips dx (returns None) for a
+    first layer, whose input needs no gradient."""
+    return _conv_backward(dy, x, w, "conv2d", need_dx, stride=stride, padding=padding,
+                          dilation=dilation, groups=groups, layout=layout)
+
+
+def _depthwise_groups(x, w, layout, what):
+    """Depthwise = grouped conv with one group per input channel; checks w is (C*M, 1, KH, KW)."""
+    shape = getattr(x, "shape", None)
+    if shape is None or len(shape) != 4 or getattr(w, "ndim", None) != 4:
+        return 1  # let the array checks report the real problem
+    channels = _args.split_activation(shape, _args.channels_last(layout))[1]
+    if w.shape[1] != 1 or channels == 0 or w.shape[0] % channels:
+        raise ValueError(f"{what}: depthwise weights must be (C*M, 1, KH, KW) for an input with "
+                         f"C={channels} channels and depth multiplier M, got {tuple(w.shape)}")
+    return channels
+
+
+def depthwise_conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, layout="NCHW"):
+    groups = _depthwise_groups(x, w, layout, "depthwise_conv2d")
+    return _conv_forward(x, w, bias, "depthwise_conv2d", stride=stride, padding=padding,
+                         dilation=dilation, groups=groups, layout=layout)
+
+
+def depthwise_conv2d_backward(dy, x, w, *, stride=1, padding=0, dilation=1, layout="NCHW",
+                              need_dx=True):
+    groups = _depthwise_groups(x, w, layout, "depthwise_conv2d_backward")
+    return _conv_backward(dy, x, w, "depthwise_conv2d_backward", need_dx, stride=stride,
+                          padding=padding, dilation=dilation, groups=groups, layout=layout)
+
+
+def _as_1x1(w, what):
+    if getattr(w, "ndim", None) != 2:
+        raise ValueError(f"{what}: pointwise weights must be 2-D (out_channels, in_channels), "
+                         f"got shape {tuple(getattr(w, 'shape', ()))}; for a (out, in, 1, 1) "
+                         f"array pass w[:, :, 0, 0]")
+    return w.reshape(w.shape[0], w.shape[1], 1, 1)
+
+
+def pointwise_conv2d(x, w, bias=None, *, layout="NCHW"):
+    """1x1 convolution: a GEMM over channels at every pixel; w is (out, in)."""
+    _args.array(w, "w", 2, _backend.resolve(x, w, bias)[1])
+    return _conv_forward(x, _as_1x1(w, "pointwise_conv2d"), bias, "pointwise_conv2d",
+                         stride=1, padding=0, dilation=1, groups=1, layout=layout)
+
+
+def pointwise_conv2d_backward(dy, x, w, *, layout="NCHW", need_dx=True):
+    _args.array(w, "w", 2, _backend.resolve(dy, x, w)[1])
+    dx, dw, dbias = _conv_backward(dy, x, _as_1x1(w, "pointwise_conv2d_backward"),
+                                   "pointwise_conv2d_backward", need_dx, stride=1, padding=0,
+                                   dilation=1, groups=1, layout=layout)
+    return dx, dw.reshape(w.shape), dbias
+
+
+def separable_conv2d(x, depthwise_w, pointwise_w, bias=None, *, stride=1, padding=0,
+                     dilation=1, layout="NCHW"):
+    """Depthwise conv (depth multiplier M = depthwise_w.shape[0] / C) then pointwise conv."""
+    mid = depthwise_conv2d(x, depthwise_w, stride=stride, padding=padding, dilation=dilation,
+                           layout=layout)
+    return pointwise_conv2d(mid, pointwise_w, bias, layout=layout)
+
+
+def separable_conv2d_backward(dy, x, depthwise_w, pointwise_w, *, stride=1, padding=0,
+                              dilation=1, layout="NCHW", need_dx=True):
+    """Gradients (dx, d_depthwise_w, d_pointwise_w, dbias); the depthwise output is recomputed."""
+    mid = depthwise_conv2d(x, depthwise_w, stride=stride, padding=padding, dilation=dilation,
+                           layout=layout)
+    dmid, dpw, dbias = pointwise_conv2d_backward(dy, mid, pointwise_w, layout=layout)
+    dx, ddw, _ = depthwise_conv2d_backward(dmid, x, depthwise_w, stride=stride, padding=padding,
+                                           dilation=dilation, layout=layout, need_dx=need_dx)
+    return dx, ddw, dpw, dbias
+
+
+# ---------------------------------------------------------------------------------------
+# Pooling
+
+def _pool_forward(kind, x, kernel_size, stride, padding, layout, count_include_pad=False):
+    backend, xp = _backend.resolve(x)
+    x = _args.array(x, "x", 4, xp)
+    g = _args.pool_geometry(x.shape, kernel_size, stride=stride, padding=padding, layout=layout,
+                            kind=kind, count_include_pad=count_include_pad,
+                            what=f"{kind}_pool2d")
+    y = xp.empty(g.y_shape, dtype=xp.float32)
+    backend.pool2d_forward(x, y, g.astuple())
+    return y
+
+
+def _pool_backward(kind, dy, x, kernel_size, stride, padding, layout, count_include_pad=False):
+    backend, xp = _backend.resolve(dy, x)
+    x = _args.array(x, "x", 4, xp)
+    dy = _args.array(dy, "dy", 4, xp)
+    g = _args.pool_geometry(x.shape, kernel_size, stride=stride, padding=padding, layout=layout,
+                            kind=kind, count_include_pad=count_include_pad,
+                            what=f"{kind}_pool2d_backward")
+    _args.expect_shape(dy, g.y_shape, "dy", " (the shape of the forward output)")
+    dx = xp.empty(x.shape, dtype=xp.float32)
+    backend.pool2d_backward(dy, x, dx, g.astuple())
+    return dx
+
+
+def max_pool2d(x, kernel_size, *, stride=None, padding=0, layout="NCHW"):
+    """Max over each window; padding never wins; NaN in a window gives NaN."""
+    return _pool_forward("max", x, kernel_size, stride, padding, layout)
+
+
+def max_pool2d_backward(dy, x, kernel_size, *, stride=None, padding=0, layout="NCHW"):
+    """Each gradient goes to the first maximum of its window in row-major order."""
+    return _pool_backward("max", dy, x, kernel_size, stride, padding, layout)
+
+
+def min_pool2d(x, kernel_size, *, stride=None, padding=0, layout="NCHW"):
+    return _pool_forward("min", x, kernel_size, stride, padding, layout)
+
+
+def min_pool2d_backward(dy, x, kernel_size, *, stride=None, padding=0, layout="NCHW"):
+    return _pool_backward("min", dy, x, kernel_size, stride, padding, layout)
+
+
+def avg_pool2d(x, kernel_size, *, stride=None, padding=0, count_include_pad=False,
+               layout="NCHW"):
+    """Mean over the real cells of each window (over KH*KW if count_include_pad)."""
+    return _pool_forward("avg", x, kernel_size, stride, padding, layout, count_include_pad)
+
+
+def avg_pool2d_backward(dy, x, kernel_size, *, stride=None, padding=0, count_include_pad=False,
+                        layout="NCHW"):
+    return _pool_backward("avg", dy, x, kernel_size, stride, padding, layout, count_include_pad)
+
+
+def sum_pool2d(x, kernel_size, *, stride=None, padding=0, layout="NCHW"):
+    return _pool_forward("sum", x, kernel_size, stride, padding, layout)
+
+
+def sum_pool2d_backward(dy, x, kernel_size, *, stride=None, padding=0, layout="NCHW"):
+    return _pool_backward("sum", dy, x, kernel_size, stride, padding, layout)
+
+
+def _whole_image(x, layout):
+    shape = getattr(x, "shape", None)
+    if shape is None or len(shape) != 4:
+        return 1, 1  # let the array checks report the real problem
+    _, _, h, w = _args.split_activation(shape, _args.channels_last(layout))
+    return h, w
+
+
+def global_avg_pool2d(x, *, layout="NCHW"):
+    """Mean over H and W: (N, C, H, W) or (N, H, W, C) -> (N, C)."""
+    y = _pool_forward("avg", x, _whole_image(x, layout), None, 0, layout)
+    return y.reshape(y.shape[0], -1)
+
+
+def global_avg_pool2d_backward(dy, x, *, layout="NCHW"):
+    backend, xp = _backend.resolve(dy, x)
+    dy = _args.array(dy, "dy", 2, xp)
+    n = getattr(x, "shape", (0,))[0]
+    nhwc = _args.channels_last(layout)
+    dy4 = dy.reshape((dy.shape[0], 1, 1, dy.shape[1]) if nhwc else (*dy.shape, 1, 1))
+    if dy.shape[0] != n:
+        raise ValueError(f"dy must have shape (N, C) with N={n}, got {tuple(dy.shape)}")
+    return _pool_backward("avg", dy4, x, _whole_image(x, layout), None, 0, layout)
