@@ -1,0 +1,154 @@
+"""Rows of the benchmark and their rendering: the markdown table, goal summaries, the PNG."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .cases import GOAL_CATEGORIES, Case, bytes_moved, flops, goal
+from .measure import Ceilings
+
+# fastconv must agree with PyTorch to this relative error (of each output's largest value)
+# for a row to count: a fast wrong kernel meets no goal. Winograd's float32 error fits in it.
+MAX_RELATIVE_ERROR = 1e-3
+
+
+@dataclass
+class Row:
+    """One case and pass: seconds per implementation and layout."""
+    case: Case
+    pass_: str
+    fastconv: dict = field(default_factory=dict)  # "NCHW"/"NHWC" -> seconds
+    torch: dict = field(default_factory=dict)     # "NCHW"/"channels_last" -> seconds
+    error: float = 0.0  # fastconv vs PyTorch, worst over layouts and outputs
+
+    @property
+    def best(self) -> str:
+        return min(self.fastconv, key=self.fastconv.get)
+
+    @property
+    def peer(self) -> str:
+        return min(self.torch, key=self.torch.get)
+
+    @property
+    def ratio(self) -> float:
+        return self.torch[self.peer] / self.fastconv[self.best]
+
+    @property
+    def goal(self):
+        return goal(self.case, self.pass_)
+
+    @property
+    def met(self) -> bool:
+        return self.ratio >= self.goal.minimum and self.error <= MAX_RELATIVE_ERROR
+
+    def throughput(self, ceilings: Ceilings):
+        """(value, unit, share of the ceiling) of fastconv's best layout; compute-bound rows in
+        GFLOP/s against sgemm, memory-bound ones (below the roofline knee) in GB/s against copy."""
+        work, traffic = flops(self.case, self.pass_), bytes_moved(self.case, self.pass_)
+        seconds = self.fastconv[self.best]
+        if work / traffic >= ceilings.balance:
+            rate = work / seconds / 1e9
+            return rate, "GFLOP/s", rate / ceilings.sgemm_gflops
+        rate = traffic / seconds / 1e9
+        return rate, "GB/s", rate / ceilings.copy_gbs
+
+
+@dataclass
+class ReferenceRow:
+    case: Case
+    pass_: str
+    reference: float  # seconds
+    fastconv: float
+    error: float      # fastconv vs the reference
+
+
+def _ms(seconds) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:.3g}" if seconds < 1e-2 else f"{seconds * 1e3:.1f}"
+
+
+def _bold_if(text, flag):
+    return f"**{text}**" if flag else text
+
+
+def table(rows, ceilings: Ceilings) -> list:
+    lines = ["| op | input (NCHW) | pass | fastconv NCHW ms | fastconv NHWC ms | torch NCHW ms "
+             "| torch channels_last ms | peer / fastconv | fastconv achieved | of ceiling "
+             "| goal | met | max rel err |",
+             "|" + "---|" * 13]
+    for r in rows:
+        rate, unit, share = r.throughput(ceilings)
+        times = [_bold_if(_ms(r.fastconv.get(k)), k == r.best) for k in ("NCHW", "NHWC")]
+        times += [_bold_if(_ms(r.torch.get(k)), k == r.peer) for k in ("NCHW", "channels_last")]
+        ceiling = "sgemm" if unit == "GFLOP/s" else "copy"
+        lines.append(f"| {r.case.label} | {r.case.shape} | {r.pass_} | {' | '.join(times)} "
+                     f"| {r.ratio:.2f}x | {rate:.1f} {unit} | {share:.0%} {ceiling} "
+                     f"| {r.goal.minimum:g}x | {'yes' if r.met else 'NO'} | {r.error:.1e} |")
+    return lines
+
+
+def goal_summaries(rows) -> list:
+    """One line per goal category of issue 3: how many rows meet it, and which do not."""
+    lines = []
+    for category in GOAL_CATEGORIES:
+        members = [r for r in rows if r.goal.category == category]
+        if not members:
+            continue
+        missed = [r for r in members if not r.met]
+        verdict = "met" if not missed else "NOT met"
+        detail = "; ".join(f"{r.case.label} @{r.case.size} {r.pass_} {r.ratio:.2f}x"
+                           + (" (wrong result)" if r.error > MAX_RELATIVE_ERROR else "")
+                           for r in missed)
+        lines.append(f"{category}: {verdict}, {len(members) - len(missed)}/{len(members)} rows"
+                     + (f"; below goal: {detail}" if missed else ""))
+    return lines
+
+
+def reference_table(rows) -> list:
+    lines = ["| op | input (NCHW) | pass | reference ms | fastconv NCHW ms "
+             "| reference / fastconv | max rel err |", "|" + "---|" * 7]
+    for r in rows:
+        lines.append(f"| {r.case.label} | {r.case.shape} | {r.pass_} | {_ms(r.reference)} "
+                     f"| {_ms(r.fastconv)} | {r.reference / r.fastconv:.1f}x | {r.error:.1e} |")
+    return lines
+
+
+def markdown(header: list, rows, reference_rows, ceilings: Ceilings) -> str:
+    parts = ["# CPU benchmark: fastconv against PyTorch (oneDNN)", "", *header, "",
+             "## Goals of issue 3", "", *[f"- {line}" for line in goal_summaries(rows)], "",
+             "## Results", "",
+             "Bold: the faster layout of each library. *peer / fastconv* is PyTorch's faster "
+             "layout over fastconv's faster layout (above 1: fastconv is faster). FLOP are "
+             "2 x the multiply-adds of direct convolution (backward = dx + dw = 2 x forward), "
+             "so a Winograd kernel's GFLOP/s is an effective rate; bytes are the minimum "
+             "float32 traffic. A row is compute-bound when its FLOP/byte exceeds the roofline "
+             f"knee ({ceilings.balance:.1f} FLOP/byte). *max rel err*: fastconv against "
+             f"PyTorch, relative to each output's largest value; above {MAX_RELATIVE_ERROR:g} "
+             "a row counts as not met.", "", *table(rows, ceilings)]
+    if reference_rows:
+        parts += ["", "## The NumPy reference (fastconv.reference, float64 accumulation) on "
+                  "small cases", "", *reference_table(reference_rows)]
+    return "\n".join(parts) + "\n"
+
+
+def bar_chart(rows, path: Path, title: str):
+    """Horizontal bars of peer / fastconv per row on a log scale, the goal marked on each."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.27 * len(rows)))
+    ys = range(len(rows))[::-1]
+    ax.barh(list(ys), [r.ratio for r in rows],
+            color=["tab:green" if r.met else "tab:red" for r in rows])
+    ax.scatter([r.goal.minimum for r in rows], list(ys), marker="|", s=200, color="black",
+               label="goal", zorder=3)
+    ax.axvline(1.0, color="grey", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_yticks(list(ys), [f"{r.case.label} @{r.case.size} {r.pass_}" for r in rows],
+                  fontsize=7)
+    ax.set_xlabel("PyTorch ms / fastconv ms (faster layout of each; > 1: fastconv faster)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
