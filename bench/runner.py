@@ -92,8 +92,9 @@ def run(args, command: str, blas_threads: str):
     budget = Budget(args.seconds or (0.3 if args.quick else 4.0),
                     min_reps=2 if args.quick else 3, max_reps=5 if args.quick else 25)
     load_start = os.getloadavg()[0]
-    ceilings = measure_ceilings(args.threads, budget=Budget(0.3 if args.quick else 1.0,
-                                                            min_reps=3, max_reps=10))
+    ceilings = (measure_ceilings(args.threads, sgemm_n=1024, copy_mib=64,
+                                 budget=Budget(0.2, min_reps=3, max_reps=10)) if args.quick
+                else measure_ceilings(args.threads))
     print(f"ceilings: sgemm {ceilings.sgemm_gflops:.1f} GFLOP/s, copy {ceilings.copy_gbs:.1f} "
           f"GB/s", flush=True)
 
