@@ -131,22 +131,35 @@ def markdown(header: list, rows, reference_rows, ceilings: Ceilings) -> str:
 
 
 def bar_chart(rows, path: Path, title: str):
-    """Horizontal bars of peer / fastconv per row on a log scale, the goal marked on each."""
+    """Bars from 1 to peer / fastconv per row on a log scale (right: fastconv faster), green
+    where the row meets its goal, the goal marked on each."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator
 
-    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.27 * len(rows)))
-    ys = range(len(rows))[::-1]
-    ax.barh(list(ys), [r.ratio for r in rows],
+    ratios = [r.ratio for r in rows]
+    ys = list(range(len(rows)))[::-1]
+    fig, ax = plt.subplots(figsize=(10, 1.4 + 0.27 * len(rows)))
+    ax.barh(ys, [ratio - 1 for ratio in ratios], left=1,
             color=["tab:green" if r.met else "tab:red" for r in rows])
-    ax.scatter([r.goal.minimum for r in rows], list(ys), marker="|", s=200, color="black",
+    ax.scatter([r.goal.minimum for r in rows], ys, marker="|", s=200, color="black",
                label="goal", zorder=3)
+    for y, ratio in zip(ys, ratios):
+        ax.annotate(f"{ratio:.2f}x", (ratio, y), xytext=(3 if ratio >= 1 else -3, 0),
+                    textcoords="offset points", va="center", fontsize=6,
+                    ha="left" if ratio >= 1 else "right")
     ax.axvline(1.0, color="grey", linewidth=0.8)
     ax.set_xscale("log")
-    ax.set_yticks(list(ys), [f"{r.case.label} @{r.case.size} {r.pass_}" for r in rows],
-                  fontsize=7)
-    ax.set_xlabel("PyTorch ms / fastconv ms (faster layout of each; > 1: fastconv faster)")
+    ticks = [t for t in (0.05, 0.1, 0.2, 0.5, 1, 2, 3, 5, 10, 20, 50)
+             if min(ratios + [1]) / 2 <= t <= max(ratios + [5]) * 2]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{t:g}x" for t in ticks])
+    ax.set_xlim(min(ratios + [1]) / 1.5, max(ratios + [5]) * 1.5)
+    ax.set_yticks(ys, [f"{r.case.label} @{r.case.size} {r.pass_}" for r in rows], fontsize=7)
+    ax.set_xlabel("PyTorch ms / fastconv ms, faster layout of each (right of 1: fastconv "
+                  "faster; green: goal met)")
     ax.set_title(title, fontsize=9)
     ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
