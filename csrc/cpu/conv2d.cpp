@@ -13,6 +13,7 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu/conv2d_winograd.h"
 #include "cpu/gemm.h"
 #include "cpu/kernels.h"
 #include "cpu/parallel.h"
@@ -156,6 +157,13 @@ void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const f
   });
 }
 
+void forward_dense(const ConvGeometry& g, const float* x, const float* w, const float* bias,
+                   float* y) {
+  if (winograd_enabled() && winograd_applies(g) && conv2d_winograd(g, x, w, bias, y)) return;
+  if (g.channels_last) forward_nhwc(g, x, w, bias, y);
+  else forward_nchw(g, x, w, bias, y);
+}
+
 // Stride 1: dx is the forward convolution of dy with the kernel flipped in space and with
 // input/output channels swapped, padded so that the output has the input's size. Padding
 // may come out negative (more padding than the kernel reach): the gather's bounds checks
@@ -179,8 +187,7 @@ void backward_input_as_forward(const ConvGeometry& g, const float* dy, const flo
   t.ow = g.w;
   t.pad_top = g.dil_h * (g.kh - 1) - g.pad_top;
   t.pad_left = g.dil_w * (g.kw - 1) - g.pad_left;
-  if (g.channels_last) forward_nhwc(t, dy, flipped.data(), nullptr, dx);
-  else forward_nchw(t, dy, flipped.data(), nullptr, dx);
+  forward_dense(t, dy, flipped.data(), nullptr, dx);
 }
 
 // Strided: dcol = W_g^T dy for a block of pixels, then each column is added back into the
@@ -362,8 +369,7 @@ void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x
 void conv2d_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias,
                     float* y) {
   if (is_depthwise(g)) return depthwise_conv2d_forward(g, x, w, bias, y);
-  if (g.channels_last) forward_nhwc(g, x, w, bias, y);
-  else forward_nchw(g, x, w, bias, y);
+  forward_dense(g, x, w, bias, y);
 }
 
 void conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
