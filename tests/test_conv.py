@@ -178,3 +178,39 @@ def test_repeatable_and_thread_count_only_changes_rounding():
     for other in results[1:]:
         for a, b in zip(other, results[0]):
             assert_close(a, b.astype(np.float64))
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("cin,cout,h,w,padding", [(16, 16, 16, 16, 1), (24, 40, 13, 18, "same"),
+                                                  (32, 17, 11, 9, ((2, 0), (1, 2))),
+                                                  (48, 64, 12, 12, "valid")])
+def test_winograd_3x3_matches_direct_and_reference(isa, layout, cin, cout, h, w, padding):
+    """3x3 stride-1 layers with >= 16 channels run Winograd F(4x4,3x3) (forward and, through
+    the flipped kernel, dx); it must agree with the direct GEMM and the reference."""
+    rng = np.random.default_rng(cin + cout)
+    x = to_layout(rand(rng, 8, cin, h, w), layout)
+    wt, b = rand(rng, cout, cin, 3, 3), rand(rng, cout)
+    kw = dict(padding=padding, layout=layout)
+    y = fastconv.conv2d(x, wt, b, **kw)
+    dy = rand(rng, *y.shape)
+    dx = fastconv.conv2d_backward(dy, x, wt, **kw)[0]
+    fastconv._cpu.set_winograd(False)
+    try:
+        y_direct, dx_direct = fastconv.conv2d(x, wt, b, **kw), fastconv.conv2d_backward(dy, x, wt, **kw)[0]
+    finally:
+        fastconv._cpu.set_winograd(True)
+    want_y, want_dx = ref.conv2d(x, wt, b, **kw), ref.conv2d_backward(dy, x, wt, **kw)[0]
+    for got, direct, want in [(y, y_direct, want_y), (dx, dx_direct, want_dx)]:
+        assert_close(got, want)
+        assert_close(got, direct.astype(np.float64))
+    assert not np.array_equal(y, y_direct), "expected the Winograd path to have run"
+
+
+def test_winograd_keeps_nan_local():
+    """A NaN must reach only the outputs whose window covers it, as in a direct convolution."""
+    x = np.ones((8, 16, 12, 12), np.float32)
+    x[0, 3, 5, 5] = np.nan
+    y = fastconv.conv2d(x, np.ones((16, 16, 3, 3), np.float32), padding=1)
+    nan_rows, nan_cols = np.nonzero(np.isnan(y[0, 0]))
+    assert set(nan_rows) == {4, 5, 6} and set(nan_cols) == {4, 5, 6}
+    assert np.isfinite(y[1:]).all()
