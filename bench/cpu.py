@@ -30,6 +30,7 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=None, help="override the batch size (128)")
     p.add_argument("--seconds", type=float, default=None,
                    help="timed seconds per row, all implementations together (4, quick 0.3)")
+    p.add_argument("--note", default="", help="a line of context for the report's header")
     p.add_argument("--out", type=Path, default=None,
                    help=f"folder for cpu.md and cpu.png (default {BENCH_DIR / 'results'})")
     args = p.parse_args(argv)

@@ -57,7 +57,7 @@ def _progress(row: Row) -> str:
             f"err {row.error:.1e})")
 
 
-def header(args, command, date, blas_threads, ceilings, budget, loads) -> list:
+def header(args, command, date, layouts, blas_threads, ceilings, budget, loads) -> list:
     torch_config = (f"PyTorch {torch.__version__} (oneDNN available: "
                     f"{torch.backends.mkldnn.is_available()})")
     return [
@@ -69,6 +69,9 @@ def header(args, command, date, blas_threads, ceilings, budget, loads) -> list:
         f"{torch_config}, fastconv {fastconv.__version__} (git {git_revision(REPO)}), "
         f"compiler: {compiler_description(REPO)}",
         f"- Threads: {args.threads} for fastconv and PyTorch; NumPy's BLAS: {blas_threads}",
+        f"- Layouts: fastconv {' and '.join(layouts)}, PyTorch "
+        f"{' and '.join(TORCH_LAYOUT[layout] for layout in layouts)}; batch "
+        f"{args.batch or (16 if args.quick else 128)} unless the input column says otherwise",
         f"- Ceilings, measured at the start of this run: sgemm {ceilings.sgemm_gflops:.1f} "
         f"GFLOP/s (NumPy's BLAS, {ceilings.sgemm_n}^3), copy {ceilings.copy_gbs:.1f} GB/s "
         f"(a {ceilings.copy_mib} MiB np.copyto on {ceilings.copy_threads} thread(s), bytes "
@@ -78,10 +81,10 @@ def header(args, command, date, blas_threads, ceilings, budget, loads) -> list:
         f"{budget.seconds:g} s per row; PyTorch forward under no_grad, backward = "
         f"torch.autograd.grad of the op (graph built outside the timed call) for dx, dw and dbias; "
         f"fastconv backward returns dx, dw and dbias too",
-        f"- Noise: the 2-core machine is shared with other sessions; this run was made with no "
-        f"other job of the benchmarking session running. Load average (1 min) at start "
-        f"{loads[0]:.2f}, at end {loads[1]:.2f}",
-    ]
+        f"- Noise: timings vary from run to run when other processes share the cores; the "
+        f"ratios come from one run with the contenders interleaved. Load average (1 min) at "
+        f"start {loads[0]:.2f}, at end {loads[1]:.2f} on {os.cpu_count()} logical CPUs",
+    ] + ([f"- Note: {args.note}"] if args.note else [])
 
 
 def run(args, command: str, blas_threads: str):
@@ -115,7 +118,7 @@ def run(args, command: str, blas_threads: str):
     print(f"timed in {time.perf_counter() - started:.0f} s", flush=True)
 
     date = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
-    lines = header(args, command, date, blas_threads, ceilings, budget,
+    lines = header(args, command, date, layouts, blas_threads, ceilings, budget,
                    (load_start, os.getloadavg()[0]))
     text = markdown(lines, rows, reference_rows, ceilings)
     print("\n" + text)
