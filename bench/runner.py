@@ -72,7 +72,7 @@ def header(args, command, date, layouts, blas_threads, ceilings, budget, loads) 
         f"- Layouts: fastconv {' and '.join(layouts)}, PyTorch "
         f"{' and '.join(TORCH_LAYOUT[layout] for layout in layouts)}; batch "
         f"{args.batch or (16 if args.quick else 128)} unless the input column says otherwise",
-        f"- Ceilings, measured at the start of this run: sgemm {ceilings.sgemm_gflops:.1f} "
+        f"- Ceilings, the fastest of several repetitions at the start of this run: sgemm {ceilings.sgemm_gflops:.1f} "
         f"GFLOP/s (NumPy's BLAS, {ceilings.sgemm_n}^3), copy {ceilings.copy_gbs:.1f} GB/s "
         f"(a {ceilings.copy_mib} MiB np.copyto on {ceilings.copy_threads} thread(s), bytes "
         f"read + written)",
