@@ -86,20 +86,27 @@ def table(rows, ceilings: Ceilings) -> list:
     return lines
 
 
+def _ratio_list(rows) -> str:
+    return "; ".join(f"{r.case.label} @{r.case.size} {r.pass_} {r.ratio:.2f}x"
+                     + (" (wrong result)" if r.error > MAX_RELATIVE_ERROR else "") for r in rows)
+
+
 def goal_summaries(rows) -> list:
-    """One line per goal category of issue 3: how many rows meet it, and which do not."""
+    """One line per goal category of issue 3: met or not, then every row on either side."""
     lines = []
     for category in GOAL_CATEGORIES:
         members = [r for r in rows if r.goal.category == category]
         if not members:
             continue
+        met = [r for r in members if r.met]
         missed = [r for r in members if not r.met]
-        verdict = "met" if not missed else "NOT met"
-        detail = "; ".join(f"{r.case.label} @{r.case.size} {r.pass_} {r.ratio:.2f}x"
-                           + (" (wrong result)" if r.error > MAX_RELATIVE_ERROR else "")
-                           for r in missed)
-        lines.append(f"{category}: {verdict}, {len(members) - len(missed)}/{len(members)} rows"
-                     + (f"; below goal: {detail}" if missed else ""))
+        line = (f"{category}: {'met' if not missed else 'NOT met'}, {len(met)}/{len(members)} "
+                f"rows")
+        if met:
+            line += f"; met: {_ratio_list(met)}"
+        if missed:
+            line += f"; below goal: {_ratio_list(missed)}"
+        lines.append(line)
     return lines
 
 
