@@ -50,9 +50,24 @@ def _set_blas_threads(threads: int) -> str:
     return str(threads)
 
 
+def _import_installed_fastconv():
+    """`python -m bench.cpu` puts the checkout first on sys.path, and its fastconv/ holds no
+    compiled kernels unless installed in place (-e). Then import the installed fastconv from
+    site-packages instead; bench's own modules resolve through the package already loaded."""
+    try:
+        import fastconv  # noqa: F401
+    except ImportError:
+        checkout = BENCH_DIR.parent
+        sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != checkout]
+        for name in [m for m in sys.modules if m == "fastconv" or m.startswith("fastconv.")]:
+            del sys.modules[name]
+        import fastconv  # noqa: F401  (raises with the package's own fix-it message)
+
+
 def main(argv=None):
     args = parse_args(argv)
     blas_threads = _set_blas_threads(args.threads)
+    _import_installed_fastconv()
     from .runner import run  # imports NumPy: after the BLAS thread count is set
     words = sys.argv[1:] if argv is None else argv
     run(args, command=" ".join(["python -m bench.cpu", shlex.join(words)]).strip(),
