@@ -391,6 +391,8 @@ void conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* 
 
 void conv2d_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
   if (is_depthwise(g)) return depthwise_conv2d_backward_weight(g, dy, x, dw);
+  if (winograd_enabled() && winograd_applies(g) && conv2d_winograd_backward_weight(g, dy, x, dw))
+    return;
   if (g.channels_last) backward_weight_nhwc(g, dy, x, dw);
   else backward_weight_nchw(g, dy, x, dw);
 }
