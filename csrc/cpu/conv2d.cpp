@@ -384,7 +384,9 @@ void conv2d_forward(const ConvGeometry& g, const float* x, const float* w, const
 
 void conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
   if (is_depthwise(g)) return depthwise_conv2d_backward_input(g, dy, w, dx);
-  if (g.stride_h == 1 && g.stride_w == 1) backward_input_as_forward(g, dy, w, dx);
+  // The transposed forward packs dy once per input channel group; with few input channels
+  // col2im, which packs dy once in all, is cheaper.
+  if (g.stride_h == 1 && g.stride_w == 1 && g.cin_per_group() >= 16) backward_input_as_forward(g, dy, w, dx);
   else if (g.channels_last) backward_input_col2im_nhwc(g, dy, w, dx);
   else backward_input_col2im_nchw(g, dy, w, dx);
 }
