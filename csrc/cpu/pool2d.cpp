@@ -20,10 +20,11 @@ constexpr int64_t kChannelBlock = 64;  // NHWC: channels per work item / accumul
 
 // Does v replace the current winner? Strict comparison keeps the first of equal values;
 // a NaN replaces any number, and nothing replaces a NaN.
+// Bitwise, not short-circuit, operators: no branch to mispredict on random data.
 template <PoolKind kind>
 inline bool wins(float v, float best) {
-  if (kind == PoolKind::kMax) return v > best || (v != v && best == best);
-  return v < best || (v != v && best == best);
+  const bool better = kind == PoolKind::kMax ? v > best : v < best;
+  return better | ((v != v) & (best == best));
 }
 
 template <PoolKind kind>
@@ -39,29 +40,33 @@ constexpr float identity() {
 
 // NCHW works a whole output row at a time: for each window row iy and column offset kx,
 // the outputs [lo, hi) whose window holds (iy, ox*stride + kx - pad) form a strided run, so
-// the inner loops carry no bounds checks and vectorise for stride 1.
+// the inner loops carry no bounds checks and vectorise for stride 1. Everything about
+// columns is the same for every row and plane, so it is worked out once per call.
+struct ColumnPlan {
+  std::vector<int64_t> lo, hi;       // per kx: the run of outputs whose column kx is real
+  std::vector<int64_t> first, cells;  // per ox: first real input column, real columns
+  explicit ColumnPlan(const PoolGeometry& g) : lo(g.kw), hi(g.kw), first(g.ow), cells(g.ow) {
+    for (int64_t kx = 0; kx < g.kw; ++kx)
+      valid_outputs(g.ow, g.w, g.stride_w, kx - g.pad_left, lo[kx], hi[kx]);
+    int64_t y0, y1, x0, x1;
+    for (int64_t ox = 0; ox < g.ow; ++ox) {
+      g.window(0, ox, y0, y1, x0, x1);
+      first[ox] = x0;
+      cells[ox] = x1 - x0;
+    }
+  }
+};
+
 template <class Visit>
-inline void for_window_runs(const PoolGeometry& g, int64_t oy, Visit&& visit) {
+inline void for_window_runs(const PoolGeometry& g, const ColumnPlan& plan, int64_t oy,
+                            Visit&& visit) {
   int64_t y0, y1, x0, x1;
   g.window(oy, 0, y0, y1, x0, x1);
   for (int64_t iy = y0; iy < y1; ++iy)
-    for (int64_t kx = 0; kx < g.kw; ++kx) {
-      int64_t lo, hi;
-      valid_outputs(g.ow, g.w, g.stride_w, kx - g.pad_left, lo, hi);
-      if (lo < hi) visit(iy, kx - g.pad_left, lo, hi);
-    }
+    for (int64_t kx = 0; kx < g.kw; ++kx)
+      if (plan.lo[kx] < plan.hi[kx]) visit(iy, kx - g.pad_left, plan.lo[kx], plan.hi[kx]);
 }
 
-// Real cells in the window of each output column, and in each output row's window.
-std::vector<int64_t> column_counts(const PoolGeometry& g) {
-  std::vector<int64_t> cols(g.ow);
-  int64_t y0, y1, x0, x1;
-  for (int64_t ox = 0; ox < g.ow; ++ox) {
-    g.window(0, ox, y0, y1, x0, x1);
-    cols[ox] = x1 - x0;
-  }
-  return cols;
-}
 int64_t window_rows(const PoolGeometry& g, int64_t oy) {
   int64_t y0, y1, x0, x1;
   g.window(oy, 0, y0, y1, x0, x1);
@@ -69,11 +74,11 @@ int64_t window_rows(const PoolGeometry& g, int64_t oy) {
 }
 
 template <PoolKind kind>
-void forward_plane(const PoolGeometry& g, const float* in, float* out, const int64_t* cols) {
+void forward_plane(const PoolGeometry& g, const ColumnPlan& plan, const float* in, float* out) {
   for (int64_t oy = 0; oy < g.oh; ++oy) {
     float* o = out + oy * g.ow;
     std::fill(o, o + g.ow, identity<kind>());
-    for_window_runs(g, oy, [&](int64_t iy, int64_t shift, int64_t lo, int64_t hi) {
+    for_window_runs(g, plan, oy, [&](int64_t iy, int64_t shift, int64_t lo, int64_t hi) {
       const float* src = in + iy * g.w + shift;
       for (int64_t ox = lo; ox < hi; ++ox) {
         const float v = src[ox * g.stride_w];
@@ -83,14 +88,14 @@ void forward_plane(const PoolGeometry& g, const float* in, float* out, const int
     });
     if (kind == PoolKind::kAvg) {
       const int64_t rows = window_rows(g, oy);
-      for (int64_t ox = 0; ox < g.ow; ++ox) o[ox] /= g.avg_divisor(rows * cols[ox]);
+      for (int64_t ox = 0; ox < g.ow; ++ox) o[ox] /= g.avg_divisor(rows * plan.cells[ox]);
     }
   }
 }
 
 template <PoolKind kind>
-void backward_plane(const PoolGeometry& g, const float* grad, const float* in, float* out,
-                    const int64_t* cols) {
+void backward_plane(const PoolGeometry& g, const ColumnPlan& plan, const float* grad,
+                    const float* in, float* out) {
   std::fill(out, out + g.h * g.w, 0.f);
   std::vector<float> best(g.ow);
   std::vector<int64_t> where(g.ow);
@@ -98,28 +103,33 @@ void backward_plane(const PoolGeometry& g, const float* grad, const float* in, f
     const float* d = grad + oy * g.ow;
     if constexpr (is_extreme<kind>()) {
       int64_t y0, y1, x0, x1;
+      g.window(oy, 0, y0, y1, x0, x1);
       for (int64_t ox = 0; ox < g.ow; ++ox) {
-        g.window(oy, ox, y0, y1, x0, x1);
         best[ox] = identity<kind>();
-        where[ox] = y0 * g.w + x0;  // wins() never fires if every cell equals the identity
+        where[ox] = y0 * g.w + plan.first[ox];  // kept if every cell equals the identity
       }
       // Runs visit each window's cells in row-major order, so the first extreme stays.
-      for_window_runs(g, oy, [&](int64_t iy, int64_t shift, int64_t lo, int64_t hi) {
-        const float* src = in + iy * g.w + shift;
-        const int64_t base = iy * g.w + shift;
-        for (int64_t ox = lo; ox < hi; ++ox) {  // branch-free, so it vectorises
-          const float v = src[ox * g.stride_w];
-          const bool take = wins<kind>(v, best[ox]);
-          best[ox] = take ? v : best[ox];
-          where[ox] = take ? base + ox * g.stride_w : where[ox];
+      // Locals and restrict pointers: stores to best/where cannot alias g, so nothing is
+      // reloaded inside the loop and the selects compile without branches.
+      const int64_t sw = g.stride_w, width = g.w;
+      float* __restrict best_value = best.data();
+      int64_t* __restrict best_at = where.data();
+      for_window_runs(g, plan, oy, [&](int64_t iy, int64_t shift, int64_t lo, int64_t hi) {
+        const float* __restrict src = in + iy * width + shift;
+        const int64_t base = iy * width + shift;
+        for (int64_t ox = lo; ox < hi; ++ox) {
+          const float v = src[ox * sw], b = best_value[ox];
+          const bool take = wins<kind>(v, b);
+          best_value[ox] = take ? v : b;
+          best_at[ox] = take ? base + ox * sw : best_at[ox];
         }
       });
       for (int64_t ox = 0; ox < g.ow; ++ox) out[where[ox]] += d[ox];
     } else {
       const int64_t rows = window_rows(g, oy);
       for (int64_t ox = 0; ox < g.ow; ++ox)
-        best[ox] = kind == PoolKind::kAvg ? d[ox] / g.avg_divisor(rows * cols[ox]) : d[ox];
-      for_window_runs(g, oy, [&](int64_t iy, int64_t shift, int64_t lo, int64_t hi) {
+        best[ox] = kind == PoolKind::kAvg ? d[ox] / g.avg_divisor(rows * plan.cells[ox]) : d[ox];
+      for_window_runs(g, plan, oy, [&](int64_t iy, int64_t shift, int64_t lo, int64_t hi) {
         float* dst = out + iy * g.w + shift;
         for (int64_t ox = lo; ox < hi; ++ox) dst[ox * g.stride_w] += best[ox];
       });
@@ -172,11 +182,12 @@ void backward_nhwc_block(const PoolGeometry& g, const float* dy, const float* x,
         for (int64_t iy = y0; iy < y1; ++iy)
           for (int64_t ix = x0; ix < x1; ++ix) {
             const int64_t at = ((b * g.h + iy) * g.w + ix) * g.c + c0;
-            for (int64_t c = 0; c < cn; ++c)
-              if (wins<kind>(x[at + c], best_value[c])) {
-                best_value[c] = x[at + c];
-                best[c] = at + c;
-              }
+            for (int64_t c = 0; c < cn; ++c) {  // branch-free selects, as in backward_plane
+              const float v = x[at + c], b = best_value[c];
+              const bool take = wins<kind>(v, b);
+              best_value[c] = take ? v : b;
+              best[c] = take ? at + c : best[c];
+            }
           }
         for (int64_t c = 0; c < cn; ++c) dx[best[c]] += d[c];
       } else {
@@ -195,9 +206,9 @@ void forward(const PoolGeometry& g, const float* x, float* y) {
   if (g.channels_last) {
     parallel_for(g.n * g.oh, [&](int64_t row) { forward_nhwc_row<kind>(g, x, y, row / g.oh, row % g.oh); });
   } else {
-    const std::vector<int64_t> cols = column_counts(g);
+    const ColumnPlan plan(g);
     parallel_for(g.n * g.c, [&](int64_t plane) {
-      forward_plane<kind>(g, x + plane * g.h * g.w, y + plane * g.oh * g.ow, cols.data());
+      forward_plane<kind>(g, plan, x + plane * g.h * g.w, y + plane * g.oh * g.ow);
     });
   }
 }
@@ -211,10 +222,10 @@ void backward(const PoolGeometry& g, const float* dy, const float* x, float* dx)
       backward_nhwc_block<kind>(g, dy, x, dx, item / blocks, c0, std::min(kChannelBlock, g.c - c0));
     });
   } else {
-    const std::vector<int64_t> cols = column_counts(g);
+    const ColumnPlan plan(g);
     parallel_for(g.n * g.c, [&](int64_t plane) {
-      backward_plane<kind>(g, dy + plane * g.oh * g.ow, x + plane * g.h * g.w,
-                           dx + plane * g.h * g.w, cols.data());
+      backward_plane<kind>(g, plan, dy + plane * g.oh * g.ow, x + plane * g.h * g.w,
+                           dx + plane * g.h * g.w);
     });
   }
 }
