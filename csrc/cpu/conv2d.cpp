@@ -92,18 +92,26 @@ struct NhwcRowPacker {
     Buffer& buf = scratch_a();
     buf.resize(round_up(m, MR) * kc);
     const int64_t cg = g.cin_per_group(), pixels = g.oh * g.ow;
-    for (int64_t i = 0; i < round_up(m, MR); ++i) {
-      float* d = buf.data() + (i / MR) * kc * MR + i % MR;
-      if (i >= m) {
-        for (int64_t kk = 0; kk < kc; ++kk) d[kk * MR] = 0.f;
-        continue;
+    thread_local std::vector<float> zeros;  // what a padding tap or a missing row reads
+    if (static_cast<int64_t>(zeros.size()) < cg) zeros.assign(cg, 0.f);
+    for (int64_t s = 0; s < m; s += MR) {
+      int64_t b[MR], oy[MR], ox[MR];
+      for (int64_t r = 0; r < MR; ++r) {
+        const int64_t p = p_base + i0 + std::min(s + r, m - 1);
+        b[r] = p / pixels, oy[r] = p % pixels / g.ow, ox[r] = p % g.ow;
       }
-      const int64_t p = p_base + i0 + i, b = p / pixels, oy = p % pixels / g.ow, ox = p % g.ow;
+      float* d = buf.data() + s / MR * kc * MR;
       for (int64_t k = k0; k < k0 + kc;) {
         const int64_t tap = k / cg, ci = k % cg, run = std::min(cg - ci, k0 + kc - k);
-        const int64_t off = nhwc_tap(g, b, oy, ox, tap / g.kw, tap % g.kw, group * cg + ci);
+        const float* src[MR];
+        for (int64_t r = 0; r < MR; ++r) {
+          const int64_t off = s + r < m ? nhwc_tap(g, b[r], oy[r], ox[r], tap / g.kw, tap % g.kw, group * cg + ci) : -1;
+          src[r] = off >= 0 ? x + off : zeros.data();
+        }
+        // Row-interleaved copy: contiguous stores, MR read streams.
         float* dk = d + (k - k0) * MR;
-        for (int64_t t = 0; t < run; ++t) dk[t * MR] = off >= 0 ? x[off + t] : 0.f;
+        for (int64_t t = 0; t < run; ++t)
+          for (int64_t r = 0; r < MR; ++r) dk[t * MR + r] = src[r][t];
         k += run;
       }
     }
