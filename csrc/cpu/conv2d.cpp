@@ -68,9 +68,12 @@ struct NchwColumnPacker {
         float* d = buf.data() + s / NR * stride + kk * NR;
         const int64_t count = std::min(NR, nc - s), p = p_base + j0 + s;
         const int64_t oy = p / g.ow, ox = p % g.ow, iy = g.in_row(oy, ky), ix = g.in_col(ox, kx);
-        // Fast path: the sliver lies in one output row and reads a contiguous input run.
-        if (ox + count <= g.ow && g.stride_w == 1 && iy >= 0 && iy < g.h && ix >= 0 && ix + count <= g.w) {
-          std::memcpy(d, plane + iy * g.w + ix, sizeof(float) * count);
+        // Fast path: the sliver lies in one output row and reads one input row, in bounds.
+        const int64_t sw = g.stride_w;
+        if (ox + count <= g.ow && iy >= 0 && iy < g.h && ix >= 0 && ix + (count - 1) * sw < g.w) {
+          const float* src = plane + iy * g.w + ix;
+          if (sw == 1) std::memcpy(d, src, sizeof(float) * count);
+          else for (int64_t j = 0; j < count; ++j) d[j] = src[j * sw];
         } else {
           for_tap_pixels(g, ky, kx, p, count,
                          [&](int64_t j, int64_t off) { d[j] = off >= 0 ? plane[off] : 0.f; });
