@@ -68,9 +68,12 @@ struct NchwColumnPacker {
         float* d = buf.data() + s / NR * stride + kk * NR;
         const int64_t count = std::min(NR, nc - s), p = p_base + j0 + s;
         const int64_t oy = p / g.ow, ox = p % g.ow, iy = g.in_row(oy, ky), ix = g.in_col(ox, kx);
-        // Fast path: the sliver lies in one output row and reads a contiguous input run.
-        if (ox + count <= g.ow && g.stride_w == 1 && iy >= 0 && iy < g.h && ix >= 0 && ix + count <= g.w) {
-          std::memcpy(d, plane + iy * g.w + ix, sizeof(float) * count);
+        // Fast path: the sliver lies in one output row and reads one input row, in bounds.
+        const int64_t sw = g.stride_w;
+        if (ox + count <= g.ow && iy >= 0 && iy < g.h && ix >= 0 && ix + (count - 1) * sw < g.w) {
+          const float* src = plane + iy * g.w + ix;
+          if (sw == 1) std::memcpy(d, src, sizeof(float) * count);
+          else for (int64_t j = 0; j < count; ++j) d[j] = src[j * sw];
         } else {
           for_tap_pixels(g, ky, kx, p, count,
                          [&](int64_t j, int64_t off) { d[j] = off >= 0 ? plane[off] : 0.f; });
@@ -92,18 +95,26 @@ struct NhwcRowPacker {
     Buffer& buf = scratch_a();
     buf.resize(round_up(m, MR) * kc);
     const int64_t cg = g.cin_per_group(), pixels = g.oh * g.ow;
-    for (int64_t i = 0; i < round_up(m, MR); ++i) {
-      float* d = buf.data() + (i / MR) * kc * MR + i % MR;
-      if (i >= m) {
-        for (int64_t kk = 0; kk < kc; ++kk) d[kk * MR] = 0.f;
-        continue;
+    thread_local std::vector<float> zeros;  // what a padding tap or a missing row reads
+    if (static_cast<int64_t>(zeros.size()) < cg) zeros.assign(cg, 0.f);
+    for (int64_t s = 0; s < m; s += MR) {
+      int64_t b[MR], oy[MR], ox[MR];
+      for (int64_t r = 0; r < MR; ++r) {
+        const int64_t p = p_base + i0 + std::min(s + r, m - 1);
+        b[r] = p / pixels, oy[r] = p % pixels / g.ow, ox[r] = p % g.ow;
       }
-      const int64_t p = p_base + i0 + i, b = p / pixels, oy = p % pixels / g.ow, ox = p % g.ow;
+      float* d = buf.data() + s / MR * kc * MR;
       for (int64_t k = k0; k < k0 + kc;) {
         const int64_t tap = k / cg, ci = k % cg, run = std::min(cg - ci, k0 + kc - k);
-        const int64_t off = nhwc_tap(g, b, oy, ox, tap / g.kw, tap % g.kw, group * cg + ci);
+        const float* src[MR];
+        for (int64_t r = 0; r < MR; ++r) {
+          const int64_t off = s + r < m ? nhwc_tap(g, b[r], oy[r], ox[r], tap / g.kw, tap % g.kw, group * cg + ci) : -1;
+          src[r] = off >= 0 ? x + off : zeros.data();
+        }
+        // Row-interleaved copy: contiguous stores, MR read streams.
         float* dk = d + (k - k0) * MR;
-        for (int64_t t = 0; t < run; ++t) dk[t * MR] = off >= 0 ? x[off + t] : 0.f;
+        for (int64_t t = 0; t < run; ++t)
+          for (int64_t r = 0; r < MR; ++r) dk[t * MR + r] = src[r][t];
         k += run;
       }
     }
