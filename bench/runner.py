@@ -64,7 +64,8 @@ def header(args, command, date, layouts, blas_threads, ceilings, budget, loads) 
         f"- Command: `{command}`" + (" (quick: a development run, not the goal run)"
                                      if args.quick else ""),
         f"- Date: {date}",
-        f"- Machine: {cpu_description()}; fastconv kernels: {fastconv.isa()}",
+        f"- Machine: {cpu_description()}; fastconv kernels: {fastconv.isa()}, Winograd "
+        f"{'on' if fastconv.winograd() else 'off'}",
         f"- Versions: Python {platform.python_version()}, NumPy {np.__version__}, "
         f"{torch_config}, fastconv {fastconv.__version__} (git {git_revision(REPO)}), "
         f"compiler: {compiler_description(REPO)}",
