@@ -1,0 +1,112 @@
+// Max / min / average / sum pooling on the GPU, forward and backward, with the CPU kernels'
+// exact semantics (PoolGeometry::window clips windows to the real input; the first extreme in
+// row-major order wins, NaN counting as extreme; averages divide by the real cells unless
+// count_include_pad). Global average pooling is avg pooling with a whole-image window.
+//
+// Forward: one thread per output. Backward gathers: one thread per dx cell loops over the
+// outputs whose windows cover it, in the same (oy, ox) order the CPU scatters them, and for
+// max/min recomputes each window's winner, so no indices are stored and no atomics are needed.
+// Threads are ordered like memory (channels fastest for NHWC), so neighbours read neighbours.
+#include "cuda/common.cuh"
+
+namespace fastconv::FASTCONV_CUDA_NS {
+namespace {
+
+template <PoolKind kind>
+FC_HD constexpr bool is_extreme() { return kind == PoolKind::kMax || kind == PoolKind::kMin; }
+
+// Offset of the first extreme of window (oy, ox) of plane (b, c).
+template <PoolKind kind>
+__device__ int64_t winner(const PoolGeometry& g, const float* x, int64_t b, int64_t c,
+                          int64_t y0, int64_t y1, int64_t x0, int64_t x1) {
+  int64_t best = g.offset(b, c, y0, x0, g.h, g.w);
+  float best_value = x[best];
+  for (int64_t iy = y0; iy < y1; ++iy)
+    for (int64_t ix = x0; ix < x1; ++ix) {
+      const int64_t at = g.offset(b, c, iy, ix, g.h, g.w);
+      if (PoolGeometry::replaces(kind, x[at], best_value)) {
+        best = at;
+        best_value = x[at];
+      }
+    }
+  return best;
+}
+
+template <PoolKind kind>
+__global__ void pool_forward_kernel(const PoolGeometry g, const float* x, float* y) {
+  const int64_t total = g.y_size();
+  for (int64_t i = first_element(); i < total; i += element_step()) {
+    int64_t b, c, oy, ox, y0, y1, x0, x1;
+    ConvGeometry::split_offset(g.channels_last != 0, g.c, g.oh, g.ow, i, b, c, oy, ox);
+    g.window(oy, ox, y0, y1, x0, x1);
+    if (is_extreme<kind>()) {
+      y[i] = x[winner<kind>(g, x, b, c, y0, y1, x0, x1)];
+      continue;
+    }
+    float acc = 0.f;
+    for (int64_t iy = y0; iy < y1; ++iy)
+      for (int64_t ix = x0; ix < x1; ++ix) acc += x[g.offset(b, c, iy, ix, g.h, g.w)];
+    y[i] = kind == PoolKind::kAvg ? acc / g.avg_divisor((y1 - y0) * (x1 - x0)) : acc;
+  }
+}
+
+template <PoolKind kind>
+__global__ void pool_backward_kernel(const PoolGeometry g, const float* dy, const float* x,
+                                     float* dx) {
+  const int64_t total = g.x_size();
+  for (int64_t i = first_element(); i < total; i += element_step()) {
+    int64_t b, c, iy, ix, oy_lo, oy_hi, ox_lo, ox_hi;
+    ConvGeometry::split_offset(g.channels_last != 0, g.c, g.h, g.w, i, b, c, iy, ix);
+    PoolGeometry::covering_outputs(iy, g.kh, g.stride_h, g.pad_top, g.oh, oy_lo, oy_hi);
+    PoolGeometry::covering_outputs(ix, g.kw, g.stride_w, g.pad_left, g.ow, ox_lo, ox_hi);
+    float acc = 0.f;
+    for (int64_t oy = oy_lo; oy < oy_hi; ++oy)
+      for (int64_t ox = ox_lo; ox < ox_hi; ++ox) {
+        const float d = dy[g.offset(b, c, oy, ox, g.oh, g.ow)];
+        int64_t y0, y1, x0, x1;
+        g.window(oy, ox, y0, y1, x0, x1);
+        if (is_extreme<kind>()) {
+          if (winner<kind>(g, x, b, c, y0, y1, x0, x1) == i) acc += d;
+        } else {
+          acc += kind == PoolKind::kAvg ? d / g.avg_divisor((y1 - y0) * (x1 - x0)) : d;
+        }
+      }
+    dx[i] = acc;
+  }
+}
+
+template <PoolKind kind>
+void forward(const PoolGeometry& g, const float* x, float* y, Stream stream) {
+  FC_LAUNCH(pool_forward_kernel<kind>, element_grid(g.y_size()), dim3(kElementThreads), stream)(g, x, y);
+  check_launch("pool2d_forward");
+}
+
+template <PoolKind kind>
+void backward(const PoolGeometry& g, const float* dy, const float* x, float* dx, Stream stream) {
+  FC_LAUNCH(pool_backward_kernel<kind>, element_grid(g.x_size()), dim3(kElementThreads), stream)(
+      g, dy, x, dx);
+  check_launch("pool2d_backward");
+}
+
+}  // namespace
+
+void pool2d_forward(const PoolGeometry& g, const float* x, float* y, Stream stream) {
+  switch (g.pool_kind()) {
+    case PoolKind::kMax: return forward<PoolKind::kMax>(g, x, y, stream);
+    case PoolKind::kMin: return forward<PoolKind::kMin>(g, x, y, stream);
+    case PoolKind::kAvg: return forward<PoolKind::kAvg>(g, x, y, stream);
+    case PoolKind::kSum: return forward<PoolKind::kSum>(g, x, y, stream);
+  }
+}
+
+void pool2d_backward(const PoolGeometry& g, const float* dy, const float* x, float* dx,
+                     Stream stream) {
+  switch (g.pool_kind()) {
+    case PoolKind::kMax: return backward<PoolKind::kMax>(g, dy, x, dx, stream);
+    case PoolKind::kMin: return backward<PoolKind::kMin>(g, dy, x, dx, stream);
+    case PoolKind::kAvg: return backward<PoolKind::kAvg>(g, dy, x, dx, stream);
+    case PoolKind::kSum: return backward<PoolKind::kSum>(g, dy, x, dx, stream);
+  }
+}
+
+}  // namespace fastconv::FASTCONV_CUDA_NS
