@@ -1,0 +1,163 @@
+"""Every CUDA kernel, run on the CPU by the execution harness (csrc/cuda/harness.h), against
+the NumPy reference.
+
+fastconv._cuda_harness is the .cu sources compiled with g++: blocks run one after another,
+each block's threads are fibers with a real __syncthreads barrier. The `harness` fixture
+routes the functional API's NumPy calls to it, so these tests drive the CUDA kernels through
+the same public entry points and argument handling as users do. This checks indexing, tile
+mapping, bounds, split reductions and barrier placement; not timing or the GPU memory model.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastconv
+from fastconv import _args, _backend
+from fastconv import reference as ref
+
+from cuda_cases import (LARGE_CONV_CASES, POOL_KINDS, check_conv, check_global_pool,
+                        check_pointwise, check_pool, check_separable, conv_cases, layouts,
+                        nchw_to, pool_cases, rand)
+
+harness_module = pytest.importorskip("fastconv._cuda_harness")
+examples = settings(max_examples=30, deadline=None, derandomize=True)
+
+
+def same(a):
+    return a
+
+
+@pytest.fixture(scope="module")
+def harness():
+    """NumPy calls of the functional API run the CUDA kernels under the harness."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_backend, "_cpu", harness_module)
+        yield
+
+
+@examples
+@given(case=conv_cases())
+def test_conv2d(harness, case):
+    check_conv(same, same, *case)
+
+
+@examples
+@given(case=conv_cases(depthwise=True))
+def test_depthwise(harness, case):
+    check_conv(same, same, *case, op="depthwise_conv2d")
+
+
+@examples
+@given(st.integers(1, 2), st.integers(1, 20), st.integers(1, 20), st.integers(1, 7),
+       st.integers(1, 7), layouts, st.integers(0, 1000))
+def test_pointwise(harness, n, cin, cout, h, w, layout, seed):
+    rng = np.random.default_rng(seed)
+    check_pointwise(same, same, nchw_to(rand(rng, n, cin, h, w), layout), rand(rng, cout, cin),
+                    rand(rng, cout), layout, rng)
+
+
+@settings(max_examples=15, deadline=None, derandomize=True)
+@given(case=conv_cases(depthwise=True), cout=st.integers(1, 6))
+def test_separable(harness, case, cout):
+    x, dw, b, kwargs, rng = case
+    check_separable(same, same, x, dw, rand(rng, cout, dw.shape[0]), rand(rng, cout), kwargs, rng)
+
+
+@examples
+@given(case=pool_cases())
+def test_pooling(harness, case):
+    check_pool(same, same, *case)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("n,cin,cout,hw,k,stride,groups", LARGE_CONV_CASES)
+def test_conv2d_large_tiles(harness, layout, n, cin, cout, hw, k, stride, groups):
+    rng = np.random.default_rng(cin * cout + hw)
+    x = nchw_to(rand(rng, n, cin, hw, hw), layout)
+    w, b = rand(rng, cout, cin // groups, k, k), rand(rng, cout)
+    check_conv(same, same, x, w, b, dict(stride=stride, padding="same", groups=groups,
+                                         layout=layout), rng)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("channels,mult,hw,stride", [(40, 1, 33, 1), (3, 2, 40, 2)])
+def test_depthwise_weight_splits(harness, layout, channels, mult, hw, stride):
+    """> 2048 output pixels: several backward-weight splits; 40 channels: two NHWC blocks."""
+    rng = np.random.default_rng(channels + hw)
+    x = nchw_to(rand(rng, 2, channels, hw, hw), layout)
+    w, b = rand(rng, channels * mult, 1, 3, 3), rand(rng, channels * mult)
+    check_conv(same, same, x, w, b, dict(stride=stride, padding=1, layout=layout), rng,
+               op="depthwise_conv2d")
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("kind,kernel,stride,padding", [
+    ("max", 2, None, 0), ("max", 3, 2, 1), ("avg", 2, None, 0), ("min", 3, 1, "same"),
+    ("sum", (2, 3), (1, 2), ((0, 1), (1, 0)))])
+def test_pooling_bigger(harness, layout, kind, kernel, stride, padding):
+    rng = np.random.default_rng(11)
+    x = nchw_to(rng.integers(-2, 3, size=(2, 5, 17, 16)).astype(np.float32), layout)
+    check_pool(same, same, kind, x, kernel, dict(stride=stride, padding=padding, layout=layout),
+               rng)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_global_avg_pool(harness, layout):
+    rng = np.random.default_rng(2)
+    check_global_pool(same, same, rand(rng, 3, 6, 7, 5), layout, rng)
+
+
+@pytest.mark.parametrize("kind", POOL_KINDS)
+def test_pooling_bit_exact_with_cpu_kernels(kind):
+    """Same window order and the same first-extreme / NaN rules as fastconv._cpu."""
+    rng = np.random.default_rng(4)
+    x = rng.integers(-2, 3, size=(2, 3, 9, 8)).astype(np.float32)
+    x[0, 0, 2, 3] = np.nan
+    g = _args.pool_geometry(x.shape, 3, stride=2, padding=1, layout="NCHW", kind=kind)
+    dy = rand(rng, *g.y_shape)
+    results = []
+    for module in (fastconv._cpu, harness_module):
+        y, dx = np.empty(g.y_shape, np.float32), np.empty_like(x)
+        module.pool2d_forward(x, y, g.astuple())
+        module.pool2d_backward(dy, x, dx, g.astuple())
+        results.append((y, dx))
+    for got, want in zip(*results):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_max_pool_first_max_wins_and_nan(harness):
+    x = np.array([[1, 5, 5, 0], [5, 2, 3, 4], [0, 0, 9, 9], [0, np.nan, 9, 9]],
+                 np.float32)[None, None]
+    y = fastconv.max_pool2d(x, 2)
+    np.testing.assert_array_equal(y[0, 0], [[5, 5], [np.nan, 9]])
+    dx = fastconv.max_pool2d_backward(np.ones_like(y), x, 2)
+    expected = np.zeros((4, 4), np.float32)
+    expected[0, 1] = expected[0, 2] = expected[3, 1] = expected[2, 2] = 1
+    np.testing.assert_array_equal(dx[0, 0], expected)
+
+
+def test_empty_batch(harness):
+    x, w = np.zeros((0, 3, 5, 5), np.float32), np.ones((4, 3, 3, 3), np.float32)
+    y = fastconv.conv2d(x, w)
+    dx, dw, db = fastconv.conv2d_backward(y, x, w)
+    assert y.shape == (0, 4, 3, 3) and dx.shape == x.shape and not dw.any() and not db.any()
+
+
+def test_harness_rejects_bad_buffers():
+    """The harness module re-checks buffers like fastconv._cpu does."""
+    g = (1, 1, 4, 4, 1, 3, 3, 2, 2, 1, 1, 0, 0, 1, 1, 1, 0)
+    x, w = np.zeros((1, 1, 4, 4), np.float32), np.zeros((1, 1, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="elements"):
+        harness_module.conv2d_forward(x, w, None, np.zeros((1, 1, 3, 3), np.float32), g)
+    with pytest.raises(TypeError, match="float32"):
+        harness_module.conv2d_forward(x.astype(np.float64), w, None, np.zeros((1, 1, 2, 2), np.float32), g)
+
+
+def test_fixture_routes_to_the_harness(harness):
+    """Guards the other tests: NumPy calls really reach the harness module."""
+    rng = np.random.default_rng(0)
+    x, w = rand(rng, 1, 2, 6, 6), rand(rng, 3, 2, 3, 3)
+    assert _backend.resolve(x)[0] is harness_module
+    y = fastconv.conv2d(x, w, padding=1)
+    np.testing.assert_allclose(y, ref.conv2d(x, w, padding=1), rtol=1e-5, atol=1e-5)
