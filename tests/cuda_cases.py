@@ -154,3 +154,34 @@ LARGE_CONV_CASES = [
     (2, 3, 64, 32, 3, 1, 1),       # the first CIFAR layer: k = 27 is not a whole slice
     (2, 8, 8, 48, 1, 1, 1),        # 1x1 with 4608 pixels: two bias splits
 ]
+
+# Depthwise with > 2048 output pixels (several backward-weight splits) and 40 channels (two
+# NHWC channel blocks): (channels, multiplier, hw, stride).
+DEPTHWISE_SPLIT_CASES = [(40, 1, 33, 1), (3, 2, 40, 2)]
+
+# Pooling on bigger planes, with ties: (kind, kernel, stride, padding).
+POOL_BIGGER_CASES = [("max", 2, None, 0), ("max", 3, 2, 1), ("avg", 2, None, 0),
+                     ("min", 3, 1, "same"), ("sum", (2, 3), (1, 2), ((0, 1), (1, 0)))]
+
+
+def check_large_conv(dev, host, layout, n, cin, cout, hw, k, stride, groups):
+    rng = np.random.default_rng(cin * cout + hw)
+    x = nchw_to(rand(rng, n, cin, hw, hw), layout)
+    w, b = rand(rng, cout, cin // groups, k, k), rand(rng, cout)
+    check_conv(dev, host, x, w, b, dict(stride=stride, padding="same", groups=groups,
+                                        layout=layout), rng)
+
+
+def check_depthwise_splits(dev, host, layout, channels, mult, hw, stride):
+    rng = np.random.default_rng(channels + hw)
+    x = nchw_to(rand(rng, 2, channels, hw, hw), layout)
+    w, b = rand(rng, channels * mult, 1, 3, 3), rand(rng, channels * mult)
+    check_conv(dev, host, x, w, b, dict(stride=stride, padding=1, layout=layout), rng,
+               op="depthwise_conv2d")
+
+
+def check_pool_bigger(dev, host, layout, kind, kernel, stride, padding):
+    rng = np.random.default_rng(11)
+    x = nchw_to(rng.integers(-2, 3, size=(2, 5, 17, 16)).astype(np.float32), layout)
+    check_pool(dev, host, kind, x, kernel, dict(stride=stride, padding=padding, layout=layout),
+               rng)

@@ -16,9 +16,10 @@ import fastconv
 from fastconv import _args, _backend
 from fastconv import reference as ref
 
-from cuda_cases import (LARGE_CONV_CASES, POOL_KINDS, check_conv, check_global_pool,
-                        check_pointwise, check_pool, check_separable, conv_cases, layouts,
-                        nchw_to, pool_cases, rand)
+from cuda_cases import (DEPTHWISE_SPLIT_CASES, LARGE_CONV_CASES, POOL_BIGGER_CASES, POOL_KINDS,
+                        check_conv, check_depthwise_splits, check_global_pool,
+                        check_large_conv, check_pointwise, check_pool, check_pool_bigger,
+                        check_separable, conv_cases, layouts, nchw_to, pool_cases, rand)
 
 harness_module = pytest.importorskip("fastconv._cuda_harness")
 examples = settings(max_examples=30, deadline=None, derandomize=True)
@@ -73,33 +74,19 @@ def test_pooling(harness, case):
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("n,cin,cout,hw,k,stride,groups", LARGE_CONV_CASES)
 def test_conv2d_large_tiles(harness, layout, n, cin, cout, hw, k, stride, groups):
-    rng = np.random.default_rng(cin * cout + hw)
-    x = nchw_to(rand(rng, n, cin, hw, hw), layout)
-    w, b = rand(rng, cout, cin // groups, k, k), rand(rng, cout)
-    check_conv(same, same, x, w, b, dict(stride=stride, padding="same", groups=groups,
-                                         layout=layout), rng)
+    check_large_conv(same, same, layout, n, cin, cout, hw, k, stride, groups)
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-@pytest.mark.parametrize("channels,mult,hw,stride", [(40, 1, 33, 1), (3, 2, 40, 2)])
+@pytest.mark.parametrize("channels,mult,hw,stride", DEPTHWISE_SPLIT_CASES)
 def test_depthwise_weight_splits(harness, layout, channels, mult, hw, stride):
-    """> 2048 output pixels: several backward-weight splits; 40 channels: two NHWC blocks."""
-    rng = np.random.default_rng(channels + hw)
-    x = nchw_to(rand(rng, 2, channels, hw, hw), layout)
-    w, b = rand(rng, channels * mult, 1, 3, 3), rand(rng, channels * mult)
-    check_conv(same, same, x, w, b, dict(stride=stride, padding=1, layout=layout), rng,
-               op="depthwise_conv2d")
+    check_depthwise_splits(same, same, layout, channels, mult, hw, stride)
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-@pytest.mark.parametrize("kind,kernel,stride,padding", [
-    ("max", 2, None, 0), ("max", 3, 2, 1), ("avg", 2, None, 0), ("min", 3, 1, "same"),
-    ("sum", (2, 3), (1, 2), ((0, 1), (1, 0)))])
+@pytest.mark.parametrize("kind,kernel,stride,padding", POOL_BIGGER_CASES)
 def test_pooling_bigger(harness, layout, kind, kernel, stride, padding):
-    rng = np.random.default_rng(11)
-    x = nchw_to(rng.integers(-2, 3, size=(2, 5, 17, 16)).astype(np.float32), layout)
-    check_pool(same, same, kind, x, kernel, dict(stride=stride, padding=padding, layout=layout),
-               rng)
+    check_pool_bigger(same, same, layout, kind, kernel, stride, padding)
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])

@@ -8,9 +8,10 @@ from hypothesis import strategies as st
 
 import fastconv
 
-from cuda_cases import (LARGE_CONV_CASES, check_conv, check_global_pool, check_pointwise,
-                        check_pool, check_separable, conv_cases, layouts, nchw_to, pool_cases,
-                        rand)
+from cuda_cases import (DEPTHWISE_SPLIT_CASES, LARGE_CONV_CASES, POOL_BIGGER_CASES, check_conv,
+                        check_depthwise_splits, check_global_pool, check_large_conv,
+                        check_pointwise, check_pool, check_pool_bigger, check_separable,
+                        conv_cases, layouts, nchw_to, pool_cases, rand)
 
 ok, why = fastconv.cuda_available()
 if not ok:
@@ -57,14 +58,29 @@ def test_pooling(case):
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-@pytest.mark.parametrize("n,cin,cout,hw,k,stride,groups", LARGE_CONV_CASES + [
-    (8, 64, 128, 32, 3, 1, 1), (16, 256, 512, 8, 3, 1, 1), (8, 128, 256, 16, 1, 1, 1)])
+@pytest.mark.parametrize("n,cin,cout,hw,k,stride,groups", LARGE_CONV_CASES)
+def test_conv2d_large_tiles(layout, n, cin, cout, hw, k, stride, groups):
+    check_large_conv(dev, host, layout, n, cin, cout, hw, k, stride, groups)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("n,cin,cout,hw,k,stride,groups", [
+    (8, 64, 128, 32, 3, 1, 1), (16, 256, 512, 8, 3, 1, 1), (8, 128, 256, 16, 1, 1, 1),
+    (8, 64, 128, 32, 3, 2, 1), (8, 32, 64, 32, 5, 1, 1)])
 def test_conv2d_cifar_sized(layout, n, cin, cout, hw, k, stride, groups):
-    rng = np.random.default_rng(cin * cout + hw)
-    x = nchw_to(rand(rng, n, cin, hw, hw), layout)
-    w, b = rand(rng, cout, cin // groups, k, k), rand(rng, cout)
-    check_conv(dev, host, x, w, b, dict(stride=stride, padding="same", groups=groups,
-                                        layout=layout), rng)
+    check_large_conv(dev, host, layout, n, cin, cout, hw, k, stride, groups)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("channels,mult,hw,stride", DEPTHWISE_SPLIT_CASES)
+def test_depthwise_weight_splits(layout, channels, mult, hw, stride):
+    check_depthwise_splits(dev, host, layout, channels, mult, hw, stride)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("kind,kernel,stride,padding", POOL_BIGGER_CASES)
+def test_pooling_bigger(layout, kind, kernel, stride, padding):
+    check_pool_bigger(dev, host, layout, kind, kernel, stride, padding)
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
