@@ -86,6 +86,13 @@ struct ConvGeometry {
   // Pixel index p = (b*height + y)*width + x of an image batch, split back into (b, y, x).
   FC_HD static void split_pixel(int64_t p, int64_t height, int64_t width, int64_t& b,
                                 int64_t& y, int64_t& x) {
+    if ((p | height | width) < (int64_t{1} << 31)) {  // usual; 64-bit division is slow on a GPU
+      const uint32_t q = static_cast<uint32_t>(p) / static_cast<uint32_t>(width);
+      x = static_cast<uint32_t>(p) - q * static_cast<uint32_t>(width);
+      b = q / static_cast<uint32_t>(height);
+      y = q - static_cast<uint32_t>(b) * static_cast<uint32_t>(height);
+      return;
+    }
     x = p % width;
     p /= width;
     y = p % height;

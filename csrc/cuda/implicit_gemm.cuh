@@ -58,15 +58,16 @@ __device__ __forceinline__ void read_fragment(const float* row, float* out) {
 
 // Position of load j of thread `tid` inside a (BK x extent) operand slice: consecutive
 // threads take consecutive outer indices (m or n) if `outer_fastest`, else consecutive k.
+// Written so that the loads of a thread visibly share their k (or outer) index: the compiler
+// then decodes each distinct k once per slice for all of them.
 template <class T, int extent, bool outer_fastest>
 __device__ __forceinline__ void load_position(int tid, int j, int& outer, int& k) {
-  const int e = tid + j * T::kThreads;
   if (outer_fastest) {
-    outer = e % extent;
-    k = e / extent;
+    outer = tid % extent;
+    k = tid / extent + j * (T::kThreads / extent);
   } else {
-    k = e % T::BK;
-    outer = e / T::BK;
+    k = tid % T::BK;
+    outer = tid / T::BK + j * (T::kThreads / T::BK);
   }
 }
 
