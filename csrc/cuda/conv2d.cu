@@ -41,16 +41,17 @@ struct ConvProblem {
   }
 };
 
+// A pixel of a GEMM row, kept small: each thread holds several for a whole block.
 struct Pixel {
-  int64_t b, y, x;
-  bool valid;
+  int64_t b;  // -1: past the last pixel
+  int y, x;
+  __device__ bool valid() const { return b >= 0; }
 };
 
 __device__ __forceinline__ Pixel pixel(int64_t p, int64_t count, int64_t height, int64_t width) {
-  Pixel px;
-  px.valid = p < count;
-  ConvGeometry::split_pixel(px.valid ? p : 0, height, width, px.b, px.y, px.x);
-  return px;
+  int64_t b, y, x;
+  ConvGeometry::split_pixel(p < count ? p : 0, height, width, b, y, x);
+  return {p < count ? b : -1, static_cast<int>(y), static_cast<int>(x)};
 }
 
 struct Channel {
@@ -79,7 +80,7 @@ struct ForwardProblem : ConvProblem<kNhwc> {
     int c, ky, kx;
     this->split_filter(k, this->cin_g, c, ky, kx);
     const int64_t iy = g.in_row(r.y, ky), ix = g.in_col(r.x, kx);
-    if (!r.valid || iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) return 0.f;
+    if (!r.valid() || iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) return 0.f;
     return x[g.x_offset(r.b, static_cast<int64_t>(group) * this->cin_g + c, iy, ix)];
   }
   __device__ ColB col_b(int64_t o, int) const { return {static_cast<int>(o), o < this->n}; }
@@ -118,7 +119,7 @@ struct BackwardInputProblem : ConvProblem<kNhwc> {
     int o, ky, kx;
     this->split_filter(k, this->cout_g, o, ky, kx);
     const int64_t oy = g.out_row(r.y, ky), ox = g.out_col(r.x, kx);
-    if (!r.valid || oy < 0 || ox < 0) return 0.f;
+    if (!r.valid() || oy < 0 || ox < 0) return 0.f;
     return dy[g.y_offset(r.b, static_cast<int64_t>(group) * this->cout_g + o, oy, ox)];
   }
   __device__ ColB col_b(int64_t c, int) const { return {static_cast<int>(c), c < this->n}; }
