@@ -20,7 +20,7 @@ def assert_close(actual, expected, rtol=1e-4, atol=2e-5):
     so that the bound stays meaningful for sums of many terms."""
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     assert actual.dtype == np.float32, actual.dtype
-    scale = 1.0 + float(np.max(np.abs(expected), initial=0.0))
+    scale = 1.0 + float(np.nanmax(np.abs(expected), initial=0.0))  # NaN outputs compare equal
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol * scale)
 
 
@@ -161,7 +161,10 @@ DEPTHWISE_SPLIT_CASES = [(40, 1, 33, 1), (3, 2, 40, 2)]
 
 # Pooling on bigger planes, with ties: (kind, kernel, stride, padding).
 POOL_BIGGER_CASES = [("max", 2, None, 0), ("max", 3, 2, 1), ("avg", 2, None, 0),
-                     ("min", 3, 1, "same"), ("sum", (2, 3), (1, 2), ((0, 1), (1, 0)))]
+                     ("min", 3, 1, "same"), ("sum", (2, 3), (1, 2), ((0, 1), (1, 0))),
+                     # >= 64 cells: the wide-window forward kernels, windows clipped by padding
+                     ("max", (8, 9), 3, (4, 3)), ("min", (9, 8), (2, 4), "same"),
+                     ("avg", 8, 4, 4), ("sum", (16, 8), 5, 0)]
 
 
 def check_large_conv(dev, host, layout, n, cin, cout, hw, k, stride, groups):
@@ -182,6 +185,8 @@ def check_depthwise_splits(dev, host, layout, channels, mult, hw, stride):
 
 def check_pool_bigger(dev, host, layout, kind, kernel, stride, padding):
     rng = np.random.default_rng(11)
-    x = nchw_to(rng.integers(-2, 3, size=(2, 5, 17, 16)).astype(np.float32), layout)
+    x = rng.integers(-2, 3, size=(2, 37, 17, 16)).astype(np.float32)
+    x[0, 1, 5:9, 3:7] = np.nan  # NaN must win max and min windows, first one first
+    x = nchw_to(x, layout)
     check_pool(dev, host, kind, x, kernel, dict(stride=stride, padding=padding, layout=layout),
                rng)

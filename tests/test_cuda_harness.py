@@ -95,13 +95,20 @@ def test_global_avg_pool(harness, layout):
     check_global_pool(same, same, rand(rng, 3, 6, 7, 5), layout, rng)
 
 
-@pytest.mark.parametrize("kind", POOL_KINDS)
-def test_pooling_bit_exact_with_cpu_kernels(kind):
-    """Same window order and the same first-extreme / NaN rules as fastconv._cpu."""
+# NHWC averages are left out: the CPU multiplies by the reciprocal there, the GPU divides.
+BIT_EXACT_POOLS = ([(kind, 3, "NCHW") for kind in POOL_KINDS] +
+                   [(kind, 3, "NHWC") for kind in ("max", "min", "sum")] +
+                   [("max", (8, 9), "NCHW"), ("min", (9, 8), "NHWC")])  # wide windows
+
+
+@pytest.mark.parametrize("kind,kernel,layout", BIT_EXACT_POOLS)
+def test_pooling_bit_exact_with_cpu_kernels(kind, kernel, layout):
+    """Same windows and the same first-extreme / NaN rules as fastconv._cpu, bit for bit."""
     rng = np.random.default_rng(4)
-    x = rng.integers(-2, 3, size=(2, 3, 9, 8)).astype(np.float32)
-    x[0, 0, 2, 3] = np.nan
-    g = _args.pool_geometry(x.shape, 3, stride=2, padding=1, layout="NCHW", kind=kind)
+    x = rng.integers(-2, 3, size=(2, 3, 19, 18)).astype(np.float32)
+    x[0, 0, 2:5, 3:5] = np.nan
+    x = nchw_to(x, layout)
+    g = _args.pool_geometry(x.shape, kernel, stride=2, padding=1, layout=layout, kind=kind)
     dy = rand(rng, *g.y_shape)
     results = []
     for module in (fastconv._cpu, harness_module):

@@ -3,7 +3,8 @@
 // row-major order wins, NaN counting as extreme; averages divide by the real cells unless
 // count_include_pad). Global average pooling is avg pooling with a whole-image window.
 //
-// Forward: one thread per output. Backward gathers: one thread per dx cell loops over the
+// Forward: one thread per output, or for wide windows (global pooling) several threads per
+// output whose partials are merged in a fixed order. Backward gathers: one thread per dx cell loops over the
 // outputs whose windows cover it, in the same (oy, ox) order the CPU scatters them, and for
 // max/min recomputes each window's winner, so no indices are stored and no atomics are needed.
 // Threads are ordered like memory (channels fastest for NHWC), so neighbours read neighbours.
@@ -50,6 +51,66 @@ __global__ void pool_forward_kernel(const PoolGeometry g, const float* x, float*
   }
 }
 
+// Wide windows (global pooling): one thread per output would leave most of the GPU idle and
+// read long serial chains, so several threads share an output, each scanning every parts-th
+// cell of the window in row-major order, and a leader merges their partials in part order.
+// NCHW: a row of 32 threads per output. NHWC: a block column per 32 neighbouring channels,
+// its 8 rows splitting the cells. Extremes merge by (value, cell): the first extreme wins.
+constexpr int kWideCells = 64, kWideLanes = 32, kWideRows = 8;
+
+template <PoolKind kind>
+__device__ __forceinline__ void keep_extreme(float v, int cell, float& best, int& best_cell) {
+  const bool tie = v == best || (v != v && best != best);
+  if (cell >= 0 && (best_cell < 0 || PoolGeometry::replaces(kind, v, best) ||
+                    (tie && cell < best_cell))) {
+    best = v;
+    best_cell = cell;
+  }
+}
+
+template <PoolKind kind, bool kNhwc>
+__global__ void __launch_bounds__(kWideLanes * kWideRows)
+    pool_forward_wide_kernel(const PoolGeometry g, const float* x, float* y) {
+  __shared__ float values[kWideRows][kWideLanes];
+  __shared__ int cells[kWideRows][kWideLanes];
+  const int lane = static_cast<int>(threadIdx.x), row = static_cast<int>(threadIdx.y);
+  int64_t out, b, c, oy, ox;
+  bool valid;
+  if (kNhwc) {
+    c = static_cast<int64_t>(blockIdx.y) * kWideLanes + lane;
+    ConvGeometry::split_pixel(blockIdx.x, g.oh, g.ow, b, oy, ox);
+    out = static_cast<int64_t>(blockIdx.x) * g.c + c;
+    valid = c < g.c;
+  } else {
+    out = static_cast<int64_t>(blockIdx.x) * kWideRows + row;
+    valid = out < g.y_size();
+    ConvGeometry::split_offset(false, g.c, g.oh, g.ow, valid ? out : 0, b, c, oy, ox);
+  }
+  const int part = kNhwc ? row : lane, parts = kNhwc ? kWideRows : kWideLanes;
+  int64_t y0, y1, x0, x1;
+  g.window(oy, ox, y0, y1, x0, x1);
+  const int width = static_cast<int>(x1 - x0), count = valid ? static_cast<int>((y1 - y0) * width) : 0;
+  float acc = 0.f;
+  int acc_cell = -1;
+  for (int t = part; t < count; t += parts) {
+    const float v = x[g.offset(b, c, y0 + t / width, x0 + t % width, g.h, g.w)];
+    if (is_extreme<kind>()) keep_extreme<kind>(v, t, acc, acc_cell);
+    else acc += v;
+  }
+  values[row][lane] = acc;
+  cells[row][lane] = acc_cell;
+  __syncthreads();
+  if (!valid || part != 0) return;
+  float total = 0.f;
+  int total_cell = -1;
+  for (int p = 0; p < parts; ++p) {
+    const float v = kNhwc ? values[p][lane] : values[row][p];
+    if (is_extreme<kind>()) keep_extreme<kind>(v, kNhwc ? cells[p][lane] : cells[row][p], total, total_cell);
+    else total += v;
+  }
+  y[out] = kind == PoolKind::kAvg ? total / g.avg_divisor(count) : total;
+}
+
 template <PoolKind kind>
 __global__ void pool_backward_kernel(const PoolGeometry g, const float* dy, const float* x,
                                      float* dx) {
@@ -77,7 +138,18 @@ __global__ void pool_backward_kernel(const PoolGeometry g, const float* dy, cons
 
 template <PoolKind kind>
 void forward(const PoolGeometry& g, const float* x, float* y, Stream stream) {
-  FC_LAUNCH(pool_forward_kernel<kind>, element_grid(g.y_size()), dim3(kElementThreads), stream)(g, x, y);
+  const dim3 wide_block(kWideLanes, kWideRows);
+  if (g.kh * g.kw < kWideCells) {
+    FC_LAUNCH(pool_forward_kernel<kind>, element_grid(g.y_size()), dim3(kElementThreads), stream)(g, x, y);
+  } else if (g.channels_last) {
+    const dim3 grid(static_cast<unsigned>(g.n * g.oh * g.ow), static_cast<unsigned>(ceil_div(g.c, kWideLanes)));
+    auto* kernel = &pool_forward_wide_kernel<kind, true>;
+    FC_LAUNCH(kernel, grid, wide_block, stream)(g, x, y);
+  } else {
+    const dim3 grid(static_cast<unsigned>(ceil_div(g.y_size(), kWideRows)));
+    auto* kernel = &pool_forward_wide_kernel<kind, false>;
+    FC_LAUNCH(kernel, grid, wide_block, stream)(g, x, y);
+  }
   check_launch("pool2d_forward");
 }
 
