@@ -162,4 +162,5 @@ class _Kernels:
         (pdy, px, pdx), device = self._pointers(
             (dy, "dy", size["y"]), (x, "x", size["x"]), (dx, "dx", size["x"]))
         if geometry.n:
-            self._run(device, lambda s, _: self._native.pool2d_backward(pdy, px, pdx, g, s))
+            self._run(device, lambda s, ws: self._native.pool2d_backward(pdy, px, pdx, ws, g, s),
+                      self._native.pool2d_backward_workspace(g))

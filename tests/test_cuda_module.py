@@ -20,6 +20,10 @@ def test_workspace_sizes_follow_the_split_rules():
     assert cuda.conv2d_backward_weight_workspace(big) % (16 * 8 * 9) == 0
     assert cuda.conv2d_backward_weight_workspace(big) > 16 * 8 * 9
     assert cuda.bias_backward_workspace(big) == (128 * 32 * 32 // 4096) * 16
+    # Max/min pooling backward keeps one winner per output; avg/sum need nothing.
+    pool = (2, 3, 8, 8, 2, 2, 4, 4, 2, 2, 0, 0, 0)
+    assert cuda.pool2d_backward_workspace(pool + (0, 0)) == 2 * 3 * 4 * 4
+    assert cuda.pool2d_backward_workspace(pool + (2, 0)) == 0
 
 
 @pytest.mark.parametrize("field,value", [(1, 0), (9, 0), (15, 3), (7, 0)])

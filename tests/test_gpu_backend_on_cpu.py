@@ -61,7 +61,9 @@ class FakeNative:
         return None if pointer == 0 else np.asarray(self.arrays[pointer]).reshape(-1)
 
     def record_workspace(self, pointer, needed):
-        self.workspaces.append((needed, 0 if pointer == 0 else self.arrays[pointer].size))
+        provided = 0 if pointer == 0 else self.arrays[pointer].size
+        assert provided == needed, f"workspace of {provided} floats, the kernel needs {needed}"
+        self.workspaces.append(needed)
 
     def conv2d_forward(self, x, w, bias, y, g, stream):
         harness.conv2d_forward(self.array(x), self.array(w), self.array(bias), self.array(y), g)
@@ -86,7 +88,11 @@ class FakeNative:
     def pool2d_forward(self, x, y, g, stream):
         harness.pool2d_forward(self.array(x), self.array(y), g)
 
-    def pool2d_backward(self, dy, x, dx, g, stream):
+    def pool2d_backward_workspace(self, g):
+        return cuda.pool2d_backward_workspace(g)
+
+    def pool2d_backward(self, dy, x, dx, workspace, g, stream):
+        self.record_workspace(workspace, cuda.pool2d_backward_workspace(g))
         harness.pool2d_backward(self.array(dy), self.array(x), self.array(dx), g)
 
 
@@ -121,9 +127,7 @@ def test_workspaces_are_as_large_as_the_kernels_need(fake_gpu):
     # 2 x 48 x 48 output pixels: backward-weight and bias both split their reductions.
     check_conv(fake_gpu.track, np.asarray, rand(rng, 2, 4, 48, 48), rand(rng, 8, 4, 3, 3),
                rand(rng, 8), dict(padding=1), rng)
-    assert len(fake_gpu.workspaces) == 2
-    for needed, provided in fake_gpu.workspaces:
-        assert needed > 0 and provided == needed
+    assert len(fake_gpu.workspaces) == 2 and min(fake_gpu.workspaces) > 0
 
 
 def test_depthwise_pointwise_separable(fake_gpu):
@@ -141,7 +145,9 @@ def test_depthwise_pointwise_separable(fake_gpu):
 def test_pooling(fake_gpu, kind):
     rng = np.random.default_rng(4)
     x = rng.integers(-2, 3, size=(2, 3, 9, 7)).astype(np.float32)
+    fake_gpu.workspaces.clear()
     check_pool(fake_gpu.track, np.asarray, kind, x, 3, dict(stride=2, padding=1, layout="NCHW"), rng)
+    assert fake_gpu.workspaces == [2 * 3 * 5 * 4 if kind in ("max", "min") else 0]
     check_global_pool(fake_gpu.track, np.asarray, nchw_to(x, "NHWC"), "NHWC", rng)
 
 

@@ -63,7 +63,13 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("pool2d_forward", [](Pointer x, Pointer y, const PoolFields& f, Pointer s) {
     kernels::pool2d_forward(pool_geometry(f), ptr(x), ptr(y), stream(s));
   }, py::arg("x"), py::arg("y"), py::arg("geometry"), py::arg("stream"));
-  m.def("pool2d_backward", [](Pointer dy, Pointer x, Pointer dx, const PoolFields& f, Pointer s) {
-    kernels::pool2d_backward(pool_geometry(f), ptr(dy), ptr(x), ptr(dx), stream(s));
-  }, py::arg("dy"), py::arg("x"), py::arg("dx"), py::arg("geometry"), py::arg("stream"));
+  m.def("pool2d_backward_workspace", [](const PoolFields& f) {
+    return kernels::pool2d_backward_workspace(pool_geometry(f));
+  }, py::arg("geometry"), "Floats of workspace pool2d_backward needs.");
+  m.def("pool2d_backward", [](Pointer dy, Pointer x, Pointer dx, Pointer workspace,
+                              const PoolFields& f, Pointer s) {
+    kernels::pool2d_backward(pool_geometry(f), ptr(dy), ptr(x), ptr(dx), ptr(workspace),
+                             stream(s));
+  }, py::arg("dy"), py::arg("x"), py::arg("dx"), py::arg("workspace"), py::arg("geometry"),
+        py::arg("stream"));
 }

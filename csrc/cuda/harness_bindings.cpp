@@ -72,7 +72,9 @@ void pool2d_backward(const py::array& dy, const py::array& x, const py::array& d
   const PoolGeometry g = pool_geometry(f);
   const float *pdy = checked(dy, g.y_size(), "dy"), *px = checked(x, g.x_size(), "x");
   float* pdx = output(dx, g.x_size(), "dx");
-  if (g.n > 0) kernels::pool2d_backward(g, pdy, px, pdx, nullptr);
+  if (g.n == 0) return;
+  std::vector<float> workspace(kernels::pool2d_backward_workspace(g));
+  kernels::pool2d_backward(g, pdy, px, pdx, workspace.data(), nullptr);
 }
 
 }  // namespace

@@ -33,8 +33,9 @@ void bias_backward(const ConvGeometry& g, const float* dy, float* dbias, float* 
                    Stream stream);
 
 void pool2d_forward(const PoolGeometry& g, const float* x, float* y, Stream stream);
+int64_t pool2d_backward_workspace(const PoolGeometry& g);
 void pool2d_backward(const PoolGeometry& g, const float* dy, const float* x, float* dx,
-                     Stream stream);
+                     float* workspace, Stream stream);
 
 // Used by conv2d.cu.
 bool is_depthwise(const ConvGeometry& g);

@@ -4,9 +4,11 @@
 // count_include_pad). Global average pooling is avg pooling with a whole-image window.
 //
 // Forward: one thread per output, or for wide windows (global pooling) several threads per
-// output whose partials are merged in a fixed order. Backward gathers: one thread per dx cell loops over the
-// outputs whose windows cover it, in the same (oy, ox) order the CPU scatters them, and for
-// max/min recomputes each window's winner, so no indices are stored and no atomics are needed.
+// output whose partials are merged in a fixed order. Backward gathers: one thread per dx cell
+// loops over the outputs whose windows cover it, in the (oy, ox) order the CPU scatters
+// them, so no atomics are needed. Max/min backward first recomputes every window's winner
+// from x (the forward kernels, writing the winning cell of each window to a workspace
+// instead of y), so the gather reads one int per covering window instead of rescanning it.
 // Threads are ordered like memory (channels fastest for NHWC), so neighbours read neighbours.
 #include "cuda/common.cuh"
 
@@ -16,32 +18,35 @@ namespace {
 template <PoolKind kind>
 FC_HD constexpr bool is_extreme() { return kind == PoolKind::kMax || kind == PoolKind::kMin; }
 
-// Offset of the first extreme of window (oy, ox) of plane (b, c).
+// Cell (row-major within the clipped window) of the first extreme of a window of plane (b, c).
 template <PoolKind kind>
-__device__ int64_t winner(const PoolGeometry& g, const float* x, int64_t b, int64_t c,
-                          int64_t y0, int64_t y1, int64_t x0, int64_t x1) {
-  int64_t best = g.offset(b, c, y0, x0, g.h, g.w);
-  float best_value = x[best];
+__device__ int winning_cell(const PoolGeometry& g, const float* x, int64_t b, int64_t c,
+                            int64_t y0, int64_t y1, int64_t x0, int64_t x1) {
+  int best = 0, cell = 0;
+  float best_value = x[g.offset(b, c, y0, x0, g.h, g.w)];
   for (int64_t iy = y0; iy < y1; ++iy)
-    for (int64_t ix = x0; ix < x1; ++ix) {
-      const int64_t at = g.offset(b, c, iy, ix, g.h, g.w);
-      if (PoolGeometry::replaces(kind, x[at], best_value)) {
-        best = at;
-        best_value = x[at];
+    for (int64_t ix = x0; ix < x1; ++ix, ++cell) {
+      const float v = x[g.offset(b, c, iy, ix, g.h, g.w)];
+      if (PoolGeometry::replaces(kind, v, best_value)) {
+        best = cell;
+        best_value = v;
       }
     }
   return best;
 }
 
+// y = the pooled values, or for max/min with y == nullptr: winners = each window's winning cell.
 template <PoolKind kind>
-__global__ void pool_forward_kernel(const PoolGeometry g, const float* x, float* y) {
+__global__ void pool_forward_kernel(const PoolGeometry g, const float* x, float* y, int* winners) {
   const int64_t total = g.y_size();
   for (int64_t i = first_element(); i < total; i += element_step()) {
     int64_t b, c, oy, ox, y0, y1, x0, x1;
     ConvGeometry::split_offset(g.channels_last != 0, g.c, g.oh, g.ow, i, b, c, oy, ox);
     g.window(oy, ox, y0, y1, x0, x1);
     if (is_extreme<kind>()) {
-      y[i] = x[winner<kind>(g, x, b, c, y0, y1, x0, x1)];
+      const int cell = winning_cell<kind>(g, x, b, c, y0, y1, x0, x1);
+      if (y) y[i] = x[g.offset(b, c, y0 + cell / (x1 - x0), x0 + cell % (x1 - x0), g.h, g.w)];
+      else winners[i] = cell;
       continue;
     }
     float acc = 0.f;
@@ -70,7 +75,7 @@ __device__ __forceinline__ void keep_extreme(float v, int cell, float& best, int
 
 template <PoolKind kind, bool kNhwc>
 __global__ void __launch_bounds__(kWideLanes * kWideRows)
-    pool_forward_wide_kernel(const PoolGeometry g, const float* x, float* y) {
+    pool_forward_wide_kernel(const PoolGeometry g, const float* x, float* y, int* winners) {
   __shared__ float values[kWideRows][kWideLanes];
   __shared__ int cells[kWideRows][kWideLanes];
   const int lane = static_cast<int>(threadIdx.x), row = static_cast<int>(threadIdx.y);
@@ -108,11 +113,13 @@ __global__ void __launch_bounds__(kWideLanes * kWideRows)
     if (is_extreme<kind>()) keep_extreme<kind>(v, kNhwc ? cells[p][lane] : cells[row][p], total, total_cell);
     else total += v;
   }
-  y[out] = kind == PoolKind::kAvg ? total / g.avg_divisor(count) : total;
+  if (is_extreme<kind>() && !y) winners[out] = total_cell;
+  else y[out] = kind == PoolKind::kAvg ? total / g.avg_divisor(count) : total;
 }
 
+// winners: each window's winning cell (max/min only).
 template <PoolKind kind>
-__global__ void pool_backward_kernel(const PoolGeometry g, const float* dy, const float* x,
+__global__ void pool_backward_kernel(const PoolGeometry g, const float* dy, const int* winners,
                                      float* dx) {
   const int64_t total = g.x_size();
   for (int64_t i = first_element(); i < total; i += element_step()) {
@@ -123,40 +130,45 @@ __global__ void pool_backward_kernel(const PoolGeometry g, const float* dy, cons
     float acc = 0.f;
     for (int64_t oy = oy_lo; oy < oy_hi; ++oy)
       for (int64_t ox = ox_lo; ox < ox_hi; ++ox) {
-        const float d = dy[g.offset(b, c, oy, ox, g.oh, g.ow)];
+        const int64_t out = g.offset(b, c, oy, ox, g.oh, g.ow);
         int64_t y0, y1, x0, x1;
         g.window(oy, ox, y0, y1, x0, x1);
         if (is_extreme<kind>()) {
-          if (winner<kind>(g, x, b, c, y0, y1, x0, x1) == i) acc += d;
+          if (winners[out] == (iy - y0) * (x1 - x0) + (ix - x0)) acc += dy[out];
         } else {
-          acc += kind == PoolKind::kAvg ? d / g.avg_divisor((y1 - y0) * (x1 - x0)) : d;
+          acc += kind == PoolKind::kAvg ? dy[out] / g.avg_divisor((y1 - y0) * (x1 - x0)) : dy[out];
         }
       }
     dx[i] = acc;
   }
 }
 
+// The forward pass: y, or (y == nullptr) the winners of max/min windows.
 template <PoolKind kind>
-void forward(const PoolGeometry& g, const float* x, float* y, Stream stream) {
+void forward(const PoolGeometry& g, const float* x, float* y, int* winners, Stream stream) {
   const dim3 wide_block(kWideLanes, kWideRows);
   if (g.kh * g.kw < kWideCells) {
-    FC_LAUNCH(pool_forward_kernel<kind>, element_grid(g.y_size()), dim3(kElementThreads), stream)(g, x, y);
+    FC_LAUNCH(pool_forward_kernel<kind>, element_grid(g.y_size()), dim3(kElementThreads), stream)(
+        g, x, y, winners);
   } else if (g.channels_last) {
     const dim3 grid(static_cast<unsigned>(g.n * g.oh * g.ow), static_cast<unsigned>(ceil_div(g.c, kWideLanes)));
     auto* kernel = &pool_forward_wide_kernel<kind, true>;
-    FC_LAUNCH(kernel, grid, wide_block, stream)(g, x, y);
+    FC_LAUNCH(kernel, grid, wide_block, stream)(g, x, y, winners);
   } else {
     const dim3 grid(static_cast<unsigned>(ceil_div(g.y_size(), kWideRows)));
     auto* kernel = &pool_forward_wide_kernel<kind, false>;
-    FC_LAUNCH(kernel, grid, wide_block, stream)(g, x, y);
+    FC_LAUNCH(kernel, grid, wide_block, stream)(g, x, y, winners);
   }
   check_launch("pool2d_forward");
 }
 
 template <PoolKind kind>
-void backward(const PoolGeometry& g, const float* dy, const float* x, float* dx, Stream stream) {
+void backward(const PoolGeometry& g, const float* dy, const float* x, float* dx, float* workspace,
+              Stream stream) {
+  int* winners = reinterpret_cast<int*>(workspace);
+  if (is_extreme<kind>()) forward<kind>(g, x, nullptr, winners, stream);
   FC_LAUNCH(pool_backward_kernel<kind>, element_grid(g.x_size()), dim3(kElementThreads), stream)(
-      g, dy, x, dx);
+      g, dy, winners, dx);
   check_launch("pool2d_backward");
 }
 
@@ -164,20 +176,26 @@ void backward(const PoolGeometry& g, const float* dy, const float* x, float* dx,
 
 void pool2d_forward(const PoolGeometry& g, const float* x, float* y, Stream stream) {
   switch (g.pool_kind()) {
-    case PoolKind::kMax: return forward<PoolKind::kMax>(g, x, y, stream);
-    case PoolKind::kMin: return forward<PoolKind::kMin>(g, x, y, stream);
-    case PoolKind::kAvg: return forward<PoolKind::kAvg>(g, x, y, stream);
-    case PoolKind::kSum: return forward<PoolKind::kSum>(g, x, y, stream);
+    case PoolKind::kMax: return forward<PoolKind::kMax>(g, x, y, nullptr, stream);
+    case PoolKind::kMin: return forward<PoolKind::kMin>(g, x, y, nullptr, stream);
+    case PoolKind::kAvg: return forward<PoolKind::kAvg>(g, x, y, nullptr, stream);
+    case PoolKind::kSum: return forward<PoolKind::kSum>(g, x, y, nullptr, stream);
   }
 }
 
+int64_t pool2d_backward_workspace(const PoolGeometry& g) {
+  static_assert(sizeof(int) == sizeof(float), "winners live in a float workspace");
+  const bool extreme = g.pool_kind() == PoolKind::kMax || g.pool_kind() == PoolKind::kMin;
+  return extreme ? g.y_size() : 0;
+}
+
 void pool2d_backward(const PoolGeometry& g, const float* dy, const float* x, float* dx,
-                     Stream stream) {
+                     float* workspace, Stream stream) {
   switch (g.pool_kind()) {
-    case PoolKind::kMax: return backward<PoolKind::kMax>(g, dy, x, dx, stream);
-    case PoolKind::kMin: return backward<PoolKind::kMin>(g, dy, x, dx, stream);
-    case PoolKind::kAvg: return backward<PoolKind::kAvg>(g, dy, x, dx, stream);
-    case PoolKind::kSum: return backward<PoolKind::kSum>(g, dy, x, dx, stream);
+    case PoolKind::kMax: return backward<PoolKind::kMax>(g, dy, x, dx, workspace, stream);
+    case PoolKind::kMin: return backward<PoolKind::kMin>(g, dy, x, dx, workspace, stream);
+    case PoolKind::kAvg: return backward<PoolKind::kAvg>(g, dy, x, dx, workspace, stream);
+    case PoolKind::kSum: return backward<PoolKind::kSum>(g, dy, x, dx, workspace, stream);
   }
 }
 
