@@ -45,6 +45,13 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   return total;
 }
 
+// Chunk length for cutting `pixels` into splits of at least `min_chunk`, one split per block
+// row of a grid (gridDim.y <= 65535).
+inline int64_t pixel_chunk(int64_t pixels, int64_t min_chunk) {
+  const int64_t fit = ceil_div(pixels, 65535);
+  return fit > min_chunk ? fit : min_chunk;
+}
+
 // Pixels [begin, end) of split s when `pixels` are cut into chunks of `chunk`.
 __device__ __forceinline__ void split_range(int64_t s, int64_t chunk, int64_t pixels,
                                             int64_t& begin, int64_t& end) {

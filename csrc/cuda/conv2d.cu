@@ -221,11 +221,11 @@ constexpr int kBiasThreads = 256, kBiasLanes = 32, kBiasPixels = 4096;
 
 template <bool kNhwc>
 __global__ void __launch_bounds__(kBiasThreads)
-    bias_partials_kernel(const ConvGeometry g, const float* dy, float* partial) {
+    bias_partials_kernel(const ConvGeometry g, const float* dy, int64_t chunk, float* partial) {
   __shared__ float scratch[kBiasThreads];
   const int64_t plane = g.oh * g.ow, pixels = g.n * plane;
   int64_t begin, end;
-  split_range(blockIdx.y, kBiasPixels, pixels, begin, end);
+  split_range(blockIdx.y, chunk, pixels, begin, end);
   const int t = static_cast<int>(threadIdx.x);
   if (kNhwc) {
     constexpr int kRows = kBiasThreads / kBiasLanes;
@@ -250,7 +250,8 @@ __global__ void __launch_bounds__(kBiasThreads)
   }
 }
 
-int64_t bias_splits(const ConvGeometry& g) { return ceil_div(g.n * g.oh * g.ow, kBiasPixels); }
+int64_t bias_chunk(const ConvGeometry& g) { return pixel_chunk(g.n * g.oh * g.ow, kBiasPixels); }
+int64_t bias_splits(const ConvGeometry& g) { return ceil_div(g.n * g.oh * g.ow, bias_chunk(g)); }
 
 __global__ void sum_partials_kernel(const float* partial, int64_t splits, int64_t count,
                                     float* out) {
@@ -332,14 +333,13 @@ int64_t bias_backward_workspace(const ConvGeometry& g) { return bias_splits(g) *
 
 void bias_backward(const ConvGeometry& g, const float* dy, float* dbias, float* workspace,
                    Stream stream) {
-  const int64_t splits = bias_splits(g);
-  if (splits > 65535) throw std::invalid_argument("bias_backward: too many pixels");
+  const int64_t splits = bias_splits(g), chunk = bias_chunk(g);
   if (g.channels_last) {
     const dim3 grid(static_cast<unsigned>(ceil_div(g.c_out, kBiasLanes)), static_cast<unsigned>(splits));
-    FC_LAUNCH(bias_partials_kernel<true>, grid, dim3(kBiasThreads), stream)(g, dy, workspace);
+    FC_LAUNCH(bias_partials_kernel<true>, grid, dim3(kBiasThreads), stream)(g, dy, chunk, workspace);
   } else {
     const dim3 grid(static_cast<unsigned>(g.c_out), static_cast<unsigned>(splits));
-    FC_LAUNCH(bias_partials_kernel<false>, grid, dim3(kBiasThreads), stream)(g, dy, workspace);
+    FC_LAUNCH(bias_partials_kernel<false>, grid, dim3(kBiasThreads), stream)(g, dy, chunk, workspace);
   }
   check_launch("bias_backward");
   sum_partials(workspace, splits, g.c_out, dbias, stream);

@@ -62,12 +62,12 @@ constexpr int kWeightThreads = 256, kWeightLanes = 32, kWeightPixels = 2048;
 template <bool kNhwc>
 __global__ void __launch_bounds__(kWeightThreads)
     depthwise_weight_partials_kernel(const ConvGeometry g, const float* dy, const float* x,
-                                     float* partial) {
+                                     int64_t chunk, float* partial) {
   __shared__ float scratch[kWeightThreads];
   constexpr int kRows = kWeightThreads / kWeightLanes;
   const int64_t mult = g.c_out / g.c_in, taps = g.kh * g.kw;
   int64_t begin, end;
-  split_range(blockIdx.y, kWeightPixels, g.n * g.oh * g.ow, begin, end);
+  split_range(blockIdx.y, chunk, g.n * g.oh * g.ow, begin, end);
   const int t = static_cast<int>(threadIdx.x);
   const int64_t o = kNhwc ? static_cast<int64_t>(blockIdx.x) * kWeightLanes + t % kWeightLanes
                           : static_cast<int64_t>(blockIdx.x);
@@ -101,7 +101,8 @@ __global__ void __launch_bounds__(kWeightThreads)
   }
 }
 
-int64_t weight_splits(const ConvGeometry& g) { return ceil_div(g.n * g.oh * g.ow, kWeightPixels); }
+int64_t weight_chunk(const ConvGeometry& g) { return pixel_chunk(g.n * g.oh * g.ow, kWeightPixels); }
+int64_t weight_splits(const ConvGeometry& g) { return ceil_div(g.n * g.oh * g.ow, weight_chunk(g)); }
 
 }  // namespace
 
@@ -129,15 +130,14 @@ int64_t depthwise_conv2d_backward_weight_workspace(const ConvGeometry& g) {
 
 void depthwise_conv2d_backward_weight(const ConvGeometry& g, const float* dy, const float* x,
                                       float* dw, float* workspace, Stream stream) {
-  const int64_t splits = weight_splits(g);
-  if (splits > 65535) throw std::invalid_argument("depthwise_conv2d_backward_weight: too many pixels");
+  const int64_t splits = weight_splits(g), chunk = weight_chunk(g);
   const dim3 block(kWeightThreads);
   if (g.channels_last) {
     const dim3 grid(static_cast<unsigned>(ceil_div(g.c_out, kWeightLanes)), static_cast<unsigned>(splits));
-    FC_LAUNCH(depthwise_weight_partials_kernel<true>, grid, block, stream)(g, dy, x, workspace);
+    FC_LAUNCH(depthwise_weight_partials_kernel<true>, grid, block, stream)(g, dy, x, chunk, workspace);
   } else {
     const dim3 grid(static_cast<unsigned>(g.c_out), static_cast<unsigned>(splits));
-    FC_LAUNCH(depthwise_weight_partials_kernel<false>, grid, block, stream)(g, dy, x, workspace);
+    FC_LAUNCH(depthwise_weight_partials_kernel<false>, grid, block, stream)(g, dy, x, chunk, workspace);
   }
   check_launch("depthwise_conv2d_backward_weight");
   sum_partials(workspace, splits, g.w_size(), dw, stream);
