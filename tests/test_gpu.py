@@ -1,6 +1,8 @@
 """The CUDA kernels on a real GPU, through the functional API with CuPy arrays, against the
 NumPy reference: the same cases as tests/test_cuda_harness.py plus what only a GPU shows
 (devices, streams, PyTorch tensors, run-to-run determinism). Skipped without a GPU."""
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -13,7 +15,9 @@ from cuda_cases import (DEPTHWISE_SPLIT_CASES, LARGE_CONV_CASES, POOL_BIGGER_CAS
                         check_pointwise, check_pool, check_pool_bigger, check_separable,
                         conv_cases, layouts, nchw_to, pool_cases, rand)
 
-ok, why = fastconv.cuda_available()
+with warnings.catch_warnings():  # CuPy's import-time notes about the environment are not failures
+    warnings.simplefilter("ignore")
+    ok, why = fastconv.cuda_available()
 if not ok:
     pytest.skip(f"GPU tests need a CUDA GPU with CuPy and fastconv._cuda: {why}",
                 allow_module_level=True)

@@ -6,8 +6,6 @@
 // the memory of what they write so that neighbours read neighbouring inputs and the
 // re-reads of overlapping windows hit the cache. Backward-weight reduces over all pixels:
 // per-split partial sums in shared memory, then sum_partials in a fixed order.
-#include <stdexcept>
-
 #include "cuda/common.cuh"
 
 namespace fastconv::FASTCONV_CUDA_NS {
