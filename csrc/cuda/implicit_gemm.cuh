@@ -75,9 +75,11 @@ template <class T, class P>
 __global__ void __launch_bounds__(T::kThreads)
     implicit_gemm_kernel(const P p, int64_t k_chunk) {
   constexpr int BM = T::BM, BN = T::BN, BK = T::BK, TM = T::TM, TN = T::TN;
+  // Rows padded by 4 floats: threads storing consecutive k of one column hit different banks,
+  // and rows stay 16-byte aligned for the 4-wide reads.
   struct alignas(16) Slices {
-    float a[2][BK][BM];  // [buffer][k][m]
-    float b[2][BK][BN];  // [buffer][k][n]
+    float a[2][BK][BM + 4];  // [buffer][k][m]
+    float b[2][BK][BN + 4];  // [buffer][k][n]
   };
   __shared__ Slices slices;
   auto& a_tile = slices.a;
