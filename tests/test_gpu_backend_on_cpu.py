@@ -45,12 +45,16 @@ class FakeDevice:
         return False
 
 
+STREAM = 0x5EED  # the "current stream" of the CuPy stand-in
+
+
 class FakeNative:
     """fastconv._cuda's interface on pointers, running the harness kernels."""
 
     def __init__(self):
         self.arrays = {}        # pointer -> the array allocated there
-        self.workspaces = []    # (requested floats, provided floats) per reducing call
+        self.workspaces = []    # floats of workspace per reducing call
+        self.streams = set()    # every stream a kernel was queued on
 
     def track(self, a):
         a = a.view(FakeArray)
@@ -66,15 +70,18 @@ class FakeNative:
         self.workspaces.append(needed)
 
     def conv2d_forward(self, x, w, bias, y, g, stream):
+        self.streams.add(stream)
         harness.conv2d_forward(self.array(x), self.array(w), self.array(bias), self.array(y), g)
 
     def conv2d_backward_input(self, dy, w, dx, g, stream):
+        self.streams.add(stream)
         harness.conv2d_backward_input(self.array(dy), self.array(w), self.array(dx), g)
 
     def conv2d_backward_weight_workspace(self, g):
         return cuda.conv2d_backward_weight_workspace(g)
 
     def conv2d_backward_weight(self, dy, x, dw, workspace, g, stream):
+        self.streams.add(stream)
         self.record_workspace(workspace, cuda.conv2d_backward_weight_workspace(g))
         harness.conv2d_backward_weight(self.array(dy), self.array(x), self.array(dw), g)
 
@@ -82,16 +89,19 @@ class FakeNative:
         return cuda.bias_backward_workspace(g)
 
     def bias_backward(self, dy, dbias, workspace, g, stream):
+        self.streams.add(stream)
         self.record_workspace(workspace, cuda.bias_backward_workspace(g))
         harness.bias_backward(self.array(dy), self.array(dbias), g)
 
     def pool2d_forward(self, x, y, g, stream):
+        self.streams.add(stream)
         harness.pool2d_forward(self.array(x), self.array(y), g)
 
     def pool2d_backward_workspace(self, g):
         return cuda.pool2d_backward_workspace(g)
 
     def pool2d_backward(self, dy, x, dx, workspace, g, stream):
+        self.streams.add(stream)
         self.record_workspace(workspace, cuda.pool2d_backward_workspace(g))
         harness.pool2d_backward(self.array(dy), self.array(x), self.array(dx), g)
 
@@ -104,7 +114,7 @@ def fake_gpu():
         empty=lambda shape, dtype: native.track(np.empty(shape, dtype)),
         ascontiguousarray=lambda a: a if a.flags.c_contiguous else native.track(np.ascontiguousarray(a)),
         cuda=types.SimpleNamespace(Device=FakeDevice,
-                                   get_current_stream=lambda: types.SimpleNamespace(ptr=0)))
+                                   get_current_stream=lambda: types.SimpleNamespace(ptr=STREAM)))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_gpu, "_modules", lambda: (fake_cupy, native))
         patch.setattr(_backend, "_on_gpu", lambda a: isinstance(a, FakeArray))
@@ -171,6 +181,15 @@ def test_buffer_checks(fake_gpu):
         kernels.pool2d_forward(fake_gpu.track(np.zeros((1, 1, 8, 8), np.float32))[:, :, ::2, ::2],
                                fake_gpu.track(np.zeros((1, 1, 2, 2), np.float32)),
                                (1, 1, 4, 4, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0))
+
+
+def test_kernels_queue_on_the_current_stream(fake_gpu):
+    fake_gpu.streams.clear()
+    rng = np.random.default_rng(5)
+    x = rand(rng, 1, 2, 6, 6)
+    check_conv(fake_gpu.track, np.asarray, x, rand(rng, 3, 2, 3, 3), rand(rng, 3), {}, rng)
+    check_pool(fake_gpu.track, np.asarray, "max", x, 2, {}, rng)
+    assert fake_gpu.streams == {STREAM}
 
 
 def test_mixing_host_and_device_arrays_raises(fake_gpu):
