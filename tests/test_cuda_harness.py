@@ -155,3 +155,17 @@ def test_fixture_routes_to_the_harness(harness):
     assert _backend.resolve(x)[0] is harness_module
     y = fastconv.conv2d(x, w, padding=1)
     np.testing.assert_allclose(y, ref.conv2d(x, w, padding=1), rtol=1e-5, atol=1e-5)
+
+
+def test_harness_barrier_is_real():
+    """With __syncthreads every thread sees its neighbour's value; without it, the harness
+    lets a thread run ahead and read a stale slot, so a missing barrier fails tests."""
+    blocks, threads = 3, 64
+    expected = [b * threads + (t + 1) % threads for b in range(blocks) for t in range(threads)]
+    assert harness_module.selftest_neighbour_exchange(blocks, True) == expected
+    assert harness_module.selftest_neighbour_exchange(blocks, False) != expected
+
+
+def test_harness_reports_barrier_divergence():
+    with pytest.raises(RuntimeError, match="barrier divergence"):
+        harness_module.selftest_divergent_barrier()

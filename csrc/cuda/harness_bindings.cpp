@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "cuda/common.cuh"
+
 #include "cuda/kernels.h"
 #include "pybind_checks.h"
 
@@ -77,6 +79,35 @@ void pool2d_backward(const py::array& dy, const py::array& x, const py::array& d
   kernels::pool2d_backward(g, pdy, px, pdx, workspace.data(), nullptr);
 }
 
+// Self-tests of the harness itself: kernels that are right or wrong on purpose.
+constexpr int kSelfTestThreads = 64;
+
+// Each thread publishes its index in shared memory and reads its right neighbour's; without
+// the barrier the read can come before the neighbour's write.
+__global__ void neighbour_exchange_kernel(int* out, bool barrier) {
+  __shared__ int slots[kSelfTestThreads];
+  const int t = static_cast<int>(threadIdx.x);
+  slots[t] = static_cast<int>(blockIdx.x) * kSelfTestThreads + t;
+  if (barrier) __syncthreads();
+  out[blockIdx.x * kSelfTestThreads + t] = slots[(t + 1) % kSelfTestThreads];
+}
+
+// Thread 0 leaves before the barrier the others wait at: undefined behaviour on a GPU.
+__global__ void divergent_barrier_kernel() {
+  if (threadIdx.x == 0) return;
+  __syncthreads();
+}
+
+std::vector<int> neighbour_exchange(int blocks, bool barrier) {
+  std::vector<int> out(static_cast<size_t>(blocks) * kSelfTestThreads, -1);
+  FC_LAUNCH(neighbour_exchange_kernel, dim3(blocks), dim3(kSelfTestThreads), nullptr)(out.data(), barrier);
+  return out;
+}
+
+void divergent_barrier() {
+  FC_LAUNCH(divergent_barrier_kernel, dim3(1), dim3(kSelfTestThreads), nullptr)();
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cuda_harness, m) {
@@ -91,4 +122,8 @@ PYBIND11_MODULE(_cuda_harness, m) {
   m.def("pool2d_forward", &pool2d_forward, py::arg("x"), py::arg("y"), py::arg("geometry"));
   m.def("pool2d_backward", &pool2d_backward, py::arg("dy"), py::arg("x"), py::arg("dx"),
         py::arg("geometry"));
+  m.def("selftest_neighbour_exchange", &neighbour_exchange, py::arg("blocks"), py::arg("barrier"),
+        "Harness self-test: each thread reads its right neighbour's shared slot.");
+  m.def("selftest_divergent_barrier", &divergent_barrier,
+        "Harness self-test: raises, as one thread skips a barrier the others wait at.");
 }
