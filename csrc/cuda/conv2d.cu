@@ -39,32 +39,32 @@ struct ConvProblem {
   __device__ int64_t w_offset(int64_t o, int c, int ky, int kx) const {
     return (o * cin_g + c) * taps + ky * g.kw + kx;
   }
+  // Offset of pixel (y, x) from pixel (0, 0) within one channel of an image `width` wide with
+  // `channels` channels: linear, so it also holds for differences and padding positions.
+  __device__ static int64_t pixel_delta(int64_t y, int64_t x, int64_t width, int64_t channels) {
+    return kNhwc ? (y * width + x) * channels : y * width + x;
+  }
 };
 
-// A pixel of a GEMM row, kept small: each thread holds several for a whole block.
-struct Pixel {
-  int64_t b;  // -1: past the last pixel
-  int y, x;
-  __device__ bool valid() const { return b >= 0; }
-};
-
-__device__ __forceinline__ Pixel pixel(int64_t p, int64_t count, int64_t height, int64_t width) {
-  int64_t b, y, x;
-  ConvGeometry::split_pixel(p < count ? p : 0, height, width, b, y, x);
-  return {p < count ? b : -1, static_cast<int>(y), static_cast<int>(x)};
-}
-
-struct Channel {
-  int c;
-  bool valid;
-};
+// Row/column start of a GEMM row that lies past the end: every tap of it is out of bounds.
+constexpr int kOutside = -(1 << 30);
 
 template <bool kNhwc>
 struct ForwardProblem : ConvProblem<kNhwc> {
   using ConvProblem<kNhwc>::g;
   static constexpr bool kAByM = !kNhwc, kBByN = false, kStoreByM = !kNhwc;
-  using RowA = Pixel;    // an output pixel
-  using ColB = Channel;  // an output channel of the group
+  struct RowA {       // output pixel (b, oy, ox)
+    int64_t base;     // x offset of (b, the group's channel 0, iy0, ix0)
+    int iy0, ix0;     // input row/column of tap (0, 0); kOutside past the last pixel
+  };
+  struct ColB {
+    int64_t w_row;    // offset of the output channel's weights; -1 past the last channel
+  };
+  struct KEntry {     // filter index k = (c, ky, kx)
+    int64_t x_delta;  // x offset of the tap from the row base
+    int dy, dx;       // the tap's row/column from (iy0, ix0)
+    int w_index;      // offset in the output channel's weights
+  };
   const float *x, *w, *bias;
   float* y;
 
@@ -75,20 +75,32 @@ struct ForwardProblem : ConvProblem<kNhwc> {
     this->n = this->cout_g;
     this->k = static_cast<int64_t>(this->cin_g) * this->taps;
   }
-  __device__ RowA row_a(int64_t p, int) const { return pixel(p, this->m, g.oh, g.ow); }
-  __device__ float a(const RowA& r, int64_t k, int group) const {
-    int c, ky, kx;
-    this->split_filter(k, this->cin_g, c, ky, kx);
-    const int64_t iy = g.in_row(r.y, ky), ix = g.in_col(r.x, kx);
-    if (!r.valid() || iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) return 0.f;
-    return x[g.x_offset(r.b, static_cast<int64_t>(group) * this->cin_g + c, iy, ix)];
+  __device__ RowA row_a(int64_t p, int group) const {
+    if (p >= this->m) return {0, kOutside, kOutside};
+    int64_t b, oy, ox;
+    ConvGeometry::split_pixel(p, g.oh, g.ow, b, oy, ox);
+    const int64_t iy0 = g.in_row(oy, 0), ix0 = g.in_col(ox, 0);
+    return {g.x_offset(b, static_cast<int64_t>(group) * this->cin_g, iy0, ix0),
+            static_cast<int>(iy0), static_cast<int>(ix0)};
   }
-  __device__ ColB col_b(int64_t o, int) const { return {static_cast<int>(o), o < this->n}; }
-  __device__ float b(const ColB& col, int64_t k, int group) const {
-    if (!col.valid) return 0.f;
+  __device__ KEntry k_entry(int64_t k, int) const {
     int c, ky, kx;
     this->split_filter(k, this->cin_g, c, ky, kx);
-    return w[this->w_offset(static_cast<int64_t>(group) * this->cout_g + col.c, c, ky, kx)];
+    const int dy = static_cast<int>(ky * g.dil_h), dx = static_cast<int>(kx * g.dil_w);
+    const int64_t channel = kNhwc ? c : c * g.h * g.w;
+    return {channel + this->pixel_delta(dy, dx, g.w, g.c_in), dy, dx,
+            static_cast<int>((c * g.kh + ky) * g.kw + kx)};
+  }
+  __device__ float a(const RowA& r, const KEntry& e, int) const {
+    const int iy = r.iy0 + e.dy, ix = r.ix0 + e.dx;
+    if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) return 0.f;
+    return x[r.base + e.x_delta];
+  }
+  __device__ ColB col_b(int64_t o, int group) const {
+    return {o < this->n ? (static_cast<int64_t>(group) * this->cout_g + o) * this->k : -1};
+  }
+  __device__ float b(const ColB& col, const KEntry& e, int) const {
+    return col.w_row < 0 ? 0.f : w[col.w_row + e.w_index];
   }
   __device__ void store(int64_t p, int64_t o, int group, int64_t, float v) const {
     int64_t b, oy, ox;
@@ -102,8 +114,18 @@ template <bool kNhwc>
 struct BackwardInputProblem : ConvProblem<kNhwc> {
   using ConvProblem<kNhwc>::g;
   static constexpr bool kAByM = !kNhwc, kBByN = false, kStoreByM = !kNhwc;
-  using RowA = Pixel;    // an input pixel
-  using ColB = Channel;  // an input channel of the group
+  struct RowA {       // input pixel (b, iy, ix)
+    int64_t base;     // dy offset of (b, the group's output channel 0, 0, 0)
+    int ny, nx;       // iy + pad_top, ix + pad_left: the output row of tap ky is (ny - dy)/stride
+  };
+  struct ColB {
+    int64_t w_col;    // offset of weight (the group's output channel 0, c, 0, 0); -1 past the end
+  };
+  struct KEntry {     // filter index k = (o, ky, kx)
+    int64_t dy_channel;  // dy offset of output channel o from channel 0
+    int dy, dx;          // ky*dil_h, kx*dil_w
+    int w_index;         // offset of weight (o, c, ky, kx) from (0, c, 0, 0)
+  };
   const float *dy, *w;
   float* dx;
 
@@ -113,21 +135,37 @@ struct BackwardInputProblem : ConvProblem<kNhwc> {
     this->n = this->cin_g;
     this->k = static_cast<int64_t>(this->cout_g) * this->taps;
   }
-  __device__ RowA row_a(int64_t p, int) const { return pixel(p, this->m, g.h, g.w); }
-  // dy of the output that reads input pixel r at tap (ky, kx), if there is one.
-  __device__ float a(const RowA& r, int64_t k, int group) const {
-    int o, ky, kx;
-    this->split_filter(k, this->cout_g, o, ky, kx);
-    const int64_t oy = g.out_row(r.y, ky), ox = g.out_col(r.x, kx);
-    if (!r.valid() || oy < 0 || ox < 0) return 0.f;
-    return dy[g.y_offset(r.b, static_cast<int64_t>(group) * this->cout_g + o, oy, ox)];
+  __device__ RowA row_a(int64_t p, int group) const {
+    if (p >= this->m) return {0, kOutside, kOutside};
+    int64_t b, iy, ix;
+    ConvGeometry::split_pixel(p, g.h, g.w, b, iy, ix);
+    return {g.y_offset(b, static_cast<int64_t>(group) * this->cout_g, 0, 0),
+            static_cast<int>(iy + g.pad_top), static_cast<int>(ix + g.pad_left)};
   }
-  __device__ ColB col_b(int64_t c, int) const { return {static_cast<int>(c), c < this->n}; }
-  __device__ float b(const ColB& col, int64_t k, int group) const {
-    if (!col.valid) return 0.f;
+  __device__ KEntry k_entry(int64_t k, int) const {
     int o, ky, kx;
     this->split_filter(k, this->cout_g, o, ky, kx);
-    return w[this->w_offset(static_cast<int64_t>(group) * this->cout_g + o, col.c, ky, kx)];
+    return {kNhwc ? o : o * g.oh * g.ow, static_cast<int>(ky * g.dil_h),
+            static_cast<int>(kx * g.dil_w), (o * this->cin_g) * this->taps + ky * static_cast<int>(g.kw) + kx};
+  }
+  // Output index of a tap: (scaled / stride) if it divides and lands inside, else -1.
+  __device__ static int output_index(int scaled, int64_t stride, int64_t out) {
+    if (scaled < 0) return -1;
+    const int o = stride == 1 ? scaled : scaled / static_cast<int>(stride);
+    return o * stride == scaled && o < out ? o : -1;
+  }
+  __device__ float a(const RowA& r, const KEntry& e, int) const {
+    const int oy = output_index(r.ny - e.dy, g.stride_h, g.oh);
+    const int ox = output_index(r.nx - e.dx, g.stride_w, g.ow);
+    if (oy < 0 || ox < 0) return 0.f;
+    return dy[r.base + e.dy_channel + this->pixel_delta(oy, ox, g.ow, g.c_out)];
+  }
+  __device__ ColB col_b(int64_t c, int group) const {
+    if (c >= this->n) return {-1};
+    return {(static_cast<int64_t>(group) * this->cout_g * this->cin_g + c) * this->taps};
+  }
+  __device__ float b(const ColB& col, const KEntry& e, int) const {
+    return col.w_col < 0 ? 0.f : w[col.w_col + e.w_index];
   }
   __device__ void store(int64_t p, int64_t c, int group, int64_t, float v) const {
     int64_t b, iy, ix;
@@ -141,12 +179,16 @@ struct BackwardWeightProblem : ConvProblem<kNhwc> {
   using ConvProblem<kNhwc>::g;
   static constexpr bool kAByM = kNhwc, kBByN = kNhwc, kStoreByM = false;
   struct RowA {
-    int64_t o;  // output channel, over all groups once the group is known
-    bool valid;
+    int64_t channel;  // dy offset of output channel o from channel 0; -1 past the end
   };
-  struct ColB {
-    int c, ky, kx;
-    bool valid;
+  struct ColB {       // filter index n = (c, ky, kx)
+    int64_t channel;  // x offset of input channel c (of all groups) from channel 0
+    int dy, dx;       // ky*dil_h, kx*dil_w; kOutside past the end
+  };
+  struct KEntry {     // output pixel p = (b, oy, ox)
+    int64_t dy_pixel; // dy offset of (b, 0, oy, ox)
+    int64_t x_image;  // x offset of (b, 0, 0, 0)
+    int iy0, ix0;     // input row/column of tap (0, 0)
   };
   const float *dy, *x;
   float* partial;  // [split][C_out * Cin_g * T], each split in dw's own layout
@@ -159,27 +201,30 @@ struct BackwardWeightProblem : ConvProblem<kNhwc> {
     this->k = g.n * g.oh * g.ow;
   }
   __device__ RowA row_a(int64_t o, int group) const {
-    return {static_cast<int64_t>(group) * this->cout_g + o, o < this->m};
-  }
-  __device__ float a(const RowA& r, int64_t p, int) const {
-    if (!r.valid) return 0.f;
-    int64_t b, oy, ox;
-    ConvGeometry::split_pixel(p, g.oh, g.ow, b, oy, ox);
-    return dy[g.y_offset(b, r.o, oy, ox)];
+    if (o >= this->m) return {-1};
+    const int64_t oc = static_cast<int64_t>(group) * this->cout_g + o;
+    return {kNhwc ? oc : oc * g.oh * g.ow};
   }
   __device__ ColB col_b(int64_t n_index, int group) const {
-    ColB col;
-    col.valid = n_index < this->n;
-    this->split_filter(col.valid ? n_index : 0, this->cin_g, col.c, col.ky, col.kx);
-    col.c += group * this->cin_g;
-    return col;
+    if (n_index >= this->n) return {0, kOutside, kOutside};
+    int c, ky, kx;
+    this->split_filter(n_index, this->cin_g, c, ky, kx);
+    const int64_t ic = static_cast<int64_t>(group) * this->cin_g + c;
+    return {kNhwc ? ic : ic * g.h * g.w, static_cast<int>(ky * g.dil_h), static_cast<int>(kx * g.dil_w)};
   }
-  __device__ float b(const ColB& col, int64_t p, int) const {
+  __device__ KEntry k_entry(int64_t p, int) const {
     int64_t b, oy, ox;
     ConvGeometry::split_pixel(p, g.oh, g.ow, b, oy, ox);
-    const int64_t iy = g.in_row(oy, col.ky), ix = g.in_col(ox, col.kx);
-    if (!col.valid || iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) return 0.f;
-    return x[g.x_offset(b, col.c, iy, ix)];
+    return {g.y_offset(b, 0, oy, ox), g.x_offset(b, 0, 0, 0), static_cast<int>(g.in_row(oy, 0)),
+            static_cast<int>(g.in_col(ox, 0))};
+  }
+  __device__ float a(const RowA& r, const KEntry& e, int) const {
+    return r.channel < 0 ? 0.f : dy[e.dy_pixel + r.channel];
+  }
+  __device__ float b(const ColB& col, const KEntry& e, int) const {
+    const int iy = e.iy0 + col.dy, ix = e.ix0 + col.dx;
+    if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) return 0.f;
+    return x[e.x_image + col.channel + this->pixel_delta(iy, ix, g.w, g.c_in)];
   }
   __device__ void store(int64_t o, int64_t n_index, int group, int64_t split, float v) const {
     int c, ky, kx;
@@ -190,8 +235,10 @@ struct BackwardWeightProblem : ConvProblem<kNhwc> {
 };
 
 void require_small_filter(const ConvGeometry& g, const char* what) {
-  // Filter indices are 32-bit (split_filter_index); a filter this large is never practical.
-  if (g.c_in * g.kh * g.kw >= (int64_t{1} << 31) || g.c_out * g.kh * g.kw >= (int64_t{1} << 31))
+  // Filter and weight indices are 32-bit (split_filter_index, the GEMM k entries); weights of
+  // 2^31 floats (8 GiB) are never practical.
+  if (g.w_size() >= (int64_t{1} << 31) || g.c_in * g.kh * g.kw >= (int64_t{1} << 31) ||
+      g.c_out * g.kh * g.kw >= (int64_t{1} << 31))
     throw std::invalid_argument(std::string(what) + ": filter too large for the CUDA kernels");
 }
 

@@ -2,9 +2,11 @@
 //
 // Each convolution direction is a GEMM C[m, n] = sum_k A[m, k] * B[k, n] whose operands are
 // gathered on the fly from the activations and weights (implicit GEMM: no im2col buffer).
-// A Problem type says how: row_a(m)/a(row, k) and col_b(n)/b(col, k) return one operand
-// element (0 outside the tensor), store(m, n, ...) writes one result. The per-thread
-// "row"/"col" objects hold what depends only on m or n, computed once per block.
+// A Problem type says how. What depends on m, n or k alone is resolved once: row_a(m) and
+// col_b(n) per thread for the whole block, k_entry(k) once per k per block (a few threads
+// decode the next slices' k into shared memory), so that a(row, entry) / b(col, entry) are
+// an add and a bounds check per element. Both return 0 outside the tensor; store(m, n, ...)
+// writes one result.
 //
 // A block computes a BM x BN tile of C, blockIdx.z = split * groups + group. Per step it
 // stages BK-deep slices of A and B in shared memory (double-buffered: the next slice is
@@ -80,6 +82,7 @@ __global__ void __launch_bounds__(T::kThreads)
   struct alignas(16) Slices {
     float a[2][BK][BM + 4];  // [buffer][k][m]
     float b[2][BK][BN + 4];  // [buffer][k][n]
+    typename P::KEntry k_entries[2][BK];  // decoded k of slice s in [s % 2]
   };
   __shared__ Slices slices;
   auto& a_tile = slices.a;
@@ -107,18 +110,21 @@ __global__ void __launch_bounds__(T::kThreads)
     cols[j] = p.col_b(n0 + b_outer[j], group);
   }
 
+  // Slice s covers k in [k_begin + s*BK, k_begin + (s+1)*BK).
+  auto decode = [&](int64_t slice) {
+    const int64_t k = k_begin + slice * BK + tid;
+    if (tid < BK && k < k_end) slices.k_entries[slice & 1][tid] = p.k_entry(k, group);
+  };
   float staged_a[T::kLoadsA], staged_b[T::kLoadsB];
-  auto fetch = [&](int64_t k0) {
+  auto fetch = [&](int64_t slice) {
+    const typename P::KEntry* entries = slices.k_entries[slice & 1];
+    const int64_t k0 = k_begin + slice * BK;
 #pragma unroll
-    for (int j = 0; j < T::kLoadsA; ++j) {
-      const int64_t k = k0 + a_k[j];
-      staged_a[j] = k < k_end ? p.a(rows[j], k, group) : 0.f;
-    }
+    for (int j = 0; j < T::kLoadsA; ++j)
+      staged_a[j] = k0 + a_k[j] < k_end ? p.a(rows[j], entries[a_k[j]], group) : 0.f;
 #pragma unroll
-    for (int j = 0; j < T::kLoadsB; ++j) {
-      const int64_t k = k0 + b_k[j];
-      staged_b[j] = k < k_end ? p.b(cols[j], k, group) : 0.f;
-    }
+    for (int j = 0; j < T::kLoadsB; ++j)
+      staged_b[j] = k0 + b_k[j] < k_end ? p.b(cols[j], entries[b_k[j]], group) : 0.f;
   };
   auto stash = [&](int buffer) {
 #pragma unroll
@@ -139,15 +145,18 @@ __global__ void __launch_bounds__(T::kThreads)
     for (int j = 0; j < TN; ++j) acc[i][j] = 0.f;
 
   const int64_t steps = k_end > k_begin ? ceil_div(k_end - k_begin, BK) : 0;
+  decode(0);
+  if (steps > 1) decode(1);
+  __syncthreads();
   if (steps > 0) {
-    fetch(k_begin);
+    fetch(0);
     stash(0);
   }
   __syncthreads();
   for (int64_t step = 0; step < steps; ++step) {
     const int buffer = static_cast<int>(step & 1);
     const bool more = step + 1 < steps;  // the same for every thread of the block
-    if (more) fetch(k_begin + (step + 1) * BK);
+    if (more) fetch(step + 1);  // its k entries were decoded before the last barrier
 #pragma unroll
     for (int kk = 0; kk < BK; ++kk) {
       float a[TM], b[TN];
@@ -160,8 +169,10 @@ __global__ void __launch_bounds__(T::kThreads)
 #pragma unroll
         for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
     }
-    // The other buffer was last read in the previous step, before its closing barrier.
+    // The other tile buffer, and the k entries of slice `step`, were last read in the
+    // previous step, before its closing barrier.
     if (more) stash(buffer ^ 1);
+    if (step + 2 < steps) decode(step + 2);
     __syncthreads();
   }
 
