@@ -61,6 +61,23 @@ struct ConvGeometry {
   // The inverse of offset(): element i of an activation, split into (b, c, y, x).
   FC_HD static void split_offset(bool nhwc, int64_t channels, int64_t height, int64_t width,
                                  int64_t i, int64_t& b, int64_t& c, int64_t& y, int64_t& x) {
+    if ((i | channels | height | width) < (int64_t{1} << 31)) {  // 32-bit division is faster
+      uint32_t rest = static_cast<uint32_t>(i);
+      const uint32_t dims[3] = {static_cast<uint32_t>(nhwc ? channels : width),
+                                static_cast<uint32_t>(nhwc ? width : height),
+                                static_cast<uint32_t>(nhwc ? height : channels)};
+      uint32_t parts[3];
+      for (int d = 0; d < 3; ++d) {
+        const uint32_t q = rest / dims[d];
+        parts[d] = rest - q * dims[d];
+        rest = q;
+      }
+      c = nhwc ? parts[0] : parts[2];
+      x = nhwc ? parts[1] : parts[0];
+      y = nhwc ? parts[2] : parts[1];
+      b = rest;
+      return;
+    }
     if (nhwc) {
       c = i % channels;
       i /= channels;
