@@ -89,6 +89,28 @@ struct TileMap {
   }
 };
 
+// Offsets (at channel 0) of the cells of a size x size patch per tile of a sliver: the patch
+// of tile l starts `shift` rows/columns from the tile's output origin in a plane of the
+// given size; -1 marks cells outside the plane and lanes past the last tile. Computed once
+// per sliver, they spare the per-channel loops all index arithmetic and bounds checks.
+template <int kSize>
+void patch_offsets(const TileMap& map, int64_t t_first, int64_t tiles, int64_t shift_y,
+                   int64_t shift_x, int64_t height, int64_t width, int64_t channels,
+                   int64_t (&off)[kSize * kSize][NR]) {
+  const bool nhwc = map.g.channels_last != 0;
+  for (int l = 0; l < NR; ++l) {
+    int64_t b = 0, oy = 0, ox = 0;
+    if (l < tiles) map.origin(t_first + l, b, oy, ox);
+    for (int i = 0; i < kSize; ++i)
+      for (int j = 0; j < kSize; ++j) {
+        const int64_t y = oy + shift_y + i, x = ox + shift_x + j;
+        const bool inside = l < tiles && y >= 0 && y < height && x >= 0 && x < width;
+        off[i * kSize + j][l] =
+            inside ? ConvGeometry::offset(nhwc, channels, height, width, b, 0, y, x) : -1;
+      }
+  }
+}
+
 // U[xi] = G g G^T for every (co, ci), pre-packed as MR-slivers of a (Co x Ci) matrix per xi.
 std::vector<Buffer> transform_weights(const ConvGeometry& g, const float* w) {
   const int64_t pairs = g.c_out * g.c_in;
@@ -116,33 +138,16 @@ std::vector<Buffer> transform_weights(const ConvGeometry& g, const float* w) {
 template <class Store>
 void transform_input(const TileMap& map, const float* x, int64_t t0, int64_t count, Store&& store) {
   const ConvGeometry& g = map.g;
-  const int64_t slivers = round_up(count, NR) / NR;
-  const bool nhwc = g.channels_last != 0;
-  const int64_t cs = nhwc ? 1 : g.h * g.w, rs = nhwc ? g.w * g.c_in : g.w, xs = nhwc ? g.c_in : 1;
-  for (int64_t s = 0; s < slivers; ++s) {
-    int64_t base[NR], iy0[NR], ix0[NR];
-    bool valid[NR];
-    for (int l = 0; l < NR; ++l) {
-      const int64_t t = t0 + s * NR + l;
-      valid[l] = s * NR + l < count;
-      int64_t b = 0, oy = 0, ox = 0;
-      if (valid[l]) map.origin(t, b, oy, ox);
-      iy0[l] = oy - g.pad_top;
-      ix0[l] = ox - g.pad_left;
-      base[l] = g.x_offset(b, 0, 0, 0) + iy0[l] * rs + ix0[l] * xs;
-    }
+  const int64_t channel_stride = g.channels_last ? 1 : g.h * g.w;
+  for (int64_t s = 0; s * NR < count; ++s) {
+    int64_t off[kPoints][NR];
+    patch_offsets<kAlpha>(map, t0 + s * NR, count - s * NR, -g.pad_top, -g.pad_left, g.h, g.w,
+                          g.c_in, off);
     for (int64_t ci = 0; ci < g.c_in; ++ci) {
       alignas(64) float d[kPoints * NR], tmp[kPoints * NR], out[kPoints * NR];
-      for (int l = 0; l < NR; ++l) {
-        const float* src = x + base[l] + ci * cs;
-        for (int i = 0; i < kAlpha; ++i) {
-          const bool row_ok = valid[l] && iy0[l] + i >= 0 && iy0[l] + i < g.h;
-          for (int j = 0; j < kAlpha; ++j) {
-            const bool ok = row_ok && ix0[l] + j >= 0 && ix0[l] + j < g.w;
-            d[(i * kAlpha + j) * NR + l] = ok ? src[i * rs + j * xs] : 0.f;
-          }
-        }
-      }
+      const float* xc = x + ci * channel_stride;
+      for (int p = 0; p < kPoints; ++p)
+        for (int l = 0; l < NR; ++l) d[p * NR + l] = off[p][l] >= 0 ? xc[off[p][l]] : 0.f;
       for (int j = 0; j < kAlpha; ++j) input_1d(d + j * NR, tmp + j * NR, kAlpha);      // columns
       for (int i = 0; i < kAlpha; ++i) input_1d(tmp + i * kAlpha * NR, out + i * kAlpha * NR, 1);  // rows
       for (int xi = 0; xi < kPoints; ++xi) store(xi, ci, s, out + xi * NR);
@@ -154,46 +159,45 @@ void transform_input(const TileMap& map, const float* x, int64_t t0, int64_t cou
 bool transform_output(const TileMap& map, const float* m, int64_t ldm, const float* bias,
                       int64_t t0, int64_t count, float* y) {
   const ConvGeometry& g = map.g;
-  bool finite = true;
+  const int64_t channel_stride = g.channels_last ? 1 : g.oh * g.ow;
+  float probe = 0.f;  // becomes NaN if any output is NaN or infinite
   for (int64_t s = 0; s * NR < count; ++s) {
+    int64_t off[kOut * kOut][NR];
+    patch_offsets<kOut>(map, t0 + s * NR, count - s * NR, 0, 0, g.oh, g.ow, g.c_out, off);
     for (int64_t co = 0; co < g.c_out; ++co) {
       alignas(64) float in[kPoints * NR], tmp[kOut * kAlpha * NR], out[kOut * kOut * NR];
       for (int xi = 0; xi < kPoints; ++xi)
-        for (int l = 0; l < NR; ++l) in[xi * NR + l] = m[(xi * g.c_out + co) * ldm + s * NR + l];
+        std::memcpy(in + xi * NR, m + (xi * g.c_out + co) * ldm + s * NR, sizeof(float) * NR);
       for (int j = 0; j < kAlpha; ++j) output_1d(in + j * NR, tmp + j * NR, kAlpha, kAlpha);
       for (int i = 0; i < kOut; ++i) output_1d(tmp + i * kAlpha * NR, out + i * kOut * NR, 1, 1);
       const float b = bias ? bias[co] : 0.f;
-      for (int l = 0; l < NR && s * NR + l < count; ++l) {
-        int64_t img, oy, ox;
-        map.origin(t0 + s * NR + l, img, oy, ox);
-        for (int i = 0; i < kOut && oy + i < g.oh; ++i)
-          for (int j = 0; j < kOut && ox + j < g.ow; ++j) {
-            const float value = out[(i * kOut + j) * NR + l] + b;
-            finite = finite && std::isfinite(value);
-            y[g.y_offset(img, co, oy + i, ox + j)] = value;
-          }
+#pragma omp simd reduction(+ : probe)
+      for (int i = 0; i < kOut * kOut * NR; ++i) {
+        out[i] += b;
+        probe += out[i] * 0.f;
       }
+      float* yc = y + co * channel_stride;
+      for (int p = 0; p < kOut * kOut; ++p)
+        for (int l = 0; l < NR; ++l)
+          if (off[p][l] >= 0) yc[off[p][l]] = out[p * NR + l];
     }
   }
-  return finite;
+  return probe == 0.f;
 }
 
 // dM = A dY A^T for tiles [t0, t0 + count) of dy: dm[(xi * Co + co) * ldm + tile].
 void transform_output_gradient(const TileMap& map, const float* dy, int64_t t0, int64_t count,
                                float* dm, int64_t ldm) {
   const ConvGeometry& g = map.g;
+  const int64_t channel_stride = g.channels_last ? 1 : g.oh * g.ow;
   for (int64_t s = 0; s * NR < count; ++s) {
+    int64_t off[kOut * kOut][NR];
+    patch_offsets<kOut>(map, t0 + s * NR, count - s * NR, 0, 0, g.oh, g.ow, g.c_out, off);
     for (int64_t co = 0; co < g.c_out; ++co) {
       alignas(64) float d[kOut * kOut * NR], tmp[kAlpha * kOut * NR], out[kPoints * NR];
-      for (int l = 0; l < NR; ++l) {
-        int64_t img = 0, oy = 0, ox = 0;
-        const bool valid = s * NR + l < count;
-        if (valid) map.origin(t0 + s * NR + l, img, oy, ox);
-        for (int i = 0; i < kOut; ++i)
-          for (int j = 0; j < kOut; ++j)
-            d[(i * kOut + j) * NR + l] = valid && oy + i < g.oh && ox + j < g.ow
-                                             ? dy[g.y_offset(img, co, oy + i, ox + j)] : 0.f;
-      }
+      const float* dyc = dy + co * channel_stride;
+      for (int p = 0; p < kOut * kOut; ++p)
+        for (int l = 0; l < NR; ++l) d[p * NR + l] = off[p][l] >= 0 ? dyc[off[p][l]] : 0.f;
       for (int j = 0; j < kOut; ++j) output_adjoint_1d(d + j * NR, tmp + j * NR, kOut, kOut);
       for (int i = 0; i < kAlpha; ++i) output_adjoint_1d(tmp + i * kOut * NR, out + i * kAlpha * NR, 1, 1);
       for (int xi = 0; xi < kPoints; ++xi)
