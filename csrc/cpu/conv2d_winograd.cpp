@@ -16,6 +16,11 @@
 #include <cmath>
 #include <cstring>
 
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define FASTCONV_USE_AVX2 1
+#endif
+
 #include "cpu/conv2d_winograd.h"
 #include "cpu/gemm.h"
 #include "cpu/parallel.h"
@@ -135,6 +140,49 @@ std::vector<Buffer> transform_weights(const ConvGeometry& g, const float* w) {
 
 // Input transform of tiles [t0, t0 + count): store(xi, ci, sliver, lanes) receives the NR
 // transformed values of point xi, channel ci, for the tiles of one sliver.
+// dst[j][k] = src[k][j] for an 8x8 block given as row pointers.
+inline void transpose8(const float* const (&src)[8], float* const (&dst)[8]) {
+#ifdef FASTCONV_USE_AVX2
+  __m256 r[8], t[8];
+  for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(src[k]);
+  for (int k = 0; k < 8; k += 2) {
+    t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
+    t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
+  }
+  for (int k = 0; k < 8; k += 4) {
+    r[k] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int k = 0; k < 4; ++k) {
+    _mm256_storeu_ps(dst[k], _mm256_permute2f128_ps(r[k], r[k + 4], 0x20));
+    _mm256_storeu_ps(dst[k + 4], _mm256_permute2f128_ps(r[k], r[k + 4], 0x31));
+  }
+#else
+  for (int j = 0; j < 8; ++j)
+    for (int k = 0; k < 8; ++k) dst[j][k] = src[k][j];
+#endif
+}
+
+// NHWC, 8 channels at a time: d[c][p * NR + l] = channel c0 + c of cell p of tile l, read
+// as 8-float runs and transposed in registers (instead of 64 single-float gathers).
+template <int kCells>
+void gather_channels8(const float* x, const int64_t (&off)[kCells][NR], int64_t c0,
+                      float (*d)[kCells * NR]) {
+  static const float zeros[8] = {};
+  for (int p = 0; p < kCells; ++p)
+    for (int lg = 0; lg < NR; lg += 8) {
+      const float* src[8];
+      float* dst[8];
+      for (int k = 0; k < 8; ++k) {
+        src[k] = off[p][lg + k] >= 0 ? x + off[p][lg + k] + c0 : zeros;
+        dst[k] = d[k] + p * NR + lg;
+      }
+      transpose8(src, dst);
+    }
+}
+
 template <class Store>
 void transform_input(const TileMap& map, const float* x, int64_t t0, int64_t count, Store&& store) {
   const ConvGeometry& g = map.g;
@@ -143,14 +191,24 @@ void transform_input(const TileMap& map, const float* x, int64_t t0, int64_t cou
     int64_t off[kPoints][NR];
     patch_offsets<kAlpha>(map, t0 + s * NR, count - s * NR, -g.pad_top, -g.pad_left, g.h, g.w,
                           g.c_in, off);
-    for (int64_t ci = 0; ci < g.c_in; ++ci) {
-      alignas(64) float d[kPoints * NR], tmp[kPoints * NR], out[kPoints * NR];
-      const float* xc = x + ci * channel_stride;
-      for (int p = 0; p < kPoints; ++p)
-        for (int l = 0; l < NR; ++l) d[p * NR + l] = off[p][l] >= 0 ? xc[off[p][l]] : 0.f;
+    auto transform = [&](const float* d, int64_t ci) {
+      alignas(64) float tmp[kPoints * NR], out[kPoints * NR];
       for (int j = 0; j < kAlpha; ++j) input_1d(d + j * NR, tmp + j * NR, kAlpha);      // columns
       for (int i = 0; i < kAlpha; ++i) input_1d(tmp + i * kAlpha * NR, out + i * kAlpha * NR, 1);  // rows
       for (int xi = 0; xi < kPoints; ++xi) store(xi, ci, s, out + xi * NR);
+    };
+    const int64_t blocked = g.channels_last ? g.c_in / 8 * 8 : 0;
+    for (int64_t c0 = 0; c0 < blocked; c0 += 8) {
+      alignas(64) float d[8][kPoints * NR];
+      gather_channels8<kPoints>(x, off, c0, d);
+      for (int c = 0; c < 8; ++c) transform(d[c], c0 + c);
+    }
+    for (int64_t ci = blocked; ci < g.c_in; ++ci) {
+      alignas(64) float d[kPoints * NR];
+      const float* xc = x + ci * channel_stride;
+      for (int p = 0; p < kPoints; ++p)
+        for (int l = 0; l < NR; ++l) d[p * NR + l] = off[p][l] >= 0 ? xc[off[p][l]] : 0.f;
+      transform(d, ci);
     }
   }
 }
@@ -164,8 +222,9 @@ bool transform_output(const TileMap& map, const float* m, int64_t ldm, const flo
   for (int64_t s = 0; s * NR < count; ++s) {
     int64_t off[kOut * kOut][NR];
     patch_offsets<kOut>(map, t0 + s * NR, count - s * NR, 0, 0, g.oh, g.ow, g.c_out, off);
-    for (int64_t co = 0; co < g.c_out; ++co) {
-      alignas(64) float in[kPoints * NR], tmp[kOut * kAlpha * NR], out[kOut * kOut * NR];
+    // out = A^T M A + bias for channel co, its cells p at out[p * NR + lane].
+    auto transform = [&](int64_t co, float* out) {
+      alignas(64) float in[kPoints * NR], tmp[kOut * kAlpha * NR];
       for (int xi = 0; xi < kPoints; ++xi)
         std::memcpy(in + xi * NR, m + (xi * g.c_out + co) * ldm + s * NR, sizeof(float) * NR);
       for (int j = 0; j < kAlpha; ++j) output_1d(in + j * NR, tmp + j * NR, kAlpha, kAlpha);
@@ -176,6 +235,26 @@ bool transform_output(const TileMap& map, const float* m, int64_t ldm, const flo
         out[i] += b;
         probe += out[i] * 0.f;
       }
+    };
+    // NHWC, 8 channels at a time: transpose so that each pixel gets one 8-float store.
+    const int64_t blocked = g.channels_last ? g.c_out / 8 * 8 : 0;
+    for (int64_t c0 = 0; c0 < blocked; c0 += 8) {
+      alignas(64) float out[8][kOut * kOut * NR], sink[8];
+      for (int c = 0; c < 8; ++c) transform(c0 + c, out[c]);
+      for (int p = 0; p < kOut * kOut; ++p)
+        for (int lg = 0; lg < NR; lg += 8) {
+          const float* src[8];
+          float* dst[8];
+          for (int k = 0; k < 8; ++k) {
+            src[k] = out[k] + p * NR + lg;
+            dst[k] = off[p][lg + k] >= 0 ? y + off[p][lg + k] + c0 : sink;
+          }
+          transpose8(src, dst);
+        }
+    }
+    for (int64_t co = blocked; co < g.c_out; ++co) {
+      alignas(64) float out[kOut * kOut * NR];
+      transform(co, out);
       float* yc = y + co * channel_stride;
       for (int p = 0; p < kOut * kOut; ++p)
         for (int l = 0; l < NR; ++l)
@@ -193,15 +272,25 @@ void transform_output_gradient(const TileMap& map, const float* dy, int64_t t0, 
   for (int64_t s = 0; s * NR < count; ++s) {
     int64_t off[kOut * kOut][NR];
     patch_offsets<kOut>(map, t0 + s * NR, count - s * NR, 0, 0, g.oh, g.ow, g.c_out, off);
-    for (int64_t co = 0; co < g.c_out; ++co) {
-      alignas(64) float d[kOut * kOut * NR], tmp[kAlpha * kOut * NR], out[kPoints * NR];
-      const float* dyc = dy + co * channel_stride;
-      for (int p = 0; p < kOut * kOut; ++p)
-        for (int l = 0; l < NR; ++l) d[p * NR + l] = off[p][l] >= 0 ? dyc[off[p][l]] : 0.f;
+    auto transform = [&](const float* d, int64_t co) {
+      alignas(64) float tmp[kAlpha * kOut * NR], out[kPoints * NR];
       for (int j = 0; j < kOut; ++j) output_adjoint_1d(d + j * NR, tmp + j * NR, kOut, kOut);
       for (int i = 0; i < kAlpha; ++i) output_adjoint_1d(tmp + i * kOut * NR, out + i * kAlpha * NR, 1, 1);
       for (int xi = 0; xi < kPoints; ++xi)
         std::memcpy(dm + (xi * g.c_out + co) * ldm + s * NR, out + xi * NR, sizeof(float) * NR);
+    };
+    const int64_t blocked = g.channels_last ? g.c_out / 8 * 8 : 0;
+    for (int64_t c0 = 0; c0 < blocked; c0 += 8) {
+      alignas(64) float d[8][kOut * kOut * NR];
+      gather_channels8<kOut * kOut>(dy, off, c0, d);
+      for (int c = 0; c < 8; ++c) transform(d[c], c0 + c);
+    }
+    for (int64_t co = blocked; co < g.c_out; ++co) {
+      alignas(64) float d[kOut * kOut * NR];
+      const float* dyc = dy + co * channel_stride;
+      for (int p = 0; p < kOut * kOut; ++p)
+        for (int l = 0; l < NR; ++l) d[p * NR + l] = off[p][l] >= 0 ? dyc[off[p][l]] : 0.f;
+      transform(d, co);
     }
   }
 }
