@@ -316,10 +316,13 @@ bool untransform_weight_gradient(const ConvGeometry& g, const float* du, float* 
   return finite;
 }
 
-int64_t tiles_per_item(const ConvGeometry& g) {
-  // V and M (or dM) for a chunk of tiles should stay within a few MB of cache.
+int64_t tiles_per_item(const ConvGeometry& g, int64_t tiles) {
+  // V and M (or dM) for a chunk of tiles should stay within a few MB of cache, and each
+  // thread should get several chunks, so that one thread held up does not stall the rest.
   const int64_t per_tile_bytes = kPoints * (g.c_in + g.c_out) * 4;
-  return std::max<int64_t>(64, std::min<int64_t>(256, (8 << 20) / per_tile_bytes / NR * NR));
+  const int64_t cache_bound = std::min<int64_t>(256, (8 << 20) / per_tile_bytes / NR * NR);
+  const int64_t balance_bound = round_up(tiles / (4 * num_threads()) + 1, NR);
+  return std::max<int64_t>(32, std::min(cache_bound, balance_bound));
 }
 
 }  // namespace
@@ -335,7 +338,7 @@ bool conv2d_winograd(const ConvGeometry& g, const float* x, const float* w, cons
                      float* y) {
   const TileMap map{g, (g.oh + kOut - 1) / kOut, (g.ow + kOut - 1) / kOut};
   const int64_t tiles = g.n * map.tiles_h * map.tiles_w;
-  const int64_t chunk = tiles_per_item(g);
+  const int64_t chunk = tiles_per_item(g, tiles);
   const std::vector<Buffer> u = transform_weights(g, w);
   const int64_t items = (tiles + chunk - 1) / chunk;
   std::vector<char> finite(items, 1);
@@ -371,7 +374,7 @@ bool conv2d_winograd(const ConvGeometry& g, const float* x, const float* w, cons
 bool conv2d_winograd_backward_weight(const ConvGeometry& g, const float* dy, const float* x,
                                      float* dw) {
   const TileMap map{g, (g.oh + kOut - 1) / kOut, (g.ow + kOut - 1) / kOut};
-  const int64_t tiles = g.n * map.tiles_h * map.tiles_w, chunk = tiles_per_item(g);
+  const int64_t tiles = g.n * map.tiles_h * map.tiles_w, chunk = tiles_per_item(g, tiles);
   const int64_t items = (tiles + chunk - 1) / chunk, size = kPoints * g.c_out * g.c_in;
   const int threads = num_threads();
   std::vector<Buffer> partial(threads, Buffer(size, 0.f));
