@@ -15,6 +15,7 @@
 
 #include "cpu/conv2d_winograd.h"
 #include "cpu/kernels.h"
+#include "cpu/parallel.h"
 #include "pybind_checks.h"
 
 #ifdef _OPENMP
@@ -30,6 +31,7 @@ namespace fastconv::cpu {
 
 namespace {
 std::atomic<int> g_threads{0};  // 0: not set yet, use OpenMP's default
+thread_local bool t_serial = false;  // set for the duration of a call too small to share
 std::atomic<bool> g_avx2{false};
 std::atomic<bool> g_winograd{true};
 
@@ -46,6 +48,11 @@ bool cpu_has_avx2() {
 bool winograd_enabled() { return g_winograd.load(); }
 
 int num_threads() {
+  if (t_serial) return 1;
+  return configured_threads();
+}
+
+int configured_threads() {
   const int n = g_threads.load();
 #ifdef _OPENMP
   return n > 0 ? n : omp_get_max_threads();
@@ -55,11 +62,23 @@ int num_threads() {
 #endif
 }
 
+// Waking a second thread costs microseconds on a quiet machine and a whole scheduler slice
+// on a busy one; below about 2^21 multiply-adds (or 2^19 pooled elements) a call runs on
+// the calling thread alone.
+SerialIfSmall::SerialIfSmall(int64_t work, int64_t threshold) : previous_(t_serial) {
+  t_serial = previous_ || work < threshold;
+}
+SerialIfSmall::~SerialIfSmall() { t_serial = previous_; }
+
 }  // namespace fastconv::cpu
 
 namespace {
 
 namespace cpu = fastconv::cpu;
+using cpu::SerialIfSmall;
+
+int64_t conv_work(const ConvGeometry& g) { return g.y_size() * g.cin_per_group() * g.kh * g.kw; }
+constexpr int64_t kConvSerialWork = int64_t{1} << 21, kPoolSerialWork = int64_t{1} << 19;
 
 // Runs the AVX2 build of a kernel where the CPU has it, the generic build elsewhere.
 #if FASTCONV_HAVE_AVX2
@@ -77,6 +96,7 @@ void conv2d_forward(const py::array& x, const py::array& w, const py::object& bi
   float* py_ = output(y, g.y_size(), "y");
   if (g.n == 0) return;
   py::gil_scoped_release release;
+  SerialIfSmall serial(conv_work(g), kConvSerialWork);
   DISPATCH(conv2d_forward, g, px, pw, b, py_);
 }
 
@@ -87,6 +107,7 @@ void conv2d_backward_input(const py::array& dy, const py::array& w, const py::ar
   float* pdx = output(dx, g.x_size(), "dx");
   if (g.n == 0) return;
   py::gil_scoped_release release;
+  SerialIfSmall serial(conv_work(g), kConvSerialWork);
   DISPATCH(conv2d_backward_input, g, pdy, pw, pdx);
 }
 
@@ -100,6 +121,7 @@ void conv2d_backward_weight(const py::array& dy, const py::array& x, const py::a
     std::fill(pdw, pdw + g.w_size(), 0.f);
     return;
   }
+  SerialIfSmall serial(conv_work(g), kConvSerialWork);
   DISPATCH(conv2d_backward_weight, g, pdy, px, pdw);
 }
 
@@ -113,6 +135,7 @@ void bias_backward(const py::array& dy, const py::array& dbias,
     std::fill(pdb, pdb + g.c_out, 0.f);
     return;
   }
+  SerialIfSmall serial(g.y_size(), kPoolSerialWork);
   DISPATCH(bias_backward, g, pdy, pdb);
 }
 
@@ -123,6 +146,7 @@ void pool2d_forward(const py::array& x, const py::array& y,
   float* py_ = output(y, g.y_size(), "y");
   if (g.n == 0) return;
   py::gil_scoped_release release;
+  SerialIfSmall serial(g.x_size(), kPoolSerialWork);
   DISPATCH(pool2d_forward, g, px, py_);
 }
 
@@ -133,6 +157,7 @@ void pool2d_backward(const py::array& dy, const py::array& x, const py::array& d
   float* pdx = output(dx, g.x_size(), "dx");
   if (g.n == 0) return;
   py::gil_scoped_release release;
+  SerialIfSmall serial(g.x_size(), kPoolSerialWork);
   DISPATCH(pool2d_backward, g, pdy, px, pdx);
 }
 
@@ -178,6 +203,6 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("set_winograd", [](bool on) { cpu::g_winograd = on; }, py::arg("enabled"),
         "Use Winograd F(4x4,3x3) for 3x3 stride-1 convolutions (default on).");
   m.def("winograd", [] { return cpu::g_winograd.load(); });
-  m.def("get_num_threads", &cpu::num_threads, "Threads the kernels use.");
+  m.def("get_num_threads", &cpu::configured_threads, "Threads the kernels use.");
   m.def("set_num_threads", &set_num_threads, py::arg("n"), "Threads the kernels use.");
 }
