@@ -21,7 +21,6 @@ import sys
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 

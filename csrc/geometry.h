@@ -190,10 +190,11 @@ struct PoolGeometry {
     hi = last / stride + 1 < out ? last / stride + 1 : out;
   }
   // Does v replace the current winner of a max/min window? Strict comparison keeps the
-  // first of equal values; a NaN replaces any number and nothing replaces a NaN.
+  // first of equal values; a NaN replaces any number and nothing replaces a NaN. Bitwise,
+  // not short-circuit, operators: no branch to mispredict on random data.
   FC_HD static bool replaces(PoolKind kind, float v, float best) {
-    if (v != v) return best == best;
-    return kind == PoolKind::kMax ? v > best : v < best;
+    const bool better = kind == PoolKind::kMax ? v > best : v < best;
+    return better | ((v != v) & (best == best));
   }
 };
 
