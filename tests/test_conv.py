@@ -1,46 +1,20 @@
 """Dense, grouped, depthwise, pointwise and separable convolution against the reference."""
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 import fastconv
 from fastconv import _args
 from fastconv import reference as ref
 
-from conftest import assert_close, layouts, pairs, paddings, rand
+from op_cases import assert_close, conv_cases, layouts, nchw_to, rand
+
+# The CPU kernels are cheap to run: larger kernels, images and batches than the CUDA harness.
+CPU_SIZES = dict(max_kernel=7, max_side=13, max_batch=3)
 
 
-def to_layout(x_nchw, layout):
-    return np.ascontiguousarray(x_nchw.transpose(0, 2, 3, 1)) if layout == "NHWC" else x_nchw
-
-
-def fits(shape, w_shape, **kw):
-    try:
-        _args.conv_geometry(shape, w_shape, **kw)
-        return True
-    except ValueError:
-        return False
-
-
-@st.composite
-def conv_cases(draw, depthwise=False):
-    groups = 1 if depthwise else draw(st.sampled_from([1, 1, 2, 3]))
-    cin = draw(st.integers(1, 4)) * groups
-    cout = cin * draw(st.integers(1, 3)) if depthwise else draw(st.integers(1, 5)) * groups
-    kh, kw = draw(st.integers(1, 7)), draw(st.integers(1, 7))
-    n, h, w = draw(st.integers(1, 3)), draw(st.integers(1, 13)), draw(st.integers(1, 13))
-    layout = draw(layouts)
-    kw_args = dict(stride=draw(pairs(1, 3)), padding=draw(paddings), dilation=draw(pairs(1, 2)),
-                   groups=cin if depthwise else groups, layout=layout)
-    shape = (n, h, w, cin) if layout == "NHWC" else (n, cin, h, w)
-    w_shape = (cout, 1 if depthwise else cin // groups, kh, kw)
-    assume(fits(shape, w_shape, **kw_args))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    return rand(rng, *shape), rand(rng, *w_shape), rand(rng, cout), kw_args, rng
-
-
-@given(conv_cases())
+@given(conv_cases(**CPU_SIZES))
 def test_conv2d_matches_reference(isa, case):
     x, w, b, kw, rng = case
     y = fastconv.conv2d(x, w, b, **kw)
@@ -50,10 +24,9 @@ def test_conv2d_matches_reference(isa, case):
         assert_close(got, want)
 
 
-@given(conv_cases(depthwise=True))
+@given(conv_cases(depthwise=True, **CPU_SIZES))
 def test_depthwise_matches_reference(isa, case):
     x, w, b, kw, rng = case
-    kw.pop("groups")
     y = fastconv.depthwise_conv2d(x, w, b, **kw)
     assert_close(y, ref.depthwise_conv2d(x, w, b, **kw))
     dy = rand(rng, *y.shape)
@@ -66,7 +39,7 @@ def test_depthwise_matches_reference(isa, case):
        st.integers(1, 9), layouts, st.integers(0, 1000))
 def test_pointwise_matches_reference(isa, n, cin, cout, h, w, layout, seed):
     rng = np.random.default_rng(seed)
-    x = to_layout(rand(rng, n, cin, h, w), layout)
+    x = nchw_to(rand(rng, n, cin, h, w), layout)
     wt, b = rand(rng, cout, cin), rand(rng, cout)
     y = fastconv.pointwise_conv2d(x, wt, b, layout=layout)
     assert_close(y, ref.pointwise_conv2d(x, wt, b, layout=layout))
@@ -77,10 +50,9 @@ def test_pointwise_matches_reference(isa, n, cin, cout, h, w, layout, seed):
         assert_close(g, r)
 
 
-@given(conv_cases(depthwise=True), st.integers(1, 6))
+@given(conv_cases(depthwise=True, **CPU_SIZES), st.integers(1, 6))
 def test_separable_matches_reference(isa, case, cout):
     x, dw, b, kw, rng = case
-    kw.pop("groups")
     pw, b = rand(rng, cout, dw.shape[0]), rand(rng, cout)
     y = fastconv.separable_conv2d(x, dw, pw, b, **kw)
     assert_close(y, ref.separable_conv2d(x, dw, pw, b, **kw))
@@ -102,7 +74,7 @@ def test_separable_matches_reference(isa, case, cout):
 def test_conv2d_cifar_sized(isa, layout, cin, cout, hw, k, stride, groups):
     """Larger channel counts: exercises full GEMM tiles, several K blocks and many threads."""
     rng = np.random.default_rng(cin * cout)
-    x = to_layout(rand(rng, 4, cin, hw, hw), layout)
+    x = nchw_to(rand(rng, 4, cin, hw, hw), layout)
     w, b = rand(rng, cout, cin // groups, k, k), rand(rng, cout)
     kw = dict(stride=stride, padding="same", groups=groups, layout=layout)
     y = fastconv.conv2d(x, w, b, **kw)
@@ -188,7 +160,7 @@ def test_winograd_3x3_matches_direct_and_reference(isa, layout, cin, cout, h, w,
     """3x3 stride-1 layers with >= 16 channels run Winograd F(4x4,3x3) (forward, dx through the
     flipped kernel, and dw); it must agree with the direct GEMM and the reference."""
     rng = np.random.default_rng(cin + cout)
-    x = to_layout(rand(rng, 8, cin, h, w), layout)
+    x = nchw_to(rand(rng, 8, cin, h, w), layout)
     wt, b = rand(rng, cout, cin, 3, 3), rand(rng, cout)
     kw = dict(padding=padding, layout=layout)
     y = fastconv.conv2d(x, wt, b, **kw)

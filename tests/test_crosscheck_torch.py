@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 import fastconv
 from fastconv import _args
 
-from conftest import assert_close, rand
+from op_cases import assert_close, rand
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional

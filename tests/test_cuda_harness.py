@@ -16,7 +16,7 @@ import fastconv
 from fastconv import _args, _backend
 from fastconv import reference as ref
 
-from cuda_cases import (DEPTHWISE_SPLIT_CASES, LARGE_CONV_CASES, POOL_BIGGER_CASES, POOL_KINDS,
+from op_cases import (DEPTHWISE_SPLIT_CASES, LARGE_CONV_CASES, POOL_BIGGER_CASES, POOL_KINDS,
                         check_conv, check_depthwise_splits, check_global_pool,
                         check_large_conv, check_pointwise, check_pool, check_pool_bigger,
                         check_separable, conv_cases, layouts, nchw_to, pool_cases, rand)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import fastconv
 
-from cuda_cases import (DEPTHWISE_SPLIT_CASES, LARGE_CONV_CASES, POOL_BIGGER_CASES, check_conv,
+from op_cases import (DEPTHWISE_SPLIT_CASES, LARGE_CONV_CASES, POOL_BIGGER_CASES, check_conv,
                         check_depthwise_splits, check_global_pool, check_large_conv,
                         check_pointwise, check_pool, check_pool_bigger, check_separable,
                         conv_cases, layouts, nchw_to, pool_cases, rand)

@@ -15,7 +15,7 @@ import pytest
 import fastconv
 from fastconv import _backend, _gpu
 
-from cuda_cases import (check_conv, check_global_pool, check_pointwise, check_pool,
+from op_cases import (check_conv, check_global_pool, check_pointwise, check_pool,
                         check_separable, nchw_to, rand)
 
 harness = pytest.importorskip("fastconv._cuda_harness")

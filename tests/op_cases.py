@@ -1,5 +1,6 @@
-"""Cases and checks shared by the CUDA kernel tests: tests/test_cuda_harness.py runs them on
-the CPU execution harness (NumPy arrays), tests/test_gpu.py on a GPU (CuPy arrays).
+"""Cases and checks shared by the kernel tests: the CPU tests (test_conv.py, test_pool.py)
+draw their configurations here, tests/test_cuda_harness.py runs the checks on the CPU
+execution harness (NumPy arrays), tests/test_gpu.py on a GPU (CuPy arrays).
 
 Each check takes `dev` (host array -> array for the backend under test) and `host` (the
 inverse), runs the public functional API and compares with fastconv.reference.
@@ -55,13 +56,14 @@ def _fits(check):
 
 
 @st.composite
-def conv_cases(draw, depthwise=False):
+def conv_cases(draw, depthwise=False, max_kernel=5, max_side=11, max_batch=2):
     """(x, w, bias, kwargs, rng) for conv2d (grouped or not) or depthwise_conv2d."""
     groups = 1 if depthwise else draw(st.sampled_from([1, 1, 2, 3]))
     cin = draw(st.integers(1, 4)) * groups
     cout = cin * draw(st.integers(1, 3)) if depthwise else draw(st.integers(1, 5)) * groups
-    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
-    n, h, w = draw(st.integers(1, 2)), draw(st.integers(1, 11)), draw(st.integers(1, 11))
+    kh, kw = draw(st.integers(1, max_kernel)), draw(st.integers(1, max_kernel))
+    n, h, w = (draw(st.integers(1, max_batch)), draw(st.integers(1, max_side)),
+               draw(st.integers(1, max_side)))
     layout = draw(layouts)
     kwargs = dict(stride=draw(pairs(1, 3)), padding=draw(paddings), dilation=draw(pairs(1, 2)),
                   layout=layout)
@@ -76,12 +78,12 @@ def conv_cases(draw, depthwise=False):
 
 
 @st.composite
-def pool_cases(draw):
+def pool_cases(draw, max_channels=9, max_side=10, max_batch=2):
     """(kind, x, kernel_size, kwargs, rng); x often holds ties so that 'first max wins' shows."""
     kind = draw(st.sampled_from(POOL_KINDS))
     layout = draw(layouts)
-    n, c, h, w = (draw(st.integers(1, 2)), draw(st.integers(1, 9)), draw(st.integers(1, 10)),
-                  draw(st.integers(1, 10)))
+    n, c, h, w = (draw(st.integers(1, max_batch)), draw(st.integers(1, max_channels)),
+                  draw(st.integers(1, max_side)), draw(st.integers(1, max_side)))
     kwargs = dict(stride=draw(st.one_of(st.none(), pairs(1, 3))), padding=draw(paddings),
                   layout=layout)
     if kind == "avg":
