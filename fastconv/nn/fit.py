@@ -102,8 +102,9 @@ def _train_epoch(model, x, y, batch_size, epoch, seed, augment, preprocess, drop
                           disable=not verbose)
     loss_sum = correct = seen = 0.0
     for xb, yb in bar:
-        logits = model.forward(xb, training=True, logits=True)
-        loss, dlogits = model.loss.value_and_grad(logits, yb)
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported just below
+            logits = model.forward(xb, training=True, logits=True)
+            loss, dlogits = model.loss.value_and_grad(logits, yb)
         if not math.isfinite(loss):
             raise TrainingDiverged(
                 f"loss is {loss} at epoch {epoch + 1}, step {model.optimizer.iterations}: "
