@@ -8,6 +8,7 @@ decoded once with Pillow and cached as .npz under ~/.cache/fastconv ($FASTCONV_C
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -97,24 +98,25 @@ def _read_tree(entries, read, image_size, what, classes=None):
     return {s: _stack(x, y, what) for s, (x, y) in splits.items()}, classes
 
 
-def _open_tar(path):
+@contextlib.contextmanager
+def _tar(path):
+    """An open tar archive, {name: member} of its files; read errors become DatasetError."""
     try:
-        return tarfile.open(path, "r:*")
+        with tarfile.open(path, "r:*") as tar:
+            members = {m.name: m for m in tar.getmembers() if m.isfile()}
+            yield tar, members
+    except tarfile.ReadError as e:
+        raise DatasetError(f"{path} is not a readable .tar/.tar.gz archive ({e}); copy or "
+                           f"download it again") from None
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-        raise DatasetError(f"{path} is not a readable .tar/.tar.gz archive ({e}); it may be "
-                           f"truncated or corrupt: copy or download it again") from None
+        raise DatasetError(f"{path} is truncated or corrupt ({e}); copy or download it "
+                           f"again") from None
 
 
 def _read_tar_tree(path, image_size=None, classes=None):
-    with _open_tar(path) as tar:
-        try:
-            members = {m.name: m for m in tar.getmembers() if m.isfile()}
-            entries = _folder_entries(members)
-            return _read_tree(entries, lambda n: tar.extractfile(members[n]).read(), image_size,
-                              str(path), classes)
-        except (tarfile.TarError, EOFError, zlib.error) as e:
-            raise DatasetError(f"{path} is truncated or corrupt ({e}); copy or download it "
-                               f"again") from None
+    with _tar(path) as (tar, members):
+        return _read_tree(_folder_entries(members), lambda n: tar.extractfile(members[n]).read(),
+                          image_size, str(path), classes)
 
 
 def _read_dir_tree(root, image_size=None, classes=None):
@@ -181,11 +183,8 @@ def _read_cifar(path):
         if any("cifar-10-batches" in n for n in names):
             return _official(lambda n: (path / n).read_bytes(), names, str(path))
         return _read_dir_tree(path, classes=CIFAR10_CLASSES)[0]
-    with _open_tar(path) as tar:
-        names = tar.getnames()
-    if any("cifar-10-batches" in n for n in names):
-        with _open_tar(path) as tar:
-            members = {m.name: m for m in tar.getmembers() if m.isfile()}
+    with _tar(path) as (tar, members):
+        if any("cifar-10-batches" in n for n in members):
             return _official(lambda n: tar.extractfile(members[n]).read(), list(members), str(path))
     return _read_tar_tree(path, classes=CIFAR10_CLASSES)[0]
 
