@@ -13,6 +13,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "cpu/conv2d_winograd.h"
 #include "cpu/kernels.h"
 
 #ifdef _OPENMP
@@ -28,6 +29,7 @@ namespace fastconv::cpu {
 namespace {
 std::atomic<int> g_threads{0};  // 0: not set yet, use OpenMP's default
 std::atomic<bool> g_avx2{false};
+std::atomic<bool> g_winograd{true};
 
 bool cpu_has_avx2() {
 #if FASTCONV_HAVE_AVX2 && (defined(__GNUC__) || defined(__clang__))
@@ -38,6 +40,8 @@ bool cpu_has_avx2() {
 #endif
 }
 }  // namespace
+
+bool winograd_enabled() { return g_winograd.load(); }
 
 int num_threads() {
   const int n = g_threads.load();
@@ -195,6 +199,8 @@ void set_num_threads(int n) {
 
 PYBIND11_MODULE(_cpu, m) {
   m.doc() = "fastconv CPU kernels (AVX2/FMA with a portable fallback, OpenMP threads)";
+  const char* winograd = std::getenv("FASTCONV_WINOGRAD");
+  cpu::g_winograd = !(winograd && std::string(winograd) == "0");
   const char* forced = std::getenv("FASTCONV_ISA");
   set_isa(forced ? forced : (cpu::cpu_has_avx2() ? "avx2" : "generic"));
 
@@ -212,6 +218,9 @@ PYBIND11_MODULE(_cpu, m) {
         "The instruction set the kernels run with: 'avx2' or 'generic'.");
   m.def("set_isa", &set_isa, py::arg("name"),
         "Force 'generic' (portable) or 'avx2' kernels; for testing both on one machine.");
+  m.def("set_winograd", [](bool on) { cpu::g_winograd = on; }, py::arg("enabled"),
+        "Use Winograd F(4x4,3x3) for 3x3 stride-1 convolutions (default on).");
+  m.def("winograd", [] { return cpu::g_winograd.load(); });
   m.def("get_num_threads", &cpu::num_threads, "Threads the kernels use.");
   m.def("set_num_threads", &set_num_threads, py::arg("n"), "Threads the kernels use.");
 }

@@ -3,8 +3,15 @@
 The functional API lives in `fastconv.functional` and is re-exported here; the NumPy oracle
 is `fastconv.reference`. See README.md for conventions.
 """
+try:
+    from ._cpu import get_num_threads, isa, set_num_threads
+except ImportError as error:  # pragma: no cover - only a broken install gets here
+    raise ImportError(
+        f"fastconv's compiled kernels (fastconv._cpu) are missing from {__path__[0]}. If that is "
+        "a source checkout shadowing the installed package (python -m pytest puts the current "
+        "folder first on sys.path), run `pytest` instead, or build in place with "
+        "`pip install --no-build-isolation -e .`") from error
 from . import reference
-from ._cpu import get_num_threads, isa, set_num_threads
 from .functional import (avg_pool2d, avg_pool2d_backward, conv2d, conv2d_backward,
                          depthwise_conv2d, depthwise_conv2d_backward, global_avg_pool2d,
                          global_avg_pool2d_backward, max_pool2d, max_pool2d_backward,

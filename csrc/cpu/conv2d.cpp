@@ -13,6 +13,7 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu/conv2d_winograd.h"
 #include "cpu/gemm.h"
 #include "cpu/kernels.h"
 #include "cpu/parallel.h"
@@ -57,7 +58,7 @@ struct NchwColumnPacker {
   const float* planes;
   int64_t p_base;
   Panel operator()(int64_t j0, int64_t nc, int64_t k0, int64_t kc) const {
-    std::vector<float>& buf = scratch_b();
+    Buffer& buf = scratch_b();
     buf.resize(round_up(nc, NR) * kc);
     float* dst = buf.data();
     const int64_t taps = g.kh * g.kw, stride = kc * NR;
@@ -81,7 +82,7 @@ struct NhwcRowPacker {
   const float* x;
   int64_t group, p_base;
   Panel operator()(int64_t i0, int64_t m, int64_t k0, int64_t kc) const {
-    std::vector<float>& buf = scratch_a();
+    Buffer& buf = scratch_a();
     buf.resize(round_up(m, MR) * kc);
     const int64_t cg = g.cin_per_group(), pixels = g.oh * g.ow;
     for (int64_t i = 0; i < round_up(m, MR); ++i) {
@@ -118,7 +119,7 @@ void forward_nchw(const ConvGeometry& g, const float* x, const float* w, const f
                   float* y) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), K = cg * g.kh * g.kw;
   const int64_t P = g.oh * g.ow, chunks = (P + kPixelChunk - 1) / kPixelChunk;
-  std::vector<std::vector<float>> packed(g.groups);
+  std::vector<Buffer> packed(g.groups);
   for (int64_t grp = 0; grp < g.groups; ++grp) packed[grp] = prepack(w + grp * mg * K, K, 1, mg, K, MR);
   parallel_for(g.n * g.groups * chunks, [&](int64_t item) {
     const int64_t chunk = item % chunks, grp = item / chunks % g.groups, b = item / chunks / g.groups;
@@ -139,7 +140,7 @@ void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const f
                   float* y) {
   const int64_t mg = g.cout_per_group(), K = g.cin_per_group() * g.kh * g.kw;
   const int64_t pixels = g.n * g.oh * g.ow, chunks = (pixels + MC - 1) / MC;
-  std::vector<std::vector<float>> packed(g.groups);
+  std::vector<Buffer> packed(g.groups);
   for (int64_t grp = 0; grp < g.groups; ++grp)
     packed[grp] = prepack(weights_tap_major(g, w, grp).data(), K, 1, mg, K, NR);
   parallel_for(chunks * g.groups, [&](int64_t item) {
@@ -154,6 +155,13 @@ void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const f
       for (int64_t i = 0; i < m; ++i)
         for (int64_t o = 0; o < mg; ++o) out[i * g.c_out + o] += bias[grp * mg + o];
   });
+}
+
+void forward_dense(const ConvGeometry& g, const float* x, const float* w, const float* bias,
+                   float* y) {
+  if (winograd_enabled() && winograd_applies(g) && conv2d_winograd(g, x, w, bias, y)) return;
+  if (g.channels_last) forward_nhwc(g, x, w, bias, y);
+  else forward_nchw(g, x, w, bias, y);
 }
 
 // Stride 1: dx is the forward convolution of dy with the kernel flipped in space and with
@@ -179,8 +187,7 @@ void backward_input_as_forward(const ConvGeometry& g, const float* dy, const flo
   t.ow = g.w;
   t.pad_top = g.dil_h * (g.kh - 1) - g.pad_top;
   t.pad_left = g.dil_w * (g.kw - 1) - g.pad_left;
-  if (g.channels_last) forward_nhwc(t, dy, flipped.data(), nullptr, dx);
-  else forward_nchw(t, dy, flipped.data(), nullptr, dx);
+  forward_dense(t, dy, flipped.data(), nullptr, dx);
 }
 
 // Strided: dcol = W_g^T dy for a block of pixels, then each column is added back into the
@@ -190,7 +197,7 @@ void backward_input_col2im_nchw(const ConvGeometry& g, const float* dy, const fl
                                 float* dx) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
   const int64_t K = cg * taps, P = g.oh * g.ow;
-  std::vector<std::vector<float>> packed(g.groups);  // W_g^T: (K x Mg)
+  std::vector<Buffer> packed(g.groups);  // W_g^T: (K x Mg)
   for (int64_t grp = 0; grp < g.groups; ++grp) packed[grp] = prepack(w + grp * mg * K, 1, K, K, mg, MR);
   parallel_for(g.n * g.groups, [&](int64_t item) {
     const int64_t grp = item % g.groups, b = item / g.groups;
@@ -220,7 +227,7 @@ void backward_input_col2im_nhwc(const ConvGeometry& g, const float* dy, const fl
                                 float* dx) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
   const int64_t K = cg * taps, P = g.oh * g.ow;
-  std::vector<std::vector<float>> packed(g.groups);  // W_g in (ky, kx, ci) order: (Mg x K')
+  std::vector<Buffer> packed(g.groups);  // W_g in (ky, kx, ci) order: (Mg x K')
   for (int64_t grp = 0; grp < g.groups; ++grp)
     packed[grp] = prepack(weights_tap_major(g, w, grp).data(), 1, K, K, mg, NR);
   parallel_for(g.n, [&](int64_t b) {
@@ -254,7 +261,7 @@ struct NchwColumnTPacker {
   const float* planes;
   int64_t p_base;
   Panel operator()(int64_t j0, int64_t n, int64_t p0, int64_t pc) const {
-    std::vector<float>& buf = scratch_b();
+    Buffer& buf = scratch_b();
     buf.assign(round_up(n, NR) * pc, 0.f);
     const int64_t taps = g.kh * g.kw;
     for (int64_t kk = 0; kk < n; ++kk) {
@@ -276,7 +283,7 @@ struct NhwcColumnTPacker {
   const float* x;
   int64_t group, p_base;
   Panel operator()(int64_t i0, int64_t m, int64_t p0, int64_t pc) const {
-    std::vector<float>& buf = scratch_a();
+    Buffer& buf = scratch_a();
     buf.assign(round_up(m, MR) * pc, 0.f);
     const int64_t cg = g.cin_per_group(), pixels = g.oh * g.ow;
     for (int64_t s = 0; s < m; s += MR) {
@@ -362,8 +369,7 @@ void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x
 void conv2d_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias,
                     float* y) {
   if (is_depthwise(g)) return depthwise_conv2d_forward(g, x, w, bias, y);
-  if (g.channels_last) forward_nhwc(g, x, w, bias, y);
-  else forward_nchw(g, x, w, bias, y);
+  forward_dense(g, x, w, bias, y);
 }
 
 void conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* w, float* dx) {

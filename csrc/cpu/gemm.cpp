@@ -14,28 +14,37 @@ namespace {
 #ifdef FASTCONV_USE_AVX2
 // 6x16 register tile: 12 accumulators + 2 B vectors + 1 broadcast = 15 of 16 ymm registers.
 // Each depth step is 2 loads, 6 broadcasts and 12 FMAs, enough to keep both FMA ports busy.
+// The accumulators are named variables, not an array: GCC keeps arrays of vectors in memory.
+#define FC_ROW(r, c0, c1)                                \
+  {                                                      \
+    const __m256 ar = _mm256_broadcast_ss(a + (r));      \
+    c0 = _mm256_fmadd_ps(ar, b0, c0);                    \
+    c1 = _mm256_fmadd_ps(ar, b1, c1);                    \
+  }
+#define FC_STORE(r, c0, c1)                                            \
+  {                                                                    \
+    float* row = c + (r) * ldc;                                        \
+    if (accumulate) {                                                  \
+      c0 = _mm256_add_ps(c0, _mm256_loadu_ps(row));                    \
+      c1 = _mm256_add_ps(c1, _mm256_loadu_ps(row + 8));                \
+    }                                                                  \
+    _mm256_storeu_ps(row, c0);                                         \
+    _mm256_storeu_ps(row + 8, c1);                                     \
+  }
 void kernel_full(int64_t k, const float* a, const float* b, float* c, int64_t ldc,
                  bool accumulate) {
-  __m256 acc[MR][2];
-  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+  __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
   for (int64_t p = 0; p < k; ++p, a += MR, b += NR) {
     const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
-    for (int r = 0; r < MR; ++r) {
-      const __m256 ar = _mm256_broadcast_ss(a + r);
-      acc[r][0] = _mm256_fmadd_ps(ar, b0, acc[r][0]);
-      acc[r][1] = _mm256_fmadd_ps(ar, b1, acc[r][1]);
-    }
+    FC_ROW(0, c00, c01) FC_ROW(1, c10, c11) FC_ROW(2, c20, c21)
+    FC_ROW(3, c30, c31) FC_ROW(4, c40, c41) FC_ROW(5, c50, c51)
   }
-  for (int r = 0; r < MR; ++r) {
-    float* row = c + r * ldc;
-    if (accumulate) {
-      acc[r][0] = _mm256_add_ps(acc[r][0], _mm256_loadu_ps(row));
-      acc[r][1] = _mm256_add_ps(acc[r][1], _mm256_loadu_ps(row + 8));
-    }
-    _mm256_storeu_ps(row, acc[r][0]);
-    _mm256_storeu_ps(row + 8, acc[r][1]);
-  }
+  FC_STORE(0, c00, c01) FC_STORE(1, c10, c11) FC_STORE(2, c20, c21)
+  FC_STORE(3, c30, c31) FC_STORE(4, c40, c41) FC_STORE(5, c50, c51)
 }
+#undef FC_ROW
+#undef FC_STORE
 #else
 // Portable tile: plain loops the compiler vectorises for whatever the baseline ISA is.
 void kernel_full(int64_t k, const float* a, const float* b, float* c, int64_t ldc,
@@ -78,20 +87,20 @@ void pack_strided(const float* src, int64_t rs, int64_t cs, int64_t i0, int64_t 
   }
 }
 
-std::vector<float> prepack(const float* src, int64_t rs, int64_t cs, int64_t m, int64_t k,
-                           int64_t width) {
-  std::vector<float> packed(round_up(m, width) * k);
+Buffer prepack(const float* src, int64_t rs, int64_t cs, int64_t m, int64_t k,
+               int64_t width) {
+  Buffer packed(round_up(m, width) * k);
   pack_strided(src, rs, cs, 0, m, 0, k, width, packed.data());
   return packed;
 }
 
-std::vector<float>& scratch_a() {
-  thread_local std::vector<float> buffer;
+Buffer& scratch_a() {
+  thread_local Buffer buffer;
   return buffer;
 }
 
-std::vector<float>& scratch_b() {
-  thread_local std::vector<float> buffer;
+Buffer& scratch_b() {
+  thread_local Buffer buffer;
   return buffer;
 }
 

@@ -11,6 +11,8 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <new>
 #include <vector>
 
 namespace fastconv::cpu::FASTCONV_ISA {
@@ -21,6 +23,24 @@ constexpr int64_t KC = 256;   // depth per packed block: an A and a B sliver fit
 constexpr int64_t MC = 120;   // rows per packed A block: it stays in L2
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// Packed panels start on a cache line, so no 32-byte vector load ever straddles two lines.
+template <class T>
+struct CacheAligned {
+  using value_type = T;
+  CacheAligned() = default;
+  template <class U>
+  CacheAligned(const CacheAligned<U>&) {}
+  T* allocate(size_t n) {
+    void* p = std::aligned_alloc(64, round_up(static_cast<int64_t>(n * sizeof(T)), 64));
+    if (!p) throw std::bad_alloc();
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, size_t) { std::free(p); }
+  bool operator==(const CacheAligned&) const { return true; }
+  bool operator!=(const CacheAligned&) const { return false; }
+};
+using Buffer = std::vector<float, CacheAligned<float>>;
 
 // Packed slivers of a block: sliver s starts at data + s * sliver_stride.
 struct Panel {
@@ -41,10 +61,10 @@ void pack_strided(const float* src, int64_t rs, int64_t cs, int64_t i0, int64_t 
 
 // Pre-packs a whole M x K operand into width-slivers spanning the full depth K, so that
 // sliver s, depth block k0 is at data + s*K*width + k0*width.
-std::vector<float> prepack(const float* src, int64_t rs, int64_t cs, int64_t m, int64_t k,
+Buffer prepack(const float* src, int64_t rs, int64_t cs, int64_t m, int64_t k,
                            int64_t width);
 
-inline Panel prepacked_panel(const std::vector<float>& packed, int64_t depth, int64_t width,
+inline Panel prepacked_panel(const Buffer& packed, int64_t depth, int64_t width,
                              int64_t i0, int64_t k0) {
   return {packed.data() + (i0 / width) * depth * width + k0 * width, depth * width};
 }
@@ -72,14 +92,14 @@ void gemm(int64_t M, int64_t N, int64_t K, APanel&& a_panel, BPanel&& b_panel, f
 }
 
 // Per-thread packing buffers, reused across calls (OpenMP keeps its threads alive).
-std::vector<float>& scratch_a();
-std::vector<float>& scratch_b();
+Buffer& scratch_a();
+Buffer& scratch_b();
 
 // Packer for an operand held as a strided matrix: rows [i0, i0+m) at depth [k0, k0+k).
 struct StridedPacker {
   const float* src;
   int64_t rs, cs, width;
-  std::vector<float>* buffer;
+  Buffer* buffer;
   Panel operator()(int64_t i0, int64_t m, int64_t k0, int64_t k) const {
     buffer->resize(round_up(m, width) * k);
     pack_strided(src, rs, cs, i0, m, k0, k, width, buffer->data());

@@ -1,0 +1,216 @@
+"""Dense, grouped, depthwise, pointwise and separable convolution against the reference."""
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+import fastconv
+from fastconv import _args
+from fastconv import reference as ref
+
+from conftest import assert_close, layouts, pairs, paddings, rand
+
+
+def to_layout(x_nchw, layout):
+    return np.ascontiguousarray(x_nchw.transpose(0, 2, 3, 1)) if layout == "NHWC" else x_nchw
+
+
+def fits(shape, w_shape, **kw):
+    try:
+        _args.conv_geometry(shape, w_shape, **kw)
+        return True
+    except ValueError:
+        return False
+
+
+@st.composite
+def conv_cases(draw, depthwise=False):
+    groups = 1 if depthwise else draw(st.sampled_from([1, 1, 2, 3]))
+    cin = draw(st.integers(1, 4)) * groups
+    cout = cin * draw(st.integers(1, 3)) if depthwise else draw(st.integers(1, 5)) * groups
+    kh, kw = draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    n, h, w = draw(st.integers(1, 3)), draw(st.integers(1, 13)), draw(st.integers(1, 13))
+    layout = draw(layouts)
+    kw_args = dict(stride=draw(pairs(1, 3)), padding=draw(paddings), dilation=draw(pairs(1, 2)),
+                   groups=cin if depthwise else groups, layout=layout)
+    shape = (n, h, w, cin) if layout == "NHWC" else (n, cin, h, w)
+    w_shape = (cout, 1 if depthwise else cin // groups, kh, kw)
+    assume(fits(shape, w_shape, **kw_args))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    return rand(rng, *shape), rand(rng, *w_shape), rand(rng, cout), kw_args, rng
+
+
+@given(conv_cases())
+def test_conv2d_matches_reference(isa, case):
+    x, w, b, kw, rng = case
+    y = fastconv.conv2d(x, w, b, **kw)
+    assert_close(y, ref.conv2d(x, w, b, **kw))
+    dy = rand(rng, *y.shape)
+    for got, want in zip(fastconv.conv2d_backward(dy, x, w, **kw), ref.conv2d_backward(dy, x, w, **kw)):
+        assert_close(got, want)
+
+
+@given(conv_cases(depthwise=True))
+def test_depthwise_matches_reference(isa, case):
+    x, w, b, kw, rng = case
+    kw.pop("groups")
+    y = fastconv.depthwise_conv2d(x, w, b, **kw)
+    assert_close(y, ref.depthwise_conv2d(x, w, b, **kw))
+    dy = rand(rng, *y.shape)
+    got = fastconv.depthwise_conv2d_backward(dy, x, w, **kw)
+    for g, r in zip(got, ref.depthwise_conv2d_backward(dy, x, w, **kw)):
+        assert_close(g, r)
+
+
+@given(st.integers(1, 3), st.integers(1, 40), st.integers(1, 40), st.integers(1, 9),
+       st.integers(1, 9), layouts, st.integers(0, 1000))
+def test_pointwise_matches_reference(isa, n, cin, cout, h, w, layout, seed):
+    rng = np.random.default_rng(seed)
+    x = to_layout(rand(rng, n, cin, h, w), layout)
+    wt, b = rand(rng, cout, cin), rand(rng, cout)
+    y = fastconv.pointwise_conv2d(x, wt, b, layout=layout)
+    assert_close(y, ref.pointwise_conv2d(x, wt, b, layout=layout))
+    dy = rand(rng, *y.shape)
+    got = fastconv.pointwise_conv2d_backward(dy, x, wt, layout=layout)
+    assert got[1].shape == wt.shape
+    for g, r in zip(got, ref.pointwise_conv2d_backward(dy, x, wt, layout=layout)):
+        assert_close(g, r)
+
+
+@given(conv_cases(depthwise=True), st.integers(1, 6))
+def test_separable_matches_reference(isa, case, cout):
+    x, dw, b, kw, rng = case
+    kw.pop("groups")
+    pw, b = rand(rng, cout, dw.shape[0]), rand(rng, cout)
+    y = fastconv.separable_conv2d(x, dw, pw, b, **kw)
+    assert_close(y, ref.separable_conv2d(x, dw, pw, b, **kw))
+    dy = rand(rng, *y.shape)
+    got = fastconv.separable_conv2d_backward(dy, x, dw, pw, **kw)
+    for g, r in zip(got, ref.separable_conv2d_backward(dy, x, dw, pw, **kw)):
+        assert_close(g, r)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("cin,cout,hw,k,stride,groups", [
+    (3, 64, 32, 3, 1, 1),      # first CIFAR layer
+    (32, 48, 17, 3, 1, 1),     # channels not multiples of 8
+    (64, 64, 16, 3, 2, 1),     # strided
+    (16, 24, 15, 5, 1, 1),
+    (24, 36, 12, 3, 1, 4),     # grouped
+    (40, 40, 9, 1, 1, 1),      # 1x1 through conv2d
+])
+def test_conv2d_cifar_sized(isa, layout, cin, cout, hw, k, stride, groups):
+    """Larger channel counts: exercises full GEMM tiles, several K blocks and many threads."""
+    rng = np.random.default_rng(cin * cout)
+    x = to_layout(rand(rng, 4, cin, hw, hw), layout)
+    w, b = rand(rng, cout, cin // groups, k, k), rand(rng, cout)
+    kw = dict(stride=stride, padding="same", groups=groups, layout=layout)
+    y = fastconv.conv2d(x, w, b, **kw)
+    assert_close(y, ref.conv2d(x, w, b, **kw))
+    dy = rand(rng, *y.shape)
+    for got, want in zip(fastconv.conv2d_backward(dy, x, w, **kw), ref.conv2d_backward(dy, x, w, **kw)):
+        assert_close(got, want)
+
+
+def test_conv2d_known_values():
+    """A 3x3 box filter over a ramp, worked out by hand."""
+    x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    w = np.ones((1, 1, 3, 3), np.float32)
+    y = fastconv.conv2d(x, w, np.array([1.0], np.float32))
+    np.testing.assert_array_equal(y[0, 0], [[46.0, 55.0], [82.0, 91.0]])
+    y_same = fastconv.conv2d(x, w, padding="same")
+    assert y_same[0, 0, 0, 0] == 0 + 1 + 4 + 5
+
+
+def test_same_padding_follows_keras():
+    """Even kernels / strides put the extra pixel at the bottom-right, output = ceil(in/stride)."""
+    assert _args.same_padding(5, 2, 1, 1) == (0, 1)
+    assert _args.same_padding(7, 3, 2, 1) == (1, 1)
+    assert _args.same_padding(6, 3, 2, 1) == (0, 1)
+    assert _args.same_padding(6, 3, 1, 2) == (2, 2)
+    x = np.zeros((1, 2, 7, 6), np.float32)
+    y = fastconv.conv2d(x, np.zeros((3, 2, 4, 2), np.float32), stride=(2, 3), padding="same")
+    assert y.shape == (1, 3, 4, 2)
+
+
+def test_non_contiguous_inputs(isa):
+    rng = np.random.default_rng(7)
+    base = rand(rng, 2, 9, 12, 10)
+    x = base[:, ::2, 1:, ::-1]   # strided, offset and reversed view
+    w = rand(rng, 6, 10, 4, 3)[:, :5]
+    assert not x.flags.c_contiguous and not w.flags.c_contiguous
+    assert_close(fastconv.conv2d(x, w, padding=1), ref.conv2d(x, w, padding=1))
+    xt = rand(rng, 2, 8, 8, 6).transpose(0, 3, 1, 2)  # NHWC memory viewed as NCHW
+    assert_close(fastconv.max_pool2d(xt, 2), ref.max_pool2d(xt, 2))
+
+
+def test_nan_and_inf_propagate():
+    x = np.ones((1, 1, 4, 4), np.float32)
+    x[0, 0, 0, 0] = np.nan
+    x[0, 0, 3, 3] = np.inf
+    y = fastconv.conv2d(x, np.ones((1, 1, 2, 2), np.float32))
+    assert np.isnan(y[0, 0, 0, 0]) and np.isinf(y[0, 0, 2, 2])
+    assert np.isfinite(y[0, 0, 1, 1])
+
+
+def test_empty_batch():
+    y = fastconv.conv2d(np.zeros((0, 3, 5, 5), np.float32), np.ones((4, 3, 3, 3), np.float32))
+    assert y.shape == (0, 4, 3, 3)
+    dx, dw, db = fastconv.conv2d_backward(y, np.zeros((0, 3, 5, 5), np.float32),
+                                          np.ones((4, 3, 3, 3), np.float32))
+    assert dx.shape == (0, 3, 5, 5) and not dw.any() and not db.any()
+
+
+def test_repeatable_and_thread_count_only_changes_rounding():
+    rng = np.random.default_rng(3)
+    x, w = rand(rng, 5, 16, 12, 12), rand(rng, 24, 16, 3, 3)
+    dy = rand(rng, 5, 24, 12, 12)
+    threads = fastconv.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3, 3):
+            fastconv.set_num_threads(n)
+            results.append(fastconv.conv2d_backward(dy, x, w, padding=1))
+    finally:
+        fastconv.set_num_threads(threads)
+    for a, b in zip(results[2], results[3]):  # same threads: bit-identical (fixed-order sums)
+        np.testing.assert_array_equal(a, b)
+    for other in results[1:]:
+        for a, b in zip(other, results[0]):
+            assert_close(a, b.astype(np.float64))
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("cin,cout,h,w,padding", [(16, 16, 16, 16, 1), (24, 40, 13, 18, "same"),
+                                                  (32, 17, 11, 9, ((2, 0), (1, 2))),
+                                                  (48, 64, 12, 12, "valid")])
+def test_winograd_3x3_matches_direct_and_reference(isa, layout, cin, cout, h, w, padding):
+    """3x3 stride-1 layers with >= 16 channels run Winograd F(4x4,3x3) (forward and, through
+    the flipped kernel, dx); it must agree with the direct GEMM and the reference."""
+    rng = np.random.default_rng(cin + cout)
+    x = to_layout(rand(rng, 8, cin, h, w), layout)
+    wt, b = rand(rng, cout, cin, 3, 3), rand(rng, cout)
+    kw = dict(padding=padding, layout=layout)
+    y = fastconv.conv2d(x, wt, b, **kw)
+    dy = rand(rng, *y.shape)
+    dx = fastconv.conv2d_backward(dy, x, wt, **kw)[0]
+    fastconv._cpu.set_winograd(False)
+    try:
+        y_direct, dx_direct = fastconv.conv2d(x, wt, b, **kw), fastconv.conv2d_backward(dy, x, wt, **kw)[0]
+    finally:
+        fastconv._cpu.set_winograd(True)
+    want_y, want_dx = ref.conv2d(x, wt, b, **kw), ref.conv2d_backward(dy, x, wt, **kw)[0]
+    for got, direct, want in [(y, y_direct, want_y), (dx, dx_direct, want_dx)]:
+        assert_close(got, want)
+        assert_close(got, direct.astype(np.float64))
+    assert not np.array_equal(y, y_direct), "expected the Winograd path to have run"
+
+
+def test_winograd_keeps_nan_local():
+    """A NaN must reach only the outputs whose window covers it, as in a direct convolution."""
+    x = np.ones((8, 16, 12, 12), np.float32)
+    x[0, 3, 5, 5] = np.nan
+    y = fastconv.conv2d(x, np.ones((16, 16, 3, 3), np.float32), padding=1)
+    nan_rows, nan_cols = np.nonzero(np.isnan(y[0, 0]))
+    assert set(nan_rows) == {4, 5, 6} and set(nan_cols) == {4, 5, 6}
+    assert np.isfinite(y[1:]).all()

@@ -1,0 +1,111 @@
+"""Max, min, average, sum and global average pooling against the reference."""
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+import fastconv
+from fastconv import _args
+from fastconv import reference as ref
+
+from conftest import assert_close, layouts, pairs, rand
+
+KINDS = ["max", "min", "avg", "sum"]
+
+pool_paddings = st.one_of(st.integers(0, 3), st.tuples(st.integers(0, 3), st.integers(0, 3)),
+                          st.tuples(st.tuples(st.integers(0, 3), st.integers(0, 3)),
+                                    st.tuples(st.integers(0, 3), st.integers(0, 3))),
+                          st.sampled_from(["valid", "same"]))
+
+
+@st.composite
+def pool_cases(draw):
+    kind = draw(st.sampled_from(KINDS))
+    layout = draw(layouts)
+    n, c, h, w = (draw(st.integers(1, 3)), draw(st.integers(1, 20)), draw(st.integers(1, 12)),
+                  draw(st.integers(1, 12)))
+    kw = dict(stride=draw(st.one_of(st.none(), pairs(1, 3))), padding=draw(pool_paddings), layout=layout)
+    if kind == "avg":
+        kw["count_include_pad"] = draw(st.booleans())
+    kernel = draw(pairs(1, 5))
+    shape = (n, h, w, c) if layout == "NHWC" else (n, c, h, w)
+    try:
+        _args.pool_geometry(shape, kernel, kind=kind, **kw)
+    except ValueError:
+        assume(False)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    # Few distinct values, so windows often hold ties: the first maximum must win.
+    x = rng.integers(-3, 4, size=shape).astype(np.float32) if draw(st.booleans()) else rand(rng, *shape)
+    return kind, x, kernel, kw, rng
+
+
+@given(pool_cases())
+def test_pooling_matches_reference(isa, case):
+    kind, x, kernel, kw, rng = case
+    forward, backward = getattr(fastconv, f"{kind}_pool2d"), getattr(fastconv, f"{kind}_pool2d_backward")
+    y = forward(x, kernel, **kw)
+    assert_close(y, getattr(ref, f"{kind}_pool2d")(x, kernel, **kw))
+    dy = rand(rng, *y.shape)
+    assert_close(backward(dy, x, kernel, **kw), getattr(ref, f"{kind}_pool2d_backward")(dy, x, kernel, **kw))
+
+
+def test_max_pool_known_values_and_first_max_wins():
+    x = np.array([[1, 5, 5, 0], [5, 2, 3, 4], [0, 0, 9, 9], [0, 0, 9, 9]], np.float32)[None, None]
+    y = fastconv.max_pool2d(x, 2)
+    np.testing.assert_array_equal(y[0, 0], [[5, 5], [0, 9]])
+    dx = fastconv.max_pool2d_backward(np.ones_like(y), x, 2)
+    expected = np.zeros((4, 4), np.float32)
+    expected[0, 1] = expected[0, 2] = expected[2, 0] = expected[2, 2] = 1
+    np.testing.assert_array_equal(dx[0, 0], expected)
+
+
+def test_avg_pool_divisor_with_padding():
+    x = np.ones((1, 1, 3, 3), np.float32)
+    np.testing.assert_allclose(fastconv.avg_pool2d(x, 3, stride=1, padding=1)[0, 0], np.ones((3, 3)))
+    corner = fastconv.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=True)[0, 0, 0, 0]
+    assert corner == pytest.approx(4 / 9)
+    assert fastconv.sum_pool2d(x, 3, stride=1, padding=1)[0, 0, 1, 1] == 9
+
+
+def test_padding_never_wins_a_max():
+    x = -np.ones((1, 2, 3, 3), np.float32)
+    assert (fastconv.max_pool2d(x, 3, stride=1, padding=1) == -1).all()
+    assert (fastconv.min_pool2d(-x, 3, stride=1, padding=1) == 1).all()
+
+
+def test_nan_wins_max_and_min():
+    x = np.zeros((1, 1, 2, 2), np.float32)
+    x[0, 0, 1, 0] = np.nan
+    for kind in ("max", "min"):
+        assert np.isnan(getattr(fastconv, f"{kind}_pool2d")(x, 2)).all()
+        dx = getattr(fastconv, f"{kind}_pool2d_backward")(np.ones((1, 1, 1, 1), np.float32), x, 2)
+        np.testing.assert_array_equal(dx[0, 0], [[0, 0], [1, 0]])
+    x[0, 0, 0, 0] = np.inf
+    assert fastconv.avg_pool2d(np.where(np.isnan(x), 1, x).astype(np.float32), 2)[0, 0, 0, 0] == np.inf
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_global_avg_pool(isa, layout):
+    rng = np.random.default_rng(1)
+    x = rand(rng, 3, 7, 5, 6)
+    y = fastconv.global_avg_pool2d(x, layout=layout)
+    assert y.shape == (3, 6 if layout == "NHWC" else 7)
+    assert_close(y, ref.global_avg_pool2d(x, layout=layout))
+    dy = rand(rng, *y.shape)
+    assert_close(fastconv.global_avg_pool2d_backward(dy, x, layout=layout),
+                 ref.global_avg_pool2d_backward(dy, x, layout=layout))
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("kind,kernel,stride", [("max", 2, None), ("max", 3, 2), ("avg", 2, None)])
+def test_pooling_cifar_sized(isa, layout, kind, kernel, stride):
+    rng = np.random.default_rng(5)
+    x = rand(rng, 4, 70, 32, 32)
+    if layout == "NHWC":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    kw = dict(stride=stride, layout=layout)
+    y = getattr(fastconv, f"{kind}_pool2d")(x, kernel, **kw)
+    assert_close(y, getattr(ref, f"{kind}_pool2d")(x, kernel, **kw))
+    dy = rand(rng, *y.shape)
+    assert_close(getattr(fastconv, f"{kind}_pool2d_backward")(dy, x, kernel, **kw),
+                 getattr(ref, f"{kind}_pool2d_backward")(dy, x, kernel, **kw))

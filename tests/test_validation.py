@@ -1,0 +1,113 @@
+"""Bad arguments raise TypeError/ValueError with a message that says what to fix, before any
+native code runs; nothing crashes the process."""
+import numpy as np
+import pytest
+
+import fastconv
+
+X = np.zeros((2, 4, 8, 8), np.float32)
+W = np.zeros((6, 4, 3, 3), np.float32)
+DW = np.zeros((8, 1, 3, 3), np.float32)
+PW = np.zeros((5, 4), np.float32)
+POOLS = ["max", "min", "avg", "sum"]
+
+
+def raises(exc, match, fn, *args, **kw):
+    with pytest.raises(exc, match=match):
+        fn(*args, **kw)
+
+
+@pytest.mark.parametrize("bad", [X.astype(np.float64), X.astype(np.float16), X.astype(np.int32)])
+def test_wrong_dtype_names_the_fix(bad):
+    raises(TypeError, r"astype\(np\.float32\)", fastconv.conv2d, bad, W)
+    raises(TypeError, r"astype\(np\.float32\)", fastconv.max_pool2d, bad, 2)
+    raises(TypeError, r"astype\(np\.float32\)", fastconv.conv2d, X, W.astype(np.float64))
+
+
+def test_not_an_array():
+    raises(TypeError, "float32 array", fastconv.conv2d, X.tolist(), W)
+    raises(TypeError, "float32 array", fastconv.avg_pool2d, None, 2)
+    raises(TypeError, "float32 array", fastconv.global_avg_pool2d, "x")
+
+
+def test_wrong_rank():
+    raises(ValueError, "4 dimensions", fastconv.conv2d, X[0], W)
+    raises(ValueError, "4 dimensions", fastconv.conv2d, X, W[0])
+    raises(ValueError, "4 dimensions", fastconv.max_pool2d, X[0], 2)
+    raises(ValueError, "2-D|2 dimensions", fastconv.pointwise_conv2d, X, W)
+
+
+def test_channel_and_group_mismatch():
+    raises(ValueError, "input channels", fastconv.conv2d, X, np.zeros((6, 3, 3, 3), np.float32))
+    raises(ValueError, "groups=3 must divide", fastconv.conv2d, X, W, groups=3)
+    raises(ValueError, "groups", fastconv.conv2d, X, np.zeros((6, 2, 3, 3), np.float32), groups=0)
+    raises(ValueError, "layout", fastconv.conv2d, X.transpose(0, 2, 3, 1).copy(), W, layout="NCHW")
+    raises(ValueError, "depthwise weights", fastconv.depthwise_conv2d, X, np.zeros((6, 1, 3, 3), np.float32))
+    raises(ValueError, "depthwise weights", fastconv.depthwise_conv2d, X, W)
+    raises(ValueError, "input channels", fastconv.pointwise_conv2d, X, np.zeros((5, 3), np.float32))
+    raises(ValueError, "input channels", fastconv.separable_conv2d, X, DW, np.zeros((5, 7), np.float32))
+
+
+@pytest.mark.parametrize("kw,exc,match", [
+    (dict(stride=0), ValueError, "stride must be >= 1"),
+    (dict(stride=-2), ValueError, "stride"),
+    (dict(stride=(1, 0)), ValueError, "stride"),
+    (dict(stride=1.5), TypeError, "stride"),
+    (dict(stride=True), TypeError, "stride"),
+    (dict(stride=(1, 2, 3)), TypeError, "stride"),
+    (dict(dilation=0), ValueError, "dilation"),
+    (dict(padding=-1), ValueError, "padding"),
+    (dict(padding=((1, -1), (0, 0))), ValueError, "padding"),
+    (dict(padding="full"), ValueError, "padding"),
+    (dict(padding=1.0), TypeError, "padding"),
+    (dict(layout="NHCW"), ValueError, "layout"),
+    (dict(groups=1.0), TypeError, "groups"),
+])
+def test_bad_conv_parameters(kw, exc, match):
+    raises(exc, match, fastconv.conv2d, X, W, **kw)
+    raises(exc, match, fastconv.conv2d_backward, np.zeros((2, 6, 6, 6), np.float32), X, W, **kw)
+
+
+def test_kernel_larger_than_padded_input():
+    raises(ValueError, "kernel spans", fastconv.conv2d, X, np.zeros((6, 4, 9, 3), np.float32))
+    raises(ValueError, "kernel spans", fastconv.conv2d, X, W, dilation=4)
+    raises(ValueError, "kernel spans", fastconv.max_pool2d, X, 9)
+
+
+def test_bias_and_gradient_shapes():
+    raises(ValueError, "bias must have shape", fastconv.conv2d, X, W, np.zeros(5, np.float32))
+    raises(ValueError, "1 dimensions", fastconv.conv2d, X, W, np.zeros((6, 1), np.float32))
+    raises(ValueError, "dy must have shape", fastconv.conv2d_backward, np.zeros((2, 6, 5, 6), np.float32), X, W)
+    raises(ValueError, "dy must have shape", fastconv.max_pool2d_backward, np.zeros((2, 4, 3, 4), np.float32), X, 2)
+    raises(ValueError, "dy must have shape", fastconv.global_avg_pool2d_backward, np.zeros((3, 4), np.float32), X)
+
+
+@pytest.mark.parametrize("kind", POOLS)
+def test_bad_pool_parameters(kind):
+    fn = getattr(fastconv, f"{kind}_pool2d")
+    raises(ValueError, "more than half the kernel", fn, X, 2, padding=2)
+    raises(ValueError, "kernel_size", fn, X, 0)
+    raises(TypeError, "kernel_size", fn, X, None)
+    raises(ValueError, "stride", fn, X, 2, stride=0)
+    raises(ValueError, "layout", fn, X, 2, layout="HWC")
+
+
+def test_count_include_pad_must_be_bool():
+    raises(TypeError, "count_include_pad", fastconv.avg_pool2d, X, 3, padding=1, count_include_pad="yes")
+
+
+def test_native_layer_rejects_mismatched_buffers():
+    """Direct calls into the extension with a wrong buffer raise instead of reading past it."""
+    from fastconv import _args
+    g = _args.conv_geometry(X.shape, W.shape, stride=1, padding=0, dilation=1, groups=1, layout="NCHW")
+    y = np.empty(g.y_shape, np.float32)
+    with pytest.raises(ValueError, match="elements"):
+        fastconv._cpu.conv2d_forward(X[:1], W, None, y, g.astuple())
+    with pytest.raises(TypeError, match="float32"):
+        fastconv._cpu.conv2d_forward(X.astype(np.float64), W, None, y, g.astuple())
+    with pytest.raises(ValueError, match="C-contiguous"):
+        fastconv._cpu.conv2d_forward(X, W, None, np.empty(g.y_shape[::-1], np.float32).T, g.astuple())
+    bad = list(g.astuple())
+    bad[9] = 0  # stride_h
+    with pytest.raises(ValueError, match="geometry"):
+        fastconv._cpu.conv2d_forward(X, W, None, y, tuple(bad))
