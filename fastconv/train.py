@@ -85,7 +85,9 @@ def main(argv=None):
     args = parse_args(argv)
     (x_train, y_train), (x_test, y_test) = fcdata.load_cifar10(args.data)
     if args.train_subset:
-        x_train, y_train = x_train[:args.train_subset], y_train[:args.train_subset]
+        # the archive is sorted by class: take a seeded random subset, not the first N
+        keep = np.sort(np.random.default_rng(args.seed).permutation(len(x_train))[:args.train_subset])
+        x_train, y_train = x_train[keep], y_train[keep]
     model = MODELS[args.model](args.seed)
     preprocess = fcdata.Normalize()
     if args.model == "reference":

@@ -146,7 +146,8 @@ def load_checkpoint(path, model):
 def fit(model, x, y, batch_size=32, epochs=1, validation_data=None, *, seed=0, augment=None,
         preprocess=None, tta=None, checkpoint=None, resume=False, drop_last=False,
         verbose=True, print_fn=print, output_dir=None):
-    """Train; returns the history (one dict per epoch). `checkpoint` is a .npz path written
+    """Train; returns the history (one dict per epoch). Test accuracy uses `tta` in the final
+    epoch only (earlier epochs evaluate the plain images). `checkpoint` is a .npz path written
     after every epoch; resume=True continues from it. With `output_dir`, metrics.csv,
     metrics.json and curves.png are written there at the end."""
     preprocess = preprocess or fcdata.default_preprocess
@@ -164,8 +165,10 @@ def fit(model, x, y, batch_size=32, epochs=1, validation_data=None, *, seed=0, a
                                  drop_last, verbose, epochs)
         test_acc = test_loss = None
         if validation_data is not None:
+            # test-time augmentation multiplies the evaluation cost: only for the final epoch
             test_loss, test_acc = evaluate(model, *validation_data, batch_size=max(batch_size, 256),
-                                           tta=tta, preprocess=preprocess)
+                                           tta=tta if epoch + 1 == epochs else None,
+                                           preprocess=preprocess)
         history.append(dict(epoch=epoch + 1, loss=loss, train_acc=acc, test_loss=test_loss,
                             test_acc=test_acc, lr=lr, seconds=time.perf_counter() - began))
         print_fn(_row(history[-1]))

@@ -37,7 +37,7 @@ def _block(width, activation):
             Activation(activation)]
 
 
-def reference_net(widths=(32, 64, 128), whiten_width=24, activation="gelu", num_classes=10,
+def reference_net(widths=(32, 64, 128), whiten_width=24, activation="relu", num_classes=10,
                   seed=0):
     """airbench-style CIFAR-10 network: a frozen 2x2 whitening conv (3 -> whiten_width, see
     init_whitening), three blocks conv3x3 -> maxpool -> BN -> act -> conv3x3 -> BN -> act,
@@ -86,25 +86,22 @@ def init_whitening(model, images, preprocess, eps=5e-4, layer_name="whiten"):
 
 
 def tutorial_net(deeper=False, input_shape=(32, 32, 3), num_classes=10, seed=0):
-    """The seed tutorial's Keras model: Conv2D 32 -> MaxPooling2D -> Conv2D 25 -> Flatten ->
-    Dense 100 relu -> Dense 10 softmax; deeper=True adds a second conv block and BN."""
+    """The seed tutorial's Keras model, line for line: Conv2D 32 -> MaxPooling2D -> Conv2D 25
+    -> Flatten -> Dense 100 relu -> Dense 10 softmax. deeper=True: two conv blocks
+    (conv-BN-conv-pool, 32 then 64 filters, 'same' padding) before the same head."""
+    model = Sequential(name="tutorial_deeper" if deeper else "tutorial", seed=seed)
     if not deeper:
-        layers = [Conv2D(32, (3, 3), activation="relu", input_shape=input_shape),
-                  MaxPooling2D((2, 2)),
-                  Conv2D(25, (3, 3), activation="relu"),
-                  Flatten(),
-                  Dense(100, activation="relu"),
-                  Dense(num_classes, activation="softmax")]
+        model.add(Conv2D(32, (3, 3), activation="relu", input_shape=input_shape))
+        model.add(MaxPooling2D((2, 2)))
+        model.add(Conv2D(25, (3, 3), activation="relu"))
     else:
-        layers = [Conv2D(32, 3, padding="same", activation="relu", input_shape=input_shape),
-                  BatchNormalization(),
-                  Conv2D(32, 3, padding="same", activation="relu"),
-                  MaxPooling2D(2),
-                  Conv2D(64, 3, padding="same", activation="relu"),
-                  BatchNormalization(),
-                  Conv2D(64, 3, padding="same", activation="relu"),
-                  MaxPooling2D(2),
-                  Flatten(),
-                  Dense(100, activation="relu"),
-                  Dense(num_classes, activation="softmax")]
-    return Sequential(layers, name="tutorial_deeper" if deeper else "tutorial", seed=seed).build()
+        for i, filters in enumerate((32, 64)):
+            model.add(Conv2D(filters, (3, 3), padding="same", activation="relu",
+                             **({"input_shape": input_shape} if i == 0 else {})))
+            model.add(BatchNormalization())
+            model.add(Conv2D(filters, (3, 3), padding="same", activation="relu"))
+            model.add(MaxPooling2D((2, 2)))
+    model.add(Flatten())
+    model.add(Dense(100, activation="relu"))
+    model.add(Dense(num_classes, activation="softmax"))
+    return model.build()
