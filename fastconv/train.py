@@ -68,7 +68,9 @@ def make_optimizer(args, steps):
     return optim.Lookahead(opt) if args.lookahead else opt
 
 
-def _device_setup(args, model):
+def _device_setup(args, model, preprocess):
+    """Threads for the CPU kernels, or the model and the batches moved to the GPU; returns
+    the preprocessing to train with."""
     if args.device == "cuda":
         try:
             import cupy  # noqa: F401
@@ -76,9 +78,11 @@ def _device_setup(args, model):
             sys.exit("--device cuda needs CuPy and a CUDA GPU: pip install 'fastconv[gpu]', "
                      "or use --device cpu")
         model.to("cuda")
+        return lambda batch: cupy.asarray(preprocess(batch))
     if args.threads:
         import fastconv
         fastconv.set_num_threads(args.threads)
+    return preprocess
 
 
 def main(argv=None):
@@ -91,8 +95,10 @@ def main(argv=None):
     model = MODELS[args.model](args.seed)
     preprocess = fcdata.Normalize()
     if args.model == "reference":
-        zoo.init_whitening(model, x_train[:5000], preprocess)
-    _device_setup(args, model)
+        sample = np.random.default_rng(args.seed).choice(len(x_train), min(5000, len(x_train)),
+                                                         replace=False)
+        zoo.init_whitening(model, x_train[np.sort(sample)], preprocess)
+    train_preprocess = _device_setup(args, model, preprocess)
     steps = args.epochs * (len(x_train) // args.batch_size)
     model.compile(optimizer=make_optimizer(args, steps),
                   loss=SparseCategoricalCrossentropy(label_smoothing=args.label_smoothing))
@@ -106,7 +112,7 @@ def main(argv=None):
     try:
         history = model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
                             validation_data=(x_test, y_test), seed=args.seed, augment=augment,
-                            preprocess=preprocess, tta=None if args.tta == "none" else args.tta,
+                            preprocess=train_preprocess, tta=None if args.tta == "none" else args.tta,
                             checkpoint=os.path.join(args.output, "checkpoint.npz"),
                             resume=args.resume, drop_last=True, verbose=not args.quiet,
                             output_dir=args.output)
