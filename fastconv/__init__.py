@@ -4,7 +4,7 @@ The functional API lives in `fastconv.functional` and is re-exported here; the N
 is `fastconv.reference`. See README.md for conventions.
 """
 try:
-    from ._cpu import get_num_threads, isa, set_num_threads
+    from ._cpu import get_num_threads, isa, set_num_threads, set_winograd, winograd
 except ImportError as error:  # pragma: no cover - only a broken install gets here
     raise ImportError(
         f"fastconv's compiled kernels (fastconv._cpu) are missing from {__path__[0]}. If that is "
@@ -26,6 +26,6 @@ __all__ = [
     "depthwise_conv2d_backward", "get_num_threads", "global_avg_pool2d",
     "global_avg_pool2d_backward", "isa", "max_pool2d", "max_pool2d_backward", "min_pool2d",
     "min_pool2d_backward", "pointwise_conv2d", "pointwise_conv2d_backward", "reference",
-    "separable_conv2d", "separable_conv2d_backward", "set_num_threads", "sum_pool2d",
-    "sum_pool2d_backward",
+    "separable_conv2d", "separable_conv2d_backward", "set_num_threads", "set_winograd",
+    "sum_pool2d", "sum_pool2d_backward", "winograd",
 ]

@@ -185,25 +185,28 @@ def test_repeatable_and_thread_count_only_changes_rounding():
                                                   (32, 17, 11, 9, ((2, 0), (1, 2))),
                                                   (48, 64, 12, 12, "valid")])
 def test_winograd_3x3_matches_direct_and_reference(isa, layout, cin, cout, h, w, padding):
-    """3x3 stride-1 layers with >= 16 channels run Winograd F(4x4,3x3) (forward and, through
-    the flipped kernel, dx); it must agree with the direct GEMM and the reference."""
+    """3x3 stride-1 layers with >= 16 channels run Winograd F(4x4,3x3) (forward, dx through the
+    flipped kernel, and dw); it must agree with the direct GEMM and the reference."""
     rng = np.random.default_rng(cin + cout)
     x = to_layout(rand(rng, 8, cin, h, w), layout)
     wt, b = rand(rng, cout, cin, 3, 3), rand(rng, cout)
     kw = dict(padding=padding, layout=layout)
     y = fastconv.conv2d(x, wt, b, **kw)
     dy = rand(rng, *y.shape)
-    dx = fastconv.conv2d_backward(dy, x, wt, **kw)[0]
+    dx, dw, _ = fastconv.conv2d_backward(dy, x, wt, **kw)
     fastconv._cpu.set_winograd(False)
     try:
-        y_direct, dx_direct = fastconv.conv2d(x, wt, b, **kw), fastconv.conv2d_backward(dy, x, wt, **kw)[0]
+        y_direct = fastconv.conv2d(x, wt, b, **kw)
+        dx_direct, dw_direct, _ = fastconv.conv2d_backward(dy, x, wt, **kw)
     finally:
         fastconv._cpu.set_winograd(True)
-    want_y, want_dx = ref.conv2d(x, wt, b, **kw), ref.conv2d_backward(dy, x, wt, **kw)[0]
-    for got, direct, want in [(y, y_direct, want_y), (dx, dx_direct, want_dx)]:
+    want_y = ref.conv2d(x, wt, b, **kw)
+    want_dx, want_dw, _ = ref.conv2d_backward(dy, x, wt, **kw)
+    for got, direct, want in [(y, y_direct, want_y), (dx, dx_direct, want_dx), (dw, dw_direct, want_dw)]:
         assert_close(got, want)
         assert_close(got, direct.astype(np.float64))
     assert not np.array_equal(y, y_direct), "expected the Winograd path to have run"
+    assert not np.array_equal(dw, dw_direct), "expected the Winograd path to have run"
 
 
 def test_winograd_keeps_nan_local():

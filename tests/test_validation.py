@@ -111,3 +111,49 @@ def test_native_layer_rejects_mismatched_buffers():
     bad[9] = 0  # stride_h
     with pytest.raises(ValueError, match="geometry"):
         fastconv._cpu.conv2d_forward(X, W, None, y, tuple(bad))
+
+
+ODD_VALUES = [None, "same", "x", 0, -1, 1, 2, 2**62, 1.5, float("nan"), True, (), (1,), (1, 2, 3),
+              ((1, 2), (3,)), [1, -1], np.int64(2), np.zeros(3, np.float32), object()]
+ODD_ARRAYS = [np.zeros((0, 4, 8, 8), np.float32), np.zeros((2, 0, 8, 8), np.float32),
+              np.zeros((2, 4, 0, 8), np.float32), np.zeros((1, 1, 1, 1), np.float32),
+              np.zeros((2, 4, 8), np.float32), np.zeros((2, 4, 8, 8, 1), np.float32),
+              np.zeros((2, 4, 8, 8), ">f4"), np.float32(1.0), X.astype(np.complex64),
+              np.ones((2, 4, 8, 8), np.float32)[:, :, ::3, ::-2]]
+
+
+def call_must_not_crash(fn, *args, **kw):
+    try:
+        fn(*args, **kw)
+    except (TypeError, ValueError, MemoryError):
+        pass  # a clear Python exception is the right answer to a malformed call
+
+
+@pytest.mark.parametrize("name", sorted(n for n in fastconv.__all__ if "pool" in n or "conv" in n))
+def test_malformed_calls_raise_instead_of_crashing(name):
+    """Every function, every argument slot, a zoo of odd values: only Python exceptions."""
+    fn = getattr(fastconv, name)
+    backward = name.endswith("_backward")
+    if "separable" in name:
+        base = [X, DW, np.zeros((5, 8), np.float32)]
+    elif "pointwise" in name:
+        base = [X, PW]
+    elif "depthwise" in name:
+        base = [X, DW]
+    elif "conv" in name:
+        base = [X, W]
+    elif "global" in name:
+        base = [X]
+    else:
+        base = [X, 2]
+    if backward:
+        base = [np.zeros((2, 4, 4, 4), np.float32)] + base
+    keywords = ["stride", "padding", "dilation", "groups", "layout", "count_include_pad"]
+    for slot in range(len(base)):
+        for value in ODD_VALUES + ODD_ARRAYS:
+            args = list(base)
+            args[slot] = value
+            call_must_not_crash(fn, *args)
+    for key in keywords:
+        for value in ODD_VALUES:
+            call_must_not_crash(fn, *base, **{key: value})

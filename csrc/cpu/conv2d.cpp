@@ -60,18 +60,28 @@ struct NchwColumnPacker {
   Panel operator()(int64_t j0, int64_t nc, int64_t k0, int64_t kc) const {
     Buffer& buf = scratch_b();
     buf.resize(round_up(nc, NR) * kc);
-    float* dst = buf.data();
     const int64_t taps = g.kh * g.kw, stride = kc * NR;
     for (int64_t kk = 0; kk < kc; ++kk) {
-      const int64_t k = k0 + kk, tap = k % taps;
+      const int64_t k = k0 + kk, ky = k % taps / g.kw, kx = k % g.kw;
       const float* plane = planes + (k / taps) * g.h * g.w;
-      float* row = dst + kk * NR;
-      for_tap_pixels(g, tap / g.kw, tap % g.kw, p_base + j0, nc, [&](int64_t j, int64_t off) {
-        row[(j / NR) * stride + j % NR] = off >= 0 ? plane[off] : 0.f;
-      });
-      for (int64_t j = nc; j % NR; ++j) row[(j / NR) * stride + j % NR] = 0.f;
+      for (int64_t s = 0; s < nc; s += NR) {
+        float* d = buf.data() + s / NR * stride + kk * NR;
+        const int64_t count = std::min(NR, nc - s), p = p_base + j0 + s;
+        const int64_t oy = p / g.ow, ox = p % g.ow, iy = g.in_row(oy, ky), ix = g.in_col(ox, kx);
+        // Fast path: the sliver lies in one output row and reads one input row, in bounds.
+        const int64_t sw = g.stride_w;
+        if (ox + count <= g.ow && iy >= 0 && iy < g.h && ix >= 0 && ix + (count - 1) * sw < g.w) {
+          const float* src = plane + iy * g.w + ix;
+          if (sw == 1) std::memcpy(d, src, sizeof(float) * count);
+          else for (int64_t j = 0; j < count; ++j) d[j] = src[j * sw];
+        } else {
+          for_tap_pixels(g, ky, kx, p, count,
+                         [&](int64_t j, int64_t off) { d[j] = off >= 0 ? plane[off] : 0.f; });
+        }
+        std::fill(d + count, d + NR, 0.f);
+      }
     }
-    return {dst, stride};
+    return {buf.data(), stride};
   }
 };
 
@@ -85,18 +95,26 @@ struct NhwcRowPacker {
     Buffer& buf = scratch_a();
     buf.resize(round_up(m, MR) * kc);
     const int64_t cg = g.cin_per_group(), pixels = g.oh * g.ow;
-    for (int64_t i = 0; i < round_up(m, MR); ++i) {
-      float* d = buf.data() + (i / MR) * kc * MR + i % MR;
-      if (i >= m) {
-        for (int64_t kk = 0; kk < kc; ++kk) d[kk * MR] = 0.f;
-        continue;
+    thread_local std::vector<float> zeros;  // what a padding tap or a missing row reads
+    if (static_cast<int64_t>(zeros.size()) < cg) zeros.assign(cg, 0.f);
+    for (int64_t s = 0; s < m; s += MR) {
+      int64_t b[MR], oy[MR], ox[MR];
+      for (int64_t r = 0; r < MR; ++r) {
+        const int64_t p = p_base + i0 + std::min(s + r, m - 1);
+        b[r] = p / pixels, oy[r] = p % pixels / g.ow, ox[r] = p % g.ow;
       }
-      const int64_t p = p_base + i0 + i, b = p / pixels, oy = p % pixels / g.ow, ox = p % g.ow;
+      float* d = buf.data() + s / MR * kc * MR;
       for (int64_t k = k0; k < k0 + kc;) {
         const int64_t tap = k / cg, ci = k % cg, run = std::min(cg - ci, k0 + kc - k);
-        const int64_t off = nhwc_tap(g, b, oy, ox, tap / g.kw, tap % g.kw, group * cg + ci);
+        const float* src[MR];
+        for (int64_t r = 0; r < MR; ++r) {
+          const int64_t off = s + r < m ? nhwc_tap(g, b[r], oy[r], ox[r], tap / g.kw, tap % g.kw, group * cg + ci) : -1;
+          src[r] = off >= 0 ? x + off : zeros.data();
+        }
+        // Row-interleaved copy: contiguous stores, MR read streams.
         float* dk = d + (k - k0) * MR;
-        for (int64_t t = 0; t < run; ++t) dk[t * MR] = off >= 0 ? x[off + t] : 0.f;
+        for (int64_t t = 0; t < run; ++t)
+          for (int64_t r = 0; r < MR; ++r) dk[t * MR + r] = src[r][t];
         k += run;
       }
     }
@@ -276,29 +294,34 @@ struct NchwColumnTPacker {
   }
 };
 
-// A operand of the NHWC weight gradient: row = k in (ky, kx, ci) order, depth = pixel
-// p_base + j over the whole batch.
-struct NhwcColumnTPacker {
+// B operand of the NHWC weight gradient: column = k' in (ky, kx, ci) order, depth = pixel
+// p_base + j over the whole batch. A sliver's NR columns are mostly consecutive channels of
+// one tap, i.e. one contiguous run of the input, so a pixel costs one or two copies.
+struct NhwcTapColumnPacker {
   const ConvGeometry& g;
   const float* x;
   int64_t group, p_base;
-  Panel operator()(int64_t i0, int64_t m, int64_t p0, int64_t pc) const {
-    Buffer& buf = scratch_a();
-    buf.assign(round_up(m, MR) * pc, 0.f);
+  Panel operator()(int64_t j0, int64_t n, int64_t p0, int64_t pc) const {
+    Buffer& buf = scratch_b();
+    buf.resize(round_up(n, NR) * pc);
     const int64_t cg = g.cin_per_group(), pixels = g.oh * g.ow;
-    for (int64_t s = 0; s < m; s += MR) {
-      float* dst = buf.data() + s / MR * pc * MR;
-      const int64_t rows = std::min(MR, m - s);
+    for (int64_t s = 0; s < n; s += NR) {
+      float* dst = buf.data() + s / NR * pc * NR;
+      const int64_t width = std::min(NR, n - s);
       for (int64_t j = 0; j < pc; ++j) {
         const int64_t p = p_base + p0 + j, b = p / pixels, oy = p % pixels / g.ow, ox = p % g.ow;
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t k = i0 + s + r, tap = k / cg;
-          const int64_t off = nhwc_tap(g, b, oy, ox, tap / g.kw, tap % g.kw, group * cg + k % cg);
-          if (off >= 0) dst[j * MR + r] = x[off];
+        float* d = dst + j * NR;
+        for (int64_t r = 0; r < width;) {
+          const int64_t k = j0 + s + r, tap = k / cg, ci = k % cg, run = std::min(cg - ci, width - r);
+          const int64_t off = nhwc_tap(g, b, oy, ox, tap / g.kw, tap % g.kw, group * cg + ci);
+          if (off >= 0) std::memcpy(d + r, x + off, sizeof(float) * run);
+          else std::fill_n(d + r, run, 0.f);
+          r += run;
         }
+        std::fill(d + width, d + NR, 0.f);
       }
     }
-    return {buf.data(), pc * MR};
+    return {buf.data(), pc * NR};
   }
 };
 
@@ -341,7 +364,7 @@ void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x
   const int64_t K = cg * taps, pixels = g.n * g.oh * g.ow;
   const int64_t chunks = (pixels + kPixelChunk - 1) / kPixelChunk;
   const int threads = num_threads();
-  // Partials hold dW_g^T (K' x Mg) per group, K' in (ky, kx, ci) order.
+  // Partials hold dW_g (Mg x K') per group, K' in (ky, kx, ci) order.
   std::vector<std::vector<float>> partial(threads, std::vector<float>(g.w_size(), 0.f));
   parallel_threads(threads, [&](int t, int team) {
     int64_t begin, end;
@@ -349,19 +372,17 @@ void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       const int64_t p0 = chunk * kPixelChunk, pc = std::min(kPixelChunk, pixels - p0);
       for (int64_t grp = 0; grp < g.groups; ++grp) {
-        NhwcColumnTPacker cols{g, x, grp, p0};
-        StridedPacker grads{dy + p0 * g.c_out + grp * mg, 1, g.c_out, NR, &scratch_b()};
-        gemm(K, mg, pc, cols, as_b(grads), partial[t].data() + grp * K * mg, mg, true);
+        StridedPacker grads{dy + p0 * g.c_out + grp * mg, 1, g.c_out, MR, &scratch_a()};
+        NhwcTapColumnPacker cols{g, x, grp, p0};
+        gemm(mg, K, pc, grads, as_b(cols), partial[t].data() + grp * mg * K, K, true);
       }
     }
   });
   std::vector<float> sum(g.w_size());
   reduce_partials(partial, sum.data(), g.w_size());
-  for (int64_t grp = 0; grp < g.groups; ++grp)
-    for (int64_t o = 0; o < mg; ++o)
-      for (int64_t ci = 0; ci < cg; ++ci)
-        for (int64_t t = 0; t < taps; ++t)
-          dw[((grp * mg + o) * cg + ci) * taps + t] = sum[grp * K * mg + (t * cg + ci) * mg + o];
+  for (int64_t o = 0; o < g.c_out; ++o)
+    for (int64_t ci = 0; ci < cg; ++ci)
+      for (int64_t t = 0; t < taps; ++t) dw[(o * cg + ci) * taps + t] = sum[o * K + t * cg + ci];
 }
 
 }  // namespace
@@ -374,13 +395,17 @@ void conv2d_forward(const ConvGeometry& g, const float* x, const float* w, const
 
 void conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
   if (is_depthwise(g)) return depthwise_conv2d_backward_input(g, dy, w, dx);
-  if (g.stride_h == 1 && g.stride_w == 1) backward_input_as_forward(g, dy, w, dx);
+  // The transposed forward packs dy once per input channel group; with few input channels
+  // col2im, which packs dy once in all, is cheaper.
+  if (g.stride_h == 1 && g.stride_w == 1 && g.cin_per_group() >= 16) backward_input_as_forward(g, dy, w, dx);
   else if (g.channels_last) backward_input_col2im_nhwc(g, dy, w, dx);
   else backward_input_col2im_nchw(g, dy, w, dx);
 }
 
 void conv2d_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
   if (is_depthwise(g)) return depthwise_conv2d_backward_weight(g, dy, x, dw);
+  if (winograd_enabled() && winograd_applies(g) && conv2d_winograd_backward_weight(g, dy, x, dw))
+    return;
   if (g.channels_last) backward_weight_nhwc(g, dy, x, dw);
   else backward_weight_nchw(g, dy, x, dw);
 }
@@ -393,6 +418,7 @@ void bias_backward(const ConvGeometry& g, const float* dy, float* dbias) {
       for (int64_t b = 0; b < g.n; ++b) {
         const float* plane = dy + (b * C + c) * P;
         float s = 0.f;
+#pragma omp simd reduction(+ : s)
         for (int64_t p = 0; p < P; ++p) s += plane[p];
         total += s;
       }

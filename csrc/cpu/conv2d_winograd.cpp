@@ -14,6 +14,7 @@
 // non-finite result and the caller recomputes that call with the direct GEMM, which keeps
 // IEEE propagation exact.
 #include <cmath>
+#include <cstring>
 
 #include "cpu/conv2d_winograd.h"
 #include "cpu/gemm.h"
@@ -62,6 +63,21 @@ inline void output_1d(const float* m, float* o, int in_step, int out_step) {
   }
 }
 
+// Adjoint of output_1d: 4 gradients of a tile row/column -> 6 gradients of the points.
+inline void output_adjoint_1d(const float* o, float* m, int in_step, int out_step) {
+  const int s = in_step * NR, sm = out_step * NR;
+  for (int l = 0; l < NR; ++l) {
+    const float o0 = o[l], o1 = o[s + l], o2 = o[2 * s + l], o3 = o[3 * s + l];
+    const float even = o0 + o2, odd = o1 + o3, even4 = o0 + 4.f * o2, odd8 = 2.f * o1 + 8.f * o3;
+    m[l] = o0;
+    m[sm + l] = even + odd;
+    m[2 * sm + l] = even - odd;
+    m[3 * sm + l] = even4 + odd8;
+    m[4 * sm + l] = even4 - odd8;
+    m[5 * sm + l] = o3;
+  }
+}
+
 struct TileMap {
   const ConvGeometry& g;
   int64_t tiles_h, tiles_w;
@@ -95,8 +111,10 @@ std::vector<Buffer> transform_weights(const ConvGeometry& g, const float* w) {
   return packed;
 }
 
-// Input transform of tiles [t0, t0 + count) into v: v[(xi * slivers + s) * Ci * NR + ci * NR + l].
-void transform_input(const TileMap& map, const float* x, int64_t t0, int64_t count, float* v) {
+// Input transform of tiles [t0, t0 + count): store(xi, ci, sliver, lanes) receives the NR
+// transformed values of point xi, channel ci, for the tiles of one sliver.
+template <class Store>
+void transform_input(const TileMap& map, const float* x, int64_t t0, int64_t count, Store&& store) {
   const ConvGeometry& g = map.g;
   const int64_t slivers = round_up(count, NR) / NR;
   const bool nhwc = g.channels_last != 0;
@@ -127,10 +145,7 @@ void transform_input(const TileMap& map, const float* x, int64_t t0, int64_t cou
       }
       for (int j = 0; j < kAlpha; ++j) input_1d(d + j * NR, tmp + j * NR, kAlpha);      // columns
       for (int i = 0; i < kAlpha; ++i) input_1d(tmp + i * kAlpha * NR, out + i * kAlpha * NR, 1);  // rows
-      for (int xi = 0; xi < kPoints; ++xi) {
-        float* dst = v + ((xi * slivers + s) * g.c_in + ci) * NR;
-        for (int l = 0; l < NR; ++l) dst[l] = out[xi * NR + l];
-      }
+      for (int xi = 0; xi < kPoints; ++xi) store(xi, ci, s, out + xi * NR);
     }
   }
 }
@@ -163,6 +178,57 @@ bool transform_output(const TileMap& map, const float* m, int64_t ldm, const flo
   return finite;
 }
 
+// dM = A dY A^T for tiles [t0, t0 + count) of dy: dm[(xi * Co + co) * ldm + tile].
+void transform_output_gradient(const TileMap& map, const float* dy, int64_t t0, int64_t count,
+                               float* dm, int64_t ldm) {
+  const ConvGeometry& g = map.g;
+  for (int64_t s = 0; s * NR < count; ++s) {
+    for (int64_t co = 0; co < g.c_out; ++co) {
+      alignas(64) float d[kOut * kOut * NR], tmp[kAlpha * kOut * NR], out[kPoints * NR];
+      for (int l = 0; l < NR; ++l) {
+        int64_t img = 0, oy = 0, ox = 0;
+        const bool valid = s * NR + l < count;
+        if (valid) map.origin(t0 + s * NR + l, img, oy, ox);
+        for (int i = 0; i < kOut; ++i)
+          for (int j = 0; j < kOut; ++j)
+            d[(i * kOut + j) * NR + l] = valid && oy + i < g.oh && ox + j < g.ow
+                                             ? dy[g.y_offset(img, co, oy + i, ox + j)] : 0.f;
+      }
+      for (int j = 0; j < kOut; ++j) output_adjoint_1d(d + j * NR, tmp + j * NR, kOut, kOut);
+      for (int i = 0; i < kAlpha; ++i) output_adjoint_1d(tmp + i * kOut * NR, out + i * kAlpha * NR, 1, 1);
+      for (int xi = 0; xi < kPoints; ++xi)
+        std::memcpy(dm + (xi * g.c_out + co) * ldm + s * NR, out + xi * NR, sizeof(float) * NR);
+    }
+  }
+}
+
+// dw[co][ci] = G^T dU[co][ci] G, dU given as du[(xi * Co + co) * Ci + ci].
+bool untransform_weight_gradient(const ConvGeometry& g, const float* du, float* dw) {
+  bool finite = true;
+  for (int64_t co = 0; co < g.c_out; ++co)
+    for (int64_t ci = 0; ci < g.c_in; ++ci) {
+      float gu[3][kAlpha] = {};  // G^T dU
+      for (int xi = 0; xi < kPoints; ++xi) {
+        const float v = du[(xi * g.c_out + co) * g.c_in + ci];
+        for (int k = 0; k < 3; ++k) gu[k][xi % kAlpha] += kG[xi / kAlpha][k] * v;
+      }
+      for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 3; ++j) {
+          float v = 0.f;
+          for (int k = 0; k < kAlpha; ++k) v += gu[i][k] * kG[k][j];
+          finite = finite && std::isfinite(v);
+          dw[((co * g.c_in) + ci) * 9 + i * 3 + j] = v;
+        }
+    }
+  return finite;
+}
+
+int64_t tiles_per_item(const ConvGeometry& g) {
+  // V and M (or dM) for a chunk of tiles should stay within a few MB of cache.
+  const int64_t per_tile_bytes = kPoints * (g.c_in + g.c_out) * 4;
+  return std::max<int64_t>(64, std::min<int64_t>(256, (8 << 20) / per_tile_bytes / NR * NR));
+}
+
 }  // namespace
 
 bool winograd_applies(const ConvGeometry& g) {
@@ -176,9 +242,7 @@ bool conv2d_winograd(const ConvGeometry& g, const float* x, const float* w, cons
                      float* y) {
   const TileMap map{g, (g.oh + kOut - 1) / kOut, (g.ow + kOut - 1) / kOut};
   const int64_t tiles = g.n * map.tiles_h * map.tiles_w;
-  // Tiles per work item: V and M for a chunk should stay within a few MB of cache.
-  const int64_t per_tile_bytes = kPoints * (g.c_in + g.c_out) * 4;
-  const int64_t chunk = std::max<int64_t>(64, std::min<int64_t>(256, (8 << 20) / per_tile_bytes / NR * NR));
+  const int64_t chunk = tiles_per_item(g);
   const std::vector<Buffer> u = transform_weights(g, w);
   const int64_t items = (tiles + chunk - 1) / chunk;
   std::vector<char> finite(items, 1);
@@ -188,7 +252,10 @@ bool conv2d_winograd(const ConvGeometry& g, const float* x, const float* w, cons
     thread_local Buffer v, m;
     v.resize(kPoints * g.c_in * width);
     m.resize(kPoints * g.c_out * width);
-    transform_input(map, x, t0, count, v.data());
+    // V in the GEMM's packed-B layout: v[((xi * slivers + s) * Ci + ci) * NR + lane]
+    transform_input(map, x, t0, count, [&](int xi, int64_t ci, int64_t s, const float* lanes) {
+      std::memcpy(v.data() + ((xi * slivers + s) * g.c_in + ci) * NR, lanes, sizeof(float) * NR);
+    });
     for (int xi = 0; xi < kPoints; ++xi) {
       const float* vx = v.data() + xi * slivers * g.c_in * NR;
       auto weights = [&](int64_t i0, int64_t, int64_t k0, int64_t) {
@@ -204,6 +271,38 @@ bool conv2d_winograd(const ConvGeometry& g, const float* x, const float* w, cons
   for (char f : finite)
     if (!f) return false;
   return true;
+}
+
+// dU[xi] (Co x Ci) = sum over tiles of dM[xi] (Co x T) V[xi]^T (T x Ci): 36 GEMMs whose
+// depth is the tiles, accumulated per thread and reduced in thread order.
+bool conv2d_winograd_backward_weight(const ConvGeometry& g, const float* dy, const float* x,
+                                     float* dw) {
+  const TileMap map{g, (g.oh + kOut - 1) / kOut, (g.ow + kOut - 1) / kOut};
+  const int64_t tiles = g.n * map.tiles_h * map.tiles_w, chunk = tiles_per_item(g);
+  const int64_t items = (tiles + chunk - 1) / chunk, size = kPoints * g.c_out * g.c_in;
+  const int threads = num_threads();
+  std::vector<Buffer> partial(threads, Buffer(size, 0.f));
+  parallel_threads(threads, [&](int t, int team) {
+    thread_local Buffer v, dm;
+    for (int64_t item = items * t / team; item < items * (t + 1) / team; ++item) {
+      const int64_t t0 = item * chunk, count = std::min(chunk, tiles - t0), width = round_up(count, NR);
+      v.assign(kPoints * g.c_in * width, 0.f);
+      dm.resize(kPoints * g.c_out * width);
+      transform_input(map, x, t0, count, [&](int xi, int64_t ci, int64_t s, const float* lanes) {
+        std::memcpy(v.data() + (xi * g.c_in + ci) * width + s * NR, lanes, sizeof(float) * NR);
+      });
+      transform_output_gradient(map, dy, t0, count, dm.data(), width);
+      for (int xi = 0; xi < kPoints; ++xi) {
+        StridedPacker grads{dm.data() + xi * g.c_out * width, width, 1, MR, &scratch_a()};
+        StridedPacker inputs{v.data() + xi * g.c_in * width, width, 1, NR, &scratch_b()};
+        gemm(g.c_out, g.c_in, width, grads, as_b(inputs), partial[t].data() + xi * g.c_out * g.c_in,
+             g.c_in, true);
+      }
+    }
+  });
+  for (int t = 1; t < threads; ++t)
+    for (int64_t i = 0; i < size; ++i) partial[0][i] += partial[t][i];
+  return untransform_weight_gradient(g, partial[0].data(), dw);
 }
 
 }  // namespace fastconv::cpu::FASTCONV_ISA

@@ -13,4 +13,7 @@ bool winograd_applies(const ConvGeometry& g);
 // directly, so that NaN/Inf propagate exactly as in the direct convolution).
 bool conv2d_winograd(const ConvGeometry& g, const float* x, const float* w, const float* bias,
                      float* y);
+// Weight gradient by the same transforms; false if any gradient is non-finite.
+bool conv2d_winograd_backward_weight(const ConvGeometry& g, const float* dy, const float* x,
+                                     float* dw);
 }  // namespace fastconv::cpu::FASTCONV_ISA

@@ -3,7 +3,7 @@
 // C input channels, M = C_out / C depth multiplier; output channel o reads input channel
 // o / M with weights w[o, 0, KH, KW]. There is no reduction over channels, so the work is
 // memory-bound: NCHW loops run along a row (contiguous for stride 1), NHWC loops run along
-// the channels of a pixel, a block of pixels at a time so that weights stay in registers.
+// the channels of a pixel.
 #include <cstring>
 #include <vector>
 
@@ -12,9 +12,6 @@
 
 namespace fastconv::cpu::FASTCONV_ISA {
 namespace {
-
-constexpr int64_t kLanes = 16;   // channels per NHWC block: two AVX2 vectors
-constexpr int64_t kPixels = 4;   // output pixels per NHWC block
 
 // Visits each in-bounds (output row, input row) pair of tap row ky, and within it each
 // (kx, [ox_lo, ox_hi), first input column) so that input column = first + (ox-ox_lo)*stride.
@@ -60,43 +57,34 @@ void forward_nchw(const ConvGeometry& g, const float* x, const float* w, const f
   });
 }
 
-// One output pixel block [ox0, ox0+count) x channel block [c0, c0+lanes) of row oy.
-void forward_nhwc_block(const ConvGeometry& g, const float* x, const float* wt,
-                        const float* bias, float* y, int64_t b, int64_t oy, int64_t ox0,
-                        int64_t count, int64_t c0, int64_t lanes) {
-  const int64_t mult = g.c_out / g.c_in;
-  float acc[kPixels][kLanes];
-  for (int64_t q = 0; q < kPixels; ++q)
-    for (int64_t l = 0; l < kLanes; ++l) acc[q][l] = bias && l < lanes ? bias[c0 + l] : 0.f;
-  float in[kLanes] = {};
-  for (int64_t ky = 0; ky < g.kh; ++ky) {
-    const int64_t iy = g.in_row(oy, ky);
-    if (iy < 0 || iy >= g.h) continue;
-    for (int64_t kx = 0; kx < g.kw; ++kx) {
-      const float* wv = wt + (ky * g.kw + kx) * g.c_out + c0;
-      for (int64_t q = 0; q < count; ++q) {
-        const int64_t ix = g.in_col(ox0 + q, kx);
-        if (ix < 0 || ix >= g.w) continue;
-        const float* px = x + ((b * g.h + iy) * g.w + ix) * g.c_in;
-        for (int64_t l = 0; l < lanes; ++l) in[l] = px[(c0 + l) / mult];
-        for (int64_t l = 0; l < kLanes; ++l) acc[q][l] += in[l] * (l < lanes ? wv[l] : 0.f);
-      }
-    }
-  }
-  for (int64_t q = 0; q < count; ++q)
-    std::memcpy(y + ((b * g.oh + oy) * g.ow + ox0 + q) * g.c_out + c0, acc[q],
-                sizeof(float) * lanes);
-}
-
+// One output pixel at a time, all channels: the inner loop runs along contiguous channels.
 void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const float* bias,
                   float* y) {
+  const int64_t mult = g.c_out / g.c_in;
   const std::vector<float> wt = tap_major(g, w);
   parallel_for(g.n * g.oh, [&](int64_t row) {
     const int64_t b = row / g.oh, oy = row % g.oh;
-    for (int64_t ox0 = 0; ox0 < g.ow; ox0 += kPixels)
-      for (int64_t c0 = 0; c0 < g.c_out; c0 += kLanes)
-        forward_nhwc_block(g, x, wt.data(), bias, y, b, oy, ox0, std::min(kPixels, g.ow - ox0),
-                           c0, std::min(kLanes, g.c_out - c0));
+    for (int64_t ox = 0; ox < g.ow; ++ox) {
+      float* out = y + (row * g.ow + ox) * g.c_out;
+      if (bias) std::memcpy(out, bias, sizeof(float) * g.c_out);
+      else std::fill(out, out + g.c_out, 0.f);
+      for (int64_t ky = 0; ky < g.kh; ++ky) {
+        const int64_t iy = g.in_row(oy, ky);
+        if (iy < 0 || iy >= g.h) continue;
+        for (int64_t kx = 0; kx < g.kw; ++kx) {
+          const int64_t ix = g.in_col(ox, kx);
+          if (ix < 0 || ix >= g.w) continue;
+          const float* in = x + ((b * g.h + iy) * g.w + ix) * g.c_in;
+          const float* wv = wt.data() + (ky * g.kw + kx) * g.c_out;
+          if (mult == 1) {
+            for (int64_t c = 0; c < g.c_out; ++c) out[c] += in[c] * wv[c];
+          } else {
+            for (int64_t c = 0; c < g.c_in; ++c)
+              for (int64_t m = 0; m < mult; ++m) out[c * mult + m] += in[c] * wv[c * mult + m];
+          }
+        }
+      }
+    }
   });
 }
 
@@ -167,6 +155,7 @@ void backward_weight_nchw(const ConvGeometry& g, const float* dy, const float* x
                                   int64_t ix) {
           const float* row = in + iy * g.w + ix - lo * g.stride_w;
           float s = 0.f;
+#pragma omp simd reduction(+ : s)
           for (int64_t ox = lo; ox < hi; ++ox) s += grow[ox] * row[ox * g.stride_w];
           sums[ky * g.kw + kx] += s;
         });
