@@ -30,7 +30,7 @@ def parse_args(argv=None):
     p.add_argument("--data", help="cifar10-jpeg.tar.gz, cifar-10-python.tar.gz or an unpacked "
                    "folder; default: the cache, else download the official archive")
     p.add_argument("--model", choices=sorted(MODELS), default="reference")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--lr", type=float, default=None,
                    help="peak learning rate (default 0.75 for sgd, 0.002 for adam)")
