@@ -19,7 +19,6 @@ import torch
 import fastconv
 from fastconv import data as fcdata
 from fastconv import nn as fnn
-from fastconv import optim
 from fastconv.nn import zoo
 from fastconv.train import make_optimizer, parse_args as train_args
 

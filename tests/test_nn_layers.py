@@ -36,7 +36,8 @@ def check_gradients(layer, x, *, eps, rtol, atol, points=12, seed=1):
     def loss():
         return float((layer.forward(x, training=True) * r).sum(dtype=np.float64))
 
-    targets = [("x", x, dx)] + [(k, layer.params[k], grads[k]) for k in layer.params]
+    assert set(grads) == (set(layer.params) if layer.trainable else set())
+    targets = [("x", x, dx)] + [(k, layer.params[k], grads[k]) for k in grads]
     for name, array, analytic in targets:
         flat_idx = rng.choice(array.size, size=min(points, array.size), replace=False)
         for i in flat_idx:
@@ -109,6 +110,17 @@ def test_batchnorm_inference_uses_moving_statistics():
     np.testing.assert_allclose(layer.state["moving_variance"], [1.5, 4.5, 9.5])  # unbiased var
     y = layer.forward(x, training=False)
     np.testing.assert_allclose(y, (x - [1, 2, 3]) / np.sqrt([1.5, 4.5, 9.5]), rtol=1e-6)
+
+
+def test_frozen_batchnorm_runs_in_inference_mode():
+    layer = _build(nn.BatchNormalization(trainable=False), (3,))
+    layer.state["moving_mean"][:] = [1, 2, 3]
+    layer.state["moving_variance"][:] = [4, 4, 4]
+    x = np.random.default_rng(5).standard_normal((6, 3))
+    np.testing.assert_allclose(layer.forward(x, training=True), (x - [1, 2, 3]) / np.sqrt(4.001),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(layer.state["moving_mean"], [1, 2, 3])
+    check_gradients(layer, x, eps=1e-6, rtol=1e-5, atol=1e-7)
 
 
 def test_keras_output_shapes_and_parameter_counts():

@@ -310,8 +310,9 @@ class Dense(Layer):
 
 class BatchNormalization(Layer):
     """Keras semantics: batch statistics while training, moving averages
-    (moving = momentum * moving + (1 - momentum) * batch) at inference; `axis` is the channel axis
-    of the full batch (-1 for channels_last, 1 for channels_first)."""
+    (moving = momentum * moving + (1 - momentum) * batch) at inference, and also in training
+    when trainable=False (frozen for transfer learning); `axis` is the channel axis of the full
+    batch (-1 for channels_last, 1 for channels_first)."""
 
     def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
                  beta_initializer="zeros", gamma_initializer="ones", **kwargs):
@@ -345,10 +346,12 @@ class BatchNormalization(Layer):
 
     def forward(self, x, training=False):
         xp = array_module(x)
-        if not training:
+        self._frozen = not self.trainable  # as Keras: a frozen BN runs in inference mode
+        if not training or self._frozen:
             inv = 1.0 / xp.sqrt(self.state["moving_variance"] + self.epsilon)
-            a, b = self._affine(self.state["moving_mean"], inv)
-            return x * a.reshape(self._bshape) + xp.asarray(b, xp.float32).reshape(self._bshape)
+            self._frozen_scale, b = self._affine(self.state["moving_mean"], inv)
+            return (x * self._frozen_scale.reshape(self._bshape)
+                    + xp.asarray(b, x.dtype).reshape(self._bshape))
         mean = x.mean(axis=self._reduce)
         centred = x - mean.reshape(self._bshape)
         var = xp.square(centred).mean(axis=self._reduce)
@@ -369,6 +372,8 @@ class BatchNormalization(Layer):
     def backward(self, dy):
         """dx = a * (dy - mean(dy) - xhat * mean(dy * xhat)), expanded so that xhat is never
         materialised: dx = a*dy + s*x + t with per-channel a, s, t."""
+        if self._frozen:
+            return dy * self._frozen_scale.reshape(self._bshape) if self.need_input_grad else None
         x, mean, inv, m = self._x, self._mean, self._inv, self._count
         dbeta = dy.sum(axis=self._reduce)
         dgamma = ((dy * x).sum(axis=self._reduce) - mean * dbeta) * inv
