@@ -6,7 +6,7 @@ batches (same augmentation and normalisation, computed by fastconv.data) and the
 of threads. PyTorch runs in NCHW and in channels_last; the faster one is compared.
 
     python bench/train_vs_torch.py --data ../shared/datasets/cifar10-jpeg.tar.gz
-    python bench/train_vs_torch.py --data ... --steps 20   # a partial epoch, for a quick look
+    python bench/train_vs_torch.py --data ... --steps 20 --repeat 3   # medians of partial epochs
 """
 from __future__ import annotations
 
@@ -128,6 +128,7 @@ def main():
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=0, help="batches per run (0: a full epoch)")
+    p.add_argument("--repeat", type=int, default=1, help="repetitions (medians are compared)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -145,16 +146,20 @@ def main():
                       loss=fnn.SparseCategoricalCrossentropy(label_smoothing=0.2))
         return model
 
-    results = {}
-    for name, cl in (("torch NCHW", False), ("torch channels_last", True)):
-        model = fresh()
-        results[name] = run_torch(torch_twin(model), x, y, args, cl, model.optimizer)
-        print(f"{name:22s} {results[name][0]:8.1f} s   mean loss {results[name][1]:.4f}", flush=True)
-    results["fastconv"] = run_fastconv(fresh(), x, y, args)
-    print(f"{'fastconv NHWC':22s} {results['fastconv'][0]:8.1f} s   mean loss {results['fastconv'][1]:.4f}")
-    best = min(("torch NCHW", "torch channels_last"), key=lambda k: results[k][0])
-    ratio = results["fastconv"][0] / results[best][0]
-    print(f"ratio fastconv / {best} = {ratio:.2f} (goal <= 0.80)")
+    runs = {"torch NCHW": lambda m: run_torch(torch_twin(m), x, y, args, False, m.optimizer),
+            "torch channels_last": lambda m: run_torch(torch_twin(m), x, y, args, True, m.optimizer),
+            "fastconv NHWC": lambda m: run_fastconv(m, x, y, args)}
+    seconds = {name: [] for name in runs}
+    for rep in range(args.repeat):  # interleaved, so load from other processes hits all alike
+        for name, run in runs.items():
+            elapsed, loss = run(fresh())
+            seconds[name].append(elapsed)
+            print(f"[{rep + 1}/{args.repeat}] {name:20s} {elapsed:8.1f} s   mean loss {loss:.4f}",
+                  flush=True)
+    median = {name: float(np.median(t)) for name, t in seconds.items()}
+    best = min(("torch NCHW", "torch channels_last"), key=median.get)
+    print("median seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in median.items()))
+    print(f"ratio fastconv / {best} = {median['fastconv NHWC'] / median[best]:.2f} (goal <= 0.80)")
 
 
 if __name__ == "__main__":
