@@ -1,4 +1,5 @@
 """Sequential: save/load, PyTorch and Keras weight import, fit/resume/NaN stop, metrics files."""
+import importlib.util
 import json
 
 import numpy as np
@@ -142,7 +143,8 @@ def test_metrics_files(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text()) == history
     lines = (tmp_path / "metrics.csv").read_text().splitlines()
     assert lines[0].startswith("epoch,loss") and len(lines) == 3
-    assert (tmp_path / "curves.png").stat().st_size > 1000
+    if importlib.util.find_spec("matplotlib"):  # optional dependency: the PNG needs it
+        assert (tmp_path / "curves.png").stat().st_size > 1000
 
 
 def test_label_smoothing_loss_value():
