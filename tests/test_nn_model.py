@@ -113,6 +113,16 @@ def test_fit_learns_and_frozen_layer_stays(tmp_path):
     np.testing.assert_array_equal(model.layers[0].params["kernel"], stem)
 
 
+def test_validation_split_holds_out_unaugmented_data():
+    x, y = synthetic(40)
+    seen = []
+    record = lambda batch, rng: seen.append(len(batch)) or batch
+    model = _compile(small_model(), steps=3)
+    history = model.fit(x, y, epochs=1, validation_split=0.25,
+                        **{**FIT, "augment": record})
+    assert sum(seen) == 30 and history[0]["test_acc"] is not None
+
+
 def test_resume_matches_uninterrupted_run(tmp_path):
     x, y = synthetic()
     val = synthetic(32, seed=5)

@@ -143,14 +143,17 @@ def load_checkpoint(path, model):
         return int(data["epoch"]), json.loads(str(data["history"]))
 
 
-def fit(model, x, y, batch_size=32, epochs=1, validation_data=None, *, seed=0, augment=None,
-        preprocess=None, tta=None, checkpoint=None, resume=False, drop_last=False,
-        verbose=True, print_fn=print, output_dir=None):
-    """Train; returns the history (one dict per epoch). Test accuracy uses `tta` in the final
+def fit(model, x, y, batch_size=32, epochs=1, validation_data=None, *, validation_split=0.0,
+        seed=0, augment=None, preprocess=None, tta=None, checkpoint=None, resume=False,
+        drop_last=False, verbose=True, print_fn=print, output_dir=None):
+    """Train; returns the history (one dict per epoch). validation_split holds out a seeded
+    random fraction of (x, y) as validation data. Test accuracy uses `tta` in the final
     epoch only (earlier epochs evaluate the plain images). `checkpoint` is a .npz path written
     after every epoch; resume=True continues from it. With `output_dir`, metrics.csv,
     metrics.json and curves.png are written there at the end."""
     preprocess = preprocess or fcdata.default_preprocess
+    if validation_split:  # split first: augmentation only ever sees the training part
+        (x, y), validation_data = fcdata.train_val_split(x, y, validation_split, seed)
     history, start = [], 0
     if resume:
         start, history = load_checkpoint(checkpoint, model)
