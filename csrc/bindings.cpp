@@ -15,6 +15,8 @@
 
 #include "cpu/conv2d_winograd.h"
 #include "cpu/kernels.h"
+#include "cpu/parallel.h"
+#include "pybind_checks.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -23,11 +25,13 @@
 namespace py = pybind11;
 using fastconv::ConvGeometry;
 using fastconv::PoolGeometry;
+using namespace fastconv::pybind_checks;
 
 namespace fastconv::cpu {
 
 namespace {
 std::atomic<int> g_threads{0};  // 0: not set yet, use OpenMP's default
+thread_local bool t_serial = false;  // set for the duration of a call too small to share
 std::atomic<bool> g_avx2{false};
 std::atomic<bool> g_winograd{true};
 
@@ -44,6 +48,11 @@ bool cpu_has_avx2() {
 bool winograd_enabled() { return g_winograd.load(); }
 
 int num_threads() {
+  if (t_serial) return 1;
+  return configured_threads();
+}
+
+int configured_threads() {
   const int n = g_threads.load();
 #ifdef _OPENMP
   return n > 0 ? n : omp_get_max_threads();
@@ -53,11 +62,23 @@ int num_threads() {
 #endif
 }
 
+// Waking a second thread costs microseconds on a quiet machine and a whole scheduler slice
+// on a busy one; below about 2^21 multiply-adds (or 2^19 pooled elements) a call runs on
+// the calling thread alone.
+SerialIfSmall::SerialIfSmall(int64_t work, int64_t threshold) : previous_(t_serial) {
+  t_serial = previous_ || work < threshold;
+}
+SerialIfSmall::~SerialIfSmall() { t_serial = previous_; }
+
 }  // namespace fastconv::cpu
 
 namespace {
 
 namespace cpu = fastconv::cpu;
+using cpu::SerialIfSmall;
+
+int64_t conv_work(const ConvGeometry& g) { return g.y_size() * g.cin_per_group() * g.kh * g.kw; }
+constexpr int64_t kConvSerialWork = int64_t{1} << 21, kPoolSerialWork = int64_t{1} << 19;
 
 // Runs the AVX2 build of a kernel where the CPU has it, the generic build elsewhere.
 #if FASTCONV_HAVE_AVX2
@@ -67,51 +88,6 @@ namespace cpu = fastconv::cpu;
 #define DISPATCH(kernel, ...) cpu::generic::kernel(__VA_ARGS__)
 #endif
 
-const float* checked(const py::array& a, int64_t size, const char* name, bool output = false) {
-  if (a.dtype().kind() != 'f' || a.itemsize() != 4 || a.dtype().byteorder() == '>')
-    throw py::type_error(std::string(name) + " must be a float32 array");
-  if (!(a.flags() & py::array::c_style))
-    throw py::value_error(std::string(name) + " must be C-contiguous");
-  if (a.size() != size)
-    throw py::value_error(std::string(name) + " has " + std::to_string(a.size()) +
-                          " elements, the geometry needs " + std::to_string(size));
-  if (output && !a.writeable()) throw py::value_error(std::string(name) + " is read-only");
-  return static_cast<const float*>(a.data());
-}
-
-float* output(const py::array& a, int64_t size, const char* name) {
-  return const_cast<float*>(checked(a, size, name, true));
-}
-
-void require(bool ok, const char* what) {
-  if (!ok) throw py::value_error(std::string("invalid geometry: ") + what);
-}
-
-ConvGeometry conv_geometry(const std::array<int64_t, ConvGeometry::kFields>& fields) {
-  const ConvGeometry g = ConvGeometry::from_array(fields);
-  require(g.n >= 0 && g.c_in > 0 && g.h > 0 && g.w > 0 && g.c_out > 0 && g.kh > 0 && g.kw > 0,
-          "sizes must be positive");
-  require(g.stride_h > 0 && g.stride_w > 0 && g.dil_h > 0 && g.dil_w > 0, "stride/dilation > 0");
-  require(g.groups > 0 && g.c_in % g.groups == 0 && g.c_out % g.groups == 0, "groups");
-  require(g.oh > 0 && g.ow > 0, "empty output");
-  // Windows may reach past the input on any side: every kernel bounds-checks its reads.
-  require(g.pad_top >= 0 && g.pad_left >= 0, "padding must be >= 0");
-  return g;
-}
-
-PoolGeometry pool_geometry(const std::array<int64_t, PoolGeometry::kFields>& fields) {
-  const PoolGeometry g = PoolGeometry::from_array(fields);
-  require(g.n >= 0 && g.c > 0 && g.h > 0 && g.w > 0 && g.kh > 0 && g.kw > 0, "sizes");
-  require(g.stride_h > 0 && g.stride_w > 0, "stride > 0");
-  require(g.kind >= 0 && g.kind <= 3, "pool kind");
-  require(g.oh > 0 && g.ow > 0 && g.pad_top >= 0 && g.pad_left >= 0, "output size");
-  // Every window must hold a real cell: first and last windows overlap the input.
-  require(g.pad_top < g.kh && g.pad_left < g.kw &&
-              (g.oh - 1) * g.stride_h - g.pad_top < g.h && (g.ow - 1) * g.stride_w - g.pad_left < g.w,
-          "a window would hold only padding");
-  return g;
-}
-
 void conv2d_forward(const py::array& x, const py::array& w, const py::object& bias,
                     const py::array& y, const std::array<int64_t, ConvGeometry::kFields>& f) {
   const ConvGeometry g = conv_geometry(f);
@@ -120,6 +96,7 @@ void conv2d_forward(const py::array& x, const py::array& w, const py::object& bi
   float* py_ = output(y, g.y_size(), "y");
   if (g.n == 0) return;
   py::gil_scoped_release release;
+  SerialIfSmall serial(conv_work(g), kConvSerialWork);
   DISPATCH(conv2d_forward, g, px, pw, b, py_);
 }
 
@@ -130,6 +107,7 @@ void conv2d_backward_input(const py::array& dy, const py::array& w, const py::ar
   float* pdx = output(dx, g.x_size(), "dx");
   if (g.n == 0) return;
   py::gil_scoped_release release;
+  SerialIfSmall serial(conv_work(g), kConvSerialWork);
   DISPATCH(conv2d_backward_input, g, pdy, pw, pdx);
 }
 
@@ -143,6 +121,7 @@ void conv2d_backward_weight(const py::array& dy, const py::array& x, const py::a
     std::fill(pdw, pdw + g.w_size(), 0.f);
     return;
   }
+  SerialIfSmall serial(conv_work(g), kConvSerialWork);
   DISPATCH(conv2d_backward_weight, g, pdy, px, pdw);
 }
 
@@ -156,6 +135,7 @@ void bias_backward(const py::array& dy, const py::array& dbias,
     std::fill(pdb, pdb + g.c_out, 0.f);
     return;
   }
+  SerialIfSmall serial(g.y_size(), kPoolSerialWork);
   DISPATCH(bias_backward, g, pdy, pdb);
 }
 
@@ -166,6 +146,7 @@ void pool2d_forward(const py::array& x, const py::array& y,
   float* py_ = output(y, g.y_size(), "y");
   if (g.n == 0) return;
   py::gil_scoped_release release;
+  SerialIfSmall serial(g.x_size(), kPoolSerialWork);
   DISPATCH(pool2d_forward, g, px, py_);
 }
 
@@ -176,6 +157,7 @@ void pool2d_backward(const py::array& dy, const py::array& x, const py::array& d
   float* pdx = output(dx, g.x_size(), "dx");
   if (g.n == 0) return;
   py::gil_scoped_release release;
+  SerialIfSmall serial(g.x_size(), kPoolSerialWork);
   DISPATCH(pool2d_backward, g, pdy, px, pdx);
 }
 
@@ -221,6 +203,6 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("set_winograd", [](bool on) { cpu::g_winograd = on; }, py::arg("enabled"),
         "Use Winograd F(4x4,3x3) for 3x3 stride-1 convolutions (default on).");
   m.def("winograd", [] { return cpu::g_winograd.load(); });
-  m.def("get_num_threads", &cpu::num_threads, "Threads the kernels use.");
+  m.def("get_num_threads", &cpu::configured_threads, "Threads the kernels use.");
   m.def("set_num_threads", &set_num_threads, py::arg("n"), "Threads the kernels use.");
 }

@@ -58,13 +58,94 @@ struct ConvGeometry {
     return nhwc ? ((b * height + y) * width + x) * channels + c
                 : ((b * channels + c) * height + y) * width + x;
   }
+  // The inverse of offset(): element i of an activation, split into (b, c, y, x).
+  FC_HD static void split_offset(bool nhwc, int64_t channels, int64_t height, int64_t width,
+                                 int64_t i, int64_t& b, int64_t& c, int64_t& y, int64_t& x) {
+    if ((i | channels | height | width) < (int64_t{1} << 31)) {  // 32-bit division is faster
+      uint32_t rest = static_cast<uint32_t>(i);
+      const uint32_t dims[3] = {static_cast<uint32_t>(nhwc ? channels : width),
+                                static_cast<uint32_t>(nhwc ? width : height),
+                                static_cast<uint32_t>(nhwc ? height : channels)};
+      uint32_t parts[3];
+      for (int d = 0; d < 3; ++d) {
+        const uint32_t q = rest / dims[d];
+        parts[d] = rest - q * dims[d];
+        rest = q;
+      }
+      c = nhwc ? parts[0] : parts[2];
+      x = nhwc ? parts[1] : parts[0];
+      y = nhwc ? parts[2] : parts[1];
+      b = rest;
+      return;
+    }
+    if (nhwc) {
+      c = i % channels;
+      i /= channels;
+      x = i % width;
+      i /= width;
+      y = i % height;
+      b = i / height;
+    } else {
+      x = i % width;
+      i /= width;
+      y = i % height;
+      i /= height;
+      c = i % channels;
+      b = i / channels;
+    }
+  }
   FC_HD int64_t x_offset(int64_t b, int64_t c, int64_t y, int64_t x) const {
     return offset(channels_last != 0, c_in, h, w, b, c, y, x);
   }
   FC_HD int64_t y_offset(int64_t b, int64_t c, int64_t y, int64_t x) const {
     return offset(channels_last != 0, c_out, oh, ow, b, c, y, x);
   }
+  // Pixel index p = (b*height + y)*width + x of an image batch, split back into (b, y, x).
+  FC_HD static void split_pixel(int64_t p, int64_t height, int64_t width, int64_t& b,
+                                int64_t& y, int64_t& x) {
+    if ((p | height | width) < (int64_t{1} << 31)) {  // usual; 64-bit division is slow on a GPU
+      const uint32_t q = static_cast<uint32_t>(p) / static_cast<uint32_t>(width);
+      x = static_cast<uint32_t>(p) - q * static_cast<uint32_t>(width);
+      b = q / static_cast<uint32_t>(height);
+      y = q - static_cast<uint32_t>(b) * static_cast<uint32_t>(height);
+      return;
+    }
+    x = p % width;
+    p /= width;
+    y = p % height;
+    b = p / height;
+  }
+  // The output row oy whose tap ky reads input row iy, or -1 if none does (the inverse of
+  // in_row: iy = oy*stride_h - pad_top + ky*dil_h); likewise out_col for columns.
+  FC_HD int64_t out_row(int64_t iy, int64_t ky) const {
+    return inverse_tap(iy + pad_top - ky * dil_h, stride_h, oh);
+  }
+  FC_HD int64_t out_col(int64_t ix, int64_t kx) const {
+    return inverse_tap(ix + pad_left - kx * dil_w, stride_w, ow);
+  }
+  FC_HD static int64_t inverse_tap(int64_t scaled, int64_t stride, int64_t out) {
+    if (scaled < 0 || scaled % stride) return -1;
+    return scaled / stride < out ? scaled / stride : -1;
+  }
 };
+
+// A GEMM reduction index k over (channel, ky, kx) of a KH x KW filter, split back into its
+// parts. Channels-outer order k = (c*KH + ky)*KW + kx is the weights' own memory order;
+// channels-inner order k = (ky*KW + kx)*channels + c follows NHWC activations. 32-bit: a
+// filter never holds 2^31 taps, and 64-bit division is slow on a GPU.
+FC_HD inline void split_filter_index(int k, int channels, int kw, int taps, bool channels_inner,
+                                     int& c, int& ky, int& kx) {
+  int tap;
+  if (channels_inner) {
+    tap = k / channels;
+    c = k - tap * channels;
+  } else {
+    c = k / taps;
+    tap = k - c * taps;
+  }
+  ky = tap / kw;
+  kx = tap - ky * kw;
+}
 
 enum class PoolKind : int64_t { kMax = 0, kMin = 1, kAvg = 2, kSum = 3 };
 
@@ -99,6 +180,21 @@ struct PoolGeometry {
   FC_HD int64_t offset(int64_t b, int64_t ch, int64_t y, int64_t x, int64_t height,
                        int64_t width) const {
     return ConvGeometry::offset(channels_last != 0, c, height, width, b, ch, y, x);
+  }
+  // Outputs [lo, hi) along one axis whose window covers input cell `i` (windows are
+  // unclipped here; a window covering i always holds it as a real cell).
+  FC_HD static void covering_outputs(int64_t i, int64_t k, int64_t stride, int64_t pad,
+                                     int64_t out, int64_t& lo, int64_t& hi) {
+    const int64_t last = i + pad;  // the window of o covers i iff o*stride <= i+pad < o*stride+k
+    lo = last - k + 1 <= 0 ? 0 : (last - k + 1 + stride - 1) / stride;
+    hi = last / stride + 1 < out ? last / stride + 1 : out;
+  }
+  // Does v replace the current winner of a max/min window? Strict comparison keeps the
+  // first of equal values; a NaN replaces any number and nothing replaces a NaN. Bitwise,
+  // not short-circuit, operators: no branch to mispredict on random data.
+  FC_HD static bool replaces(PoolKind kind, float v, float best) {
+    const bool better = kind == PoolKind::kMax ? v > best : v < best;
+    return better | ((v != v) & (best == best));
   }
 };
 

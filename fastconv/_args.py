@@ -83,6 +83,8 @@ def array(x, name: str, ndim: int, xp=None):
     """Check dtype and rank; return a C-contiguous float32 array of the same library."""
     if xp is None:
         xp = np
+    if xp is not np and not isinstance(x, xp.ndarray):  # e.g. a PyTorch CUDA tensor: zero-copy
+        x = xp.asarray(x) if hasattr(x, "__cuda_array_interface__") else xp.from_dlpack(x)
     if not hasattr(x, "dtype") or not hasattr(x, "shape"):
         raise TypeError(f"{name} must be a float32 array, got {type(x).__name__}; "
                         f"use np.asarray({name}, dtype=np.float32)")

@@ -16,6 +16,11 @@
 #include <cmath>
 #include <cstring>
 
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define FASTCONV_USE_AVX2 1
+#endif
+
 #include "cpu/conv2d_winograd.h"
 #include "cpu/gemm.h"
 #include "cpu/parallel.h"
@@ -89,6 +94,28 @@ struct TileMap {
   }
 };
 
+// Offsets (at channel 0) of the cells of a size x size patch per tile of a sliver: the patch
+// of tile l starts `shift` rows/columns from the tile's output origin in a plane of the
+// given size; -1 marks cells outside the plane and lanes past the last tile. Computed once
+// per sliver, they spare the per-channel loops all index arithmetic and bounds checks.
+template <int kSize>
+void patch_offsets(const TileMap& map, int64_t t_first, int64_t tiles, int64_t shift_y,
+                   int64_t shift_x, int64_t height, int64_t width, int64_t channels,
+                   int64_t (&off)[kSize * kSize][NR]) {
+  const bool nhwc = map.g.channels_last != 0;
+  for (int l = 0; l < NR; ++l) {
+    int64_t b = 0, oy = 0, ox = 0;
+    if (l < tiles) map.origin(t_first + l, b, oy, ox);
+    for (int i = 0; i < kSize; ++i)
+      for (int j = 0; j < kSize; ++j) {
+        const int64_t y = oy + shift_y + i, x = ox + shift_x + j;
+        const bool inside = l < tiles && y >= 0 && y < height && x >= 0 && x < width;
+        off[i * kSize + j][l] =
+            inside ? ConvGeometry::offset(nhwc, channels, height, width, b, 0, y, x) : -1;
+      }
+  }
+}
+
 // U[xi] = G g G^T for every (co, ci), pre-packed as MR-slivers of a (Co x Ci) matrix per xi.
 std::vector<Buffer> transform_weights(const ConvGeometry& g, const float* w) {
   const int64_t pairs = g.c_out * g.c_in;
@@ -113,39 +140,75 @@ std::vector<Buffer> transform_weights(const ConvGeometry& g, const float* w) {
 
 // Input transform of tiles [t0, t0 + count): store(xi, ci, sliver, lanes) receives the NR
 // transformed values of point xi, channel ci, for the tiles of one sliver.
+// dst[j][k] = src[k][j] for an 8x8 block given as row pointers.
+inline void transpose8(const float* const (&src)[8], float* const (&dst)[8]) {
+#ifdef FASTCONV_USE_AVX2
+  __m256 r[8], t[8];
+  for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(src[k]);
+  for (int k = 0; k < 8; k += 2) {
+    t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
+    t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
+  }
+  for (int k = 0; k < 8; k += 4) {
+    r[k] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int k = 0; k < 4; ++k) {
+    _mm256_storeu_ps(dst[k], _mm256_permute2f128_ps(r[k], r[k + 4], 0x20));
+    _mm256_storeu_ps(dst[k + 4], _mm256_permute2f128_ps(r[k], r[k + 4], 0x31));
+  }
+#else
+  for (int j = 0; j < 8; ++j)
+    for (int k = 0; k < 8; ++k) dst[j][k] = src[k][j];
+#endif
+}
+
+// NHWC, 8 channels at a time: d[c][p * NR + l] = channel c0 + c of cell p of tile l, read
+// as 8-float runs and transposed in registers (instead of 64 single-float gathers).
+template <int kCells>
+void gather_channels8(const float* x, const int64_t (&off)[kCells][NR], int64_t c0,
+                      float (*d)[kCells * NR]) {
+  static const float zeros[8] = {};
+  for (int p = 0; p < kCells; ++p)
+    for (int lg = 0; lg < NR; lg += 8) {
+      const float* src[8];
+      float* dst[8];
+      for (int k = 0; k < 8; ++k) {
+        src[k] = off[p][lg + k] >= 0 ? x + off[p][lg + k] + c0 : zeros;
+        dst[k] = d[k] + p * NR + lg;
+      }
+      transpose8(src, dst);
+    }
+}
+
 template <class Store>
 void transform_input(const TileMap& map, const float* x, int64_t t0, int64_t count, Store&& store) {
   const ConvGeometry& g = map.g;
-  const int64_t slivers = round_up(count, NR) / NR;
-  const bool nhwc = g.channels_last != 0;
-  const int64_t cs = nhwc ? 1 : g.h * g.w, rs = nhwc ? g.w * g.c_in : g.w, xs = nhwc ? g.c_in : 1;
-  for (int64_t s = 0; s < slivers; ++s) {
-    int64_t base[NR], iy0[NR], ix0[NR];
-    bool valid[NR];
-    for (int l = 0; l < NR; ++l) {
-      const int64_t t = t0 + s * NR + l;
-      valid[l] = s * NR + l < count;
-      int64_t b = 0, oy = 0, ox = 0;
-      if (valid[l]) map.origin(t, b, oy, ox);
-      iy0[l] = oy - g.pad_top;
-      ix0[l] = ox - g.pad_left;
-      base[l] = g.x_offset(b, 0, 0, 0) + iy0[l] * rs + ix0[l] * xs;
-    }
-    for (int64_t ci = 0; ci < g.c_in; ++ci) {
-      alignas(64) float d[kPoints * NR], tmp[kPoints * NR], out[kPoints * NR];
-      for (int l = 0; l < NR; ++l) {
-        const float* src = x + base[l] + ci * cs;
-        for (int i = 0; i < kAlpha; ++i) {
-          const bool row_ok = valid[l] && iy0[l] + i >= 0 && iy0[l] + i < g.h;
-          for (int j = 0; j < kAlpha; ++j) {
-            const bool ok = row_ok && ix0[l] + j >= 0 && ix0[l] + j < g.w;
-            d[(i * kAlpha + j) * NR + l] = ok ? src[i * rs + j * xs] : 0.f;
-          }
-        }
-      }
+  const int64_t channel_stride = g.channels_last ? 1 : g.h * g.w;
+  for (int64_t s = 0; s * NR < count; ++s) {
+    int64_t off[kPoints][NR];
+    patch_offsets<kAlpha>(map, t0 + s * NR, count - s * NR, -g.pad_top, -g.pad_left, g.h, g.w,
+                          g.c_in, off);
+    auto transform = [&](const float* d, int64_t ci) {
+      alignas(64) float tmp[kPoints * NR], out[kPoints * NR];
       for (int j = 0; j < kAlpha; ++j) input_1d(d + j * NR, tmp + j * NR, kAlpha);      // columns
       for (int i = 0; i < kAlpha; ++i) input_1d(tmp + i * kAlpha * NR, out + i * kAlpha * NR, 1);  // rows
       for (int xi = 0; xi < kPoints; ++xi) store(xi, ci, s, out + xi * NR);
+    };
+    const int64_t blocked = g.channels_last ? g.c_in / 8 * 8 : 0;
+    for (int64_t c0 = 0; c0 < blocked; c0 += 8) {
+      alignas(64) float d[8][kPoints * NR];
+      gather_channels8<kPoints>(x, off, c0, d);
+      for (int c = 0; c < 8; ++c) transform(d[c], c0 + c);
+    }
+    for (int64_t ci = blocked; ci < g.c_in; ++ci) {
+      alignas(64) float d[kPoints * NR];
+      const float* xc = x + ci * channel_stride;
+      for (int p = 0; p < kPoints; ++p)
+        for (int l = 0; l < NR; ++l) d[p * NR + l] = off[p][l] >= 0 ? xc[off[p][l]] : 0.f;
+      transform(d, ci);
     }
   }
 }
@@ -154,50 +217,80 @@ void transform_input(const TileMap& map, const float* x, int64_t t0, int64_t cou
 bool transform_output(const TileMap& map, const float* m, int64_t ldm, const float* bias,
                       int64_t t0, int64_t count, float* y) {
   const ConvGeometry& g = map.g;
-  bool finite = true;
+  const int64_t channel_stride = g.channels_last ? 1 : g.oh * g.ow;
+  float probe = 0.f;  // becomes NaN if any output is NaN or infinite
   for (int64_t s = 0; s * NR < count; ++s) {
-    for (int64_t co = 0; co < g.c_out; ++co) {
-      alignas(64) float in[kPoints * NR], tmp[kOut * kAlpha * NR], out[kOut * kOut * NR];
+    int64_t off[kOut * kOut][NR];
+    patch_offsets<kOut>(map, t0 + s * NR, count - s * NR, 0, 0, g.oh, g.ow, g.c_out, off);
+    // out = A^T M A + bias for channel co, its cells p at out[p * NR + lane].
+    auto transform = [&](int64_t co, float* out) {
+      alignas(64) float in[kPoints * NR], tmp[kOut * kAlpha * NR];
       for (int xi = 0; xi < kPoints; ++xi)
-        for (int l = 0; l < NR; ++l) in[xi * NR + l] = m[(xi * g.c_out + co) * ldm + s * NR + l];
+        std::memcpy(in + xi * NR, m + (xi * g.c_out + co) * ldm + s * NR, sizeof(float) * NR);
       for (int j = 0; j < kAlpha; ++j) output_1d(in + j * NR, tmp + j * NR, kAlpha, kAlpha);
       for (int i = 0; i < kOut; ++i) output_1d(tmp + i * kAlpha * NR, out + i * kOut * NR, 1, 1);
       const float b = bias ? bias[co] : 0.f;
-      for (int l = 0; l < NR && s * NR + l < count; ++l) {
-        int64_t img, oy, ox;
-        map.origin(t0 + s * NR + l, img, oy, ox);
-        for (int i = 0; i < kOut && oy + i < g.oh; ++i)
-          for (int j = 0; j < kOut && ox + j < g.ow; ++j) {
-            const float value = out[(i * kOut + j) * NR + l] + b;
-            finite = finite && std::isfinite(value);
-            y[g.y_offset(img, co, oy + i, ox + j)] = value;
-          }
+#pragma omp simd reduction(+ : probe)
+      for (int i = 0; i < kOut * kOut * NR; ++i) {
+        out[i] += b;
+        probe += out[i] * 0.f;
       }
+    };
+    // NHWC, 8 channels at a time: transpose so that each pixel gets one 8-float store.
+    const int64_t blocked = g.channels_last ? g.c_out / 8 * 8 : 0;
+    for (int64_t c0 = 0; c0 < blocked; c0 += 8) {
+      alignas(64) float out[8][kOut * kOut * NR], sink[8];
+      for (int c = 0; c < 8; ++c) transform(c0 + c, out[c]);
+      for (int p = 0; p < kOut * kOut; ++p)
+        for (int lg = 0; lg < NR; lg += 8) {
+          const float* src[8];
+          float* dst[8];
+          for (int k = 0; k < 8; ++k) {
+            src[k] = out[k] + p * NR + lg;
+            dst[k] = off[p][lg + k] >= 0 ? y + off[p][lg + k] + c0 : sink;
+          }
+          transpose8(src, dst);
+        }
+    }
+    for (int64_t co = blocked; co < g.c_out; ++co) {
+      alignas(64) float out[kOut * kOut * NR];
+      transform(co, out);
+      float* yc = y + co * channel_stride;
+      for (int p = 0; p < kOut * kOut; ++p)
+        for (int l = 0; l < NR; ++l)
+          if (off[p][l] >= 0) yc[off[p][l]] = out[p * NR + l];
     }
   }
-  return finite;
+  return probe == 0.f;
 }
 
 // dM = A dY A^T for tiles [t0, t0 + count) of dy: dm[(xi * Co + co) * ldm + tile].
 void transform_output_gradient(const TileMap& map, const float* dy, int64_t t0, int64_t count,
                                float* dm, int64_t ldm) {
   const ConvGeometry& g = map.g;
+  const int64_t channel_stride = g.channels_last ? 1 : g.oh * g.ow;
   for (int64_t s = 0; s * NR < count; ++s) {
-    for (int64_t co = 0; co < g.c_out; ++co) {
-      alignas(64) float d[kOut * kOut * NR], tmp[kAlpha * kOut * NR], out[kPoints * NR];
-      for (int l = 0; l < NR; ++l) {
-        int64_t img = 0, oy = 0, ox = 0;
-        const bool valid = s * NR + l < count;
-        if (valid) map.origin(t0 + s * NR + l, img, oy, ox);
-        for (int i = 0; i < kOut; ++i)
-          for (int j = 0; j < kOut; ++j)
-            d[(i * kOut + j) * NR + l] = valid && oy + i < g.oh && ox + j < g.ow
-                                             ? dy[g.y_offset(img, co, oy + i, ox + j)] : 0.f;
-      }
+    int64_t off[kOut * kOut][NR];
+    patch_offsets<kOut>(map, t0 + s * NR, count - s * NR, 0, 0, g.oh, g.ow, g.c_out, off);
+    auto transform = [&](const float* d, int64_t co) {
+      alignas(64) float tmp[kAlpha * kOut * NR], out[kPoints * NR];
       for (int j = 0; j < kOut; ++j) output_adjoint_1d(d + j * NR, tmp + j * NR, kOut, kOut);
       for (int i = 0; i < kAlpha; ++i) output_adjoint_1d(tmp + i * kOut * NR, out + i * kAlpha * NR, 1, 1);
       for (int xi = 0; xi < kPoints; ++xi)
         std::memcpy(dm + (xi * g.c_out + co) * ldm + s * NR, out + xi * NR, sizeof(float) * NR);
+    };
+    const int64_t blocked = g.channels_last ? g.c_out / 8 * 8 : 0;
+    for (int64_t c0 = 0; c0 < blocked; c0 += 8) {
+      alignas(64) float d[8][kOut * kOut * NR];
+      gather_channels8<kOut * kOut>(dy, off, c0, d);
+      for (int c = 0; c < 8; ++c) transform(d[c], c0 + c);
+    }
+    for (int64_t co = blocked; co < g.c_out; ++co) {
+      alignas(64) float d[kOut * kOut * NR];
+      const float* dyc = dy + co * channel_stride;
+      for (int p = 0; p < kOut * kOut; ++p)
+        for (int l = 0; l < NR; ++l) d[p * NR + l] = off[p][l] >= 0 ? dyc[off[p][l]] : 0.f;
+      transform(d, co);
     }
   }
 }
@@ -223,10 +316,13 @@ bool untransform_weight_gradient(const ConvGeometry& g, const float* du, float* 
   return finite;
 }
 
-int64_t tiles_per_item(const ConvGeometry& g) {
-  // V and M (or dM) for a chunk of tiles should stay within a few MB of cache.
+int64_t tiles_per_item(const ConvGeometry& g, int64_t tiles) {
+  // V and M (or dM) for a chunk of tiles should stay within a few MB of cache, and each
+  // thread should get several chunks, so that one thread held up does not stall the rest.
   const int64_t per_tile_bytes = kPoints * (g.c_in + g.c_out) * 4;
-  return std::max<int64_t>(64, std::min<int64_t>(256, (8 << 20) / per_tile_bytes / NR * NR));
+  const int64_t cache_bound = std::min<int64_t>(256, (8 << 20) / per_tile_bytes / NR * NR);
+  const int64_t balance_bound = round_up(tiles / (4 * num_threads()) + 1, NR);
+  return std::max<int64_t>(32, std::min(cache_bound, balance_bound));
 }
 
 }  // namespace
@@ -242,7 +338,7 @@ bool conv2d_winograd(const ConvGeometry& g, const float* x, const float* w, cons
                      float* y) {
   const TileMap map{g, (g.oh + kOut - 1) / kOut, (g.ow + kOut - 1) / kOut};
   const int64_t tiles = g.n * map.tiles_h * map.tiles_w;
-  const int64_t chunk = tiles_per_item(g);
+  const int64_t chunk = tiles_per_item(g, tiles);
   const std::vector<Buffer> u = transform_weights(g, w);
   const int64_t items = (tiles + chunk - 1) / chunk;
   std::vector<char> finite(items, 1);
@@ -278,7 +374,7 @@ bool conv2d_winograd(const ConvGeometry& g, const float* x, const float* w, cons
 bool conv2d_winograd_backward_weight(const ConvGeometry& g, const float* dy, const float* x,
                                      float* dw) {
   const TileMap map{g, (g.oh + kOut - 1) / kOut, (g.ow + kOut - 1) / kOut};
-  const int64_t tiles = g.n * map.tiles_h * map.tiles_w, chunk = tiles_per_item(g);
+  const int64_t tiles = g.n * map.tiles_h * map.tiles_w, chunk = tiles_per_item(g, tiles);
   const int64_t items = (tiles + chunk - 1) / chunk, size = kPoints * g.c_out * g.c_in;
   const int threads = num_threads();
   std::vector<Buffer> partial(threads, Buffer(size, 0.f));

@@ -77,13 +77,16 @@ void micro_tile(int64_t k, const float* a, const float* b, float* c, int64_t ldc
 
 void pack_strided(const float* src, int64_t rs, int64_t cs, int64_t i0, int64_t m, int64_t k0,
                   int64_t k, int64_t width, float* dst) {
+  // Depth outer, rows inner: every store is contiguous, and the `width` source rows are
+  // read side by side, so each stays in cache while the depth advances.
   for (int64_t s = 0; s < m; s += width, dst += k * width) {
     const int64_t rows = std::min(width, m - s);
     const float* base = src + (i0 + s) * rs + k0 * cs;
     if (rows < width) std::memset(dst, 0, sizeof(float) * k * width);
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* row = base + r * rs;
-      for (int64_t p = 0; p < k; ++p) dst[p * width + r] = row[p * cs];
+    for (int64_t p = 0; p < k; ++p) {
+      const float* column = base + p * cs;
+      float* d = dst + p * width;
+      for (int64_t r = 0; r < rows; ++r) d[r] = column[r * rs];
     }
   }
 }

@@ -8,7 +8,20 @@
 
 namespace fastconv::cpu {
 
-int num_threads();  // defined once, in bindings.cpp
+int num_threads();         // threads for the running call; defined once, in bindings.cpp
+int configured_threads();  // fastconv.set_num_threads(), or OpenMP's default
+
+// Within its scope, the calling thread's kernels run serially if `work` < `threshold`.
+class SerialIfSmall {
+ public:
+  SerialIfSmall(int64_t work, int64_t threshold);
+  ~SerialIfSmall();
+  SerialIfSmall(const SerialIfSmall&) = delete;
+  SerialIfSmall& operator=(const SerialIfSmall&) = delete;
+
+ private:
+  bool previous_;
+};
 
 // body(i) for i in [0, count), items handed out one at a time (they may differ in cost).
 template <class Body>

@@ -18,14 +18,8 @@ namespace {
 
 constexpr int64_t kChannelBlock = 64;  // NHWC: channels per work item / accumulator block
 
-// Does v replace the current winner? Strict comparison keeps the first of equal values;
-// a NaN replaces any number, and nothing replaces a NaN.
-// Bitwise, not short-circuit, operators: no branch to mispredict on random data.
 template <PoolKind kind>
-inline bool wins(float v, float best) {
-  const bool better = kind == PoolKind::kMax ? v > best : v < best;
-  return better | ((v != v) & (best == best));
-}
+inline bool wins(float v, float best) { return PoolGeometry::replaces(kind, v, best); }
 
 template <PoolKind kind>
 constexpr bool is_extreme() { return kind == PoolKind::kMax || kind == PoolKind::kMin; }

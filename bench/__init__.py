@@ -1,0 +1,1 @@
+"""Benchmarks of fastconv against PyTorch; `python -m bench.cpu` is the CPU one."""

@@ -1,0 +1,78 @@
+"""`python -m bench.cpu`: fastconv against PyTorch's CPU kernels (oneDNN), side by side.
+
+In one process: measures the machine's ceilings (NumPy sgemm, a large copy), then times every
+case of bench/cases.py forward and backward with fastconv (NCHW and NHWC) and PyTorch (NCHW
+and channels_last), interleaved, median of repetitions after warm-up, the same thread count
+for all; then a few small cases against the NumPy reference. Prints the table and the goal
+summaries of issue 3 and writes cpu.md and cpu.png to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bench.cpu", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="batch 16 and a short timing budget, for development; writes files "
+                        "only when --out is given")
+    p.add_argument("--filter", default="",
+                   help="only cases whose name, input shape or group contains this substring")
+    p.add_argument("--threads", type=int, default=2, help="threads for every library (2)")
+    p.add_argument("--layout", choices=("both", "NCHW", "NHWC"), default="both",
+                   help="layouts to time; NHWC is channels_last for PyTorch (both)")
+    p.add_argument("--batch", type=int, default=None, help="override the batch size (128)")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="timed seconds per row, all implementations together (4, quick 0.3)")
+    p.add_argument("--note", default="", help="a line of context for the report's header")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"folder for cpu.md and cpu.png (default {BENCH_DIR / 'results'})")
+    args = p.parse_args(argv)
+    if args.threads < 1 or (args.batch is not None and args.batch < 1):
+        p.error("--threads and --batch must be at least 1")
+    if args.out is None and not args.quick:
+        args.out = BENCH_DIR / "results"
+    return args
+
+
+def _set_blas_threads(threads: int) -> str:
+    """OpenBLAS reads its thread count when NumPy loads it, so this must run before the
+    first `import numpy` of the process; returns what the header should say."""
+    if "numpy" in sys.modules:
+        return f"as loaded (OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')})"
+    os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
+    return str(threads)
+
+
+def _import_installed_fastconv():
+    """`python -m bench.cpu` puts the checkout first on sys.path, and its fastconv/ holds no
+    compiled kernels unless installed in place (-e). Then import the installed fastconv from
+    site-packages instead; bench's own modules resolve through the package already loaded."""
+    try:
+        import fastconv  # noqa: F401
+    except ImportError:
+        checkout = BENCH_DIR.parent
+        sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != checkout]
+        for name in [m for m in sys.modules if m == "fastconv" or m.startswith("fastconv.")]:
+            del sys.modules[name]
+        import fastconv  # noqa: F401  (raises with the package's own fix-it message)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    blas_threads = _set_blas_threads(args.threads)
+    _import_installed_fastconv()
+    from .runner import run  # imports NumPy: after the BLAS thread count is set
+    words = sys.argv[1:] if argv is None else argv
+    run(args, command=" ".join(["python -m bench.cpu", shlex.join(words)]).strip(),
+        blas_threads=blas_threads)
+
+
+if __name__ == "__main__":
+    main()

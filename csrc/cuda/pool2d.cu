@@ -1,0 +1,202 @@
+// Max / min / average / sum pooling on the GPU, forward and backward, with the CPU kernels'
+// exact semantics (PoolGeometry::window clips windows to the real input; the first extreme in
+// row-major order wins, NaN counting as extreme; averages divide by the real cells unless
+// count_include_pad). Global average pooling is avg pooling with a whole-image window.
+//
+// Forward: one thread per output, or for wide windows (global pooling) several threads per
+// output whose partials are merged in a fixed order. Backward gathers: one thread per dx cell
+// loops over the outputs whose windows cover it, in the (oy, ox) order the CPU scatters
+// them, so no atomics are needed. Max/min backward first recomputes every window's winner
+// from x (the forward kernels, writing the winning cell of each window to a workspace
+// instead of y), so the gather reads one int per covering window instead of rescanning it.
+// Threads are ordered like memory (channels fastest for NHWC), so neighbours read neighbours.
+#include "cuda/common.cuh"
+
+namespace fastconv::FASTCONV_CUDA_NS {
+namespace {
+
+template <PoolKind kind>
+FC_HD constexpr bool is_extreme() { return kind == PoolKind::kMax || kind == PoolKind::kMin; }
+
+// Cell (row-major within the clipped window) of the first extreme of a window of plane (b, c).
+template <PoolKind kind>
+__device__ int winning_cell(const PoolGeometry& g, const float* x, int64_t b, int64_t c,
+                            int64_t y0, int64_t y1, int64_t x0, int64_t x1) {
+  int best = 0, cell = 0;
+  float best_value = x[g.offset(b, c, y0, x0, g.h, g.w)];
+  for (int64_t iy = y0; iy < y1; ++iy)
+    for (int64_t ix = x0; ix < x1; ++ix, ++cell) {
+      const float v = x[g.offset(b, c, iy, ix, g.h, g.w)];
+      if (PoolGeometry::replaces(kind, v, best_value)) {
+        best = cell;
+        best_value = v;
+      }
+    }
+  return best;
+}
+
+// y = the pooled values, or for max/min with y == nullptr: winners = each window's winning cell.
+template <PoolKind kind>
+__global__ void pool_forward_kernel(const PoolGeometry g, const float* x, float* y, int* winners) {
+  const int64_t total = g.y_size();
+  for (int64_t i = first_element(); i < total; i += element_step()) {
+    int64_t b, c, oy, ox, y0, y1, x0, x1;
+    ConvGeometry::split_offset(g.channels_last != 0, g.c, g.oh, g.ow, i, b, c, oy, ox);
+    g.window(oy, ox, y0, y1, x0, x1);
+    if (is_extreme<kind>()) {
+      const int cell = winning_cell<kind>(g, x, b, c, y0, y1, x0, x1);
+      if (y) y[i] = x[g.offset(b, c, y0 + cell / (x1 - x0), x0 + cell % (x1 - x0), g.h, g.w)];
+      else winners[i] = cell;
+      continue;
+    }
+    float acc = 0.f;
+    for (int64_t iy = y0; iy < y1; ++iy)
+      for (int64_t ix = x0; ix < x1; ++ix) acc += x[g.offset(b, c, iy, ix, g.h, g.w)];
+    y[i] = kind == PoolKind::kAvg ? acc / g.avg_divisor((y1 - y0) * (x1 - x0)) : acc;
+  }
+}
+
+// Wide windows (global pooling): one thread per output would leave most of the GPU idle and
+// read long serial chains, so several threads share an output, each scanning every parts-th
+// cell of the window in row-major order, and a leader merges their partials in part order.
+// NCHW: a row of 32 threads per output. NHWC: a block column per 32 neighbouring channels,
+// its 8 rows splitting the cells. Extremes merge by (value, cell): the first extreme wins.
+constexpr int kWideCells = 64, kWideLanes = 32, kWideRows = 8;
+
+template <PoolKind kind>
+__device__ __forceinline__ void keep_extreme(float v, int cell, float& best, int& best_cell) {
+  const bool tie = v == best || (v != v && best != best);
+  if (cell >= 0 && (best_cell < 0 || PoolGeometry::replaces(kind, v, best) ||
+                    (tie && cell < best_cell))) {
+    best = v;
+    best_cell = cell;
+  }
+}
+
+template <PoolKind kind, bool kNhwc>
+__global__ void __launch_bounds__(kWideLanes * kWideRows)
+    pool_forward_wide_kernel(const PoolGeometry g, const float* x, float* y, int* winners) {
+  __shared__ float values[kWideRows][kWideLanes];
+  __shared__ int cells[kWideRows][kWideLanes];
+  const int lane = static_cast<int>(threadIdx.x), row = static_cast<int>(threadIdx.y);
+  int64_t out, b, c, oy, ox;
+  bool valid;
+  if (kNhwc) {
+    c = static_cast<int64_t>(blockIdx.y) * kWideLanes + lane;
+    ConvGeometry::split_pixel(blockIdx.x, g.oh, g.ow, b, oy, ox);
+    out = static_cast<int64_t>(blockIdx.x) * g.c + c;
+    valid = c < g.c;
+  } else {
+    out = static_cast<int64_t>(blockIdx.x) * kWideRows + row;
+    valid = out < g.y_size();
+    ConvGeometry::split_offset(false, g.c, g.oh, g.ow, valid ? out : 0, b, c, oy, ox);
+  }
+  const int part = kNhwc ? row : lane, parts = kNhwc ? kWideRows : kWideLanes;
+  int64_t y0, y1, x0, x1;
+  g.window(oy, ox, y0, y1, x0, x1);
+  const int width = static_cast<int>(x1 - x0), count = valid ? static_cast<int>((y1 - y0) * width) : 0;
+  float acc = 0.f;
+  int acc_cell = -1;
+  for (int t = part; t < count; t += parts) {
+    const float v = x[g.offset(b, c, y0 + t / width, x0 + t % width, g.h, g.w)];
+    if (is_extreme<kind>()) keep_extreme<kind>(v, t, acc, acc_cell);
+    else acc += v;
+  }
+  values[row][lane] = acc;
+  cells[row][lane] = acc_cell;
+  __syncthreads();
+  if (!valid || part != 0) return;
+  float total = 0.f;
+  int total_cell = -1;
+  for (int p = 0; p < parts; ++p) {
+    const float v = kNhwc ? values[p][lane] : values[row][p];
+    if (is_extreme<kind>()) keep_extreme<kind>(v, kNhwc ? cells[p][lane] : cells[row][p], total, total_cell);
+    else total += v;
+  }
+  if (is_extreme<kind>() && !y) winners[out] = total_cell;
+  else y[out] = kind == PoolKind::kAvg ? total / g.avg_divisor(count) : total;
+}
+
+// winners: each window's winning cell (max/min only).
+template <PoolKind kind>
+__global__ void pool_backward_kernel(const PoolGeometry g, const float* dy, const int* winners,
+                                     float* dx) {
+  const int64_t total = g.x_size();
+  for (int64_t i = first_element(); i < total; i += element_step()) {
+    int64_t b, c, iy, ix, oy_lo, oy_hi, ox_lo, ox_hi;
+    ConvGeometry::split_offset(g.channels_last != 0, g.c, g.h, g.w, i, b, c, iy, ix);
+    PoolGeometry::covering_outputs(iy, g.kh, g.stride_h, g.pad_top, g.oh, oy_lo, oy_hi);
+    PoolGeometry::covering_outputs(ix, g.kw, g.stride_w, g.pad_left, g.ow, ox_lo, ox_hi);
+    float acc = 0.f;
+    for (int64_t oy = oy_lo; oy < oy_hi; ++oy)
+      for (int64_t ox = ox_lo; ox < ox_hi; ++ox) {
+        const int64_t out = g.offset(b, c, oy, ox, g.oh, g.ow);
+        int64_t y0, y1, x0, x1;
+        g.window(oy, ox, y0, y1, x0, x1);
+        if (is_extreme<kind>()) {
+          if (winners[out] == (iy - y0) * (x1 - x0) + (ix - x0)) acc += dy[out];
+        } else {
+          acc += kind == PoolKind::kAvg ? dy[out] / g.avg_divisor((y1 - y0) * (x1 - x0)) : dy[out];
+        }
+      }
+    dx[i] = acc;
+  }
+}
+
+// The forward pass: y, or (y == nullptr) the winners of max/min windows.
+template <PoolKind kind>
+void forward(const PoolGeometry& g, const float* x, float* y, int* winners, Stream stream) {
+  const dim3 wide_block(kWideLanes, kWideRows);
+  if (g.kh * g.kw < kWideCells) {
+    FC_LAUNCH(pool_forward_kernel<kind>, element_grid(g.y_size()), dim3(kElementThreads), stream)(
+        g, x, y, winners);
+  } else if (g.channels_last) {
+    const dim3 grid(static_cast<unsigned>(g.n * g.oh * g.ow), static_cast<unsigned>(ceil_div(g.c, kWideLanes)));
+    auto* kernel = &pool_forward_wide_kernel<kind, true>;
+    FC_LAUNCH(kernel, grid, wide_block, stream)(g, x, y, winners);
+  } else {
+    const dim3 grid(static_cast<unsigned>(ceil_div(g.y_size(), kWideRows)));
+    auto* kernel = &pool_forward_wide_kernel<kind, false>;
+    FC_LAUNCH(kernel, grid, wide_block, stream)(g, x, y, winners);
+  }
+  check_launch("pool2d_forward");
+}
+
+template <PoolKind kind>
+void backward(const PoolGeometry& g, const float* dy, const float* x, float* dx, float* workspace,
+              Stream stream) {
+  int* winners = reinterpret_cast<int*>(workspace);
+  if (is_extreme<kind>()) forward<kind>(g, x, nullptr, winners, stream);
+  FC_LAUNCH(pool_backward_kernel<kind>, element_grid(g.x_size()), dim3(kElementThreads), stream)(
+      g, dy, winners, dx);
+  check_launch("pool2d_backward");
+}
+
+}  // namespace
+
+void pool2d_forward(const PoolGeometry& g, const float* x, float* y, Stream stream) {
+  switch (g.pool_kind()) {
+    case PoolKind::kMax: return forward<PoolKind::kMax>(g, x, y, nullptr, stream);
+    case PoolKind::kMin: return forward<PoolKind::kMin>(g, x, y, nullptr, stream);
+    case PoolKind::kAvg: return forward<PoolKind::kAvg>(g, x, y, nullptr, stream);
+    case PoolKind::kSum: return forward<PoolKind::kSum>(g, x, y, nullptr, stream);
+  }
+}
+
+int64_t pool2d_backward_workspace(const PoolGeometry& g) {
+  static_assert(sizeof(int) == sizeof(float), "winners live in a float workspace");
+  const bool extreme = g.pool_kind() == PoolKind::kMax || g.pool_kind() == PoolKind::kMin;
+  return extreme ? g.y_size() : 0;
+}
+
+void pool2d_backward(const PoolGeometry& g, const float* dy, const float* x, float* dx,
+                     float* workspace, Stream stream) {
+  switch (g.pool_kind()) {
+    case PoolKind::kMax: return backward<PoolKind::kMax>(g, dy, x, dx, workspace, stream);
+    case PoolKind::kMin: return backward<PoolKind::kMin>(g, dy, x, dx, workspace, stream);
+    case PoolKind::kAvg: return backward<PoolKind::kAvg>(g, dy, x, dx, workspace, stream);
+    case PoolKind::kSum: return backward<PoolKind::kSum>(g, dy, x, dx, workspace, stream);
+  }
+}
+
+}  // namespace fastconv::FASTCONV_CUDA_NS

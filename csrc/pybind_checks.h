@@ -1,0 +1,62 @@
+// Checks shared by the pybind11 modules (fastconv._cpu, _cuda, _cuda_harness): the Python
+// layer validates every call, and these repeat what native code relies on, so that a direct
+// call with a wrong buffer or geometry raises instead of touching memory.
+#pragma once
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <array>
+#include <string>
+
+#include "geometry.h"
+
+namespace fastconv::pybind_checks {
+
+namespace py = pybind11;
+
+inline const float* checked(const py::array& a, int64_t size, const char* name, bool output = false) {
+  if (a.dtype().kind() != 'f' || a.itemsize() != 4 || a.dtype().byteorder() == '>')
+    throw py::type_error(std::string(name) + " must be a float32 array");
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + " must be C-contiguous");
+  if (a.size() != size)
+    throw py::value_error(std::string(name) + " has " + std::to_string(a.size()) +
+                          " elements, the geometry needs " + std::to_string(size));
+  if (output && !a.writeable()) throw py::value_error(std::string(name) + " is read-only");
+  return static_cast<const float*>(a.data());
+}
+
+inline float* output(const py::array& a, int64_t size, const char* name) {
+  return const_cast<float*>(checked(a, size, name, true));
+}
+
+inline void require(bool ok, const char* what) {
+  if (!ok) throw py::value_error(std::string("invalid geometry: ") + what);
+}
+
+inline ConvGeometry conv_geometry(const std::array<int64_t, ConvGeometry::kFields>& fields) {
+  const ConvGeometry g = ConvGeometry::from_array(fields);
+  require(g.n >= 0 && g.c_in > 0 && g.h > 0 && g.w > 0 && g.c_out > 0 && g.kh > 0 && g.kw > 0,
+          "sizes must be positive");
+  require(g.stride_h > 0 && g.stride_w > 0 && g.dil_h > 0 && g.dil_w > 0, "stride/dilation > 0");
+  require(g.groups > 0 && g.c_in % g.groups == 0 && g.c_out % g.groups == 0, "groups");
+  require(g.oh > 0 && g.ow > 0, "empty output");
+  // Windows may reach past the input on any side: every kernel bounds-checks its reads.
+  require(g.pad_top >= 0 && g.pad_left >= 0, "padding must be >= 0");
+  return g;
+}
+
+inline PoolGeometry pool_geometry(const std::array<int64_t, PoolGeometry::kFields>& fields) {
+  const PoolGeometry g = PoolGeometry::from_array(fields);
+  require(g.n >= 0 && g.c > 0 && g.h > 0 && g.w > 0 && g.kh > 0 && g.kw > 0, "sizes");
+  require(g.stride_h > 0 && g.stride_w > 0, "stride > 0");
+  require(g.kind >= 0 && g.kind <= 3, "pool kind");
+  require(g.oh > 0 && g.ow > 0 && g.pad_top >= 0 && g.pad_left >= 0, "output size");
+  // Every window must hold a real cell: first and last windows overlap the input.
+  require(g.pad_top < g.kh && g.pad_left < g.kw &&
+              (g.oh - 1) * g.stride_h - g.pad_top < g.h && (g.ow - 1) * g.stride_w - g.pad_left < g.w,
+          "a window would hold only padding");
+  return g;
+}
+
+}  // namespace fastconv::pybind_checks

@@ -1,0 +1,192 @@
+"""Cases and checks shared by the CUDA kernel tests: tests/test_cuda_harness.py runs them on
+the CPU execution harness (NumPy arrays), tests/test_gpu.py on a GPU (CuPy arrays).
+
+Each check takes `dev` (host array -> array for the backend under test) and `host` (the
+inverse), runs the public functional API and compares with fastconv.reference.
+"""
+import numpy as np
+from hypothesis import assume
+from hypothesis import strategies as st
+
+import fastconv
+from fastconv import _args
+from fastconv import reference as ref
+
+POOL_KINDS = ["max", "min", "avg", "sum"]
+
+
+def assert_close(actual, expected, rtol=1e-4, atol=2e-5):
+    """float32 kernel vs float64-accumulating reference, with an atol scaled by max|ref|
+    so that the bound stays meaningful for sums of many terms."""
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    assert actual.dtype == np.float32, actual.dtype
+    scale = 1.0 + float(np.nanmax(np.abs(expected), initial=0.0))  # NaN outputs compare equal
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol * scale)
+
+
+def rand(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def nchw_to(x, layout):
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if layout == "NHWC" else x
+
+
+layouts = st.sampled_from(["NCHW", "NHWC"])
+paddings = st.one_of(
+    st.integers(0, 3),
+    st.tuples(st.integers(0, 3), st.integers(0, 3)),
+    st.tuples(st.tuples(st.integers(0, 3), st.integers(0, 3)),   # asymmetric
+              st.tuples(st.integers(0, 3), st.integers(0, 3))),
+    st.sampled_from(["valid", "same"]),
+)
+
+
+def pairs(lo, hi):
+    return st.one_of(st.integers(lo, hi), st.tuples(st.integers(lo, hi), st.integers(lo, hi)))
+
+
+def _fits(check):
+    try:
+        check()
+        return True
+    except ValueError:
+        return False
+
+
+@st.composite
+def conv_cases(draw, depthwise=False):
+    """(x, w, bias, kwargs, rng) for conv2d (grouped or not) or depthwise_conv2d."""
+    groups = 1 if depthwise else draw(st.sampled_from([1, 1, 2, 3]))
+    cin = draw(st.integers(1, 4)) * groups
+    cout = cin * draw(st.integers(1, 3)) if depthwise else draw(st.integers(1, 5)) * groups
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    n, h, w = draw(st.integers(1, 2)), draw(st.integers(1, 11)), draw(st.integers(1, 11))
+    layout = draw(layouts)
+    kwargs = dict(stride=draw(pairs(1, 3)), padding=draw(paddings), dilation=draw(pairs(1, 2)),
+                  layout=layout)
+    if not depthwise:
+        kwargs["groups"] = groups
+    shape = (n, h, w, cin) if layout == "NHWC" else (n, cin, h, w)
+    w_shape = (cout, 1 if depthwise else cin // groups, kh, kw)
+    assume(_fits(lambda: _args.conv_geometry(shape, w_shape, **{"groups": cin if depthwise else groups,
+                                                                **kwargs})))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    return rand(rng, *shape), rand(rng, *w_shape), rand(rng, cout), kwargs, rng
+
+
+@st.composite
+def pool_cases(draw):
+    """(kind, x, kernel_size, kwargs, rng); x often holds ties so that 'first max wins' shows."""
+    kind = draw(st.sampled_from(POOL_KINDS))
+    layout = draw(layouts)
+    n, c, h, w = (draw(st.integers(1, 2)), draw(st.integers(1, 9)), draw(st.integers(1, 10)),
+                  draw(st.integers(1, 10)))
+    kwargs = dict(stride=draw(st.one_of(st.none(), pairs(1, 3))), padding=draw(paddings),
+                  layout=layout)
+    if kind == "avg":
+        kwargs["count_include_pad"] = draw(st.booleans())
+    kernel = draw(pairs(1, 5))
+    shape = (n, h, w, c) if layout == "NHWC" else (n, c, h, w)
+    assume(_fits(lambda: _args.pool_geometry(shape, kernel, kind=kind, **kwargs)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if draw(st.booleans()):
+        x = rng.integers(-3, 4, size=shape).astype(np.float32)
+    else:
+        x = rand(rng, *shape)
+    return kind, x, kernel, kwargs, rng
+
+
+def check_conv(dev, host, x, w, b, kwargs, rng, op="conv2d"):
+    """Forward and all gradients of conv2d / depthwise_conv2d against the reference."""
+    forward, backward = getattr(fastconv, op), getattr(fastconv, f"{op}_backward")
+    y = host(forward(dev(x), dev(w), dev(b), **kwargs))
+    assert_close(y, getattr(ref, op)(x, w, b, **kwargs))
+    dy = rand(rng, *y.shape)
+    got = backward(dev(dy), dev(x), dev(w), **kwargs)
+    for g, r in zip(got, getattr(ref, f"{op}_backward")(dy, x, w, **kwargs)):
+        assert_close(host(g), r)
+
+
+def check_pointwise(dev, host, x, w, b, layout, rng):
+    y = host(fastconv.pointwise_conv2d(dev(x), dev(w), dev(b), layout=layout))
+    assert_close(y, ref.pointwise_conv2d(x, w, b, layout=layout))
+    dy = rand(rng, *y.shape)
+    got = fastconv.pointwise_conv2d_backward(dev(dy), dev(x), dev(w), layout=layout)
+    for g, r in zip(got, ref.pointwise_conv2d_backward(dy, x, w, layout=layout)):
+        assert_close(host(g), r)
+
+
+def check_separable(dev, host, x, dw, pw, b, kwargs, rng):
+    y = host(fastconv.separable_conv2d(dev(x), dev(dw), dev(pw), dev(b), **kwargs))
+    assert_close(y, ref.separable_conv2d(x, dw, pw, b, **kwargs))
+    dy = rand(rng, *y.shape)
+    got = fastconv.separable_conv2d_backward(dev(dy), dev(x), dev(dw), dev(pw), **kwargs)
+    for g, r in zip(got, ref.separable_conv2d_backward(dy, x, dw, pw, **kwargs)):
+        assert_close(host(g), r)
+
+
+def check_pool(dev, host, kind, x, kernel, kwargs, rng):
+    forward = getattr(fastconv, f"{kind}_pool2d")
+    backward = getattr(fastconv, f"{kind}_pool2d_backward")
+    y = host(forward(dev(x), kernel, **kwargs))
+    assert_close(y, getattr(ref, f"{kind}_pool2d")(x, kernel, **kwargs))
+    dy = rand(rng, *y.shape)
+    dx = host(backward(dev(dy), dev(x), kernel, **kwargs))
+    assert_close(dx, getattr(ref, f"{kind}_pool2d_backward")(dy, x, kernel, **kwargs))
+
+
+def check_global_pool(dev, host, x, layout, rng):
+    y = host(fastconv.global_avg_pool2d(dev(x), layout=layout))
+    assert_close(y, ref.global_avg_pool2d(x, layout=layout))
+    dy = rand(rng, *y.shape)
+    dx = host(fastconv.global_avg_pool2d_backward(dev(dy), dev(x), layout=layout))
+    assert_close(dx, ref.global_avg_pool2d_backward(dy, x, layout=layout))
+
+
+# Shapes large enough for the 128x128 GEMM tiles in every direction, several k slices,
+# backward-weight splits (> 512 output pixels) and bias splits (> 4096 pixels):
+# (n, cin, cout, hw, kernel, stride, groups).
+LARGE_CONV_CASES = [
+    (2, 130, 136, 10, 3, 1, 1),    # 128x128 tiles for forward, backward-input, backward-weight
+    (2, 16, 144, 24, 3, 1, 1),     # wide forward, 3 backward-weight splits
+    (2, 24, 40, 18, 3, 2, 2),      # strided and grouped
+    (2, 3, 64, 32, 3, 1, 1),       # the first CIFAR layer: k = 27 is not a whole slice
+    (2, 8, 8, 48, 1, 1, 1),        # 1x1 with 4608 pixels: two bias splits
+]
+
+# Depthwise with > 2048 output pixels (several backward-weight splits) and 40 channels (two
+# NHWC channel blocks): (channels, multiplier, hw, stride).
+DEPTHWISE_SPLIT_CASES = [(40, 1, 33, 1), (3, 2, 40, 2)]
+
+# Pooling on bigger planes, with ties: (kind, kernel, stride, padding).
+POOL_BIGGER_CASES = [("max", 2, None, 0), ("max", 3, 2, 1), ("avg", 2, None, 0),
+                     ("min", 3, 1, "same"), ("sum", (2, 3), (1, 2), ((0, 1), (1, 0))),
+                     # >= 64 cells: the wide-window forward kernels, windows clipped by padding
+                     ("max", (8, 9), 3, (4, 3)), ("min", (9, 8), (2, 4), "same"),
+                     ("avg", 8, 4, 4), ("sum", (16, 8), 5, 0)]
+
+
+def check_large_conv(dev, host, layout, n, cin, cout, hw, k, stride, groups):
+    rng = np.random.default_rng(cin * cout + hw)
+    x = nchw_to(rand(rng, n, cin, hw, hw), layout)
+    w, b = rand(rng, cout, cin // groups, k, k), rand(rng, cout)
+    check_conv(dev, host, x, w, b, dict(stride=stride, padding="same", groups=groups,
+                                        layout=layout), rng)
+
+
+def check_depthwise_splits(dev, host, layout, channels, mult, hw, stride):
+    rng = np.random.default_rng(channels + hw)
+    x = nchw_to(rand(rng, 2, channels, hw, hw), layout)
+    w, b = rand(rng, channels * mult, 1, 3, 3), rand(rng, channels * mult)
+    check_conv(dev, host, x, w, b, dict(stride=stride, padding=1, layout=layout), rng,
+               op="depthwise_conv2d")
+
+
+def check_pool_bigger(dev, host, layout, kind, kernel, stride, padding):
+    rng = np.random.default_rng(11)
+    x = rng.integers(-2, 3, size=(2, 37, 17, 16)).astype(np.float32)
+    x[0, 1, 5:9, 3:7] = np.nan  # NaN must win max and min windows, first one first
+    x = nchw_to(x, layout)
+    check_pool(dev, host, kind, x, kernel, dict(stride=stride, padding=padding, layout=layout),
+               rng)

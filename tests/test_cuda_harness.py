@@ -1,0 +1,175 @@
+"""Every CUDA kernel, run on the CPU by the execution harness (csrc/cuda/harness.h), against
+the NumPy reference.
+
+fastconv._cuda_harness is the .cu sources compiled with g++: blocks run one after another,
+each block's threads are fibers with a real __syncthreads barrier. The `harness` fixture
+routes the functional API's NumPy calls to it, so these tests drive the CUDA kernels through
+the same public entry points and argument handling as users do. This checks indexing, tile
+mapping, bounds, split reductions and barrier placement; not timing or the GPU memory model.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastconv
+from fastconv import _args, _backend
+from fastconv import reference as ref
+
+from cuda_cases import (DEPTHWISE_SPLIT_CASES, LARGE_CONV_CASES, POOL_BIGGER_CASES, POOL_KINDS,
+                        check_conv, check_depthwise_splits, check_global_pool,
+                        check_large_conv, check_pointwise, check_pool, check_pool_bigger,
+                        check_separable, conv_cases, layouts, nchw_to, pool_cases, rand)
+
+harness_module = pytest.importorskip("fastconv._cuda_harness")
+examples = settings(max_examples=30, deadline=None, derandomize=True)
+
+
+def same(a):
+    return a
+
+
+@pytest.fixture(scope="module")
+def harness():
+    """NumPy calls of the functional API run the CUDA kernels under the harness."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_backend, "_cpu", harness_module)
+        yield
+
+
+@examples
+@given(case=conv_cases())
+def test_conv2d(harness, case):
+    check_conv(same, same, *case)
+
+
+@examples
+@given(case=conv_cases(depthwise=True))
+def test_depthwise(harness, case):
+    check_conv(same, same, *case, op="depthwise_conv2d")
+
+
+@examples
+@given(st.integers(1, 2), st.integers(1, 20), st.integers(1, 20), st.integers(1, 7),
+       st.integers(1, 7), layouts, st.integers(0, 1000))
+def test_pointwise(harness, n, cin, cout, h, w, layout, seed):
+    rng = np.random.default_rng(seed)
+    check_pointwise(same, same, nchw_to(rand(rng, n, cin, h, w), layout), rand(rng, cout, cin),
+                    rand(rng, cout), layout, rng)
+
+
+@settings(max_examples=15, deadline=None, derandomize=True)
+@given(case=conv_cases(depthwise=True), cout=st.integers(1, 6))
+def test_separable(harness, case, cout):
+    x, dw, b, kwargs, rng = case
+    check_separable(same, same, x, dw, rand(rng, cout, dw.shape[0]), rand(rng, cout), kwargs, rng)
+
+
+@examples
+@given(case=pool_cases())
+def test_pooling(harness, case):
+    check_pool(same, same, *case)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("n,cin,cout,hw,k,stride,groups", LARGE_CONV_CASES)
+def test_conv2d_large_tiles(harness, layout, n, cin, cout, hw, k, stride, groups):
+    check_large_conv(same, same, layout, n, cin, cout, hw, k, stride, groups)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("channels,mult,hw,stride", DEPTHWISE_SPLIT_CASES)
+def test_depthwise_weight_splits(harness, layout, channels, mult, hw, stride):
+    check_depthwise_splits(same, same, layout, channels, mult, hw, stride)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("kind,kernel,stride,padding", POOL_BIGGER_CASES)
+def test_pooling_bigger(harness, layout, kind, kernel, stride, padding):
+    check_pool_bigger(same, same, layout, kind, kernel, stride, padding)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_global_avg_pool(harness, layout):
+    rng = np.random.default_rng(2)
+    check_global_pool(same, same, rand(rng, 3, 6, 7, 5), layout, rng)
+
+
+# NHWC averages are left out: the CPU multiplies by the reciprocal there, the GPU divides.
+BIT_EXACT_POOLS = ([(kind, 3, "NCHW") for kind in POOL_KINDS] +
+                   [(kind, 3, "NHWC") for kind in ("max", "min", "sum")] +
+                   [("max", (8, 9), "NCHW"), ("min", (9, 8), "NHWC")])  # wide windows
+
+
+@pytest.mark.parametrize("kind,kernel,layout", BIT_EXACT_POOLS)
+def test_pooling_bit_exact_with_cpu_kernels(kind, kernel, layout):
+    """Same windows and the same first-extreme / NaN rules as fastconv._cpu: bit for bit for
+    max/min, to rounding for the sums."""
+    rng = np.random.default_rng(4)
+    x = rng.integers(-2, 3, size=(2, 3, 19, 18)).astype(np.float32)
+    x[0, 0, 2:5, 3:5] = np.nan
+    x = nchw_to(x, layout)
+    g = _args.pool_geometry(x.shape, kernel, stride=2, padding=1, layout=layout, kind=kind)
+    dy = rand(rng, *g.y_shape)
+    results = []
+    for module in (fastconv._cpu, harness_module):
+        y, dx = np.empty(g.y_shape, np.float32), np.empty_like(x)
+        module.pool2d_forward(x, y, g.astuple())
+        module.pool2d_backward(dy, x, dx, g.astuple())
+        results.append((y, dx))
+    for got, want in zip(*results):
+        if kind in ("max", "min"):  # the same winner: equal bits
+            np.testing.assert_array_equal(got, want)
+        else:  # sums in another order may differ in the last bit
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_first_max_wins_and_nan(harness):
+    x = np.array([[1, 5, 5, 0], [5, 2, 3, 4], [0, 0, 9, 9], [0, np.nan, 9, 9]],
+                 np.float32)[None, None]
+    y = fastconv.max_pool2d(x, 2)
+    np.testing.assert_array_equal(y[0, 0], [[5, 5], [np.nan, 9]])
+    dx = fastconv.max_pool2d_backward(np.ones_like(y), x, 2)
+    expected = np.zeros((4, 4), np.float32)
+    expected[0, 1] = expected[0, 2] = expected[3, 1] = expected[2, 2] = 1
+    np.testing.assert_array_equal(dx[0, 0], expected)
+
+
+def test_empty_batch(harness):
+    x, w = np.zeros((0, 3, 5, 5), np.float32), np.ones((4, 3, 3, 3), np.float32)
+    y = fastconv.conv2d(x, w)
+    dx, dw, db = fastconv.conv2d_backward(y, x, w)
+    assert y.shape == (0, 4, 3, 3) and dx.shape == x.shape and not dw.any() and not db.any()
+
+
+def test_harness_rejects_bad_buffers():
+    """The harness module re-checks buffers like fastconv._cpu does."""
+    g = (1, 1, 4, 4, 1, 3, 3, 2, 2, 1, 1, 0, 0, 1, 1, 1, 0)
+    x, w = np.zeros((1, 1, 4, 4), np.float32), np.zeros((1, 1, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="elements"):
+        harness_module.conv2d_forward(x, w, None, np.zeros((1, 1, 3, 3), np.float32), g)
+    with pytest.raises(TypeError, match="float32"):
+        harness_module.conv2d_forward(x.astype(np.float64), w, None, np.zeros((1, 1, 2, 2), np.float32), g)
+
+
+def test_fixture_routes_to_the_harness(harness):
+    """Guards the other tests: NumPy calls really reach the harness module."""
+    rng = np.random.default_rng(0)
+    x, w = rand(rng, 1, 2, 6, 6), rand(rng, 3, 2, 3, 3)
+    assert _backend.resolve(x)[0] is harness_module
+    y = fastconv.conv2d(x, w, padding=1)
+    np.testing.assert_allclose(y, ref.conv2d(x, w, padding=1), rtol=1e-5, atol=1e-5)
+
+
+def test_harness_barrier_is_real():
+    """With __syncthreads every thread sees its neighbour's value; without it, the harness
+    lets a thread run ahead and read a stale slot, so a missing barrier fails tests."""
+    blocks, threads = 3, 64
+    expected = [b * threads + (t + 1) % threads for b in range(blocks) for t in range(threads)]
+    assert harness_module.selftest_neighbour_exchange(blocks, True) == expected
+    assert harness_module.selftest_neighbour_exchange(blocks, False) != expected
+
+
+def test_harness_reports_barrier_divergence():
+    with pytest.raises(RuntimeError, match="barrier divergence"):
+        harness_module.selftest_divergent_barrier()

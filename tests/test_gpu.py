@@ -1,0 +1,159 @@
+"""The CUDA kernels on a real GPU, through the functional API with CuPy arrays, against the
+NumPy reference: the same cases as tests/test_cuda_harness.py plus what only a GPU shows
+(devices, streams, PyTorch tensors, run-to-run determinism). Skipped without a GPU."""
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastconv
+
+from cuda_cases import (DEPTHWISE_SPLIT_CASES, LARGE_CONV_CASES, POOL_BIGGER_CASES, check_conv,
+                        check_depthwise_splits, check_global_pool, check_large_conv,
+                        check_pointwise, check_pool, check_pool_bigger, check_separable,
+                        conv_cases, layouts, nchw_to, pool_cases, rand)
+
+with warnings.catch_warnings():  # CuPy's import-time notes about the environment are not failures
+    warnings.simplefilter("ignore")
+    ok, why = fastconv.cuda_available()
+if not ok:
+    pytest.skip(f"GPU tests need a CUDA GPU with CuPy and fastconv._cuda: {why}",
+                allow_module_level=True)
+cp = pytest.importorskip("cupy")
+
+examples = settings(max_examples=40, deadline=None, derandomize=True)
+dev, host = cp.asarray, cp.asnumpy
+
+
+@examples
+@given(case=conv_cases())
+def test_conv2d(case):
+    check_conv(dev, host, *case)
+
+
+@examples
+@given(case=conv_cases(depthwise=True))
+def test_depthwise(case):
+    check_conv(dev, host, *case, op="depthwise_conv2d")
+
+
+@examples
+@given(st.integers(1, 3), st.integers(1, 40), st.integers(1, 40), st.integers(1, 9),
+       st.integers(1, 9), layouts, st.integers(0, 1000))
+def test_pointwise(n, cin, cout, h, w, layout, seed):
+    rng = np.random.default_rng(seed)
+    check_pointwise(dev, host, nchw_to(rand(rng, n, cin, h, w), layout), rand(rng, cout, cin),
+                    rand(rng, cout), layout, rng)
+
+
+@examples
+@given(case=conv_cases(depthwise=True), cout=st.integers(1, 6))
+def test_separable(case, cout):
+    x, dw, b, kwargs, rng = case
+    check_separable(dev, host, x, dw, rand(rng, cout, dw.shape[0]), rand(rng, cout), kwargs, rng)
+
+
+@examples
+@given(case=pool_cases())
+def test_pooling(case):
+    check_pool(dev, host, *case)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("n,cin,cout,hw,k,stride,groups", LARGE_CONV_CASES)
+def test_conv2d_large_tiles(layout, n, cin, cout, hw, k, stride, groups):
+    check_large_conv(dev, host, layout, n, cin, cout, hw, k, stride, groups)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("n,cin,cout,hw,k,stride,groups", [
+    (8, 64, 128, 32, 3, 1, 1), (16, 256, 512, 8, 3, 1, 1), (8, 128, 256, 16, 1, 1, 1),
+    (8, 64, 128, 32, 3, 2, 1), (8, 32, 64, 32, 5, 1, 1)])
+def test_conv2d_cifar_sized(layout, n, cin, cout, hw, k, stride, groups):
+    check_large_conv(dev, host, layout, n, cin, cout, hw, k, stride, groups)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("channels,mult,hw,stride", DEPTHWISE_SPLIT_CASES)
+def test_depthwise_weight_splits(layout, channels, mult, hw, stride):
+    check_depthwise_splits(dev, host, layout, channels, mult, hw, stride)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("kind,kernel,stride,padding", POOL_BIGGER_CASES)
+def test_pooling_bigger(layout, kind, kernel, stride, padding):
+    check_pool_bigger(dev, host, layout, kind, kernel, stride, padding)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("kind,kernel,stride", [("max", 2, None), ("max", 3, 2), ("avg", 2, None)])
+def test_pooling_cifar_sized(layout, kind, kernel, stride):
+    rng = np.random.default_rng(5)
+    x = nchw_to(rand(rng, 4, 70, 32, 32), layout)
+    check_pool(dev, host, kind, x, kernel, dict(stride=stride, layout=layout), rng)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_global_avg_pool(layout):
+    rng = np.random.default_rng(2)
+    check_global_pool(dev, host, rand(rng, 8, 64, 8, 8), layout, rng)
+
+
+def test_results_are_cupy_on_the_input_device():
+    x, w = cp.ones((1, 2, 5, 5), cp.float32), cp.ones((3, 2, 3, 3), cp.float32)
+    y = fastconv.conv2d(x, w)
+    assert isinstance(y, cp.ndarray) and y.device.id == x.device.id
+    assert float(y[0, 0, 0, 0]) == 18.0
+
+
+def test_bit_identical_runs():
+    """No atomics: the same inputs give the same bits, gradients included."""
+    rng = np.random.default_rng(3)
+    x, w, dy = dev(rand(rng, 16, 32, 16, 16)), dev(rand(rng, 48, 32, 3, 3)), dev(rand(rng, 16, 48, 16, 16))
+    first = fastconv.conv2d_backward(dy, x, w, padding=1)
+    second = fastconv.conv2d_backward(dy, x, w, padding=1)
+    for a, b in zip(first, second):
+        assert cp.array_equal(a, b)
+
+
+def test_runs_on_the_current_stream():
+    rng = np.random.default_rng(6)
+    x = rand(rng, 4, 8, 16, 16)
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        y = fastconv.max_pool2d(dev(x), 2)
+        dx = fastconv.max_pool2d_backward(cp.ones_like(y), dev(x), 2)
+    stream.synchronize()
+    np.testing.assert_array_equal(host(y), fastconv.max_pool2d(x, 2))
+    np.testing.assert_array_equal(host(dx), fastconv.max_pool2d_backward(np.ones_like(host(y)), x, 2))
+
+
+def test_torch_cuda_tensors_are_accepted():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("PyTorch has no CUDA here")
+    rng = np.random.default_rng(8)
+    x, w = rand(rng, 2, 3, 7, 7), rand(rng, 4, 3, 3, 3)
+    y = fastconv.conv2d(torch.from_numpy(x).cuda(), torch.from_numpy(w).cuda(), padding=1)
+    assert isinstance(y, cp.ndarray)
+    np.testing.assert_allclose(host(y), fastconv.conv2d(x, w, padding=1), rtol=1e-4, atol=1e-4)
+
+
+def test_mixing_numpy_and_cupy_raises():
+    with pytest.raises(TypeError, match="same device"):
+        fastconv.conv2d(np.ones((1, 1, 3, 3), np.float32), cp.ones((1, 1, 1, 1), cp.float32))
+
+
+def test_empty_batch():
+    x, w = cp.zeros((0, 3, 5, 5), cp.float32), cp.ones((4, 3, 3, 3), cp.float32)
+    y = fastconv.conv2d(x, w)
+    dx, dw, db = fastconv.conv2d_backward(y, x, w)
+    assert y.shape == (0, 4, 3, 3) and dx.shape == x.shape
+    assert not bool(dw.any()) and not bool(db.any())
+
+
+def test_wrong_dtype_is_rejected_before_the_kernel():
+    with pytest.raises(TypeError, match="float32"):
+        fastconv.max_pool2d(cp.ones((1, 1, 4, 4), cp.float64), 2)
