@@ -85,8 +85,19 @@ def _device_setup(args, model, preprocess):
     return preprocess
 
 
+def _single_threaded_blas():
+    """NumPy's BLAS serves only the small Dense layer here, but its idle worker threads spin
+    for a while after every call and take cores from the convolution kernels."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: training works without it, a little slower
+        return None
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def main(argv=None):
     args = parse_args(argv)
+    _blas_limit = _single_threaded_blas()  # noqa: F841 - the limit lasts while it is referenced
     (x_train, y_train), (x_test, y_test) = fcdata.load_cifar10(args.data)
     if args.train_subset:
         # the archive is sorted by class: take a seeded random subset, not the first N
