@@ -30,7 +30,7 @@ def _conv_forward(x, w, bias, what, **geometry_args):
     return y
 
 
-def _conv_backward(dy, x, w, what, need_dx=True, **geometry_args):
+def _conv_backward(dy, x, w, what, need_dx=True, need_dbias=True, **geometry_args):
     backend, xp = _backend.resolve(dy, x, w)
     x, w, _ = _conv_inputs(x, w, None, xp, what)
     dy = _args.array(dy, "dy", 4, xp)
@@ -42,8 +42,10 @@ def _conv_backward(dy, x, w, what, need_dx=True, **geometry_args):
         backend.conv2d_backward_input(dy, w, dx, g.astuple())
     dw = xp.empty(w.shape, dtype=xp.float32)
     backend.conv2d_backward_weight(dy, x, dw, g.astuple())
-    dbias = xp.empty((g.c_out,), dtype=xp.float32)
-    backend.bias_backward(dy, dbias, g.astuple())
+    dbias = None
+    if need_dbias:
+        dbias = xp.empty((g.c_out,), dtype=xp.float32)
+        backend.bias_backward(dy, dbias, g.astuple())
     return dx, dw, dbias
 
 
@@ -54,11 +56,12 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, layout
 
 
 def conv2d_backward(dy, x, w, *, stride=1, padding=0, dilation=1, groups=1, layout="NCHW",
-                    need_dx=True):
+                    need_dx=True, need_dbias=True):
     """Gradients (dx, dw, dbias) of conv2d; need_dx=False skips dx (returns None) for a
-    first layer, whose input needs no gradient."""
-    return _conv_backward(dy, x, w, "conv2d", need_dx, stride=stride, padding=padding,
-                          dilation=dilation, groups=groups, layout=layout)
+    first layer, whose input needs no gradient, and need_dbias=False skips dbias for a
+    layer without bias."""
+    return _conv_backward(dy, x, w, "conv2d", need_dx, need_dbias, stride=stride,
+                          padding=padding, dilation=dilation, groups=groups, layout=layout)
 
 
 def _depthwise_groups(x, w, layout, what):

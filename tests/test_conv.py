@@ -125,6 +125,15 @@ def test_nan_and_inf_propagate():
     assert np.isfinite(y[0, 0, 1, 1])
 
 
+def test_optional_gradients_are_skipped():
+    rng = np.random.default_rng(2)
+    x, w = rand(rng, 2, 3, 6, 6), rand(rng, 4, 3, 3, 3)
+    dy = rand(rng, 2, 4, 4, 4)
+    dx, dw, db = fastconv.conv2d_backward(dy, x, w, need_dx=False, need_dbias=False)
+    assert dx is None and db is None
+    assert_close(dw, ref.conv2d_backward(dy, x, w)[1])
+
+
 def test_empty_batch():
     y = fastconv.conv2d(np.zeros((0, 3, 5, 5), np.float32), np.ones((4, 3, 3, 3), np.float32))
     assert y.shape == (0, 4, 3, 3)

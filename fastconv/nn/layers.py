@@ -129,7 +129,8 @@ class Conv2D(_ConvBase):
 
     def backward(self, dy):
         dx, dw, db = F.conv2d_backward(dy, self._x, self.params["kernel"], groups=self.groups,
-                                       need_dx=self.need_input_grad, **self.geometry)
+                                       need_dx=self.need_input_grad,
+                                       need_dbias="bias" in self.params, **self.geometry)
         self._store_grads(kernel=dw, bias=db)
         return dx
 
