@@ -331,13 +331,6 @@ inline void split_range(int64_t count, int64_t parts, int64_t t, int64_t& begin,
   end = count * (t + 1) / parts;
 }
 
-// Sums per-thread partial gradients in thread order, so the result does not depend on timing.
-void reduce_partials(const std::vector<std::vector<float>>& partials, float* out, int64_t size) {
-  std::memcpy(out, partials[0].data(), sizeof(float) * size);
-  for (size_t t = 1; t < partials.size(); ++t)
-    for (int64_t i = 0; i < size; ++i) out[i] += partials[t][i];
-}
-
 void backward_weight_nchw(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), K = cg * g.kh * g.kw;
   const int64_t P = g.oh * g.ow, chunks = (P + kPixelChunk - 1) / kPixelChunk;

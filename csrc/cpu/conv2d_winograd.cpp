@@ -396,9 +396,9 @@ bool conv2d_winograd_backward_weight(const ConvGeometry& g, const float* dy, con
       }
     }
   });
-  for (int t = 1; t < threads; ++t)
-    for (int64_t i = 0; i < size; ++i) partial[0][i] += partial[t][i];
-  return untransform_weight_gradient(g, partial[0].data(), dw);
+  std::vector<float> du(size);
+  reduce_partials(partial, du.data(), size);
+  return untransform_weight_gradient(g, du.data(), dw);
 }
 
 }  // namespace fastconv::cpu::FASTCONV_ISA

@@ -51,4 +51,13 @@ void parallel_threads(int threads, Body&& body) {
   body(0, 1);
 }
 
+// Sums per-thread partial results in thread order into out[0, size), so the result does
+// not depend on which thread finished first.
+template <class Partials>
+void reduce_partials(const Partials& partials, float* out, int64_t size) {
+  std::copy(partials[0].begin(), partials[0].begin() + size, out);
+  for (size_t t = 1; t < partials.size(); ++t)
+    for (int64_t i = 0; i < size; ++i) out[i] += partials[t][i];
+}
+
 }  // namespace fastconv::cpu
