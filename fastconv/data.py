@@ -9,11 +9,14 @@ decoded once with Pillow and cached as .npz under ~/.cache/fastconv ($FASTCONV_C
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import io
 import os
 import pickle
+import queue
 import tarfile
+import threading
 import zlib
 from pathlib import Path
 
@@ -315,6 +318,51 @@ def batches(x, y, batch_size, *, rng=None, shuffle=True, augment=None, preproces
         if augment is not None:
             xb = augment(xb, rng)
         yield preprocess(xb), y[idx]
+
+
+def prefetch(iterable, depth=1):
+    """Iterate `iterable` on a background thread, up to `depth` items ahead, so that preparing
+    the next batch (NumPy work that mostly runs without the GIL) overlaps the training step.
+    Items and their order are those of `iterable`; its exceptions re-raise here."""
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"depth must be an int >= 1, got {depth!r}")
+    return _prefetched(iterable, depth)
+
+
+def _prefetched(iterable, depth):
+    items, stop, end = queue.Queue(maxsize=depth), threading.Event(), object()
+
+    def put(item):
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def produce():
+        try:
+            for item in iterable:
+                if not put((item, None)):
+                    return
+            put((end, None))
+        except BaseException as error:  # handed to the consumer, raised there
+            put((end, error))
+
+    # the copied context carries the caller's NumPy memory handler (fastconv.array_cache)
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(produce,), daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = items.get()
+            if item is end:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
 
 
 def progress(iterable, total=None, desc=None, disable=False):

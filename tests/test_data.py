@@ -4,6 +4,8 @@ import pickle
 import tarfile
 import urllib.error
 
+import time
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -174,3 +176,48 @@ def test_augmentations():
     dim = fcdata.ImageAugmenter(brightness_range=(0.5, 0.5))(img, rng)
     np.testing.assert_array_equal(dim, (img * 0.5).astype(np.uint8))
     np.testing.assert_array_equal(fcdata.shift_batch(img, 1, 0)[:, 1:], img[:, :-1])
+
+
+def test_prefetch_yields_the_same_batches_in_order():
+    x = np.arange(40 * 4 * 4 * 3, dtype=np.uint8).reshape(40, 4, 4, 3)
+    y = np.arange(40)
+    augment = fcdata.ImageAugmenter(horizontal_flip=True, crop_padding=1)
+
+    def run(wrap):
+        rng = np.random.default_rng(5)
+        return list(wrap(fcdata.batches(x, y, 8, rng=rng, augment=augment)))
+
+    direct, ahead = run(lambda it: it), run(fcdata.prefetch)
+    assert len(direct) == len(ahead) == 5
+    for (xa, ya), (xb, yb) in zip(direct, ahead):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+
+
+def test_prefetch_reraises_and_stops_early():
+    def failing():
+        yield 1
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        list(fcdata.prefetch(failing()))
+    produced = []
+
+    def endless():
+        while True:
+            produced.append(len(produced))
+            yield produced[-1]
+
+    it = fcdata.prefetch(endless(), depth=2)
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    it.close()  # the producer thread stops instead of running on
+    time.sleep(0.3)
+    count = len(produced)
+    time.sleep(0.3)
+    assert len(produced) == count <= 3 + 2 + 1
+
+
+@pytest.mark.parametrize("depth", [0, -1, 1.5, True])
+def test_prefetch_rejects_bad_depth(depth):
+    with pytest.raises(ValueError, match="depth"):
+        fcdata.prefetch(iter(()), depth)

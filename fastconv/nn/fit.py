@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from .. import data as fcdata
+from ..memory import array_cache
 from ._xp import array_module
 from .layers import Dropout
 
@@ -95,8 +96,8 @@ def _train_epoch(model, x, y, batch_size, epoch, seed, augment, preprocess, drop
                  verbose, epochs):
     rng = np.random.default_rng([seed, epoch])
     _reseed(model, seed, epoch)
-    batches = fcdata.batches(x, y, batch_size, rng=rng, augment=augment, preprocess=preprocess,
-                             drop_last=drop_last)
+    batches = fcdata.prefetch(fcdata.batches(x, y, batch_size, rng=rng, augment=augment,
+                                             preprocess=preprocess, drop_last=drop_last))
     steps = len(x) // batch_size if drop_last else math.ceil(len(x) / batch_size)
     bar = fcdata.progress(batches, total=steps, desc=f"epoch {epoch + 1}/{epochs}",
                           disable=not verbose)
@@ -164,14 +165,16 @@ def fit(model, x, y, batch_size=32, epochs=1, validation_data=None, *, validatio
     for epoch in range(start, epochs):
         began = time.perf_counter()
         lr = model.optimizer.current_lr
-        loss, acc = _train_epoch(model, x, y, batch_size, epoch, seed, augment, preprocess,
-                                 drop_last, verbose, epochs)
-        test_acc = test_loss = None
-        if validation_data is not None:
-            # test-time augmentation multiplies the evaluation cost: only for the final epoch
-            test_loss, test_acc = evaluate(model, *validation_data, batch_size=max(batch_size, 256),
-                                           tta=tta if epoch + 1 == epochs else None,
-                                           preprocess=preprocess)
+        with array_cache():  # the same big arrays every step: reuse their memory
+            loss, acc = _train_epoch(model, x, y, batch_size, epoch, seed, augment, preprocess,
+                                     drop_last, verbose, epochs)
+            test_acc = test_loss = None
+            if validation_data is not None:
+                # test-time augmentation multiplies the evaluation cost: only the final epoch
+                test_loss, test_acc = evaluate(model, *validation_data,
+                                               batch_size=max(batch_size, 256),
+                                               tta=tta if epoch + 1 == epochs else None,
+                                               preprocess=preprocess)
         history.append(dict(epoch=epoch + 1, loss=loss, train_acc=acc, test_loss=test_loss,
                             test_acc=test_acc, lr=lr, seconds=time.perf_counter() - began))
         print_fn(_row(history[-1]))
