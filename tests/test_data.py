@@ -2,9 +2,8 @@
 import io
 import pickle
 import tarfile
-import urllib.error
-
 import time
+import urllib.error
 
 import numpy as np
 import pytest
