@@ -69,6 +69,8 @@ def torch_twin(model):
     for layer in model._pipeline:
         module, c = _torch_layer(layer, c)
         modules.append(module)
+        if layer.fused_activation:  # e.g. BatchNormalization(activation='relu')
+            modules.append(_torch_layer(fnn.Activation(layer.activation.name), c)[0])
     return torch.nn.Sequential(*modules)
 
 

@@ -161,6 +161,47 @@ void pool2d_backward(const py::array& dy, const py::array& x, const py::array& d
   DISPATCH(pool2d_backward, g, pdy, px, pdx);
 }
 
+cpu::ChannelShape channel_shape(const std::array<int64_t, 3>& f) {
+  const cpu::ChannelShape s{f[0], f[1], f[2]};
+  require(s.outer > 0 && s.channels > 0 && s.inner > 0, "(outer, channels, inner) must be positive");
+  return s;
+}
+
+const float* optional_input(const py::object& a, int64_t size, const char* name) {
+  return a.is_none() ? nullptr : checked(a.cast<py::array>(), size, name);
+}
+
+void batch_norm_forward(const py::array& x, const py::object& gamma, const py::object& beta,
+                        double eps, bool relu, const py::array& y, const py::array& mean,
+                        const py::array& var, const std::array<int64_t, 3>& shape) {
+  const cpu::ChannelShape s = channel_shape(shape);
+  require(eps >= 0, "eps must be >= 0");
+  const float* px = checked(x, s.size(), "x");
+  const float *pg = optional_input(gamma, s.channels, "gamma"),
+              *pb = optional_input(beta, s.channels, "beta");
+  float *py_ = output(y, s.size(), "y"), *pm = output(mean, s.channels, "mean"),
+        *pv = output(var, s.channels, "var");
+  py::gil_scoped_release release;
+  SerialIfSmall serial(s.size(), kPoolSerialWork);
+  DISPATCH(batch_norm_forward, s, px, pg, pb, static_cast<float>(eps), relu, py_, pm, pv);
+}
+
+void batch_norm_backward(const py::array& dy, const py::array& x, const py::object& y,
+                         const py::array& mean, const py::array& var, const py::object& gamma,
+                         double eps, const py::object& dx, const py::array& dgamma,
+                         const py::array& dbeta, const std::array<int64_t, 3>& shape) {
+  const cpu::ChannelShape s = channel_shape(shape);
+  require(eps >= 0, "eps must be >= 0");
+  const float *pdy = checked(dy, s.size(), "dy"), *px = checked(x, s.size(), "x"),
+              *py_ = optional_input(y, s.size(), "y"), *pm = checked(mean, s.channels, "mean"),
+              *pv = checked(var, s.channels, "var"), *pg = optional_input(gamma, s.channels, "gamma");
+  float* pdx = dx.is_none() ? nullptr : output(dx.cast<py::array>(), s.size(), "dx");
+  float *pdg = output(dgamma, s.channels, "dgamma"), *pdb = output(dbeta, s.channels, "dbeta");
+  py::gil_scoped_release release;
+  SerialIfSmall serial(s.size(), kPoolSerialWork);
+  DISPATCH(batch_norm_backward, s, pdy, px, py_, pm, pv, pg, static_cast<float>(eps), pdx, pdg, pdb);
+}
+
 void set_isa(const std::string& name) {
   if (name == "avx2") {
     if (!cpu::cpu_has_avx2()) throw py::value_error("this CPU (or build) has no AVX2/FMA");
@@ -196,6 +237,12 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("pool2d_forward", &pool2d_forward, py::arg("x"), py::arg("y"), py::arg("geometry"));
   m.def("pool2d_backward", &pool2d_backward, py::arg("dy"), py::arg("x"), py::arg("dx"),
         py::arg("geometry"));
+  m.def("batch_norm_forward", &batch_norm_forward, py::arg("x"), py::arg("gamma"),
+        py::arg("beta"), py::arg("eps"), py::arg("relu"), py::arg("y"), py::arg("mean"),
+        py::arg("var"), py::arg("shape"));
+  m.def("batch_norm_backward", &batch_norm_backward, py::arg("dy"), py::arg("x"), py::arg("y"),
+        py::arg("mean"), py::arg("var"), py::arg("gamma"), py::arg("eps"), py::arg("dx"),
+        py::arg("dgamma"), py::arg("dbeta"), py::arg("shape"));
   m.def("isa", [] { return std::string(cpu::g_avx2 ? "avx2" : "generic"); },
         "The instruction set the kernels run with: 'avx2' or 'generic'.");
   m.def("set_isa", &set_isa, py::arg("name"),

@@ -79,8 +79,9 @@ def window_out(size: int, kernel: int, stride: int, pad: tuple[int, int], dilati
     return (size + pad[0] + pad[1] - span) // stride + 1
 
 
-def array(x, name: str, ndim: int, xp=None):
-    """Check dtype and rank; return a C-contiguous float32 array of the same library."""
+def array(x, name: str, ndim: int | None, xp=None):
+    """Check dtype and rank (any rank if ndim is None); return a C-contiguous float32 array of
+    the same library."""
     if xp is None:
         xp = np
     if xp is not np and not isinstance(x, xp.ndarray):  # e.g. a PyTorch CUDA tensor: zero-copy
@@ -91,7 +92,7 @@ def array(x, name: str, ndim: int, xp=None):
     if x.dtype != np.float32:
         raise TypeError(f"{name} has dtype {x.dtype}; fastconv computes in float32: "
                         f"pass {name}.astype(np.float32)")
-    if x.ndim != ndim:
+    if ndim is not None and x.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
     return xp.ascontiguousarray(x)
 
@@ -227,3 +228,29 @@ def pool_geometry(x_shape, kernel_size, *, stride, padding, layout, kind,
 def expect_shape(arr, shape, name: str, hint: str = ""):
     if tuple(arr.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(arr.shape)}{hint}")
+
+
+def channel_shape(shape, axis, what: str) -> tuple[int, int, int]:
+    """(outer, channels, inner) of an activation around its channel axis `axis` (not the batch
+    axis 0): NHWC with axis -1 is (N*H*W, C, 1), NCHW with axis 1 is (N, C, H*W)."""
+    rank = len(shape)
+    if rank < 2:
+        raise ValueError(f"{what}: x must have a batch axis and a channel axis, got shape {tuple(shape)}")
+    if not _is_int(axis):
+        raise TypeError(f"{what}: axis must be an int, got {axis!r}")
+    if not -rank <= axis < rank or axis % rank == 0:
+        raise ValueError(f"{what}: axis must name a channel axis 1..{rank - 1} (or -1 for "
+                         f"channels last) of a rank-{rank} x, got {axis}")
+    if min(shape) < 1:
+        raise ValueError(f"{what}: x has an empty axis, shape {tuple(shape)}; batch statistics "
+                         f"need at least one element per channel")
+    axis %= rank
+    return (int(np.prod(shape[:axis])), int(shape[axis]), int(np.prod(shape[axis + 1:])))
+
+
+def nonnegative_float(value, name: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a float, got {value!r}")
+    if not (value >= 0 and np.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)

@@ -218,3 +218,60 @@ def global_avg_pool2d_backward(dy, x, *, layout="NCHW"):
     if dy.shape[0] != n:
         raise ValueError(f"dy must have shape (N, C) with N={n}, got {tuple(dy.shape)}")
     return _pool_backward("avg", dy4, x, _whole_image(x, layout), None, 0, layout)
+
+
+def _channel_vector(v, name, channels, xp):
+    if v is None:
+        return None
+    v = _args.array(v, name, 1, xp)
+    _args.expect_shape(v, (channels,), name, " (one value per channel)")
+    return v
+
+
+def batch_norm(x, gamma=None, beta=None, *, axis=-1, eps=1e-3, relu=False):
+    """Training-mode batch normalisation, statistics over every axis but the channel `axis`
+    (-1 for NHWC, 1 for NCHW). Returns (y, mean, var): y = gamma * (x - mean) /
+    sqrt(var + eps) + beta, then max(y, 0) if relu; var is the biased batch variance.
+    gamma / beta None mean 1 / 0. CuPy arrays take the float64 reference formulas."""
+    backend, xp = _backend.resolve(x, gamma, beta)
+    x = _args.array(x, "x", None, xp)
+    shape = _args.channel_shape(x.shape, axis, "batch_norm")
+    gamma = _channel_vector(gamma, "gamma", shape[1], xp)
+    beta = _channel_vector(beta, "beta", shape[1], xp)
+    eps = _args.nonnegative_float(eps, "eps")
+    if not isinstance(relu, bool):
+        raise TypeError(f"relu must be True or False, got {relu!r}")
+    if not hasattr(backend, "batch_norm_forward"):
+        from . import reference
+        return reference.batch_norm(x, gamma, beta, axis=axis, eps=eps, relu=relu)
+    y = xp.empty_like(x)
+    mean, var = xp.empty(shape[1], xp.float32), xp.empty(shape[1], xp.float32)
+    backend.batch_norm_forward(x, gamma, beta, eps, relu, y, mean, var, shape)
+    return y, mean, var
+
+
+def batch_norm_backward(dy, x, mean, var, gamma=None, *, y=None, axis=-1, eps=1e-3,
+                        need_dx=True):
+    """Gradients (dx, dgamma, dbeta) of batch_norm at the batch statistics (mean, var) it
+    returned. Pass its output as `y` if it ran with relu=True: dy is zeroed where y is 0."""
+    backend, xp = _backend.resolve(dy, x, mean, var, gamma, y)
+    x = _args.array(x, "x", None, xp)
+    shape = _args.channel_shape(x.shape, axis, "batch_norm_backward")
+    dy = _args.array(dy, "dy", x.ndim, xp)
+    _args.expect_shape(dy, x.shape, "dy", " (the shape of x)")
+    if y is not None:
+        y = _args.array(y, "y", x.ndim, xp)
+        _args.expect_shape(y, x.shape, "y", " (the forward output, the shape of x)")
+    mean = _channel_vector(mean, "mean", shape[1], xp)
+    var = _channel_vector(var, "var", shape[1], xp)
+    gamma = _channel_vector(gamma, "gamma", shape[1], xp)
+    eps = _args.nonnegative_float(eps, "eps")
+    if not hasattr(backend, "batch_norm_backward"):
+        from . import reference
+        dx, dgamma, dbeta = reference.batch_norm_backward(dy, x, mean, var, gamma, y=y,
+                                                          axis=axis, eps=eps)
+        return (dx if need_dx else None), dgamma, dbeta
+    dx = xp.empty_like(x) if need_dx else None
+    dgamma, dbeta = xp.empty(shape[1], xp.float32), xp.empty(shape[1], xp.float32)
+    backend.batch_norm_backward(dy, x, y, mean, var, gamma, eps, dx, dgamma, dbeta, shape)
+    return dx, dgamma, dbeta

@@ -220,3 +220,46 @@ def global_avg_pool2d_backward(dy, x, *, layout="NCHW"):
     grad = dy.astype(np.float64) / (h * w)
     dx = np.broadcast_to(grad[:, None, None, :] if nhwc else grad[:, :, None, None], x.shape)
     return np.ascontiguousarray(dx, dtype=x.dtype)
+
+
+def _channel_axes(x, axis):
+    axis %= x.ndim
+    reduce = tuple(a for a in range(x.ndim) if a != axis)
+    return reduce, tuple(-1 if a == axis else 1 for a in range(x.ndim))
+
+
+def batch_norm(x, gamma=None, beta=None, *, axis=-1, eps=1e-3, relu=False):
+    """(y, mean, var) of training-mode batch normalisation over every axis but `axis`, in
+    float64. Written for NumPy or CuPy arrays alike (CuPy calls of fastconv.batch_norm land here)."""
+    from .nn._xp import array_module
+    xp = array_module(x)
+    reduce, bshape = _channel_axes(x, axis)
+    x64 = x.astype(xp.float64)
+    mean = x64.mean(axis=reduce)
+    var = ((x64 - mean.reshape(bshape)) ** 2).mean(axis=reduce)
+    y = (x64 - mean.reshape(bshape)) / xp.sqrt(var.reshape(bshape) + eps)
+    if gamma is not None:
+        y = y * gamma.astype(xp.float64).reshape(bshape)
+    if beta is not None:
+        y = y + beta.astype(xp.float64).reshape(bshape)
+    if relu:
+        y = xp.maximum(y, 0)
+    return y.astype(x.dtype), mean.astype(x.dtype), var.astype(x.dtype)
+
+
+def batch_norm_backward(dy, x, mean, var, gamma=None, *, y=None, axis=-1, eps=1e-3):
+    """(dx, dgamma, dbeta) of batch_norm; y: its output when it ran with relu=True."""
+    from .nn._xp import array_module
+    xp = array_module(x)
+    reduce, bshape = _channel_axes(x, axis)
+    count = x.size // x.shape[axis]
+    dz = dy.astype(xp.float64)
+    if y is not None:
+        dz = dz * (y > 0)
+    std = xp.sqrt(var.astype(xp.float64) + eps).reshape(bshape)
+    xhat = (x.astype(xp.float64) - mean.astype(xp.float64).reshape(bshape)) / std
+    dbeta = dz.sum(axis=reduce)
+    dgamma = (dz * xhat).sum(axis=reduce)
+    g = 1.0 if gamma is None else gamma.astype(xp.float64).reshape(bshape)
+    dx = g / std * (dz - dbeta.reshape(bshape) / count - xhat * dgamma.reshape(bshape) / count)
+    return dx.astype(x.dtype), dgamma.astype(x.dtype), dbeta.astype(x.dtype)

@@ -19,9 +19,19 @@ from . import data as fcdata
 from . import optim
 from .nn import SparseCategoricalCrossentropy, TrainingDiverged, zoo
 
-MODELS = {"reference": lambda seed: zoo.reference_net(seed=seed),
-          "tutorial": lambda seed: zoo.tutorial_net(seed=seed),
-          "tutorial_deeper": lambda seed: zoo.tutorial_net(deeper=True, seed=seed)}
+MODELS = {"reference": lambda args: zoo.reference_net(widths=args.widths, seed=args.seed),
+          "tutorial": lambda args: zoo.tutorial_net(seed=args.seed),
+          "tutorial_deeper": lambda args: zoo.tutorial_net(deeper=True, seed=args.seed)}
+
+
+def _widths(text):
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        widths = ()
+    if len(widths) != 3 or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"expected three positive ints like 64,128,256, got {text!r}")
+    return widths
 
 
 def parse_args(argv=None):
@@ -30,6 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--data", help="cifar10-jpeg.tar.gz, cifar-10-python.tar.gz or an unpacked "
                    "folder; default: the cache, else download the official archive")
     p.add_argument("--model", choices=sorted(MODELS), default="reference")
+    p.add_argument("--widths", type=_widths, default=zoo.REFERENCE_WIDTHS,
+                   help="channels of the reference network's three blocks")
     p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--lr", type=float, default=None,
@@ -103,7 +115,7 @@ def main(argv=None):
         # the archive is sorted by class: take a seeded random subset, not the first N
         keep = np.sort(np.random.default_rng(args.seed).permutation(len(x_train))[:args.train_subset])
         x_train, y_train = x_train[keep], y_train[keep]
-    model = MODELS[args.model](args.seed)
+    model = MODELS[args.model](args)
     preprocess = fcdata.Normalize()
     if args.model == "reference":
         sample = np.random.default_rng(args.seed).choice(len(x_train), min(5000, len(x_train)),

@@ -58,6 +58,10 @@ KERNEL_LAYERS = [
     (lambda: nn.MaxPooling2D(3, strides=2, padding="same"), (7, 7, 2)),
     (lambda: nn.AveragePooling2D(2, data_format="channels_first"), (2, 6, 6)),
     (lambda: nn.GlobalAveragePooling2D(), (5, 4, 3)),
+    (lambda: nn.BatchNormalization(), (3, 4, 5)),
+    (lambda: nn.BatchNormalization(axis=1, scale=False), (3, 4, 5)),
+    (lambda: nn.BatchNormalization(activation="relu"), (3, 4, 5)),
+    (lambda: nn.BatchNormalization(axis=1, activation="relu", trainable=False), (3, 4, 5)),
 ]
 
 
@@ -71,8 +75,6 @@ def test_kernel_layer_gradients(make, shape):
 
 NUMPY_LAYERS = [
     (lambda: nn.Dense(5), (7,)),
-    (lambda: nn.BatchNormalization(), (3, 4, 5)),
-    (lambda: nn.BatchNormalization(axis=1, scale=False), (3, 4, 5)),
     (lambda: nn.Flatten(), (2, 3, 4)),
     (lambda: nn.Scale(0.25), (6,)),
 ] + [(lambda a=a: nn.Activation(a), (3, 5)) for a in

@@ -21,9 +21,24 @@
   void depthwise_conv2d_backward_weight(const ConvGeometry& g, const float* dy, const float* x, \
                                         float* dw);                                           \
   void pool2d_forward(const PoolGeometry& g, const float* x, float* y);                       \
-  void pool2d_backward(const PoolGeometry& g, const float* dy, const float* x, float* dx);
+  void pool2d_backward(const PoolGeometry& g, const float* dy, const float* x, float* dx);      \
+  void batch_norm_forward(const ChannelShape& s, const float* x, const float* gamma,           \
+                          const float* beta, float eps, bool relu, float* y, float* mean,      \
+                          float* var);                                                        \
+  void batch_norm_backward(const ChannelShape& s, const float* dy, const float* x,             \
+                           const float* y, const float* mean, const float* var,               \
+                           const float* gamma, float eps, float* dx, float* dgamma,           \
+                           float* dbeta);
 
 namespace fastconv::cpu {
+
+// An array seen as (outer, channels, inner) around its channel axis: NHWC is
+// (N*H*W, C, 1), NCHW is (N, C, H*W).
+struct ChannelShape {
+  int64_t outer, channels, inner;
+  int64_t size() const { return outer * channels * inner; }
+};
+
 namespace avx2 {
 FASTCONV_KERNEL_DECLARATIONS
 }

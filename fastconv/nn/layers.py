@@ -28,7 +28,10 @@ def _layout(data_format):
 
 
 class Layer:
-    """Base class: name, trainable flag, parameters, gradients and the optional fused activation."""
+    """Base class: name, trainable flag, parameters, gradients and the optional activation
+    (applied by an Activation layer the model appends, unless fused_activation is set)."""
+
+    fused_activation = False
 
     def __init__(self, *, name=None, trainable=True, input_shape=None, activation=None):
         self.name = name
@@ -313,11 +316,14 @@ class BatchNormalization(Layer):
     """Keras semantics: batch statistics while training, moving averages
     (moving = momentum * moving + (1 - momentum) * batch) at inference, and also in training
     when trainable=False (frozen for transfer learning); `axis` is the channel axis of the full
-    batch (-1 for channels_last, 1 for channels_first)."""
+    batch (-1 for channels_last, 1 for channels_first). Training statistics and gradients come
+    from fastconv.batch_norm; activation='relu' is fused into it."""
 
     def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
                  beta_initializer="zeros", gamma_initializer="ones", **kwargs):
         super().__init__(**kwargs)
+        # activation='relu' runs inside the batch-norm kernel (one pass fewer each way)
+        self.fused_activation = self.activation is not None and self.activation.name == "relu"
         self.axis, self.momentum, self.epsilon = axis, momentum, epsilon
         self.center, self.scale = center, scale
         self.beta_initializer, self.gamma_initializer = beta_initializer, gamma_initializer
@@ -351,42 +357,31 @@ class BatchNormalization(Layer):
         if not training or self._frozen:
             inv = 1.0 / xp.sqrt(self.state["moving_variance"] + self.epsilon)
             self._frozen_scale, b = self._affine(self.state["moving_mean"], inv)
-            return (x * self._frozen_scale.reshape(self._bshape)
-                    + xp.asarray(b, x.dtype).reshape(self._bshape))
-        mean = x.mean(axis=self._reduce)
-        centred = x - mean.reshape(self._bshape)
-        var = xp.square(centred).mean(axis=self._reduce)
-        inv = 1.0 / xp.sqrt(var + self.epsilon)
+            y = (x * self._frozen_scale.reshape(self._bshape)
+                 + xp.asarray(b, x.dtype).reshape(self._bshape))
+            self._y = xp.maximum(y, 0, out=y) if self.fused_activation else None
+            return y
+        y, mean, var = F.batch_norm(x, self.params.get("gamma"), self.params.get("beta"),
+                                    axis=self.axis, eps=self.epsilon, relu=self.fused_activation)
         m = self.momentum
         count = x.size // mean.size
         unbiased = var * (count / max(count - 1, 1))
         self.state["moving_mean"] = m * self.state["moving_mean"] + (1 - m) * mean
         self.state["moving_variance"] = m * self.state["moving_variance"] + (1 - m) * unbiased
-        self._x, self._mean, self._inv, self._count = x, mean, inv, count
-        a, _ = self._affine(mean, inv)
-        out = centred
-        out *= a.reshape(self._bshape)
-        if "beta" in self.params:
-            out += self.params["beta"].reshape(self._bshape)
-        return out
+        self._x, self._y, self._mean, self._var = x, y, mean, var
+        return y
 
     def backward(self, dy):
-        """dx = a * (dy - mean(dy) - xhat * mean(dy * xhat)), expanded so that xhat is never
-        materialised: dx = a*dy + s*x + t with per-channel a, s, t."""
+        fused_y = self._y if self.fused_activation else None
         if self._frozen:
-            return dy * self._frozen_scale.reshape(self._bshape) if self.need_input_grad else None
-        x, mean, inv, m = self._x, self._mean, self._inv, self._count
-        dbeta = dy.sum(axis=self._reduce)
-        dgamma = ((dy * x).sum(axis=self._reduce) - mean * dbeta) * inv
+            if not self.need_input_grad:
+                return None
+            dy = dy * (fused_y > 0) if fused_y is not None else dy
+            return dy * self._frozen_scale.reshape(self._bshape)
+        dx, dgamma, dbeta = F.batch_norm_backward(
+            dy, self._x, self._mean, self._var, self.params.get("gamma"), y=fused_y,
+            axis=self.axis, eps=self.epsilon, need_dx=self.need_input_grad)
         self._store_grads(gamma=dgamma, beta=dbeta)
-        if not self.need_input_grad:
-            return None
-        a, _ = self._affine(mean, inv)
-        s = -a * inv * dgamma / m
-        t = a * (mean * inv * dgamma - dbeta) / m
-        dx = dy * a.reshape(self._bshape)
-        dx += x * s.reshape(self._bshape)
-        dx += t.reshape(self._bshape)
         return dx
 
 

@@ -48,7 +48,7 @@ class Sequential:
                 layer.build(shape, rng)
             shape = layer.output_shape
             self._pipeline.append(layer)
-            if layer.activation is not None:
+            if layer.activation is not None and not layer.fused_activation:
                 act = Activation(layer.activation, name=f"{layer.name}_activation")
                 act.build(shape, rng)
                 self._pipeline.append(act)

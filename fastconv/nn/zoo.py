@@ -30,14 +30,15 @@ def identity_uniform(shape, rng, kind):
 def _block(width, activation):
     return [Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer=torch_uniform),
             MaxPooling2D(2),
-            BatchNormalization(momentum=0.4, epsilon=1e-12, scale=False),
-            Activation(activation),
+            BatchNormalization(momentum=0.4, epsilon=1e-12, scale=False, activation=activation),
             Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer=identity_uniform),
-            BatchNormalization(momentum=0.4, epsilon=1e-12, scale=False),
-            Activation(activation)]
+            BatchNormalization(momentum=0.4, epsilon=1e-12, scale=False, activation=activation)]
 
 
-def reference_net(widths=(32, 64, 128), whiten_width=24, activation="relu", num_classes=10,
+REFERENCE_WIDTHS = (32, 64, 128)
+
+
+def reference_net(widths=REFERENCE_WIDTHS, whiten_width=24, activation="relu", num_classes=10,
                   seed=0):
     """airbench-style CIFAR-10 network: a frozen 2x2 whitening conv (3 -> whiten_width, see
     init_whitening), three blocks conv3x3 -> maxpool -> BN -> act -> conv3x3 -> BN -> act,

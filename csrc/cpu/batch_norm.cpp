@@ -1,0 +1,176 @@
+// Batch normalisation over one channel axis, training mode, with an optional fused ReLU.
+//
+// The array is viewed as (outer, channels, inner): NHWC is (N*H*W, C, 1), NCHW (N, C, H*W),
+// a Dense activation (N, C, 1). Forward is two passes (per-channel sums, then the affine map
+// and the ReLU); backward is two passes (sums of dz and dz * (x - mean), then dx). Sums are
+// taken in float over short runs and added into double per thread, then the threads' partials
+// are added in thread order, so a result does not depend on scheduling. The variance sums
+// (x - mean)^2 directly (the mean comes from a first pass over the sums of x - pivot), so it
+// does not lose digits when the mean is large against the spread.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "cpu/kernels.h"
+#include "cpu/parallel.h"
+
+namespace fastconv::cpu::FASTCONV_ISA {
+namespace {
+
+constexpr int64_t kRowBlock = 64;     // NHWC rows summed in float before going into double
+constexpr int64_t kLanes = 8;         // independent float partial sums along a plane
+constexpr int64_t kApplyChunk = 1 << 15;  // elements per work item of an element-wise pass
+
+// out[c] = sum of first(c, i), out[C + c] = sum of second(c, i) over every element i of
+// channel c; terms(c, i, first, second) adds its two terms into first and second.
+template <class Terms>
+void channel_sums(const ChannelShape& s, Terms terms, double* out) {
+  const int64_t channels = s.channels;
+  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), s.outer)));
+  std::vector<std::vector<double>> partial(threads, std::vector<double>(2 * channels, 0.0));
+  parallel_threads(threads, [&](int t, int nt) {
+    const int64_t o0 = s.outer * t / nt, o1 = s.outer * (t + 1) / nt;
+    double* acc = partial[t].data();
+    if (s.inner == 1) {
+      std::vector<float> first(channels), second(channels);
+      for (int64_t ob = o0; ob < o1; ob += kRowBlock) {
+        std::fill(first.begin(), first.end(), 0.f);
+        std::fill(second.begin(), second.end(), 0.f);
+        float* __restrict f = first.data();
+        float* __restrict g = second.data();
+        for (int64_t o = ob; o < std::min(ob + kRowBlock, o1); ++o)
+          for (int64_t c = 0; c < channels; ++c) terms(c, o * channels + c, f[c], g[c]);
+        for (int64_t c = 0; c < channels; ++c) {
+          acc[c] += f[c];
+          acc[channels + c] += g[c];
+        }
+      }
+    } else {
+      for (int64_t o = o0; o < o1; ++o)
+        for (int64_t c = 0; c < channels; ++c) {
+          const int64_t base = (o * channels + c) * s.inner;
+          float f[kLanes] = {}, g[kLanes] = {};
+          int64_t i = 0;
+          for (; i + kLanes <= s.inner; i += kLanes)
+            for (int64_t l = 0; l < kLanes; ++l) terms(c, base + i + l, f[l], g[l]);
+          for (; i < s.inner; ++i) terms(c, base + i, f[0], g[0]);
+          for (int64_t l = 0; l < kLanes; ++l) {
+            acc[c] += f[l];
+            acc[channels + c] += g[l];
+          }
+        }
+    }
+  });
+  std::fill(out, out + 2 * channels, 0.0);
+  for (const auto& p : partial)
+    for (int64_t k = 0; k < 2 * channels; ++k) out[k] += p[k];
+}
+
+// map(c, i) for every element, in chunks spread over the threads.
+template <class Map>
+void for_each_element(const ChannelShape& s, Map map) {
+  const int64_t total = s.size();
+  const int64_t per_row = s.channels * s.inner;
+  parallel_for((total + kApplyChunk - 1) / kApplyChunk, [&](int64_t item) {
+    const int64_t begin = item * kApplyChunk, end = std::min(total, begin + kApplyChunk);
+    if (s.inner == 1) {
+      for (int64_t i = begin; i < end;) {  // whole rows of channels where possible
+        const int64_t c0 = i % per_row, run = std::min(end - i, per_row - c0);
+        for (int64_t c = 0; c < run; ++c) map(c0 + c, i + c);
+        i += run;
+      }
+    } else {
+      for (int64_t i = begin; i < end;) {
+        const int64_t c = i / s.inner % s.channels;
+        const int64_t run = std::min(end - i, s.inner - i % s.inner);
+        for (int64_t k = 0; k < run; ++k) map(c, i + k);
+        i += run;
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void batch_norm_forward(const ChannelShape& s, const float* x, const float* gamma,
+                        const float* beta, float eps, bool relu, float* y, float* mean,
+                        float* var) {
+  const int64_t channels = s.channels;
+  const double count = static_cast<double>(s.outer * s.inner);
+  std::vector<float> pivot(channels), scale(channels), shift(channels);
+  std::vector<double> sums(2 * channels);
+  for (int64_t c = 0; c < channels; ++c) pivot[c] = x[c * s.inner];  // an element of channel c
+  const float* __restrict p = pivot.data();
+  channel_sums(s, [&](int64_t c, int64_t i, float& f, float&) { f += x[i] - p[c]; }, sums.data());
+  for (int64_t c = 0; c < channels; ++c) pivot[c] = static_cast<float>(pivot[c] + sums[c] / count);
+  channel_sums(s, [&](int64_t c, int64_t i, float& f, float& g) {
+    const float d = x[i] - p[c];
+    f += d;
+    g += d * d;
+  }, sums.data());
+  for (int64_t c = 0; c < channels; ++c) {
+    const double m1 = sums[c] / count;  // small: the mean of x - mean, float rounding
+    const double variance = std::max(0.0, sums[channels + c] / count - m1 * m1);
+    mean[c] = static_cast<float>(pivot[c] + m1);
+    var[c] = static_cast<float>(variance);
+    const double a = (gamma ? gamma[c] : 1.0) / std::sqrt(variance + eps);
+    scale[c] = static_cast<float>(a);
+    shift[c] = static_cast<float>((beta ? beta[c] : 0.0) - mean[c] * a);
+  }
+  const float* __restrict a = scale.data();
+  const float* __restrict b = shift.data();
+  if (relu)
+    for_each_element(s, [&](int64_t c, int64_t i) { y[i] = std::max(x[i] * a[c] + b[c], 0.f); });
+  else
+    for_each_element(s, [&](int64_t c, int64_t i) { y[i] = x[i] * a[c] + b[c]; });
+}
+
+namespace {
+
+// dz: the gradient at the normalised output, i.e. dy with a fused ReLU's zeros applied
+template <bool relu>
+void backward(const ChannelShape& s, const float* dy, const float* x, const float* y,
+              const float* mean, const float* var, const float* gamma, float eps, float* dx,
+              float* dgamma, float* dbeta) {
+  const int64_t channels = s.channels;
+  const double count = static_cast<double>(s.outer * s.inner);
+  auto dz = [&](int64_t i) {  // both loads up front: a select, not a branch on the data
+    const float d = dy[i];
+    return relu ? (y[i] > 0.f ? d : 0.f) : d;
+  };
+  std::vector<double> sums(2 * channels);
+  channel_sums(s, [&](int64_t c, int64_t i, float& f, float& g) {
+    const float d = dz(i);
+    f += d;
+    g += d * (x[i] - mean[c]);
+  }, sums.data());
+  std::vector<float> k_dz(channels), k_x(channels), k_0(channels);
+  for (int64_t c = 0; c < channels; ++c) {
+    const double inv = 1.0 / std::sqrt(static_cast<double>(var[c]) + eps);
+    const double a = (gamma ? gamma[c] : 1.0) * inv;
+    const double sum_dz = sums[c], sum_dz_xhat = sums[channels + c] * inv;
+    dbeta[c] = static_cast<float>(sum_dz);
+    dgamma[c] = static_cast<float>(sum_dz_xhat);
+    // dx = a * (dz - sum_dz / m - xhat * sum_dz_xhat / m), xhat = (x - mean) * inv
+    const double per_x = -a * inv * sum_dz_xhat / count;
+    k_dz[c] = static_cast<float>(a);
+    k_x[c] = static_cast<float>(per_x);
+    k_0[c] = static_cast<float>(-a * sum_dz / count - per_x * mean[c]);
+  }
+  if (!dx) return;
+  const float* __restrict a = k_dz.data();
+  const float* __restrict b = k_x.data();
+  const float* __restrict z = k_0.data();
+  for_each_element(s, [&](int64_t c, int64_t i) { dx[i] = a[c] * dz(i) + b[c] * x[i] + z[c]; });
+}
+
+}  // namespace
+
+void batch_norm_backward(const ChannelShape& s, const float* dy, const float* x,
+                         const float* y, const float* mean, const float* var,
+                         const float* gamma, float eps, float* dx, float* dgamma, float* dbeta) {
+  if (y) backward<true>(s, dy, x, y, mean, var, gamma, eps, dx, dgamma, dbeta);
+  else backward<false>(s, dy, x, y, mean, var, gamma, eps, dx, dgamma, dbeta);
+}
+
+}  // namespace fastconv::cpu::FASTCONV_ISA
