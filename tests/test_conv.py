@@ -190,6 +190,18 @@ def test_winograd_3x3_matches_direct_and_reference(isa, layout, cin, cout, h, w,
     assert not np.array_equal(dw, dw_direct), "expected the Winograd path to have run"
 
 
+def test_maps_smaller_than_a_winograd_tile_run_direct():
+    """A 3x3 output map would use 9 of a tile's 16 outputs: the direct GEMM serves it."""
+    rng = np.random.default_rng(7)
+    x, wt = rand(rng, 64, 32, 3, 3), rand(rng, 32, 32, 3, 3)
+    y = fastconv.conv2d(x, wt, padding=1)
+    fastconv._cpu.set_winograd(False)
+    try:
+        np.testing.assert_array_equal(y, fastconv.conv2d(x, wt, padding=1))
+    finally:
+        fastconv._cpu.set_winograd(True)
+
+
 def test_winograd_keeps_nan_local():
     """A NaN must reach only the outputs whose window covers it, as in a direct convolution."""
     x = np.ones((8, 16, 12, 12), np.float32)
