@@ -142,7 +142,8 @@ class Adam(Optimizer):
 
 class Lookahead:
     """Lookahead (Zhang et al. 2019): every k steps the slow weights move `alpha` of the way
-    to the fast ones and the fast weights restart from there."""
+    to the fast ones and the fast weights restart from there. `alpha` may be a function of
+    the step count, e.g. airbench_alpha(total_steps)."""
 
     def __init__(self, optimizer, k=5, alpha=0.5):
         self.optimizer, self.k, self.alpha = optimizer, k, alpha
@@ -156,9 +157,11 @@ class Lookahead:
             self.slow = {f"{l.name}/{n}": v.copy() for l, n, v in model.trainable_parameters()}
         self.optimizer.step(model)
         if self.optimizer.iterations % self.k == 0:
+            step = self.optimizer.iterations
+            alpha = self.alpha(step) if callable(self.alpha) else self.alpha
             for layer, name, value in model.trainable_parameters():
                 slow = self.slow[f"{layer.name}/{name}"]
-                slow += self.alpha * (value - slow)
+                slow += alpha * (value - slow)
                 value[...] = slow
 
     def state_dict(self):
@@ -168,6 +171,13 @@ class Lookahead:
     def load_state_dict(self, state):
         self.optimizer.load_state_dict(state)
         self.slow = {k[5:]: np.array(v) for k, v in state.items() if k.startswith("slow/")}
+
+
+def airbench_alpha(total_steps):
+    """airbench's schedule for Lookahead: the fast weights count fully early on (alpha 1,
+    no averaging) and ever less towards the end (alpha 1 - 0.95^5 (step/total)^3), so the
+    final weights average the last, low-learning-rate stretch."""
+    return lambda step: 1 - 0.95 ** 5 * min(step / max(total_steps, 1), 1.0) ** 3
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam}

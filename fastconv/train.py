@@ -42,7 +42,7 @@ def parse_args(argv=None):
     p.add_argument("--model", choices=sorted(MODELS), default="reference")
     p.add_argument("--widths", type=_widths, default=zoo.REFERENCE_WIDTHS,
                    help="channels of the reference network's three blocks")
-    p.add_argument("--epochs", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--lr", type=float, default=None,
                    help="peak learning rate (default 0.75 for sgd, 0.002 for adam)")
@@ -52,7 +52,8 @@ def parse_args(argv=None):
                    help="L2 coefficient added to the gradient (default: 5e-4 * batch/512 / lr)")
     p.add_argument("--warmup", type=float, default=0.23, help="warm-up fraction of the steps")
     p.add_argument("--label-smoothing", type=float, default=0.2)
-    p.add_argument("--lookahead", action="store_true", help="wrap the optimiser in Lookahead")
+    p.add_argument("--lookahead", action=argparse.BooleanOptionalAction, default=True,
+                   help="Lookahead every 5 steps with airbench's averaging schedule")
     p.add_argument("--tta", choices=["none", "flip", "multicrop"], default="multicrop")
     p.add_argument("--translate", type=int, default=2, help="random translate, pixels")
     p.add_argument("--train-subset", type=int, default=None, help="use the first N training images")
@@ -66,7 +67,7 @@ def parse_args(argv=None):
 
 
 def make_optimizer(args, steps):
-    schedule = optim.OneCycle(steps, warmup=args.warmup, start=0.2, end=0.07)
+    schedule = optim.OneCycle(steps, warmup=args.warmup, start=0.2, end=0.0)
     if args.optimizer == "adam":
         opt = optim.Adam(args.lr or 0.002, weight_decay=args.weight_decay or 0.0,
                          decoupled=True, schedule=schedule)
@@ -77,7 +78,7 @@ def make_optimizer(args, steps):
         wd = args.weight_decay if args.weight_decay is not None else 5e-4 * args.batch_size / 512 / lr
         opt = optim.SGD(lr, momentum=args.momentum, nesterov=args.momentum > 0,
                         weight_decay=wd, schedule=schedule)
-    return optim.Lookahead(opt) if args.lookahead else opt
+    return optim.Lookahead(opt, k=5, alpha=optim.airbench_alpha(steps)) if args.lookahead else opt
 
 
 def _device_setup(args, model, preprocess):

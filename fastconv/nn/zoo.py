@@ -17,8 +17,8 @@ def torch_uniform(shape, rng, kind):
 
 
 def identity_uniform(shape, rng, kind):
-    """torch_uniform with the first C_in filters replaced by identity (airbench's dirac init):
-    the block starts close to passing its input through."""
+    """torch_uniform with the first min(C_out, C_in) filters replaced by identity (airbench's
+    dirac init on every block conv): the block starts close to passing its input through."""
     w = torch_uniform(shape, rng, kind)
     c_out, c_in, kh, kw = shape
     n = min(c_out, c_in)
@@ -28,14 +28,14 @@ def identity_uniform(shape, rng, kind):
 
 
 def _block(width, activation):
-    return [Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer=torch_uniform),
+    return [Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer=identity_uniform),
             MaxPooling2D(2),
             BatchNormalization(momentum=0.4, epsilon=1e-12, scale=False, activation=activation),
             Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer=identity_uniform),
             BatchNormalization(momentum=0.4, epsilon=1e-12, scale=False, activation=activation)]
 
 
-REFERENCE_WIDTHS = (32, 64, 128)
+REFERENCE_WIDTHS = (64, 128, 256)
 
 
 def reference_net(widths=REFERENCE_WIDTHS, whiten_width=24, activation="relu", num_classes=10,
