@@ -58,12 +58,13 @@ def test_nan_wins_max_and_min():
 @pytest.mark.parametrize("kernel,stride,padding", [(2, None, 0), (2, 2, 1), (2, 3, 0), (3, 2, 1),
                                                    (3, 1, 1), ((2, 3), 2, 0)])
 def test_nhwc_extreme_backward_special_values(isa, kind, kernel, stride, padding):
-    """Wide NHWC pixels (75 channels: every vector width and the float tail) full of ties,
-    signed zeros, infinities and NaNs, with windows apart, tiling and overlapping: each
-    gradient goes to the first extreme of its window, a NaN counting as extreme."""
+    """Wide NHWC pixels (117 channels: every lane group width and the float tail, with AVX2
+    and SSE vectors) full of ties, signed zeros, infinities and NaNs, with windows apart,
+    tiling and overlapping: each gradient goes to the first extreme of its window, a NaN
+    counting as extreme."""
     rng = np.random.default_rng(11)
     values = np.array([-np.inf, -1, -0.0, 0.0, 1, np.inf, np.nan], np.float32)
-    x = rng.choice(values, size=(2, 7, 9, 75), p=[0.15, 0.2, 0.15, 0.15, 0.2, 0.1, 0.05])
+    x = rng.choice(values, size=(2, 7, 9, 117), p=[0.15, 0.2, 0.15, 0.15, 0.2, 0.1, 0.05])
     kw = dict(stride=stride, padding=padding, layout="NHWC")
     y = getattr(fastconv, f"{kind}_pool2d")(x, kernel, **kw)
     np.testing.assert_array_equal(y, getattr(ref, f"{kind}_pool2d")(x, kernel, **kw))  # inf, NaN

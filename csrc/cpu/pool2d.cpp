@@ -133,9 +133,9 @@ void backward_plane(const PoolGeometry& g, const ColumnPlan& plan, const float* 
 // NHWC kernels work on lanes of consecutive channels held in GCC vectors, Lanes being one
 // register (32 bytes with AVX, else 16: SSE, NEON). A max window is a chain of compare and
 // select per cell, and one chain leaves the core mostly waiting, so lanes go K registers
-// at a time (K independent chains): LaneGroup<Lanes, 4>, then single registers, then single
-// floats for the last C % kLanes channels; one template serves all three. The widths
-// differ per build, so the two builds never share an instantiation of geometry.h helpers.
+// at a time (K independent chains), then single floats for the last C % kLanes channels;
+// one template serves every width. The widths differ per build, so the two builds never
+// share an instantiation of the geometry.h helpers.
 #ifdef __AVX__
 typedef float Lanes __attribute__((vector_size(32)));
 #else
@@ -148,12 +148,18 @@ struct LaneGroup {
   static constexpr int64_t kWidth = K * kStep;                  // floats per group
 };
 
-// body(group, c) over channels [0, channels), c advancing by the group's width.
+// body(group, c) over channels [0, channels), c advancing by the group's width: groups of
+// 8 registers (as many chains as AVX2's 16 registers hold with their temporaries), then 4,
+// then single registers and floats.
 template <class Body>
 inline void for_lane_groups(int64_t channels, Body&& body) {
   int64_t c = 0;
-  for (; c + LaneGroup<Lanes, 4>::kWidth <= channels; c += LaneGroup<Lanes, 4>::kWidth)
+  for (; c + LaneGroup<Lanes, 8>::kWidth <= channels; c += LaneGroup<Lanes, 8>::kWidth)
+    body(LaneGroup<Lanes, 8>{}, c);
+  if (c + LaneGroup<Lanes, 4>::kWidth <= channels) {
     body(LaneGroup<Lanes, 4>{}, c);
+    c += LaneGroup<Lanes, 4>::kWidth;
+  }
   for (; c + LaneGroup<Lanes, 1>::kWidth <= channels; c += LaneGroup<Lanes, 1>::kWidth)
     body(LaneGroup<Lanes, 1>{}, c);
   for (; c < channels; ++c) body(LaneGroup<float, 1>{}, c);
@@ -194,8 +200,10 @@ inline void forward_lanes(LaneGroup<V, K> lanes, const PoolGeometry& g, const Ce
   w.each([&](int64_t at) {
     for (int k = 0; k < K; ++k) {
       const V v = load<V>(x + at + k * lanes.kStep);
-      if constexpr (is_extreme<kind>()) acc[k] = PoolGeometry::replaces(kind, v, acc[k]) ? v : acc[k];
-      else acc[k] = acc[k] + v;
+      if constexpr (is_extreme<kind>())
+        acc[k] = PoolGeometry::replaces(kind, v, acc[k]) ? v : acc[k];
+      else
+        acc[k] = acc[k] + v;
     }
   });
   const V scale = splat<V>(kind == PoolKind::kAvg ? 1.f / g.avg_divisor(w.count()) : 1.f);
