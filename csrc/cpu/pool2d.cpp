@@ -142,6 +142,8 @@ typedef float Lanes __attribute__((vector_size(32)));
 typedef float Lanes __attribute__((vector_size(16)));
 #endif
 
+// A tag for K values of type V side by side; the kernels keep them in local arrays, which
+// the compiler holds in registers once it unrolls the loops over k.
 template <class V, int K>
 struct LaneGroup {
   static constexpr int64_t kStep = sizeof(V) / sizeof(float);  // floats per V
@@ -305,7 +307,7 @@ void backward_nhwc_rows(const PoolGeometry& g, const float* dy, const float* x, 
       else for (int64_t ix = col0; ix < col1; ++ix) std::fill_n(row + ix * g.c, cn, 0.f);
     }
   };
-  int64_t zeroed = first_owned_row(g, oy0);  // rows above are written or zeroed
+  int64_t zeroed = first_owned_row(g, oy0);  // rows before it are written or zeroed
   for (int64_t oy = oy0; oy < oy1; ++oy) {
     const Cells first(g, oy, 0);
     zero(zeroed, assign ? first.y0 : first.y1, 0, g.w);
