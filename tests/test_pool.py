@@ -56,7 +56,8 @@ def test_nan_wins_max_and_min():
 
 @pytest.mark.parametrize("kind", ["max", "min"])
 @pytest.mark.parametrize("kernel,stride,padding", [(2, None, 0), (2, 2, 1), (2, 3, 0), (3, 2, 1),
-                                                   (3, 1, 1), ((2, 3), 2, 0)])
+                                                   (3, 1, 1), ((2, 3), 2, 0), ((3, 1), 2, 0),
+                                                   ((1, 3), (2, 1), 0)])
 def test_nhwc_extreme_backward_special_values(isa, kind, kernel, stride, padding):
     """Wide NHWC pixels (117 channels: every lane group width and the float tail, with AVX2
     and SSE vectors) full of ties, signed zeros, infinities and NaNs, with windows apart,

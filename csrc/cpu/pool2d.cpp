@@ -178,18 +178,22 @@ inline void store(float* p, V v) { std::memcpy(p, &v, sizeof v); }
 template <class V>
 inline V splat(float f) { return V{} + f; }  // 0 + f: exact for the values used here
 
-// The real cells of one window of an NHWC image: rows [y0, y1), columns [x0, x1).
+// The real cells of one window of an NHWC image: rows [y0, y1), columns [x0, x1). For the
+// backward, the cells at or past row first_y and column first_x are reached by no earlier
+// window (in row-major order of windows), so the gradient is stored there, not added.
 struct Cells {
   int64_t y0, y1, x0, x1;
   int64_t row, pixel;  // strides in floats
+  int64_t first_y = 0, first_x = 0;
   Cells(const PoolGeometry& g, int64_t oy, int64_t ox) : row(g.w * g.c), pixel(g.c) {
     g.window(oy, ox, y0, y1, x0, x1);
   }
   int64_t count() const { return (y1 - y0) * (x1 - x0); }
-  template <class Visit>  // visit(offset) in row-major order
+  template <class Visit>  // visit(offset, reached first here?) in row-major order
   void each(Visit&& visit) const {
     for (int64_t iy = y0; iy < y1; ++iy)
-      for (int64_t ix = x0; ix < x1; ++ix) visit(iy * row + ix * pixel);
+      for (int64_t ix = x0; ix < x1; ++ix)
+        visit(iy * row + ix * pixel, iy >= first_y && ix >= first_x);
   }
 };
 
@@ -199,7 +203,7 @@ inline void forward_lanes(LaneGroup<V, K> lanes, const PoolGeometry& g, const Ce
                           const float* x, float* y) {
   V acc[K];
   for (int k = 0; k < K; ++k) acc[k] = splat<V>(identity<kind>());
-  w.each([&](int64_t at) {
+  w.each([&](int64_t at, bool) {
     for (int k = 0; k < K; ++k) {
       const V v = load<V>(x + at + k * lanes.kStep);
       if constexpr (is_extreme<kind>())
@@ -228,29 +232,31 @@ void forward_nhwc_row(const PoolGeometry& g, const float* x, float* y, int64_t b
 
 // Backward of one window for the lanes at x, dx (the item's pixel (0, 0)); d is the
 // window's dy. Max/min finds each lane's winning value, then walks the cells again giving
-// the gradient to the first cell that holds it (`pending` drops to 0 once given). With
-// `assign` no other window reaches these cells, so they are stored, not added to: 0 + the
-// gradient, which is what adding to a zeroed cell gives (a -0 lands as +0).
+// the gradient to the first cell that holds it (`pending` drops to 0 once given). A cell
+// no earlier window reached gets 0 + the gradient, which is what adding to a zeroed cell
+// would give (a -0 lands as +0); the others add to it.
 template <PoolKind kind, class V, int K>
 inline void backward_lanes(LaneGroup<V, K> lanes, const PoolGeometry& g, const Cells& w,
-                           const float* d, const float* x, float* dx, bool assign) {
-  const auto put = [&](float* out, V given) { store(out, (assign ? V{} : load<V>(out)) + given); };
+                           const float* d, const float* x, float* dx) {
+  const auto put = [](float* out, bool first, V given) {
+    store(out, (first ? V{} : load<V>(out)) + given);
+  };
   if constexpr (is_extreme<kind>()) {
     V best[K], pending[K];
     for (int k = 0; k < K; ++k) {
       best[k] = splat<V>(identity<kind>());
       pending[k] = load<V>(d + k * lanes.kStep);
     }
-    w.each([&](int64_t at) {
+    w.each([&](int64_t at, bool) {
       for (int k = 0; k < K; ++k) {
         const V v = load<V>(x + at + k * lanes.kStep);
         best[k] = PoolGeometry::replaces(kind, v, best[k]) ? v : best[k];
       }
     });
-    w.each([&](int64_t at) {
+    w.each([&](int64_t at, bool first) {
       for (int k = 0; k < K; ++k) {
         const auto hit = PoolGeometry::holds_winner(load<V>(x + at + k * lanes.kStep), best[k]);
-        put(dx + at + k * lanes.kStep, hit ? pending[k] : V{});
+        put(dx + at + k * lanes.kStep, first, hit ? pending[k] : V{});
         pending[k] = hit ? V{} : pending[k];
       }
     });
@@ -261,8 +267,8 @@ inline void backward_lanes(LaneGroup<V, K> lanes, const PoolGeometry& g, const C
       given[k] = load<V>(d + k * lanes.kStep);
       if (kind == PoolKind::kAvg) given[k] = given[k] * scale;
     }
-    w.each([&](int64_t at) {
-      for (int k = 0; k < K; ++k) put(dx + at + k * lanes.kStep, given[k]);
+    w.each([&](int64_t at, bool first) {
+      for (int k = 0; k < K; ++k) put(dx + at + k * lanes.kStep, first, given[k]);
     });
   }
 }
@@ -289,13 +295,11 @@ int64_t shared_rows_channel_block(const PoolGeometry& g) {
 
 // Backward of output rows [oy0, oy1), channels [c0, c0+cn) of NHWC image b; the item owns
 // those channels of input rows [first_owned_row(oy0), first_owned_row(oy1)). Each dx cell is
-// written once: stored by its only window, or zeroed when no window covers it. Where
-// windows overlap, rows are zeroed just before the first window that reaches them (while
-// still in cache) and windows add to them.
+// stored by the first window that reaches it and added to by later ones; cells that no
+// window reaches are zeroed. No zero-fill pass: dx is written to memory once.
 template <PoolKind kind>
 void backward_nhwc_rows(const PoolGeometry& g, const float* dy, const float* x, float* dx,
                         int64_t b, int64_t oy0, int64_t oy1, int64_t c0, int64_t cn) {
-  const bool assign = g.kh <= g.stride_h && g.kw <= g.stride_w;
   const int64_t image = b * g.h * g.w * g.c + c0;
   const float* xi = x + image;
   float* dxi = dx + image;
@@ -307,24 +311,28 @@ void backward_nhwc_rows(const PoolGeometry& g, const float* dy, const float* x, 
       else for (int64_t ix = col0; ix < col1; ++ix) std::fill_n(row + ix * g.c, cn, 0.f);
     }
   };
-  int64_t zeroed = first_owned_row(g, oy0);  // rows before it are written or zeroed
+  int64_t reached = first_owned_row(g, oy0);  // rows before it are written or zeroed
   for (int64_t oy = oy0; oy < oy1; ++oy) {
-    const Cells first(g, oy, 0);
-    zero(zeroed, assign ? first.y0 : first.y1, 0, g.w);
-    zeroed = std::max(zeroed, first.y1);
-    int64_t written = 0;  // assign: columns left of it are written
+    int64_t y0, y1, x0, x1;
+    g.window(oy, 0, y0, y1, x0, x1);
+    zero(reached, y0, 0, g.w);  // rows between windows
+    const int64_t first_y = std::max(reached, y0);
+    int64_t reached_x = 0;  // in rows [first_y, y1), columns before it are written or zeroed
     for (int64_t ox = 0; ox < g.ow; ++ox) {
-      const Cells w(g, oy, ox);
-      if (assign) zero(w.y0, w.y1, written, w.x0);
-      written = w.x1;
+      Cells w(g, oy, ox);
+      zero(first_y, y1, reached_x, w.x0);  // columns between windows
+      w.first_y = first_y;
+      w.first_x = reached_x;
+      reached_x = std::max(reached_x, w.x1);
       const float* d = dy + ((b * g.oh + oy) * g.ow + ox) * g.c + c0;
       for_lane_groups(cn, [&](auto lanes, int64_t c) {
-        backward_lanes<kind>(lanes, g, w, d + c, xi + c, dxi + c, assign);
+        backward_lanes<kind>(lanes, g, w, d + c, xi + c, dxi + c);
       });
     }
-    if (assign) zero(first.y0, first.y1, written, g.w);
+    zero(first_y, y1, reached_x, g.w);
+    reached = std::max(reached, y1);
   }
-  zero(zeroed, first_owned_row(g, oy1), 0, g.w);
+  zero(reached, first_owned_row(g, oy1), 0, g.w);
 }
 
 template <PoolKind kind>
