@@ -16,7 +16,6 @@
 namespace fastconv::cpu::FASTCONV_ISA {
 namespace {
 
-
 template <PoolKind kind>
 inline bool wins(float v, float best) { return PoolGeometry::replaces(kind, v, best); }
 
