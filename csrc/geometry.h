@@ -191,10 +191,19 @@ struct PoolGeometry {
   }
   // Does v replace the current winner of a max/min window? Strict comparison keeps the
   // first of equal values; a NaN replaces any number and nothing replaces a NaN. Bitwise,
-  // not short-circuit, operators: no branch to mispredict on random data.
-  FC_HD static bool replaces(PoolKind kind, float v, float best) {
-    const bool better = kind == PoolKind::kMax ? v > best : v < best;
+  // not short-circuit, operators: no branch to mispredict on random data, and T may be a
+  // GCC vector of floats as well as a float (the answer is then a lane mask).
+  template <class T>
+  FC_HD static auto replaces(PoolKind kind, T v, T best) {
+    const auto better = kind == PoolKind::kMax ? v > best : v < best;
     return better | ((v != v) & (best == best));
+  }
+  // Does v hold the value that won its window (equal to it, or both NaN)? By the rule above
+  // the winner is the first cell in row-major order that does, so a second pass over the
+  // window finds it from the winning value alone.
+  template <class T>
+  FC_HD static auto holds_winner(T v, T best) {
+    return (v == best) | ((v != v) & (best != best));
   }
 };
 

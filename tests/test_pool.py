@@ -54,6 +54,26 @@ def test_nan_wins_max_and_min():
     assert fastconv.avg_pool2d(np.where(np.isnan(x), 1, x).astype(np.float32), 2)[0, 0, 0, 0] == np.inf
 
 
+@pytest.mark.parametrize("kind", ["max", "min"])
+@pytest.mark.parametrize("kernel,stride,padding", [(2, None, 0), (2, 2, 1), (2, 3, 0), (3, 2, 1),
+                                                   (3, 1, 1), ((2, 3), 2, 0), ((3, 1), 2, 0),
+                                                   ((1, 3), (2, 1), 0)])
+def test_nhwc_extreme_backward_special_values(isa, kind, kernel, stride, padding):
+    """Wide NHWC pixels (117 channels: every lane group width and the float tail, with AVX2
+    and SSE vectors) full of ties, signed zeros, infinities and NaNs, with windows apart,
+    tiling and overlapping: each gradient goes to the first extreme of its window, a NaN
+    counting as extreme."""
+    rng = np.random.default_rng(11)
+    values = np.array([-np.inf, -1, -0.0, 0.0, 1, np.inf, np.nan], np.float32)
+    x = rng.choice(values, size=(2, 7, 9, 117), p=[0.15, 0.2, 0.15, 0.15, 0.2, 0.1, 0.05])
+    kw = dict(stride=stride, padding=padding, layout="NHWC")
+    y = getattr(fastconv, f"{kind}_pool2d")(x, kernel, **kw)
+    np.testing.assert_array_equal(y, getattr(ref, f"{kind}_pool2d")(x, kernel, **kw))  # inf, NaN
+    dy = rand(rng, *y.shape)
+    assert_close(getattr(fastconv, f"{kind}_pool2d_backward")(dy, x, kernel, **kw),
+                 getattr(ref, f"{kind}_pool2d_backward")(dy, x, kernel, **kw))
+
+
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 def test_global_avg_pool(isa, layout):
     rng = np.random.default_rng(1)

@@ -4,8 +4,8 @@
 // max or a min and averages divide by the real cells (or KH*KW with count_include_pad).
 // Max/min backward recomputes the winner -- the first extreme in row-major order, NaN
 // counting as extreme -- instead of storing indices, so the API needs only x and dy.
-// NCHW works plane by plane; NHWC works on a block of channels of a pixel at a time, the
-// channels being contiguous.
+// NCHW works plane by plane; NHWC works on the contiguous channels of a pixel, a vector of
+// them at a time.
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -15,8 +15,6 @@
 
 namespace fastconv::cpu::FASTCONV_ISA {
 namespace {
-
-constexpr int64_t kChannelBlock = 64;  // NHWC: channels per work item / accumulator block
 
 template <PoolKind kind>
 inline bool wins(float v, float best) { return PoolGeometry::replaces(kind, v, best); }
@@ -131,68 +129,209 @@ void backward_plane(const PoolGeometry& g, const ColumnPlan& plan, const float* 
   }
 }
 
+// NHWC kernels work on lanes of consecutive channels held in GCC vectors, Lanes being one
+// register (32 bytes with AVX, else 16: SSE, NEON). A max window is a chain of compare and
+// select per cell, and one chain leaves the core mostly waiting, so lanes go K registers
+// at a time (K independent chains), then single floats for the last C % kLanes channels;
+// one template serves every width. The widths differ per build, so the two builds never
+// share an instantiation of the geometry.h helpers.
+#ifdef __AVX__
+typedef float Lanes __attribute__((vector_size(32)));
+#else
+typedef float Lanes __attribute__((vector_size(16)));
+#endif
+
+// A tag for K values of type V side by side; the kernels keep them in local arrays, which
+// the compiler holds in registers once it unrolls the loops over k.
+template <class V, int K>
+struct LaneGroup {
+  static constexpr int64_t kStep = sizeof(V) / sizeof(float);  // floats per V
+  static constexpr int64_t kWidth = K * kStep;                  // floats per group
+};
+
+// body(group, c) over channels [0, channels), c advancing by the group's width: groups of
+// 8 registers (as many chains as AVX2's 16 registers hold with their temporaries), then 4,
+// then single registers and floats.
+template <class Body>
+inline void for_lane_groups(int64_t channels, Body&& body) {
+  int64_t c = 0;
+  for (; c + LaneGroup<Lanes, 8>::kWidth <= channels; c += LaneGroup<Lanes, 8>::kWidth)
+    body(LaneGroup<Lanes, 8>{}, c);
+  if (c + LaneGroup<Lanes, 4>::kWidth <= channels) {
+    body(LaneGroup<Lanes, 4>{}, c);
+    c += LaneGroup<Lanes, 4>::kWidth;
+  }
+  for (; c + LaneGroup<Lanes, 1>::kWidth <= channels; c += LaneGroup<Lanes, 1>::kWidth)
+    body(LaneGroup<Lanes, 1>{}, c);
+  for (; c < channels; ++c) body(LaneGroup<float, 1>{}, c);
+}
+
+template <class V>
+inline V load(const float* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <class V>
+inline void store(float* p, V v) { std::memcpy(p, &v, sizeof v); }
+template <class V>
+inline V splat(float f) { return V{} + f; }  // 0 + f: exact for the values used here
+
+// The real cells of one window of an NHWC image: rows [y0, y1), columns [x0, x1). For the
+// backward, the cells at or past row first_y and column first_x are reached by no earlier
+// window (in row-major order of windows), so the gradient is stored there, not added.
+struct Cells {
+  int64_t y0, y1, x0, x1;
+  int64_t row, pixel;  // strides in floats
+  int64_t first_y = 0, first_x = 0;
+  Cells(const PoolGeometry& g, int64_t oy, int64_t ox) : row(g.w * g.c), pixel(g.c) {
+    g.window(oy, ox, y0, y1, x0, x1);
+  }
+  int64_t count() const { return (y1 - y0) * (x1 - x0); }
+  template <class Visit>  // visit(offset, reached first here?) in row-major order
+  void each(Visit&& visit) const {
+    for (int64_t iy = y0; iy < y1; ++iy)
+      for (int64_t ix = x0; ix < x1; ++ix)
+        visit(iy * row + ix * pixel, iy >= first_y && ix >= first_x);
+  }
+};
+
+// Forward of one window for the lanes at x (the image's pixel (0, 0)) into y.
+template <PoolKind kind, class V, int K>
+inline void forward_lanes(LaneGroup<V, K> lanes, const PoolGeometry& g, const Cells& w,
+                          const float* x, float* y) {
+  V acc[K];
+  for (int k = 0; k < K; ++k) acc[k] = splat<V>(identity<kind>());
+  w.each([&](int64_t at, bool) {
+    for (int k = 0; k < K; ++k) {
+      const V v = load<V>(x + at + k * lanes.kStep);
+      if constexpr (is_extreme<kind>())
+        acc[k] = PoolGeometry::replaces(kind, v, acc[k]) ? v : acc[k];
+      else
+        acc[k] = acc[k] + v;
+    }
+  });
+  const V scale = splat<V>(kind == PoolKind::kAvg ? 1.f / g.avg_divisor(w.count()) : 1.f);
+  for (int k = 0; k < K; ++k)
+    store(y + k * lanes.kStep, kind == PoolKind::kAvg ? acc[k] * scale : acc[k]);
+}
+
 // Forward of output row oy of NHWC image b, all channels.
 template <PoolKind kind>
 void forward_nhwc_row(const PoolGeometry& g, const float* x, float* y, int64_t b, int64_t oy) {
+  const float* image = x + b * g.h * g.w * g.c;
   for (int64_t ox = 0; ox < g.ow; ++ox) {
-    int64_t y0, y1, x0, x1;
-    g.window(oy, ox, y0, y1, x0, x1);
+    const Cells w(g, oy, ox);
     float* out = y + ((b * g.oh + oy) * g.ow + ox) * g.c;
-    std::memcpy(out, x + ((b * g.h + y0) * g.w + x0) * g.c, sizeof(float) * g.c);
-    if (!is_extreme<kind>()) std::fill(out, out + g.c, 0.f);
-    for (int64_t iy = y0; iy < y1; ++iy)
-      for (int64_t ix = x0; ix < x1; ++ix) {
-        const float* in = x + ((b * g.h + iy) * g.w + ix) * g.c;
-        for (int64_t c = 0; c < g.c; ++c) {
-          if constexpr (is_extreme<kind>()) out[c] = wins<kind>(in[c], out[c]) ? in[c] : out[c];
-          else out[c] += in[c];
-        }
-      }
-    if (kind == PoolKind::kAvg) {
-      const float inv = 1.f / g.avg_divisor((y1 - y0) * (x1 - x0));
-      for (int64_t c = 0; c < g.c; ++c) out[c] *= inv;
-    }
+    for_lane_groups(g.c, [&](auto lanes, int64_t c) {
+      forward_lanes<kind>(lanes, g, w, image + c, out + c);
+    });
   }
 }
 
-// Backward of channels [c0, c0+cn) of NHWC image b (the item owns those dx cells).
-template <PoolKind kind>
-void backward_nhwc_block(const PoolGeometry& g, const float* dy, const float* x, float* dx,
-                         int64_t b, int64_t c0, int64_t cn) {
-  for (int64_t p = 0; p < g.h * g.w; ++p) std::fill_n(dx + (b * g.h * g.w + p) * g.c + c0, cn, 0.f);
-  int64_t best[kChannelBlock];
-  float best_value[kChannelBlock];
-  for (int64_t oy = 0; oy < g.oh; ++oy)
-    for (int64_t ox = 0; ox < g.ow; ++ox) {
-      int64_t y0, y1, x0, x1;
-      g.window(oy, ox, y0, y1, x0, x1);
-      const float* d = dy + ((b * g.oh + oy) * g.ow + ox) * g.c + c0;
-      if constexpr (is_extreme<kind>()) {
-        const int64_t first = ((b * g.h + y0) * g.w + x0) * g.c + c0;
-        for (int64_t c = 0; c < cn; ++c) {
-          best[c] = first + c;
-          best_value[c] = identity<kind>();
-        }
-        for (int64_t iy = y0; iy < y1; ++iy)
-          for (int64_t ix = x0; ix < x1; ++ix) {
-            const int64_t at = ((b * g.h + iy) * g.w + ix) * g.c + c0;
-            for (int64_t c = 0; c < cn; ++c) {  // branch-free selects, as in backward_plane
-              const float v = x[at + c], b = best_value[c];
-              const bool take = wins<kind>(v, b);
-              best_value[c] = take ? v : b;
-              best[c] = take ? at + c : best[c];
-            }
-          }
-        for (int64_t c = 0; c < cn; ++c) dx[best[c]] += d[c];
-      } else {
-        const float scale = kind == PoolKind::kAvg ? 1.f / g.avg_divisor((y1 - y0) * (x1 - x0)) : 1.f;
-        for (int64_t iy = y0; iy < y1; ++iy)
-          for (int64_t ix = x0; ix < x1; ++ix) {
-            float* out = dx + ((b * g.h + iy) * g.w + ix) * g.c + c0;
-            for (int64_t c = 0; c < cn; ++c) out[c] += kind == PoolKind::kAvg ? d[c] * scale : d[c];
-          }
-      }
+// Backward of one window for the lanes at x, dx (the item's pixel (0, 0)); d is the
+// window's dy. Max/min finds each lane's winning value, then walks the cells again giving
+// the gradient to the first cell that holds it (`pending` drops to 0 once given). A cell
+// no earlier window reached gets 0 + the gradient, which is what adding to a zeroed cell
+// would give (a -0 lands as +0); the others add to it.
+template <PoolKind kind, class V, int K>
+inline void backward_lanes(LaneGroup<V, K> lanes, const PoolGeometry& g, const Cells& w,
+                           const float* d, const float* x, float* dx) {
+  const auto put = [](float* out, bool first, V given) {
+    store(out, (first ? V{} : load<V>(out)) + given);
+  };
+  if constexpr (is_extreme<kind>()) {
+    V best[K], pending[K];
+    for (int k = 0; k < K; ++k) {
+      best[k] = splat<V>(identity<kind>());
+      pending[k] = load<V>(d + k * lanes.kStep);
     }
+    w.each([&](int64_t at, bool) {
+      for (int k = 0; k < K; ++k) {
+        const V v = load<V>(x + at + k * lanes.kStep);
+        best[k] = PoolGeometry::replaces(kind, v, best[k]) ? v : best[k];
+      }
+    });
+    w.each([&](int64_t at, bool first) {
+      for (int k = 0; k < K; ++k) {
+        const auto hit = PoolGeometry::holds_winner(load<V>(x + at + k * lanes.kStep), best[k]);
+        put(dx + at + k * lanes.kStep, first, hit ? pending[k] : V{});
+        pending[k] = hit ? V{} : pending[k];
+      }
+    });
+  } else {
+    const V scale = splat<V>(kind == PoolKind::kAvg ? 1.f / g.avg_divisor(w.count()) : 1.f);
+    V given[K];
+    for (int k = 0; k < K; ++k) {
+      given[k] = load<V>(d + k * lanes.kStep);
+      if (kind == PoolKind::kAvg) given[k] = given[k] * scale;
+    }
+    w.each([&](int64_t at, bool first) {
+      for (int k = 0; k < K; ++k) put(dx + at + k * lanes.kStep, first, given[k]);
+    });
+  }
+}
+
+// First input row owned by the NHWC backward item that starts at output row oy: rows up to
+// the next item's window belong to the previous item (meaningful when windows do not
+// overlap vertically; items with overlap start at 0 and end at oh).
+int64_t first_owned_row(const PoolGeometry& g, int64_t oy) {
+  if (oy == 0) return 0;
+  if (oy == g.oh) return g.h;
+  return std::min(std::max(oy * g.stride_h - g.pad_top, int64_t{0}), g.h);
+}
+
+// Channels per NHWC backward item where windows share rows (an item then runs all rows of
+// its image): all of them, as reading whole pixels lets the prefetchers stream the rows,
+// unless there are too few images to give every thread a few items; then blocks of at least
+// 32 channels (128 bytes).
+int64_t shared_rows_channel_block(const PoolGeometry& g) {
+  constexpr int64_t kMinBlock = 32;
+  const int64_t wanted_blocks = (4 * num_threads() + g.n - 1) / g.n;
+  const int64_t blocks = std::max<int64_t>(1, std::min(wanted_blocks, g.c / kMinBlock));
+  return ((g.c + blocks - 1) / blocks + kMinBlock - 1) / kMinBlock * kMinBlock;
+}
+
+// Backward of output rows [oy0, oy1), channels [c0, c0+cn) of NHWC image b; the item owns
+// those channels of input rows [first_owned_row(oy0), first_owned_row(oy1)). Each dx cell is
+// stored by the first window that reaches it and added to by later ones; cells that no
+// window reaches are zeroed. No zero-fill pass: dx is written to memory once.
+template <PoolKind kind>
+void backward_nhwc_rows(const PoolGeometry& g, const float* dy, const float* x, float* dx,
+                        int64_t b, int64_t oy0, int64_t oy1, int64_t c0, int64_t cn) {
+  const int64_t image = b * g.h * g.w * g.c + c0;
+  const float* xi = x + image;
+  float* dxi = dx + image;
+  const auto zero = [&](int64_t r0, int64_t r1, int64_t col0, int64_t col1) {
+    if (col0 >= col1) return;
+    for (int64_t iy = r0; iy < r1; ++iy) {
+      float* row = dxi + iy * g.w * g.c;
+      if (cn == g.c) std::fill(row + col0 * g.c, row + col1 * g.c, 0.f);
+      else for (int64_t ix = col0; ix < col1; ++ix) std::fill_n(row + ix * g.c, cn, 0.f);
+    }
+  };
+  int64_t reached = first_owned_row(g, oy0);  // rows before it are written or zeroed
+  for (int64_t oy = oy0; oy < oy1; ++oy) {
+    int64_t y0, y1, x0, x1;
+    g.window(oy, 0, y0, y1, x0, x1);
+    zero(reached, y0, 0, g.w);  // rows between windows
+    const int64_t first_y = std::max(reached, y0);
+    int64_t reached_x = 0;  // in rows [first_y, y1), columns before it are written or zeroed
+    for (int64_t ox = 0; ox < g.ow; ++ox) {
+      Cells w(g, oy, ox);
+      zero(first_y, y1, reached_x, w.x0);  // columns between windows
+      w.first_y = first_y;
+      w.first_x = reached_x;
+      reached_x = std::max(reached_x, w.x1);
+      const float* d = dy + ((b * g.oh + oy) * g.ow + ox) * g.c + c0;
+      for_lane_groups(cn, [&](auto lanes, int64_t c) {
+        backward_lanes<kind>(lanes, g, w, d + c, xi + c, dxi + c);
+      });
+    }
+    zero(first_y, y1, reached_x, g.w);
+    reached = std::max(reached, y1);
+  }
+  zero(reached, first_owned_row(g, oy1), 0, g.w);
 }
 
 template <PoolKind kind>
@@ -210,11 +349,19 @@ void forward(const PoolGeometry& g, const float* x, float* y) {
 template <PoolKind kind>
 void backward(const PoolGeometry& g, const float* dy, const float* x, float* dx) {
   if (g.channels_last) {
-    const int64_t blocks = (g.c + kChannelBlock - 1) / kChannelBlock;
-    parallel_for(g.n * blocks, [&](int64_t item) {
-      const int64_t c0 = item % blocks * kChannelBlock;
-      backward_nhwc_block<kind>(g, dy, x, dx, item / blocks, c0, std::min(kChannelBlock, g.c - c0));
-    });
+    if (g.kh <= g.stride_h) {  // an input row meets one output row: items are (image, row)
+      parallel_for(g.n * g.oh, [&](int64_t item) {
+        const int64_t oy = item % g.oh;
+        backward_nhwc_rows<kind>(g, dy, x, dx, item / g.oh, oy, oy + 1, 0, g.c);
+      });
+    } else {  // rows shared by output rows: items are (image, channel block), all rows
+      const int64_t block = shared_rows_channel_block(g), blocks = (g.c + block - 1) / block;
+      parallel_for(g.n * blocks, [&](int64_t item) {
+        const int64_t c0 = item % blocks * block;
+        backward_nhwc_rows<kind>(g, dy, x, dx, item / blocks, 0, g.oh, c0,
+                                 std::min(block, g.c - c0));
+      });
+    }
   } else {
     const ColumnPlan plan(g);
     parallel_for(g.n * g.c, [&](int64_t plane) {
