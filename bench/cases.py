@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from fastconv.nn.zoo import REFERENCE_WIDTHS
+
 CONV_KINDS = ("conv", "pointwise", "depthwise", "separable")
 POOL_KINDS = ("maxpool", "avgpool", "globalavgpool")
 PASSES = ("fwd", "bwd")
@@ -80,9 +82,9 @@ LAYER_SET = [
 ]
 
 
-def cifar_net_convs(stem=24, widths=(32, 64, 128), image=32, batch=128):
-    """The convs of the training issue's airbench-style network: a 2x2 'valid' stem, then per
-    width conv3x3 -> maxpool 2 -> conv3x3 (padding 1). Edit the arguments to track it."""
+def cifar_net_convs(stem=24, widths=REFERENCE_WIDTHS, image=32, batch=128):
+    """The convs of the training issue's airbench-style network (fastconv.nn.zoo.reference_net):
+    a 2x2 'valid' stem, then per width conv3x3 -> maxpool 2 -> conv3x3 (padding 1)."""
     cases = [Case("conv", batch, 3, stem, image, k=2, pad=0, group="CIFAR-10 net")]
     size, c_in = image - 1, stem
     for width in widths:

@@ -143,24 +143,36 @@ class Adam(Optimizer):
 class Lookahead:
     """Lookahead (Zhang et al. 2019): every k steps the slow weights move `alpha` of the way
     to the fast ones and the fast weights restart from there. `alpha` may be a function of
-    the step count, e.g. airbench_alpha(total_steps)."""
+    the step count, e.g. airbench_alpha(total_steps). With include_state=True the trainable
+    layers' state (BatchNormalization's moving statistics) is averaged alike, as airbench
+    does, so that the statistics match the averaged weights they normalise."""
 
-    def __init__(self, optimizer, k=5, alpha=0.5):
+    def __init__(self, optimizer, k=5, alpha=0.5, include_state=False):
         self.optimizer, self.k, self.alpha = optimizer, k, alpha
+        self.include_state = include_state
         self.slow: dict = {}
 
     def __getattr__(self, name):  # learning_rate, schedule, current_lr, iterations...
         return getattr(self.__dict__["optimizer"], name)
 
+    def _averaged(self, model):
+        for layer, name, value in model.trainable_parameters():
+            yield f"{layer.name}/{name}", value
+        if self.include_state:
+            for layer in model.layers:
+                if layer.trainable:
+                    for name, value in layer.state.items():
+                        yield f"{layer.name}/state/{name}", value
+
     def step(self, model):
         if not self.slow:
-            self.slow = {f"{l.name}/{n}": v.copy() for l, n, v in model.trainable_parameters()}
+            self.slow = {key: value.copy() for key, value in self._averaged(model)}
         self.optimizer.step(model)
         if self.optimizer.iterations % self.k == 0:
             step = self.optimizer.iterations
             alpha = self.alpha(step) if callable(self.alpha) else self.alpha
-            for layer, name, value in model.trainable_parameters():
-                slow = self.slow[f"{layer.name}/{name}"]
+            for key, value in self._averaged(model):
+                slow = self.slow[key]
                 slow += alpha * (value - slow)
                 value[...] = slow
 

@@ -186,3 +186,28 @@ def test_sgd_nesterov_and_adam_match_torch():
             tw.grad = torch.from_numpy(g.copy())
             theirs.step()
         np.testing.assert_allclose(model.layers[0].params["kernel"], tw.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_lookahead_takes_a_step_dependent_alpha():
+    schedule = optim.airbench_alpha(100)
+    assert schedule(0) == 1.0 and schedule(200) == schedule(100) == pytest.approx(1 - 0.95 ** 5)
+    x, y = synthetic(32)
+    runs = {}
+    for name, alpha in [("plain", None), ("alpha 1", lambda step: 1.0), ("alpha 0", lambda step: 0.0)]:
+        model = small_model()
+        initial = {k: v.copy() for k, v in model.get_weights().items()}
+        sgd = optim.SGD(0.05, momentum=0.9)
+        model.compile(optimizer=sgd if alpha is None else optim.Lookahead(sgd, k=2, alpha=alpha,
+                                                                          include_state=True),
+                      loss=nn.SparseCategoricalCrossentropy())
+        model.fit(x, y, epochs=1, **{**FIT, "augment": None})  # 2 steps: one Lookahead sync
+        runs[name] = (initial, model.get_weights())
+    for k, v in runs["plain"][1].items():
+        np.testing.assert_allclose(runs["alpha 1"][1][k], v, rtol=1e-6, atol=1e-7)  # fast weights
+    trained = [k for k, v in runs["plain"][1].items() if not np.array_equal(v, runs["plain"][0][k])]
+    params = [k for k in trained if "moving" not in k]
+    assert params and len(params) < len(trained)
+    for k in params:  # alpha 0: back to the slow (initial) weights after k steps
+        np.testing.assert_array_equal(runs["alpha 0"][1][k], runs["alpha 0"][0][k])
+    for k in set(trained) - set(params):  # BN statistics are held back too (to the first step's)
+        assert not np.array_equal(runs["alpha 0"][1][k], runs["plain"][1][k])
