@@ -2,8 +2,10 @@
 
 The PyTorch network is built layer by layer from the fastconv model, with the same initial
 weights, the same optimiser (Nesterov SGD, BN-bias lr x64, weight decay, schedule), the same
-batches (same augmentation and normalisation, computed by fastconv.data) and the same number
-of threads. PyTorch runs in NCHW and in channels_last; the faster one is compared.
+batches (same augmentation and normalisation, computed by fastconv.data, one batch ahead on
+a thread for both) and the same number of threads. fastconv runs inside
+fastconv.array_cache(), as Sequential.fit does; neither side uses Lookahead. PyTorch runs in
+NCHW and in channels_last; the faster one is compared.
 
     python bench/train_vs_torch.py --data ../shared/datasets/cifar10-jpeg.tar.gz
     python bench/train_vs_torch.py --data ... --steps 20 --repeat 3   # medians of partial epochs
@@ -88,8 +90,8 @@ def torch_optimizer(net, fc_opt):
 def epoch_batches(x, y, args):
     rng = np.random.default_rng([args.seed, 0])
     augment = fcdata.ImageAugmenter(horizontal_flip=True, crop_padding=2)
-    it = fcdata.batches(x, y, args.batch_size, rng=rng, augment=augment,
-                        preprocess=fcdata.Normalize(), drop_last=True)
+    it = fcdata.prefetch(fcdata.batches(x, y, args.batch_size, rng=rng, augment=augment,
+                                        preprocess=fcdata.Normalize(), drop_last=True))
     for i, batch in enumerate(it):
         if args.steps and i >= args.steps:
             return
@@ -98,12 +100,13 @@ def epoch_batches(x, y, args):
 
 def run_fastconv(model, x, y, args):
     began, losses = time.perf_counter(), []
-    for xb, yb in epoch_batches(x, y, args):
-        logits = model.forward(xb, training=True, logits=True)
-        loss, dlogits = model.loss.value_and_grad(logits, yb)
-        model.backward(dlogits, from_logits=True)
-        model.optimizer.step(model)
-        losses.append(loss)
+    with fastconv.array_cache():  # as in Sequential.fit
+        for xb, yb in epoch_batches(x, y, args):
+            logits = model.forward(xb, training=True, logits=True)
+            loss, dlogits = model.loss.value_and_grad(logits, yb)
+            model.backward(dlogits, from_logits=True)
+            model.optimizer.step(model)
+            losses.append(loss)
     return time.perf_counter() - began, float(np.mean(losses))
 
 
@@ -143,7 +146,8 @@ def main():
     def fresh():
         model = zoo.reference_net(seed=args.seed)
         zoo.init_whitening(model, x[::10], fcdata.Normalize())  # x is sorted by class
-        opts = train_args(["--batch-size", str(args.batch_size), "--epochs", "1"])
+        # plain Nesterov SGD on both sides (the PyTorch twin has no Lookahead)
+        opts = train_args(["--batch-size", str(args.batch_size), "--epochs", "1", "--no-lookahead"])
         model.compile(optimizer=make_optimizer(opts, steps),
                       loss=fnn.SparseCategoricalCrossentropy(label_smoothing=0.2))
         return model
