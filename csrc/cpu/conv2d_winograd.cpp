@@ -24,6 +24,7 @@
 #include "cpu/conv2d_winograd.h"
 #include "cpu/gemm.h"
 #include "cpu/parallel.h"
+#include "cpu/transpose.h"
 
 namespace fastconv::cpu::FASTCONV_ISA {
 namespace {
@@ -138,33 +139,6 @@ std::vector<Buffer> transform_weights(const ConvGeometry& g, const float* w) {
   return packed;
 }
 
-// Input transform of tiles [t0, t0 + count): store(xi, ci, sliver, lanes) receives the NR
-// transformed values of point xi, channel ci, for the tiles of one sliver.
-// dst[j][k] = src[k][j] for an 8x8 block given as row pointers.
-inline void transpose8(const float* const (&src)[8], float* const (&dst)[8]) {
-#ifdef FASTCONV_USE_AVX2
-  __m256 r[8], t[8];
-  for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(src[k]);
-  for (int k = 0; k < 8; k += 2) {
-    t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
-    t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
-  }
-  for (int k = 0; k < 8; k += 4) {
-    r[k] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(1, 0, 1, 0));
-    r[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(3, 2, 3, 2));
-    r[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(1, 0, 1, 0));
-    r[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(3, 2, 3, 2));
-  }
-  for (int k = 0; k < 4; ++k) {
-    _mm256_storeu_ps(dst[k], _mm256_permute2f128_ps(r[k], r[k + 4], 0x20));
-    _mm256_storeu_ps(dst[k + 4], _mm256_permute2f128_ps(r[k], r[k + 4], 0x31));
-  }
-#else
-  for (int j = 0; j < 8; ++j)
-    for (int k = 0; k < 8; ++k) dst[j][k] = src[k][j];
-#endif
-}
-
 // NHWC, 8 channels at a time: d[c][p * NR + l] = channel c0 + c of cell p of tile l, read
 // as 8-float runs and transposed in registers (instead of 64 single-float gathers).
 template <int kCells>
@@ -183,6 +157,8 @@ void gather_channels8(const float* x, const int64_t (&off)[kCells][NR], int64_t 
     }
 }
 
+// Input transform of tiles [t0, t0 + count): store(xi, ci, sliver, lanes) receives the NR
+// transformed values of point xi, channel ci, for the tiles of one sliver.
 template <class Store>
 void transform_input(const TileMap& map, const float* x, int64_t t0, int64_t count, Store&& store) {
   const ConvGeometry& g = map.g;
@@ -295,14 +271,15 @@ void transform_output_gradient(const TileMap& map, const float* dy, int64_t t0, 
   }
 }
 
-// dw[co][ci] = G^T dU[co][ci] G, dU given as du[(xi * Co + co) * Ci + ci].
-bool untransform_weight_gradient(const ConvGeometry& g, const float* du, float* dw) {
+// dw[co][ci] = G^T dU[co][ci] G, dU given as du[xi * Co * Ci + co * co_stride + ci * ci_stride].
+bool untransform_weight_gradient(const ConvGeometry& g, const float* du, int64_t co_stride,
+                                 int64_t ci_stride, float* dw) {
   bool finite = true;
   for (int64_t co = 0; co < g.c_out; ++co)
     for (int64_t ci = 0; ci < g.c_in; ++ci) {
       float gu[3][kAlpha] = {};  // G^T dU
       for (int xi = 0; xi < kPoints; ++xi) {
-        const float v = du[(xi * g.c_out + co) * g.c_in + ci];
+        const float v = du[xi * g.c_out * g.c_in + co * co_stride + ci * ci_stride];
         for (int k = 0; k < 3; ++k) gu[k][xi % kAlpha] += kG[xi / kAlpha][k] * v;
       }
       for (int i = 0; i < 3; ++i)
@@ -373,35 +350,41 @@ bool conv2d_winograd(const ConvGeometry& g, const float* x, const float* w, cons
 }
 
 // dU[xi] (Co x Ci) = sum over tiles of dM[xi] (Co x T) V[xi]^T (T x Ci): 36 GEMMs whose
-// depth is the tiles, accumulated per thread and reduced in thread order.
+// depth is the tiles, accumulated per thread and reduced in thread order. Where C_in is not
+// a multiple of NR but C_out is (the first layer after a 24-channel stem), the GEMMs compute
+// dU^T = V dM^T instead, so that no micro-tile column is padding.
 bool conv2d_winograd_backward_weight(const ConvGeometry& g, const float* dy, const float* x,
                                      float* dw) {
   const TileMap map{g, (g.oh + kOut - 1) / kOut, (g.ow + kOut - 1) / kOut};
   const int64_t tiles = g.n * map.tiles_h * map.tiles_w, chunk = tiles_per_item(g, tiles);
   const int64_t items = (tiles + chunk - 1) / chunk, size = kPoints * g.c_out * g.c_in;
+  const bool transposed = g.c_in % NR != 0 && g.c_out % NR == 0;
+  const int64_t rows = transposed ? g.c_in : g.c_out, cols = transposed ? g.c_out : g.c_in;
   const int threads = num_threads();
   std::vector<Buffer> partial(threads, Buffer(size, 0.f));
   parallel_threads(threads, [&](int t, int team) {
     thread_local Buffer v, dm;
     for (int64_t item = items * t / team; item < items * (t + 1) / team; ++item) {
       const int64_t t0 = item * chunk, count = std::min(chunk, tiles - t0), width = round_up(count, NR);
-      v.assign(kPoints * g.c_in * width, 0.f);
+      v.resize(kPoints * g.c_in * width);  // every lane is written: tiles past `count` as 0
       dm.resize(kPoints * g.c_out * width);
       transform_input(map, x, t0, count, [&](int xi, int64_t ci, int64_t s, const float* lanes) {
         std::memcpy(v.data() + (xi * g.c_in + ci) * width + s * NR, lanes, sizeof(float) * NR);
       });
       transform_output_gradient(map, dy, t0, count, dm.data(), width);
+      const float* left = transposed ? v.data() : dm.data();
+      const float* right = transposed ? dm.data() : v.data();
       for (int xi = 0; xi < kPoints; ++xi) {
-        StridedPacker grads{dm.data() + xi * g.c_out * width, width, 1, MR, &scratch_a()};
-        StridedPacker inputs{v.data() + xi * g.c_in * width, width, 1, NR, &scratch_b()};
-        gemm(g.c_out, g.c_in, width, grads, as_b(inputs), partial[t].data() + xi * g.c_out * g.c_in,
-             g.c_in, true);
+        StridedPacker a{left + xi * rows * width, width, 1, MR, &scratch_a()};
+        StridedPacker b{right + xi * cols * width, width, 1, NR, &scratch_b()};
+        gemm(rows, cols, width, a, as_b(b), partial[t].data() + xi * rows * cols, cols, true);
       }
     }
   });
   std::vector<float> du(size);
   reduce_partials(partial, du.data(), size);
-  return untransform_weight_gradient(g, du.data(), dw);
+  return transposed ? untransform_weight_gradient(g, du.data(), 1, g.c_in, dw)
+                    : untransform_weight_gradient(g, du.data(), g.c_in, 1, dw);
 }
 
 }  // namespace fastconv::cpu::FASTCONV_ISA

@@ -3,6 +3,8 @@
 
 #include <cstring>
 
+#include "cpu/transpose.h"
+
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define FASTCONV_USE_AVX2 1
@@ -75,13 +77,39 @@ void micro_tile(int64_t k, const float* a, const float* b, float* c, int64_t ldc
       c[r * ldc + j] = accumulate ? c[r * ldc + j] + tile[r * NR + j] : tile[r * NR + j];
 }
 
+void pack_rows(const float* const* rows, int64_t n, int64_t k, int64_t width, float* dst) {
+  // 8 rows x 8 depths at a time, read as 8-float runs and transposed in registers, instead
+  // of gathered one float at a time (the Winograd weight gradient packs as much as it
+  // multiplies); rows past n are zeros.
+  static const float zeros[8] = {};
+  int64_t p = 0;
+  for (; p + 8 <= k; p += 8)
+    for (int64_t r0 = 0; r0 < width; r0 += 8) {
+      const float* from[8];
+      float* to[8];
+      for (int j = 0; j < 8; ++j) {
+        from[j] = r0 + j < n ? rows[r0 + j] + p : zeros;
+        to[j] = dst + (p + j) * width + r0;
+      }
+      transpose8(from, to);
+    }
+  for (; p < k; ++p)
+    for (int64_t r = 0; r < width; ++r) dst[p * width + r] = r < n ? rows[r][p] : 0.f;
+}
+
 void pack_strided(const float* src, int64_t rs, int64_t cs, int64_t i0, int64_t m, int64_t k0,
                   int64_t k, int64_t width, float* dst) {
-  // Depth outer, rows inner: every store is contiguous, and the `width` source rows are
-  // read side by side, so each stays in cache while the depth advances.
   for (int64_t s = 0; s < m; s += width, dst += k * width) {
     const int64_t rows = std::min(width, m - s);
     const float* base = src + (i0 + s) * rs + k0 * cs;
+    if (cs == 1 && width % 8 == 0) {  // depth contiguous in each row, whole 8-lane groups
+      const float* row[std::max(MR, NR)];
+      for (int64_t r = 0; r < rows; ++r) row[r] = base + r * rs;
+      pack_rows(row, rows, k, width, dst);
+      continue;
+    }
+    // Depth outer, rows inner: every store is contiguous, and the `width` source rows are
+    // read side by side, so each stays in cache while the depth advances.
     if (rows < width) std::memset(dst, 0, sizeof(float) * k * width);
     for (int64_t p = 0; p < k; ++p) {
       const float* column = base + p * cs;
