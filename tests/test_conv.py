@@ -163,6 +163,7 @@ def test_repeatable_and_thread_count_only_changes_rounding():
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("cin,cout,h,w,padding", [(16, 16, 16, 16, 1), (24, 40, 13, 18, "same"),
+                                                  (24, 32, 12, 11, 1),  # dw as dU^T = V dM^T
                                                   (32, 17, 11, 9, ((2, 0), (1, 2))),
                                                   (48, 64, 12, 12, "valid")])
 def test_winograd_3x3_matches_direct_and_reference(isa, layout, cin, cout, h, w, padding):

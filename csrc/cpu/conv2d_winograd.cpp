@@ -383,7 +383,7 @@ bool conv2d_winograd_backward_weight(const ConvGeometry& g, const float* dy, con
   });
   std::vector<float> du(size);
   reduce_partials(partial, du.data(), size);
-  return transposed ? untransform_weight_gradient(g, du.data(), 1, g.c_in, dw)
+  return transposed ? untransform_weight_gradient(g, du.data(), 1, g.c_out, dw)
                     : untransform_weight_gradient(g, du.data(), g.c_in, 1, dw);
 }
 
