@@ -1,12 +1,13 @@
 // Batch normalisation over one channel axis, training mode, with an optional fused ReLU.
 //
 // The array is viewed as (outer, channels, inner): NHWC is (N*H*W, C, 1), NCHW (N, C, H*W),
-// a Dense activation (N, C, 1). Forward is two passes (per-channel sums, then the affine map
-// and the ReLU); backward is two passes (sums of dz and dz * (x - mean), then dx). Sums are
-// taken in float over short runs and added into double per thread, then the threads' partials
-// are added in thread order, so a result does not depend on scheduling. The variance sums
-// (x - mean)^2 directly (the mean comes from a first pass over the sums of x - pivot), so it
-// does not lose digits when the mean is large against the spread.
+// a Dense activation (N, C, 1). Forward is three passes (the mean, the sums of (x - mean)^2,
+// then the affine map and the ReLU); backward is two (sums of dz and dz * (x - mean), then
+// dx). Sums are taken in float over short runs and added into double per thread, then the
+// threads' partials are added in thread order, so a result does not depend on scheduling.
+// Summing (x - mean)^2 directly, rather than x^2 - mean^2, keeps the variance's digits when
+// the mean is large against the spread (the mean pass itself sums x minus one element of
+// its channel, for the same reason).
 #include <algorithm>
 #include <cmath>
 #include <vector>
