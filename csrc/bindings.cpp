@@ -89,9 +89,9 @@ constexpr int64_t kConvSerialWork = int64_t{1} << 21, kPoolSerialWork = int64_t{
 #endif
 
 void conv2d_forward(const py::array& x, const py::array& w, const py::object& bias,
-                    const py::array& y, const std::array<int64_t, ConvGeometry::kFields>& f) {
+                    const py::array& y, const ConvFields& f) {
   const ConvGeometry g = conv_geometry(f);
-  const float* b = bias.is_none() ? nullptr : checked(bias.cast<py::array>(), g.c_out, "bias");
+  const float* b = checked_or_null(bias, g.c_out, "bias");
   const float *px = checked(x, g.x_size(), "x"), *pw = checked(w, g.w_size(), "w");
   float* py_ = output(y, g.y_size(), "y");
   if (g.n == 0) return;
@@ -101,7 +101,7 @@ void conv2d_forward(const py::array& x, const py::array& w, const py::object& bi
 }
 
 void conv2d_backward_input(const py::array& dy, const py::array& w, const py::array& dx,
-                           const std::array<int64_t, ConvGeometry::kFields>& f) {
+                           const ConvFields& f) {
   const ConvGeometry g = conv_geometry(f);
   const float *pdy = checked(dy, g.y_size(), "dy"), *pw = checked(w, g.w_size(), "w");
   float* pdx = output(dx, g.x_size(), "dx");
@@ -112,7 +112,7 @@ void conv2d_backward_input(const py::array& dy, const py::array& w, const py::ar
 }
 
 void conv2d_backward_weight(const py::array& dy, const py::array& x, const py::array& dw,
-                            const std::array<int64_t, ConvGeometry::kFields>& f) {
+                            const ConvFields& f) {
   const ConvGeometry g = conv_geometry(f);
   const float *pdy = checked(dy, g.y_size(), "dy"), *px = checked(x, g.x_size(), "x");
   float* pdw = output(dw, g.w_size(), "dw");
@@ -126,7 +126,7 @@ void conv2d_backward_weight(const py::array& dy, const py::array& x, const py::a
 }
 
 void bias_backward(const py::array& dy, const py::array& dbias,
-                   const std::array<int64_t, ConvGeometry::kFields>& f) {
+                   const ConvFields& f) {
   const ConvGeometry g = conv_geometry(f);
   const float* pdy = checked(dy, g.y_size(), "dy");
   float* pdb = output(dbias, g.c_out, "dbias");
@@ -140,7 +140,7 @@ void bias_backward(const py::array& dy, const py::array& dbias,
 }
 
 void pool2d_forward(const py::array& x, const py::array& y,
-                    const std::array<int64_t, PoolGeometry::kFields>& f) {
+                    const PoolFields& f) {
   const PoolGeometry g = pool_geometry(f);
   const float* px = checked(x, g.x_size(), "x");
   float* py_ = output(y, g.y_size(), "y");
@@ -151,7 +151,7 @@ void pool2d_forward(const py::array& x, const py::array& y,
 }
 
 void pool2d_backward(const py::array& dy, const py::array& x, const py::array& dx,
-                     const std::array<int64_t, PoolGeometry::kFields>& f) {
+                     const PoolFields& f) {
   const PoolGeometry g = pool_geometry(f);
   const float *pdy = checked(dy, g.y_size(), "dy"), *px = checked(x, g.x_size(), "x");
   float* pdx = output(dx, g.x_size(), "dx");
@@ -167,18 +167,14 @@ cpu::ChannelShape channel_shape(const std::array<int64_t, 3>& f) {
   return s;
 }
 
-const float* optional_input(const py::object& a, int64_t size, const char* name) {
-  return a.is_none() ? nullptr : checked(a.cast<py::array>(), size, name);
-}
-
 void batch_norm_forward(const py::array& x, const py::object& gamma, const py::object& beta,
                         double eps, bool relu, const py::array& y, const py::array& mean,
                         const py::array& var, const std::array<int64_t, 3>& shape) {
   const cpu::ChannelShape s = channel_shape(shape);
   require(eps >= 0, "eps must be >= 0");
   const float* px = checked(x, s.size(), "x");
-  const float *pg = optional_input(gamma, s.channels, "gamma"),
-              *pb = optional_input(beta, s.channels, "beta");
+  const float *pg = checked_or_null(gamma, s.channels, "gamma"),
+              *pb = checked_or_null(beta, s.channels, "beta");
   float *py_ = output(y, s.size(), "y"), *pm = output(mean, s.channels, "mean"),
         *pv = output(var, s.channels, "var");
   py::gil_scoped_release release;
@@ -193,9 +189,9 @@ void batch_norm_backward(const py::array& dy, const py::array& x, const py::obje
   const cpu::ChannelShape s = channel_shape(shape);
   require(eps >= 0, "eps must be >= 0");
   const float *pdy = checked(dy, s.size(), "dy"), *px = checked(x, s.size(), "x"),
-              *py_ = optional_input(y, s.size(), "y"), *pm = checked(mean, s.channels, "mean"),
-              *pv = checked(var, s.channels, "var"), *pg = optional_input(gamma, s.channels, "gamma");
-  float* pdx = dx.is_none() ? nullptr : output(dx.cast<py::array>(), s.size(), "dx");
+              *py_ = checked_or_null(y, s.size(), "y"), *pm = checked(mean, s.channels, "mean"),
+              *pv = checked(var, s.channels, "var"), *pg = checked_or_null(gamma, s.channels, "gamma");
+  float* pdx = output_or_null(dx, s.size(), "dx");
   float *pdg = output(dgamma, s.channels, "dgamma"), *pdb = output(dbeta, s.channels, "dbeta");
   py::gil_scoped_release release;
   SerialIfSmall serial(s.size(), kPoolSerialWork);

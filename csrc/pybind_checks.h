@@ -30,11 +30,24 @@ inline float* output(const py::array& a, int64_t size, const char* name) {
   return const_cast<float*>(checked(a, size, name, true));
 }
 
+// checked() / output() for an optional argument: None gives nullptr.
+inline const float* checked_or_null(const py::object& a, int64_t size, const char* name) {
+  return a.is_none() ? nullptr : checked(a.cast<py::array>(), size, name);
+}
+
+inline float* output_or_null(const py::object& a, int64_t size, const char* name) {
+  return a.is_none() ? nullptr : output(a.cast<py::array>(), size, name);
+}
+
 inline void require(bool ok, const char* what) {
   if (!ok) throw py::value_error(std::string("invalid geometry: ") + what);
 }
 
-inline ConvGeometry conv_geometry(const std::array<int64_t, ConvGeometry::kFields>& fields) {
+// The geometry tuples as Python passes them (ConvGeometry / PoolGeometry field for field).
+using ConvFields = std::array<int64_t, ConvGeometry::kFields>;
+using PoolFields = std::array<int64_t, PoolGeometry::kFields>;
+
+inline ConvGeometry conv_geometry(const ConvFields& fields) {
   const ConvGeometry g = ConvGeometry::from_array(fields);
   require(g.n >= 0 && g.c_in > 0 && g.h > 0 && g.w > 0 && g.c_out > 0 && g.kh > 0 && g.kw > 0,
           "sizes must be positive");
@@ -46,7 +59,7 @@ inline ConvGeometry conv_geometry(const std::array<int64_t, ConvGeometry::kField
   return g;
 }
 
-inline PoolGeometry pool_geometry(const std::array<int64_t, PoolGeometry::kFields>& fields) {
+inline PoolGeometry pool_geometry(const PoolFields& fields) {
   const PoolGeometry g = PoolGeometry::from_array(fields);
   require(g.n >= 0 && g.c > 0 && g.h > 0 && g.w > 0 && g.kh > 0 && g.kw > 0, "sizes");
   require(g.stride_h > 0 && g.stride_w > 0, "stride > 0");

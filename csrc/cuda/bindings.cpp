@@ -20,8 +20,6 @@ using namespace fastconv::pybind_checks;
 
 namespace {
 
-using ConvFields = std::array<int64_t, ConvGeometry::kFields>;
-using PoolFields = std::array<int64_t, PoolGeometry::kFields>;
 using Pointer = std::uintptr_t;
 
 template <class T = float>

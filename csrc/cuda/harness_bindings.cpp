@@ -23,13 +23,11 @@ using namespace fastconv::pybind_checks;
 
 namespace {
 
-using ConvFields = std::array<int64_t, ConvGeometry::kFields>;
-using PoolFields = std::array<int64_t, PoolGeometry::kFields>;
 
 void conv2d_forward(const py::array& x, const py::array& w, const py::object& bias,
                     const py::array& y, const ConvFields& f) {
   const ConvGeometry g = conv_geometry(f);
-  const float* b = bias.is_none() ? nullptr : checked(bias.cast<py::array>(), g.c_out, "bias");
+  const float* b = checked_or_null(bias, g.c_out, "bias");
   const float *px = checked(x, g.x_size(), "x"), *pw = checked(w, g.w_size(), "w");
   float* py_ = output(y, g.y_size(), "y");
   if (g.n > 0) kernels::conv2d_forward(g, px, pw, b, py_, nullptr);
