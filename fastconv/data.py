@@ -302,8 +302,9 @@ def default_preprocess(batch):
 
 
 def batches(x, y, batch_size, *, rng=None, shuffle=True, augment=None, preprocess=None,
-            drop_last=False):
-    """Yield (inputs, labels) batches; `augment(batch, rng)` runs on the raw batch first."""
+            drop_last=False, epoch=0):
+    """Yield (inputs, labels) batches; `augment(batch, rng)` runs on the raw batch first (an
+    ImageAugmenter also gets the images' indices into x and `epoch`, for alternating flips)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if len(x) != len(y):
@@ -315,7 +316,9 @@ def batches(x, y, batch_size, *, rng=None, shuffle=True, augment=None, preproces
     for start in range(0, stop, batch_size):
         idx = np.sort(order[start:start + batch_size]) if not shuffle else order[start:start + batch_size]
         xb = x[idx]
-        if augment is not None:
+        if isinstance(augment, ImageAugmenter):
+            xb = augment(xb, rng, index=idx, epoch=epoch)
+        elif augment is not None:
             xb = augment(xb, rng)
         yield preprocess(xb), y[idx]
 
@@ -414,14 +417,18 @@ class ImageFolderStream:
 # ---------------------------------------------------------------------------------------
 # Augmentation
 
-def shift_batch(x, dy, dx, axis_w=2):
-    """Translate every image by (dy, dx) pixels, repeating the edge pixels (NHWC: axis_w=2,
-    NCHW: axis_w=3)."""
+_PAD_MODES = {"nearest": "edge", "reflect": "reflect", "constant": "constant"}
+
+
+def shift_batch(x, dy, dx, axis_w=2, fill_mode="nearest"):
+    """Translate every image by (dy, dx) pixels (NHWC: axis_w=2, NCHW: axis_w=3), filling
+    the uncovered border as ImageAugmenter does: 'nearest' repeats the edge pixels,
+    'reflect' mirrors the image about them, 'constant' writes zeros."""
     axis_h = axis_w - 1
     pad = [(0, 0)] * x.ndim
     pad[axis_h], pad[axis_w] = (abs(dy), abs(dy)), (abs(dx), abs(dx))
     from .nn._xp import array_module
-    padded = array_module(x).pad(x, pad, mode="edge")
+    padded = array_module(x).pad(x, pad, mode=_PAD_MODES[fill_mode])
     h, w = x.shape[axis_h], x.shape[axis_w]
     sl = [slice(None)] * x.ndim
     sl[axis_h] = slice(abs(dy) - dy, abs(dy) - dy + h)
@@ -434,8 +441,7 @@ def _translate(x, dys, dxs, fill_mode):
     m = int(max(np.abs(dys).max(initial=0), np.abs(dxs).max(initial=0)))
     if m == 0:
         return x
-    mode = {"nearest": "edge", "reflect": "reflect", "constant": "constant"}[fill_mode]
-    padded = np.pad(x, ((0, 0), (m, m), (m, m), (0, 0)), mode=mode)
+    padded = np.pad(x, ((0, 0), (m, m), (m, m), (0, 0)), mode=_PAD_MODES[fill_mode])
     out = np.empty_like(x)
     h, w = x.shape[1:3]
     for dy in np.unique(dys):
@@ -460,18 +466,36 @@ def _rotate(x, degrees, fill_mode):
     return out
 
 
+def _hash_bits(index, seed):
+    """A fixed pseudo-random bit per (index, seed): splitmix64's finaliser."""
+    z = (np.asarray(index, np.uint64) + np.uint64(seed)) * np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return ((z ^ (z >> np.uint64(31))) & np.uint64(1)).astype(bool)
+
+
 class ImageAugmenter:
     """Random augmentation of uint8 (or float) NHWC training batches, after Keras'
     ImageDataGenerator: horizontal_flip, width/height_shift_range (a fraction of the size if
     < 1, else pixels), rotation_range (degrees), brightness_range (lo, hi) factors, and
     crop_padding (pad by p and take a random crop, i.e. shifts of up to p pixels).
-    Call as augmenter(batch, rng) with a NumPy Generator."""
+    Call as augmenter(batch, rng) with a NumPy Generator.
+
+    horizontal_flip="alternate" is airbench's alternating flip: a fixed random half of the
+    images is mirrored in even epochs and the other half in odd ones, so that every two
+    epochs show each image both ways (random flips repeat a view half of the time). It needs
+    the images' dataset indices and the epoch, which `batches` passes; without them it flips
+    at random."""
 
     def __init__(self, horizontal_flip=False, width_shift_range=0.0, height_shift_range=0.0,
-                 rotation_range=0.0, brightness_range=None, crop_padding=0, fill_mode="reflect"):
+                 rotation_range=0.0, brightness_range=None, crop_padding=0, fill_mode="reflect",
+                 flip_seed=0):
         if fill_mode not in ("nearest", "reflect", "constant"):
             raise ValueError(f"fill_mode must be 'nearest', 'reflect' or 'constant', got {fill_mode!r}")
-        self.horizontal_flip = horizontal_flip
+        if horizontal_flip not in (True, False, "alternate"):
+            raise ValueError(f"horizontal_flip must be True, False or 'alternate', "
+                             f"got {horizontal_flip!r}")
+        self.horizontal_flip, self.flip_seed = horizontal_flip, int(flip_seed)
         self.width_shift_range, self.height_shift_range = width_shift_range, height_shift_range
         self.rotation_range, self.brightness_range = rotation_range, brightness_range
         self.crop_padding, self.fill_mode = int(crop_padding), fill_mode
@@ -480,11 +504,18 @@ class ImageAugmenter:
     def _pixels(r, size):
         return int(round(r * size)) if r < 1 else int(r)
 
-    def __call__(self, x, rng):
+    def _flips(self, n, rng, index, epoch):
+        if self.horizontal_flip == "alternate" and index is not None:
+            return _hash_bits(index, self.flip_seed) ^ bool(epoch % 2)
+        return rng.random(n) < 0.5
+
+    def __call__(self, x, rng, *, index=None, epoch=0):
         x = np.asarray(x)
         n, h, w = x.shape[:3]
+        if index is not None and len(index) != n:
+            raise ValueError(f"index has {len(index)} entries for a batch of {n} images")
         if self.horizontal_flip:
-            flip = rng.random(n) < 0.5
+            flip = self._flips(n, rng, index, epoch)
             x = x.copy()
             x[flip] = x[flip, :, ::-1]
         if self.rotation_range:

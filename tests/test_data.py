@@ -177,6 +177,44 @@ def test_augmentations():
     np.testing.assert_array_equal(fcdata.shift_batch(img, 1, 0)[:, 1:], img[:, :-1])
 
 
+def test_alternating_flip_mirrors_each_image_every_other_epoch():
+    n = 400
+    x = np.arange(n * 2 * 3 * 1, dtype=np.int32).reshape(n, 2, 3, 1)
+    y = np.arange(n)
+    augment = fcdata.ImageAugmenter(horizontal_flip="alternate", flip_seed=7)
+    flipped = []
+    for epoch in range(3):
+        rng = np.random.default_rng([3, epoch])
+        mask = np.zeros(n, bool)
+        for xb, yb in fcdata.batches(x, y, 64, rng=rng, augment=augment, epoch=epoch,
+                                     preprocess=lambda b: b):
+            same, mirrored = (xb == x[yb]).all(axis=(1, 2, 3)), (xb == x[yb][:, :, ::-1]).all(axis=(1, 2, 3))
+            assert (same ^ mirrored).all()
+            mask[yb] = mirrored
+        flipped.append(mask)
+    assert 150 < flipped[0].sum() < 250              # a random half in the first epoch
+    np.testing.assert_array_equal(flipped[1], ~flipped[0])   # the other half in the next
+    np.testing.assert_array_equal(flipped[2], flipped[0])
+    other_seed = fcdata.ImageAugmenter(horizontal_flip="alternate", flip_seed=8)
+    assert not np.array_equal(other_seed(x, None, index=y)[:, :, 0], augment(x, None, index=y)[:, :, 0])
+    with pytest.raises(ValueError, match="index has 3 entries"):
+        augment(x[:4], np.random.default_rng(0), index=y[:3])
+    with pytest.raises(ValueError, match="horizontal_flip"):
+        fcdata.ImageAugmenter(horizontal_flip="sometimes")
+
+
+def test_shift_batch_fill_modes():
+    img = np.arange(2 * 4 * 4 * 1, dtype=np.float32).reshape(2, 4, 4, 1)
+    down_right = fcdata.shift_batch(img, 1, 1, fill_mode="reflect")
+    np.testing.assert_array_equal(down_right[:, 1:, 1:], img[:, :-1, :-1])
+    np.testing.assert_array_equal(down_right[:, 0, 1:], img[:, 1, :-1])   # mirrored about row 0
+    up_left = fcdata.shift_batch(img, -1, -1, fill_mode="constant")
+    np.testing.assert_array_equal(up_left[:, :-1, :-1], img[:, 1:, 1:])
+    assert not up_left[:, -1].any() and not up_left[:, :, -1].any()
+    nchw = fcdata.shift_batch(img.transpose(0, 3, 1, 2), 1, 1, axis_w=3, fill_mode="reflect")
+    np.testing.assert_array_equal(nchw, down_right.transpose(0, 3, 1, 2))
+
+
 def test_prefetch_yields_the_same_batches_in_order():
     x = np.arange(40 * 4 * 4 * 3, dtype=np.uint8).reshape(40, 4, 4, 3)
     y = np.arange(40)

@@ -7,7 +7,7 @@ import pytest
 
 from fastconv import data as fcdata
 from fastconv import nn, optim
-from fastconv.nn.fit import TrainingDiverged
+from fastconv.nn.fit import TrainingDiverged, predict_logits
 
 
 def small_model(seed=0):
@@ -98,7 +98,7 @@ def _compile(model, steps):
                          loss=nn.SparseCategoricalCrossentropy(label_smoothing=0.1))
 
 
-FIT = dict(batch_size=16, seed=3, augment=fcdata.ImageAugmenter(horizontal_flip=True, crop_padding=1),
+FIT = dict(batch_size=16, seed=3, augment=fcdata.ImageAugmenter(horizontal_flip="alternate", crop_padding=1),
            verbose=False, print_fn=lambda s: None)
 
 
@@ -137,6 +137,22 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert [h["loss"] for h in h_straight] == [h["loss"] for h in h_resumed]
+
+
+def test_multicrop_tta_is_airbench_weighted_mean_of_views():
+    x, _ = synthetic(12)
+    model = small_model()
+    logits = lambda v: predict_logits(model, v.astype(np.float32) / 255, batch_size=5)
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    mirror = lambda v: v[:, :, ::-1]
+    pair = lambda v: 0.5 * logits(v) + 0.5 * logits(mirror(v))
+    shifted = 0.5 * pair(padded[:, :8, :8]) + 0.5 * pair(padded[:, 2:, 2:])
+    np.testing.assert_allclose(predict_logits(model, x, batch_size=5, tta="multicrop"),
+                               0.5 * pair(x) + 0.5 * shifted, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(predict_logits(model, x, batch_size=5, tta="flip"), pair(x),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="tta must be"):
+        model.predict(x, tta="fivecrop")
 
 
 def test_nan_loss_stops_with_a_clear_error():

@@ -40,19 +40,20 @@ def _layout_axis_w(model):
 
 
 def _views(model, xb, tta):
-    """The test-time views of a batch: the batch, its mirror ('flip'), and for 'multicrop'
-    also the batch and its mirror shifted one pixel (replicated edge) down-right and up-left."""
-    views = [xb]
-    if tta in ("flip", "multicrop"):
-        axis = _layout_axis_w(model)
-        views.append(xb[:, :, ::-1] if axis == 2 else xb[..., ::-1])
-    if tta == "multicrop":
-        axis = _layout_axis_w(model)
-        for base in list(views):
-            views += [fcdata.shift_batch(base, 1, 1, axis), fcdata.shift_batch(base, -1, -1, axis)]
-    elif tta not in (None, "none", "flip"):
+    """The test-time views of a batch with their weights: the batch and its mirror ('flip'),
+    and for 'multicrop' (airbench's TTA) also both shifted one pixel down-right and up-left
+    (reflected border, as in training), the unshifted pair weighing half."""
+    if tta in (None, "none"):
+        return [(xb, 1.0)]
+    if tta not in ("flip", "multicrop"):
         raise ValueError(f"tta must be None, 'flip' or 'multicrop', got {tta!r}")
-    return views
+    axis = _layout_axis_w(model)
+    mirror = (lambda v: v[:, :, ::-1]) if axis == 2 else (lambda v: v[..., ::-1])
+    if tta == "flip":
+        return [(xb, 0.5), (mirror(xb), 0.5)]
+    shifted = [fcdata.shift_batch(xb, d, d, axis, fill_mode="reflect") for d in (1, -1)]
+    return ([(xb, 0.25), (mirror(xb), 0.25)]
+            + [(v, 0.125) for s in shifted for v in (s, mirror(s))])
 
 
 def predict_logits(model, x, batch_size=256, tta=None, preprocess=None):
@@ -60,11 +61,9 @@ def predict_logits(model, x, batch_size=256, tta=None, preprocess=None):
     out = []
     for start in range(0, len(x), batch_size):
         xb = preprocess(x[start:start + batch_size])
-        views = _views(model, xb, tta)
         xp = array_module(xb)
-        logits = sum(model.forward(xp.ascontiguousarray(v), training=False, logits=True)
-                     for v in views) / len(views)
-        out.append(logits)
+        out.append(sum(weight * model.forward(xp.ascontiguousarray(v), training=False, logits=True)
+                       for v, weight in _views(model, xb, tta)))
     xp = array_module(out[0]) if out else np
     return xp.concatenate(out) if out else np.zeros((0,) + tuple(model.output_shape), np.float32)
 
@@ -97,7 +96,8 @@ def _train_epoch(model, x, y, batch_size, epoch, seed, augment, preprocess, drop
     rng = np.random.default_rng([seed, epoch])
     _reseed(model, seed, epoch)
     batches = fcdata.prefetch(fcdata.batches(x, y, batch_size, rng=rng, augment=augment,
-                                             preprocess=preprocess, drop_last=drop_last))
+                                             preprocess=preprocess, drop_last=drop_last,
+                                             epoch=epoch))
     steps = len(x) // batch_size if drop_last else math.ceil(len(x) / batch_size)
     bar = fcdata.progress(batches, total=steps, desc=f"epoch {epoch + 1}/{epochs}",
                           disable=not verbose)
