@@ -167,11 +167,17 @@ cpu::ChannelShape channel_shape(const std::array<int64_t, 3>& f) {
   return s;
 }
 
+cpu::Activation activation(int code) {
+  require(code >= 0 && code <= 2, "activation must be 0 (none), 1 (relu) or 2 (gelu)");
+  return static_cast<cpu::Activation>(code);
+}
+
 void batch_norm_forward(const py::array& x, const py::object& gamma, const py::object& beta,
-                        double eps, bool relu, const py::array& y, const py::array& mean,
+                        double eps, int act, const py::array& y, const py::array& mean,
                         const py::array& var, const std::array<int64_t, 3>& shape) {
   const cpu::ChannelShape s = channel_shape(shape);
   require(eps >= 0, "eps must be >= 0");
+  const cpu::Activation a = activation(act);
   const float* px = checked(x, s.size(), "x");
   const float *pg = checked_or_null(gamma, s.channels, "gamma"),
               *pb = checked_or_null(beta, s.channels, "beta");
@@ -179,23 +185,42 @@ void batch_norm_forward(const py::array& x, const py::object& gamma, const py::o
         *pv = output(var, s.channels, "var");
   py::gil_scoped_release release;
   SerialIfSmall serial(s.size(), kPoolSerialWork);
-  DISPATCH(batch_norm_forward, s, px, pg, pb, static_cast<float>(eps), relu, py_, pm, pv);
+  DISPATCH(batch_norm_forward, s, px, pg, pb, static_cast<float>(eps), a, py_, pm, pv);
 }
 
-void batch_norm_backward(const py::array& dy, const py::array& x, const py::object& y,
-                         const py::array& mean, const py::array& var, const py::object& gamma,
-                         double eps, const py::object& dx, const py::array& dgamma,
+void batch_norm_inference(const py::array& x, const py::array& mean, const py::array& var,
+                          const py::object& gamma, const py::object& beta, double eps, int act,
+                          const py::array& y, const std::array<int64_t, 3>& shape) {
+  const cpu::ChannelShape s = channel_shape(shape);
+  require(eps >= 0, "eps must be >= 0");
+  const cpu::Activation a = activation(act);
+  const float *px = checked(x, s.size(), "x"), *pm = checked(mean, s.channels, "mean"),
+              *pv = checked(var, s.channels, "var"),
+              *pg = checked_or_null(gamma, s.channels, "gamma"),
+              *pb = checked_or_null(beta, s.channels, "beta");
+  float* py_ = output(y, s.size(), "y");
+  py::gil_scoped_release release;
+  SerialIfSmall serial(s.size(), kPoolSerialWork);
+  DISPATCH(batch_norm_inference, s, px, pm, pv, pg, pb, static_cast<float>(eps), a, py_);
+}
+
+void batch_norm_backward(const py::array& dy, const py::array& x, const py::array& mean,
+                         const py::array& var, const py::object& gamma, const py::object& beta,
+                         double eps, int act, const py::object& dx, const py::array& dgamma,
                          const py::array& dbeta, const std::array<int64_t, 3>& shape) {
   const cpu::ChannelShape s = channel_shape(shape);
   require(eps >= 0, "eps must be >= 0");
+  const cpu::Activation a = activation(act);
   const float *pdy = checked(dy, s.size(), "dy"), *px = checked(x, s.size(), "x"),
-              *py_ = checked_or_null(y, s.size(), "y"), *pm = checked(mean, s.channels, "mean"),
-              *pv = checked(var, s.channels, "var"), *pg = checked_or_null(gamma, s.channels, "gamma");
+              *pm = checked(mean, s.channels, "mean"), *pv = checked(var, s.channels, "var"),
+              *pg = checked_or_null(gamma, s.channels, "gamma"),
+              *pb = checked_or_null(beta, s.channels, "beta");
   float* pdx = output_or_null(dx, s.size(), "dx");
   float *pdg = output(dgamma, s.channels, "dgamma"), *pdb = output(dbeta, s.channels, "dbeta");
   py::gil_scoped_release release;
   SerialIfSmall serial(s.size(), kPoolSerialWork);
-  DISPATCH(batch_norm_backward, s, pdy, px, py_, pm, pv, pg, static_cast<float>(eps), pdx, pdg, pdb);
+  DISPATCH(batch_norm_backward, s, pdy, px, pm, pv, pg, pb, static_cast<float>(eps), a, pdx,
+           pdg, pdb);
 }
 
 void set_isa(const std::string& name) {
@@ -234,11 +259,15 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("pool2d_backward", &pool2d_backward, py::arg("dy"), py::arg("x"), py::arg("dx"),
         py::arg("geometry"));
   m.def("batch_norm_forward", &batch_norm_forward, py::arg("x"), py::arg("gamma"),
-        py::arg("beta"), py::arg("eps"), py::arg("relu"), py::arg("y"), py::arg("mean"),
+        py::arg("beta"), py::arg("eps"), py::arg("activation"), py::arg("y"), py::arg("mean"),
         py::arg("var"), py::arg("shape"));
-  m.def("batch_norm_backward", &batch_norm_backward, py::arg("dy"), py::arg("x"), py::arg("y"),
-        py::arg("mean"), py::arg("var"), py::arg("gamma"), py::arg("eps"), py::arg("dx"),
-        py::arg("dgamma"), py::arg("dbeta"), py::arg("shape"));
+  m.def("batch_norm_inference", &batch_norm_inference, py::arg("x"), py::arg("mean"),
+        py::arg("var"), py::arg("gamma"), py::arg("beta"), py::arg("eps"),
+        py::arg("activation"), py::arg("y"), py::arg("shape"));
+  m.def("batch_norm_backward", &batch_norm_backward, py::arg("dy"), py::arg("x"),
+        py::arg("mean"), py::arg("var"), py::arg("gamma"), py::arg("beta"), py::arg("eps"),
+        py::arg("activation"), py::arg("dx"), py::arg("dgamma"), py::arg("dbeta"),
+        py::arg("shape"));
   m.def("isa", [] { return std::string(cpu::g_avx2 ? "avx2" : "generic"); },
         "The instruction set the kernels run with: 'avx2' or 'generic'.");
   m.def("set_isa", &set_isa, py::arg("name"),

@@ -14,7 +14,8 @@ except ImportError as error:  # pragma: no cover - only a broken install gets he
 from . import reference
 from .memory import array_cache, array_cache_stats
 from ._gpu import available as cuda_available
-from .functional import (avg_pool2d, avg_pool2d_backward, batch_norm, batch_norm_backward, conv2d, conv2d_backward,
+from .functional import (avg_pool2d, avg_pool2d_backward, batch_norm, batch_norm_backward,
+                         batch_norm_inference, conv2d, conv2d_backward,
                          depthwise_conv2d, depthwise_conv2d_backward, global_avg_pool2d,
                          global_avg_pool2d_backward, max_pool2d, max_pool2d_backward,
                          min_pool2d, min_pool2d_backward, pointwise_conv2d,
@@ -25,7 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "array_cache", "array_cache_stats", "avg_pool2d", "avg_pool2d_backward", "batch_norm",
-    "batch_norm_backward", "conv2d", "conv2d_backward", "cuda_available",
+    "batch_norm_backward", "batch_norm_inference", "conv2d", "conv2d_backward", "cuda_available",
     "depthwise_conv2d", "depthwise_conv2d_backward", "get_num_threads", "global_avg_pool2d",
     "global_avg_pool2d_backward", "isa", "max_pool2d", "max_pool2d_backward", "min_pool2d",
     "min_pool2d_backward", "pointwise_conv2d", "pointwise_conv2d_backward", "reference",

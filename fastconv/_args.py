@@ -254,3 +254,15 @@ def nonnegative_float(value, name: str) -> float:
     if not (value >= 0 and np.isfinite(value)):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
+
+
+FUSED_ACTIVATIONS = {None: 0, "relu": 1, "gelu": 2}
+
+
+def fused_activation(value, what: str) -> int:
+    """The kernel code of an activation fused into `what`: None, 'relu' or 'gelu'."""
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{what}: activation must be None, 'relu' or 'gelu', got {value!r}")
+    if value not in FUSED_ACTIVATIONS:
+        raise ValueError(f"{what}: activation must be None, 'relu' or 'gelu', got {value!r}")
+    return FUSED_ACTIVATIONS[value]

@@ -228,50 +228,78 @@ def _channel_vector(v, name, channels, xp):
     return v
 
 
-def batch_norm(x, gamma=None, beta=None, *, axis=-1, eps=1e-3, relu=False):
-    """Training-mode batch normalisation, statistics over every axis but the channel `axis`
-    (-1 for NHWC, 1 for NCHW). Returns (y, mean, var): y = gamma * (x - mean) /
-    sqrt(var + eps) + beta, then max(y, 0) if relu; var is the biased batch variance.
-    gamma / beta None mean 1 / 0. CuPy arrays take the float64 reference formulas."""
-    backend, xp = _backend.resolve(x, gamma, beta)
+def _channel_arrays(x, vectors, what, xp, axis):
+    """x validated, its (outer, channels, inner) shape, and the per-channel vectors
+    {name: array or None} validated against it."""
     x = _args.array(x, "x", None, xp)
-    shape = _args.channel_shape(x.shape, axis, "batch_norm")
-    gamma = _channel_vector(gamma, "gamma", shape[1], xp)
-    beta = _channel_vector(beta, "beta", shape[1], xp)
+    shape = _args.channel_shape(x.shape, axis, what)
+    return x, shape, [_channel_vector(v, name, shape[1], xp) for name, v in vectors.items()]
+
+
+def batch_norm(x, gamma=None, beta=None, *, axis=-1, eps=1e-3, activation=None):
+    """Training-mode batch normalisation, statistics over every axis but the channel `axis`
+    (-1 for NHWC, 1 for NCHW). Returns (y, mean, var): y = act(gamma * (x - mean) /
+    sqrt(var + eps) + beta) with act None, 'relu' or 'gelu' (exact, x * Phi(x)); var is the
+    biased batch variance. gamma / beta None mean 1 / 0. CuPy arrays take the float64
+    reference formulas."""
+    backend, xp = _backend.resolve(x, gamma, beta)
+    x, shape, (gamma, beta) = _channel_arrays(x, {"gamma": gamma, "beta": beta}, "batch_norm",
+                                              xp, axis)
     eps = _args.nonnegative_float(eps, "eps")
-    if not isinstance(relu, bool):
-        raise TypeError(f"relu must be True or False, got {relu!r}")
+    code = _args.fused_activation(activation, "batch_norm")
     if not hasattr(backend, "batch_norm_forward"):
         from . import reference
-        return reference.batch_norm(x, gamma, beta, axis=axis, eps=eps, relu=relu)
+        return reference.batch_norm(x, gamma, beta, axis=axis, eps=eps, activation=activation)
     y = xp.empty_like(x)
     mean, var = xp.empty(shape[1], xp.float32), xp.empty(shape[1], xp.float32)
-    backend.batch_norm_forward(x, gamma, beta, eps, relu, y, mean, var, shape)
+    backend.batch_norm_forward(x, gamma, beta, eps, code, y, mean, var, shape)
     return y, mean, var
 
 
-def batch_norm_backward(dy, x, mean, var, gamma=None, *, y=None, axis=-1, eps=1e-3,
-                        need_dx=True):
+def batch_norm_inference(x, mean, var, gamma=None, beta=None, *, axis=-1, eps=1e-3,
+                         activation=None):
+    """batch_norm's y with given statistics (moving averages at inference) instead of the
+    batch's: act(gamma * (x - mean) / sqrt(var + eps) + beta)."""
+    backend, xp = _backend.resolve(x, mean, var, gamma, beta)
+    x, shape, (mean, var, gamma, beta) = _channel_arrays(
+        x, {"mean": mean, "var": var, "gamma": gamma, "beta": beta}, "batch_norm_inference",
+        xp, axis)
+    if mean is None or var is None:
+        raise TypeError("batch_norm_inference: mean and var are required arrays")
+    eps = _args.nonnegative_float(eps, "eps")
+    code = _args.fused_activation(activation, "batch_norm_inference")
+    if not hasattr(backend, "batch_norm_inference"):
+        from . import reference
+        return reference.batch_norm_inference(x, mean, var, gamma, beta, axis=axis, eps=eps,
+                                              activation=activation)
+    y = xp.empty_like(x)
+    backend.batch_norm_inference(x, mean, var, gamma, beta, eps, code, y, shape)
+    return y
+
+
+def batch_norm_backward(dy, x, mean, var, gamma=None, beta=None, *, axis=-1, eps=1e-3,
+                        activation=None, need_dx=True):
     """Gradients (dx, dgamma, dbeta) of batch_norm at the batch statistics (mean, var) it
-    returned. Pass its output as `y` if it ran with relu=True: dy is zeroed where y is 0."""
-    backend, xp = _backend.resolve(dy, x, mean, var, gamma, y)
-    x = _args.array(x, "x", None, xp)
-    shape = _args.channel_shape(x.shape, axis, "batch_norm_backward")
+    returned, with the same gamma, beta and activation (the activation's input is
+    recomputed from x)."""
+    backend, xp = _backend.resolve(dy, x, mean, var, gamma, beta)
+    x, shape, (mean, var, gamma, beta) = _channel_arrays(
+        x, {"mean": mean, "var": var, "gamma": gamma, "beta": beta}, "batch_norm_backward",
+        xp, axis)
+    if mean is None or var is None:
+        raise TypeError("batch_norm_backward: mean and var are required arrays")
     dy = _args.array(dy, "dy", x.ndim, xp)
     _args.expect_shape(dy, x.shape, "dy", " (the shape of x)")
-    if y is not None:
-        y = _args.array(y, "y", x.ndim, xp)
-        _args.expect_shape(y, x.shape, "y", " (the forward output, the shape of x)")
-    mean = _channel_vector(mean, "mean", shape[1], xp)
-    var = _channel_vector(var, "var", shape[1], xp)
-    gamma = _channel_vector(gamma, "gamma", shape[1], xp)
     eps = _args.nonnegative_float(eps, "eps")
+    code = _args.fused_activation(activation, "batch_norm_backward")
     if not hasattr(backend, "batch_norm_backward"):
         from . import reference
-        dx, dgamma, dbeta = reference.batch_norm_backward(dy, x, mean, var, gamma, y=y,
-                                                          axis=axis, eps=eps)
+        dx, dgamma, dbeta = reference.batch_norm_backward(dy, x, mean, var, gamma, beta,
+                                                          axis=axis, eps=eps,
+                                                          activation=activation)
         return (dx if need_dx else None), dgamma, dbeta
     dx = xp.empty_like(x) if need_dx else None
     dgamma, dbeta = xp.empty(shape[1], xp.float32), xp.empty(shape[1], xp.float32)
-    backend.batch_norm_backward(dy, x, y, mean, var, gamma, eps, dx, dgamma, dbeta, shape)
+    backend.batch_norm_backward(dy, x, mean, var, gamma, beta, eps, code, dx, dgamma, dbeta,
+                                shape)
     return dx, dgamma, dbeta

@@ -8,6 +8,8 @@ windows clipped to the real input.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _args
@@ -228,7 +230,39 @@ def _channel_axes(x, axis):
     return reduce, tuple(-1 if a == axis else 1 for a in range(x.ndim))
 
 
-def batch_norm(x, gamma=None, beta=None, *, axis=-1, eps=1e-3, relu=False):
+def _normal_cdf_pdf(z):
+    """Phi(z) and phi(z) in float64, with erf from math.erf (NumPy) or cupyx (CuPy)."""
+    from .nn._xp import array_module
+    xp = array_module(z)
+    if xp is np:
+        erf = np.vectorize(math.erf, otypes=[np.float64])
+    else:
+        from cupyx.scipy.special import erf
+    return 0.5 * (1.0 + erf(z / math.sqrt(2.0))), xp.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+
+
+def _activate(z, activation):
+    """(act(z), act'(z)) for activation None, 'relu' or 'gelu' (exact: z * Phi(z))."""
+    if activation is None:
+        return z, 1.0
+    if activation == "relu":
+        return z * (z > 0), (z > 0) * 1.0
+    cdf, pdf = _normal_cdf_pdf(z)
+    return z * cdf, cdf + z * pdf
+
+
+def _affine_input(x, mean, var, gamma, beta, axis, eps):
+    """z = gamma * (x - mean) / sqrt(var + eps) + beta in float64, and (x - mean) / std."""
+    from .nn._xp import array_module
+    xp = array_module(x)
+    _, bshape = _channel_axes(x, axis)
+    as64 = lambda v: v.astype(xp.float64).reshape(bshape)
+    xhat = (x.astype(xp.float64) - as64(mean)) / xp.sqrt(as64(var) + eps)
+    z = xhat * (1.0 if gamma is None else as64(gamma)) + (0.0 if beta is None else as64(beta))
+    return z, xhat
+
+
+def batch_norm(x, gamma=None, beta=None, *, axis=-1, eps=1e-3, activation=None):
     """(y, mean, var) of training-mode batch normalisation over every axis but `axis`, in
     float64. Written for NumPy or CuPy arrays alike (CuPy calls of fastconv.batch_norm land here)."""
     from .nn._xp import array_module
@@ -237,29 +271,28 @@ def batch_norm(x, gamma=None, beta=None, *, axis=-1, eps=1e-3, relu=False):
     x64 = x.astype(xp.float64)
     mean = x64.mean(axis=reduce)
     var = ((x64 - mean.reshape(bshape)) ** 2).mean(axis=reduce)
-    y = (x64 - mean.reshape(bshape)) / xp.sqrt(var.reshape(bshape) + eps)
-    if gamma is not None:
-        y = y * gamma.astype(xp.float64).reshape(bshape)
-    if beta is not None:
-        y = y + beta.astype(xp.float64).reshape(bshape)
-    if relu:
-        y = xp.maximum(y, 0)
+    y = batch_norm_inference(x64, mean, var, gamma, beta, axis=axis, eps=eps,
+                             activation=activation)
     return y.astype(x.dtype), mean.astype(x.dtype), var.astype(x.dtype)
 
 
-def batch_norm_backward(dy, x, mean, var, gamma=None, *, y=None, axis=-1, eps=1e-3):
-    """(dx, dgamma, dbeta) of batch_norm; y: its output when it ran with relu=True."""
-    from .nn._xp import array_module
-    xp = array_module(x)
+def batch_norm_inference(x, mean, var, gamma=None, beta=None, *, axis=-1, eps=1e-3,
+                         activation=None):
+    """act(gamma * (x - mean) / sqrt(var + eps) + beta) with given statistics."""
+    z, _ = _affine_input(x, mean, var, gamma, beta, axis, eps)
+    return _activate(z, activation)[0].astype(x.dtype)
+
+
+def batch_norm_backward(dy, x, mean, var, gamma=None, beta=None, *, axis=-1, eps=1e-3,
+                        activation=None):
+    """(dx, dgamma, dbeta) of batch_norm with the same gamma, beta and activation."""
     reduce, bshape = _channel_axes(x, axis)
     count = x.size // x.shape[axis]
-    dz = dy.astype(xp.float64)
-    if y is not None:
-        dz = dz * (y > 0)
-    std = xp.sqrt(var.astype(xp.float64) + eps).reshape(bshape)
-    xhat = (x.astype(xp.float64) - mean.astype(xp.float64).reshape(bshape)) / std
+    z, xhat = _affine_input(x, mean, var, gamma, beta, axis, eps)
+    dz = dy.astype(xhat.dtype) * _activate(z, activation)[1]
     dbeta = dz.sum(axis=reduce)
     dgamma = (dz * xhat).sum(axis=reduce)
-    g = 1.0 if gamma is None else gamma.astype(xp.float64).reshape(bshape)
-    dx = g / std * (dz - dbeta.reshape(bshape) / count - xhat * dgamma.reshape(bshape) / count)
+    g = 1.0 if gamma is None else gamma.astype(xhat.dtype).reshape(bshape)
+    inv_std = 1.0 / (var.astype(xhat.dtype).reshape(bshape) + eps) ** 0.5
+    dx = g * inv_std * (dz - dbeta.reshape(bshape) / count - xhat * dgamma.reshape(bshape) / count)
     return dx.astype(x.dtype), dgamma.astype(x.dtype), dbeta.astype(x.dtype)

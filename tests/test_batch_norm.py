@@ -15,6 +15,9 @@ def relative_error(a, b):
     return float(np.abs(a.astype(np.float64) - b).max() / max(np.abs(b).max(), 1e-30))
 
 
+ACTIVATIONS = [None, "relu", "gelu"]
+
+
 @st.composite
 def cases(draw):
     rank = draw(st.integers(2, 4))
@@ -22,50 +25,70 @@ def cases(draw):
     axis = draw(st.sampled_from([a for a in range(-rank, rank) if a % rank != 0]))
     if np.prod(shape) // shape[axis] < 2:  # one element per channel: a variance of 0
         shape = (2,) + shape[1:]
-    return shape, axis, draw(st.booleans()), draw(st.booleans()), draw(st.integers(0, 2**31))
+    return (shape, axis, draw(st.booleans()), draw(st.sampled_from(ACTIVATIONS)),
+            draw(st.integers(0, 2**31)))
 
 
 @given(cases())
 def test_matches_reference(isa, case):
-    shape, axis, affine, relu, seed = case
+    shape, axis, affine, activation, seed = case
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal(shape) * 2 + rng.uniform(-3, 3)).astype(np.float32)
     c = shape[axis]
     gamma = rng.standard_normal(c).astype(np.float32) if affine else None
     beta = rng.standard_normal(c).astype(np.float32) if affine else None
-    y, mean, var = fastconv.batch_norm(x, gamma, beta, axis=axis, eps=1e-5, relu=relu)
-    y_ref, mean_ref, var_ref = ref.batch_norm(x.astype(np.float64), gamma, beta, axis=axis,
-                                              eps=1e-5, relu=relu)
+    kw = dict(axis=axis, eps=1e-5, activation=activation)
+    y, mean, var = fastconv.batch_norm(x, gamma, beta, **kw)
+    y_ref, mean_ref, var_ref = ref.batch_norm(x.astype(np.float64), gamma, beta, **kw)
     x_scale = np.abs(x).max()
     np.testing.assert_allclose(mean, mean_ref, rtol=1e-6, atol=1e-6 * x_scale)
     np.testing.assert_allclose(var, var_ref, rtol=1e-5, atol=1e-6 * x_scale ** 2)
-    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5 * np.abs(y_ref).max())
+    # y = a * x + b in float32: b and the float32 mean carry rounding of |x| * a
+    gain = np.abs(1 if gamma is None else gamma).max() / np.sqrt(var_ref.min() + 1e-5)
+    y_tol = 1e-5 * np.abs(y_ref).max() + 1e-6 + 4 * np.finfo(np.float32).eps * x_scale * gain
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=y_tol)
+    moving = fastconv.batch_norm_inference(x, mean, var, gamma, beta, **kw)
+    np.testing.assert_allclose(moving, y_ref, rtol=1e-5, atol=y_tol)
     dy = rng.standard_normal(shape).astype(np.float32)
-    grads = fastconv.batch_norm_backward(dy, x, mean, var, gamma, y=y if relu else None,
-                                         axis=axis, eps=1e-5)
+    grads = fastconv.batch_norm_backward(dy, x, mean, var, gamma, beta, **kw)
     grads_ref = ref.batch_norm_backward(dy.astype(np.float64), x.astype(np.float64), mean_ref,
-                                        var_ref, gamma, y=y_ref if relu else None, axis=axis,
-                                        eps=1e-5)
+                                        var_ref, gamma, beta, **kw)
     # float32 rounding of the terms that cancel in dx: tolerance scaled by the terms' size
     dy_scale = np.abs(dy).max()
-    gain = np.abs(1 if gamma is None else gamma).max() / np.sqrt(var_ref.min() + 1e-5)
     atols = [1e-5 * dy_scale * gain, 1e-5 * dy_scale * x.size, 1e-5 * dy_scale * x.size]
     for got, want, atol in zip(grads, grads_ref, atols):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=atol)
 
 
-def test_large_training_batch_nhwc(isa):
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_large_training_batch_nhwc(isa, activation):
     """The training shape (many NHWC rows, several threads' partial sums)."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((96, 15, 15, 32)).astype(np.float32)
-    y, mean, var = fastconv.batch_norm(x, relu=True)
-    y_ref, mean_ref, var_ref = ref.batch_norm(x.astype(np.float64), relu=True)
+    beta = rng.standard_normal(32).astype(np.float32)
+    y, mean, var = fastconv.batch_norm(x, beta=beta, activation=activation)
+    y_ref, mean_ref, var_ref = ref.batch_norm(x.astype(np.float64), beta=beta,
+                                              activation=activation)
     assert relative_error(y, y_ref) < 1e-5 and relative_error(var, var_ref) < 1e-5
-    dx, dgamma, dbeta = fastconv.batch_norm_backward(x, x, mean, var, y=y)
-    dx_ref, dgamma_ref, dbeta_ref = ref.batch_norm_backward(x.astype(np.float64), x, mean_ref,
-                                                            var_ref, y=y_ref)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    dx, dgamma, dbeta = fastconv.batch_norm_backward(dy, x, mean, var, beta=beta,
+                                                     activation=activation)
+    dx_ref, dgamma_ref, dbeta_ref = ref.batch_norm_backward(
+        dy.astype(np.float64), x, mean_ref, var_ref, beta=beta, activation=activation)
     assert relative_error(dx, dx_ref) < 1e-4
     assert relative_error(dgamma, dgamma_ref) < 1e-4 and relative_error(dbeta, dbeta_ref) < 1e-4
+
+
+def test_gelu_known_values():
+    """GELU(z) = z * Phi(z): Phi(1) = 0.8413447, Phi(-2) = 0.0227501, Phi(6) = 1 - 9.9e-10."""
+    z = np.array([[0.0, 1.0, -2.0, 6.0, -6.0, -40.0]], np.float32).repeat(2, axis=0)
+    y = fastconv.batch_norm_inference(z, np.zeros(6, np.float32), np.ones(6, np.float32),
+                                      eps=0.0, activation="gelu")
+    np.testing.assert_allclose(y[0], [0.0, 0.8413447, -2 * 0.0227501, 6.0, -6 * 9.866e-10, 0.0],
+                               rtol=2e-6, atol=1e-7)
+    _, slope = ref._activate(z[0].astype(np.float64), "gelu")  # Phi(z) + z phi(z)
+    np.testing.assert_allclose(slope[:3], [0.5, 0.8413447461 + 0.2419707245,
+                                           0.0227501319 - 2 * 0.0539909665], rtol=1e-8)
 
 
 def test_variance_survives_a_large_mean():
@@ -81,27 +104,35 @@ def test_variance_survives_a_large_mean():
 
 def test_known_values_and_relu_mask():
     x = np.array([[1.0, -2.0], [3.0, 2.0]], np.float32)  # channel 0: mean 2, var 1
-    y, mean, var = fastconv.batch_norm(x, eps=0.0, relu=True)
+    y, mean, var = fastconv.batch_norm(x, eps=0.0, activation="relu")
     np.testing.assert_array_equal(mean, [2.0, 0.0])
     np.testing.assert_array_equal(var, [1.0, 4.0])
     np.testing.assert_array_equal(y, [[0.0, 0.0], [1.0, 1.0]])
-    dx, dgamma, dbeta = fastconv.batch_norm_backward(np.ones_like(x), x, mean, var, y=y, eps=0.0)
+    dx, dgamma, dbeta = fastconv.batch_norm_backward(np.ones_like(x), x, mean, var, eps=0.0,
+                                                     activation="relu")
     np.testing.assert_array_equal(dbeta, [1.0, 1.0])  # only the unmasked row counts
     np.testing.assert_array_equal(dgamma, [1.0, 1.0])
     np.testing.assert_allclose(dx, [[0.0, 0.0], [0.0, 0.0]], atol=1e-7)
+    inf_where_off = np.array([[np.inf, np.inf], [1.0, 1.0]], np.float32)
+    dx, _, dbeta = fastconv.batch_norm_backward(inf_where_off, x, mean, var, eps=0.0,
+                                                activation="relu")
+    assert np.isfinite(dx).all() and np.array_equal(dbeta, [1.0, 1.0])
 
 
-def test_reference_gradients_by_finite_differences():
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_reference_gradients_by_finite_differences(activation):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((5, 3, 4))
     gamma, beta = rng.standard_normal(4), rng.standard_normal(4)
     r = rng.standard_normal(x.shape)
 
     def loss(x_, gamma_, beta_):
-        return float((ref.batch_norm(x_, gamma_, beta_, eps=1e-3, relu=True)[0] * r).sum())
+        return float((ref.batch_norm(x_, gamma_, beta_, eps=1e-3, activation=activation)[0]
+                      * r).sum())
 
-    y, mean, var = ref.batch_norm(x, gamma, beta, eps=1e-3, relu=True)
-    grads = ref.batch_norm_backward(r, x, mean, var, gamma, y=y, eps=1e-3)
+    y, mean, var = ref.batch_norm(x, gamma, beta, eps=1e-3, activation=activation)
+    grads = ref.batch_norm_backward(r, x, mean, var, gamma, beta, eps=1e-3,
+                                    activation=activation)
     args = [x, gamma, beta]
     for i, grad in enumerate(grads):
         v = rng.standard_normal(args[i].shape)
@@ -134,9 +165,13 @@ C = np.ones(5, np.float32)
     (lambda: fastconv.batch_norm(X, eps=-1.0), ValueError, "eps"),
     (lambda: fastconv.batch_norm(X, eps=float("nan")), ValueError, "eps"),
     (lambda: fastconv.batch_norm(X, eps="1e-3"), TypeError, "eps"),
-    (lambda: fastconv.batch_norm(X, relu=1), TypeError, "relu"),
+    (lambda: fastconv.batch_norm(X, activation=1), TypeError, "activation"),
+    (lambda: fastconv.batch_norm(X, activation="tanh"), ValueError, "activation"),
+    (lambda: fastconv.batch_norm_inference(X, None, C), TypeError, "mean and var"),
+    (lambda: fastconv.batch_norm_inference(X, C, C[:4]), ValueError, "var"),
     (lambda: fastconv.batch_norm_backward(X[:1], X, C, C), ValueError, "dy"),
-    (lambda: fastconv.batch_norm_backward(X, X, C, C, y=X[..., :1]), ValueError, "y"),
+    (lambda: fastconv.batch_norm_backward(X, X, C, C, beta=C[:3]), ValueError, "beta"),
+    (lambda: fastconv.batch_norm_backward(X, X, C, C, activation="GELU"), ValueError, "activation"),
     (lambda: fastconv.batch_norm_backward(X, X, C[:2], C), ValueError, "mean"),
     (lambda: fastconv.batch_norm_backward(X, X, C, C, axis=1), ValueError, "mean"),
 ])
@@ -147,6 +182,7 @@ def test_bad_arguments_raise(call, exc, match):
 
 @pytest.mark.parametrize("fn, base", [
     (fastconv.batch_norm, [X]),
+    (fastconv.batch_norm_inference, [X, C, C]),
     (fastconv.batch_norm_backward, [X, X, C, C]),
 ])
 def test_malformed_calls_raise_instead_of_crashing(fn, base):
@@ -155,9 +191,7 @@ def test_malformed_calls_raise_instead_of_crashing(fn, base):
             args = list(base)
             args[slot] = value
             call_must_not_crash(fn, *args)
-    for key in ["axis", "eps", "relu", "gamma", "beta"] + (["y"] if len(base) > 1 else []):
-        if fn is fastconv.batch_norm_backward and key == "beta":
-            continue
+    for key in ["axis", "eps", "activation", "gamma", "beta"]:
         for value in ODD_VALUES + ODD_ARRAYS:
             call_must_not_crash(fn, *base, **{key: value})
 
@@ -165,8 +199,11 @@ def test_malformed_calls_raise_instead_of_crashing(fn, base):
 def test_native_layer_rejects_mismatched_buffers():
     mean, var = np.empty(5, np.float32), np.empty(5, np.float32)
     with pytest.raises(ValueError, match="elements"):
-        fastconv._cpu.batch_norm_forward(X, None, None, 1e-3, False, np.empty(3, np.float32),
+        fastconv._cpu.batch_norm_forward(X, None, None, 1e-3, 0, np.empty(3, np.float32),
                                          mean, var, (24, 5, 1))
     with pytest.raises(ValueError, match="geometry"):
-        fastconv._cpu.batch_norm_forward(X, None, None, 1e-3, False, np.empty_like(X), mean,
+        fastconv._cpu.batch_norm_forward(X, None, None, 1e-3, 0, np.empty_like(X), mean,
                                          var, (0, 5, 1))
+    with pytest.raises(ValueError, match="activation"):
+        fastconv._cpu.batch_norm_inference(X, mean, var, None, None, 1e-3, 3, np.empty_like(X),
+                                           (24, 5, 1))

@@ -159,3 +159,13 @@ def test_quick_run_writes_the_report(tmp_path):
     assert "- Machine:" in text and "sgemm" in text and "pooling fwd+bwd" in text
     assert text.count("| global avgpool | 2x128x32x32 |") == 2
     assert (tmp_path / "cpu.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_batch_norm_bench_agrees_with_torch_and_writes_rows(tmp_path):
+    pytest.importorskip("torch")
+    from bench import batch_norm
+    assert batch_norm.shapes(8) == [(8, 15, 15, 64), (8, 7, 7, 128), (8, 3, 3, 256)]
+    batch_norm.main(["--batch", "2", "--seconds", "0", "--out", str(tmp_path)])
+    rows = [l for l in (tmp_path / "batch_norm.md").read_text().splitlines() if l.startswith("| 2x")]
+    assert len(rows) == 9 and {r.split(" | ")[1] for r in rows} == {"none", "relu", "gelu"}
+    assert max(float(r.rstrip(" |").split(" | ")[-1]) for r in rows) < 1e-4  # agrees with torch

@@ -62,6 +62,8 @@ KERNEL_LAYERS = [
     (lambda: nn.BatchNormalization(axis=1, scale=False), (3, 4, 5)),
     (lambda: nn.BatchNormalization(activation="relu"), (3, 4, 5)),
     (lambda: nn.BatchNormalization(axis=1, activation="relu", trainable=False), (3, 4, 5)),
+    (lambda: nn.BatchNormalization(activation="gelu"), (3, 4, 5)),
+    (lambda: nn.BatchNormalization(activation="gelu", trainable=False), (3, 4, 5)),
 ]
 
 
@@ -111,18 +113,18 @@ def test_batchnorm_inference_uses_moving_statistics():
     np.testing.assert_allclose(layer.state["moving_mean"], [1.0, 2.0, 3.0])  # 0.5*0 + 0.5*mean
     np.testing.assert_allclose(layer.state["moving_variance"], [1.5, 4.5, 9.5])  # unbiased var
     y = layer.forward(x, training=False)
-    np.testing.assert_allclose(y, (x - [1, 2, 3]) / np.sqrt([1.5, 4.5, 9.5]), rtol=1e-6)
+    np.testing.assert_allclose(y, (x - [1, 2, 3]) / np.sqrt([1.5, 4.5, 9.5]), rtol=1e-6, atol=1e-7)
 
 
 def test_frozen_batchnorm_runs_in_inference_mode():
     layer = _build(nn.BatchNormalization(trainable=False), (3,))
     layer.state["moving_mean"][:] = [1, 2, 3]
     layer.state["moving_variance"][:] = [4, 4, 4]
-    x = np.random.default_rng(5).standard_normal((6, 3))
+    x = np.random.default_rng(5).standard_normal((6, 3)).astype(np.float32)
     np.testing.assert_allclose(layer.forward(x, training=True), (x - [1, 2, 3]) / np.sqrt(4.001),
-                               rtol=1e-6)
+                               rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(layer.state["moving_mean"], [1, 2, 3])
-    check_gradients(layer, x, eps=1e-6, rtol=1e-5, atol=1e-7)
+    check_gradients(layer, x, eps=1e-2, rtol=2e-3, atol=1e-5)  # linear: no curvature error
 
 
 def test_keras_output_shapes_and_parameter_counts():

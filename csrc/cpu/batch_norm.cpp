@@ -1,10 +1,12 @@
-// Batch normalisation over one channel axis, training mode, with an optional fused ReLU.
+// Batch normalisation over one channel axis, training and inference mode, with an optional
+// fused activation (ReLU or GELU, cpu/activation.h).
 //
 // The array is viewed as (outer, channels, inner): NHWC is (N*H*W, C, 1), NCHW (N, C, H*W),
 // a Dense activation (N, C, 1). Forward is three passes (the mean, the sums of (x - mean)^2,
-// then the affine map and the ReLU); backward is two (sums of dz and dz * (x - mean), then
-// dx). Sums are taken in float over short runs and added into double per thread, then the
-// threads' partials are added in thread order, so a result does not depend on scheduling.
+// then the affine map and the activation); backward is two (sums of dz and dz * (x - mean),
+// then dx), both recomputing the activation's input from x rather than storing it. Sums are
+// taken in float over short runs and added into double per thread, then the threads'
+// partials are added in thread order, so a result does not depend on scheduling.
 // Summing (x - mean)^2 directly, rather than x^2 - mean^2, keeps the variance's digits when
 // the mean is large against the spread (the mean pass itself sums x minus one element of
 // its channel, for the same reason).
@@ -12,6 +14,7 @@
 #include <cmath>
 #include <vector>
 
+#include "cpu/activation.h"
 #include "cpu/kernels.h"
 #include "cpu/parallel.h"
 
@@ -91,14 +94,40 @@ void for_each_element(const ChannelShape& s, Map map) {
   });
 }
 
+// y = a * x + b per channel: the normalisation with gamma and beta folded in. Forward,
+// inference and backward all derive it from the same float statistics, so backward
+// recomputes exactly the pre-activation values that forward activated.
+struct Affine {
+  std::vector<float> a, b;
+};
+
+Affine affine(int64_t channels, const float* mean, const float* var, const float* gamma,
+              const float* beta, float eps) {
+  Affine f{std::vector<float>(channels), std::vector<float>(channels)};
+  for (int64_t c = 0; c < channels; ++c) {
+    const double a = (gamma ? gamma[c] : 1.0) / std::sqrt(static_cast<double>(var[c]) + eps);
+    f.a[c] = static_cast<float>(a);
+    f.b[c] = static_cast<float>((beta ? beta[c] : 0.0) - mean[c] * a);
+  }
+  return f;
+}
+
+void apply(const ChannelShape& s, const float* x, const Affine& f, Activation act, float* y) {
+  const float* __restrict a = f.a.data();
+  const float* __restrict b = f.b.data();
+  with_activation(act, [&](auto kind) {
+    for_each_element(s, [&](int64_t c, int64_t i) { y[i] = activate<decltype(kind)::value>(x[i] * a[c] + b[c]); });
+  });
+}
+
 }  // namespace
 
 void batch_norm_forward(const ChannelShape& s, const float* x, const float* gamma,
-                        const float* beta, float eps, bool relu, float* y, float* mean,
+                        const float* beta, float eps, Activation act, float* y, float* mean,
                         float* var) {
   const int64_t channels = s.channels;
   const double count = static_cast<double>(s.outer * s.inner);
-  std::vector<float> pivot(channels), scale(channels), shift(channels);
+  std::vector<float> pivot(channels);
   std::vector<double> sums(2 * channels);
   for (int64_t c = 0; c < channels; ++c) pivot[c] = x[c * s.inner];  // an element of channel c
   const float* __restrict p = pivot.data();
@@ -111,39 +140,38 @@ void batch_norm_forward(const ChannelShape& s, const float* x, const float* gamm
   }, sums.data());
   for (int64_t c = 0; c < channels; ++c) {
     const double m1 = sums[c] / count;  // small: the mean of x - mean, float rounding
-    const double variance = std::max(0.0, sums[channels + c] / count - m1 * m1);
     mean[c] = static_cast<float>(pivot[c] + m1);
-    var[c] = static_cast<float>(variance);
-    const double a = (gamma ? gamma[c] : 1.0) / std::sqrt(variance + eps);
-    scale[c] = static_cast<float>(a);
-    shift[c] = static_cast<float>((beta ? beta[c] : 0.0) - mean[c] * a);
+    var[c] = static_cast<float>(std::max(0.0, sums[channels + c] / count - m1 * m1));
   }
-  const float* __restrict a = scale.data();
-  const float* __restrict b = shift.data();
-  if (relu)
-    for_each_element(s, [&](int64_t c, int64_t i) { y[i] = std::max(x[i] * a[c] + b[c], 0.f); });
-  else
-    for_each_element(s, [&](int64_t c, int64_t i) { y[i] = x[i] * a[c] + b[c]; });
+  apply(s, x, affine(channels, mean, var, gamma, beta, eps), act, y);
+}
+
+void batch_norm_inference(const ChannelShape& s, const float* x, const float* mean,
+                          const float* var, const float* gamma, const float* beta, float eps,
+                          Activation act, float* y) {
+  apply(s, x, affine(s.channels, mean, var, gamma, beta, eps), act, y);
 }
 
 namespace {
 
-// dz: the gradient at the normalised output, i.e. dy with a fused ReLU's zeros applied
-template <bool relu>
-void backward(const ChannelShape& s, const float* dy, const float* x, const float* y,
-              const float* mean, const float* var, const float* gamma, float eps, float* dx,
+// dz: the gradient at the normalised output z = a * x + b, i.e. dy through the activation
+template <Activation act>
+void backward(const ChannelShape& s, const float* dy, const float* x, const float* mean,
+              const float* var, const float* gamma, const float* beta, float eps, float* dx,
               float* dgamma, float* dbeta) {
   const int64_t channels = s.channels;
   const double count = static_cast<double>(s.outer * s.inner);
-  auto dz = [&](int64_t i) {  // both loads up front: a select, not a branch on the data
-    const float d = dy[i];
-    return relu ? (y[i] > 0.f ? d : 0.f) : d;
+  const Affine f = affine(channels, mean, var, gamma, beta, eps);
+  const float* __restrict fa = f.a.data();
+  const float* __restrict fb = f.b.data();
+  auto dz = [&](int64_t c, int64_t i) {
+    return act == Activation::none ? dy[i] : activation_backward<act>(x[i] * fa[c] + fb[c], dy[i]);
   };
   std::vector<double> sums(2 * channels);
-  channel_sums(s, [&](int64_t c, int64_t i, float& f, float& g) {
-    const float d = dz(i);
-    f += d;
-    g += d * (x[i] - mean[c]);
+  channel_sums(s, [&](int64_t c, int64_t i, float& sum_dz, float& sum_dz_x) {
+    const float d = dz(c, i);
+    sum_dz += d;
+    sum_dz_x += d * (x[i] - mean[c]);
   }, sums.data());
   std::vector<float> k_dz(channels), k_x(channels), k_0(channels);
   for (int64_t c = 0; c < channels; ++c) {
@@ -162,16 +190,18 @@ void backward(const ChannelShape& s, const float* dy, const float* x, const floa
   const float* __restrict a = k_dz.data();
   const float* __restrict b = k_x.data();
   const float* __restrict z = k_0.data();
-  for_each_element(s, [&](int64_t c, int64_t i) { dx[i] = a[c] * dz(i) + b[c] * x[i] + z[c]; });
+  for_each_element(s, [&](int64_t c, int64_t i) { dx[i] = a[c] * dz(c, i) + b[c] * x[i] + z[c]; });
 }
 
 }  // namespace
 
 void batch_norm_backward(const ChannelShape& s, const float* dy, const float* x,
-                         const float* y, const float* mean, const float* var,
-                         const float* gamma, float eps, float* dx, float* dgamma, float* dbeta) {
-  if (y) backward<true>(s, dy, x, y, mean, var, gamma, eps, dx, dgamma, dbeta);
-  else backward<false>(s, dy, x, y, mean, var, gamma, eps, dx, dgamma, dbeta);
+                         const float* mean, const float* var, const float* gamma,
+                         const float* beta, float eps, Activation act, float* dx, float* dgamma,
+                         float* dbeta) {
+  with_activation(act, [&](auto kind) {
+    backward<decltype(kind)::value>(s, dy, x, mean, var, gamma, beta, eps, dx, dgamma, dbeta);
+  });
 }
 
 }  // namespace fastconv::cpu::FASTCONV_ISA

@@ -23,12 +23,15 @@
   void pool2d_forward(const PoolGeometry& g, const float* x, float* y);                       \
   void pool2d_backward(const PoolGeometry& g, const float* dy, const float* x, float* dx);      \
   void batch_norm_forward(const ChannelShape& s, const float* x, const float* gamma,           \
-                          const float* beta, float eps, bool relu, float* y, float* mean,      \
+                          const float* beta, float eps, Activation act, float* y, float* mean, \
                           float* var);                                                        \
+  void batch_norm_inference(const ChannelShape& s, const float* x, const float* mean,          \
+                            const float* var, const float* gamma, const float* beta, float eps, \
+                            Activation act, float* y);                                        \
   void batch_norm_backward(const ChannelShape& s, const float* dy, const float* x,             \
-                           const float* y, const float* mean, const float* var,               \
-                           const float* gamma, float eps, float* dx, float* dgamma,           \
-                           float* dbeta);
+                           const float* mean, const float* var, const float* gamma,           \
+                           const float* beta, float eps, Activation act, float* dx,           \
+                           float* dgamma, float* dbeta);
 
 namespace fastconv::cpu {
 
@@ -38,6 +41,9 @@ struct ChannelShape {
   int64_t outer, channels, inner;
   int64_t size() const { return outer * channels * inner; }
 };
+
+// The activation fused into batch norm, applied to its normalised output.
+enum class Activation : int { none = 0, relu = 1, gelu = 2 };
 
 namespace avx2 {
 FASTCONV_KERNEL_DECLARATIONS

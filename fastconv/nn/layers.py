@@ -317,13 +317,16 @@ class BatchNormalization(Layer):
     (moving = momentum * moving + (1 - momentum) * batch) at inference, and also in training
     when trainable=False (frozen for transfer learning); `axis` is the channel axis of the full
     batch (-1 for channels_last, 1 for channels_first). Training statistics and gradients come
-    from fastconv.batch_norm; activation='relu' is fused into it."""
+    from fastconv.batch_norm, inference from fastconv.batch_norm_inference; activation='relu'
+    or 'gelu' is fused into both."""
 
     def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
                  beta_initializer="zeros", gamma_initializer="ones", **kwargs):
         super().__init__(**kwargs)
-        # activation='relu' runs inside the batch-norm kernel (one pass fewer each way)
-        self.fused_activation = self.activation is not None and self.activation.name == "relu"
+        # these activations run inside the batch-norm kernel (one pass fewer each way)
+        self.fused_activation = (self.activation is not None
+                                 and self.activation.name in ("relu", "gelu"))
+        self._kernel_activation = self.activation.name if self.fused_activation else None
         self.axis, self.momentum, self.epsilon = axis, momentum, epsilon
         self.center, self.scale = center, scale
         self.beta_initializer, self.gamma_initializer = beta_initializer, gamma_initializer
@@ -352,35 +355,43 @@ class BatchNormalization(Layer):
         return a, self.params.get("beta", 0.0) - mean * a
 
     def forward(self, x, training=False):
-        xp = array_module(x)
         self._frozen = not self.trainable  # as Keras: a frozen BN runs in inference mode
+        gamma, beta = self.params.get("gamma"), self.params.get("beta")
         if not training or self._frozen:
-            inv = 1.0 / xp.sqrt(self.state["moving_variance"] + self.epsilon)
-            self._frozen_scale, b = self._affine(self.state["moving_mean"], inv)
-            y = (x * self._frozen_scale.reshape(self._bshape)
-                 + xp.asarray(b, x.dtype).reshape(self._bshape))
-            self._y = xp.maximum(y, 0, out=y) if self.fused_activation else None
-            return y
-        y, mean, var = F.batch_norm(x, self.params.get("gamma"), self.params.get("beta"),
-                                    axis=self.axis, eps=self.epsilon, relu=self.fused_activation)
+            self._x = x
+            return F.batch_norm_inference(x, self.state["moving_mean"],
+                                          self.state["moving_variance"], gamma, beta,
+                                          axis=self.axis, eps=self.epsilon,
+                                          activation=self._kernel_activation)
+        y, mean, var = F.batch_norm(x, gamma, beta, axis=self.axis, eps=self.epsilon,
+                                    activation=self._kernel_activation)
         m = self.momentum
         count = x.size // mean.size
         unbiased = var * (count / max(count - 1, 1))
         self.state["moving_mean"] = m * self.state["moving_mean"] + (1 - m) * mean
         self.state["moving_variance"] = m * self.state["moving_variance"] + (1 - m) * unbiased
-        self._x, self._y, self._mean, self._var = x, y, mean, var
+        self._x, self._mean, self._var = x, mean, var
         return y
 
+    def _frozen_backward(self, dy):
+        """Gradient through the fixed affine map of the moving statistics (and the fused
+        activation): no statistics depend on x."""
+        xp = array_module(dy)
+        inv = 1.0 / xp.sqrt(self.state["moving_variance"] + self.epsilon)
+        a, b = self._affine(self.state["moving_mean"], inv)
+        a = xp.asarray(a, dy.dtype).reshape(self._bshape)
+        if self.fused_activation:
+            z = self._x * a + xp.asarray(b, dy.dtype).reshape(self._bshape)
+            dy = self.activation.backward(dy, z, self.activation.forward(z))
+        return dy * a
+
     def backward(self, dy):
-        fused_y = self._y if self.fused_activation else None
         if self._frozen:
-            if not self.need_input_grad:
-                return None
-            dy = dy * (fused_y > 0) if fused_y is not None else dy
-            return dy * self._frozen_scale.reshape(self._bshape)
+            return self._frozen_backward(dy) if self.need_input_grad else None
         dx, dgamma, dbeta = F.batch_norm_backward(
-            dy, self._x, self._mean, self._var, self.params.get("gamma"), y=fused_y,
-            axis=self.axis, eps=self.epsilon, need_dx=self.need_input_grad)
+            dy, self._x, self._mean, self._var, self.params.get("gamma"), self.params.get("beta"),
+            axis=self.axis, eps=self.epsilon, activation=self._kernel_activation,
+            need_dx=self.need_input_grad)
         self._store_grads(gamma=dgamma, beta=dbeta)
         return dx
 
