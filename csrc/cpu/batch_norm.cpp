@@ -9,7 +9,9 @@
 // partials are added in thread order, so a result does not depend on scheduling.
 // Summing (x - mean)^2 directly, rather than x^2 - mean^2, keeps the variance's digits when
 // the mean is large against the spread (the mean pass itself sums x minus one element of
-// its channel, for the same reason).
+// its channel, for the same reason). The element loops carry `ivdep`: the callers' many
+// input pointers would otherwise exceed GCC's run-time alias checks, and with a fused GELU
+// the loops then ran scalar (backward sums at 512x15x15x64: 26 ms, vectorised 4.6 ms).
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -43,6 +45,7 @@ void channel_sums(const ChannelShape& s, Terms terms, double* out) {
         float* __restrict f = first.data();
         float* __restrict g = second.data();
         for (int64_t o = ob; o < std::min(ob + kRowBlock, o1); ++o)
+          #pragma GCC ivdep
           for (int64_t c = 0; c < channels; ++c) terms(c, o * channels + c, f[c], g[c]);
         for (int64_t c = 0; c < channels; ++c) {
           acc[c] += f[c];
@@ -56,6 +59,7 @@ void channel_sums(const ChannelShape& s, Terms terms, double* out) {
           float f[kLanes] = {}, g[kLanes] = {};
           int64_t i = 0;
           for (; i + kLanes <= s.inner; i += kLanes)
+            #pragma GCC ivdep
             for (int64_t l = 0; l < kLanes; ++l) terms(c, base + i + l, f[l], g[l]);
           for (; i < s.inner; ++i) terms(c, base + i, f[0], g[0]);
           for (int64_t l = 0; l < kLanes; ++l) {
@@ -80,6 +84,7 @@ void for_each_element(const ChannelShape& s, Map map) {
     if (s.inner == 1) {
       for (int64_t i = begin; i < end;) {  // whole rows of channels where possible
         const int64_t c0 = i % per_row, run = std::min(end - i, per_row - c0);
+        #pragma GCC ivdep
         for (int64_t c = 0; c < run; ++c) map(c0 + c, i + c);
         i += run;
       }
@@ -87,6 +92,7 @@ void for_each_element(const ChannelShape& s, Map map) {
       for (int64_t i = begin; i < end;) {
         const int64_t c = i / s.inner % s.channels;
         const int64_t run = std::min(end - i, s.inner - i % s.inner);
+        #pragma GCC ivdep
         for (int64_t k = 0; k < run; ++k) map(c, i + k);
         i += run;
       }
@@ -156,9 +162,9 @@ namespace {
 
 // dz: the gradient at the normalised output z = a * x + b, i.e. dy through the activation
 template <Activation act>
-void backward(const ChannelShape& s, const float* dy, const float* x, const float* mean,
-              const float* var, const float* gamma, const float* beta, float eps, float* dx,
-              float* dgamma, float* dbeta) {
+void backward(const ChannelShape& s, const float* __restrict dy, const float* __restrict x,
+              const float* __restrict mean, const float* var, const float* gamma,
+              const float* beta, float eps, float* __restrict dx, float* dgamma, float* dbeta) {
   const int64_t channels = s.channels;
   const double count = static_cast<double>(s.outer * s.inner);
   const Affine f = affine(channels, mean, var, gamma, beta, eps);
