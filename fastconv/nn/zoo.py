@@ -38,16 +38,19 @@ def _block(width, activation):
 REFERENCE_WIDTHS = (64, 128, 256)
 
 
-def reference_net(widths=REFERENCE_WIDTHS, whiten_width=24, activation="relu", num_classes=10,
-                  seed=0):
+def reference_net(widths=REFERENCE_WIDTHS, whiten_width=24, activation="gelu",
+                  whiten_activation="relu", num_classes=10, seed=0):
     """airbench-style CIFAR-10 network: a frozen 2x2 whitening conv (3 -> whiten_width, see
-    init_whitening), three blocks conv3x3 -> maxpool -> BN -> act -> conv3x3 -> BN -> act,
-    maxpool 3, a bias-free Dense and a 1/9 logit scale. About 130 MFLOP (65 M multiply-adds)
-    per image at the default widths 64/128/256 (airbench94 uses 64/256/256). BN biases
-    learn 64x faster (lr_scale), as in airbench."""
+    init_whitening) -> whiten_activation, three blocks conv3x3 -> maxpool -> BN -> act ->
+    conv3x3 -> BN -> act (act fused into the batch-norm kernel), maxpool 3, a bias-free Dense
+    and a 1/9 logit scale. About 130 MFLOP (65 M multiply-adds) per image at the default
+    widths 64/128/256 (airbench94 uses 64/256/256). BN biases learn 64x faster (lr_scale), as
+    in airbench. The stem keeps ReLU: its 31x31x24 output would make a NumPy GELU the
+    costliest layer of the step, and with the filters' negatives beside them ReLU loses
+    nothing there."""
     layers = [Conv2D(whiten_width, 2, padding="valid", input_shape=(32, 32, 3),
                      trainable=False, name="whiten"),
-              Activation(activation)]
+              Activation(whiten_activation)]
     for width in widths:
         layers += _block(width, activation)
     layers += [MaxPooling2D(3), Flatten(),
