@@ -36,6 +36,16 @@ def _widths(text):
     return widths
 
 
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}")
+    return value
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m fastconv.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,6 +69,9 @@ def parse_args(argv=None):
     p.add_argument("--lookahead", action=argparse.BooleanOptionalAction, default=True,
                    help="Lookahead every 5 steps with airbench's averaging schedule")
     p.add_argument("--tta", choices=["none", "flip", "multicrop"], default="multicrop")
+    p.add_argument("--eval-every", type=_positive_int, default=2, metavar="N",
+                   help="test accuracy after every N-th epoch and the last (each costs about "
+                        "a tenth of an epoch here)")
     p.add_argument("--translate", type=int, default=2, help="random translate, pixels")
     p.add_argument("--flip", choices=["random", "alternate"], default="alternate",
                    help="horizontal flips: at random, or each image every other epoch (airbench)")
@@ -145,7 +158,8 @@ def main(argv=None):
     began = time.perf_counter()
     try:
         history = model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
-                            validation_data=(x_test, y_test), seed=args.seed, augment=augment,
+                            validation_data=(x_test, y_test), validation_freq=args.eval_every,
+                            seed=args.seed, augment=augment,
                             preprocess=train_preprocess, tta=None if args.tta == "none" else args.tta,
                             checkpoint=os.path.join(args.output, "checkpoint.npz"),
                             resume=args.resume, drop_last=True, verbose=not args.quiet,

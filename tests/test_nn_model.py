@@ -155,6 +155,18 @@ def test_multicrop_tta_is_airbench_weighted_mean_of_views():
         model.predict(x, tta="fivecrop")
 
 
+def test_validation_freq_evaluates_every_nth_and_the_final_epoch(tmp_path):
+    x, y = synthetic(32)
+    model = _compile(small_model(), steps=5 * 2)
+    history = model.fit(x, y, epochs=5, validation_data=synthetic(16, 1), validation_freq=2,
+                        output_dir=str(tmp_path), **FIT)
+    assert [h["test_acc"] is not None for h in history] == [False, True, False, True, True]
+    rows = [line.split(",") for line in (tmp_path / "metrics.csv").read_text().splitlines()[1:]]
+    assert [r[4] != "" for r in rows] == [False, True, False, True, True]  # test_acc column
+    with pytest.raises(ValueError, match="validation_freq"):
+        model.fit(x, y, epochs=1, validation_freq=0, **FIT)
+
+
 def test_nan_loss_stops_with_a_clear_error():
     x, y = synthetic(32)
     model = small_model().compile(optimizer=optim.SGD(1e30), loss="sparse_categorical_crossentropy")

@@ -57,3 +57,11 @@ def test_cli_stops_on_nan(tiny_archive, tmp_path):
     with pytest.raises(SystemExit, match="stopped: loss is nan|stopped: loss is inf"):
         train.main(["--data", tiny_archive, "--batch-size", "8", "--epochs", "2", "--lr", "1e30",
                     "--output", str(tmp_path / "nan"), "--quiet"])
+
+
+@pytest.mark.parametrize("flag, value", [("--eval-every", "0"), ("--eval-every", "x"),
+                                         ("--widths", "64,128"), ("--flip", "sometimes")])
+def test_cli_rejects_bad_flags(flag, value, capsys):
+    with pytest.raises(SystemExit) as stop:
+        train.parse_args([flag, value])
+    assert stop.value.code == 2 and flag in capsys.readouterr().err

@@ -145,13 +145,16 @@ def load_checkpoint(path, model):
 
 
 def fit(model, x, y, batch_size=32, epochs=1, validation_data=None, *, validation_split=0.0,
-        seed=0, augment=None, preprocess=None, tta=None, checkpoint=None, resume=False,
-        drop_last=False, verbose=True, print_fn=print, output_dir=None):
+        validation_freq=1, seed=0, augment=None, preprocess=None, tta=None, checkpoint=None,
+        resume=False, drop_last=False, verbose=True, print_fn=print, output_dir=None):
     """Train; returns the history (one dict per epoch). validation_split holds out a seeded
-    random fraction of (x, y) as validation data. Test accuracy uses `tta` in the final
-    epoch only (earlier epochs evaluate the plain images). `checkpoint` is a .npz path written
-    after every epoch; resume=True continues from it. With `output_dir`, metrics.csv,
-    metrics.json and curves.png are written there at the end."""
+    random fraction of (x, y) as validation data. As in Keras, validation runs after every
+    `validation_freq`-th epoch, and here also after the final one; test accuracy uses `tta`
+    in the final epoch only (earlier epochs evaluate the plain images). `checkpoint` is a
+    .npz path written after every epoch; resume=True continues from it. With `output_dir`,
+    metrics.csv, metrics.json and curves.png are written there at the end."""
+    if isinstance(validation_freq, bool) or not isinstance(validation_freq, int) or validation_freq < 1:
+        raise ValueError(f"validation_freq must be an int >= 1, got {validation_freq!r}")
     preprocess = preprocess or fcdata.default_preprocess
     if validation_split:  # split first: augmentation only ever sees the training part
         (x, y), validation_data = fcdata.train_val_split(x, y, validation_split, seed)
@@ -169,11 +172,12 @@ def fit(model, x, y, batch_size=32, epochs=1, validation_data=None, *, validatio
             loss, acc = _train_epoch(model, x, y, batch_size, epoch, seed, augment, preprocess,
                                      drop_last, verbose, epochs)
             test_acc = test_loss = None
-            if validation_data is not None:
+            final = epoch + 1 == epochs
+            if validation_data is not None and (final or (epoch + 1) % validation_freq == 0):
                 # test-time augmentation multiplies the evaluation cost: only the final epoch
                 test_loss, test_acc = evaluate(model, *validation_data,
                                                batch_size=max(batch_size, 256),
-                                               tta=tta if epoch + 1 == epochs else None,
+                                               tta=tta if final else None,
                                                preprocess=preprocess)
         history.append(dict(epoch=epoch + 1, loss=loss, train_acc=acc, test_loss=test_loss,
                             test_acc=test_acc, lr=lr, seconds=time.perf_counter() - began))
@@ -201,14 +205,16 @@ def write_metrics(history, output_dir, print_fn=print):
     except ImportError:
         print_fn("matplotlib is not installed: skipped curves.png (pip install matplotlib)")
         return
-    epochs = [h["epoch"] for h in history]
+    def curve(ax, key, label):  # epochs without validation have no test values
+        points = [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points), marker="." if key.startswith("test") else None, label=label)
+
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, [h["loss"] for h in history], label="train loss")
-    if any(h.get("test_loss") is not None for h in history):
-        ax1.plot(epochs, [h["test_loss"] for h in history], label="test loss")
-    ax2.plot(epochs, [h["train_acc"] for h in history], label="train acc")
-    if any(h.get("test_acc") is not None for h in history):
-        ax2.plot(epochs, [h["test_acc"] for h in history], label="test acc")
+    curve(ax1, "loss", "train loss")
+    curve(ax1, "test_loss", "test loss")
+    curve(ax2, "train_acc", "train acc")
+    curve(ax2, "test_acc", "test acc")
     for ax, title in ((ax1, "loss"), (ax2, "accuracy")):
         ax.set_xlabel("epoch")
         ax.set_title(title)
