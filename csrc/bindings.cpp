@@ -161,23 +161,25 @@ void pool2d_backward(const py::array& dy, const py::array& x, const py::array& d
   DISPATCH(pool2d_backward, g, pdy, px, pdx);
 }
 
-cpu::ChannelShape channel_shape(const std::array<int64_t, 3>& f) {
-  const cpu::ChannelShape s{f[0], f[1], f[2]};
-  require(s.outer > 0 && s.channels > 0 && s.inner > 0, "(outer, channels, inner) must be positive");
-  return s;
-}
+// The arguments every batch-norm entry point shares, checked.
+struct BatchNormArgs {
+  cpu::ChannelShape s;
+  float eps;
+  cpu::Activation act;
+};
 
-cpu::Activation activation(int code) {
-  require(code >= 0 && code <= 2, "activation must be 0 (none), 1 (relu) or 2 (gelu)");
-  return static_cast<cpu::Activation>(code);
+BatchNormArgs batch_norm_args(const std::array<int64_t, 3>& shape, double eps, int act) {
+  const cpu::ChannelShape s{shape[0], shape[1], shape[2]};
+  require(s.outer > 0 && s.channels > 0 && s.inner > 0, "(outer, channels, inner) must be positive");
+  require(eps >= 0, "eps must be >= 0");
+  require(act >= 0 && act <= 2, "activation must be 0 (none), 1 (relu) or 2 (gelu)");
+  return {s, static_cast<float>(eps), static_cast<cpu::Activation>(act)};
 }
 
 void batch_norm_forward(const py::array& x, const py::object& gamma, const py::object& beta,
                         double eps, int act, const py::array& y, const py::array& mean,
                         const py::array& var, const std::array<int64_t, 3>& shape) {
-  const cpu::ChannelShape s = channel_shape(shape);
-  require(eps >= 0, "eps must be >= 0");
-  const cpu::Activation a = activation(act);
+  const auto [s, e, a] = batch_norm_args(shape, eps, act);
   const float* px = checked(x, s.size(), "x");
   const float *pg = checked_or_null(gamma, s.channels, "gamma"),
               *pb = checked_or_null(beta, s.channels, "beta");
@@ -185,15 +187,13 @@ void batch_norm_forward(const py::array& x, const py::object& gamma, const py::o
         *pv = output(var, s.channels, "var");
   py::gil_scoped_release release;
   SerialIfSmall serial(s.size(), kPoolSerialWork);
-  DISPATCH(batch_norm_forward, s, px, pg, pb, static_cast<float>(eps), a, py_, pm, pv);
+  DISPATCH(batch_norm_forward, s, px, pg, pb, e, a, py_, pm, pv);
 }
 
 void batch_norm_inference(const py::array& x, const py::array& mean, const py::array& var,
                           const py::object& gamma, const py::object& beta, double eps, int act,
                           const py::array& y, const std::array<int64_t, 3>& shape) {
-  const cpu::ChannelShape s = channel_shape(shape);
-  require(eps >= 0, "eps must be >= 0");
-  const cpu::Activation a = activation(act);
+  const auto [s, e, a] = batch_norm_args(shape, eps, act);
   const float *px = checked(x, s.size(), "x"), *pm = checked(mean, s.channels, "mean"),
               *pv = checked(var, s.channels, "var"),
               *pg = checked_or_null(gamma, s.channels, "gamma"),
@@ -201,16 +201,14 @@ void batch_norm_inference(const py::array& x, const py::array& mean, const py::a
   float* py_ = output(y, s.size(), "y");
   py::gil_scoped_release release;
   SerialIfSmall serial(s.size(), kPoolSerialWork);
-  DISPATCH(batch_norm_inference, s, px, pm, pv, pg, pb, static_cast<float>(eps), a, py_);
+  DISPATCH(batch_norm_inference, s, px, pm, pv, pg, pb, e, a, py_);
 }
 
 void batch_norm_backward(const py::array& dy, const py::array& x, const py::array& mean,
                          const py::array& var, const py::object& gamma, const py::object& beta,
                          double eps, int act, const py::object& dx, const py::array& dgamma,
                          const py::array& dbeta, const std::array<int64_t, 3>& shape) {
-  const cpu::ChannelShape s = channel_shape(shape);
-  require(eps >= 0, "eps must be >= 0");
-  const cpu::Activation a = activation(act);
+  const auto [s, e, a] = batch_norm_args(shape, eps, act);
   const float *pdy = checked(dy, s.size(), "dy"), *px = checked(x, s.size(), "x"),
               *pm = checked(mean, s.channels, "mean"), *pv = checked(var, s.channels, "var"),
               *pg = checked_or_null(gamma, s.channels, "gamma"),
@@ -219,8 +217,7 @@ void batch_norm_backward(const py::array& dy, const py::array& x, const py::arra
   float *pdg = output(dgamma, s.channels, "dgamma"), *pdb = output(dbeta, s.channels, "dbeta");
   py::gil_scoped_release release;
   SerialIfSmall serial(s.size(), kPoolSerialWork);
-  DISPATCH(batch_norm_backward, s, pdy, px, pm, pv, pg, pb, static_cast<float>(eps), a, pdx,
-           pdg, pdb);
+  DISPATCH(batch_norm_backward, s, pdy, px, pm, pv, pg, pb, e, a, pdx, pdg, pdb);
 }
 
 void set_isa(const std::string& name) {

@@ -27,6 +27,12 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
+def positive_int(value, name: str) -> int:
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return int(value)
+
+
 def pair(value, name: str, *, minimum: int) -> tuple[int, int]:
     """An int or an (h, w) pair of ints, each at least `minimum`."""
     if _is_int(value):

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _args
+
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                    "ship", "truck")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -327,9 +329,7 @@ def prefetch(iterable, depth=1):
     """Iterate `iterable` on a background thread, up to `depth` items ahead, so that preparing
     the next batch (NumPy work that mostly runs without the GIL) overlaps the training step.
     Items and their order are those of `iterable`; its exceptions re-raise here."""
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"depth must be an int >= 1, got {depth!r}")
-    return _prefetched(iterable, depth)
+    return _prefetched(iterable, _args.positive_int(depth, "depth"))
 
 
 def _prefetched(iterable, depth):

@@ -228,9 +228,11 @@ def _channel_vector(v, name, channels, xp):
     return v
 
 
-def _channel_arrays(x, vectors, what, xp, axis):
+def _channel_arrays(x, vectors, what, xp, axis, required=()):
     """x validated, its (outer, channels, inner) shape, and the per-channel vectors
-    {name: array or None} validated against it."""
+    {name: array or None} validated against it; the `required` ones may not be None."""
+    if any(vectors[name] is None for name in required):
+        raise TypeError(f"{what}: {' and '.join(required)} are required arrays")
     x = _args.array(x, "x", None, xp)
     shape = _args.channel_shape(x.shape, axis, what)
     return x, shape, [_channel_vector(v, name, shape[1], xp) for name, v in vectors.items()]
@@ -263,9 +265,7 @@ def batch_norm_inference(x, mean, var, gamma=None, beta=None, *, axis=-1, eps=1e
     backend, xp = _backend.resolve(x, mean, var, gamma, beta)
     x, shape, (mean, var, gamma, beta) = _channel_arrays(
         x, {"mean": mean, "var": var, "gamma": gamma, "beta": beta}, "batch_norm_inference",
-        xp, axis)
-    if mean is None or var is None:
-        raise TypeError("batch_norm_inference: mean and var are required arrays")
+        xp, axis, required=("mean", "var"))
     eps = _args.nonnegative_float(eps, "eps")
     code = _args.fused_activation(activation, "batch_norm_inference")
     if not hasattr(backend, "batch_norm_inference"):
@@ -285,9 +285,7 @@ def batch_norm_backward(dy, x, mean, var, gamma=None, beta=None, *, axis=-1, eps
     backend, xp = _backend.resolve(dy, x, mean, var, gamma, beta)
     x, shape, (mean, var, gamma, beta) = _channel_arrays(
         x, {"mean": mean, "var": var, "gamma": gamma, "beta": beta}, "batch_norm_backward",
-        xp, axis)
-    if mean is None or var is None:
-        raise TypeError("batch_norm_backward: mean and var are required arrays")
+        xp, axis, required=("mean", "var"))
     dy = _args.array(dy, "dy", x.ndim, xp)
     _args.expect_shape(dy, x.shape, "dy", " (the shape of x)")
     eps = _args.nonnegative_float(eps, "eps")

@@ -252,14 +252,17 @@ def _activate(z, activation):
 
 
 def _affine_input(x, mean, var, gamma, beta, axis, eps):
-    """z = gamma * (x - mean) / sqrt(var + eps) + beta in float64, and (x - mean) / std."""
+    """In float64: z = gamma * xhat + beta, xhat = (x - mean) * inv_std, and the per-channel
+    gamma * inv_std (broadcastable to x), inv_std = 1 / sqrt(var + eps)."""
     from .nn._xp import array_module
     xp = array_module(x)
     _, bshape = _channel_axes(x, axis)
     as64 = lambda v: v.astype(xp.float64).reshape(bshape)
-    xhat = (x.astype(xp.float64) - as64(mean)) / xp.sqrt(as64(var) + eps)
+    inv_std = 1.0 / xp.sqrt(as64(var) + eps)
+    xhat = (x.astype(xp.float64) - as64(mean)) * inv_std
+    gain = inv_std if gamma is None else as64(gamma) * inv_std
     z = xhat * (1.0 if gamma is None else as64(gamma)) + (0.0 if beta is None else as64(beta))
-    return z, xhat
+    return z, xhat, gain
 
 
 def batch_norm(x, gamma=None, beta=None, *, axis=-1, eps=1e-3, activation=None):
@@ -279,7 +282,7 @@ def batch_norm(x, gamma=None, beta=None, *, axis=-1, eps=1e-3, activation=None):
 def batch_norm_inference(x, mean, var, gamma=None, beta=None, *, axis=-1, eps=1e-3,
                          activation=None):
     """act(gamma * (x - mean) / sqrt(var + eps) + beta) with given statistics."""
-    z, _ = _affine_input(x, mean, var, gamma, beta, axis, eps)
+    z = _affine_input(x, mean, var, gamma, beta, axis, eps)[0]
     return _activate(z, activation)[0].astype(x.dtype)
 
 
@@ -288,11 +291,9 @@ def batch_norm_backward(dy, x, mean, var, gamma=None, beta=None, *, axis=-1, eps
     """(dx, dgamma, dbeta) of batch_norm with the same gamma, beta and activation."""
     reduce, bshape = _channel_axes(x, axis)
     count = x.size // x.shape[axis]
-    z, xhat = _affine_input(x, mean, var, gamma, beta, axis, eps)
+    z, xhat, gain = _affine_input(x, mean, var, gamma, beta, axis, eps)
     dz = dy.astype(xhat.dtype) * _activate(z, activation)[1]
     dbeta = dz.sum(axis=reduce)
     dgamma = (dz * xhat).sum(axis=reduce)
-    g = 1.0 if gamma is None else gamma.astype(xhat.dtype).reshape(bshape)
-    inv_std = 1.0 / (var.astype(xhat.dtype).reshape(bshape) + eps) ** 0.5
-    dx = g * inv_std * (dz - dbeta.reshape(bshape) / count - xhat * dgamma.reshape(bshape) / count)
+    dx = gain * (dz - dbeta.reshape(bshape) / count - xhat * dgamma.reshape(bshape) / count)
     return dx.astype(x.dtype), dgamma.astype(x.dtype), dbeta.astype(x.dtype)

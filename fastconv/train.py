@@ -26,16 +26,6 @@ MODELS = {"reference": lambda args: zoo.reference_net(widths=args.widths,
           "tutorial_deeper": lambda args: zoo.tutorial_net(deeper=True, seed=args.seed)}
 
 
-def _widths(text):
-    try:
-        widths = tuple(int(w) for w in text.split(","))
-    except ValueError:
-        widths = ()
-    if len(widths) != 3 or min(widths) < 1:
-        raise argparse.ArgumentTypeError(f"expected three positive ints like 64,128,256, got {text!r}")
-    return widths
-
-
 def _positive_int(text):
     try:
         value = int(text)
@@ -44,6 +34,16 @@ def _positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}")
     return value
+
+
+def _widths(text):
+    try:
+        widths = tuple(_positive_int(w) for w in text.split(","))
+    except argparse.ArgumentTypeError:
+        widths = ()
+    if len(widths) != 3:
+        raise argparse.ArgumentTypeError(f"expected three positive ints like 64,128,256, got {text!r}")
+    return widths
 
 
 def parse_args(argv=None):

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from .. import _args
 from .. import data as fcdata
 from ..memory import array_cache
 from ._xp import array_module
@@ -153,8 +154,7 @@ def fit(model, x, y, batch_size=32, epochs=1, validation_data=None, *, validatio
     in the final epoch only (earlier epochs evaluate the plain images). `checkpoint` is a
     .npz path written after every epoch; resume=True continues from it. With `output_dir`,
     metrics.csv, metrics.json and curves.png are written there at the end."""
-    if isinstance(validation_freq, bool) or not isinstance(validation_freq, int) or validation_freq < 1:
-        raise ValueError(f"validation_freq must be an int >= 1, got {validation_freq!r}")
+    validation_freq = _args.positive_int(validation_freq, "validation_freq")
     preprocess = preprocess or fcdata.default_preprocess
     if validation_split:  # split first: augmentation only ever sees the training part
         (x, y), validation_data = fcdata.train_val_split(x, y, validation_split, seed)

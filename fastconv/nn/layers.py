@@ -358,11 +358,13 @@ class BatchNormalization(Layer):
         self._frozen = not self.trainable  # as Keras: a frozen BN runs in inference mode
         gamma, beta = self.params.get("gamma"), self.params.get("beta")
         if not training or self._frozen:
-            self._x = x
-            return F.batch_norm_inference(x, self.state["moving_mean"],
-                                          self.state["moving_variance"], gamma, beta,
-                                          axis=self.axis, eps=self.epsilon,
-                                          activation=self._kernel_activation)
+            y = F.batch_norm_inference(x, self.state["moving_mean"],
+                                       self.state["moving_variance"], gamma, beta,
+                                       axis=self.axis, eps=self.epsilon,
+                                       activation=self._kernel_activation)
+            if training:  # frozen: _frozen_backward needs them
+                self._x, self._y = x, y
+            return y
         y, mean, var = F.batch_norm(x, gamma, beta, axis=self.axis, eps=self.epsilon,
                                     activation=self._kernel_activation)
         m = self.momentum
@@ -382,7 +384,7 @@ class BatchNormalization(Layer):
         a = xp.asarray(a, dy.dtype).reshape(self._bshape)
         if self.fused_activation:
             z = self._x * a + xp.asarray(b, dy.dtype).reshape(self._bshape)
-            dy = self.activation.backward(dy, z, self.activation.forward(z))
+            dy = self.activation.backward(dy, z, self._y)
         return dy * a
 
     def backward(self, dy):
