@@ -12,40 +12,46 @@ from __future__ import annotations
 from . import _args, _backend
 
 
-def _conv_inputs(x, w, bias, xp, what):
+def _conv_inputs(x, w, bias, xp, w_ndim=4):
     x = _args.array(x, "x", 4, xp)
-    w = _args.array(w, "w", 4, xp)
+    w = _args.array(w, "w", w_ndim, xp)
     if bias is not None:
         bias = _args.array(bias, "bias", 1, xp)
         _args.expect_shape(bias, (w.shape[0],), "bias", " (one value per output channel)")
     return x, w, bias
 
 
-def _conv_forward(x, w, bias, what, **geometry_args):
-    backend, xp = _backend.resolve(x, w, bias)
-    x, w, bias = _conv_inputs(x, w, bias, xp, what)
-    g = _args.conv_geometry(x.shape, w.shape, what=what, **geometry_args)
-    y = xp.empty(g.y_shape, dtype=xp.float32)
-    backend.conv2d_forward(x, w, bias, y, g.astuple())
+def _as_4d(w):
+    """Pointwise (out, in) weights as the (out, in, 1, 1) kernel of a 1x1 convolution."""
+    return w if w.ndim == 4 else w.reshape(w.shape[0], w.shape[1], 1, 1)
+
+
+def _conv_forward(x, w, bias, what, w_ndim=4, **geometry_args):
+    backend = _backend.resolve(x, w, bias)
+    x, w, bias = _conv_inputs(x, w, bias, backend.xp, w_ndim)
+    g = _args.conv_geometry(x.shape, _as_4d(w).shape, what=what, **geometry_args)
+    with backend.device(x):
+        y = backend.xp.empty(g.y_shape, dtype=backend.xp.float32)
+    backend.kernels.conv2d_forward(x, w, bias, y, g.astuple())
     return y
 
 
-def _conv_backward(dy, x, w, what, need_dx=True, need_dbias=True, **geometry_args):
-    backend, xp = _backend.resolve(dy, x, w)
-    x, w, _ = _conv_inputs(x, w, None, xp, what)
+def _conv_backward(dy, x, w, what, need_dx=True, need_dbias=True, w_ndim=4, **geometry_args):
+    backend = _backend.resolve(dy, x, w)
+    xp = backend.xp
+    x, w, _ = _conv_inputs(x, w, None, xp, w_ndim)
     dy = _args.array(dy, "dy", 4, xp)
-    g = _args.conv_geometry(x.shape, w.shape, what=what, **geometry_args)
+    g = _args.conv_geometry(x.shape, _as_4d(w).shape, what=what, **geometry_args)
     _args.expect_shape(dy, g.y_shape, "dy", " (the shape of the forward output)")
-    dx = None
+    with backend.device(x):
+        dx = xp.empty(g.x_shape, dtype=xp.float32) if need_dx else None
+        dw = xp.empty(w.shape, dtype=xp.float32)
+        dbias = xp.empty((g.c_out,), dtype=xp.float32) if need_dbias else None
     if need_dx:
-        dx = xp.empty(g.x_shape, dtype=xp.float32)
-        backend.conv2d_backward_input(dy, w, dx, g.astuple())
-    dw = xp.empty(w.shape, dtype=xp.float32)
-    backend.conv2d_backward_weight(dy, x, dw, g.astuple())
-    dbias = None
+        backend.kernels.conv2d_backward_input(dy, w, dx, g.astuple())
+    backend.kernels.conv2d_backward_weight(dy, x, dw, g.astuple())
     if need_dbias:
-        dbias = xp.empty((g.c_out,), dtype=xp.float32)
-        backend.bias_backward(dy, dbias, g.astuple())
+        backend.kernels.bias_backward(dy, dbias, g.astuple())
     return dx, dw, dbias
 
 
@@ -89,27 +95,15 @@ def depthwise_conv2d_backward(dy, x, w, *, stride=1, padding=0, dilation=1, layo
                           padding=padding, dilation=dilation, groups=groups, layout=layout)
 
 
-def _as_1x1(w, what):
-    if getattr(w, "ndim", None) != 2:
-        raise ValueError(f"{what}: pointwise weights must be 2-D (out_channels, in_channels), "
-                         f"got shape {tuple(getattr(w, 'shape', ()))}; for a (out, in, 1, 1) "
-                         f"array pass w[:, :, 0, 0]")
-    return w.reshape(w.shape[0], w.shape[1], 1, 1)
-
-
 def pointwise_conv2d(x, w, bias=None, *, layout="NCHW"):
     """1x1 convolution: a GEMM over channels at every pixel; w is (out, in)."""
-    _args.array(w, "w", 2, _backend.resolve(x, w, bias)[1])
-    return _conv_forward(x, _as_1x1(w, "pointwise_conv2d"), bias, "pointwise_conv2d",
-                         stride=1, padding=0, dilation=1, groups=1, layout=layout)
+    return _conv_forward(x, w, bias, "pointwise_conv2d", w_ndim=2, stride=1, padding=0,
+                         dilation=1, groups=1, layout=layout)
 
 
 def pointwise_conv2d_backward(dy, x, w, *, layout="NCHW", need_dx=True):
-    _args.array(w, "w", 2, _backend.resolve(dy, x, w)[1])
-    dx, dw, dbias = _conv_backward(dy, x, _as_1x1(w, "pointwise_conv2d_backward"),
-                                   "pointwise_conv2d_backward", need_dx, stride=1, padding=0,
-                                   dilation=1, groups=1, layout=layout)
-    return dx, dw.reshape(w.shape), dbias
+    return _conv_backward(dy, x, w, "pointwise_conv2d_backward", need_dx, w_ndim=2, stride=1,
+                          padding=0, dilation=1, groups=1, layout=layout)
 
 
 def separable_conv2d(x, depthwise_w, pointwise_w, bias=None, *, stride=1, padding=0,
@@ -135,26 +129,28 @@ def separable_conv2d_backward(dy, x, depthwise_w, pointwise_w, *, stride=1, padd
 # Pooling
 
 def _pool_forward(kind, x, kernel_size, stride, padding, layout, count_include_pad=False):
-    backend, xp = _backend.resolve(x)
-    x = _args.array(x, "x", 4, xp)
+    backend = _backend.resolve(x)
+    x = _args.array(x, "x", 4, backend.xp)
     g = _args.pool_geometry(x.shape, kernel_size, stride=stride, padding=padding, layout=layout,
                             kind=kind, count_include_pad=count_include_pad,
                             what=f"{kind}_pool2d")
-    y = xp.empty(g.y_shape, dtype=xp.float32)
-    backend.pool2d_forward(x, y, g.astuple())
+    with backend.device(x):
+        y = backend.xp.empty(g.y_shape, dtype=backend.xp.float32)
+    backend.kernels.pool2d_forward(x, y, g.astuple())
     return y
 
 
 def _pool_backward(kind, dy, x, kernel_size, stride, padding, layout, count_include_pad=False):
-    backend, xp = _backend.resolve(dy, x)
-    x = _args.array(x, "x", 4, xp)
-    dy = _args.array(dy, "dy", 4, xp)
+    backend = _backend.resolve(dy, x)
+    x = _args.array(x, "x", 4, backend.xp)
+    dy = _args.array(dy, "dy", 4, backend.xp)
     g = _args.pool_geometry(x.shape, kernel_size, stride=stride, padding=padding, layout=layout,
                             kind=kind, count_include_pad=count_include_pad,
                             what=f"{kind}_pool2d_backward")
     _args.expect_shape(dy, g.y_shape, "dy", " (the shape of the forward output)")
-    dx = xp.empty(x.shape, dtype=xp.float32)
-    backend.pool2d_backward(dy, x, dx, g.astuple())
+    with backend.device(x):
+        dx = backend.xp.empty(x.shape, dtype=backend.xp.float32)
+    backend.kernels.pool2d_backward(dy, x, dx, g.astuple())
     return dx
 
 
@@ -206,12 +202,11 @@ def _whole_image(x, layout):
 def global_avg_pool2d(x, *, layout="NCHW"):
     """Mean over H and W: (N, C, H, W) or (N, H, W, C) -> (N, C)."""
     y = _pool_forward("avg", x, _whole_image(x, layout), None, 0, layout)
-    return y.reshape(y.shape[0], -1)
+    return y.reshape(y.shape[0], y.shape[3] if _args.channels_last(layout) else y.shape[1])
 
 
 def global_avg_pool2d_backward(dy, x, *, layout="NCHW"):
-    backend, xp = _backend.resolve(dy, x)
-    dy = _args.array(dy, "dy", 2, xp)
+    dy = _args.array(dy, "dy", 2, _backend.resolve(dy, x).xp)
     n = getattr(x, "shape", (0,))[0]
     nhwc = _args.channels_last(layout)
     dy4 = dy.reshape((dy.shape[0], 1, 1, dy.shape[1]) if nhwc else (*dy.shape, 1, 1))
@@ -244,17 +239,19 @@ def batch_norm(x, gamma=None, beta=None, *, axis=-1, eps=1e-3, activation=None):
     sqrt(var + eps) + beta) with act None, 'relu' or 'gelu' (exact, x * Phi(x)); var is the
     biased batch variance. gamma / beta None mean 1 / 0. CuPy arrays take the float64
     reference formulas."""
-    backend, xp = _backend.resolve(x, gamma, beta)
+    backend = _backend.resolve(x, gamma, beta)
+    xp = backend.xp
     x, shape, (gamma, beta) = _channel_arrays(x, {"gamma": gamma, "beta": beta}, "batch_norm",
                                               xp, axis)
     eps = _args.nonnegative_float(eps, "eps")
     code = _args.fused_activation(activation, "batch_norm")
-    if not hasattr(backend, "batch_norm_forward"):
+    if not hasattr(backend.kernels, "batch_norm_forward"):
         from . import reference
         return reference.batch_norm(x, gamma, beta, axis=axis, eps=eps, activation=activation)
-    y = xp.empty_like(x)
-    mean, var = xp.empty(shape[1], xp.float32), xp.empty(shape[1], xp.float32)
-    backend.batch_norm_forward(x, gamma, beta, eps, code, y, mean, var, shape)
+    with backend.device(x):
+        y = xp.empty_like(x)
+        mean, var = xp.empty(shape[1], xp.float32), xp.empty(shape[1], xp.float32)
+    backend.kernels.batch_norm_forward(x, gamma, beta, eps, code, y, mean, var, shape)
     return y, mean, var
 
 
@@ -262,18 +259,20 @@ def batch_norm_inference(x, mean, var, gamma=None, beta=None, *, axis=-1, eps=1e
                          activation=None):
     """batch_norm's y with given statistics (moving averages at inference) instead of the
     batch's: act(gamma * (x - mean) / sqrt(var + eps) + beta)."""
-    backend, xp = _backend.resolve(x, mean, var, gamma, beta)
+    backend = _backend.resolve(x, mean, var, gamma, beta)
+    xp = backend.xp
     x, shape, (mean, var, gamma, beta) = _channel_arrays(
         x, {"mean": mean, "var": var, "gamma": gamma, "beta": beta}, "batch_norm_inference",
         xp, axis, required=("mean", "var"))
     eps = _args.nonnegative_float(eps, "eps")
     code = _args.fused_activation(activation, "batch_norm_inference")
-    if not hasattr(backend, "batch_norm_inference"):
+    if not hasattr(backend.kernels, "batch_norm_inference"):
         from . import reference
         return reference.batch_norm_inference(x, mean, var, gamma, beta, axis=axis, eps=eps,
                                               activation=activation)
-    y = xp.empty_like(x)
-    backend.batch_norm_inference(x, mean, var, gamma, beta, eps, code, y, shape)
+    with backend.device(x):
+        y = xp.empty_like(x)
+    backend.kernels.batch_norm_inference(x, mean, var, gamma, beta, eps, code, y, shape)
     return y
 
 
@@ -282,7 +281,8 @@ def batch_norm_backward(dy, x, mean, var, gamma=None, beta=None, *, axis=-1, eps
     """Gradients (dx, dgamma, dbeta) of batch_norm at the batch statistics (mean, var) it
     returned, with the same gamma, beta and activation (the activation's input is
     recomputed from x)."""
-    backend, xp = _backend.resolve(dy, x, mean, var, gamma, beta)
+    backend = _backend.resolve(dy, x, mean, var, gamma, beta)
+    xp = backend.xp
     x, shape, (mean, var, gamma, beta) = _channel_arrays(
         x, {"mean": mean, "var": var, "gamma": gamma, "beta": beta}, "batch_norm_backward",
         xp, axis, required=("mean", "var"))
@@ -290,14 +290,15 @@ def batch_norm_backward(dy, x, mean, var, gamma=None, beta=None, *, axis=-1, eps
     _args.expect_shape(dy, x.shape, "dy", " (the shape of x)")
     eps = _args.nonnegative_float(eps, "eps")
     code = _args.fused_activation(activation, "batch_norm_backward")
-    if not hasattr(backend, "batch_norm_backward"):
+    if not hasattr(backend.kernels, "batch_norm_backward"):
         from . import reference
         dx, dgamma, dbeta = reference.batch_norm_backward(dy, x, mean, var, gamma, beta,
                                                           axis=axis, eps=eps,
                                                           activation=activation)
         return (dx if need_dx else None), dgamma, dbeta
-    dx = xp.empty_like(x) if need_dx else None
-    dgamma, dbeta = xp.empty(shape[1], xp.float32), xp.empty(shape[1], xp.float32)
-    backend.batch_norm_backward(dy, x, mean, var, gamma, beta, eps, code, dx, dgamma, dbeta,
+    with backend.device(x):
+        dx = xp.empty_like(x) if need_dx else None
+        dgamma, dbeta = xp.empty(shape[1], xp.float32), xp.empty(shape[1], xp.float32)
+    backend.kernels.batch_norm_backward(dy, x, mean, var, gamma, beta, eps, code, dx, dgamma, dbeta,
                                 shape)
     return dx, dgamma, dbeta

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from .nn._xp import array_module, to_numpy
+from ._backend import array_module, to_numpy
 
 
 # ---------------------------------------------------------------------------------------

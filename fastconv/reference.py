@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from . import _args
+from ._backend import array_module
 
 
 def _to_nchw(a, nhwc):
@@ -232,7 +233,6 @@ def _channel_axes(x, axis):
 
 def _normal_cdf_pdf(z):
     """Phi(z) and phi(z) in float64, with erf from math.erf (NumPy) or cupyx (CuPy)."""
-    from .nn._xp import array_module
     xp = array_module(z)
     if xp is np:
         erf = np.vectorize(math.erf, otypes=[np.float64])
@@ -254,7 +254,6 @@ def _activate(z, activation):
 def _affine_input(x, mean, var, gamma, beta, axis, eps):
     """In float64: z = gamma * xhat + beta, xhat = (x - mean) * inv_std, and the per-channel
     gamma * inv_std (broadcastable to x), inv_std = 1 / sqrt(var + eps)."""
-    from .nn._xp import array_module
     xp = array_module(x)
     _, bshape = _channel_axes(x, axis)
     as64 = lambda v: v.astype(xp.float64).reshape(bshape)
@@ -268,7 +267,6 @@ def _affine_input(x, mean, var, gamma, beta, axis, eps):
 def batch_norm(x, gamma=None, beta=None, *, axis=-1, eps=1e-3, activation=None):
     """(y, mean, var) of training-mode batch normalisation over every axis but `axis`, in
     float64. Written for NumPy or CuPy arrays alike (CuPy calls of fastconv.batch_norm land here)."""
-    from .nn._xp import array_module
     xp = array_module(x)
     reduce, bshape = _channel_axes(x, axis)
     x64 = x.astype(xp.float64)

@@ -57,7 +57,7 @@ def test_image_folder_archive_is_decoded_and_cached(tmp_path, monkeypatch):
 
     def no_decoding(path):
         raise AssertionError("decoded again instead of using the cache")
-    monkeypatch.setattr(fcdata, "_read_cifar", no_decoding)
+    monkeypatch.setattr(fcdata.cifar, "_read_cifar", no_decoding)
     (x2, _), _ = fcdata.load_cifar10(archive, verbose=False)
     np.testing.assert_array_equal(x2, x_tr)
 
@@ -149,7 +149,7 @@ def test_split_then_augment_training_batches_only():
     (xt, yt), (xv, yv) = fcdata.train_val_split(x, y, 0.25, seed=0)
     assert len(yv) == 5 and not set(yt) & set(yv)
     seen = []
-    flip_all = lambda b, rng: b[:, :, ::-1]
+    flip_all = lambda b, rng, index, epoch: b[:, :, ::-1]
     for xb, yb in fcdata.batches(xt, yt, 4, augment=flip_all, preprocess=lambda b: b):
         np.testing.assert_array_equal(xb, x[yb][:, :, ::-1])
         seen += yb.tolist()
@@ -170,7 +170,7 @@ def test_augmentations():
         dy, dx = offsets[0][i], offsets[1][i]
         padded = np.pad(img[i], ((2, 2), (2, 2), (0, 0)))
         np.testing.assert_array_equal(shifted[i], padded[2 - dy:7 - dy, 2 - dx:7 - dx])
-    np.testing.assert_array_equal(fcdata._rotate(img, np.full(6, 90.0), "nearest"),
+    np.testing.assert_array_equal(fcdata.augment._rotate(img, np.full(6, 90.0), "nearest"),
                                   np.rot90(img, 1, axes=(1, 2)))
     dim = fcdata.ImageAugmenter(brightness_range=(0.5, 0.5))(img, rng)
     np.testing.assert_array_equal(dim, (img * 0.5).astype(np.uint8))

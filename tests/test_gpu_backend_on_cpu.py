@@ -117,7 +117,7 @@ def fake_gpu():
                                    get_current_stream=lambda: types.SimpleNamespace(ptr=STREAM)))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_gpu, "_modules", lambda: (fake_cupy, native))
-        patch.setattr(_backend, "_on_gpu", lambda a: isinstance(a, FakeArray))
+        patch.setattr(_backend, "on_gpu", lambda a: isinstance(a, FakeArray))
         yield native
 
 

@@ -116,7 +116,7 @@ def test_fit_learns_and_frozen_layer_stays(tmp_path):
 def test_validation_split_holds_out_unaugmented_data():
     x, y = synthetic(40)
     seen = []
-    record = lambda batch, rng: seen.append(len(batch)) or batch
+    record = lambda batch, rng, index, epoch: seen.append(len(batch)) or batch
     model = _compile(small_model(), steps=3)
     history = model.fit(x, y, epochs=1, validation_split=0.25,
                         **{**FIT, "augment": record})

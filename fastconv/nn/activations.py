@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from ._xp import array_module
+from .._backend import array_module
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)

@@ -17,7 +17,7 @@ import numpy as np
 from .. import _args
 from .. import data as fcdata
 from ..memory import array_cache
-from ._xp import array_module
+from .._backend import array_module
 from .layers import Dropout
 
 

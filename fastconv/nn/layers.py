@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import _args
 from .. import functional as F
-from ._xp import array_module
+from .._backend import array_module
 from .activations import get_activation
 from .initializers import initialize
 

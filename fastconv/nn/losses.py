@@ -5,7 +5,7 @@ Sequential feeds it the logits (the input of a final softmax), which is exact an
 """
 from __future__ import annotations
 
-from ._xp import array_module
+from .._backend import array_module
 
 
 class SparseCategoricalCrossentropy:

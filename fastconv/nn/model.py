@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._xp import array_module, to_numpy
+from .._backend import array_module, to_numpy
 from .layers import Activation, Layer
 from . import transfer
 
