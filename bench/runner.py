@@ -14,8 +14,14 @@ import fastconv
 
 from . import cases as case_list
 from . import ops
-from .measure import (Budget, compiler_description, cpu_description, git_revision,
-                      measure_ceilings, median_seconds)
+from .measure import (
+    Budget,
+    compiler_description,
+    cpu_description,
+    git_revision,
+    measure_ceilings,
+    median_seconds,
+)
 from .report import ReferenceRow, Row, bar_chart, markdown
 
 REPO = Path(__file__).resolve().parent.parent

@@ -22,7 +22,8 @@ import fastconv
 from fastconv import data as fcdata
 from fastconv import nn as fnn
 from fastconv.nn import zoo
-from fastconv.train import make_optimizer, parse_args as train_args
+from fastconv.train import make_optimizer
+from fastconv.train import parse_args as train_args
 
 
 class Scale(torch.nn.Module):

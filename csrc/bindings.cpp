@@ -1,31 +1,28 @@
-// fastconv._cpu: pybind11 bindings of the CPU kernels.
+// fastconv._cpu: the CPU kernels behind the op list of op_bindings.h, plus the machine
+// controls (instruction set, threads, Winograd).
 //
-// The Python layer validates every argument and allocates the outputs; this layer checks
-// again that each buffer is float32, C-contiguous and exactly the size its geometry says
-// (so a direct call with a wrong buffer raises instead of touching memory), picks the
-// AVX2 or generic kernels, and releases the GIL while a kernel runs.
-#include <pybind11/numpy.h>
+// Each kernel is compiled once per instruction set (see CMakeLists.txt); the import picks
+// the best one this CPU supports, FASTCONV_ISA overrides it. Kernels run with the GIL
+// released; a call too small to share runs on the calling thread alone.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
-#include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
-#include "cpu/conv2d_winograd.h"
+#include "binding_support.h"
 #include "cpu/kernels.h"
 #include "cpu/parallel.h"
-#include "pybind_checks.h"
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 namespace py = pybind11;
-using fastconv::ConvGeometry;
-using fastconv::PoolGeometry;
-using namespace fastconv::pybind_checks;
 
 namespace fastconv::cpu {
 
@@ -34,6 +31,7 @@ std::atomic<int> g_threads{0};  // 0: not set yet, use OpenMP's default
 thread_local bool t_serial = false;  // set for the duration of a call too small to share
 std::atomic<bool> g_avx2{false};
 std::atomic<bool> g_winograd{true};
+std::string g_isa_reason;
 
 bool cpu_has_avx2() {
 #if FASTCONV_HAVE_AVX2 && (defined(__GNUC__) || defined(__clang__))
@@ -63,8 +61,8 @@ int configured_threads() {
 }
 
 // Waking a second thread costs microseconds on a quiet machine and a whole scheduler slice
-// on a busy one; below about 2^21 multiply-adds (or 2^19 pooled elements) a call runs on
-// the calling thread alone.
+// on a busy one; below about 2^21 multiply-adds (or 2^19 elements of a memory-bound op) a
+// call runs on the calling thread alone.
 SerialIfSmall::SerialIfSmall(int64_t work, int64_t threshold) : previous_(t_serial) {
   t_serial = previous_ || work < threshold;
 }
@@ -75,149 +73,57 @@ SerialIfSmall::~SerialIfSmall() { t_serial = previous_; }
 namespace {
 
 namespace cpu = fastconv::cpu;
-using cpu::SerialIfSmall;
+using fastconv::ConvGeometry;
+using fastconv::NormGeometry;
+using fastconv::PoolGeometry;
 
-int64_t conv_work(const ConvGeometry& g) { return g.y_size() * g.cin_per_group() * g.kh * g.kw; }
-constexpr int64_t kConvSerialWork = int64_t{1} << 21, kPoolSerialWork = int64_t{1} << 19;
+constexpr int64_t kComputeSerialWork = int64_t{1} << 21, kMemorySerialWork = int64_t{1} << 19;
 
-// Runs the AVX2 build of a kernel where the CPU has it, the generic build elsewhere.
-#if FASTCONV_HAVE_AVX2
-#define DISPATCH(kernel, ...) \
-  (cpu::g_avx2.load() ? cpu::avx2::kernel(__VA_ARGS__) : cpu::generic::kernel(__VA_ARGS__))
-#else
-#define DISPATCH(kernel, ...) cpu::generic::kernel(__VA_ARGS__)
-#endif
-
-void conv2d_forward(const py::array& x, const py::array& w, const py::object& bias,
-                    const py::array& y, const ConvFields& f) {
-  const ConvGeometry g = conv_geometry(f);
-  const float* b = checked_or_null(bias, g.c_out, "bias");
-  const float *px = checked(x, g.x_size(), "x"), *pw = checked(w, g.w_size(), "w");
-  float* py_ = output(y, g.y_size(), "y");
-  if (g.n == 0) return;
-  py::gil_scoped_release release;
-  SerialIfSmall serial(conv_work(g), kConvSerialWork);
-  DISPATCH(conv2d_forward, g, px, pw, b, py_);
+// (work, the work below which a call runs serially) of a call.
+std::pair<int64_t, int64_t> work(const ConvGeometry& g) {
+  return {g.y_size() * g.cin_per_group() * g.kh * g.kw, kComputeSerialWork};
 }
+std::pair<int64_t, int64_t> work(const PoolGeometry& g) { return {g.x_size(), kMemorySerialWork}; }
+std::pair<int64_t, int64_t> work(const NormGeometry& g) { return {g.size(), kMemorySerialWork}; }
 
-void conv2d_backward_input(const py::array& dy, const py::array& w, const py::array& dx,
-                           const ConvFields& f) {
-  const ConvGeometry g = conv_geometry(f);
-  const float *pdy = checked(dy, g.y_size(), "dy"), *pw = checked(w, g.w_size(), "w");
-  float* pdx = output(dx, g.x_size(), "dx");
-  if (g.n == 0) return;
-  py::gil_scoped_release release;
-  SerialIfSmall serial(conv_work(g), kConvSerialWork);
-  DISPATCH(conv2d_backward_input, g, pdy, pw, pdx);
-}
-
-void conv2d_backward_weight(const py::array& dy, const py::array& x, const py::array& dw,
-                            const ConvFields& f) {
-  const ConvGeometry g = conv_geometry(f);
-  const float *pdy = checked(dy, g.y_size(), "dy"), *px = checked(x, g.x_size(), "x");
-  float* pdw = output(dw, g.w_size(), "dw");
-  py::gil_scoped_release release;
-  if (g.n == 0) {
-    std::fill(pdw, pdw + g.w_size(), 0.f);
-    return;
+// How op_bindings.h reads buffers and runs kernels here.
+struct Backend {
+  struct Launch {};
+  static fastconv::bindings::View view(const py::handle& object, const char* name) {
+    return fastconv::bindings::host_view(object, name);
   }
-  SerialIfSmall serial(conv_work(g), kConvSerialWork);
-  DISPATCH(conv2d_backward_weight, g, pdy, px, pdw);
-}
-
-void bias_backward(const py::array& dy, const py::array& dbias,
-                   const ConvFields& f) {
-  const ConvGeometry g = conv_geometry(f);
-  const float* pdy = checked(dy, g.y_size(), "dy");
-  float* pdb = output(dbias, g.c_out, "dbias");
-  py::gil_scoped_release release;
-  if (g.n == 0) {
-    std::fill(pdb, pdb + g.c_out, 0.f);
-    return;
+  static void zero(float* p, int64_t count, std::uintptr_t) { std::fill(p, p + count, 0.f); }
+  template <class G, class Body>
+  static void run(const char*, const G& g, std::uintptr_t, Body&& body) {
+    Launch launch;
+    py::gil_scoped_release release;
+    const auto [amount, threshold] = work(g);
+    cpu::SerialIfSmall serial(amount, threshold);
+    body(launch);
   }
-  SerialIfSmall serial(g.y_size(), kPoolSerialWork);
-  DISPATCH(bias_backward, g, pdy, pdb);
-}
-
-void pool2d_forward(const py::array& x, const py::array& y,
-                    const PoolFields& f) {
-  const PoolGeometry g = pool_geometry(f);
-  const float* px = checked(x, g.x_size(), "x");
-  float* py_ = output(y, g.y_size(), "y");
-  if (g.n == 0) return;
-  py::gil_scoped_release release;
-  SerialIfSmall serial(g.x_size(), kPoolSerialWork);
-  DISPATCH(pool2d_forward, g, px, py_);
-}
-
-void pool2d_backward(const py::array& dy, const py::array& x, const py::array& dx,
-                     const PoolFields& f) {
-  const PoolGeometry g = pool_geometry(f);
-  const float *pdy = checked(dy, g.y_size(), "dy"), *px = checked(x, g.x_size(), "x");
-  float* pdx = output(dx, g.x_size(), "dx");
-  if (g.n == 0) return;
-  py::gil_scoped_release release;
-  SerialIfSmall serial(g.x_size(), kPoolSerialWork);
-  DISPATCH(pool2d_backward, g, pdy, px, pdx);
-}
-
-// The arguments every batch-norm entry point shares, checked.
-struct BatchNormArgs {
-  cpu::ChannelShape s;
-  float eps;
-  cpu::Activation act;
 };
 
-BatchNormArgs batch_norm_args(const std::array<int64_t, 3>& shape, double eps, int act) {
-  const cpu::ChannelShape s{shape[0], shape[1], shape[2]};
-  require(s.outer > 0 && s.channels > 0 && s.inner > 0, "(outer, channels, inner) must be positive");
-  require(eps >= 0, "eps must be >= 0");
-  require(act >= 0 && act <= 2, "activation must be 0 (none), 1 (relu) or 2 (gelu)");
-  return {s, static_cast<float>(eps), static_cast<cpu::Activation>(act)};
-}
+}  // namespace
 
-void batch_norm_forward(const py::array& x, const py::object& gamma, const py::object& beta,
-                        double eps, int act, const py::array& y, const py::array& mean,
-                        const py::array& var, const std::array<int64_t, 3>& shape) {
-  const auto [s, e, a] = batch_norm_args(shape, eps, act);
-  const float* px = checked(x, s.size(), "x");
-  const float *pg = checked_or_null(gamma, s.channels, "gamma"),
-              *pb = checked_or_null(beta, s.channels, "beta");
-  float *py_ = output(y, s.size(), "y"), *pm = output(mean, s.channels, "mean"),
-        *pv = output(var, s.channels, "var");
-  py::gil_scoped_release release;
-  SerialIfSmall serial(s.size(), kPoolSerialWork);
-  DISPATCH(batch_norm_forward, s, px, pg, pb, e, a, py_, pm, pv);
-}
+// The AVX2 build of a kernel where the CPU has it, the generic build elsewhere.
+#if FASTCONV_HAVE_AVX2
+#define FASTCONV_KERNEL(name)                                                    \
+  [](auto&, const auto& g, auto*... buffers) {                       \
+    cpu::g_avx2.load() ? cpu::avx2::name(g, buffers...) : cpu::generic::name(g, buffers...); \
+  }
+#else
+#define FASTCONV_KERNEL(name) \
+  [](auto&, const auto& g, auto*... buffers) { cpu::generic::name(g, buffers...); }
+#endif
+#include "op_bindings.h"
 
-void batch_norm_inference(const py::array& x, const py::array& mean, const py::array& var,
-                          const py::object& gamma, const py::object& beta, double eps, int act,
-                          const py::array& y, const std::array<int64_t, 3>& shape) {
-  const auto [s, e, a] = batch_norm_args(shape, eps, act);
-  const float *px = checked(x, s.size(), "x"), *pm = checked(mean, s.channels, "mean"),
-              *pv = checked(var, s.channels, "var"),
-              *pg = checked_or_null(gamma, s.channels, "gamma"),
-              *pb = checked_or_null(beta, s.channels, "beta");
-  float* py_ = output(y, s.size(), "y");
-  py::gil_scoped_release release;
-  SerialIfSmall serial(s.size(), kPoolSerialWork);
-  DISPATCH(batch_norm_inference, s, px, pm, pv, pg, pb, e, a, py_);
-}
+namespace {
 
-void batch_norm_backward(const py::array& dy, const py::array& x, const py::array& mean,
-                         const py::array& var, const py::object& gamma, const py::object& beta,
-                         double eps, int act, const py::object& dx, const py::array& dgamma,
-                         const py::array& dbeta, const std::array<int64_t, 3>& shape) {
-  const auto [s, e, a] = batch_norm_args(shape, eps, act);
-  const float *pdy = checked(dy, s.size(), "dy"), *px = checked(x, s.size(), "x"),
-              *pm = checked(mean, s.channels, "mean"), *pv = checked(var, s.channels, "var"),
-              *pg = checked_or_null(gamma, s.channels, "gamma"),
-              *pb = checked_or_null(beta, s.channels, "beta");
-  float* pdx = output_or_null(dx, s.size(), "dx");
-  float *pdg = output(dgamma, s.channels, "dgamma"), *pdb = output(dbeta, s.channels, "dbeta");
-  py::gil_scoped_release release;
-  SerialIfSmall serial(s.size(), kPoolSerialWork);
-  DISPATCH(batch_norm_backward, s, pdy, px, pm, pv, pg, pb, e, a, pdx, pdg, pdb);
+std::vector<std::string> supported_isas() {
+  std::vector<std::string> isas;
+  if (cpu::cpu_has_avx2()) isas.push_back("avx2");
+  isas.push_back("generic");
+  return isas;
 }
 
 void set_isa(const std::string& name) {
@@ -228,6 +134,20 @@ void set_isa(const std::string& name) {
     cpu::g_avx2 = false;
   } else {
     throw py::value_error("isa must be 'avx2' or 'generic', got '" + name + "'");
+  }
+}
+
+void choose_isa() {
+  const char* forced = std::getenv("FASTCONV_ISA");
+  if (forced) {
+    set_isa(forced);
+    cpu::g_isa_reason = std::string("forced by FASTCONV_ISA=") + forced;
+  } else if (cpu::cpu_has_avx2()) {
+    set_isa("avx2");
+    cpu::g_isa_reason = "the CPU supports AVX2 and FMA";
+  } else {
+    set_isa("generic");
+    cpu::g_isa_reason = "the CPU (or this build) has no AVX2/FMA";
   }
 }
 
@@ -242,33 +162,14 @@ PYBIND11_MODULE(_cpu, m) {
   m.doc() = "fastconv CPU kernels (AVX2/FMA with a portable fallback, OpenMP threads)";
   const char* winograd = std::getenv("FASTCONV_WINOGRAD");
   cpu::g_winograd = !(winograd && std::string(winograd) == "0");
-  const char* forced = std::getenv("FASTCONV_ISA");
-  set_isa(forced ? forced : (cpu::cpu_has_avx2() ? "avx2" : "generic"));
-
-  m.def("conv2d_forward", &conv2d_forward, py::arg("x"), py::arg("w"), py::arg("bias"),
-        py::arg("y"), py::arg("geometry"));
-  m.def("conv2d_backward_input", &conv2d_backward_input, py::arg("dy"), py::arg("w"),
-        py::arg("dx"), py::arg("geometry"));
-  m.def("conv2d_backward_weight", &conv2d_backward_weight, py::arg("dy"), py::arg("x"),
-        py::arg("dw"), py::arg("geometry"));
-  m.def("bias_backward", &bias_backward, py::arg("dy"), py::arg("dbias"), py::arg("geometry"));
-  m.def("pool2d_forward", &pool2d_forward, py::arg("x"), py::arg("y"), py::arg("geometry"));
-  m.def("pool2d_backward", &pool2d_backward, py::arg("dy"), py::arg("x"), py::arg("dx"),
-        py::arg("geometry"));
-  m.def("batch_norm_forward", &batch_norm_forward, py::arg("x"), py::arg("gamma"),
-        py::arg("beta"), py::arg("eps"), py::arg("activation"), py::arg("y"), py::arg("mean"),
-        py::arg("var"), py::arg("shape"));
-  m.def("batch_norm_inference", &batch_norm_inference, py::arg("x"), py::arg("mean"),
-        py::arg("var"), py::arg("gamma"), py::arg("beta"), py::arg("eps"),
-        py::arg("activation"), py::arg("y"), py::arg("shape"));
-  m.def("batch_norm_backward", &batch_norm_backward, py::arg("dy"), py::arg("x"),
-        py::arg("mean"), py::arg("var"), py::arg("gamma"), py::arg("beta"), py::arg("eps"),
-        py::arg("activation"), py::arg("dx"), py::arg("dgamma"), py::arg("dbeta"),
-        py::arg("shape"));
+  choose_isa();
+  fastconv::bindings::bind_ops<Backend>(m);
   m.def("isa", [] { return std::string(cpu::g_avx2 ? "avx2" : "generic"); },
-        "The instruction set the kernels run with: 'avx2' or 'generic'.");
+        "The instruction set the kernels run with.");
+  m.def("isa_reason", [] { return cpu::g_isa_reason; }, "Why the import chose that one.");
+  m.def("supported_isas", &supported_isas, "Instruction sets this CPU and build can run, best first.");
   m.def("set_isa", &set_isa, py::arg("name"),
-        "Force 'generic' (portable) or 'avx2' kernels; for testing both on one machine.");
+        "Run the kernels of another supported instruction set (for testing each one).");
   m.def("set_winograd", [](bool on) { cpu::g_winograd = on; }, py::arg("enabled"),
         "Use Winograd F(4x4,3x3) for 3x3 stride-1 convolutions (default on).");
   m.def("winograd", [] { return cpu::g_winograd.load(); });

@@ -5,7 +5,6 @@
 // always (C_out, C_in/G, KH, KW). Every index is 64-bit: a batch of large images passes 2^31
 // elements long before any single dimension does.
 #pragma once
-#include <array>
 #include <cstdint>
 
 #if defined(__CUDACC__) || defined(FASTCONV_CUDA_HARNESS)
@@ -38,11 +37,18 @@ struct ConvGeometry {
   int64_t stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups;
   int64_t channels_last;
 
-  static constexpr int kFields = 17;
-  static ConvGeometry from_array(const std::array<int64_t, kFields>& a) {
-    return {a[0], a[1], a[2],  a[3],  a[4],  a[5],  a[6],  a[7], a[8],
-            a[9], a[10], a[11], a[12], a[13], a[14], a[15], a[16]};
+  // visit(name, field) for every field, named as fastconv._args.ConvGeometry names them:
+  // the bindings read a geometry from a Python object's attributes with it.
+  template <class Visit>
+  void visit_fields(Visit&& visit) {
+    visit("n", n); visit("c_in", c_in); visit("h", h); visit("w", w); visit("c_out", c_out);
+    visit("kh", kh); visit("kw", kw); visit("oh", oh); visit("ow", ow);
+    visit("stride_h", stride_h); visit("stride_w", stride_w); visit("pad_top", pad_top);
+    visit("pad_left", pad_left); visit("dil_h", dil_h); visit("dil_w", dil_w);
+    visit("groups", groups); visit("channels_last", channels_last);
   }
+  FC_HD int64_t batch() const { return n; }
+  FC_HD int64_t bias_size() const { return c_out; }
 
   FC_HD int64_t cin_per_group() const { return c_in / groups; }
   FC_HD int64_t cout_per_group() const { return c_out / groups; }
@@ -154,11 +160,14 @@ struct PoolGeometry {
   int64_t stride_h, stride_w, pad_top, pad_left;
   int64_t channels_last, kind, count_include_pad;
 
-  static constexpr int kFields = 15;
-  static PoolGeometry from_array(const std::array<int64_t, kFields>& a) {
-    return {a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7],
-            a[8], a[9], a[10], a[11], a[12], a[13], a[14]};
+  template <class Visit>
+  void visit_fields(Visit&& visit) {
+    visit("n", n); visit("c", c); visit("h", h); visit("w", w); visit("kh", kh); visit("kw", kw);
+    visit("oh", oh); visit("ow", ow); visit("stride_h", stride_h); visit("stride_w", stride_w);
+    visit("pad_top", pad_top); visit("pad_left", pad_left); visit("channels_last", channels_last);
+    visit("kind", kind); visit("count_include_pad", count_include_pad);
   }
+  FC_HD int64_t batch() const { return n; }
 
   FC_HD int64_t x_size() const { return n * c * h * w; }
   FC_HD int64_t y_size() const { return n * c * oh * ow; }
@@ -205,6 +214,29 @@ struct PoolGeometry {
   FC_HD static auto holds_winner(T v, T best) {
     return (v == best) | ((v != v) & (best != best));
   }
+};
+
+// The activation fused into batch normalisation, applied to its normalised output.
+enum class Activation : int64_t { none = 0, relu = 1, gelu = 2 };
+
+// Batch normalisation over one channel axis: the array seen as (outer, channels, inner)
+// around that axis (NHWC: (N*H*W, C, 1), NCHW: (N, C, H*W), a Dense activation (N, C, 1)),
+// with its epsilon and fused activation.
+struct NormGeometry {
+  int64_t outer, channels, inner;
+  double eps;
+  int64_t activation;
+
+  template <class Visit>
+  void visit_fields(Visit&& visit) {
+    visit("outer", outer); visit("channels", channels); visit("inner", inner);
+    visit("eps", eps); visit("activation", activation);
+  }
+  FC_HD int64_t size() const { return outer * channels * inner; }
+  FC_HD int64_t channel_size() const { return channels; }
+  FC_HD int64_t batch() const { return outer; }  // never empty: Python rejects empty axes
+  FC_HD float epsilon() const { return static_cast<float>(eps); }
+  FC_HD Activation act() const { return static_cast<Activation>(activation); }
 };
 
 }  // namespace fastconv

@@ -12,15 +12,31 @@ except ImportError as error:  # pragma: no cover - only a broken install gets he
         "folder first on sys.path), run `pytest` instead, or build in place with "
         "`pip install --no-build-isolation -e .`") from error
 from . import reference
-from .memory import array_cache, array_cache_stats
 from ._gpu import available as cuda_available
-from .functional import (avg_pool2d, avg_pool2d_backward, batch_norm, batch_norm_backward,
-                         batch_norm_inference, conv2d, conv2d_backward,
-                         depthwise_conv2d, depthwise_conv2d_backward, global_avg_pool2d,
-                         global_avg_pool2d_backward, max_pool2d, max_pool2d_backward,
-                         min_pool2d, min_pool2d_backward, pointwise_conv2d,
-                         pointwise_conv2d_backward, separable_conv2d, separable_conv2d_backward,
-                         sum_pool2d, sum_pool2d_backward)
+from .functional import (
+    avg_pool2d,
+    avg_pool2d_backward,
+    batch_norm,
+    batch_norm_backward,
+    batch_norm_inference,
+    conv2d,
+    conv2d_backward,
+    depthwise_conv2d,
+    depthwise_conv2d_backward,
+    global_avg_pool2d,
+    global_avg_pool2d_backward,
+    max_pool2d,
+    max_pool2d_backward,
+    min_pool2d,
+    min_pool2d_backward,
+    pointwise_conv2d,
+    pointwise_conv2d_backward,
+    separable_conv2d,
+    separable_conv2d_backward,
+    sum_pool2d,
+    sum_pool2d_backward,
+)
+from .memory import array_cache, array_cache_stats
 
 __version__ = "0.1.0"
 

@@ -8,7 +8,7 @@ that says how to fix the call.
 from __future__ import annotations
 
 import numbers
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -91,7 +91,7 @@ def array(x, name: str, ndim: int | None, xp=None):
     if xp is None:
         xp = np
     if xp is not np and not isinstance(x, xp.ndarray):  # e.g. a PyTorch CUDA tensor: zero-copy
-        x = xp.asarray(x) if hasattr(x, "__cuda_array_interface__") else xp.from_dlpack(x)
+        x = _foreign_device_array(x, name, xp)
     if not hasattr(x, "dtype") or not hasattr(x, "shape"):
         raise TypeError(f"{name} must be a float32 array, got {type(x).__name__}; "
                         f"use np.asarray({name}, dtype=np.float32)")
@@ -103,9 +103,22 @@ def array(x, name: str, ndim: int | None, xp=None):
     return xp.ascontiguousarray(x)
 
 
+def _foreign_device_array(x, name, xp):
+    """A CuPy view of another library's device array. DLPack first: its handshake makes
+    CuPy's current stream wait for the producer's stream (the array interface carries no
+    stream for PyTorch, so a tensor still being written could be read early)."""
+    try:
+        if hasattr(x, "__dlpack__"):
+            return xp.from_dlpack(x)
+        return xp.asarray(x)
+    except (RuntimeError, BufferError) as e:  # e.g. a PyTorch tensor that requires grad
+        raise TypeError(f"{name} cannot be shared with fastconv ({e}); for a PyTorch tensor "
+                        f"that requires grad, pass {name}.detach()") from None
+
+
 @dataclass(frozen=True)
 class ConvGeometry:
-    """Mirrors csrc/geometry.h ConvGeometry field for field."""
+    """csrc/geometry.h's ConvGeometry: the native modules read these fields by name."""
     n: int
     c_in: int
     h: int
@@ -124,9 +137,6 @@ class ConvGeometry:
     groups: int
     channels_last: int
 
-    def astuple(self):
-        return astuple(self)
-
     def activation_shape(self, channels: int, height: int, width: int):
         return ((self.n, height, width, channels) if self.channels_last
                 else (self.n, channels, height, width))
@@ -142,7 +152,7 @@ class ConvGeometry:
 
 @dataclass(frozen=True)
 class PoolGeometry:
-    """Mirrors csrc/geometry.h PoolGeometry field for field."""
+    """csrc/geometry.h's PoolGeometry: the native modules read these fields by name."""
     n: int
     c: int
     h: int
@@ -158,9 +168,6 @@ class PoolGeometry:
     channels_last: int
     kind: int
     count_include_pad: int
-
-    def astuple(self):
-        return astuple(self)
 
     @property
     def y_shape(self):
@@ -236,9 +243,21 @@ def expect_shape(arr, shape, name: str, hint: str = ""):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(arr.shape)}{hint}")
 
 
-def channel_shape(shape, axis, what: str) -> tuple[int, int, int]:
-    """(outer, channels, inner) of an activation around its channel axis `axis` (not the batch
-    axis 0): NHWC with axis -1 is (N*H*W, C, 1), NCHW with axis 1 is (N, C, H*W)."""
+@dataclass(frozen=True)
+class NormGeometry:
+    """csrc/geometry.h's NormGeometry: an activation seen as (outer, channels, inner) around
+    its channel axis (NHWC with axis -1 is (N*H*W, C, 1), NCHW with axis 1 is (N, C, H*W)),
+    with batch normalisation's epsilon and the code of its fused activation."""
+    outer: int
+    channels: int
+    inner: int
+    eps: float
+    activation: int
+
+
+def norm_geometry(shape, axis, eps, activation, what: str) -> NormGeometry:
+    """The NormGeometry of a batch normalisation over every axis of `shape` but the channel
+    `axis` (not the batch axis 0)."""
     rank = len(shape)
     if rank < 2:
         raise ValueError(f"{what}: x must have a batch axis and a channel axis, got shape {tuple(shape)}")
@@ -251,7 +270,9 @@ def channel_shape(shape, axis, what: str) -> tuple[int, int, int]:
         raise ValueError(f"{what}: x has an empty axis, shape {tuple(shape)}; batch statistics "
                          f"need at least one element per channel")
     axis %= rank
-    return (int(np.prod(shape[:axis])), int(shape[axis]), int(np.prod(shape[axis + 1:])))
+    return NormGeometry(int(np.prod(shape[:axis])), int(shape[axis]),
+                        int(np.prod(shape[axis + 1:])), nonnegative_float(eps, "eps"),
+                        fused_activation(activation, what))
 
 
 def nonnegative_float(value, name: str) -> float:

@@ -32,7 +32,7 @@ def _conv_forward(x, w, bias, what, w_ndim=4, **geometry_args):
     g = _args.conv_geometry(x.shape, _as_4d(w).shape, what=what, **geometry_args)
     with backend.device(x):
         y = backend.xp.empty(g.y_shape, dtype=backend.xp.float32)
-    backend.kernels.conv2d_forward(x, w, bias, y, g.astuple())
+    backend.kernels.conv2d_forward(x, w, bias, y, g)
     return y
 
 
@@ -48,10 +48,10 @@ def _conv_backward(dy, x, w, what, need_dx=True, need_dbias=True, w_ndim=4, **ge
         dw = xp.empty(w.shape, dtype=xp.float32)
         dbias = xp.empty((g.c_out,), dtype=xp.float32) if need_dbias else None
     if need_dx:
-        backend.kernels.conv2d_backward_input(dy, w, dx, g.astuple())
-    backend.kernels.conv2d_backward_weight(dy, x, dw, g.astuple())
+        backend.kernels.conv2d_backward_input(dy, w, dx, g)
+    backend.kernels.conv2d_backward_weight(dy, x, dw, g)
     if need_dbias:
-        backend.kernels.bias_backward(dy, dbias, g.astuple())
+        backend.kernels.bias_backward(dy, dbias, g)
     return dx, dw, dbias
 
 
@@ -136,7 +136,7 @@ def _pool_forward(kind, x, kernel_size, stride, padding, layout, count_include_p
                             what=f"{kind}_pool2d")
     with backend.device(x):
         y = backend.xp.empty(g.y_shape, dtype=backend.xp.float32)
-    backend.kernels.pool2d_forward(x, y, g.astuple())
+    backend.kernels.pool2d_forward(x, y, g)
     return y
 
 
@@ -150,7 +150,7 @@ def _pool_backward(kind, dy, x, kernel_size, stride, padding, layout, count_incl
     _args.expect_shape(dy, g.y_shape, "dy", " (the shape of the forward output)")
     with backend.device(x):
         dx = backend.xp.empty(x.shape, dtype=backend.xp.float32)
-    backend.kernels.pool2d_backward(dy, x, dx, g.astuple())
+    backend.kernels.pool2d_backward(dy, x, dx, g)
     return dx
 
 
@@ -223,35 +223,33 @@ def _channel_vector(v, name, channels, xp):
     return v
 
 
-def _channel_arrays(x, vectors, what, xp, axis, required=()):
-    """x validated, its (outer, channels, inner) shape, and the per-channel vectors
-    {name: array or None} validated against it; the `required` ones may not be None."""
+def _norm_call(what, x, vectors, axis, eps, activation, required=(), dy=None):
+    """(backend, x, geometry, validated per-channel vectors) of a batch-norm call; `vectors`
+    is {name: array or None}, the `required` ones may not be None."""
     if any(vectors[name] is None for name in required):
         raise TypeError(f"{what}: {' and '.join(required)} are required arrays")
-    x = _args.array(x, "x", None, xp)
-    shape = _args.channel_shape(x.shape, axis, what)
-    return x, shape, [_channel_vector(v, name, shape[1], xp) for name, v in vectors.items()]
+    backend = _backend.resolve(x, dy, *vectors.values())
+    x = _args.array(x, "x", None, backend.xp)
+    g = _args.norm_geometry(x.shape, axis, eps, activation, what)
+    return backend, x, g, [_channel_vector(v, name, g.channels, backend.xp)
+                           for name, v in vectors.items()]
 
 
 def batch_norm(x, gamma=None, beta=None, *, axis=-1, eps=1e-3, activation=None):
     """Training-mode batch normalisation, statistics over every axis but the channel `axis`
     (-1 for NHWC, 1 for NCHW). Returns (y, mean, var): y = act(gamma * (x - mean) /
     sqrt(var + eps) + beta) with act None, 'relu' or 'gelu' (exact, x * Phi(x)); var is the
-    biased batch variance. gamma / beta None mean 1 / 0. CuPy arrays take the float64
-    reference formulas."""
-    backend = _backend.resolve(x, gamma, beta)
+    biased batch variance. gamma / beta None mean 1 / 0."""
+    backend, x, g, (gamma, beta) = _norm_call("batch_norm", x, {"gamma": gamma, "beta": beta},
+                                              axis, eps, activation)
     xp = backend.xp
-    x, shape, (gamma, beta) = _channel_arrays(x, {"gamma": gamma, "beta": beta}, "batch_norm",
-                                              xp, axis)
-    eps = _args.nonnegative_float(eps, "eps")
-    code = _args.fused_activation(activation, "batch_norm")
     if not hasattr(backend.kernels, "batch_norm_forward"):
         from . import reference
         return reference.batch_norm(x, gamma, beta, axis=axis, eps=eps, activation=activation)
     with backend.device(x):
         y = xp.empty_like(x)
-        mean, var = xp.empty(shape[1], xp.float32), xp.empty(shape[1], xp.float32)
-    backend.kernels.batch_norm_forward(x, gamma, beta, eps, code, y, mean, var, shape)
+        mean, var = xp.empty(g.channels, xp.float32), xp.empty(g.channels, xp.float32)
+    backend.kernels.batch_norm_forward(x, gamma, beta, y, mean, var, g)
     return y, mean, var
 
 
@@ -259,20 +257,16 @@ def batch_norm_inference(x, mean, var, gamma=None, beta=None, *, axis=-1, eps=1e
                          activation=None):
     """batch_norm's y with given statistics (moving averages at inference) instead of the
     batch's: act(gamma * (x - mean) / sqrt(var + eps) + beta)."""
-    backend = _backend.resolve(x, mean, var, gamma, beta)
-    xp = backend.xp
-    x, shape, (mean, var, gamma, beta) = _channel_arrays(
-        x, {"mean": mean, "var": var, "gamma": gamma, "beta": beta}, "batch_norm_inference",
-        xp, axis, required=("mean", "var"))
-    eps = _args.nonnegative_float(eps, "eps")
-    code = _args.fused_activation(activation, "batch_norm_inference")
+    backend, x, g, (mean, var, gamma, beta) = _norm_call(
+        "batch_norm_inference", x, {"mean": mean, "var": var, "gamma": gamma, "beta": beta},
+        axis, eps, activation, required=("mean", "var"))
     if not hasattr(backend.kernels, "batch_norm_inference"):
         from . import reference
         return reference.batch_norm_inference(x, mean, var, gamma, beta, axis=axis, eps=eps,
                                               activation=activation)
     with backend.device(x):
-        y = xp.empty_like(x)
-    backend.kernels.batch_norm_inference(x, mean, var, gamma, beta, eps, code, y, shape)
+        y = backend.xp.empty_like(x)
+    backend.kernels.batch_norm_inference(x, mean, var, gamma, beta, y, g)
     return y
 
 
@@ -281,15 +275,12 @@ def batch_norm_backward(dy, x, mean, var, gamma=None, beta=None, *, axis=-1, eps
     """Gradients (dx, dgamma, dbeta) of batch_norm at the batch statistics (mean, var) it
     returned, with the same gamma, beta and activation (the activation's input is
     recomputed from x)."""
-    backend = _backend.resolve(dy, x, mean, var, gamma, beta)
+    backend, x, g, (mean, var, gamma, beta) = _norm_call(
+        "batch_norm_backward", x, {"mean": mean, "var": var, "gamma": gamma, "beta": beta},
+        axis, eps, activation, required=("mean", "var"), dy=dy)
     xp = backend.xp
-    x, shape, (mean, var, gamma, beta) = _channel_arrays(
-        x, {"mean": mean, "var": var, "gamma": gamma, "beta": beta}, "batch_norm_backward",
-        xp, axis, required=("mean", "var"))
     dy = _args.array(dy, "dy", x.ndim, xp)
     _args.expect_shape(dy, x.shape, "dy", " (the shape of x)")
-    eps = _args.nonnegative_float(eps, "eps")
-    code = _args.fused_activation(activation, "batch_norm_backward")
     if not hasattr(backend.kernels, "batch_norm_backward"):
         from . import reference
         dx, dgamma, dbeta = reference.batch_norm_backward(dy, x, mean, var, gamma, beta,
@@ -298,7 +289,6 @@ def batch_norm_backward(dy, x, mean, var, gamma=None, beta=None, *, axis=-1, eps
         return (dx if need_dx else None), dgamma, dbeta
     with backend.device(x):
         dx = xp.empty_like(x) if need_dx else None
-        dgamma, dbeta = xp.empty(shape[1], xp.float32), xp.empty(shape[1], xp.float32)
-    backend.kernels.batch_norm_backward(dy, x, mean, var, gamma, beta, eps, code, dx, dgamma, dbeta,
-                                shape)
+        dgamma, dbeta = xp.empty(g.channels, xp.float32), xp.empty(g.channels, xp.float32)
+    backend.kernels.batch_norm_backward(dy, x, mean, var, gamma, beta, dx, dgamma, dbeta, g)
     return dx, dgamma, dbeta

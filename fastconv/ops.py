@@ -19,7 +19,6 @@ import numpy as np
 
 from . import _args, functional, reference
 
-
 # ---------------------------------------------------------------------------------------
 # Drawing random cases
 

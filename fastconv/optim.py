@@ -15,7 +15,6 @@ import numpy as np
 
 from ._backend import array_module, to_numpy
 
-
 # ---------------------------------------------------------------------------------------
 # Schedules: multipliers of the base learning rate as a function of the step (0-based)
 
@@ -74,7 +73,7 @@ class Optimizer:
             grad = layer.grads.get(name)
             if grad is None:
                 continue
-            scale = getattr(layer, "lr_scale", {}).get(name, 1.0)
+            scale = layer.lr_scale.get(name, 1.0)
             self._update(f"{layer.name}/{name}", value, grad, lr * scale,
                          self.weight_decay / scale)
         self.iterations += 1

@@ -1,19 +1,54 @@
-"""Cases and checks shared by the kernel tests: the CPU tests (test_conv.py, test_pool.py)
-draw their configurations here, tests/test_cuda_harness.py runs the checks on the CPU
-execution harness (NumPy arrays), tests/test_gpu.py on a GPU (CuPy arrays).
-
-Each check takes `dev` (host array -> array for the backend under test) and `host` (the
-inverse), runs the public functional API and compares with fastconv.reference.
+"""Cases and checks shared by the kernel tests, on top of the op table (fastconv.ops): each
+backend's tests (CPU per instruction set, the CUDA harness, the fake-CuPy GPU path, a real
+GPU) draw cases of every op with `case_of` and check them with `fastconv.ops.check`, forward
+and backward against fastconv.reference. The fixed cases below reach paths that random small
+shapes do not (large tiles, split reductions, wide pooling windows).
 """
 import numpy as np
 from hypothesis import assume
 from hypothesis import strategies as st
 
 import fastconv
-from fastconv import _args
+from fastconv import _args, ops
 from fastconv import reference as ref
 
 POOL_KINDS = ["max", "min", "avg", "sum"]
+CPU_LIMITS = ops.Limits(max_batch=3, max_channels=4, max_side=13, max_kernel=7)
+HARNESS_LIMITS = ops.Limits()
+
+
+class HypothesisDraw(ops.Draw):
+    """The op table's sampler choices, drawn (and shrunk) by hypothesis."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def integer(self, lo, hi):
+        return self.data.draw(st.integers(lo, hi))
+
+    def choice(self, options):
+        return self.data.draw(st.sampled_from(options))
+
+    def require(self, condition):
+        assume(condition)
+
+
+@st.composite
+def case_of(draw, op_list, limits=HARNESS_LIMITS):
+    """(op, case) for an op of `op_list` and a valid random case of it."""
+    op = draw(st.sampled_from(list(op_list)))
+    return op, op.sample(HypothesisDraw(draw(st.data())), limits)
+
+
+def ops_with(predicate=lambda op: True):
+    """pytest parameters: the ops of the table that satisfy `predicate`, named."""
+    import pytest
+    return [pytest.param(op, id=op.name) for op in ops.OPS.values() if predicate(op)]
+
+
+def check_case(op, case, dev=lambda a: a, host=np.asarray):
+    worst, bad = ops.check(op, case, dev=dev, host=host)
+    assert bad is None, f"{bad} of {case!r}: {worst:.3g} x the tolerance"
 
 
 def assert_close(actual, expected, rtol=1e-4, atol=2e-5):

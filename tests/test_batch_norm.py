@@ -4,11 +4,10 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from test_validation import ODD_ARRAYS, ODD_VALUES, call_must_not_crash
 
 import fastconv
 from fastconv import reference as ref
-
-from test_validation import ODD_ARRAYS, ODD_VALUES, call_must_not_crash
 
 
 def relative_error(a, b):
@@ -197,13 +196,17 @@ def test_malformed_calls_raise_instead_of_crashing(fn, base):
 
 
 def test_native_layer_rejects_mismatched_buffers():
+    from dataclasses import replace
+
+    from fastconv._args import norm_geometry
     mean, var = np.empty(5, np.float32), np.empty(5, np.float32)
+    g = norm_geometry(X.shape, -1, 1e-3, None, "test")
+    assert (g.outer, g.channels, g.inner) == (24, 5, 1)
     with pytest.raises(ValueError, match="elements"):
-        fastconv._cpu.batch_norm_forward(X, None, None, 1e-3, 0, np.empty(3, np.float32),
-                                         mean, var, (24, 5, 1))
+        fastconv._cpu.batch_norm_forward(X, None, None, np.empty(3, np.float32), mean, var, g)
     with pytest.raises(ValueError, match="geometry"):
-        fastconv._cpu.batch_norm_forward(X, None, None, 1e-3, 0, np.empty_like(X), mean,
-                                         var, (0, 5, 1))
+        fastconv._cpu.batch_norm_forward(X, None, None, np.empty_like(X), mean, var,
+                                         replace(g, outer=0))
     with pytest.raises(ValueError, match="activation"):
-        fastconv._cpu.batch_norm_inference(X, mean, var, None, None, 1e-3, 3, np.empty_like(X),
-                                           (24, 5, 1))
+        fastconv._cpu.batch_norm_inference(X, mean, var, None, None, np.empty_like(X),
+                                           replace(g, activation=3))

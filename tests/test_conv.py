@@ -1,65 +1,12 @@
-"""Dense, grouped, depthwise, pointwise and separable convolution against the reference."""
+"""Convolution beyond the random cases of test_ops.py: CIFAR-sized layers, known values,
+Keras 'same' padding, views, special values, repeatability and the Winograd path."""
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from op_cases import assert_close, nchw_to, rand
 
 import fastconv
 from fastconv import _args
 from fastconv import reference as ref
-
-from op_cases import assert_close, conv_cases, layouts, nchw_to, rand
-
-# The CPU kernels are cheap to run: larger kernels, images and batches than the CUDA harness.
-CPU_SIZES = dict(max_kernel=7, max_side=13, max_batch=3)
-
-
-@given(conv_cases(**CPU_SIZES))
-def test_conv2d_matches_reference(isa, case):
-    x, w, b, kw, rng = case
-    y = fastconv.conv2d(x, w, b, **kw)
-    assert_close(y, ref.conv2d(x, w, b, **kw))
-    dy = rand(rng, *y.shape)
-    for got, want in zip(fastconv.conv2d_backward(dy, x, w, **kw), ref.conv2d_backward(dy, x, w, **kw)):
-        assert_close(got, want)
-
-
-@given(conv_cases(depthwise=True, **CPU_SIZES))
-def test_depthwise_matches_reference(isa, case):
-    x, w, b, kw, rng = case
-    y = fastconv.depthwise_conv2d(x, w, b, **kw)
-    assert_close(y, ref.depthwise_conv2d(x, w, b, **kw))
-    dy = rand(rng, *y.shape)
-    got = fastconv.depthwise_conv2d_backward(dy, x, w, **kw)
-    for g, r in zip(got, ref.depthwise_conv2d_backward(dy, x, w, **kw)):
-        assert_close(g, r)
-
-
-@given(st.integers(1, 3), st.integers(1, 40), st.integers(1, 40), st.integers(1, 9),
-       st.integers(1, 9), layouts, st.integers(0, 1000))
-def test_pointwise_matches_reference(isa, n, cin, cout, h, w, layout, seed):
-    rng = np.random.default_rng(seed)
-    x = nchw_to(rand(rng, n, cin, h, w), layout)
-    wt, b = rand(rng, cout, cin), rand(rng, cout)
-    y = fastconv.pointwise_conv2d(x, wt, b, layout=layout)
-    assert_close(y, ref.pointwise_conv2d(x, wt, b, layout=layout))
-    dy = rand(rng, *y.shape)
-    got = fastconv.pointwise_conv2d_backward(dy, x, wt, layout=layout)
-    assert got[1].shape == wt.shape
-    for g, r in zip(got, ref.pointwise_conv2d_backward(dy, x, wt, layout=layout)):
-        assert_close(g, r)
-
-
-@given(conv_cases(depthwise=True, **CPU_SIZES), st.integers(1, 6))
-def test_separable_matches_reference(isa, case, cout):
-    x, dw, b, kw, rng = case
-    pw, b = rand(rng, cout, dw.shape[0]), rand(rng, cout)
-    y = fastconv.separable_conv2d(x, dw, pw, b, **kw)
-    assert_close(y, ref.separable_conv2d(x, dw, pw, b, **kw))
-    dy = rand(rng, *y.shape)
-    got = fastconv.separable_conv2d_backward(dy, x, dw, pw, **kw)
-    for g, r in zip(got, ref.separable_conv2d_backward(dy, x, dw, pw, **kw)):
-        assert_close(g, r)
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])

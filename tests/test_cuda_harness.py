@@ -11,15 +11,25 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from op_cases import (
+    DEPTHWISE_SPLIT_CASES,
+    HARNESS_LIMITS,
+    LARGE_CONV_CASES,
+    POOL_BIGGER_CASES,
+    POOL_KINDS,
+    HypothesisDraw,
+    check_case,
+    check_depthwise_splits,
+    check_large_conv,
+    check_pool_bigger,
+    nchw_to,
+    ops_with,
+    rand,
+)
 
 import fastconv
 from fastconv import _args, _backend
 from fastconv import reference as ref
-
-from op_cases import (DEPTHWISE_SPLIT_CASES, LARGE_CONV_CASES, POOL_BIGGER_CASES, POOL_KINDS,
-                        check_conv, check_depthwise_splits, check_global_pool,
-                        check_large_conv, check_pointwise, check_pool, check_pool_bigger,
-                        check_separable, conv_cases, layouts, nchw_to, pool_cases, rand)
 
 harness_module = pytest.importorskip("fastconv._cuda_harness")
 examples = settings(max_examples=30, deadline=None, derandomize=True)
@@ -37,38 +47,11 @@ def harness():
         yield
 
 
+@pytest.mark.parametrize("op", ops_with(lambda op: op.family != "norm"))
 @examples
-@given(case=conv_cases())
-def test_conv2d(harness, case):
-    check_conv(same, same, *case)
-
-
-@examples
-@given(case=conv_cases(depthwise=True))
-def test_depthwise(harness, case):
-    check_conv(same, same, *case, op="depthwise_conv2d")
-
-
-@examples
-@given(st.integers(1, 2), st.integers(1, 20), st.integers(1, 20), st.integers(1, 7),
-       st.integers(1, 7), layouts, st.integers(0, 1000))
-def test_pointwise(harness, n, cin, cout, h, w, layout, seed):
-    rng = np.random.default_rng(seed)
-    check_pointwise(same, same, nchw_to(rand(rng, n, cin, h, w), layout), rand(rng, cout, cin),
-                    rand(rng, cout), layout, rng)
-
-
-@settings(max_examples=15, deadline=None, derandomize=True)
-@given(case=conv_cases(depthwise=True), cout=st.integers(1, 6))
-def test_separable(harness, case, cout):
-    x, dw, b, kwargs, rng = case
-    check_separable(same, same, x, dw, rand(rng, cout, dw.shape[0]), rand(rng, cout), kwargs, rng)
-
-
-@examples
-@given(case=pool_cases())
-def test_pooling(harness, case):
-    check_pool(same, same, *case)
+@given(data=st.data())
+def test_op_matches_reference(harness, op, data):
+    check_case(op, op.sample(HypothesisDraw(data), HARNESS_LIMITS))
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
@@ -87,12 +70,6 @@ def test_depthwise_weight_splits(harness, layout, channels, mult, hw, stride):
 @pytest.mark.parametrize("kind,kernel,stride,padding", POOL_BIGGER_CASES)
 def test_pooling_bigger(harness, layout, kind, kernel, stride, padding):
     check_pool_bigger(same, same, layout, kind, kernel, stride, padding)
-
-
-@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-def test_global_avg_pool(harness, layout):
-    rng = np.random.default_rng(2)
-    check_global_pool(same, same, rand(rng, 3, 6, 7, 5), layout, rng)
 
 
 # NHWC averages are left out: the CPU multiplies by the reciprocal there, the GPU divides.
@@ -114,8 +91,8 @@ def test_pooling_bit_exact_with_cpu_kernels(kind, kernel, layout):
     results = []
     for module in (fastconv._cpu, harness_module):
         y, dx = np.empty(g.y_shape, np.float32), np.empty_like(x)
-        module.pool2d_forward(x, y, g.astuple())
-        module.pool2d_backward(dy, x, dx, g.astuple())
+        module.pool2d_forward(x, y, g)
+        module.pool2d_backward(dy, x, dx, g)
         results.append((y, dx))
     for got, want in zip(*results):
         if kind in ("max", "min"):  # the same winner: equal bits
@@ -144,8 +121,9 @@ def test_empty_batch(harness):
 
 def test_harness_rejects_bad_buffers():
     """The harness module re-checks buffers like fastconv._cpu does."""
-    g = (1, 1, 4, 4, 1, 3, 3, 2, 2, 1, 1, 0, 0, 1, 1, 1, 0)
     x, w = np.zeros((1, 1, 4, 4), np.float32), np.zeros((1, 1, 3, 3), np.float32)
+    g = _args.conv_geometry(x.shape, w.shape, stride=1, padding=0, dilation=1, groups=1,
+                            layout="NCHW")
     with pytest.raises(ValueError, match="elements"):
         harness_module.conv2d_forward(x, w, None, np.zeros((1, 1, 3, 3), np.float32), g)
     with pytest.raises(TypeError, match="float32"):

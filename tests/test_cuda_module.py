@@ -1,40 +1,48 @@
-"""fastconv._cuda (the nvcc build) on any machine: it imports without a GPU, checks
-geometries before anything reaches the device, and without a GPU reports a failed launch as
-an exception instead of crashing. Kernel results are tested in test_cuda_harness.py (CPU)
-and test_gpu.py (GPU)."""
+"""fastconv._cuda (the nvcc build) on any machine: it imports without a GPU, and checks
+geometries and buffers before anything reaches the device, so that without a GPU a call
+raises instead of crashing. Kernel results are tested in test_cuda_harness.py (CPU) and
+test_gpu.py (GPU)."""
+from dataclasses import replace
+
+import numpy as np
 import pytest
 
 import fastconv
+from fastconv import _args
 
 cuda = pytest.importorskip("fastconv._cuda", reason="built without a CUDA compiler")
 
-# n, c_in, h, w, c_out, kh, kw, oh, ow, sh, sw, pad_top, pad_left, dh, dw, groups, nhwc
-CONV = (2, 8, 16, 16, 16, 3, 3, 16, 16, 1, 1, 1, 1, 1, 1, 1, 0)
+CONV = _args.conv_geometry((2, 8, 16, 16), (16, 8, 3, 3), stride=1, padding=1, dilation=1,
+                           groups=1, layout="NCHW")
 
 
-def test_workspace_sizes_follow_the_split_rules():
-    # 512 output pixels: one backward-weight split, written straight into dw.
-    assert cuda.conv2d_backward_weight_workspace(CONV) == 0
-    # 128 x 32 x 32 pixels: several splits of the whole weight tensor.
-    big = (128,) + CONV[1:2] + (32, 32) + CONV[4:7] + (32, 32) + CONV[9:]
-    assert cuda.conv2d_backward_weight_workspace(big) % (16 * 8 * 9) == 0
-    assert cuda.conv2d_backward_weight_workspace(big) > 16 * 8 * 9
-    assert cuda.bias_backward_workspace(big) == (128 * 32 * 32 // 4096) * 16
-    # Max/min pooling backward keeps one winner per output; avg/sum need nothing.
-    pool = (2, 3, 8, 8, 2, 2, 4, 4, 2, 2, 0, 0, 0)
-    assert cuda.pool2d_backward_workspace(pool + (0, 0)) == 2 * 3 * 4 * 4
-    assert cuda.pool2d_backward_workspace(pool + (2, 0)) == 0
+class HostMemoryPosingAsDevice:
+    """An array interface that claims to be CUDA memory but points at host memory."""
+
+    def __init__(self, a):
+        self.a = a
+        self.__cuda_array_interface__ = dict(shape=a.shape, typestr="<f4", strides=None,
+                                             data=(a.ctypes.data, False), version=3)
 
 
-@pytest.mark.parametrize("field,value", [(1, 0), (9, 0), (15, 3), (7, 0)])
+def arrays():
+    return [HostMemoryPosingAsDevice(np.zeros(s, np.float32))
+            for s in [CONV.x_shape, (16, 8, 3, 3), (16,), CONV.y_shape]]
+
+
+@pytest.mark.parametrize("field,value", [("c_in", 0), ("stride_h", 0), ("groups", 3), ("oh", 0)])
 def test_bad_geometry_raises(field, value):
-    g = list(CONV)
-    g[field] = value
     with pytest.raises(ValueError, match="invalid geometry"):
-        cuda.conv2d_forward(0, 0, 0, 0, tuple(g), 0)
+        cuda.conv2d_forward(*arrays(), replace(CONV, **{field: value}))
 
 
-@pytest.mark.skipif(fastconv.cuda_available()[0], reason="a GPU is present: the launch would run")
-def test_launch_without_a_gpu_raises():
-    with pytest.raises(RuntimeError):
-        cuda.pool2d_forward(0, 0, (1, 1, 4, 4, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0), 0)
+def test_host_arrays_are_refused():
+    x, w, b, y = (np.zeros(s, np.float32) for s in [CONV.x_shape, (16, 8, 3, 3), (16,), CONV.y_shape])
+    with pytest.raises(TypeError, match="must be a CUDA array"):
+        cuda.conv2d_forward(x, w, b, y, CONV)
+
+
+@pytest.mark.skipif(fastconv.cuda_available()[0], reason="a GPU is present")
+def test_host_memory_is_not_taken_for_device_memory():
+    with pytest.raises(ValueError, match="CUDA memory"):
+        cuda.conv2d_forward(*arrays(), CONV)

@@ -1,198 +1,171 @@
 """fastconv/_gpu.py (the CuPy side of the GPU path) exercised without a GPU.
 
-A stand-in for CuPy keeps arrays in host memory, and a stand-in for fastconv._cuda takes the
-raw pointers, the stream and the workspace that _gpu.py passes, finds the arrays behind them
-and runs the CUDA kernels under the CPU harness. So the whole GPU call chain — functional API,
-backend choice, buffer checks, pointer passing, workspace sizes, the empty-batch path — runs
-against the NumPy reference here; only CuPy itself and the device are not covered
-(tests/test_gpu.py covers them on a GPU).
+A stand-in for CuPy keeps arrays in host memory behind `__cuda_array_interface__`, and the
+CUDA kernels run under the CPU harness (fastconv._cuda_harness, which reads that interface
+like fastconv._cuda does). So the whole GPU call chain — functional API, backend choice,
+device choice, output allocation on the inputs' device, the stream handed to the kernels,
+the binding layer's buffer checks and the empty-batch path — runs against the NumPy
+reference here; only CuPy itself and the device are not covered (tests/test_gpu.py covers
+them on a GPU).
 """
+import contextlib
 import types
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from op_cases import HARNESS_LIMITS, case_of
 
 import fastconv
-from fastconv import _backend, _gpu
-
-from op_cases import (check_conv, check_global_pool, check_pointwise, check_pool,
-                        check_separable, nchw_to, rand)
+from fastconv import _backend, _gpu, ops
 
 harness = pytest.importorskip("fastconv._cuda_harness")
-cuda = pytest.importorskip("fastconv._cuda", reason="the workspace sizes come from _cuda")
 
 
 class FakeArray(np.ndarray):
-    """A 'device' array: host memory with CuPy's .device.id and .data.ptr."""
+    """A 'device' array: host memory posing as CUDA memory on GPU `device_id`."""
+    device_id = 0
 
     @property
     def device(self):
-        return types.SimpleNamespace(id=0)
+        return types.SimpleNamespace(id=self.device_id)
 
     @property
-    def data(self):
-        return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
+    def __cuda_array_interface__(self):
+        interface = self.__array_interface__
+        return dict(shape=self.shape, typestr=interface["typestr"], strides=interface["strides"],
+                    data=interface["data"], version=3)
 
 
-class FakeDevice:
-    def __init__(self, device_id):
-        assert device_id == 0
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-STREAM = 0x5EED  # the "current stream" of the CuPy stand-in
-
-
-class FakeNative:
-    """fastconv._cuda's interface on pointers, running the harness kernels."""
+class FakeCuPy:
+    """What _backend, _args and _gpu use of CuPy: devices with a current stream each,
+    allocation on the current device."""
 
     def __init__(self):
-        self.arrays = {}        # pointer -> the array allocated there
-        self.workspaces = []    # floats of workspace per reducing call
-        self.streams = set()    # every stream a kernel was queued on
+        self.current = 0
+        self.ndarray, self.float32, self.__version__ = FakeArray, np.float32, "fake"
+        self.cuda = types.SimpleNamespace(Device=self.device,
+                                          get_current_stream=lambda: types.SimpleNamespace(
+                                              ptr=self.stream_of(self.current)))
 
-    def track(self, a):
-        a = a.view(FakeArray)
-        self.arrays[a.data.ptr] = a
-        return a
+    @staticmethod
+    def stream_of(device):
+        return 0x5EED + device
 
-    def array(self, pointer):
-        return None if pointer == 0 else np.asarray(self.arrays[pointer]).reshape(-1)
+    def device(self, device_id=None):
+        fake = self
 
-    def record_workspace(self, pointer, needed):
-        provided = 0 if pointer == 0 else self.arrays[pointer].size
-        assert provided == needed, f"workspace of {provided} floats, the kernel needs {needed}"
-        self.workspaces.append(needed)
+        class Device(contextlib.AbstractContextManager):
+            id = fake.current if device_id is None else device_id
 
-    def conv2d_forward(self, x, w, bias, y, g, stream):
-        self.streams.add(stream)
-        harness.conv2d_forward(self.array(x), self.array(w), self.array(bias), self.array(y), g)
+            def __enter__(self):
+                self.previous, fake.current = fake.current, self.id
+                return self
 
-    def conv2d_backward_input(self, dy, w, dx, g, stream):
-        self.streams.add(stream)
-        harness.conv2d_backward_input(self.array(dy), self.array(w), self.array(dx), g)
+            def __exit__(self, *exc):
+                fake.current = self.previous
+        return Device()
 
-    def conv2d_backward_weight_workspace(self, g):
-        return cuda.conv2d_backward_weight_workspace(g)
+    def asarray(self, a, device=None):
+        out = np.array(a, dtype=np.asarray(a).dtype).view(FakeArray)
+        out.device_id = self.current if device is None else device
+        return out
 
-    def conv2d_backward_weight(self, dy, x, dw, workspace, g, stream):
-        self.streams.add(stream)
-        self.record_workspace(workspace, cuda.conv2d_backward_weight_workspace(g))
-        harness.conv2d_backward_weight(self.array(dy), self.array(x), self.array(dw), g)
+    def empty(self, shape, dtype):
+        return self.asarray(np.empty(shape, dtype))
 
-    def bias_backward_workspace(self, g):
-        return cuda.bias_backward_workspace(g)
+    def empty_like(self, a):
+        return self.empty(a.shape, a.dtype)
 
-    def bias_backward(self, dy, dbias, workspace, g, stream):
-        self.streams.add(stream)
-        self.record_workspace(workspace, cuda.bias_backward_workspace(g))
-        harness.bias_backward(self.array(dy), self.array(dbias), g)
-
-    def pool2d_forward(self, x, y, g, stream):
-        self.streams.add(stream)
-        harness.pool2d_forward(self.array(x), self.array(y), g)
-
-    def pool2d_backward_workspace(self, g):
-        return cuda.pool2d_backward_workspace(g)
-
-    def pool2d_backward(self, dy, x, dx, workspace, g, stream):
-        self.streams.add(stream)
-        self.record_workspace(workspace, cuda.pool2d_backward_workspace(g))
-        harness.pool2d_backward(self.array(dy), self.array(x), self.array(dx), g)
+    def ascontiguousarray(self, a):
+        return a if a.flags.c_contiguous else self.asarray(np.ascontiguousarray(a), a.device_id)
 
 
-@pytest.fixture(scope="module")
+class Recorder:
+    """fastconv._cuda_harness, noting the stream and current device of every call."""
+
+    def __init__(self, module, cp):
+        self.module, self.cp, self.calls = module, cp, []
+
+    def __getattr__(self, name):
+        kernel = getattr(self.module, name)
+
+        def call(*args, stream):
+            self.calls.append((name, stream, self.cp.current))
+            return kernel(*args, stream=stream)
+        return call
+
+
+@pytest.fixture()
 def fake_gpu():
-    native = FakeNative()
-    fake_cupy = types.SimpleNamespace(
-        ndarray=FakeArray, float32=np.float32, __version__="fake",
-        empty=lambda shape, dtype: native.track(np.empty(shape, dtype)),
-        ascontiguousarray=lambda a: a if a.flags.c_contiguous else native.track(np.ascontiguousarray(a)),
-        cuda=types.SimpleNamespace(Device=FakeDevice,
-                                   get_current_stream=lambda: types.SimpleNamespace(ptr=STREAM)))
+    cp = FakeCuPy()
+    native = Recorder(harness, cp)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_gpu, "_modules", lambda: (fake_cupy, native))
+        patch.setattr(_gpu, "_modules", lambda: (cp, native))
         patch.setattr(_backend, "on_gpu", lambda a: isinstance(a, FakeArray))
-        yield native
+        yield cp, native
 
 
-def test_conv2d_grouped_strided(fake_gpu):
-    rng = np.random.default_rng(1)
-    x = rand(rng, 2, 6, 11, 9)
-    w, b = rand(rng, 9, 2, 3, 2), rand(rng, 9)
-    for layout in ("NCHW", "NHWC"):
-        check_conv(fake_gpu.track, np.asarray, nchw_to(x, layout), w, b,
-                   dict(stride=(2, 1), padding=((1, 0), (2, 1)), dilation=(1, 2), groups=3,
-                        layout=layout), rng)
-
-
-def test_workspaces_are_as_large_as_the_kernels_need(fake_gpu):
-    rng = np.random.default_rng(2)
-    fake_gpu.workspaces.clear()
-    # 2 x 48 x 48 output pixels: backward-weight and bias both split their reductions.
-    check_conv(fake_gpu.track, np.asarray, rand(rng, 2, 4, 48, 48), rand(rng, 8, 4, 3, 3),
-               rand(rng, 8), dict(padding=1), rng)
-    assert len(fake_gpu.workspaces) == 2 and min(fake_gpu.workspaces) > 0
-
-
-def test_depthwise_pointwise_separable(fake_gpu):
-    rng = np.random.default_rng(3)
-    x = rand(rng, 2, 4, 9, 8)
-    check_conv(fake_gpu.track, np.asarray, x, rand(rng, 8, 1, 3, 3), rand(rng, 8),
-               dict(stride=2, padding="same"), rng, op="depthwise_conv2d")
-    check_pointwise(fake_gpu.track, np.asarray, nchw_to(x, "NHWC"), rand(rng, 5, 4), rand(rng, 5),
-                    "NHWC", rng)
-    check_separable(fake_gpu.track, np.asarray, x, rand(rng, 8, 1, 3, 3), rand(rng, 3, 8),
-                    rand(rng, 3), dict(padding=1), rng)
-
-
-@pytest.mark.parametrize("kind", ["max", "min", "avg", "sum"])
-def test_pooling(fake_gpu, kind):
-    rng = np.random.default_rng(4)
-    x = rng.integers(-2, 3, size=(2, 3, 9, 7)).astype(np.float32)
-    fake_gpu.workspaces.clear()
-    check_pool(fake_gpu.track, np.asarray, kind, x, 3, dict(stride=2, padding=1, layout="NCHW"), rng)
-    assert fake_gpu.workspaces == [2 * 3 * 5 * 4 if kind in ("max", "min") else 0]
-    check_global_pool(fake_gpu.track, np.asarray, nchw_to(x, "NHWC"), "NHWC", rng)
+@settings(max_examples=6, deadline=None, derandomize=True)
+@given(data=case_of([op for op in ops.OPS.values() if op.family != "norm"], HARNESS_LIMITS))
+def test_every_op_through_the_gpu_path(data):
+    op, case = data
+    cp = FakeCuPy()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_gpu, "_modules", lambda: (cp, Recorder(harness, cp)))
+        patch.setattr(_backend, "on_gpu", lambda a: isinstance(a, FakeArray))
+        worst, bad = ops.check(op, case, dev=cp.asarray, host=np.asarray)
+    assert bad is None, (bad, case)
 
 
 def test_results_are_device_arrays_and_empty_batch(fake_gpu):
-    x, w = fake_gpu.track(np.zeros((0, 3, 5, 5), np.float32)), fake_gpu.track(np.ones((4, 3, 3, 3), np.float32))
+    cp, _ = fake_gpu
+    x, w = cp.asarray(np.zeros((0, 3, 5, 5), np.float32)), cp.asarray(np.ones((4, 3, 3, 3), np.float32))
     y = fastconv.conv2d(x, w)
     assert isinstance(y, FakeArray) and y.shape == (0, 4, 3, 3)
     dx, dw, db = fastconv.conv2d_backward(y, x, w)
     assert dx.shape == x.shape and not dw.any() and not db.any()
+    g = fastconv.global_avg_pool2d(cp.asarray(np.zeros((0, 3, 4, 4), np.float32)))
+    assert isinstance(g, FakeArray) and g.shape == (0, 3)
 
 
-def test_buffer_checks(fake_gpu):
-    kernels = _gpu.kernels()
-    g = (1, 1, 4, 4, 1, 3, 3, 2, 2, 1, 1, 0, 0, 1, 1, 1, 0)
-    x, w = fake_gpu.track(np.zeros((1, 1, 4, 4), np.float32)), fake_gpu.track(np.zeros((1, 1, 3, 3), np.float32))
-    with pytest.raises(ValueError, match="elements"):
-        kernels.conv2d_forward(x, w, None, fake_gpu.track(np.zeros((1, 1, 3, 3), np.float32)), g)
-    with pytest.raises(TypeError, match="CuPy array"):
-        kernels.conv2d_forward(np.zeros((1, 1, 4, 4), np.float32), w, None, x, g)
-    with pytest.raises(ValueError, match="C-contiguous"):
-        kernels.pool2d_forward(fake_gpu.track(np.zeros((1, 1, 8, 8), np.float32))[:, :, ::2, ::2],
-                               fake_gpu.track(np.zeros((1, 1, 2, 2), np.float32)),
-                               (1, 1, 4, 4, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0))
-
-
-def test_kernels_queue_on_the_current_stream(fake_gpu):
-    fake_gpu.streams.clear()
+def test_outputs_live_on_the_inputs_device_and_kernels_run_there(fake_gpu):
+    cp, native = fake_gpu
     rng = np.random.default_rng(5)
-    x = rand(rng, 1, 2, 6, 6)
-    check_conv(fake_gpu.track, np.asarray, x, rand(rng, 3, 2, 3, 3), rand(rng, 3), {}, rng)
-    check_pool(fake_gpu.track, np.asarray, "max", x, 2, {}, rng)
-    assert fake_gpu.streams == {STREAM}
+    x = cp.asarray(rng.standard_normal((1, 2, 6, 6)).astype(np.float32), device=1)
+    w = cp.asarray(rng.standard_normal((3, 2, 3, 3)).astype(np.float32), device=1)
+    assert cp.current == 0  # the inputs' device is not the current one
+    y = fastconv.conv2d(x, w, padding=1)
+    dx, dw, _ = fastconv.conv2d_backward(y, x, w, padding=1)
+    p = fastconv.max_pool2d(y, 2)
+    assert {a.device.id for a in (y, dx, dw, p)} == {1}
+    assert {(stream, device) for _, stream, device in native.calls} == {(cp.stream_of(1), 1)}
+    np.testing.assert_allclose(y, fastconv.reference.conv2d(np.asarray(x), np.asarray(w), padding=1),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_arrays_on_two_devices_are_refused(fake_gpu):
+    cp, _ = fake_gpu
+    x = cp.asarray(np.ones((1, 1, 3, 3), np.float32), device=0)
+    w = cp.asarray(np.ones((1, 1, 1, 1), np.float32), device=1)
+    with pytest.raises(ValueError, match="GPUs \\[0, 1\\]"):
+        fastconv.conv2d(x, w)
+
+
+def test_binding_checks_the_device_buffers(fake_gpu):
+    cp, _ = fake_gpu
+    x, w = cp.asarray(np.zeros((1, 1, 4, 4), np.float32)), cp.asarray(np.zeros((1, 1, 3, 3), np.float32))
+    g = fastconv._args.conv_geometry(x.shape, w.shape, stride=1, padding=0, dilation=1, groups=1,
+                                     layout="NCHW")
+    kernels = _gpu.kernels()
+    with pytest.raises(ValueError, match="elements"):
+        kernels.conv2d_forward(x, w, None, cp.asarray(np.zeros((1, 1, 3, 3), np.float32)), g)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        kernels.conv2d_forward(cp.asarray(np.zeros((1, 1, 8, 8), np.float32))[:, :, ::2, ::2], w,
+                               None, cp.asarray(np.zeros((1, 1, 2, 2), np.float32)), g)
 
 
 def test_mixing_host_and_device_arrays_raises(fake_gpu):
+    cp, _ = fake_gpu
     with pytest.raises(TypeError, match="same device"):
-        fastconv.conv2d(np.ones((1, 1, 3, 3), np.float32),
-                        fake_gpu.track(np.ones((1, 1, 1, 1), np.float32)))
+        fastconv.conv2d(np.ones((1, 1, 3, 3), np.float32), cp.asarray(np.ones((1, 1, 1, 1), np.float32)))

@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 import pytest
+from test_data import make_image_tree
 
 from fastconv import train
 from fastconv.nn import fit
-from test_data import make_image_tree
 
 
 @pytest.fixture()

@@ -98,19 +98,54 @@ def test_count_include_pad_must_be_bool():
 
 def test_native_layer_rejects_mismatched_buffers():
     """Direct calls into the extension with a wrong buffer raise instead of reading past it."""
+    from dataclasses import replace
+
     from fastconv import _args
     g = _args.conv_geometry(X.shape, W.shape, stride=1, padding=0, dilation=1, groups=1, layout="NCHW")
     y = np.empty(g.y_shape, np.float32)
     with pytest.raises(ValueError, match="elements"):
-        fastconv._cpu.conv2d_forward(X[:1], W, None, y, g.astuple())
+        fastconv._cpu.conv2d_forward(X[:1], W, None, y, g)
     with pytest.raises(TypeError, match="float32"):
-        fastconv._cpu.conv2d_forward(X.astype(np.float64), W, None, y, g.astuple())
+        fastconv._cpu.conv2d_forward(X.astype(np.float64), W, None, y, g)
     with pytest.raises(ValueError, match="C-contiguous"):
-        fastconv._cpu.conv2d_forward(X, W, None, np.empty(g.y_shape[::-1], np.float32).T, g.astuple())
-    bad = list(g.astuple())
-    bad[9] = 0  # stride_h
+        fastconv._cpu.conv2d_forward(X, W, None, np.empty(g.y_shape[::-1], np.float32).T, g)
+    with pytest.raises(ValueError, match="read-only"):
+        readonly = np.empty(g.y_shape, np.float32)
+        readonly.flags.writeable = False
+        fastconv._cpu.conv2d_forward(X, W, None, readonly, g)
+    with pytest.raises(TypeError, match="must be an array"):
+        fastconv._cpu.conv2d_forward(X, None, None, y, g)
     with pytest.raises(ValueError, match="geometry"):
-        fastconv._cpu.conv2d_forward(X, W, None, y, tuple(bad))
+        fastconv._cpu.conv2d_forward(X, W, None, y, replace(g, stride_h=0))
+    with pytest.raises(TypeError, match="no field 'c_in'"):
+        fastconv._cpu.conv2d_forward(X, W, None, y, _args.pool_geometry(
+            X.shape, 2, stride=None, padding=0, layout="NCHW", kind="max"))
+
+
+@pytest.mark.parametrize("make, read", [
+    (lambda: _geometries()[0], "read_conv_geometry"),
+    (lambda: _geometries()[1], "read_pool_geometry"),
+    (lambda: _geometries()[2], "read_norm_geometry"),
+])
+def test_geometry_round_trips_through_every_native_module(make, read):
+    """Each native module reads every field of the Python geometry by name, unchanged."""
+    import dataclasses
+
+    from fastconv import _cuda_harness
+    g = make()
+    for module in (fastconv._cpu, _cuda_harness):
+        if read == "read_norm_geometry" and not hasattr(module, read):
+            continue
+        assert getattr(module, read)(g) == dataclasses.asdict(g)
+
+
+def _geometries():
+    from fastconv import _args
+    return (_args.conv_geometry((2, 9, 8, 3), (4, 3, 3, 2), stride=(2, 1),
+                                padding=((1, 0), (2, 1)), dilation=(1, 2), groups=1, layout="NHWC"),
+            _args.pool_geometry((2, 3, 9, 8), (3, 2), stride=(2, 1), padding=1, layout="NCHW",
+                                kind="avg", count_include_pad=True),
+            _args.norm_geometry((2, 3, 9, 8), 1, 1e-5, "gelu", "test"))
 
 
 ODD_VALUES = [None, "same", "x", 0, -1, 1, 2, 2**62, 1.5, float("nan"), True, (), (1,), (1, 2, 3),

@@ -31,7 +31,7 @@ constexpr int64_t kApplyChunk = 1 << 15;  // elements per work item of an elemen
 // out[c] = sum of first(c, i), out[C + c] = sum of second(c, i) over every element i of
 // channel c; terms(c, i, first, second) adds its two terms into first and second.
 template <class Terms>
-void channel_sums(const ChannelShape& s, Terms terms, double* out) {
+void channel_sums(const NormGeometry& s, Terms terms, double* out) {
   const int64_t channels = s.channels;
   const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), s.outer)));
   std::vector<std::vector<double>> partial(threads, std::vector<double>(2 * channels, 0.0));
@@ -77,7 +77,7 @@ void channel_sums(const ChannelShape& s, Terms terms, double* out) {
 
 // map(c, i) for every element, in chunks spread over the threads.
 template <class Map>
-void for_each_element(const ChannelShape& s, Map map) {
+void for_each_element(const NormGeometry& s, Map map) {
   const int64_t total = s.size();
   const int64_t per_row = s.channels * s.inner;
   parallel_for((total + kApplyChunk - 1) / kApplyChunk, [&](int64_t item) {
@@ -119,7 +119,7 @@ Affine affine(int64_t channels, const float* mean, const float* var, const float
   return f;
 }
 
-void apply(const ChannelShape& s, const float* x, const Affine& f, Activation act, float* y) {
+void apply(const NormGeometry& s, const float* x, const Affine& f, Activation act, float* y) {
   const float* __restrict a = f.a.data();
   const float* __restrict b = f.b.data();
   with_activation(act, [&](auto kind) {
@@ -129,9 +129,8 @@ void apply(const ChannelShape& s, const float* x, const Affine& f, Activation ac
 
 }  // namespace
 
-void batch_norm_forward(const ChannelShape& s, const float* x, const float* gamma,
-                        const float* beta, float eps, Activation act, float* y, float* mean,
-                        float* var) {
+void batch_norm_forward(const NormGeometry& s, const float* x, const float* gamma,
+                        const float* beta, float* y, float* mean, float* var) {
   const int64_t channels = s.channels;
   const double count = static_cast<double>(s.outer * s.inner);
   std::vector<float> pivot(channels);
@@ -150,20 +149,19 @@ void batch_norm_forward(const ChannelShape& s, const float* x, const float* gamm
     mean[c] = static_cast<float>(pivot[c] + m1);
     var[c] = static_cast<float>(std::max(0.0, sums[channels + c] / count - m1 * m1));
   }
-  apply(s, x, affine(channels, mean, var, gamma, beta, eps), act, y);
+  apply(s, x, affine(channels, mean, var, gamma, beta, s.epsilon()), s.act(), y);
 }
 
-void batch_norm_inference(const ChannelShape& s, const float* x, const float* mean,
-                          const float* var, const float* gamma, const float* beta, float eps,
-                          Activation act, float* y) {
-  apply(s, x, affine(s.channels, mean, var, gamma, beta, eps), act, y);
+void batch_norm_inference(const NormGeometry& s, const float* x, const float* mean,
+                          const float* var, const float* gamma, const float* beta, float* y) {
+  apply(s, x, affine(s.channels, mean, var, gamma, beta, s.epsilon()), s.act(), y);
 }
 
 namespace {
 
 // dz: the gradient at the normalised output z = a * x + b, i.e. dy through the activation
 template <Activation act>
-void backward(const ChannelShape& s, const float* __restrict dy, const float* __restrict x,
+void backward(const NormGeometry& s, const float* __restrict dy, const float* __restrict x,
               const float* __restrict mean, const float* var, const float* gamma,
               const float* beta, float eps, float* __restrict dx, float* dgamma, float* dbeta) {
   const int64_t channels = s.channels;
@@ -202,12 +200,12 @@ void backward(const ChannelShape& s, const float* __restrict dy, const float* __
 
 }  // namespace
 
-void batch_norm_backward(const ChannelShape& s, const float* dy, const float* x,
+void batch_norm_backward(const NormGeometry& s, const float* dy, const float* x,
                          const float* mean, const float* var, const float* gamma,
-                         const float* beta, float eps, Activation act, float* dx, float* dgamma,
-                         float* dbeta) {
-  with_activation(act, [&](auto kind) {
-    backward<decltype(kind)::value>(s, dy, x, mean, var, gamma, beta, eps, dx, dgamma, dbeta);
+                         const float* beta, float* dx, float* dgamma, float* dbeta) {
+  with_activation(s.act(), [&](auto kind) {
+    backward<decltype(kind)::value>(s, dy, x, mean, var, gamma, beta, s.epsilon(), dx, dgamma,
+                                    dbeta);
   });
 }
 

@@ -22,28 +22,15 @@
                                         float* dw);                                           \
   void pool2d_forward(const PoolGeometry& g, const float* x, float* y);                       \
   void pool2d_backward(const PoolGeometry& g, const float* dy, const float* x, float* dx);      \
-  void batch_norm_forward(const ChannelShape& s, const float* x, const float* gamma,           \
-                          const float* beta, float eps, Activation act, float* y, float* mean, \
-                          float* var);                                                        \
-  void batch_norm_inference(const ChannelShape& s, const float* x, const float* mean,          \
-                            const float* var, const float* gamma, const float* beta, float eps, \
-                            Activation act, float* y);                                        \
-  void batch_norm_backward(const ChannelShape& s, const float* dy, const float* x,             \
+  void batch_norm_forward(const NormGeometry& g, const float* x, const float* gamma,           \
+                          const float* beta, float* y, float* mean, float* var);              \
+  void batch_norm_inference(const NormGeometry& g, const float* x, const float* mean,          \
+                            const float* var, const float* gamma, const float* beta, float* y); \
+  void batch_norm_backward(const NormGeometry& g, const float* dy, const float* x,             \
                            const float* mean, const float* var, const float* gamma,           \
-                           const float* beta, float eps, Activation act, float* dx,           \
-                           float* dgamma, float* dbeta);
+                           const float* beta, float* dx, float* dgamma, float* dbeta);
 
 namespace fastconv::cpu {
-
-// An array seen as (outer, channels, inner) around its channel axis: NHWC is
-// (N*H*W, C, 1), NCHW is (N, C, H*W).
-struct ChannelShape {
-  int64_t outer, channels, inner;
-  int64_t size() const { return outer * channels * inner; }
-};
-
-// The activation fused into batch norm, applied to its normalised output.
-enum class Activation : int { none = 0, relu = 1, gelu = 2 };
 
 namespace avx2 {
 FASTCONV_KERNEL_DECLARATIONS

@@ -329,7 +329,8 @@ void sum_partials(const float* partial, int64_t splits, int64_t count, float* ou
 }
 
 void conv2d_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias,
-                    float* y, Stream stream) {
+                    float* y, Launch& launch) {
+  const Stream stream = launch.stream;
   if (is_depthwise(g)) return depthwise_conv2d_forward(g, x, w, bias, y, stream);
   require_small_filter(g, "conv2d_forward");
   if (g.channels_last) {
@@ -342,7 +343,8 @@ void conv2d_forward(const ConvGeometry& g, const float* x, const float* w, const
 }
 
 void conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* w, float* dx,
-                           Stream stream) {
+                           Launch& launch) {
+  const Stream stream = launch.stream;
   if (is_depthwise(g)) return depthwise_conv2d_backward_input(g, dy, w, dx, stream);
   require_small_filter(g, "conv2d_backward_input");
   if (g.channels_last) {
@@ -354,17 +356,16 @@ void conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* 
   }
 }
 
-int64_t conv2d_backward_weight_workspace(const ConvGeometry& g) {
-  if (is_depthwise(g)) return depthwise_conv2d_backward_weight_workspace(g);
-  const int64_t splits = weight_splits(g);
-  return splits > 1 ? splits * g.w_size() : 0;
-}
-
 void conv2d_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw,
-                            float* workspace, Stream stream) {
-  if (is_depthwise(g)) return depthwise_conv2d_backward_weight(g, dy, x, dw, workspace, stream);
+                            Launch& launch) {
+  const Stream stream = launch.stream;
+  if (is_depthwise(g)) {
+    float* workspace = launch.workspace(depthwise_conv2d_backward_weight_workspace(g));
+    return depthwise_conv2d_backward_weight(g, dy, x, dw, workspace, stream);
+  }
   require_small_filter(g, "conv2d_backward_weight");
   const int64_t splits = weight_splits(g), chunk = weight_chunk(g);
+  float* workspace = splits > 1 ? launch.workspace(splits * g.w_size()) : nullptr;
   float* target = splits > 1 ? workspace : dw;  // one split writes dw directly
   if (g.channels_last) {
     run_implicit_gemm(BackwardWeightProblem<true>(g, dy, x, target), chunk, stream,
@@ -376,11 +377,10 @@ void conv2d_backward_weight(const ConvGeometry& g, const float* dy, const float*
   if (splits > 1) sum_partials(workspace, splits, g.w_size(), dw, stream);
 }
 
-int64_t bias_backward_workspace(const ConvGeometry& g) { return bias_splits(g) * g.c_out; }
-
-void bias_backward(const ConvGeometry& g, const float* dy, float* dbias, float* workspace,
-                   Stream stream) {
+void bias_backward(const ConvGeometry& g, const float* dy, float* dbias, Launch& launch) {
+  const Stream stream = launch.stream;
   const int64_t splits = bias_splits(g), chunk = bias_chunk(g);
+  float* workspace = launch.workspace(splits * g.c_out);
   if (g.channels_last) {
     const dim3 grid(static_cast<unsigned>(ceil_div(g.c_out, kBiasLanes)), static_cast<unsigned>(splits));
     FC_LAUNCH(bias_partials_kernel<true>, grid, dim3(kBiasThreads), stream)(g, dy, chunk, workspace);

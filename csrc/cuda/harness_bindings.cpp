@@ -1,81 +1,64 @@
 // fastconv._cuda_harness: the CUDA kernels compiled with the host compiler under
-// cuda/harness.h, bound with the same functions and signatures as fastconv._cpu so that the
+// cuda/harness.h, bound by op_bindings.h like fastconv._cpu and fastconv._cuda, so that the
 // tests can run the whole functional API on them with NumPy arrays (see
-// tests/test_cuda_harness.py). Slow by design; for checking, never for use. The GIL stays
-// held: the harness keeps one block's state in process-wide variables.
-#include <pybind11/numpy.h>
+// tests/test_cuda_harness.py) and _gpu.py's path with a stand-in for CuPy (see
+// tests/test_gpu_backend_on_cpu.py). Slow by design; for checking, never for use.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <algorithm>
 #include <vector>
 
+// The harness defines __global__, __host__ and friends: it comes before any shared header.
 #include "cuda/common.cuh"
-
 #include "cuda/kernels.h"
-#include "pybind_checks.h"
+
+#include "binding_support.h"
 
 namespace py = pybind11;
 namespace kernels = fastconv::cuda_harness;
-using fastconv::ConvGeometry;
-using fastconv::PoolGeometry;
-using namespace fastconv::pybind_checks;
 
 namespace {
 
+// Workspace in host memory, as long as the call.
+class HostLaunch final : public kernels::Launch {
+ public:
+  HostLaunch() : Launch(nullptr) {}
+  float* workspace(int64_t floats) override {
+    blocks_.emplace_back(static_cast<size_t>(floats));
+    return blocks_.back().data();
+  }
 
-void conv2d_forward(const py::array& x, const py::array& w, const py::object& bias,
-                    const py::array& y, const ConvFields& f) {
-  const ConvGeometry g = conv_geometry(f);
-  const float* b = checked_or_null(bias, g.c_out, "bias");
-  const float *px = checked(x, g.x_size(), "x"), *pw = checked(w, g.w_size(), "w");
-  float* py_ = output(y, g.y_size(), "y");
-  if (g.n > 0) kernels::conv2d_forward(g, px, pw, b, py_, nullptr);
-}
+ private:
+  std::vector<std::vector<float>> blocks_;
+};
 
-void conv2d_backward_input(const py::array& dy, const py::array& w, const py::array& dx,
-                           const ConvFields& f) {
-  const ConvGeometry g = conv_geometry(f);
-  const float *pdy = checked(dy, g.y_size(), "dy"), *pw = checked(w, g.w_size(), "w");
-  float* pdx = output(dx, g.x_size(), "dx");
-  if (g.n > 0) kernels::conv2d_backward_input(g, pdy, pw, pdx, nullptr);
-}
+// How op_bindings.h reads buffers and runs kernels here: NumPy arrays, or host memory behind
+// __cuda_array_interface__ (the tests' stand-in for CuPy), and the GIL held throughout,
+// since the harness keeps one block's state in process-wide variables.
+struct Backend {
+  static fastconv::bindings::View view(const py::handle& object, const char* name) {
+    return py::hasattr(object, "__cuda_array_interface__")
+               ? fastconv::bindings::cuda_view(object, name)
+               : fastconv::bindings::host_view(object, name);
+  }
+  static void zero(float* p, int64_t count, std::uintptr_t) { std::fill(p, p + count, 0.f); }
+  template <class G, class Body>
+  static void run(const char*, const G&, std::uintptr_t, Body&& body) {
+    HostLaunch launch;
+    body(launch);
+  }
+};
 
-void conv2d_backward_weight(const py::array& dy, const py::array& x, const py::array& dw,
-                            const ConvFields& f) {
-  const ConvGeometry g = conv_geometry(f);
-  const float *pdy = checked(dy, g.y_size(), "dy"), *px = checked(x, g.x_size(), "x");
-  float* pdw = output(dw, g.w_size(), "dw");
-  if (g.n == 0) return std::fill(pdw, pdw + g.w_size(), 0.f);
-  std::vector<float> workspace(kernels::conv2d_backward_weight_workspace(g));
-  kernels::conv2d_backward_weight(g, pdy, px, pdw, workspace.data(), nullptr);
-}
+}  // namespace
 
-void bias_backward(const py::array& dy, const py::array& dbias, const ConvFields& f) {
-  const ConvGeometry g = conv_geometry(f);
-  const float* pdy = checked(dy, g.y_size(), "dy");
-  float* pdb = output(dbias, g.c_out, "dbias");
-  if (g.n == 0) return std::fill(pdb, pdb + g.c_out, 0.f);
-  std::vector<float> workspace(kernels::bias_backward_workspace(g));
-  kernels::bias_backward(g, pdy, pdb, workspace.data(), nullptr);
-}
+#define FASTCONV_KERNEL(name)                                             \
+  [](kernels::Launch& launch, const auto& g, auto*... buffers) {          \
+    kernels::name(g, buffers..., launch);                                 \
+  }
+#include "op_bindings.h"
 
-void pool2d_forward(const py::array& x, const py::array& y, const PoolFields& f) {
-  const PoolGeometry g = pool_geometry(f);
-  const float* px = checked(x, g.x_size(), "x");
-  float* py_ = output(y, g.y_size(), "y");
-  if (g.n > 0) kernels::pool2d_forward(g, px, py_, nullptr);
-}
-
-void pool2d_backward(const py::array& dy, const py::array& x, const py::array& dx,
-                     const PoolFields& f) {
-  const PoolGeometry g = pool_geometry(f);
-  const float *pdy = checked(dy, g.y_size(), "dy"), *px = checked(x, g.x_size(), "x");
-  float* pdx = output(dx, g.x_size(), "dx");
-  if (g.n == 0) return;
-  std::vector<float> workspace(kernels::pool2d_backward_workspace(g));
-  kernels::pool2d_backward(g, pdy, px, pdx, workspace.data(), nullptr);
-}
+namespace {
 
 // Self-tests of the harness itself: kernels that are right or wrong on purpose.
 constexpr int kSelfTestThreads = 64;
@@ -110,16 +93,7 @@ void divergent_barrier() {
 
 PYBIND11_MODULE(_cuda_harness, m) {
   m.doc() = "fastconv CUDA kernels run on the CPU by the execution harness (tests only)";
-  m.def("conv2d_forward", &conv2d_forward, py::arg("x"), py::arg("w"), py::arg("bias"),
-        py::arg("y"), py::arg("geometry"));
-  m.def("conv2d_backward_input", &conv2d_backward_input, py::arg("dy"), py::arg("w"),
-        py::arg("dx"), py::arg("geometry"));
-  m.def("conv2d_backward_weight", &conv2d_backward_weight, py::arg("dy"), py::arg("x"),
-        py::arg("dw"), py::arg("geometry"));
-  m.def("bias_backward", &bias_backward, py::arg("dy"), py::arg("dbias"), py::arg("geometry"));
-  m.def("pool2d_forward", &pool2d_forward, py::arg("x"), py::arg("y"), py::arg("geometry"));
-  m.def("pool2d_backward", &pool2d_backward, py::arg("dy"), py::arg("x"), py::arg("dx"),
-        py::arg("geometry"));
+  fastconv::bindings::bind_conv_pool_ops<Backend>(m);
   m.def("selftest_neighbour_exchange", &neighbour_exchange, py::arg("blocks"), py::arg("barrier"),
         "Harness self-test: each thread reads its right neighbour's shared slot.");
   m.def("selftest_divergent_barrier", &divergent_barrier,

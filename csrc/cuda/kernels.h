@@ -3,9 +3,9 @@
 //
 // All pointers are device pointers (host pointers under the harness) to C-contiguous float32
 // buffers whose sizes match the geometry; the caller has validated the geometry. Kernels are
-// queued on `stream` (a cudaStream_t; ignored by the harness) and never synchronize. Kernels
-// that reduce over pixels write per-split partial sums to a caller-provided workspace of
-// *_workspace(g) floats and then add them in a fixed order, so results are deterministic.
+// queued on the launch's stream (a cudaStream_t; ignored by the harness) and never
+// synchronize. Kernels that reduce over pixels write per-split partial sums to workspace
+// from the launch and then add them in a fixed order, so results are deterministic.
 #pragma once
 #ifdef FASTCONV_CUDA_HARNESS
 #include "cuda/harness.h"
@@ -19,23 +19,41 @@ namespace fastconv::FASTCONV_CUDA_NS {
 
 using Stream = void*;
 
+// What a kernel call needs besides its buffers: the stream to queue on and scratch memory,
+// valid for the work the call queues (device memory on the GPU, host memory under the
+// harness; the binding module provides it).
+class Launch {
+ public:
+  explicit Launch(Stream s) : stream(s) {}
+  virtual ~Launch() = default;
+  virtual float* workspace(int64_t floats) = 0;
+  const Stream stream;
+};
+
 // Dense and grouped convolution; depthwise geometries (groups == c_in > 1) are handed to
 // the depthwise kernels, 1x1 convolutions are the same implicit GEMM with a trivial gather.
 void conv2d_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias,
-                    float* y, Stream stream);
+                    float* y, Launch& launch);
 void conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* w, float* dx,
-                           Stream stream);
-int64_t conv2d_backward_weight_workspace(const ConvGeometry& g);
+                           Launch& launch);
 void conv2d_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw,
-                            float* workspace, Stream stream);
-int64_t bias_backward_workspace(const ConvGeometry& g);
-void bias_backward(const ConvGeometry& g, const float* dy, float* dbias, float* workspace,
-                   Stream stream);
+                            Launch& launch);
+void bias_backward(const ConvGeometry& g, const float* dy, float* dbias, Launch& launch);
 
-void pool2d_forward(const PoolGeometry& g, const float* x, float* y, Stream stream);
-int64_t pool2d_backward_workspace(const PoolGeometry& g);
+void pool2d_forward(const PoolGeometry& g, const float* x, float* y, Launch& launch);
 void pool2d_backward(const PoolGeometry& g, const float* dy, const float* x, float* dx,
-                     float* workspace, Stream stream);
+                     Launch& launch);
+
+// Batch normalisation (see NormGeometry), with its fused activation.
+void batch_norm_forward(const NormGeometry& g, const float* x, const float* gamma,
+                        const float* beta, float* y, float* mean, float* var, Launch& launch);
+void batch_norm_inference(const NormGeometry& g, const float* x, const float* mean,
+                          const float* var, const float* gamma, const float* beta, float* y,
+                          Launch& launch);
+void batch_norm_backward(const NormGeometry& g, const float* dy, const float* x,
+                         const float* mean, const float* var, const float* gamma,
+                         const float* beta, float* dx, float* dgamma, float* dbeta,
+                         Launch& launch);
 
 // Used by conv2d.cu.
 bool is_depthwise(const ConvGeometry& g);

@@ -174,7 +174,8 @@ void backward(const PoolGeometry& g, const float* dy, const float* x, float* dx,
 
 }  // namespace
 
-void pool2d_forward(const PoolGeometry& g, const float* x, float* y, Stream stream) {
+void pool2d_forward(const PoolGeometry& g, const float* x, float* y, Launch& launch) {
+  const Stream stream = launch.stream;
   switch (g.pool_kind()) {
     case PoolKind::kMax: return forward<PoolKind::kMax>(g, x, y, nullptr, stream);
     case PoolKind::kMin: return forward<PoolKind::kMin>(g, x, y, nullptr, stream);
@@ -183,14 +184,12 @@ void pool2d_forward(const PoolGeometry& g, const float* x, float* y, Stream stre
   }
 }
 
-int64_t pool2d_backward_workspace(const PoolGeometry& g) {
+void pool2d_backward(const PoolGeometry& g, const float* dy, const float* x, float* dx,
+                     Launch& launch) {
   static_assert(sizeof(int) == sizeof(float), "winners live in a float workspace");
   const bool extreme = g.pool_kind() == PoolKind::kMax || g.pool_kind() == PoolKind::kMin;
-  return extreme ? g.y_size() : 0;
-}
-
-void pool2d_backward(const PoolGeometry& g, const float* dy, const float* x, float* dx,
-                     float* workspace, Stream stream) {
+  float* workspace = extreme ? launch.workspace(g.y_size()) : nullptr;
+  const Stream stream = launch.stream;
   switch (g.pool_kind()) {
     case PoolKind::kMax: return backward<PoolKind::kMax>(g, dy, x, dx, workspace, stream);
     case PoolKind::kMin: return backward<PoolKind::kMin>(g, dy, x, dx, workspace, stream);

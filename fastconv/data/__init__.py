@@ -6,10 +6,24 @@ Every augmentation is called as `augment(batch, rng, index=..., epoch=...)`.
 """
 from .archives import IMAGE_SUFFIXES, DatasetError
 from .augment import ImageAugmenter, shift_batch
-from .batches import (Normalize, batches, default_preprocess, prefetch, progress,
-                      train_val_split)
-from .cifar import (CIFAR10_CLASSES, CIFAR10_MD5, CIFAR10_MEAN, CIFAR10_STD, CIFAR10_URL,
-                    cache_dir, download, load_cifar10)
+from .batches import (
+                      Normalize,
+                      batches,
+                      default_preprocess,
+                      prefetch,
+                      progress,
+                      train_val_split,
+)
+from .cifar import (
+                      CIFAR10_CLASSES,
+                      CIFAR10_MD5,
+                      CIFAR10_MEAN,
+                      CIFAR10_STD,
+                      CIFAR10_URL,
+                      cache_dir,
+                      download,
+                      load_cifar10,
+)
 from .folders import ImageFolderStream, load_image_folder
 
 __all__ = [

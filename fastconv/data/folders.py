@@ -5,7 +5,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .archives import DatasetError, _decode, _folder_entries, _read_dir_tree, _read_tar_tree
+from .archives import (
+    DatasetError,
+    _decode,
+    _folder_entries,
+    _read_dir_tree,
+    _read_tar_tree,
+)
 from .batches import default_preprocess
 
 

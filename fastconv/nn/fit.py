@@ -16,8 +16,8 @@ import numpy as np
 
 from .. import _args
 from .. import data as fcdata
-from ..memory import array_cache
 from .._backend import array_module
+from ..memory import array_cache
 from .layers import Dropout
 
 

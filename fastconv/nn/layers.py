@@ -28,14 +28,18 @@ def _layout(data_format):
 
 
 class Layer:
-    """Base class: name, trainable flag, parameters, gradients and the optional activation
-    (applied by an Activation layer the model appends, unless fused_activation is set)."""
+    """Base class: name, trainable flag, parameters, gradients, the optional activation
+    (applied by an Activation layer the model appends, unless fused_activation is set) and
+    per-parameter learning-rate factors `lr_scale`."""
 
     fused_activation = False
 
-    def __init__(self, *, name=None, trainable=True, input_shape=None, activation=None):
+    def __init__(self, *, name=None, trainable=True, input_shape=None, activation=None,
+                 lr_scale=None):
         self.name = name
         self.trainable = trainable
+        # {param name: factor} on the optimiser's learning rate for this layer's weights
+        self.lr_scale = dict(lr_scale or {})
         self.input_shape = None if input_shape is None else tuple(input_shape)
         self.params: dict = {}
         self.grads: dict = {}
@@ -337,7 +341,6 @@ class BatchNormalization(Layer):
         if axis == 0:
             raise ValueError("BatchNormalization axis must be a channel axis, not the batch axis 0")
         channels = input_shape[axis - 1]
-        self._reduce = tuple(a for a in range(rank) if a != axis)
         self._bshape = tuple(channels if a == axis else 1 for a in range(rank))
         if self.scale:
             self.params["gamma"] = initialize(self.gamma_initializer, (channels,), rng)

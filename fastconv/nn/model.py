@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from .._backend import array_module, to_numpy
-from .layers import Activation, Layer
 from . import transfer
+from .layers import Activation, Layer
 
 
 class Sequential:
@@ -115,8 +115,8 @@ class Sequential:
 
     # -- Keras-style API ----------------------------------------------------------------
     def compile(self, optimizer="adam", loss="sparse_categorical_crossentropy", metrics=None):
-        from . import losses
         from .. import optim
+        from . import losses
         self.optimizer = optim.get(optimizer)
         self.loss = losses.get(loss)
         self.metrics = list(metrics or ["accuracy"])

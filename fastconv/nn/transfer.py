@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layers import BatchNormalization, Conv2D, Dense, DepthwiseConv2D, Flatten, SeparableConv2D
+from .layers import (
+    BatchNormalization,
+    Conv2D,
+    Dense,
+    DepthwiseConv2D,
+    Flatten,
+    SeparableConv2D,
+)
 
 _KERAS_ORDER = ("kernel", "depthwise_kernel", "pointwise_kernel", "bias", "gamma", "beta",
                 "moving_mean", "moving_variance")

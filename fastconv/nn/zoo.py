@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layers import (Activation, BatchNormalization, Conv2D, Dense, Flatten, MaxPooling2D,
-                     Scale)
+from .layers import (
+    Activation,
+    BatchNormalization,
+    Conv2D,
+    Dense,
+    Flatten,
+    MaxPooling2D,
+    Scale,
+)
 from .model import Sequential
 
 
@@ -27,40 +34,38 @@ def identity_uniform(shape, rng, kind):
     return w
 
 
-def _block(width, activation):
+def _block(width, activation, bn_bias_lr_scale):
+    def norm():
+        return BatchNormalization(momentum=0.4, epsilon=1e-12, scale=False, activation=activation,
+                                  lr_scale={"beta": bn_bias_lr_scale})
     return [Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer=identity_uniform),
-            MaxPooling2D(2),
-            BatchNormalization(momentum=0.4, epsilon=1e-12, scale=False, activation=activation),
+            MaxPooling2D(2), norm(),
             Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer=identity_uniform),
-            BatchNormalization(momentum=0.4, epsilon=1e-12, scale=False, activation=activation)]
+            norm()]
 
 
 REFERENCE_WIDTHS = (64, 128, 256)
 
 
 def reference_net(widths=REFERENCE_WIDTHS, whiten_width=24, activation="gelu",
-                  whiten_activation="relu", num_classes=10, seed=0):
+                  whiten_activation="relu", num_classes=10, bn_bias_lr_scale=64.0, seed=0):
     """airbench-style CIFAR-10 network: a frozen 2x2 whitening conv (3 -> whiten_width, see
     init_whitening) -> whiten_activation, three blocks conv3x3 -> maxpool -> BN -> act ->
     conv3x3 -> BN -> act (act fused into the batch-norm kernel), maxpool 3, a bias-free Dense
     and a 1/9 logit scale. About 130 MFLOP (65 M multiply-adds) per image at the default
-    widths 64/128/256 (airbench94 uses 64/256/256). BN biases learn 64x faster (lr_scale), as
-    in airbench. The stem keeps ReLU: its 31x31x24 output would make a NumPy GELU the
-    costliest layer of the step, and with the filters' negatives beside them ReLU loses
+    widths 64/128/256 (airbench94 uses 64/256/256). BN biases learn bn_bias_lr_scale times
+    faster, as in airbench. The stem keeps ReLU: its 31x31x24 output would make a NumPy GELU
+    the costliest layer of the step, and with the filters' negatives beside them ReLU loses
     nothing there."""
     layers = [Conv2D(whiten_width, 2, padding="valid", input_shape=(32, 32, 3),
                      trainable=False, name="whiten"),
               Activation(whiten_activation)]
     for width in widths:
-        layers += _block(width, activation)
+        layers += _block(width, activation, bn_bias_lr_scale)
     layers += [MaxPooling2D(3), Flatten(),
                Dense(num_classes, use_bias=False, kernel_initializer=torch_uniform),
                Scale(1 / 9)]
-    model = Sequential(layers, name="reference_net", seed=seed).build()
-    for layer in model.layers:
-        if isinstance(layer, BatchNormalization):
-            layer.lr_scale = {"beta": 64.0}
-    return model
+    return Sequential(layers, name="reference_net", seed=seed).build()
 
 
 def init_whitening(model, images, preprocess, eps=5e-4, layer_name="whiten"):
