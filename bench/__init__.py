@@ -1,1 +1,2 @@
-"""Benchmarks of fastconv against PyTorch; `python -m bench.cpu` is the CPU one."""
+"""Benchmarks of fastconv against PyTorch, installed as fastconv.bench: `fastconv bench`
+runs the CPU one (cpu.py), `fastconv bench --gpu` the GPU one (gpu.py)."""

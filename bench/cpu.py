@@ -1,4 +1,4 @@
-"""`python -m bench.cpu`: fastconv against PyTorch's CPU kernels (oneDNN), side by side.
+"""`fastconv bench`: fastconv against PyTorch's CPU kernels (oneDNN), side by side.
 
 In one process: measures the machine's ceilings (NumPy sgemm, a large copy), then times every
 case of bench/cases.py forward and backward with fastconv (NCHW and NHWC) and PyTorch (NCHW
@@ -14,11 +14,8 @@ import shlex
 import sys
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-
-
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m bench.cpu", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="fastconv bench", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="batch 16 and a short timing budget, for development; writes files "
                         "only when --out is given")
@@ -32,12 +29,13 @@ def parse_args(argv=None):
                    help="timed seconds per row, all implementations together (4, quick 0.3)")
     p.add_argument("--note", default="", help="a line of context for the report's header")
     p.add_argument("--out", type=Path, default=None,
-                   help=f"folder for cpu.md and cpu.png (default {BENCH_DIR / 'results'})")
+                   help="folder for cpu.md and cpu.png (default: bench/results in a source "
+                        "checkout, else ./fastconv-bench)")
     args = p.parse_args(argv)
     if args.threads < 1 or (args.batch is not None and args.batch < 1):
         p.error("--threads and --batch must be at least 1")
     if args.out is None and not args.quick:
-        args.out = BENCH_DIR / "results"
+        args.out = Path("bench/results") if Path("bench/results").is_dir() else Path("fastconv-bench")
     return args
 
 
@@ -50,27 +48,12 @@ def _set_blas_threads(threads: int) -> str:
     return str(threads)
 
 
-def _import_installed_fastconv():
-    """`python -m bench.cpu` puts the checkout first on sys.path, and its fastconv/ holds no
-    compiled kernels unless installed in place (-e). Then import the installed fastconv from
-    site-packages instead; bench's own modules resolve through the package already loaded."""
-    try:
-        import fastconv  # noqa: F401
-    except ImportError:
-        checkout = BENCH_DIR.parent
-        sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != checkout]
-        for name in [m for m in sys.modules if m == "fastconv" or m.startswith("fastconv.")]:
-            del sys.modules[name]
-        import fastconv  # noqa: F401  (raises with the package's own fix-it message)
-
-
 def main(argv=None):
     args = parse_args(argv)
     blas_threads = _set_blas_threads(args.threads)
-    _import_installed_fastconv()
     from .runner import run  # imports NumPy: after the BLAS thread count is set
     words = sys.argv[1:] if argv is None else argv
-    run(args, command=" ".join(["python -m bench.cpu", shlex.join(words)]).strip(),
+    run(args, command=" ".join(["fastconv bench", shlex.join(words)]).strip(),
         blas_threads=blas_threads)
 
 

@@ -11,6 +11,15 @@ from __future__ import annotations
 
 from . import _args, _backend
 
+__all__ = [
+    "avg_pool2d", "avg_pool2d_backward", "batch_norm", "batch_norm_backward",
+    "batch_norm_inference", "conv2d", "conv2d_backward", "depthwise_conv2d",
+    "depthwise_conv2d_backward", "global_avg_pool2d", "global_avg_pool2d_backward",
+    "max_pool2d", "max_pool2d_backward", "min_pool2d", "min_pool2d_backward",
+    "pointwise_conv2d", "pointwise_conv2d_backward", "separable_conv2d",
+    "separable_conv2d_backward", "sum_pool2d", "sum_pool2d_backward",
+]
+
 
 def _conv_inputs(x, w, bias, xp, w_ndim=4):
     x = _args.array(x, "x", 4, xp)

@@ -11,23 +11,12 @@ settings.register_profile("fastconv", deadline=None, derandomize=True, max_examp
 settings.load_profile("fastconv")
 
 
-@pytest.fixture(params=["avx2", "generic"])
+@pytest.fixture(params=["avx512", "avx2", "generic"])
 def isa(request):
-    """Runs a test with the AVX2 kernels and again with the portable ones."""
-    if request.param == "avx2":
-        try:
-            fastconv._cpu.set_isa("avx2")
-        except ValueError:
-            pytest.skip("this CPU has no AVX2/FMA")
-    else:
-        fastconv._cpu.set_isa("generic")
+    """Runs a test once with each instruction set's kernels that this CPU supports."""
+    if request.param not in fastconv._cpu.supported_isas():
+        pytest.skip(f"this CPU or build has no {request.param} kernels")
+    previous = fastconv._cpu.isa()
+    fastconv._cpu.set_isa(request.param)
     yield request.param
-    fastconv._cpu.set_isa("avx2" if _has_avx2() else "generic")
-
-
-def _has_avx2():
-    try:
-        fastconv._cpu.set_isa("avx2")
-        return True
-    except ValueError:
-        return False
+    fastconv._cpu.set_isa(previous)

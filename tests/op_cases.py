@@ -4,6 +4,8 @@ GPU) draw cases of every op with `case_of` and check them with `fastconv.ops.che
 and backward against fastconv.reference. The fixed cases below reach paths that random small
 shapes do not (large tiles, split reductions, wide pooling windows).
 """
+import os
+
 import numpy as np
 from hypothesis import assume
 from hypothesis import strategies as st
@@ -13,6 +15,12 @@ from fastconv import _args, ops
 from fastconv import reference as ref
 
 POOL_KINDS = ["max", "min", "avg", "sum"]
+def examples(n):
+    """n hypothesis examples, or a tenth of them on CI's sanitizer build (several times
+    slower; it looks for memory errors, which a few cases of every op reach)."""
+    return max(3, n // 10) if os.environ.get("FASTCONV_HYPOTHESIS") == "sanitize" else n
+
+
 CPU_LIMITS = ops.Limits(max_batch=3, max_channels=4, max_side=13, max_kernel=7)
 HARNESS_LIMITS = ops.Limits()
 

@@ -22,6 +22,7 @@ from op_cases import (
     check_depthwise_splits,
     check_large_conv,
     check_pool_bigger,
+    examples,
     nchw_to,
     ops_with,
     rand,
@@ -32,7 +33,7 @@ from fastconv import _args, _backend
 from fastconv import reference as ref
 
 harness_module = pytest.importorskip("fastconv._cuda_harness")
-examples = settings(max_examples=30, deadline=None, derandomize=True)
+harness_examples = settings(max_examples=examples(30))
 
 
 def same(a):
@@ -48,7 +49,7 @@ def harness():
 
 
 @pytest.mark.parametrize("op", ops_with(lambda op: op.family != "norm"))
-@examples
+@harness_examples
 @given(data=st.data())
 def test_op_matches_reference(harness, op, data):
     check_case(op, op.sample(HypothesisDraw(data), HARNESS_LIMITS))

@@ -100,7 +100,7 @@ def test_missing_and_corrupt_archives(tmp_path):
         fcdata.load_cifar10(truncated)
     junk = tmp_path / "junk.tar.gz"
     junk.write_bytes(b"not an archive at all")
-    with pytest.raises(fcdata.DatasetError, match="not a readable"):
+    with pytest.raises(fcdata.DatasetError, match="is not a .tar/.tar.gz archive; expected"):
         fcdata.load_cifar10(junk)
     bad_image = tmp_path / "bad.tar.gz"
     with tarfile.open(bad_image, "w:gz") as tar:

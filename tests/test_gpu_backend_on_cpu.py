@@ -14,7 +14,7 @@ import types
 import numpy as np
 import pytest
 from hypothesis import given, settings
-from op_cases import HARNESS_LIMITS, case_of
+from op_cases import HARNESS_LIMITS, case_of, examples
 
 import fastconv
 from fastconv import _backend, _gpu, ops
@@ -106,7 +106,7 @@ def fake_gpu():
         yield cp, native
 
 
-@settings(max_examples=6, deadline=None, derandomize=True)
+@settings(max_examples=examples(30))
 @given(data=case_of([op for op in ops.OPS.values() if op.family != "norm"], HARNESS_LIMITS))
 def test_every_op_through_the_gpu_path(data):
     op, case = data

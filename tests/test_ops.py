@@ -4,11 +4,11 @@ each instruction set this CPU supports."""
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from op_cases import CPU_LIMITS, HypothesisDraw, check_case, ops_with
+from op_cases import CPU_LIMITS, HypothesisDraw, check_case, examples, ops_with
 
 
 @pytest.mark.parametrize("op", ops_with())
-@settings(max_examples=80)
+@settings(max_examples=examples(80))
 @given(data=st.data())
 def test_op_matches_reference(isa, op, data):
     check_case(op, op.sample(HypothesisDraw(data), CPU_LIMITS))

@@ -17,6 +17,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 class DatasetError(ValueError):
     """A data archive or folder that is missing pieces, corrupt or not in a known format."""
 
+
 def _decode(data, name, size=None):
     from PIL import Image, UnidentifiedImageError
     try:
@@ -58,7 +59,7 @@ def _read_tree(entries, read, image_size, what, classes=None):
     for split, cls, name in sorted(entries):
         if cls in index:
             x, y = splits.setdefault(split, ([], []))
-            x.append(_decode(read(name), name, image_size))
+            x.append(_decode(read(name), f"{name} in {what}", image_size))
             y.append(index[cls])
     if not splits:
         raise DatasetError(f"{what}: no images found in class folders (expected "
@@ -66,18 +67,32 @@ def _read_tree(entries, read, image_size, what, classes=None):
     return {s: _stack(x, y, what) for s, (x, y) in splits.items()}, classes
 
 
+_ARCHIVE_MAGIC = ((0, b"\x1f\x8b"), (0, b"BZh"), (0, b"\xfd7zXZ\x00"), (257, b"ustar"))
+EXPECTED = ("expected a CIFAR-10 archive (cifar10-jpeg.tar.gz, cifar-10-python.tar.gz or "
+            "cifar-10-binary.tar.gz) or a folder of either")
+
+
+def _looks_like_archive(path) -> bool:
+    """True if the file starts like a gzip, bzip2, xz or tar archive."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    return any(head[at:at + len(magic)] == magic for at, magic in _ARCHIVE_MAGIC)
+
+
 @contextlib.contextmanager
 def _tar(path):
     """An open tar archive, {name: member} of its files; read errors become DatasetError."""
+    if Path(path).stat().st_size == 0:
+        raise DatasetError(f"{path} is an empty file; {EXPECTED}")
+    if not _looks_like_archive(path):
+        raise DatasetError(f"{path} is not a .tar/.tar.gz archive; {EXPECTED}")
     try:
         with tarfile.open(path, "r:*") as tar:
             members = {m.name: m for m in tar.getmembers() if m.isfile()}
             yield tar, members
-    except tarfile.ReadError as e:
-        raise DatasetError(f"{path} is not a readable .tar/.tar.gz archive ({e}); copy or "
-                           f"download it again") from None
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-        raise DatasetError(f"{path} is truncated or corrupt ({e}); copy or download it "
+        first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DatasetError(f"{path} is truncated or corrupt ({first_line}); copy or download it "
                            f"again") from None
 
 

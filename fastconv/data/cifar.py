@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .archives import DatasetError, _official, _read_dir_tree, _read_tar_tree, _tar
+from .archives import EXPECTED, DatasetError, _official, _read_dir_tree, _read_tar_tree, _tar
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                    "ship", "truck")
@@ -31,6 +31,7 @@ def _hash(path, algorithm="sha256"):
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
 
 def _read_cifar(path):
     path = Path(path)
@@ -95,7 +96,9 @@ def load_cifar10(path=None, *, cache=True, download_if_missing=True, verbose=Tru
         print(f"decoding {path} once (cached afterwards in {cached})")
     splits = _read_cifar(path)
     if "train" not in splits or "test" not in splits:
-        raise DatasetError(f"{path}: expected train/ and test/ folders, found {sorted(map(str, splits))}")
+        found = ", ".join(sorted(map(str, splits))) or "none"
+        raise DatasetError(f"{path} holds no CIFAR-10 train/ and test/ splits (found: {found}); "
+                           f"{EXPECTED}")
     (x_tr, y_tr), (x_te, y_te) = splits["train"], splits["test"]
     if cache:
         tmp = cached.with_suffix(".tmp.npz")

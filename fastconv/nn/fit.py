@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from .. import _args
+from .. import _args, _npz
 from .. import data as fcdata
 from .._backend import array_module
 from ..memory import array_cache
@@ -125,24 +125,26 @@ def _train_epoch(model, x, y, batch_size, epoch, seed, augment, preprocess, drop
 
 
 def save_checkpoint(path, model, epoch, history):
-    tmp = f"{path}.tmp.npz"
     arrays = {f"weights/{k}": v for k, v in model.get_weights().items()}
     arrays.update({f"optimizer/{k}": v for k, v in model.optimizer.state_dict().items()})
     arrays["epoch"] = np.array(epoch)
     arrays["history"] = np.array(json.dumps(history))
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)  # a crash mid-write never leaves a half checkpoint
+    _npz.save(path, arrays)
 
 
 def load_checkpoint(path, model):
     """Restore weights and optimiser state; returns (epochs done, history)."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path}; run without --resume to start fresh")
-    with np.load(path) as data:
-        model.set_weights({k[8:]: data[k] for k in data.files if k.startswith("weights/")})
-        model.optimizer.load_state_dict({k[10:]: data[k] for k in data.files
-                                         if k.startswith("optimizer/")})
-        return int(data["epoch"]), json.loads(str(data["history"]))
+    data = _npz.load(path, "checkpoint")
+    if "epoch" not in data or "history" not in data:
+        raise _npz.FileFormatError(f"{path} is an .npz file but not a fastconv checkpoint (no "
+                                   f"epoch or history in it)")
+    try:
+        model.set_weights({k[8:]: v for k, v in data.items() if k.startswith("weights/")})
+    except ValueError as e:
+        raise _npz.FileFormatError(f"{path} does not fit this model: {e}") from None
+    model.optimizer.load_state_dict({k[10:]: v for k, v in data.items()
+                                     if k.startswith("optimizer/")})
+    return int(data["epoch"]), json.loads(str(data["history"]))
 
 
 def fit(model, x, y, batch_size=32, epochs=1, validation_data=None, *, validation_split=0.0,
@@ -159,6 +161,8 @@ def fit(model, x, y, batch_size=32, epochs=1, validation_data=None, *, validatio
     if validation_split:  # split first: augmentation only ever sees the training part
         (x, y), validation_data = fcdata.train_val_split(x, y, validation_split, seed)
     history, start = [], 0
+    if checkpoint:
+        _npz.stale_partial(checkpoint).unlink(missing_ok=True)  # from a write that was killed
     if resume:
         start, history = load_checkpoint(checkpoint, model)
         print_fn(f"resumed from {checkpoint} after epoch {start}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _npz
 from .._backend import array_module, to_numpy
 from . import transfer
 from .layers import Activation, Layer
@@ -187,11 +188,11 @@ class Sequential:
                     store[k] = array_module(v).asarray(new).copy()
 
     def save_weights(self, path):
-        np.savez(path, **self.get_weights())
+        """Write every weight to an .npz file, atomically."""
+        _npz.save(path, self.get_weights())
 
     def load_weights(self, path):
-        with np.load(path) as data:
-            self.set_weights({k: data[k] for k in data.files})
+        self.set_weights(_npz.load(path, "weights"))
 
     def load_torch_state_dict(self, state_dict):
         """Load weights of the same architecture written by PyTorch (Conv2d, Linear,
