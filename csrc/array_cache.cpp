@@ -23,7 +23,7 @@
 
 namespace {
 
-constexpr size_t kMinBytes = size_t(1) << 20;   // smaller blocks come from malloc's own bins
+constexpr size_t kMinBytes = size_t(1) << 20;  // smaller blocks come from malloc's own bins
 constexpr size_t kHugePageBytes = size_t(4) << 20;
 
 struct Cache {
@@ -109,8 +109,7 @@ void cache_free(void*, void* ptr, size_t size) {
 }
 
 PyDataMem_Handler g_handler = {
-    "fastconv_array_cache", 1,
-    {nullptr, cache_malloc, cache_calloc, cache_realloc, cache_free}};
+    "fastconv_array_cache", 1, {nullptr, cache_malloc, cache_calloc, cache_realloc, cache_free}};
 
 PyObject* g_handler_capsule = nullptr;
 
@@ -148,10 +147,9 @@ PyObject* exit_block(PyObject*, PyObject* args) {
 
 PyObject* stats(PyObject*, PyObject*) {
   std::lock_guard<std::mutex> lock(g_cache.mutex);
-  return Py_BuildValue("{s:K,s:K,s:K,s:K,s:i}", "hits", g_cache.hits, "misses",
-                       g_cache.misses, "cached_bytes", (unsigned long long)g_cache.cached_bytes,
-                       "min_bytes", (unsigned long long)kMinBytes, "open_blocks",
-                       g_cache.open_blocks);
+  return Py_BuildValue("{s:K,s:K,s:K,s:K,s:i}", "hits", g_cache.hits, "misses", g_cache.misses,
+                       "cached_bytes", (unsigned long long)g_cache.cached_bytes, "min_bytes",
+                       (unsigned long long)kMinBytes, "open_blocks", g_cache.open_blocks);
 }
 
 PyMethodDef g_methods[] = {

@@ -71,15 +71,17 @@ inline void validate(const PoolGeometry& g) {
   require(g.kind >= 0 && g.kind <= 3, "pool kind");
   require(g.oh > 0 && g.ow > 0 && g.pad_top >= 0 && g.pad_left >= 0, "output size");
   // Every window must hold a real cell: first and last windows overlap the input.
-  require(g.pad_top < g.kh && g.pad_left < g.kw &&
-              (g.oh - 1) * g.stride_h - g.pad_top < g.h && (g.ow - 1) * g.stride_w - g.pad_left < g.w,
+  require(g.pad_top < g.kh && g.pad_left < g.kw && (g.oh - 1) * g.stride_h - g.pad_top < g.h &&
+              (g.ow - 1) * g.stride_w - g.pad_left < g.w,
           "a window would hold only padding");
 }
 
 inline void validate(const NormGeometry& g) {
-  require(g.outer > 0 && g.channels > 0 && g.inner > 0, "(outer, channels, inner) must be positive");
+  require(g.outer > 0 && g.channels > 0 && g.inner > 0,
+          "(outer, channels, inner) must be positive");
   require(g.eps >= 0, "eps must be >= 0");
-  require(g.activation >= 0 && g.activation <= 2, "activation must be 0 (none), 1 (relu) or 2 (gelu)");
+  require(g.activation >= 0 && g.activation <= 2,
+          "activation must be 0 (none), 1 (relu) or 2 (gelu)");
 }
 
 // ---- buffers ---------------------------------------------------------------------------
@@ -96,11 +98,26 @@ struct Slot {
   bool optional() const { return role == Role::optional_in || role == Role::optional_out; }
 };
 
-template <class G> Slot<G> in(const char* n, int64_t (G::*s)() const) { return {n, Role::in, s}; }
-template <class G> Slot<G> optional_in(const char* n, int64_t (G::*s)() const) { return {n, Role::optional_in, s}; }
-template <class G> Slot<G> out(const char* n, int64_t (G::*s)() const) { return {n, Role::out, s}; }
-template <class G> Slot<G> optional_out(const char* n, int64_t (G::*s)() const) { return {n, Role::optional_out, s}; }
-template <class G> Slot<G> summed_out(const char* n, int64_t (G::*s)() const) { return {n, Role::summed_out, s}; }
+template <class G>
+Slot<G> in(const char* n, int64_t (G::*s)() const) {
+  return {n, Role::in, s};
+}
+template <class G>
+Slot<G> optional_in(const char* n, int64_t (G::*s)() const) {
+  return {n, Role::optional_in, s};
+}
+template <class G>
+Slot<G> out(const char* n, int64_t (G::*s)() const) {
+  return {n, Role::out, s};
+}
+template <class G>
+Slot<G> optional_out(const char* n, int64_t (G::*s)() const) {
+  return {n, Role::optional_out, s};
+}
+template <class G>
+Slot<G> summed_out(const char* n, int64_t (G::*s)() const) {
+  return {n, Role::summed_out, s};
+}
 
 // Where a buffer's floats are, as found by a Backend's reader.
 struct View {
@@ -151,8 +168,7 @@ inline View cuda_view(const py::handle& object, const char* name) {
     }
   }
   const py::tuple data = cai["data"];
-  return {reinterpret_cast<float*>(data[0].cast<std::uintptr_t>()), size,
-          !data[1].cast<bool>()};
+  return {reinterpret_cast<float*>(data[0].cast<std::uintptr_t>()), size, !data[1].cast<bool>()};
 }
 
 // ---- ops -------------------------------------------------------------------------------
@@ -163,29 +179,34 @@ using Object = py::object;
 template <class Backend, class G, class Kernel, std::size_t... I>
 void def_op(py::module_& m, const char* name, Kernel kernel,
             const std::array<Slot<G>, sizeof...(I)>& slots, std::index_sequence<I...>) {
-  m.def(name, [name, kernel, slots](const Object<I>&... objects, const py::handle& geometry,
-                                    std::uintptr_t stream) {
-    const G g = read_geometry<G>(geometry);
-    validate(g);
-    std::array<float*, sizeof...(I)> p{};
-    const py::handle handles[] = {objects...};
-    for (std::size_t i = 0; i < slots.size(); ++i) {
-      const Slot<G>& s = slots[i];
-      if (handles[i].is_none()) {
-        if (!s.optional()) throw py::type_error(std::string(s.name) + " must be an array, got None");
-        continue;
-      }
-      const View v = Backend::view(handles[i], s.name);
-      check_view(v, (g.*s.size)(), s.name, s.output());
-      p[i] = v.data;
-    }
-    if (g.batch() == 0) {
-      for (std::size_t i = 0; i < slots.size(); ++i)
-        if (slots[i].role == Role::summed_out) Backend::zero(p[i], (g.*slots[i].size)(), stream);
-      return;
-    }
-    Backend::run(name, g, stream, [&](auto& launch) { kernel(launch, g, p[I]...); });
-  }, py::arg(slots[I].name)..., py::arg("geometry"), py::arg("stream") = 0);
+  m.def(
+      name,
+      [name, kernel, slots](const Object<I>&... objects, const py::handle& geometry,
+                            std::uintptr_t stream) {
+        const G g = read_geometry<G>(geometry);
+        validate(g);
+        std::array<float*, sizeof...(I)> p{};
+        const py::handle handles[] = {objects...};
+        for (std::size_t i = 0; i < slots.size(); ++i) {
+          const Slot<G>& s = slots[i];
+          if (handles[i].is_none()) {
+            if (!s.optional())
+              throw py::type_error(std::string(s.name) + " must be an array, got None");
+            continue;
+          }
+          const View v = Backend::view(handles[i], s.name);
+          check_view(v, (g.*s.size)(), s.name, s.output());
+          p[i] = v.data;
+        }
+        if (g.batch() == 0) {
+          for (std::size_t i = 0; i < slots.size(); ++i)
+            if (slots[i].role == Role::summed_out)
+              Backend::zero(p[i], (g.*slots[i].size)(), stream);
+          return;
+        }
+        Backend::run(name, g, stream, [&](auto& launch) { kernel(launch, g, p[I]...); });
+      },
+      py::arg(slots[I].name)..., py::arg("geometry"), py::arg("stream") = 0);
 }
 
 template <class Backend, class G, class Kernel, class... Slots>
@@ -196,8 +217,9 @@ void def_op(py::module_& m, const char* name, Kernel kernel, Slots... slots) {
 
 template <class G>
 void def_geometry_echo(py::module_& m, const char* name) {
-  m.def(name, [](const py::handle& g) { return geometry_dict(read_geometry<G>(g)); },
-        py::arg("geometry"), "The geometry as the native code reads it (for tests).");
+  m.def(
+      name, [](const py::handle& g) { return geometry_dict(read_geometry<G>(g)); },
+      py::arg("geometry"), "The geometry as the native code reads it (for tests).");
 }
 
 }  // namespace fastconv::bindings

@@ -27,7 +27,7 @@ namespace py = pybind11;
 namespace fastconv::cpu {
 
 namespace {
-std::atomic<int> g_threads{0};  // 0: not set yet, use OpenMP's default
+std::atomic<int> g_threads{0};       // 0: not set yet, use OpenMP's default
 thread_local bool t_serial = false;  // set for the duration of a call too small to share
 std::atomic<bool> g_avx2{false};
 std::atomic<bool> g_winograd{true};
@@ -107,8 +107,8 @@ struct Backend {
 
 // The AVX2 build of a kernel where the CPU has it, the generic build elsewhere.
 #if FASTCONV_HAVE_AVX2
-#define FASTCONV_KERNEL(name)                                                    \
-  [](auto&, const auto& g, auto*... buffers) {                       \
+#define FASTCONV_KERNEL(name)                                                                \
+  [](auto&, const auto& g, auto*... buffers) {                                               \
     cpu::g_avx2.load() ? cpu::avx2::name(g, buffers...) : cpu::generic::name(g, buffers...); \
   }
 #else
@@ -164,14 +164,17 @@ PYBIND11_MODULE(_cpu, m) {
   cpu::g_winograd = !(winograd && std::string(winograd) == "0");
   choose_isa();
   fastconv::bindings::bind_ops<Backend>(m);
-  m.def("isa", [] { return std::string(cpu::g_avx2 ? "avx2" : "generic"); },
-        "The instruction set the kernels run with.");
+  m.def(
+      "isa", [] { return std::string(cpu::g_avx2 ? "avx2" : "generic"); },
+      "The instruction set the kernels run with.");
   m.def("isa_reason", [] { return cpu::g_isa_reason; }, "Why the import chose that one.");
-  m.def("supported_isas", &supported_isas, "Instruction sets this CPU and build can run, best first.");
+  m.def("supported_isas", &supported_isas,
+        "Instruction sets this CPU and build can run, best first.");
   m.def("set_isa", &set_isa, py::arg("name"),
         "Run the kernels of another supported instruction set (for testing each one).");
-  m.def("set_winograd", [](bool on) { cpu::g_winograd = on; }, py::arg("enabled"),
-        "Use Winograd F(4x4,3x3) for 3x3 stride-1 convolutions (default on).");
+  m.def(
+      "set_winograd", [](bool on) { cpu::g_winograd = on; }, py::arg("enabled"),
+      "Use Winograd F(4x4,3x3) for 3x3 stride-1 convolutions (default on).");
   m.def("winograd", [] { return cpu::g_winograd.load(); });
   m.def("get_num_threads", &cpu::configured_threads, "Threads the kernels use.");
   m.def("set_num_threads", &set_num_threads, py::arg("n"), "Threads the kernels use.");

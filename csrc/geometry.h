@@ -24,8 +24,8 @@ FC_HD inline int64_t window_out_size(int64_t in, int64_t k, int64_t stride, int6
 
 // Outputs o in [lo, hi) whose tap reads a real input cell, i.e. 0 <= o*stride + start < in,
 // where start = tap*dilation - pad. Lets inner loops run without bounds checks.
-FC_HD inline void valid_outputs(int64_t out, int64_t in, int64_t stride, int64_t start,
-                                int64_t& lo, int64_t& hi) {
+FC_HD inline void valid_outputs(int64_t out, int64_t in, int64_t stride, int64_t start, int64_t& lo,
+                                int64_t& hi) {
   lo = start >= 0 ? 0 : (-start + stride - 1) / stride;
   hi = in - 1 - start < 0 ? 0 : (in - 1 - start) / stride + 1;
   if (hi > out) hi = out;
@@ -41,11 +41,23 @@ struct ConvGeometry {
   // the bindings read a geometry from a Python object's attributes with it.
   template <class Visit>
   void visit_fields(Visit&& visit) {
-    visit("n", n); visit("c_in", c_in); visit("h", h); visit("w", w); visit("c_out", c_out);
-    visit("kh", kh); visit("kw", kw); visit("oh", oh); visit("ow", ow);
-    visit("stride_h", stride_h); visit("stride_w", stride_w); visit("pad_top", pad_top);
-    visit("pad_left", pad_left); visit("dil_h", dil_h); visit("dil_w", dil_w);
-    visit("groups", groups); visit("channels_last", channels_last);
+    visit("n", n);
+    visit("c_in", c_in);
+    visit("h", h);
+    visit("w", w);
+    visit("c_out", c_out);
+    visit("kh", kh);
+    visit("kw", kw);
+    visit("oh", oh);
+    visit("ow", ow);
+    visit("stride_h", stride_h);
+    visit("stride_w", stride_w);
+    visit("pad_top", pad_top);
+    visit("pad_left", pad_left);
+    visit("dil_h", dil_h);
+    visit("dil_w", dil_w);
+    visit("groups", groups);
+    visit("channels_last", channels_last);
   }
   FC_HD int64_t batch() const { return n; }
   FC_HD int64_t bias_size() const { return c_out; }
@@ -56,11 +68,15 @@ struct ConvGeometry {
   FC_HD int64_t y_size() const { return n * c_out * oh * ow; }
   FC_HD int64_t w_size() const { return c_out * cin_per_group() * kh * kw; }
   // Row/column of the input that output (oy, ox) reads at tap (ky, kx); may be padding.
-  FC_HD int64_t in_row(int64_t oy, int64_t ky) const { return oy * stride_h - pad_top + ky * dil_h; }
-  FC_HD int64_t in_col(int64_t ox, int64_t kx) const { return ox * stride_w - pad_left + kx * dil_w; }
+  FC_HD int64_t in_row(int64_t oy, int64_t ky) const {
+    return oy * stride_h - pad_top + ky * dil_h;
+  }
+  FC_HD int64_t in_col(int64_t ox, int64_t kx) const {
+    return ox * stride_w - pad_left + kx * dil_w;
+  }
   // Offset of activation element (b, c, y, x) in either layout, with `channels` channels.
-  FC_HD static int64_t offset(bool nhwc, int64_t channels, int64_t height, int64_t width,
-                              int64_t b, int64_t c, int64_t y, int64_t x) {
+  FC_HD static int64_t offset(bool nhwc, int64_t channels, int64_t height, int64_t width, int64_t b,
+                              int64_t c, int64_t y, int64_t x) {
     return nhwc ? ((b * height + y) * width + x) * channels + c
                 : ((b * channels + c) * height + y) * width + x;
   }
@@ -107,8 +123,8 @@ struct ConvGeometry {
     return offset(channels_last != 0, c_out, oh, ow, b, c, y, x);
   }
   // Pixel index p = (b*height + y)*width + x of an image batch, split back into (b, y, x).
-  FC_HD static void split_pixel(int64_t p, int64_t height, int64_t width, int64_t& b,
-                                int64_t& y, int64_t& x) {
+  FC_HD static void split_pixel(int64_t p, int64_t height, int64_t width, int64_t& b, int64_t& y,
+                                int64_t& x) {
     if ((p | height | width) < (int64_t{1} << 31)) {  // usual; 64-bit division is slow on a GPU
       const uint32_t q = static_cast<uint32_t>(p) / static_cast<uint32_t>(width);
       x = static_cast<uint32_t>(p) - q * static_cast<uint32_t>(width);
@@ -162,10 +178,21 @@ struct PoolGeometry {
 
   template <class Visit>
   void visit_fields(Visit&& visit) {
-    visit("n", n); visit("c", c); visit("h", h); visit("w", w); visit("kh", kh); visit("kw", kw);
-    visit("oh", oh); visit("ow", ow); visit("stride_h", stride_h); visit("stride_w", stride_w);
-    visit("pad_top", pad_top); visit("pad_left", pad_left); visit("channels_last", channels_last);
-    visit("kind", kind); visit("count_include_pad", count_include_pad);
+    visit("n", n);
+    visit("c", c);
+    visit("h", h);
+    visit("w", w);
+    visit("kh", kh);
+    visit("kw", kw);
+    visit("oh", oh);
+    visit("ow", ow);
+    visit("stride_h", stride_h);
+    visit("stride_w", stride_w);
+    visit("pad_top", pad_top);
+    visit("pad_left", pad_left);
+    visit("channels_last", channels_last);
+    visit("kind", kind);
+    visit("count_include_pad", count_include_pad);
   }
   FC_HD int64_t batch() const { return n; }
 
@@ -192,8 +219,8 @@ struct PoolGeometry {
   }
   // Outputs [lo, hi) along one axis whose window covers input cell `i` (windows are
   // unclipped here; a window covering i always holds it as a real cell).
-  FC_HD static void covering_outputs(int64_t i, int64_t k, int64_t stride, int64_t pad,
-                                     int64_t out, int64_t& lo, int64_t& hi) {
+  FC_HD static void covering_outputs(int64_t i, int64_t k, int64_t stride, int64_t pad, int64_t out,
+                                     int64_t& lo, int64_t& hi) {
     const int64_t last = i + pad;  // the window of o covers i iff o*stride <= i+pad < o*stride+k
     lo = last - k + 1 <= 0 ? 0 : (last - k + 1 + stride - 1) / stride;
     hi = last / stride + 1 < out ? last / stride + 1 : out;
@@ -229,8 +256,11 @@ struct NormGeometry {
 
   template <class Visit>
   void visit_fields(Visit&& visit) {
-    visit("outer", outer); visit("channels", channels); visit("inner", inner);
-    visit("eps", eps); visit("activation", activation);
+    visit("outer", outer);
+    visit("channels", channels);
+    visit("inner", inner);
+    visit("eps", eps);
+    visit("activation", activation);
   }
   FC_HD int64_t size() const { return outer * channels * inner; }
   FC_HD int64_t channel_size() const { return channels; }

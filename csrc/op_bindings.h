@@ -14,19 +14,18 @@ template <class Backend>
 void bind_conv_pool_ops(py::module_& m) {
   using C = ConvGeometry;
   using P = PoolGeometry;
-  def_op<Backend, C>(m, "conv2d_forward", FASTCONV_KERNEL(conv2d_forward),
-                     in("x", &C::x_size), in("w", &C::w_size),
-                     optional_in("bias", &C::bias_size), out("y", &C::y_size));
+  def_op<Backend, C>(m, "conv2d_forward", FASTCONV_KERNEL(conv2d_forward), in("x", &C::x_size),
+                     in("w", &C::w_size), optional_in("bias", &C::bias_size), out("y", &C::y_size));
   def_op<Backend, C>(m, "conv2d_backward_input", FASTCONV_KERNEL(conv2d_backward_input),
                      in("dy", &C::y_size), in("w", &C::w_size), out("dx", &C::x_size));
   def_op<Backend, C>(m, "conv2d_backward_weight", FASTCONV_KERNEL(conv2d_backward_weight),
                      in("dy", &C::y_size), in("x", &C::x_size), summed_out("dw", &C::w_size));
-  def_op<Backend, C>(m, "bias_backward", FASTCONV_KERNEL(bias_backward),
-                     in("dy", &C::y_size), summed_out("dbias", &C::bias_size));
-  def_op<Backend, P>(m, "pool2d_forward", FASTCONV_KERNEL(pool2d_forward),
-                     in("x", &P::x_size), out("y", &P::y_size));
-  def_op<Backend, P>(m, "pool2d_backward", FASTCONV_KERNEL(pool2d_backward),
-                     in("dy", &P::y_size), in("x", &P::x_size), out("dx", &P::x_size));
+  def_op<Backend, C>(m, "bias_backward", FASTCONV_KERNEL(bias_backward), in("dy", &C::y_size),
+                     summed_out("dbias", &C::bias_size));
+  def_op<Backend, P>(m, "pool2d_forward", FASTCONV_KERNEL(pool2d_forward), in("x", &P::x_size),
+                     out("y", &P::y_size));
+  def_op<Backend, P>(m, "pool2d_backward", FASTCONV_KERNEL(pool2d_backward), in("dy", &P::y_size),
+                     in("x", &P::x_size), out("dx", &P::x_size));
   def_geometry_echo<C>(m, "read_conv_geometry");
   def_geometry_echo<P>(m, "read_pool_geometry");
 }
@@ -39,9 +38,9 @@ void bind_norm_ops(py::module_& m) {
                      optional_in("beta", &N::channel_size), out("y", &N::size),
                      out("mean", &N::channel_size), out("var", &N::channel_size));
   def_op<Backend, N>(m, "batch_norm_inference", FASTCONV_KERNEL(batch_norm_inference),
-                     in("x", &N::size), in("mean", &N::channel_size),
-                     in("var", &N::channel_size), optional_in("gamma", &N::channel_size),
-                     optional_in("beta", &N::channel_size), out("y", &N::size));
+                     in("x", &N::size), in("mean", &N::channel_size), in("var", &N::channel_size),
+                     optional_in("gamma", &N::channel_size), optional_in("beta", &N::channel_size),
+                     out("y", &N::size));
   def_op<Backend, N>(m, "batch_norm_backward", FASTCONV_KERNEL(batch_norm_backward),
                      in("dy", &N::size), in("x", &N::size), in("mean", &N::channel_size),
                      in("var", &N::channel_size), optional_in("gamma", &N::channel_size),

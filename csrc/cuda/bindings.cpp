@@ -8,8 +8,8 @@
 #include <stdexcept>
 #include <string>
 
-#include "cuda/device.h"
 #include "binding_support.h"
+#include "cuda/device.h"
 #include "cuda/kernels.h"
 
 namespace py = pybind11;
@@ -41,9 +41,9 @@ struct Backend {
 
 }  // namespace
 
-#define FASTCONV_KERNEL(name)                                             \
-  [](kernels::Launch& launch, const auto& g, auto*... buffers) {          \
-    kernels::name(g, buffers..., launch);                                 \
+#define FASTCONV_KERNEL(name)                                    \
+  [](kernels::Launch& launch, const auto& g, auto*... buffers) { \
+    kernels::name(g, buffers..., launch);                        \
   }
 #include "op_bindings.h"
 

@@ -26,14 +26,18 @@ struct ConvProblem {
   int cin_g, cout_g, taps;
 
   explicit ConvProblem(const ConvGeometry& geometry)
-      : g(geometry), m(0), n(0), k(0), groups(geometry.groups),
+      : g(geometry),
+        m(0),
+        n(0),
+        k(0),
+        groups(geometry.groups),
         cin_g(static_cast<int>(geometry.cin_per_group())),
         cout_g(static_cast<int>(geometry.cout_per_group())),
         taps(static_cast<int>(geometry.kh * geometry.kw)) {}
 
   __device__ void split_filter(int64_t k_index, int channels, int& c, int& ky, int& kx) const {
-    split_filter_index(static_cast<int>(k_index), channels, static_cast<int>(g.kw), taps, kNhwc,
-                       c, ky, kx);
+    split_filter_index(static_cast<int>(k_index), channels, static_cast<int>(g.kw), taps, kNhwc, c,
+                       ky, kx);
   }
   // Offset of weight (o, c, ky, kx), o counted over all groups.
   __device__ int64_t w_offset(int64_t o, int c, int ky, int kx) const {
@@ -53,12 +57,12 @@ template <bool kNhwc>
 struct ForwardProblem : ConvProblem<kNhwc> {
   using ConvProblem<kNhwc>::g;
   static constexpr bool kAByM = !kNhwc, kBByN = false, kStoreByM = !kNhwc;
-  struct RowA {       // output pixel (b, oy, ox)
-    int64_t base;     // x offset of (b, the group's channel 0, iy0, ix0)
-    int iy0, ix0;     // input row/column of tap (0, 0); kOutside past the last pixel
+  struct RowA {    // output pixel (b, oy, ox)
+    int64_t base;  // x offset of (b, the group's channel 0, iy0, ix0)
+    int iy0, ix0;  // input row/column of tap (0, 0); kOutside past the last pixel
   };
   struct ColB {
-    int64_t w_row;    // offset of the output channel's weights; -1 past the last channel
+    int64_t w_row;  // offset of the output channel's weights; -1 past the last channel
   };
   struct KEntry {     // filter index k = (c, ky, kx)
     int64_t x_delta;  // x offset of the tap from the row base
@@ -68,8 +72,8 @@ struct ForwardProblem : ConvProblem<kNhwc> {
   const float *x, *w, *bias;
   float* y;
 
-  ForwardProblem(const ConvGeometry& geometry, const float* x_, const float* w_,
-                 const float* bias_, float* y_)
+  ForwardProblem(const ConvGeometry& geometry, const float* x_, const float* w_, const float* bias_,
+                 float* y_)
       : ConvProblem<kNhwc>(geometry), x(x_), w(w_), bias(bias_), y(y_) {
     this->m = g.n * g.oh * g.ow;
     this->n = this->cout_g;
@@ -114,14 +118,14 @@ template <bool kNhwc>
 struct BackwardInputProblem : ConvProblem<kNhwc> {
   using ConvProblem<kNhwc>::g;
   static constexpr bool kAByM = !kNhwc, kBByN = false, kStoreByM = !kNhwc;
-  struct RowA {       // input pixel (b, iy, ix)
-    int64_t base;     // dy offset of (b, the group's output channel 0, 0, 0)
-    int ny, nx;       // iy + pad_top, ix + pad_left: the output row of tap ky is (ny - dy)/stride
+  struct RowA {    // input pixel (b, iy, ix)
+    int64_t base;  // dy offset of (b, the group's output channel 0, 0, 0)
+    int ny, nx;    // iy + pad_top, ix + pad_left: the output row of tap ky is (ny - dy)/stride
   };
   struct ColB {
-    int64_t w_col;    // offset of weight (the group's output channel 0, c, 0, 0); -1 past the end
+    int64_t w_col;  // offset of weight (the group's output channel 0, c, 0, 0); -1 past the end
   };
-  struct KEntry {     // filter index k = (o, ky, kx)
+  struct KEntry {        // filter index k = (o, ky, kx)
     int64_t dy_channel;  // dy offset of output channel o from channel 0
     int dy, dx;          // ky*dil_h, kx*dil_w
     int w_index;         // offset of weight (o, c, ky, kx) from (0, c, 0, 0)
@@ -146,7 +150,8 @@ struct BackwardInputProblem : ConvProblem<kNhwc> {
     int o, ky, kx;
     this->split_filter(k, this->cout_g, o, ky, kx);
     return {kNhwc ? o : o * g.oh * g.ow, static_cast<int>(ky * g.dil_h),
-            static_cast<int>(kx * g.dil_w), (o * this->cin_g) * this->taps + ky * static_cast<int>(g.kw) + kx};
+            static_cast<int>(kx * g.dil_w),
+            (o * this->cin_g) * this->taps + ky * static_cast<int>(g.kw) + kx};
   }
   // Output index of a tap: (scaled / stride) if it divides and lands inside, else -1.
   __device__ static int output_index(int scaled, int64_t stride, int64_t out) {
@@ -185,10 +190,10 @@ struct BackwardWeightProblem : ConvProblem<kNhwc> {
     int64_t channel;  // x offset of input channel c (of all groups) from channel 0
     int dy, dx;       // ky*dil_h, kx*dil_w; kOutside past the end
   };
-  struct KEntry {     // output pixel p = (b, oy, ox)
-    int64_t dy_pixel; // dy offset of (b, 0, oy, ox)
-    int64_t x_image;  // x offset of (b, 0, 0, 0)
-    int iy0, ix0;     // input row/column of tap (0, 0)
+  struct KEntry {      // output pixel p = (b, oy, ox)
+    int64_t dy_pixel;  // dy offset of (b, 0, oy, ox)
+    int64_t x_image;   // x offset of (b, 0, 0, 0)
+    int iy0, ix0;      // input row/column of tap (0, 0)
   };
   const float *dy, *x;
   float* partial;  // [split][C_out * Cin_g * T], each split in dw's own layout
@@ -210,7 +215,8 @@ struct BackwardWeightProblem : ConvProblem<kNhwc> {
     int c, ky, kx;
     this->split_filter(n_index, this->cin_g, c, ky, kx);
     const int64_t ic = static_cast<int64_t>(group) * this->cin_g + c;
-    return {kNhwc ? ic : ic * g.h * g.w, static_cast<int>(ky * g.dil_h), static_cast<int>(kx * g.dil_w)};
+    return {kNhwc ? ic : ic * g.h * g.w, static_cast<int>(ky * g.dil_h),
+            static_cast<int>(kx * g.dil_w)};
   }
   __device__ KEntry k_entry(int64_t p, int) const {
     int64_t b, oy, ox;
@@ -321,10 +327,9 @@ void check_launch(const char* kernel) {
 #endif
 }
 
-void sum_partials(const float* partial, int64_t splits, int64_t count, float* out,
-                  Stream stream) {
-  FC_LAUNCH(sum_partials_kernel, element_grid(count), dim3(kElementThreads), stream)(
-      partial, splits, count, out);
+void sum_partials(const float* partial, int64_t splits, int64_t count, float* out, Stream stream) {
+  FC_LAUNCH(sum_partials_kernel, element_grid(count), dim3(kElementThreads), stream)
+  (partial, splits, count, out);
   check_launch("sum_partials");
 }
 
@@ -382,11 +387,14 @@ void bias_backward(const ConvGeometry& g, const float* dy, float* dbias, Launch&
   const int64_t splits = bias_splits(g), chunk = bias_chunk(g);
   float* workspace = launch.workspace(splits * g.c_out);
   if (g.channels_last) {
-    const dim3 grid(static_cast<unsigned>(ceil_div(g.c_out, kBiasLanes)), static_cast<unsigned>(splits));
-    FC_LAUNCH(bias_partials_kernel<true>, grid, dim3(kBiasThreads), stream)(g, dy, chunk, workspace);
+    const dim3 grid(static_cast<unsigned>(ceil_div(g.c_out, kBiasLanes)),
+                    static_cast<unsigned>(splits));
+    FC_LAUNCH(bias_partials_kernel<true>, grid, dim3(kBiasThreads), stream)
+    (g, dy, chunk, workspace);
   } else {
     const dim3 grid(static_cast<unsigned>(g.c_out), static_cast<unsigned>(splits));
-    FC_LAUNCH(bias_partials_kernel<false>, grid, dim3(kBiasThreads), stream)(g, dy, chunk, workspace);
+    FC_LAUNCH(bias_partials_kernel<false>, grid, dim3(kBiasThreads), stream)
+    (g, dy, chunk, workspace);
   }
   check_launch("bias_backward");
   sum_partials(workspace, splits, g.c_out, dbias, stream);

@@ -99,8 +99,12 @@ __global__ void __launch_bounds__(kWeightThreads)
   }
 }
 
-int64_t weight_chunk(const ConvGeometry& g) { return pixel_chunk(g.n * g.oh * g.ow, kWeightPixels); }
-int64_t weight_splits(const ConvGeometry& g) { return ceil_div(g.n * g.oh * g.ow, weight_chunk(g)); }
+int64_t weight_chunk(const ConvGeometry& g) {
+  return pixel_chunk(g.n * g.oh * g.ow, kWeightPixels);
+}
+int64_t weight_splits(const ConvGeometry& g) {
+  return ceil_div(g.n * g.oh * g.ow, weight_chunk(g));
+}
 
 }  // namespace
 
@@ -109,16 +113,20 @@ bool is_depthwise(const ConvGeometry& g) { return g.groups > 1 && g.groups == g.
 void depthwise_conv2d_forward(const ConvGeometry& g, const float* x, const float* w,
                               const float* bias, float* y, Stream stream) {
   const dim3 grid = element_grid(g.y_size()), block(kElementThreads);
-  if (g.channels_last) FC_LAUNCH(depthwise_forward_kernel<true>, grid, block, stream)(g, x, w, bias, y);
-  else FC_LAUNCH(depthwise_forward_kernel<false>, grid, block, stream)(g, x, w, bias, y);
+  if (g.channels_last)
+    FC_LAUNCH(depthwise_forward_kernel<true>, grid, block, stream)(g, x, w, bias, y);
+  else
+    FC_LAUNCH(depthwise_forward_kernel<false>, grid, block, stream)(g, x, w, bias, y);
   check_launch("depthwise_conv2d_forward");
 }
 
 void depthwise_conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* w,
                                      float* dx, Stream stream) {
   const dim3 grid = element_grid(g.x_size()), block(kElementThreads);
-  if (g.channels_last) FC_LAUNCH(depthwise_backward_input_kernel<true>, grid, block, stream)(g, dy, w, dx);
-  else FC_LAUNCH(depthwise_backward_input_kernel<false>, grid, block, stream)(g, dy, w, dx);
+  if (g.channels_last)
+    FC_LAUNCH(depthwise_backward_input_kernel<true>, grid, block, stream)(g, dy, w, dx);
+  else
+    FC_LAUNCH(depthwise_backward_input_kernel<false>, grid, block, stream)(g, dy, w, dx);
   check_launch("depthwise_conv2d_backward_input");
 }
 
@@ -131,11 +139,14 @@ void depthwise_conv2d_backward_weight(const ConvGeometry& g, const float* dy, co
   const int64_t splits = weight_splits(g), chunk = weight_chunk(g);
   const dim3 block(kWeightThreads);
   if (g.channels_last) {
-    const dim3 grid(static_cast<unsigned>(ceil_div(g.c_out, kWeightLanes)), static_cast<unsigned>(splits));
-    FC_LAUNCH(depthwise_weight_partials_kernel<true>, grid, block, stream)(g, dy, x, chunk, workspace);
+    const dim3 grid(static_cast<unsigned>(ceil_div(g.c_out, kWeightLanes)),
+                    static_cast<unsigned>(splits));
+    FC_LAUNCH(depthwise_weight_partials_kernel<true>, grid, block, stream)
+    (g, dy, x, chunk, workspace);
   } else {
     const dim3 grid(static_cast<unsigned>(g.c_out), static_cast<unsigned>(splits));
-    FC_LAUNCH(depthwise_weight_partials_kernel<false>, grid, block, stream)(g, dy, x, chunk, workspace);
+    FC_LAUNCH(depthwise_weight_partials_kernel<false>, grid, block, stream)
+    (g, dy, x, chunk, workspace);
   }
   check_launch("depthwise_conv2d_backward_weight");
   sum_partials(workspace, splits, g.w_size(), dw, stream);

@@ -36,11 +36,14 @@ class DeviceLaunch final : public Launch {
 
 }  // namespace
 
-std::unique_ptr<Launch> device_launch(Stream stream) { return std::make_unique<DeviceLaunch>(stream); }
+std::unique_ptr<Launch> device_launch(Stream stream) {
+  return std::make_unique<DeviceLaunch>(stream);
+}
 
 void zero(float* p, int64_t count, Stream stream) {
   throw_on(cudaMemsetAsync(p, 0, static_cast<size_t>(count) * sizeof(float),
-                           static_cast<cudaStream_t>(stream)), "zeroing an output");
+                           static_cast<cudaStream_t>(stream)),
+           "zeroing an output");
 }
 
 void require_current_device(const void* p, const char* name) {

@@ -113,7 +113,8 @@ class BlockRunner {
         const unsigned t = phase % 2 ? threads - 1 - i : i;
         if (fibers_[t].state == State::kDone) continue;
         running_ = t;
-        threadIdx = dim3(t % blockDim.x, t / blockDim.x % blockDim.y, t / (blockDim.x * blockDim.y));
+        threadIdx =
+            dim3(t % blockDim.x, t / blockDim.x % blockDim.y, t / (blockDim.x * blockDim.y));
         fibers_[t].state = State::kReady;
         swapcontext(&scheduler_, &fibers_[t].context);
       }
@@ -122,7 +123,8 @@ class BlockRunner {
       if (done == threads) return;
       if (done != 0)
         throw std::logic_error("harness: barrier divergence: " + std::to_string(done) + " of " +
-                               std::to_string(threads) + " threads exited while others wait at "
+                               std::to_string(threads) +
+                               " threads exited while others wait at "
                                "__syncthreads()");
     }
   }
@@ -137,7 +139,8 @@ class BlockRunner {
 
 inline void __syncthreads() { fastconv::harness::BlockRunner::current().sync(); }
 
-// kernel<<<grid, block, 0, stream>>>(args...) becomes FC_LAUNCH(kernel, grid, block, stream)(args...).
+// kernel<<<grid, block, 0, stream>>>(args...) becomes FC_LAUNCH(kernel, grid, block,
+// stream)(args...).
 namespace fastconv::harness {
 template <class Kernel>
 struct Launch {
@@ -149,7 +152,9 @@ struct Launch {
   }
 };
 template <class Kernel>
-Launch<Kernel> launch(Kernel k, dim3 grid, dim3 block) { return {k, grid, block}; }
+Launch<Kernel> launch(Kernel k, dim3 grid, dim3 block) {
+  return {k, grid, block};
+}
 }  // namespace fastconv::harness
 
 #define FC_LAUNCH(kernel, grid, block, stream) ::fastconv::harness::launch(kernel, grid, block)

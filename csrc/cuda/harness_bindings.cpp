@@ -52,9 +52,9 @@ struct Backend {
 
 }  // namespace
 
-#define FASTCONV_KERNEL(name)                                             \
-  [](kernels::Launch& launch, const auto& g, auto*... buffers) {          \
-    kernels::name(g, buffers..., launch);                                 \
+#define FASTCONV_KERNEL(name)                                    \
+  [](kernels::Launch& launch, const auto& g, auto*... buffers) { \
+    kernels::name(g, buffers..., launch);                        \
   }
 #include "op_bindings.h"
 
@@ -81,7 +81,8 @@ __global__ void divergent_barrier_kernel() {
 
 std::vector<int> neighbour_exchange(int blocks, bool barrier) {
   std::vector<int> out(static_cast<size_t>(blocks) * kSelfTestThreads, -1);
-  FC_LAUNCH(neighbour_exchange_kernel, dim3(blocks), dim3(kSelfTestThreads), nullptr)(out.data(), barrier);
+  FC_LAUNCH(neighbour_exchange_kernel, dim3(blocks), dim3(kSelfTestThreads), nullptr)
+  (out.data(), barrier);
   return out;
 }
 

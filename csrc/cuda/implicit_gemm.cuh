@@ -74,14 +74,13 @@ __device__ __forceinline__ void load_position(int tid, int j, int& outer, int& k
 }
 
 template <class T, class P>
-__global__ void __launch_bounds__(T::kThreads)
-    implicit_gemm_kernel(const P p, int64_t k_chunk) {
+__global__ void __launch_bounds__(T::kThreads) implicit_gemm_kernel(const P p, int64_t k_chunk) {
   constexpr int BM = T::BM, BN = T::BN, BK = T::BK, TM = T::TM, TN = T::TN;
   // Rows padded by 4 floats: threads storing consecutive k of one column hit different banks,
   // and rows stay 16-byte aligned for the 4-wide reads.
   struct alignas(16) Slices {
-    float a[2][BK][BM + 4];  // [buffer][k][m]
-    float b[2][BK][BN + 4];  // [buffer][k][n]
+    float a[2][BK][BM + 4];               // [buffer][k][m]
+    float b[2][BK][BN + 4];               // [buffer][k][n]
     typename P::KEntry k_entries[2][BK];  // decoded k of slice s in [s % 2]
   };
   __shared__ Slices slices;
@@ -91,7 +90,8 @@ __global__ void __launch_bounds__(T::kThreads)
   const int tid = static_cast<int>(threadIdx.x);
   const int group = static_cast<int>(blockIdx.z % p.groups);
   const int64_t split = blockIdx.z / p.groups;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM, n0 = static_cast<int64_t>(blockIdx.y) * BN;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM,
+                n0 = static_cast<int64_t>(blockIdx.y) * BN;
   const int64_t k_begin = split * k_chunk;
   const int64_t k_end = k_begin + k_chunk < p.k ? k_begin + k_chunk : p.k;
 
@@ -156,7 +156,7 @@ __global__ void __launch_bounds__(T::kThreads)
   for (int64_t step = 0; step < steps; ++step) {
     const int buffer = static_cast<int>(step & 1);
     const bool more = step + 1 < steps;  // the same for every thread of the block
-    if (more) fetch(step + 1);  // its k entries were decoded before the last barrier
+    if (more) fetch(step + 1);           // its k entries were decoded before the last barrier
 #pragma unroll
     for (int kk = 0; kk < BK; ++kk) {
       float a[TM], b[TN];
@@ -205,13 +205,16 @@ void run_implicit_gemm(const P& p, int64_t k_chunk, Stream stream, const char* n
                     static_cast<unsigned>(ceil_div(p.n, T::BN)),
                     static_cast<unsigned>(ceil_div(p.k, k_chunk) * p.groups));
     if (grid.y > 65535 || grid.z > 65535)
-      throw std::invalid_argument(std::string(name) + ": too many output channels or groups "
+      throw std::invalid_argument(std::string(name) +
+                                  ": too many output channels or groups "
                                   "for one launch");
     auto* kernel = &implicit_gemm_kernel<T, P>;
     FC_LAUNCH(kernel, grid, dim3(T::kThreads), stream)(p, k_chunk);
   };
-  if (use_large_tile(p.m, p.n)) launch(LargeTile{});
-  else launch(SmallTile{});
+  if (use_large_tile(p.m, p.n))
+    launch(LargeTile{});
+  else
+    launch(SmallTile{});
   check_launch(name);
 }
 

@@ -50,10 +50,9 @@ void batch_norm_forward(const NormGeometry& g, const float* x, const float* gamm
 void batch_norm_inference(const NormGeometry& g, const float* x, const float* mean,
                           const float* var, const float* gamma, const float* beta, float* y,
                           Launch& launch);
-void batch_norm_backward(const NormGeometry& g, const float* dy, const float* x,
-                         const float* mean, const float* var, const float* gamma,
-                         const float* beta, float* dx, float* dgamma, float* dbeta,
-                         Launch& launch);
+void batch_norm_backward(const NormGeometry& g, const float* dy, const float* x, const float* mean,
+                         const float* var, const float* gamma, const float* beta, float* dx,
+                         float* dgamma, float* dbeta, Launch& launch);
 
 // Used by conv2d.cu.
 bool is_depthwise(const ConvGeometry& g);
@@ -66,7 +65,6 @@ void depthwise_conv2d_backward_weight(const ConvGeometry& g, const float* dy, co
                                       float* dw, float* workspace, Stream stream);
 
 // out[i] = sum over s in [0, splits) of partial[s*count + i], in that order.
-void sum_partials(const float* partial, int64_t splits, int64_t count, float* out,
-                  Stream stream);
+void sum_partials(const float* partial, int64_t splits, int64_t count, float* out, Stream stream);
 
 }  // namespace fastconv::FASTCONV_CUDA_NS

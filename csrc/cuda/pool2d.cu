@@ -16,12 +16,14 @@ namespace fastconv::FASTCONV_CUDA_NS {
 namespace {
 
 template <PoolKind kind>
-FC_HD constexpr bool is_extreme() { return kind == PoolKind::kMax || kind == PoolKind::kMin; }
+FC_HD constexpr bool is_extreme() {
+  return kind == PoolKind::kMax || kind == PoolKind::kMin;
+}
 
 // Cell (row-major within the clipped window) of the first extreme of a window of plane (b, c).
 template <PoolKind kind>
-__device__ int winning_cell(const PoolGeometry& g, const float* x, int64_t b, int64_t c,
-                            int64_t y0, int64_t y1, int64_t x0, int64_t x1) {
+__device__ int winning_cell(const PoolGeometry& g, const float* x, int64_t b, int64_t c, int64_t y0,
+                            int64_t y1, int64_t x0, int64_t x1) {
   int best = 0, cell = 0;
   float best_value = x[g.offset(b, c, y0, x0, g.h, g.w)];
   for (int64_t iy = y0; iy < y1; ++iy)
@@ -45,8 +47,10 @@ __global__ void pool_forward_kernel(const PoolGeometry g, const float* x, float*
     g.window(oy, ox, y0, y1, x0, x1);
     if (is_extreme<kind>()) {
       const int cell = winning_cell<kind>(g, x, b, c, y0, y1, x0, x1);
-      if (y) y[i] = x[g.offset(b, c, y0 + cell / (x1 - x0), x0 + cell % (x1 - x0), g.h, g.w)];
-      else winners[i] = cell;
+      if (y)
+        y[i] = x[g.offset(b, c, y0 + cell / (x1 - x0), x0 + cell % (x1 - x0), g.h, g.w)];
+      else
+        winners[i] = cell;
       continue;
     }
     float acc = 0.f;
@@ -66,15 +70,15 @@ constexpr int kWideCells = 64, kWideLanes = 32, kWideRows = 8;
 template <PoolKind kind>
 __device__ __forceinline__ void keep_extreme(float v, int cell, float& best, int& best_cell) {
   const bool tie = v == best || (v != v && best != best);
-  if (cell >= 0 && (best_cell < 0 || PoolGeometry::replaces(kind, v, best) ||
-                    (tie && cell < best_cell))) {
+  if (cell >= 0 &&
+      (best_cell < 0 || PoolGeometry::replaces(kind, v, best) || (tie && cell < best_cell))) {
     best = v;
     best_cell = cell;
   }
 }
 
 template <PoolKind kind, bool kNhwc>
-__global__ void __launch_bounds__(kWideLanes * kWideRows)
+__global__ void __launch_bounds__(kWideLanes* kWideRows)
     pool_forward_wide_kernel(const PoolGeometry g, const float* x, float* y, int* winners) {
   __shared__ float values[kWideRows][kWideLanes];
   __shared__ int cells[kWideRows][kWideLanes];
@@ -94,13 +98,16 @@ __global__ void __launch_bounds__(kWideLanes * kWideRows)
   const int part = kNhwc ? row : lane, parts = kNhwc ? kWideRows : kWideLanes;
   int64_t y0, y1, x0, x1;
   g.window(oy, ox, y0, y1, x0, x1);
-  const int width = static_cast<int>(x1 - x0), count = valid ? static_cast<int>((y1 - y0) * width) : 0;
+  const int width = static_cast<int>(x1 - x0),
+            count = valid ? static_cast<int>((y1 - y0) * width) : 0;
   float acc = 0.f;
   int acc_cell = -1;
   for (int t = part; t < count; t += parts) {
     const float v = x[g.offset(b, c, y0 + t / width, x0 + t % width, g.h, g.w)];
-    if (is_extreme<kind>()) keep_extreme<kind>(v, t, acc, acc_cell);
-    else acc += v;
+    if (is_extreme<kind>())
+      keep_extreme<kind>(v, t, acc, acc_cell);
+    else
+      acc += v;
   }
   values[row][lane] = acc;
   cells[row][lane] = acc_cell;
@@ -110,11 +117,15 @@ __global__ void __launch_bounds__(kWideLanes * kWideRows)
   int total_cell = -1;
   for (int p = 0; p < parts; ++p) {
     const float v = kNhwc ? values[p][lane] : values[row][p];
-    if (is_extreme<kind>()) keep_extreme<kind>(v, kNhwc ? cells[p][lane] : cells[row][p], total, total_cell);
-    else total += v;
+    if (is_extreme<kind>())
+      keep_extreme<kind>(v, kNhwc ? cells[p][lane] : cells[row][p], total, total_cell);
+    else
+      total += v;
   }
-  if (is_extreme<kind>() && !y) winners[out] = total_cell;
-  else y[out] = kind == PoolKind::kAvg ? total / g.avg_divisor(count) : total;
+  if (is_extreme<kind>() && !y)
+    winners[out] = total_cell;
+  else
+    y[out] = kind == PoolKind::kAvg ? total / g.avg_divisor(count) : total;
 }
 
 // winners: each window's winning cell (max/min only).
@@ -148,10 +159,11 @@ template <PoolKind kind>
 void forward(const PoolGeometry& g, const float* x, float* y, int* winners, Stream stream) {
   const dim3 wide_block(kWideLanes, kWideRows);
   if (g.kh * g.kw < kWideCells) {
-    FC_LAUNCH(pool_forward_kernel<kind>, element_grid(g.y_size()), dim3(kElementThreads), stream)(
-        g, x, y, winners);
+    FC_LAUNCH(pool_forward_kernel<kind>, element_grid(g.y_size()), dim3(kElementThreads), stream)
+    (g, x, y, winners);
   } else if (g.channels_last) {
-    const dim3 grid(static_cast<unsigned>(g.n * g.oh * g.ow), static_cast<unsigned>(ceil_div(g.c, kWideLanes)));
+    const dim3 grid(static_cast<unsigned>(g.n * g.oh * g.ow),
+                    static_cast<unsigned>(ceil_div(g.c, kWideLanes)));
     auto* kernel = &pool_forward_wide_kernel<kind, true>;
     FC_LAUNCH(kernel, grid, wide_block, stream)(g, x, y, winners);
   } else {
@@ -167,8 +179,8 @@ void backward(const PoolGeometry& g, const float* dy, const float* x, float* dx,
               Stream stream) {
   int* winners = reinterpret_cast<int*>(workspace);
   if (is_extreme<kind>()) forward<kind>(g, x, nullptr, winners, stream);
-  FC_LAUNCH(pool_backward_kernel<kind>, element_grid(g.x_size()), dim3(kElementThreads), stream)(
-      g, dy, winners, dx);
+  FC_LAUNCH(pool_backward_kernel<kind>, element_grid(g.x_size()), dim3(kElementThreads), stream)
+  (g, dy, winners, dx);
   check_launch("pool2d_backward");
 }
 
@@ -177,10 +189,14 @@ void backward(const PoolGeometry& g, const float* dy, const float* x, float* dx,
 void pool2d_forward(const PoolGeometry& g, const float* x, float* y, Launch& launch) {
   const Stream stream = launch.stream;
   switch (g.pool_kind()) {
-    case PoolKind::kMax: return forward<PoolKind::kMax>(g, x, y, nullptr, stream);
-    case PoolKind::kMin: return forward<PoolKind::kMin>(g, x, y, nullptr, stream);
-    case PoolKind::kAvg: return forward<PoolKind::kAvg>(g, x, y, nullptr, stream);
-    case PoolKind::kSum: return forward<PoolKind::kSum>(g, x, y, nullptr, stream);
+    case PoolKind::kMax:
+      return forward<PoolKind::kMax>(g, x, y, nullptr, stream);
+    case PoolKind::kMin:
+      return forward<PoolKind::kMin>(g, x, y, nullptr, stream);
+    case PoolKind::kAvg:
+      return forward<PoolKind::kAvg>(g, x, y, nullptr, stream);
+    case PoolKind::kSum:
+      return forward<PoolKind::kSum>(g, x, y, nullptr, stream);
   }
 }
 
@@ -191,10 +207,14 @@ void pool2d_backward(const PoolGeometry& g, const float* dy, const float* x, flo
   float* workspace = extreme ? launch.workspace(g.y_size()) : nullptr;
   const Stream stream = launch.stream;
   switch (g.pool_kind()) {
-    case PoolKind::kMax: return backward<PoolKind::kMax>(g, dy, x, dx, workspace, stream);
-    case PoolKind::kMin: return backward<PoolKind::kMin>(g, dy, x, dx, workspace, stream);
-    case PoolKind::kAvg: return backward<PoolKind::kAvg>(g, dy, x, dx, workspace, stream);
-    case PoolKind::kSum: return backward<PoolKind::kSum>(g, dy, x, dx, workspace, stream);
+    case PoolKind::kMax:
+      return backward<PoolKind::kMax>(g, dy, x, dx, workspace, stream);
+    case PoolKind::kMin:
+      return backward<PoolKind::kMin>(g, dy, x, dx, workspace, stream);
+    case PoolKind::kAvg:
+      return backward<PoolKind::kAvg>(g, dy, x, dx, workspace, stream);
+    case PoolKind::kSum:
+      return backward<PoolKind::kSum>(g, dy, x, dx, workspace, stream);
   }
 }
 
