@@ -161,21 +161,6 @@ void pool2d_backward(const py::array& dy, const py::array& x, const py::array& d
   DISPATCH(pool2d_backward, g, pdy, px, pdx);
 }
 
-// The arguments every batch-norm entry point shares, checked.
-struct BatchNormArgs {
-  cpu::ChannelShape s;
-  float eps;
-  cpu::Activation act;
-};
-
-BatchNormArgs batch_norm_args(const std::array<int64_t, 3>& shape, double eps, int act) {
-  const cpu::ChannelShape s{shape[0], shape[1], shape[2]};
-  require(s.outer > 0 && s.channels > 0 && s.inner > 0, "(outer, channels, inner) must be positive");
-  require(eps >= 0, "eps must be >= 0");
-  require(act >= 0 && act <= 2, "activation must be 0 (none), 1 (relu) or 2 (gelu)");
-  return {s, static_cast<float>(eps), static_cast<cpu::Activation>(act)};
-}
-
 void batch_norm_forward(const py::array& x, const py::object& gamma, const py::object& beta,
                         double eps, int act, const py::array& y, const py::array& mean,
                         const py::array& var, const std::array<int64_t, 3>& shape) {

@@ -147,6 +147,33 @@ FC_HD inline void split_filter_index(int k, int channels, int kw, int taps, bool
   kx = tap - ky * kw;
 }
 
+// An array seen as (outer, channels, inner) around its channel axis (batch normalisation):
+// NHWC is (N*H*W, C, 1), NCHW is (N, C, H*W), a Dense activation (N, C, 1).
+struct ChannelShape {
+  int64_t outer, channels, inner;
+
+  FC_HD int64_t size() const { return outer * channels * inner; }
+  FC_HD int64_t per_channel() const { return outer * inner; }
+  // Offset of the p-th element of channel c, p = o*inner + i in [0, per_channel()).
+  FC_HD int64_t offset(int64_t c, int64_t p) const {
+    if ((p | channels | inner) < (int64_t{1} << 31)) {  // 32-bit division is faster on a GPU
+      const uint32_t o = static_cast<uint32_t>(p) / static_cast<uint32_t>(inner);
+      return (static_cast<int64_t>(o) * channels + c) * inner +
+             (static_cast<uint32_t>(p) - o * static_cast<uint32_t>(inner));
+    }
+    return (p / inner * channels + c) * inner + p % inner;
+  }
+  // The channel of element i.
+  FC_HD int64_t channel(int64_t i) const {
+    if ((i | channels | inner) < (int64_t{1} << 31))
+      return static_cast<uint32_t>(i) / static_cast<uint32_t>(inner) % static_cast<uint32_t>(channels);
+    return i / inner % channels;
+  }
+};
+
+// The activation fused into batch norm, applied to its normalised output.
+enum class Activation : int { none = 0, relu = 1, gelu = 2 };
+
 enum class PoolKind : int64_t { kMax = 0, kMin = 1, kAvg = 2, kSum = 3 };
 
 struct PoolGeometry {

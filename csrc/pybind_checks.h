@@ -72,4 +72,27 @@ inline PoolGeometry pool_geometry(const PoolFields& fields) {
   return g;
 }
 
+// The batch-norm shape (outer, channels, inner) as Python passes it (ChannelShape).
+using ChannelFields = std::array<int64_t, 3>;
+
+inline ChannelShape channel_shape(const ChannelFields& fields) {
+  const ChannelShape s{fields[0], fields[1], fields[2]};
+  require(s.outer > 0 && s.channels > 0 && s.inner > 0, "(outer, channels, inner) must be positive");
+  return s;
+}
+
+// The arguments every batch-norm entry point shares, checked.
+struct BatchNormArgs {
+  ChannelShape s;
+  float eps;
+  Activation act;
+};
+
+inline BatchNormArgs batch_norm_args(const ChannelFields& shape, double eps, int act) {
+  const ChannelShape s = channel_shape(shape);
+  require(eps >= 0, "eps must be >= 0");
+  require(act >= 0 && act <= 2, "activation must be 0 (none), 1 (relu) or 2 (gelu)");
+  return {s, static_cast<float>(eps), static_cast<Activation>(act)};
+}
+
 }  // namespace fastconv::pybind_checks

@@ -35,16 +35,6 @@
 
 namespace fastconv::cpu {
 
-// An array seen as (outer, channels, inner) around its channel axis: NHWC is
-// (N*H*W, C, 1), NCHW is (N, C, H*W).
-struct ChannelShape {
-  int64_t outer, channels, inner;
-  int64_t size() const { return outer * channels * inner; }
-};
-
-// The activation fused into batch norm, applied to its normalised output.
-enum class Activation : int { none = 0, relu = 1, gelu = 2 };
-
 namespace avx2 {
 FASTCONV_KERNEL_DECLARATIONS
 }
