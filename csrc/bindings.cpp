@@ -165,28 +165,20 @@ void batch_norm_forward(const py::array& x, const py::object& gamma, const py::o
                         double eps, int act, const py::array& y, const py::array& mean,
                         const py::array& var, const std::array<int64_t, 3>& shape) {
   const auto [s, e, a] = batch_norm_args(shape, eps, act);
-  const float* px = checked(x, s.size(), "x");
-  const float *pg = checked_or_null(gamma, s.channels, "gamma"),
-              *pb = checked_or_null(beta, s.channels, "beta");
-  float *py_ = output(y, s.size(), "y"), *pm = output(mean, s.channels, "mean"),
-        *pv = output(var, s.channels, "var");
+  const BatchNormForwardBuffers b(s, x, gamma, beta, y, mean, var);
   py::gil_scoped_release release;
   SerialIfSmall serial(s.size(), kPoolSerialWork);
-  DISPATCH(batch_norm_forward, s, px, pg, pb, e, a, py_, pm, pv);
+  DISPATCH(batch_norm_forward, s, b.x, b.gamma, b.beta, e, a, b.y, b.mean, b.var);
 }
 
 void batch_norm_inference(const py::array& x, const py::array& mean, const py::array& var,
                           const py::object& gamma, const py::object& beta, double eps, int act,
                           const py::array& y, const std::array<int64_t, 3>& shape) {
   const auto [s, e, a] = batch_norm_args(shape, eps, act);
-  const float *px = checked(x, s.size(), "x"), *pm = checked(mean, s.channels, "mean"),
-              *pv = checked(var, s.channels, "var"),
-              *pg = checked_or_null(gamma, s.channels, "gamma"),
-              *pb = checked_or_null(beta, s.channels, "beta");
-  float* py_ = output(y, s.size(), "y");
+  const BatchNormInferenceBuffers b(s, x, mean, var, gamma, beta, y);
   py::gil_scoped_release release;
   SerialIfSmall serial(s.size(), kPoolSerialWork);
-  DISPATCH(batch_norm_inference, s, px, pm, pv, pg, pb, e, a, py_);
+  DISPATCH(batch_norm_inference, s, b.x, b.mean, b.var, b.gamma, b.beta, e, a, b.y);
 }
 
 void batch_norm_backward(const py::array& dy, const py::array& x, const py::array& mean,
@@ -194,15 +186,11 @@ void batch_norm_backward(const py::array& dy, const py::array& x, const py::arra
                          double eps, int act, const py::object& dx, const py::array& dgamma,
                          const py::array& dbeta, const std::array<int64_t, 3>& shape) {
   const auto [s, e, a] = batch_norm_args(shape, eps, act);
-  const float *pdy = checked(dy, s.size(), "dy"), *px = checked(x, s.size(), "x"),
-              *pm = checked(mean, s.channels, "mean"), *pv = checked(var, s.channels, "var"),
-              *pg = checked_or_null(gamma, s.channels, "gamma"),
-              *pb = checked_or_null(beta, s.channels, "beta");
-  float* pdx = output_or_null(dx, s.size(), "dx");
-  float *pdg = output(dgamma, s.channels, "dgamma"), *pdb = output(dbeta, s.channels, "dbeta");
+  const BatchNormBackwardBuffers b(s, dy, x, mean, var, gamma, beta, dx, dgamma, dbeta);
   py::gil_scoped_release release;
   SerialIfSmall serial(s.size(), kPoolSerialWork);
-  DISPATCH(batch_norm_backward, s, pdy, px, pm, pv, pg, pb, e, a, pdx, pdg, pdb);
+  DISPATCH(batch_norm_backward, s, b.dy, b.x, b.mean, b.var, b.gamma, b.beta, e, a, b.dx,
+           b.dgamma, b.dbeta);
 }
 
 void set_isa(const std::string& name) {

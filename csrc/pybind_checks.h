@@ -95,4 +95,52 @@ inline BatchNormArgs batch_norm_args(const ChannelFields& shape, double eps, int
   return {s, static_cast<float>(eps), static_cast<Activation>(act)};
 }
 
+// The buffers of the batch-norm entry points, checked against the shape (in argument order).
+struct BatchNormForwardBuffers {
+  const float *x, *gamma, *beta;
+  float *y, *mean, *var;
+  BatchNormForwardBuffers(const ChannelShape& s, const py::array& x_, const py::object& gamma_,
+                          const py::object& beta_, const py::array& y_, const py::array& mean_,
+                          const py::array& var_)
+      : x(checked(x_, s.size(), "x")),
+        gamma(checked_or_null(gamma_, s.channels, "gamma")),
+        beta(checked_or_null(beta_, s.channels, "beta")),
+        y(output(y_, s.size(), "y")),
+        mean(output(mean_, s.channels, "mean")),
+        var(output(var_, s.channels, "var")) {}
+};
+
+struct BatchNormInferenceBuffers {
+  const float *x, *mean, *var, *gamma, *beta;
+  float* y;
+  BatchNormInferenceBuffers(const ChannelShape& s, const py::array& x_, const py::array& mean_,
+                            const py::array& var_, const py::object& gamma_,
+                            const py::object& beta_, const py::array& y_)
+      : x(checked(x_, s.size(), "x")),
+        mean(checked(mean_, s.channels, "mean")),
+        var(checked(var_, s.channels, "var")),
+        gamma(checked_or_null(gamma_, s.channels, "gamma")),
+        beta(checked_or_null(beta_, s.channels, "beta")),
+        y(output(y_, s.size(), "y")) {}
+};
+
+struct BatchNormBackwardBuffers {
+  const float *dy, *x, *mean, *var, *gamma, *beta;
+  float *dx, *dgamma, *dbeta;  // dx may be null
+  BatchNormBackwardBuffers(const ChannelShape& s, const py::array& dy_, const py::array& x_,
+                           const py::array& mean_, const py::array& var_,
+                           const py::object& gamma_, const py::object& beta_,
+                           const py::object& dx_, const py::array& dgamma_,
+                           const py::array& dbeta_)
+      : dy(checked(dy_, s.size(), "dy")),
+        x(checked(x_, s.size(), "x")),
+        mean(checked(mean_, s.channels, "mean")),
+        var(checked(var_, s.channels, "var")),
+        gamma(checked_or_null(gamma_, s.channels, "gamma")),
+        beta(checked_or_null(beta_, s.channels, "beta")),
+        dx(output_or_null(dx_, s.size(), "dx")),
+        dgamma(output(dgamma_, s.channels, "dgamma")),
+        dbeta(output(dbeta_, s.channels, "dbeta")) {}
+};
+
 }  // namespace fastconv::pybind_checks

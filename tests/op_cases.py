@@ -279,8 +279,19 @@ def check_batch_norm_nan_channel(dev, host, shape, axis):
             assert_close(host(got), want)
 
 
+def check_batch_norm_large_mean(dev, host, layout):
+    """1000 + small noise: a variance from the sums of x^2 - mean^2 in float would be lost."""
+    rng = np.random.default_rng(2)
+    x = nchw_to((1000 + 0.01 * rng.standard_normal((64, 4, 8, 8))).astype(np.float32), layout)
+    axis = -1 if layout == "NHWC" else 1
+    _, mean, var = fastconv.batch_norm(dev(x), axis=axis)
+    _, mean_ref, var_ref = ref.batch_norm(x.astype(np.float64), axis=axis)
+    np.testing.assert_allclose(host(mean), mean_ref, rtol=1e-7)
+    np.testing.assert_allclose(host(var), var_ref, rtol=1e-3)
+
+
 # (shape, axis) with more elements per channel than one reduction split of the CUDA batch-norm
-# kernels takes (256 NHWC rows, 8192 NCHW elements), the last split partial: NCHW, NHWC with
-# two blocks of 32 channels, rank 2, and an inner size that is not a power of two.
+# kernels takes (256 NHWC rows, 8192 NCHW elements), the last split a shorter one: NCHW, NHWC
+# with two blocks of 32 channels, rank 2, and an inner size that is not a power of two.
 BATCH_NORM_SPLIT_CASES = [((5, 2, 60, 60), 1), ((3, 20, 20, 40), -1), ((1000, 7), -1),
                           ((4, 9, 2, 1200), 2)]

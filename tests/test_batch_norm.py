@@ -8,7 +8,7 @@ import fastconv
 from fastconv import reference as ref
 
 from op_cases import (ACTIVATIONS, BATCH_NORM_SPLIT_CASES, batch_norm_cases, check_batch_norm,
-                      check_batch_norm_nan_channel, same)
+                      check_batch_norm_large_mean, check_batch_norm_nan_channel, same)
 from test_validation import ODD_ARRAYS, ODD_VALUES, call_must_not_crash
 
 
@@ -57,15 +57,9 @@ def test_gelu_known_values():
                                            0.0227501319 - 2 * 0.0539909665], rtol=1e-8)
 
 
-def test_variance_survives_a_large_mean():
-    """1000 + small noise: a one-pass sum of squares in float would lose the variance."""
-    rng = np.random.default_rng(2)
-    noise = rng.standard_normal((64, 8, 8, 4))
-    x = (1000 + 0.01 * noise).astype(np.float32)
-    _, mean, var = fastconv.batch_norm(x)
-    _, mean_ref, var_ref = ref.batch_norm(x.astype(np.float64))
-    np.testing.assert_allclose(mean, mean_ref, rtol=1e-7)
-    np.testing.assert_allclose(var, var_ref, rtol=1e-3)
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_variance_survives_a_large_mean(isa, layout):
+    check_batch_norm_large_mean(same, same, layout)
 
 
 def test_known_values_and_relu_mask():

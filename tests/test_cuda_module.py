@@ -26,6 +26,27 @@ def test_workspace_sizes_follow_the_split_rules():
     assert cuda.pool2d_backward_workspace(pool + (2, 0)) == 0
 
 
+def test_batch_norm_workspace_sizes_follow_the_split_rules():
+    # NHWC, 128 x 16 x 16 rows of 64 channels: 128 splits of 256 rows.
+    nhwc = (128 * 16 * 16, 64, 1)
+    assert cuda.batch_norm_forward_workspace(nhwc) == (2 * 128 + 2) * 64
+    assert cuda.batch_norm_backward_workspace(nhwc) == (2 * 128 + 5) * 64
+    assert cuda.batch_norm_inference_workspace(nhwc) == 2 * 64
+    # NCHW, 128 x 16 x 16 elements per channel: 4 splits of 8192.
+    assert cuda.batch_norm_forward_workspace((128, 64, 256)) == (2 * 4 + 2) * 64
+    # A channel too long for 65535 splits (gridDim.y) of 256 rows: 65281 splits of 257.
+    assert cuda.batch_norm_forward_workspace((65535 * 256 + 1, 1, 1)) == 2 * 65281 + 2
+
+
+@pytest.mark.parametrize("shape,eps,activation,match", [
+    ((0, 3, 1), 1e-3, 0, "must be positive"), ((4, 3, -1), 1e-3, 0, "must be positive"),
+    ((4, 3, 1), -1.0, 0, "eps"), ((4, 3, 1), 1e-3, 3, "activation"),
+    ((1, 2**31, 1), 1e-3, 0, "channels")])
+def test_bad_batch_norm_arguments_raise(shape, eps, activation, match):
+    with pytest.raises(ValueError, match=match):
+        cuda.batch_norm_forward(0, 0, 0, eps, activation, 0, 0, 0, 0, shape, 0)
+
+
 @pytest.mark.parametrize("field,value", [(1, 0), (9, 0), (15, 3), (7, 0)])
 def test_bad_geometry_raises(field, value):
     g = list(CONV)

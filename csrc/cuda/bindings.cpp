@@ -70,4 +70,45 @@ PYBIND11_MODULE(_cuda, m) {
                              stream(s));
   }, py::arg("dy"), py::arg("x"), py::arg("dx"), py::arg("workspace"), py::arg("geometry"),
         py::arg("stream"));
+  m.def("batch_norm_forward_workspace", [](const ChannelFields& shape) {
+    return kernels::batch_norm_forward_workspace(channel_shape(shape));
+  }, py::arg("shape"), "Floats of workspace batch_norm_forward needs.");
+  m.def("batch_norm_forward", [](Pointer x, Pointer gamma, Pointer beta, double eps, int act,
+                                 Pointer y, Pointer mean, Pointer var, Pointer workspace,
+                                 const ChannelFields& shape, Pointer s) {
+    const auto [sh, e, a] = batch_norm_args(shape, eps, act);
+    kernels::batch_norm_forward(sh, ptr(x), gamma ? ptr(gamma) : nullptr,
+                                beta ? ptr(beta) : nullptr, e, a, ptr(y), ptr(mean), ptr(var),
+                                ptr(workspace), stream(s));
+  }, py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("eps"), py::arg("activation"),
+        py::arg("y"), py::arg("mean"), py::arg("var"), py::arg("workspace"), py::arg("shape"),
+        py::arg("stream"));
+  m.def("batch_norm_inference_workspace", [](const ChannelFields& shape) {
+    return kernels::batch_norm_inference_workspace(channel_shape(shape));
+  }, py::arg("shape"), "Floats of workspace batch_norm_inference needs.");
+  m.def("batch_norm_inference", [](Pointer x, Pointer mean, Pointer var, Pointer gamma,
+                                   Pointer beta, double eps, int act, Pointer y,
+                                   Pointer workspace, const ChannelFields& shape, Pointer s) {
+    const auto [sh, e, a] = batch_norm_args(shape, eps, act);
+    kernels::batch_norm_inference(sh, ptr(x), ptr(mean), ptr(var), gamma ? ptr(gamma) : nullptr,
+                                  beta ? ptr(beta) : nullptr, e, a, ptr(y), ptr(workspace),
+                                  stream(s));
+  }, py::arg("x"), py::arg("mean"), py::arg("var"), py::arg("gamma"), py::arg("beta"),
+        py::arg("eps"), py::arg("activation"), py::arg("y"), py::arg("workspace"),
+        py::arg("shape"), py::arg("stream"));
+  m.def("batch_norm_backward_workspace", [](const ChannelFields& shape) {
+    return kernels::batch_norm_backward_workspace(channel_shape(shape));
+  }, py::arg("shape"), "Floats of workspace batch_norm_backward needs.");
+  m.def("batch_norm_backward", [](Pointer dy, Pointer x, Pointer mean, Pointer var,
+                                  Pointer gamma, Pointer beta, double eps, int act, Pointer dx,
+                                  Pointer dgamma, Pointer dbeta, Pointer workspace,
+                                  const ChannelFields& shape, Pointer s) {
+    const auto [sh, e, a] = batch_norm_args(shape, eps, act);
+    kernels::batch_norm_backward(sh, ptr(dy), ptr(x), ptr(mean), ptr(var),
+                                 gamma ? ptr(gamma) : nullptr, beta ? ptr(beta) : nullptr, e, a,
+                                 dx ? ptr(dx) : nullptr, ptr(dgamma), ptr(dbeta), ptr(workspace),
+                                 stream(s));
+  }, py::arg("dy"), py::arg("x"), py::arg("mean"), py::arg("var"), py::arg("gamma"),
+        py::arg("beta"), py::arg("eps"), py::arg("activation"), py::arg("dx"), py::arg("dgamma"),
+        py::arg("dbeta"), py::arg("workspace"), py::arg("shape"), py::arg("stream"));
 }

@@ -77,6 +77,37 @@ void pool2d_backward(const py::array& dy, const py::array& x, const py::array& d
   kernels::pool2d_backward(g, pdy, px, pdx, workspace.data(), nullptr);
 }
 
+void batch_norm_forward(const py::array& x, const py::object& gamma, const py::object& beta,
+                        double eps, int act, const py::array& y, const py::array& mean,
+                        const py::array& var, const ChannelFields& shape) {
+  const auto [s, e, a] = batch_norm_args(shape, eps, act);
+  const BatchNormForwardBuffers b(s, x, gamma, beta, y, mean, var);
+  std::vector<float> workspace(kernels::batch_norm_forward_workspace(s));
+  kernels::batch_norm_forward(s, b.x, b.gamma, b.beta, e, a, b.y, b.mean, b.var,
+                              workspace.data(), nullptr);
+}
+
+void batch_norm_inference(const py::array& x, const py::array& mean, const py::array& var,
+                          const py::object& gamma, const py::object& beta, double eps, int act,
+                          const py::array& y, const ChannelFields& shape) {
+  const auto [s, e, a] = batch_norm_args(shape, eps, act);
+  const BatchNormInferenceBuffers b(s, x, mean, var, gamma, beta, y);
+  std::vector<float> workspace(kernels::batch_norm_inference_workspace(s));
+  kernels::batch_norm_inference(s, b.x, b.mean, b.var, b.gamma, b.beta, e, a, b.y,
+                                workspace.data(), nullptr);
+}
+
+void batch_norm_backward(const py::array& dy, const py::array& x, const py::array& mean,
+                         const py::array& var, const py::object& gamma, const py::object& beta,
+                         double eps, int act, const py::object& dx, const py::array& dgamma,
+                         const py::array& dbeta, const ChannelFields& shape) {
+  const auto [s, e, a] = batch_norm_args(shape, eps, act);
+  const BatchNormBackwardBuffers b(s, dy, x, mean, var, gamma, beta, dx, dgamma, dbeta);
+  std::vector<float> workspace(kernels::batch_norm_backward_workspace(s));
+  kernels::batch_norm_backward(s, b.dy, b.x, b.mean, b.var, b.gamma, b.beta, e, a, b.dx,
+                               b.dgamma, b.dbeta, workspace.data(), nullptr);
+}
+
 // Self-tests of the harness itself: kernels that are right or wrong on purpose.
 constexpr int kSelfTestThreads = 64;
 
@@ -120,6 +151,16 @@ PYBIND11_MODULE(_cuda_harness, m) {
   m.def("pool2d_forward", &pool2d_forward, py::arg("x"), py::arg("y"), py::arg("geometry"));
   m.def("pool2d_backward", &pool2d_backward, py::arg("dy"), py::arg("x"), py::arg("dx"),
         py::arg("geometry"));
+  m.def("batch_norm_forward", &batch_norm_forward, py::arg("x"), py::arg("gamma"),
+        py::arg("beta"), py::arg("eps"), py::arg("activation"), py::arg("y"), py::arg("mean"),
+        py::arg("var"), py::arg("shape"));
+  m.def("batch_norm_inference", &batch_norm_inference, py::arg("x"), py::arg("mean"),
+        py::arg("var"), py::arg("gamma"), py::arg("beta"), py::arg("eps"),
+        py::arg("activation"), py::arg("y"), py::arg("shape"));
+  m.def("batch_norm_backward", &batch_norm_backward, py::arg("dy"), py::arg("x"),
+        py::arg("mean"), py::arg("var"), py::arg("gamma"), py::arg("beta"), py::arg("eps"),
+        py::arg("activation"), py::arg("dx"), py::arg("dgamma"), py::arg("dbeta"),
+        py::arg("shape"));
   m.def("selftest_neighbour_exchange", &neighbour_exchange, py::arg("blocks"), py::arg("barrier"),
         "Harness self-test: each thread reads its right neighbour's shared slot.");
   m.def("selftest_divergent_barrier", &divergent_barrier,

@@ -37,6 +37,22 @@ int64_t pool2d_backward_workspace(const PoolGeometry& g);
 void pool2d_backward(const PoolGeometry& g, const float* dy, const float* x, float* dx,
                      float* workspace, Stream stream);
 
+// Batch normalisation of x viewed as (outer, channels, inner); batch_norm.cu has the contract.
+// gamma and beta may be null (1 and 0), dx may be null (no input gradient).
+int64_t batch_norm_forward_workspace(const ChannelShape& s);
+void batch_norm_forward(const ChannelShape& s, const float* x, const float* gamma,
+                        const float* beta, float eps, Activation act, float* y, float* mean,
+                        float* var, float* workspace, Stream stream);
+int64_t batch_norm_inference_workspace(const ChannelShape& s);
+void batch_norm_inference(const ChannelShape& s, const float* x, const float* mean,
+                          const float* var, const float* gamma, const float* beta, float eps,
+                          Activation act, float* y, float* workspace, Stream stream);
+int64_t batch_norm_backward_workspace(const ChannelShape& s);
+void batch_norm_backward(const ChannelShape& s, const float* dy, const float* x,
+                         const float* mean, const float* var, const float* gamma,
+                         const float* beta, float eps, Activation act, float* dx, float* dgamma,
+                         float* dbeta, float* workspace, Stream stream);
+
 // Used by conv2d.cu.
 bool is_depthwise(const ConvGeometry& g);
 void depthwise_conv2d_forward(const ConvGeometry& g, const float* x, const float* w,
