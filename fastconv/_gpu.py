@@ -116,6 +116,14 @@ class _Kernels:
                      y=geometry.n * geometry.c * geometry.oh * geometry.ow)
         return geometry, sizes, tuple(int(v) for v in g)
 
+    @staticmethod
+    def _channels(shape):
+        """Batch norm's (outer, channels, inner): the shape as ints, the size of x and of
+        the per-channel vectors."""
+        shape = tuple(int(v) for v in shape)
+        outer, channels, inner = shape
+        return shape, outer * channels * inner, channels
+
     # -- the fastconv._cpu interface -------------------------------------------------------
     def conv2d_forward(self, x, w, bias, y, g):
         geometry, size, g = self._conv(g)
@@ -164,3 +172,32 @@ class _Kernels:
         if geometry.n:
             self._run(device, lambda s, ws: self._native.pool2d_backward(pdy, px, pdx, ws, g, s),
                       self._native.pool2d_backward_workspace(g))
+
+    def batch_norm_forward(self, x, gamma, beta, eps, activation, y, mean, var, shape):
+        shape, size, c = self._channels(shape)
+        (px, pg, pb, py, pm, pv), device = self._pointers(
+            (x, "x", size), (gamma, "gamma", c), (beta, "beta", c), (y, "y", size),
+            (mean, "mean", c), (var, "var", c))
+        self._run(device, lambda s, ws: self._native.batch_norm_forward(
+            px, pg, pb, eps, activation, py, pm, pv, ws, shape, s),
+            self._native.batch_norm_forward_workspace(shape))
+
+    def batch_norm_inference(self, x, mean, var, gamma, beta, eps, activation, y, shape):
+        shape, size, c = self._channels(shape)
+        (px, pm, pv, pg, pb, py), device = self._pointers(
+            (x, "x", size), (mean, "mean", c), (var, "var", c), (gamma, "gamma", c),
+            (beta, "beta", c), (y, "y", size))
+        self._run(device, lambda s, ws: self._native.batch_norm_inference(
+            px, pm, pv, pg, pb, eps, activation, py, ws, shape, s),
+            self._native.batch_norm_inference_workspace(shape))
+
+    def batch_norm_backward(self, dy, x, mean, var, gamma, beta, eps, activation, dx, dgamma,
+                            dbeta, shape):
+        shape, size, c = self._channels(shape)
+        (pdy, px, pm, pv, pg, pb, pdx, pdg, pdb), device = self._pointers(
+            (dy, "dy", size), (x, "x", size), (mean, "mean", c), (var, "var", c),
+            (gamma, "gamma", c), (beta, "beta", c), (dx, "dx", size), (dgamma, "dgamma", c),
+            (dbeta, "dbeta", c))
+        self._run(device, lambda s, ws: self._native.batch_norm_backward(
+            pdy, px, pm, pv, pg, pb, eps, activation, pdx, pdg, pdb, ws, shape, s),
+            self._native.batch_norm_backward_workspace(shape))

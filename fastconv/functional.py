@@ -242,16 +242,12 @@ def batch_norm(x, gamma=None, beta=None, *, axis=-1, eps=1e-3, activation=None):
     """Training-mode batch normalisation, statistics over every axis but the channel `axis`
     (-1 for NHWC, 1 for NCHW). Returns (y, mean, var): y = act(gamma * (x - mean) /
     sqrt(var + eps) + beta) with act None, 'relu' or 'gelu' (exact, x * Phi(x)); var is the
-    biased batch variance. gamma / beta None mean 1 / 0. CuPy arrays take the float64
-    reference formulas."""
+    biased batch variance. gamma / beta None mean 1 / 0."""
     backend, xp = _backend.resolve(x, gamma, beta)
     x, shape, (gamma, beta) = _channel_arrays(x, {"gamma": gamma, "beta": beta}, "batch_norm",
                                               xp, axis)
     eps = _args.nonnegative_float(eps, "eps")
     code = _args.fused_activation(activation, "batch_norm")
-    if not hasattr(backend, "batch_norm_forward"):
-        from . import reference
-        return reference.batch_norm(x, gamma, beta, axis=axis, eps=eps, activation=activation)
     y = xp.empty_like(x)
     mean, var = xp.empty(shape[1], xp.float32), xp.empty(shape[1], xp.float32)
     backend.batch_norm_forward(x, gamma, beta, eps, code, y, mean, var, shape)
@@ -268,10 +264,6 @@ def batch_norm_inference(x, mean, var, gamma=None, beta=None, *, axis=-1, eps=1e
         xp, axis, required=("mean", "var"))
     eps = _args.nonnegative_float(eps, "eps")
     code = _args.fused_activation(activation, "batch_norm_inference")
-    if not hasattr(backend, "batch_norm_inference"):
-        from . import reference
-        return reference.batch_norm_inference(x, mean, var, gamma, beta, axis=axis, eps=eps,
-                                              activation=activation)
     y = xp.empty_like(x)
     backend.batch_norm_inference(x, mean, var, gamma, beta, eps, code, y, shape)
     return y
@@ -290,12 +282,6 @@ def batch_norm_backward(dy, x, mean, var, gamma=None, beta=None, *, axis=-1, eps
     _args.expect_shape(dy, x.shape, "dy", " (the shape of x)")
     eps = _args.nonnegative_float(eps, "eps")
     code = _args.fused_activation(activation, "batch_norm_backward")
-    if not hasattr(backend, "batch_norm_backward"):
-        from . import reference
-        dx, dgamma, dbeta = reference.batch_norm_backward(dy, x, mean, var, gamma, beta,
-                                                          axis=axis, eps=eps,
-                                                          activation=activation)
-        return (dx if need_dx else None), dgamma, dbeta
     dx = xp.empty_like(x) if need_dx else None
     dgamma, dbeta = xp.empty(shape[1], xp.float32), xp.empty(shape[1], xp.float32)
     backend.batch_norm_backward(dy, x, mean, var, gamma, beta, eps, code, dx, dgamma, dbeta,

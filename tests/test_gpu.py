@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 
 import fastconv
 
-from op_cases import (DEPTHWISE_SPLIT_CASES, LARGE_CONV_CASES, POOL_BIGGER_CASES, check_conv,
+from op_cases import (ACTIVATIONS, BATCH_NORM_SPLIT_CASES, DEPTHWISE_SPLIT_CASES,
+                        LARGE_CONV_CASES, POOL_BIGGER_CASES, batch_norm_cases, check_batch_norm,
+                        check_batch_norm_large_mean, check_batch_norm_nan_channel, check_conv,
                         check_depthwise_splits, check_global_pool, check_large_conv,
                         check_pointwise, check_pool, check_pool_bigger, check_separable,
                         conv_cases, layouts, nchw_to, pool_cases, rand)
@@ -99,6 +101,41 @@ def test_pooling_cifar_sized(layout, kind, kernel, stride):
 def test_global_avg_pool(layout):
     rng = np.random.default_rng(2)
     check_global_pool(dev, host, rand(rng, 8, 64, 8, 8), layout, rng)
+
+
+@examples
+@given(case=batch_norm_cases())
+def test_batch_norm(case):
+    check_batch_norm(dev, host, *case)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("shape,axis", BATCH_NORM_SPLIT_CASES + [
+    ((128, 16, 16, 64), -1), ((128, 64, 16, 16), 1)])  # CIFAR-sized: many splits
+def test_batch_norm_splits(shape, axis, activation):
+    check_batch_norm(dev, host, shape, axis, activation != "relu", activation, len(shape))
+
+
+@pytest.mark.parametrize("shape,axis", BATCH_NORM_SPLIT_CASES)
+def test_batch_norm_nan_stays_in_its_channel(shape, axis):
+    check_batch_norm_nan_channel(dev, host, shape, axis)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_batch_norm_variance_survives_a_large_mean(layout):
+    check_batch_norm_large_mean(dev, host, layout)
+
+
+def test_batch_norm_bit_identical_runs():
+    rng = np.random.default_rng(4)
+    x, dy = dev(rand(rng, 64, 16, 16, 32)), dev(rand(rng, 64, 16, 16, 32))
+    runs = []
+    for _ in range(2):
+        y, mean, var = fastconv.batch_norm(x, activation="gelu")
+        runs.append((y, mean, var) + fastconv.batch_norm_backward(dy, x, mean, var,
+                                                                  activation="gelu"))
+    for a, b in zip(*runs):
+        assert cp.array_equal(a, b)
 
 
 def test_results_are_cupy_on_the_input_device():

@@ -15,7 +15,8 @@ import pytest
 import fastconv
 from fastconv import _backend, _gpu
 
-from op_cases import (check_conv, check_global_pool, check_pointwise, check_pool,
+from op_cases import (BATCH_NORM_SPLIT_CASES, check_batch_norm, check_batch_norm_nan_channel,
+                        check_conv, check_global_pool, check_pointwise, check_pool,
                         check_separable, nchw_to, rand)
 
 harness = pytest.importorskip("fastconv._cuda_harness")
@@ -105,6 +106,40 @@ class FakeNative:
         self.record_workspace(workspace, cuda.pool2d_backward_workspace(g))
         harness.pool2d_backward(self.array(dy), self.array(x), self.array(dx), g)
 
+    def batch_norm_forward_workspace(self, shape):
+        return cuda.batch_norm_forward_workspace(shape)
+
+    def batch_norm_forward(self, x, gamma, beta, eps, activation, y, mean, var, workspace, shape,
+                           stream):
+        self.streams.add(stream)
+        self.record_workspace(workspace, cuda.batch_norm_forward_workspace(shape))
+        harness.batch_norm_forward(self.array(x), self.array(gamma), self.array(beta), eps,
+                                   activation, self.array(y), self.array(mean), self.array(var),
+                                   shape)
+
+    def batch_norm_inference_workspace(self, shape):
+        return cuda.batch_norm_inference_workspace(shape)
+
+    def batch_norm_inference(self, x, mean, var, gamma, beta, eps, activation, y, workspace,
+                             shape, stream):
+        self.streams.add(stream)
+        self.record_workspace(workspace, cuda.batch_norm_inference_workspace(shape))
+        harness.batch_norm_inference(self.array(x), self.array(mean), self.array(var),
+                                     self.array(gamma), self.array(beta), eps, activation,
+                                     self.array(y), shape)
+
+    def batch_norm_backward_workspace(self, shape):
+        return cuda.batch_norm_backward_workspace(shape)
+
+    def batch_norm_backward(self, dy, x, mean, var, gamma, beta, eps, activation, dx, dgamma,
+                            dbeta, workspace, shape, stream):
+        self.streams.add(stream)
+        self.record_workspace(workspace, cuda.batch_norm_backward_workspace(shape))
+        harness.batch_norm_backward(self.array(dy), self.array(x), self.array(mean),
+                                    self.array(var), self.array(gamma), self.array(beta), eps,
+                                    activation, self.array(dx), self.array(dgamma),
+                                    self.array(dbeta), shape)
+
 
 @pytest.fixture(scope="module")
 def fake_gpu():
@@ -112,6 +147,7 @@ def fake_gpu():
     fake_cupy = types.SimpleNamespace(
         ndarray=FakeArray, float32=np.float32, __version__="fake",
         empty=lambda shape, dtype: native.track(np.empty(shape, dtype)),
+        empty_like=lambda a: native.track(np.empty_like(a)),
         ascontiguousarray=lambda a: a if a.flags.c_contiguous else native.track(np.ascontiguousarray(a)),
         cuda=types.SimpleNamespace(Device=FakeDevice,
                                    get_current_stream=lambda: types.SimpleNamespace(ptr=STREAM)))
@@ -161,6 +197,37 @@ def test_pooling(fake_gpu, kind):
     check_global_pool(fake_gpu.track, np.asarray, nchw_to(x, "NHWC"), "NHWC", rng)
 
 
+@pytest.mark.parametrize("activation", [None, "gelu"])
+@pytest.mark.parametrize("shape,axis", BATCH_NORM_SPLIT_CASES[:3])  # NCHW, NHWC, rank 2
+def test_batch_norm(fake_gpu, shape, axis, activation):
+    check_batch_norm(fake_gpu.track, np.asarray, shape, axis, activation is None, activation, 1)
+    check_batch_norm_nan_channel(fake_gpu.track, np.asarray, shape, axis)
+
+
+def test_batch_norm_workspaces(fake_gpu):
+    """(2 * splits + 2) * C floats forward, 2 * C inference, (2 * splits + 5) * C backward:
+    1200 NHWC rows of 40 channels make 5 splits of 256 rows."""
+    fake_gpu.workspaces.clear()
+    check_batch_norm(fake_gpu.track, np.asarray, (3, 20, 20, 40), -1, True, "relu", 2)
+    # forward, inference, backward, backward without dx
+    assert fake_gpu.workspaces == [12 * 40, 2 * 40, 15 * 40, 15 * 40]
+
+
+def test_batch_norm_runs_no_reference_code(fake_gpu, monkeypatch):
+    """CUDA arrays reach the CUDA kernels: there is no fallback to fastconv.reference."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the GPU path called fastconv.reference")
+    for name in ("batch_norm", "batch_norm_inference", "batch_norm_backward"):
+        monkeypatch.setattr(fastconv.reference, name, forbidden)
+    fake_gpu.workspaces.clear()
+    x = fake_gpu.track(rand(np.random.default_rng(6), 4, 3))
+    y, mean, var = fastconv.batch_norm(x, activation="relu")
+    fastconv.batch_norm_inference(x, mean, var)
+    fastconv.batch_norm_backward(y, x, mean, var)
+    assert len(fake_gpu.workspaces) == 3
+    assert all(isinstance(a, FakeArray) for a in (y, mean, var))
+
+
 def test_results_are_device_arrays_and_empty_batch(fake_gpu):
     x, w = fake_gpu.track(np.zeros((0, 3, 5, 5), np.float32)), fake_gpu.track(np.ones((4, 3, 3, 3), np.float32))
     y = fastconv.conv2d(x, w)
@@ -183,12 +250,29 @@ def test_buffer_checks(fake_gpu):
                                (1, 1, 4, 4, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0))
 
 
+def test_batch_norm_buffer_checks(fake_gpu):
+    kernels = _gpu.kernels()
+    x = fake_gpu.track(np.zeros((4, 3), np.float32))
+    channel = lambda n=3: fake_gpu.track(np.zeros(n, np.float32))
+    with pytest.raises(ValueError, match="mean has 2 elements"):
+        kernels.batch_norm_forward(x, None, None, 1e-3, 0, fake_gpu.track(np.zeros_like(x)),
+                                   channel(2), channel(), (4, 3, 1))
+    with pytest.raises(TypeError, match="gamma must be a CuPy array"):
+        kernels.batch_norm_inference(x, channel(), channel(), np.ones(3, np.float32), None,
+                                     1e-3, 0, fake_gpu.track(np.zeros_like(x)), (4, 3, 1))
+    with pytest.raises(ValueError, match="dx has 6 elements"):
+        kernels.batch_norm_backward(x, x, channel(), channel(), None, None, 1e-3, 0,
+                                    fake_gpu.track(np.zeros(6, np.float32)), channel(),
+                                    channel(), (4, 3, 1))
+
+
 def test_kernels_queue_on_the_current_stream(fake_gpu):
     fake_gpu.streams.clear()
     rng = np.random.default_rng(5)
     x = rand(rng, 1, 2, 6, 6)
     check_conv(fake_gpu.track, np.asarray, x, rand(rng, 3, 2, 3, 3), rand(rng, 3), {}, rng)
     check_pool(fake_gpu.track, np.asarray, "max", x, 2, {}, rng)
+    check_batch_norm(fake_gpu.track, np.asarray, x.shape, 1, True, "gelu", 3)
     assert fake_gpu.streams == {STREAM}
 
 
