@@ -18,14 +18,14 @@
 // terms each), the block adds its threads in a fixed order and writes two partial sums per
 // channel to the workspace; then one thread per channel adds the splits' partials in split
 // order, in double, and derives the per-channel results. No atomics: a result is the same
-// bits on every run and every GPU.
+// bits on every run, and the splits do not depend on the GPU.
 //
 // Forward makes two passes over x for the statistics, both summing d = x - pivot and d^2:
 // the first with an element of the channel as the pivot, which moves the pivot to the mean
 // (held in `mean` until the second pass ends); the second then sums about that pivot, so the
 // variance comes from (x - mean)^2 rather than x^2 - mean^2 (the first pass's sum of squares
-// goes unused: one kernel serves both passes, and the extra multiply-add costs nothing next
-// to the memory traffic). A third pass writes y = act(a * x + b). Backward recomputes the
+// goes unused: one kernel serves both passes, and the extra multiply-add should cost little
+// next to the memory traffic; not measured on a GPU). A third pass writes y = act(a * x + b). Backward recomputes the
 // activation's input z = a * x + b from x, sums dz and dz * (x - mean), then writes dx.
 //
 // Workspace: partial[2][splits][channels] (the two sums of every split), then per-channel
