@@ -263,7 +263,24 @@ struct NormGeometry {
     visit("activation", activation);
   }
   FC_HD int64_t size() const { return outer * channels * inner; }
+  FC_HD int64_t per_channel() const { return outer * inner; }
   FC_HD int64_t channel_size() const { return channels; }
+  // Offset of the p-th element of channel c, p = o*inner + i in [0, per_channel()).
+  FC_HD int64_t offset(int64_t c, int64_t p) const {
+    if ((p | channels | inner) < (int64_t{1} << 31)) {  // 32-bit division is faster on a GPU
+      const uint32_t o = static_cast<uint32_t>(p) / static_cast<uint32_t>(inner);
+      return (static_cast<int64_t>(o) * channels + c) * inner +
+             (static_cast<uint32_t>(p) - o * static_cast<uint32_t>(inner));
+    }
+    return (p / inner * channels + c) * inner + p % inner;
+  }
+  // The channel of element i.
+  FC_HD int64_t channel(int64_t i) const {
+    if ((i | channels | inner) < (int64_t{1} << 31))
+      return static_cast<uint32_t>(i) / static_cast<uint32_t>(inner) %
+             static_cast<uint32_t>(channels);
+    return i / inner % channels;
+  }
   FC_HD int64_t batch() const { return outer; }  // never empty: Python rejects empty axes
   FC_HD float epsilon() const { return static_cast<float>(eps); }
   FC_HD Activation act() const { return static_cast<Activation>(activation); }

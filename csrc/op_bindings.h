@@ -11,9 +11,10 @@ namespace fastconv::bindings {
 // The op list. FASTCONV_KERNEL(name) is the including module's callable
 // (launch, geometry, buffers...) for its kernel `name`.
 template <class Backend>
-void bind_conv_pool_ops(py::module_& m) {
+void bind_ops(py::module_& m) {
   using C = ConvGeometry;
   using P = PoolGeometry;
+  using N = NormGeometry;
   def_op<Backend, C>(m, "conv2d_forward", FASTCONV_KERNEL(conv2d_forward), in("x", &C::x_size),
                      in("w", &C::w_size), optional_in("bias", &C::bias_size), out("y", &C::y_size));
   def_op<Backend, C>(m, "conv2d_backward_input", FASTCONV_KERNEL(conv2d_backward_input),
@@ -26,13 +27,6 @@ void bind_conv_pool_ops(py::module_& m) {
                      out("y", &P::y_size));
   def_op<Backend, P>(m, "pool2d_backward", FASTCONV_KERNEL(pool2d_backward), in("dy", &P::y_size),
                      in("x", &P::x_size), out("dx", &P::x_size));
-  def_geometry_echo<C>(m, "read_conv_geometry");
-  def_geometry_echo<P>(m, "read_pool_geometry");
-}
-
-template <class Backend>
-void bind_norm_ops(py::module_& m) {
-  using N = NormGeometry;
   def_op<Backend, N>(m, "batch_norm_forward", FASTCONV_KERNEL(batch_norm_forward),
                      in("x", &N::size), optional_in("gamma", &N::channel_size),
                      optional_in("beta", &N::channel_size), out("y", &N::size),
@@ -46,13 +40,9 @@ void bind_norm_ops(py::module_& m) {
                      in("var", &N::channel_size), optional_in("gamma", &N::channel_size),
                      optional_in("beta", &N::channel_size), optional_out("dx", &N::size),
                      out("dgamma", &N::channel_size), out("dbeta", &N::channel_size));
+  def_geometry_echo<C>(m, "read_conv_geometry");
+  def_geometry_echo<P>(m, "read_pool_geometry");
   def_geometry_echo<N>(m, "read_norm_geometry");
-}
-
-template <class Backend>
-void bind_ops(py::module_& m) {
-  bind_conv_pool_ops<Backend>(m);
-  bind_norm_ops<Backend>(m);
 }
 
 }  // namespace fastconv::bindings

@@ -252,9 +252,6 @@ def batch_norm(x, gamma=None, beta=None, *, axis=-1, eps=1e-3, activation=None):
     backend, x, g, (gamma, beta) = _norm_call("batch_norm", x, {"gamma": gamma, "beta": beta},
                                               axis, eps, activation)
     xp = backend.xp
-    if not hasattr(backend.kernels, "batch_norm_forward"):
-        from . import reference
-        return reference.batch_norm(x, gamma, beta, axis=axis, eps=eps, activation=activation)
     with backend.device(x):
         y = xp.empty_like(x)
         mean, var = xp.empty(g.channels, xp.float32), xp.empty(g.channels, xp.float32)
@@ -269,10 +266,6 @@ def batch_norm_inference(x, mean, var, gamma=None, beta=None, *, axis=-1, eps=1e
     backend, x, g, (mean, var, gamma, beta) = _norm_call(
         "batch_norm_inference", x, {"mean": mean, "var": var, "gamma": gamma, "beta": beta},
         axis, eps, activation, required=("mean", "var"))
-    if not hasattr(backend.kernels, "batch_norm_inference"):
-        from . import reference
-        return reference.batch_norm_inference(x, mean, var, gamma, beta, axis=axis, eps=eps,
-                                              activation=activation)
     with backend.device(x):
         y = backend.xp.empty_like(x)
     backend.kernels.batch_norm_inference(x, mean, var, gamma, beta, y, g)
@@ -290,12 +283,6 @@ def batch_norm_backward(dy, x, mean, var, gamma=None, beta=None, *, axis=-1, eps
     xp = backend.xp
     dy = _args.array(dy, "dy", x.ndim, xp)
     _args.expect_shape(dy, x.shape, "dy", " (the shape of x)")
-    if not hasattr(backend.kernels, "batch_norm_backward"):
-        from . import reference
-        dx, dgamma, dbeta = reference.batch_norm_backward(dy, x, mean, var, gamma, beta,
-                                                          axis=axis, eps=eps,
-                                                          activation=activation)
-        return (dx if need_dx else None), dgamma, dbeta
     with backend.device(x):
         dx = xp.empty_like(x) if need_dx else None
         dgamma, dbeta = xp.empty(g.channels, xp.float32), xp.empty(g.channels, xp.float32)

@@ -266,7 +266,7 @@ def _affine_input(x, mean, var, gamma, beta, axis, eps):
 
 def batch_norm(x, gamma=None, beta=None, *, axis=-1, eps=1e-3, activation=None):
     """(y, mean, var) of training-mode batch normalisation over every axis but `axis`, in
-    float64. Written for NumPy or CuPy arrays alike (CuPy calls of fastconv.batch_norm land here)."""
+    float64. Written for NumPy or CuPy arrays alike."""
     xp = array_module(x)
     reduce, bshape = _channel_axes(x, axis)
     x64 = x.astype(xp.float64)

@@ -57,6 +57,7 @@ def ops_with(predicate=lambda op: True):
 def check_case(op, case, dev=lambda a: a, host=np.asarray):
     worst, bad = ops.check(op, case, dev=dev, host=host)
     assert bad is None, f"{bad} of {case!r}: {worst:.3g} x the tolerance"
+ACTIVATIONS = [None, "relu", "gelu"]  # the activations batch norm fuses
 
 
 def assert_close(actual, expected, rtol=1e-4, atol=2e-5):
@@ -70,6 +71,11 @@ def assert_close(actual, expected, rtol=1e-4, atol=2e-5):
 
 def rand(rng, *shape):
     return rng.standard_normal(shape).astype(np.float32)
+
+
+def same(a):
+    """dev and host for the NumPy backends."""
+    return a
 
 
 def nchw_to(x, layout):
@@ -235,3 +241,100 @@ def check_pool_bigger(dev, host, layout, kind, kernel, stride, padding):
     x = nchw_to(x, layout)
     check_pool(dev, host, kind, x, kernel, dict(stride=stride, padding=padding, layout=layout),
                rng)
+
+
+@st.composite
+def batch_norm_cases(draw):
+    """(shape, axis, affine, activation, seed) for check_batch_norm: ranks 2 to 4, any channel
+    axis."""
+    rank = draw(st.integers(2, 4))
+    shape = tuple(draw(st.lists(st.integers(1, 9), min_size=rank, max_size=rank)))
+    axis = draw(st.sampled_from([a for a in range(-rank, rank) if a % rank != 0]))
+    if np.prod(shape) // shape[axis] < 2:  # one element per channel: a variance of 0
+        shape = (2,) + shape[1:]
+    return (shape, axis, draw(st.booleans()), draw(st.sampled_from(ACTIVATIONS)),
+            draw(st.integers(0, 2**31)))
+
+
+def _optional(dev, a):
+    return None if a is None else dev(a)
+
+
+def check_batch_norm(dev, host, shape, axis, affine, activation, seed):
+    """batch_norm, batch_norm_inference and batch_norm_backward (with and without dx) against
+    the float64 reference, with tolerances scaled by the float32 rounding of each term."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 2 + rng.uniform(-3, 3)).astype(np.float32)
+    c = shape[axis]
+    gamma = rand(rng, c) if affine else None
+    beta = rand(rng, c) if affine else None
+    kw = dict(axis=axis, eps=1e-5, activation=activation)
+    params = (_optional(dev, gamma), _optional(dev, beta))
+    y, mean, var = fastconv.batch_norm(dev(x), *params, **kw)
+    y_ref, mean_ref, var_ref = ref.batch_norm(x.astype(np.float64), gamma, beta, **kw)
+    x_scale = np.abs(x).max()
+    np.testing.assert_allclose(host(mean), mean_ref, rtol=1e-6, atol=1e-6 * x_scale)
+    np.testing.assert_allclose(host(var), var_ref, rtol=1e-5, atol=1e-6 * x_scale ** 2)
+    # y = a * x + b in float32: b and the float32 mean carry rounding of |x| * a
+    gain = np.abs(1 if gamma is None else gamma).max() / np.sqrt(var_ref.min() + 1e-5)
+    y_tol = 1e-5 * np.abs(y_ref).max() + 1e-6 + 4 * np.finfo(np.float32).eps * x_scale * gain
+    np.testing.assert_allclose(host(y), y_ref, rtol=1e-5, atol=y_tol)
+    moving = fastconv.batch_norm_inference(dev(x), mean, var, *params, **kw)
+    np.testing.assert_allclose(host(moving), y_ref, rtol=1e-5, atol=y_tol)
+    dy = rand(rng, *shape)
+    grads = [host(g) for g in fastconv.batch_norm_backward(dev(dy), dev(x), mean, var, *params,
+                                                            **kw)]
+    grads_ref = ref.batch_norm_backward(dy.astype(np.float64), x.astype(np.float64), mean_ref,
+                                        var_ref, gamma, beta, **kw)
+    # float32 rounding of the terms that cancel in dx: tolerance scaled by the terms' size
+    dy_scale = np.abs(dy).max()
+    atols = [1e-5 * dy_scale * gain, 1e-5 * dy_scale * x.size, 1e-5 * dy_scale * x.size]
+    for got, want, atol in zip(grads, grads_ref, atols):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=atol)
+    no_dx = fastconv.batch_norm_backward(dev(dy), dev(x), mean, var, *params, need_dx=False, **kw)
+    assert no_dx[0] is None
+    for got, want in zip(no_dx[1:], grads[1:]):
+        np.testing.assert_array_equal(host(got), want)
+
+
+def check_batch_norm_nan_channel(dev, host, shape, axis):
+    """A NaN in channel 1 spreads through that channel's statistics, outputs and gradients
+    as in the reference, and into no other channel."""
+    rng = np.random.default_rng(5)
+    x = rand(rng, *shape)
+    nan_at = [size - 1 for size in shape]
+    nan_at[axis] = 1
+    x[tuple(nan_at)] = np.nan
+    c = shape[axis]
+    gamma, beta, dy = rand(rng, c), rand(rng, c), rand(rng, *shape)
+    x64 = x.astype(np.float64)
+    for activation in ACTIVATIONS:
+        kw = dict(axis=axis, activation=activation)
+        y, mean, var = fastconv.batch_norm(dev(x), dev(gamma), dev(beta), **kw)
+        y_ref, mean_ref, var_ref = ref.batch_norm(x64, gamma, beta, **kw)
+        for got, want in zip((y, mean, var), (y_ref, mean_ref, var_ref)):
+            assert_close(host(got), want)
+        grads = fastconv.batch_norm_backward(dev(dy), dev(x), mean, var, dev(gamma), dev(beta),
+                                             **kw)
+        grads_ref = ref.batch_norm_backward(dy.astype(np.float64), x64, mean_ref, var_ref, gamma,
+                                            beta, **kw)
+        for got, want in zip(grads, grads_ref):
+            assert_close(host(got), want)
+
+
+def check_batch_norm_large_mean(dev, host, layout):
+    """1000 + small noise: a variance from the sums of x^2 - mean^2 in float would be lost."""
+    rng = np.random.default_rng(2)
+    x = nchw_to((1000 + 0.01 * rng.standard_normal((64, 4, 8, 8))).astype(np.float32), layout)
+    axis = -1 if layout == "NHWC" else 1
+    _, mean, var = fastconv.batch_norm(dev(x), axis=axis)
+    _, mean_ref, var_ref = ref.batch_norm(x.astype(np.float64), axis=axis)
+    np.testing.assert_allclose(host(mean), mean_ref, rtol=1e-7)
+    np.testing.assert_allclose(host(var), var_ref, rtol=1e-3)
+
+
+# (shape, axis) with more elements per channel than one reduction split of the CUDA batch-norm
+# kernels takes (256 NHWC rows, 8192 NCHW elements), the last split a shorter one: NCHW, NHWC
+# with two blocks of 32 channels, rank 2, and an inner size that is not a power of two.
+BATCH_NORM_SPLIT_CASES = [((5, 2, 60, 60), 1), ((3, 20, 20, 40), -1), ((1000, 7), -1),
+                          ((4, 9, 2, 1200), 2)]

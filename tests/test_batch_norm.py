@@ -2,61 +2,27 @@
 numerics and argument validation."""
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-from test_validation import ODD_ARRAYS, ODD_VALUES, call_must_not_crash
 
 import fastconv
 from fastconv import reference as ref
+
+from op_cases import (
+    ACTIVATIONS,
+    BATCH_NORM_SPLIT_CASES,
+    check_batch_norm_large_mean,
+    check_batch_norm_nan_channel,
+    same,
+)
+from test_validation import ODD_ARRAYS, ODD_VALUES, call_must_not_crash
 
 
 def relative_error(a, b):
     return float(np.abs(a.astype(np.float64) - b).max() / max(np.abs(b).max(), 1e-30))
 
 
-ACTIVATIONS = [None, "relu", "gelu"]
-
-
-@st.composite
-def cases(draw):
-    rank = draw(st.integers(2, 4))
-    shape = tuple(draw(st.lists(st.integers(1, 9), min_size=rank, max_size=rank)))
-    axis = draw(st.sampled_from([a for a in range(-rank, rank) if a % rank != 0]))
-    if np.prod(shape) // shape[axis] < 2:  # one element per channel: a variance of 0
-        shape = (2,) + shape[1:]
-    return (shape, axis, draw(st.booleans()), draw(st.sampled_from(ACTIVATIONS)),
-            draw(st.integers(0, 2**31)))
-
-
-@given(cases())
-def test_matches_reference(isa, case):
-    shape, axis, affine, activation, seed = case
-    rng = np.random.default_rng(seed)
-    x = (rng.standard_normal(shape) * 2 + rng.uniform(-3, 3)).astype(np.float32)
-    c = shape[axis]
-    gamma = rng.standard_normal(c).astype(np.float32) if affine else None
-    beta = rng.standard_normal(c).astype(np.float32) if affine else None
-    kw = dict(axis=axis, eps=1e-5, activation=activation)
-    y, mean, var = fastconv.batch_norm(x, gamma, beta, **kw)
-    y_ref, mean_ref, var_ref = ref.batch_norm(x.astype(np.float64), gamma, beta, **kw)
-    x_scale = np.abs(x).max()
-    np.testing.assert_allclose(mean, mean_ref, rtol=1e-6, atol=1e-6 * x_scale)
-    np.testing.assert_allclose(var, var_ref, rtol=1e-5, atol=1e-6 * x_scale ** 2)
-    # y = a * x + b in float32: b and the float32 mean carry rounding of |x| * a
-    gain = np.abs(1 if gamma is None else gamma).max() / np.sqrt(var_ref.min() + 1e-5)
-    y_tol = 1e-5 * np.abs(y_ref).max() + 1e-6 + 4 * np.finfo(np.float32).eps * x_scale * gain
-    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=y_tol)
-    moving = fastconv.batch_norm_inference(x, mean, var, gamma, beta, **kw)
-    np.testing.assert_allclose(moving, y_ref, rtol=1e-5, atol=y_tol)
-    dy = rng.standard_normal(shape).astype(np.float32)
-    grads = fastconv.batch_norm_backward(dy, x, mean, var, gamma, beta, **kw)
-    grads_ref = ref.batch_norm_backward(dy.astype(np.float64), x.astype(np.float64), mean_ref,
-                                        var_ref, gamma, beta, **kw)
-    # float32 rounding of the terms that cancel in dx: tolerance scaled by the terms' size
-    dy_scale = np.abs(dy).max()
-    atols = [1e-5 * dy_scale * gain, 1e-5 * dy_scale * x.size, 1e-5 * dy_scale * x.size]
-    for got, want, atol in zip(grads, grads_ref, atols):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=atol)
+@pytest.mark.parametrize("shape,axis", BATCH_NORM_SPLIT_CASES)
+def test_nan_stays_in_its_channel(isa, shape, axis):
+    check_batch_norm_nan_channel(same, same, shape, axis)
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
@@ -90,15 +56,9 @@ def test_gelu_known_values():
                                            0.0227501319 - 2 * 0.0539909665], rtol=1e-8)
 
 
-def test_variance_survives_a_large_mean():
-    """1000 + small noise: a one-pass sum of squares in float would lose the variance."""
-    rng = np.random.default_rng(2)
-    noise = rng.standard_normal((64, 8, 8, 4))
-    x = (1000 + 0.01 * noise).astype(np.float32)
-    _, mean, var = fastconv.batch_norm(x)
-    _, mean_ref, var_ref = ref.batch_norm(x.astype(np.float64))
-    np.testing.assert_allclose(mean, mean_ref, rtol=1e-7)
-    np.testing.assert_allclose(var, var_ref, rtol=1e-3)
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_variance_survives_a_large_mean(isa, layout):
+    check_batch_norm_large_mean(same, same, layout)
 
 
 def test_known_values_and_relu_mask():

@@ -2,11 +2,12 @@
 Keras 'same' padding, views, special values, repeatability and the Winograd path."""
 import numpy as np
 import pytest
-from op_cases import assert_close, nchw_to, rand
 
 import fastconv
 from fastconv import _args
 from fastconv import reference as ref
+
+from op_cases import assert_close, nchw_to, rand
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from op_cases import assert_close, rand
 
 import fastconv
 from fastconv import _args
+
+from op_cases import assert_close, rand
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional

@@ -7,17 +7,29 @@ routes the functional API's NumPy calls to it, so these tests drive the CUDA ker
 the same public entry points and argument handling as users do. This checks indexing, tile
 mapping, bounds, split reductions and barrier placement; not timing or the GPU memory model.
 """
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import fastconv
+from fastconv import _args, _backend
+from fastconv import reference as ref
+
 from op_cases import (
+    ACTIVATIONS,
+    BATCH_NORM_SPLIT_CASES,
     DEPTHWISE_SPLIT_CASES,
     HARNESS_LIMITS,
     LARGE_CONV_CASES,
     POOL_BIGGER_CASES,
     POOL_KINDS,
     HypothesisDraw,
+    check_batch_norm,
+    check_batch_norm_large_mean,
+    check_batch_norm_nan_channel,
     check_case,
     check_depthwise_splits,
     check_large_conv,
@@ -26,18 +38,11 @@ from op_cases import (
     nchw_to,
     ops_with,
     rand,
+    same,
 )
-
-import fastconv
-from fastconv import _args, _backend
-from fastconv import reference as ref
 
 harness_module = pytest.importorskip("fastconv._cuda_harness")
 harness_examples = settings(max_examples=examples(30))
-
-
-def same(a):
-    return a
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +53,7 @@ def harness():
         yield
 
 
-@pytest.mark.parametrize("op", ops_with(lambda op: op.family != "norm"))
+@pytest.mark.parametrize("op", ops_with())
 @harness_examples
 @given(data=st.data())
 def test_op_matches_reference(harness, op, data):
@@ -102,6 +107,45 @@ def test_pooling_bit_exact_with_cpu_kernels(kind, kernel, layout):
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("shape,axis", BATCH_NORM_SPLIT_CASES)
+def test_batch_norm_splits(harness, shape, axis, activation):
+    check_batch_norm(same, same, shape, axis, activation != "relu", activation, seed=len(shape))
+
+
+@pytest.mark.parametrize("shape,axis", BATCH_NORM_SPLIT_CASES)
+def test_batch_norm_nan_stays_in_its_channel(harness, shape, axis):
+    check_batch_norm_nan_channel(same, same, shape, axis)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_batch_norm_variance_survives_a_large_mean(harness, layout):
+    check_batch_norm_large_mean(same, same, layout)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("shape,axis", BATCH_NORM_SPLIT_CASES[:2])
+def test_batch_norm_agrees_with_cpu_kernels(shape, axis, activation):
+    """The formulas are the CPU kernels' (batch_norm_math.h): only the order of the sums
+    differs, so the results agree to a few float32 roundings, far closer than to the
+    float64 reference."""
+    rng = np.random.default_rng(6)
+    x = (rand(rng, *shape) + 3).astype(np.float32)
+    c = shape[axis]
+    gamma, beta, dy = rand(rng, c), rand(rng, c), rand(rng, *shape)
+    g = _args.norm_geometry(shape, axis, 1e-3, activation, "batch_norm")
+    results = []
+    for module in (fastconv._cpu, harness_module):
+        y, mean, var = np.empty_like(x), np.empty(c, np.float32), np.empty(c, np.float32)
+        module.batch_norm_forward(x, gamma, beta, y, mean, var, g)
+        dx, dgamma, dbeta = np.empty_like(x), np.empty(c, np.float32), np.empty(c, np.float32)
+        module.batch_norm_backward(dy, x, mean, var, gamma, beta, dx, dgamma, dbeta, g)
+        results.append((y, mean, var, dx, dgamma, dbeta))
+    eps = np.finfo(np.float32).eps
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=0, atol=16 * eps * np.abs(want).max())
+
+
 def test_max_pool_first_max_wins_and_nan(harness):
     x = np.array([[1, 5, 5, 0], [5, 2, 3, 4], [0, 0, 9, 9], [0, np.nan, 9, 9]],
                  np.float32)[None, None]
@@ -129,6 +173,14 @@ def test_harness_rejects_bad_buffers():
         harness_module.conv2d_forward(x, w, None, np.zeros((1, 1, 3, 3), np.float32), g)
     with pytest.raises(TypeError, match="float32"):
         harness_module.conv2d_forward(x.astype(np.float64), w, None, np.zeros((1, 1, 2, 2), np.float32), g)
+    x = np.zeros((4, 3), np.float32)
+    norm = _args.norm_geometry(x.shape, -1, 1e-3, None, "test")
+    with pytest.raises(ValueError, match="mean has 2 elements"):
+        harness_module.batch_norm_forward(x, None, None, np.zeros_like(x),
+                                          np.zeros(2, np.float32), np.zeros(3, np.float32), norm)
+    with pytest.raises(ValueError, match="geometry"):
+        harness_module.batch_norm_inference(x, x[0], x[0], None, None, np.zeros_like(x),
+                                            replace(norm, channels=0))
 
 
 def test_fixture_routes_to_the_harness(harness):

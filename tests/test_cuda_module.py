@@ -46,3 +46,14 @@ def test_host_arrays_are_refused():
 def test_host_memory_is_not_taken_for_device_memory():
     with pytest.raises(ValueError, match="CUDA memory"):
         cuda.conv2d_forward(*arrays(), CONV)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("outer", 0, "must be positive"), ("inner", -1, "must be positive"), ("eps", -1.0, "eps"),
+    ("activation", 3, "activation")])
+def test_bad_batch_norm_geometry_raises(field, value, match):
+    g = _args.norm_geometry((4, 3), -1, 1e-3, None, "test")
+    x, c = HostMemoryPosingAsDevice(np.zeros((4, 3), np.float32)), np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match=match):
+        cuda.batch_norm_forward(x, None, None, x, HostMemoryPosingAsDevice(c),
+                                HostMemoryPosingAsDevice(c), replace(g, **{field: value}))

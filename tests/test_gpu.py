@@ -7,6 +7,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import fastconv
+from fastconv import _args
+
 from op_cases import (
     CPU_LIMITS,
     DEPTHWISE_SPLIT_CASES,
@@ -22,9 +26,6 @@ from op_cases import (
     ops_with,
     rand,
 )
-
-import fastconv
-from fastconv import _args
 
 with warnings.catch_warnings():  # CuPy's import-time notes about the environment are not failures
     warnings.simplefilter("ignore")
@@ -78,6 +79,35 @@ def test_pooling_cifar_sized(layout, kind, kernel, stride):
     rng = np.random.default_rng(5)
     x = nchw_to(rand(rng, 4, 70, 32, 32), layout)
     check_pool(dev, host, kind, x, kernel, dict(stride=stride, layout=layout), rng)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("shape,axis", BATCH_NORM_SPLIT_CASES + [
+    ((128, 16, 16, 64), -1), ((128, 64, 16, 16), 1)])  # CIFAR-sized: many splits
+def test_batch_norm_splits(shape, axis, activation):
+    check_batch_norm(dev, host, shape, axis, activation != "relu", activation, len(shape))
+
+
+@pytest.mark.parametrize("shape,axis", BATCH_NORM_SPLIT_CASES)
+def test_batch_norm_nan_stays_in_its_channel(shape, axis):
+    check_batch_norm_nan_channel(dev, host, shape, axis)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_batch_norm_variance_survives_a_large_mean(layout):
+    check_batch_norm_large_mean(dev, host, layout)
+
+
+def test_batch_norm_bit_identical_runs():
+    rng = np.random.default_rng(4)
+    x, dy = dev(rand(rng, 64, 16, 16, 32)), dev(rand(rng, 64, 16, 16, 32))
+    runs = []
+    for _ in range(2):
+        y, mean, var = fastconv.batch_norm(x, activation="gelu")
+        runs.append((y, mean, var) + fastconv.batch_norm_backward(dy, x, mean, var,
+                                                                  activation="gelu"))
+    for a, b in zip(*runs):
+        assert cp.array_equal(a, b)
 
 
 def test_results_are_cupy_on_the_input_device():

@@ -14,10 +14,18 @@ import types
 import numpy as np
 import pytest
 from hypothesis import given, settings
-from op_cases import HARNESS_LIMITS, case_of, examples
 
 import fastconv
 from fastconv import _backend, _gpu, ops
+
+from op_cases import (
+    BATCH_NORM_SPLIT_CASES,
+    HARNESS_LIMITS,
+    case_of,
+    check_batch_norm,
+    check_batch_norm_nan_channel,
+    examples,
+)
 
 harness = pytest.importorskip("fastconv._cuda_harness")
 
@@ -80,6 +88,40 @@ class FakeCuPy:
     def ascontiguousarray(self, a):
         return a if a.flags.c_contiguous else self.asarray(np.ascontiguousarray(a), a.device_id)
 
+    def batch_norm_forward_workspace(self, shape):
+        return cuda.batch_norm_forward_workspace(shape)
+
+    def batch_norm_forward(self, x, gamma, beta, eps, activation, y, mean, var, workspace, shape,
+                           stream):
+        self.streams.add(stream)
+        self.record_workspace(workspace, cuda.batch_norm_forward_workspace(shape))
+        harness.batch_norm_forward(self.array(x), self.array(gamma), self.array(beta), eps,
+                                   activation, self.array(y), self.array(mean), self.array(var),
+                                   shape)
+
+    def batch_norm_inference_workspace(self, shape):
+        return cuda.batch_norm_inference_workspace(shape)
+
+    def batch_norm_inference(self, x, mean, var, gamma, beta, eps, activation, y, workspace,
+                             shape, stream):
+        self.streams.add(stream)
+        self.record_workspace(workspace, cuda.batch_norm_inference_workspace(shape))
+        harness.batch_norm_inference(self.array(x), self.array(mean), self.array(var),
+                                     self.array(gamma), self.array(beta), eps, activation,
+                                     self.array(y), shape)
+
+    def batch_norm_backward_workspace(self, shape):
+        return cuda.batch_norm_backward_workspace(shape)
+
+    def batch_norm_backward(self, dy, x, mean, var, gamma, beta, eps, activation, dx, dgamma,
+                            dbeta, workspace, shape, stream):
+        self.streams.add(stream)
+        self.record_workspace(workspace, cuda.batch_norm_backward_workspace(shape))
+        harness.batch_norm_backward(self.array(dy), self.array(x), self.array(mean),
+                                    self.array(var), self.array(gamma), self.array(beta), eps,
+                                    activation, self.array(dx), self.array(dgamma),
+                                    self.array(dbeta), shape)
+
 
 class Recorder:
     """fastconv._cuda_harness, noting the stream and current device of every call."""
@@ -107,7 +149,7 @@ def fake_gpu():
 
 
 @settings(max_examples=examples(30))
-@given(data=case_of([op for op in ops.OPS.values() if op.family != "norm"], HARNESS_LIMITS))
+@given(data=case_of(ops.OPS.values(), HARNESS_LIMITS))
 def test_every_op_through_the_gpu_path(data):
     op, case = data
     cp = FakeCuPy()
@@ -116,6 +158,31 @@ def test_every_op_through_the_gpu_path(data):
         patch.setattr(_backend, "on_gpu", lambda a: isinstance(a, FakeArray))
         worst, bad = ops.check(op, case, dev=cp.asarray, host=np.asarray)
     assert bad is None, (bad, case)
+
+
+@pytest.mark.parametrize("activation", [None, "gelu"])
+@pytest.mark.parametrize("shape,axis", BATCH_NORM_SPLIT_CASES[:3])  # NCHW, NHWC, rank 2
+def test_batch_norm(fake_gpu, shape, axis, activation):
+    cp, _ = fake_gpu
+    check_batch_norm(cp.asarray, np.asarray, shape, axis, activation is None, activation, 1)
+    check_batch_norm_nan_channel(cp.asarray, np.asarray, shape, axis)
+
+
+def test_batch_norm_runs_no_reference_code(fake_gpu, monkeypatch):
+    """CUDA arrays reach the CUDA kernels: there is no fallback to fastconv.reference."""
+    cp, native = fake_gpu
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the GPU path called fastconv.reference")
+    for name in ("batch_norm", "batch_norm_inference", "batch_norm_backward"):
+        monkeypatch.setattr(fastconv.reference, name, forbidden)
+    x = cp.asarray(np.random.default_rng(6).standard_normal((4, 3)).astype(np.float32))
+    y, mean, var = fastconv.batch_norm(x, activation="relu")
+    fastconv.batch_norm_inference(x, mean, var)
+    fastconv.batch_norm_backward(y, x, mean, var)
+    assert [name for name, _, _ in native.calls] == [
+        "batch_norm_forward", "batch_norm_inference", "batch_norm_backward"]
+    assert all(isinstance(a, FakeArray) for a in (y, mean, var))
 
 
 def test_results_are_device_arrays_and_empty_batch(fake_gpu):

@@ -4,6 +4,7 @@ each instruction set this CPU supports."""
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from op_cases import CPU_LIMITS, HypothesisDraw, check_case, examples, ops_with
 
 

@@ -2,10 +2,11 @@
 special values in wide NHWC pixels, global pooling and CIFAR-sized maps."""
 import numpy as np
 import pytest
-from op_cases import assert_close, rand
 
 import fastconv
 from fastconv import reference as ref
+
+from op_cases import assert_close, rand
 
 
 def test_max_pool_known_values_and_first_max_wins():

@@ -1,24 +1,22 @@
 // Batch normalisation over one channel axis, training and inference mode, with an optional
-// fused activation (ReLU or GELU, cpu/activation.h).
+// fused activation (ReLU or GELU); the maths shared with the CUDA kernels is in
+// batch_norm_math.h.
 //
 // The array is viewed as (outer, channels, inner): NHWC is (N*H*W, C, 1), NCHW (N, C, H*W),
 // a Dense activation (N, C, 1). Forward is three passes (the mean, the sums of (x - mean)^2,
 // then the affine map and the activation); backward is two (sums of dz and dz * (x - mean),
 // then dx), both recomputing the activation's input from x rather than storing it. Sums are
 // taken in float over short runs and added into double per thread, then the threads'
-// partials are added in thread order, so a result does not depend on scheduling.
-// Summing (x - mean)^2 directly, rather than x^2 - mean^2, keeps the variance's digits when
-// the mean is large against the spread (the mean pass itself sums x minus one element of
-// its channel, for the same reason). The element loops carry `ivdep`: the callers' many
+// partials are added in thread order, so a result does not depend on scheduling. The
+// element loops carry `ivdep`: the callers' many
 // input pointers would otherwise exceed GCC's run-time alias checks, and with a fused GELU
 // the loops then ran scalar (backward sums at 512x15x15x64: 26 ms, vectorised 4.6 ms, two
 // runs minutes apart on the idle machine).
 #include <algorithm>
-#include <cmath>
 #include <vector>
 
-#include "cpu/activation.h"
 #include "cpu/kernels.h"
+#include "batch_norm_math.h"
 #include "cpu/parallel.h"
 
 namespace fastconv::cpu::FASTCONV_ISA {
@@ -101,9 +99,7 @@ void for_each_element(const NormGeometry& s, Map map) {
   });
 }
 
-// y = a * x + b per channel: the normalisation with gamma and beta folded in. Forward,
-// inference and backward all derive it from the same float statistics, so backward
-// recomputes exactly the pre-activation values that forward activated.
+// y = a * x + b per channel (affine_coefficients).
 struct Affine {
   std::vector<float> a, b;
 };
@@ -111,11 +107,8 @@ struct Affine {
 Affine affine(int64_t channels, const float* mean, const float* var, const float* gamma,
               const float* beta, float eps) {
   Affine f{std::vector<float>(channels), std::vector<float>(channels)};
-  for (int64_t c = 0; c < channels; ++c) {
-    const double a = (gamma ? gamma[c] : 1.0) / std::sqrt(static_cast<double>(var[c]) + eps);
-    f.a[c] = static_cast<float>(a);
-    f.b[c] = static_cast<float>((beta ? beta[c] : 0.0) - mean[c] * a);
-  }
+  for (int64_t c = 0; c < channels; ++c)
+    affine_coefficients(c, mean, var, gamma, beta, eps, f.a[c], f.b[c]);
   return f;
 }
 
@@ -138,17 +131,14 @@ void batch_norm_forward(const NormGeometry& s, const float* x, const float* gamm
   for (int64_t c = 0; c < channels; ++c) pivot[c] = x[c * s.inner];  // an element of channel c
   const float* __restrict p = pivot.data();
   channel_sums(s, [&](int64_t c, int64_t i, float& f, float&) { f += x[i] - p[c]; }, sums.data());
-  for (int64_t c = 0; c < channels; ++c) pivot[c] = static_cast<float>(pivot[c] + sums[c] / count);
+  for (int64_t c = 0; c < channels; ++c) pivot[c] = moved_pivot(pivot[c], sums[c], count);
   channel_sums(s, [&](int64_t c, int64_t i, float& f, float& g) {
     const float d = x[i] - p[c];
     f += d;
     g += d * d;
   }, sums.data());
-  for (int64_t c = 0; c < channels; ++c) {
-    const double m1 = sums[c] / count;  // small: the mean of x - mean, float rounding
-    mean[c] = static_cast<float>(pivot[c] + m1);
-    var[c] = static_cast<float>(std::max(0.0, sums[channels + c] / count - m1 * m1));
-  }
+  for (int64_t c = 0; c < channels; ++c)
+    channel_statistics(pivot[c], sums[c], sums[channels + c], count, mean[c], var[c]);
   apply(s, x, affine(channels, mean, var, gamma, beta, s.epsilon()), s.act(), y);
 }
 
@@ -180,16 +170,13 @@ void backward(const NormGeometry& s, const float* __restrict dy, const float* __
   }, sums.data());
   std::vector<float> k_dz(channels), k_x(channels), k_0(channels);
   for (int64_t c = 0; c < channels; ++c) {
-    const double inv = 1.0 / std::sqrt(static_cast<double>(var[c]) + eps);
-    const double a = (gamma ? gamma[c] : 1.0) * inv;
-    const double sum_dz = sums[c], sum_dz_xhat = sums[channels + c] * inv;
-    dbeta[c] = static_cast<float>(sum_dz);
-    dgamma[c] = static_cast<float>(sum_dz_xhat);
-    // dx = a * (dz - sum_dz / m - xhat * sum_dz_xhat / m), xhat = (x - mean) * inv
-    const double per_x = -a * inv * sum_dz_xhat / count;
-    k_dz[c] = static_cast<float>(a);
-    k_x[c] = static_cast<float>(per_x);
-    k_0[c] = static_cast<float>(-a * sum_dz / count - per_x * mean[c]);
+    const BackwardCoefficients k =
+        backward_coefficients(c, sums[c], sums[channels + c], mean, var, gamma, eps, count);
+    dgamma[c] = k.dgamma;
+    dbeta[c] = k.dbeta;
+    k_dz[c] = k.k_dz;
+    k_x[c] = k.k_x;
+    k_0[c] = k.k_0;
   }
   if (!dx) return;
   const float* __restrict a = k_dz.data();

@@ -32,6 +32,9 @@ struct Backend {
     try {
       const auto launch = kernels::device_launch(as_stream(stream));
       body(*launch);
+    } catch (const std::invalid_argument& e) {
+      throw py::value_error(std::string(name) + " (" + fastconv::bindings::describe(g) +
+                            "): " + e.what());
     } catch (const std::exception& e) {
       throw std::runtime_error(std::string(name) + " (" + fastconv::bindings::describe(g) +
                                "): " + e.what());
@@ -64,5 +67,5 @@ fastconv::bindings::View Backend::view(const py::handle& object, const char* nam
 
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "fastconv CUDA kernels (use the functional API with CuPy arrays)";
-  fastconv::bindings::bind_conv_pool_ops<Backend>(m);
+  fastconv::bindings::bind_ops<Backend>(m);
 }

@@ -94,7 +94,7 @@ void divergent_barrier() {
 
 PYBIND11_MODULE(_cuda_harness, m) {
   m.doc() = "fastconv CUDA kernels run on the CPU by the execution harness (tests only)";
-  fastconv::bindings::bind_conv_pool_ops<Backend>(m);
+  fastconv::bindings::bind_ops<Backend>(m);
   m.def("selftest_neighbour_exchange", &neighbour_exchange, py::arg("blocks"), py::arg("barrier"),
         "Harness self-test: each thread reads its right neighbour's shared slot.");
   m.def("selftest_divergent_barrier", &divergent_barrier,
