@@ -71,10 +71,7 @@ def predict_logits(model, x, batch_size=256, tta=None, preprocess=None):
 
 def predict(model, x, batch_size=256, tta=None, preprocess=None):
     """Model outputs (probabilities when the model ends in softmax)."""
-    logits = predict_logits(model, x, batch_size, tta, preprocess)
-    if model.ends_in_softmax():
-        return model._pipeline[-1].function.forward(logits)
-    return logits
+    return model.outputs_from_logits(predict_logits(model, x, batch_size, tta, preprocess))
 
 
 def evaluate(model, x, y, batch_size=256, tta=None, preprocess=None):
@@ -87,7 +84,7 @@ def evaluate(model, x, y, batch_size=256, tta=None, preprocess=None):
 
 
 def _reseed(model, seed, epoch):
-    for i, layer in enumerate(model._pipeline):
+    for i, layer in enumerate(model.running_layers()):
         if isinstance(layer, Dropout):
             layer.rng = np.random.default_rng([seed, epoch, i])
 

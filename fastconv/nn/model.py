@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _npz
+from .. import _npz, optim
 from .._backend import array_module, to_numpy
-from . import transfer
+from . import fit as training
+from . import losses, transfer
 from .layers import Activation, Layer
 
 
@@ -73,9 +74,19 @@ class Sequential:
             self.build(None if x is None or self.input_shape else x.shape[1:])
 
     # -- running ------------------------------------------------------------------------
+    def running_layers(self):
+        """The layers in the order they run, with the Activation layers that build() appends
+        for a layer's `activation` argument."""
+        self._ensure_built()
+        return list(self._pipeline)
+
     def ends_in_softmax(self):
         last = self._pipeline[-1]
         return isinstance(last, Activation) and last.function.name == "softmax"
+
+    def outputs_from_logits(self, logits):
+        """The model's output given its logits: the final softmax applied, if there is one."""
+        return self._pipeline[-1].function.forward(logits) if self.ends_in_softmax() else logits
 
     def forward(self, x, training=False, logits=False):
         """Output of the model; logits=True stops before a final softmax."""
@@ -116,30 +127,28 @@ class Sequential:
 
     # -- Keras-style API ----------------------------------------------------------------
     def compile(self, optimizer="adam", loss="sparse_categorical_crossentropy", metrics=None):
-        from .. import optim
-        from . import losses
+        """Keras' compile. The loss and accuracy are always reported, so `metrics` may name
+        accuracy only."""
+        if any(m not in ("accuracy", "acc") for m in metrics or ()):
+            raise ValueError(f"metrics: fastconv reports the loss and accuracy; got {metrics!r}")
         self.optimizer = optim.get(optimizer)
         self.loss = losses.get(loss)
-        self.metrics = list(metrics or ["accuracy"])
         return self
 
     def fit(self, x, y, batch_size=32, epochs=1, validation_data=None, **kwargs):
-        from .fit import fit
         if self.optimizer is None:
             self.compile()
-        return fit(self, x, y, batch_size=batch_size, epochs=epochs,
-                   validation_data=validation_data, **kwargs)
+        return training.fit(self, x, y, batch_size=batch_size, epochs=epochs,
+                            validation_data=validation_data, **kwargs)
 
     def predict(self, x, batch_size=256, tta=None):
-        from .fit import predict
-        return predict(self, x, batch_size=batch_size, tta=tta)
+        return training.predict(self, x, batch_size=batch_size, tta=tta)
 
     def evaluate(self, x, y, batch_size=256, tta=None):
         """(loss, accuracy) on (x, y); tta='flip' averages with the mirrored images."""
-        from .fit import evaluate
         if self.loss is None:
             self.compile()
-        return evaluate(self, x, y, batch_size=batch_size, tta=tta)
+        return training.evaluate(self, x, y, batch_size=batch_size, tta=tta)
 
     def summary(self, print_fn=print):
         self._ensure_built()
