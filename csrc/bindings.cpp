@@ -3,7 +3,7 @@
 // The Python layer validates every argument and allocates the outputs; this layer checks
 // again that each buffer is float32, C-contiguous and exactly the size its geometry says
 // (so a direct call with a wrong buffer raises instead of touching memory), picks the
-// AVX2 or generic kernels, and releases the GIL while a kernel runs.
+// AVX-512, AVX2 or generic kernels (cpu/isa.h), and releases the GIL while a kernel runs.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -14,6 +14,7 @@
 #include <string>
 
 #include "cpu/conv2d_winograd.h"
+#include "cpu/isa.h"
 #include "cpu/kernels.h"
 #include "cpu/parallel.h"
 #include "pybind_checks.h"
@@ -32,17 +33,7 @@ namespace fastconv::cpu {
 namespace {
 std::atomic<int> g_threads{0};  // 0: not set yet, use OpenMP's default
 thread_local bool t_serial = false;  // set for the duration of a call too small to share
-std::atomic<bool> g_avx2{false};
 std::atomic<bool> g_winograd{true};
-
-bool cpu_has_avx2() {
-#if FASTCONV_HAVE_AVX2 && (defined(__GNUC__) || defined(__clang__))
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-  return false;
-#endif
-}
 }  // namespace
 
 bool winograd_enabled() { return g_winograd.load(); }
@@ -80,13 +71,20 @@ using cpu::SerialIfSmall;
 int64_t conv_work(const ConvGeometry& g) { return g.y_size() * g.cin_per_group() * g.kh * g.kw; }
 constexpr int64_t kConvSerialWork = int64_t{1} << 21, kPoolSerialWork = int64_t{1} << 19;
 
-// Runs the AVX2 build of a kernel where the CPU has it, the generic build elsewhere.
-#if FASTCONV_HAVE_AVX2
-#define DISPATCH(kernel, ...) \
-  (cpu::g_avx2.load() ? cpu::avx2::kernel(__VA_ARGS__) : cpu::generic::kernel(__VA_ARGS__))
+// Runs the build of a kernel for the active ISA (cpu/isa.h). Builds without the x86-64
+// kernels name the generic ones in their place; isa.cpp never chooses those ISAs there.
+#if FASTCONV_HAVE_AVX512
+#define FC_AVX512 avx512
+#define FC_AVX2 avx2
 #else
-#define DISPATCH(kernel, ...) cpu::generic::kernel(__VA_ARGS__)
+#define FC_AVX512 generic
+#define FC_AVX2 generic
 #endif
+#define DISPATCH_ISA(isa, kernel, ...)                                                \
+  ((isa) == cpu::Isa::avx512 ? cpu::FC_AVX512::kernel(__VA_ARGS__)                   \
+   : (isa) == cpu::Isa::avx2 ? cpu::FC_AVX2::kernel(__VA_ARGS__)                     \
+                             : cpu::generic::kernel(__VA_ARGS__))
+#define DISPATCH(kernel, ...) DISPATCH_ISA(cpu::active_isa(), kernel, __VA_ARGS__)
 
 void conv2d_forward(const py::array& x, const py::array& w, const py::object& bias,
                     const py::array& y, const ConvFields& f) {
@@ -220,15 +218,17 @@ void batch_norm_backward(const py::array& dy, const py::array& x, const py::arra
   DISPATCH(batch_norm_backward, s, pdy, px, pm, pv, pg, pb, e, a, pdx, pdg, pdb);
 }
 
+cpu::Isa parsed_isa(const std::string& name) {
+  cpu::Isa isa;
+  if (!cpu::parse_isa(name, isa))
+    throw py::value_error("isa must be 'avx512', 'avx2' or 'generic', got '" + name + "'");
+  const std::string missing = cpu::isa_missing(cpu::detect_features(), isa);
+  if (!missing.empty()) throw py::value_error("isa '" + name + "' cannot run here: " + missing);
+  return isa;
+}
+
 void set_isa(const std::string& name) {
-  if (name == "avx2") {
-    if (!cpu::cpu_has_avx2()) throw py::value_error("this CPU (or build) has no AVX2/FMA");
-    cpu::g_avx2 = true;
-  } else if (name == "generic") {
-    cpu::g_avx2 = false;
-  } else {
-    throw py::value_error("isa must be 'avx2' or 'generic', got '" + name + "'");
-  }
+  cpu::set_active_isa({parsed_isa(name), "set by set_isa('" + name + "')"});
 }
 
 void set_num_threads(int n) {
@@ -239,11 +239,14 @@ void set_num_threads(int n) {
 }  // namespace
 
 PYBIND11_MODULE(_cpu, m) {
-  m.doc() = "fastconv CPU kernels (AVX2/FMA with a portable fallback, OpenMP threads)";
+  m.doc() = "fastconv CPU kernels (AVX-512 or AVX2/FMA with a portable fallback, OpenMP threads)";
   const char* winograd = std::getenv("FASTCONV_WINOGRAD");
   cpu::g_winograd = !(winograd && std::string(winograd) == "0");
-  const char* forced = std::getenv("FASTCONV_ISA");
-  set_isa(forced ? forced : (cpu::cpu_has_avx2() ? "avx2" : "generic"));
+  try {
+    cpu::set_active_isa(cpu::choose_isa(cpu::detect_features(), std::getenv("FASTCONV_ISA")));
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
 
   m.def("conv2d_forward", &conv2d_forward, py::arg("x"), py::arg("w"), py::arg("bias"),
         py::arg("y"), py::arg("geometry"));
@@ -265,10 +268,19 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("mean"), py::arg("var"), py::arg("gamma"), py::arg("beta"), py::arg("eps"),
         py::arg("activation"), py::arg("dx"), py::arg("dgamma"), py::arg("dbeta"),
         py::arg("shape"));
-  m.def("isa", [] { return std::string(cpu::g_avx2 ? "avx2" : "generic"); },
-        "The instruction set the kernels run with: 'avx2' or 'generic'.");
+  m.def("isa", [] { return std::string(cpu::isa_name(cpu::active_isa())); },
+        "The instruction set the kernels run with: 'avx512', 'avx2' or 'generic'.");
+  m.def("isa_reason", [] { return cpu::active_isa_reason(); },
+        "Why isa() is what it is, e.g. 'avx2: the CPU lacks AVX-512BW'.");
+  m.def("supported_isas", [] {
+          std::vector<std::string> names;
+          for (cpu::Isa isa : cpu::supported_isas(cpu::detect_features()))
+            names.emplace_back(cpu::isa_name(isa));
+          return names;
+        },
+        "The instruction sets this machine and build can run, best first.");
   m.def("set_isa", &set_isa, py::arg("name"),
-        "Force 'generic' (portable) or 'avx2' kernels; for testing both on one machine.");
+        "Force 'avx512', 'avx2' or 'generic' kernels; for testing each on one machine.");
   m.def("set_winograd", [](bool on) { cpu::g_winograd = on; }, py::arg("enabled"),
         "Use Winograd F(4x4,3x3) for 3x3 stride-1 convolutions (default on).");
   m.def("winograd", [] { return cpu::g_winograd.load(); });

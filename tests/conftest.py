@@ -10,24 +10,15 @@ settings.register_profile("fastconv", deadline=None, derandomize=True, max_examp
                                                  HealthCheck.function_scoped_fixture])
 settings.load_profile("fastconv")
 
+ISAS = ("avx512", "avx2", "generic")
+_IMPORT_ISA = fastconv._cpu.isa()  # what the import chose (or FASTCONV_ISA forced)
 
-@pytest.fixture(params=["avx2", "generic"])
+
+@pytest.fixture(params=ISAS)
 def isa(request):
-    """Runs a test with the AVX2 kernels and again with the portable ones."""
-    if request.param == "avx2":
-        try:
-            fastconv._cpu.set_isa("avx2")
-        except ValueError:
-            pytest.skip("this CPU has no AVX2/FMA")
-    else:
-        fastconv._cpu.set_isa("generic")
+    """Runs a test once per kernel build this machine supports (AVX-512, AVX2, portable)."""
+    if request.param not in fastconv._cpu.supported_isas():
+        pytest.skip(f"this machine cannot run the {request.param} kernels")
+    fastconv._cpu.set_isa(request.param)
     yield request.param
-    fastconv._cpu.set_isa("avx2" if _has_avx2() else "generic")
-
-
-def _has_avx2():
-    try:
-        fastconv._cpu.set_isa("avx2")
-        return True
-    except ValueError:
-        return False
+    fastconv._cpu.set_isa(_IMPORT_ISA)

@@ -1,6 +1,7 @@
-// The CPU kernel entry points. Each is compiled twice (see CMakeLists.txt): into
-// fastconv::cpu::avx2 with AVX2/FMA enabled and into fastconv::cpu::generic for any x86-64
-// or other CPU; bindings.cpp picks one at import time.
+// The CPU kernel entry points. Each is compiled up to three times (see CMakeLists.txt): into
+// fastconv::cpu::avx512 with AVX-512F/BW/DQ/VL, into fastconv::cpu::avx2 with AVX2/FMA (both
+// on x86-64 only) and into fastconv::cpu::generic for any CPU; bindings.cpp picks one at
+// import time (cpu/isa.h).
 //
 // All pointers are C-contiguous float32 buffers whose sizes match the geometry; the Python
 // layer has validated the geometry and allocated the outputs.
@@ -45,6 +46,9 @@ struct ChannelShape {
 // The activation fused into batch norm, applied to its normalised output.
 enum class Activation : int { none = 0, relu = 1, gelu = 2 };
 
+namespace avx512 {
+FASTCONV_KERNEL_DECLARATIONS
+}
 namespace avx2 {
 FASTCONV_KERNEL_DECLARATIONS
 }
