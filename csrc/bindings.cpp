@@ -231,6 +231,18 @@ void set_isa(const std::string& name) {
   cpu::set_active_isa({parsed_isa(name), "set by set_isa('" + name + "')"});
 }
 
+// GFLOP/s of `threads` threads running the FMA probe of `isa`'s build at once, summed.
+double fma_peak(const std::string& isa_name, int threads) {
+  if (threads < 1) throw py::value_error("fma_peak needs threads >= 1");
+  const cpu::Isa isa = parsed_isa(isa_name);
+  py::gil_scoped_release release;
+  std::vector<double> rates(threads);
+  cpu::parallel_threads(threads, [&](int t, int) { rates[t] = DISPATCH_ISA(isa, fma_peak_gflops, 0.2); });
+  double total = 0;
+  for (double r : rates) total += r;
+  return total;
+}
+
 void set_num_threads(int n) {
   if (n < 1) throw py::value_error("set_num_threads needs n >= 1, got " + std::to_string(n));
   cpu::g_threads = n;
@@ -281,6 +293,8 @@ PYBIND11_MODULE(_cpu, m) {
         "The instruction sets this machine and build can run, best first.");
   m.def("set_isa", &set_isa, py::arg("name"),
         "Force 'avx512', 'avx2' or 'generic' kernels; for testing each on one machine.");
+  m.def("fma_peak", &fma_peak, py::arg("isa"), py::arg("threads"),
+        "GFLOP/s of `threads` threads running register-only FMAs with `isa`'s kernels, summed.");
   m.def("set_winograd", [](bool on) { cpu::g_winograd = on; }, py::arg("enabled"),
         "Use Winograd F(4x4,3x3) for 3x3 stride-1 convolutions (default on).");
   m.def("winograd", [] { return cpu::g_winograd.load(); });

@@ -32,7 +32,10 @@
   void batch_norm_backward(const ChannelShape& s, const float* dy, const float* x,             \
                            const float* mean, const float* var, const float* gamma,           \
                            const float* beta, float eps, Activation act, float* dx,           \
-                           float* dgamma, float* dbeta);
+                           float* dgamma, float* dbeta);                                      \
+  /* GFLOP/s of one thread running independent register-only FMAs for about `seconds`: */    \
+  /* the ceiling of the build's micro-kernels (a multiply and an add count as 2 FLOP). */     \
+  double fma_peak_gflops(double seconds);
 
 namespace fastconv::cpu {
 
