@@ -13,7 +13,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "cpu/conv2d_winograd.h"
+#include "cpu/conv2d_algorithm.h"
 #include "cpu/isa.h"
 #include "cpu/kernels.h"
 #include "cpu/parallel.h"
@@ -243,6 +243,15 @@ double fma_peak(const std::string& isa_name, int threads) {
   return total;
 }
 
+// The name of the algorithm the active kernels run for one pass of a convolution.
+std::string conv_algorithm(const ConvFields& f, const std::string& direction) {
+  cpu::Direction d;
+  if (!cpu::parse_direction(direction, d))
+    throw py::value_error("direction must be 'forward', 'backward_input' or 'backward_weight', got '" +
+                          direction + "'");
+  return cpu::algorithm_name(cpu::select_conv_algorithm(conv_geometry(f), d, cpu::active_isa()));
+}
+
 void set_num_threads(int n) {
   if (n < 1) throw py::value_error("set_num_threads needs n >= 1, got " + std::to_string(n));
   cpu::g_threads = n;
@@ -295,6 +304,9 @@ PYBIND11_MODULE(_cpu, m) {
         "Force 'avx512', 'avx2' or 'generic' kernels; for testing each on one machine.");
   m.def("fma_peak", &fma_peak, py::arg("isa"), py::arg("threads"),
         "GFLOP/s of `threads` threads running register-only FMAs with `isa`'s kernels, summed.");
+  m.def("conv_algorithm", &conv_algorithm, py::arg("geometry"), py::arg("direction"),
+        "The algorithm the active kernels run for a convolution pass ('forward', "
+        "'backward_input' or 'backward_weight'), e.g. 'winograd_f4x3'.");
   m.def("set_winograd", [](bool on) { cpu::g_winograd = on; }, py::arg("enabled"),
         "Use Winograd F(4x4,3x3) for 3x3 stride-1 convolutions (default on).");
   m.def("winograd", [] { return cpu::g_winograd.load(); });

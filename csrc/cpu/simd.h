@@ -10,7 +10,18 @@
 #include <immintrin.h>
 #endif
 
+#include "cpu/isa.h"
+
 namespace fastconv::cpu::FASTCONV_ISA {
+
+// The instruction set this build's code is compiled for.
+#if defined(__AVX512F__)
+constexpr Isa kBuildIsa = Isa::avx512;
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr Isa kBuildIsa = Isa::avx2;
+#else
+constexpr Isa kBuildIsa = Isa::generic;
+#endif
 
 struct Simd {
 #if defined(__AVX512F__)
