@@ -2,8 +2,8 @@
 // controls (instruction set, threads, Winograd).
 //
 // Each kernel is compiled once per instruction set (see CMakeLists.txt); the import picks
-// the best one this CPU supports, FASTCONV_ISA overrides it. Kernels run with the GIL
-// released; a call too small to share runs on the calling thread alone.
+// the best one this CPU and OS support, FASTCONV_ISA overrides it (cpu/isa.h). Kernels run
+// with the GIL released; a call too small to share runs on the calling thread alone.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -15,6 +15,8 @@
 #include <vector>
 
 #include "binding_support.h"
+#include "cpu/conv2d_algorithm.h"
+#include "cpu/isa.h"
 #include "cpu/kernels.h"
 #include "cpu/parallel.h"
 
@@ -29,18 +31,7 @@ namespace fastconv::cpu {
 namespace {
 std::atomic<int> g_threads{0};       // 0: not set yet, use OpenMP's default
 thread_local bool t_serial = false;  // set for the duration of a call too small to share
-std::atomic<bool> g_avx2{false};
 std::atomic<bool> g_winograd{true};
-std::string g_isa_reason;
-
-bool cpu_has_avx2() {
-#if FASTCONV_HAVE_AVX2 && (defined(__GNUC__) || defined(__clang__))
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-  return false;
-#endif
-}
 }  // namespace
 
 bool winograd_enabled() { return g_winograd.load(); }
@@ -105,50 +96,70 @@ struct Backend {
 
 }  // namespace
 
-// The AVX2 build of a kernel where the CPU has it, the generic build elsewhere.
-#if FASTCONV_HAVE_AVX2
-#define FASTCONV_KERNEL(name)                                                                \
-  [](auto&, const auto& g, auto*... buffers) {                                               \
-    cpu::g_avx2.load() ? cpu::avx2::name(g, buffers...) : cpu::generic::name(g, buffers...); \
-  }
+// The build of a kernel for an ISA (cpu/isa.h). Builds without the x86-64 kernels name the
+// generic ones in their place; isa.cpp never chooses those ISAs there.
+#if FASTCONV_HAVE_AVX512
+#define FC_AVX512 avx512
+#define FC_AVX2 avx2
 #else
-#define FASTCONV_KERNEL(name) \
-  [](auto&, const auto& g, auto*... buffers) { cpu::generic::name(g, buffers...); }
+#define FC_AVX512 generic
+#define FC_AVX2 generic
 #endif
+#define DISPATCH_ISA(isa, kernel, ...)                                \
+  ((isa) == cpu::Isa::avx512 ? cpu::FC_AVX512::kernel(__VA_ARGS__)   \
+   : (isa) == cpu::Isa::avx2 ? cpu::FC_AVX2::kernel(__VA_ARGS__)     \
+                             : cpu::generic::kernel(__VA_ARGS__))
+#define FASTCONV_KERNEL(name)                   \
+  [](auto&, const auto& g, auto*... buffers) { \
+    DISPATCH_ISA(cpu::active_isa(), name, g, buffers...); \
+  }
 #include "op_bindings.h"
 
 namespace {
 
-std::vector<std::string> supported_isas() {
-  std::vector<std::string> isas;
-  if (cpu::cpu_has_avx2()) isas.push_back("avx2");
-  isas.push_back("generic");
-  return isas;
+cpu::Isa parsed_isa(const std::string& name) {
+  cpu::Isa isa;
+  if (!cpu::parse_isa(name, isa))
+    throw py::value_error("isa must be 'avx512', 'avx2' or 'generic', got '" + name + "'");
+  const std::string missing = cpu::isa_missing(cpu::detect_features(), isa);
+  if (!missing.empty()) throw py::value_error("isa '" + name + "' cannot run here: " + missing);
+  return isa;
 }
 
 void set_isa(const std::string& name) {
-  if (name == "avx2") {
-    if (!cpu::cpu_has_avx2()) throw py::value_error("this CPU (or build) has no AVX2/FMA");
-    cpu::g_avx2 = true;
-  } else if (name == "generic") {
-    cpu::g_avx2 = false;
-  } else {
-    throw py::value_error("isa must be 'avx2' or 'generic', got '" + name + "'");
-  }
+  cpu::set_active_isa({parsed_isa(name), "set by set_isa('" + name + "')"});
 }
 
-void choose_isa() {
-  const char* forced = std::getenv("FASTCONV_ISA");
-  if (forced) {
-    set_isa(forced);
-    cpu::g_isa_reason = std::string("forced by FASTCONV_ISA=") + forced;
-  } else if (cpu::cpu_has_avx2()) {
-    set_isa("avx2");
-    cpu::g_isa_reason = "the CPU supports AVX2 and FMA";
-  } else {
-    set_isa("generic");
-    cpu::g_isa_reason = "the CPU (or this build) has no AVX2/FMA";
-  }
+std::vector<std::string> supported_isas() {
+  std::vector<std::string> names;
+  for (cpu::Isa isa : cpu::supported_isas(cpu::detect_features()))
+    names.emplace_back(cpu::isa_name(isa));
+  return names;
+}
+
+// GFLOP/s of `threads` threads running the FMA probe of `isa`'s build at once, summed.
+double fma_peak(const std::string& isa_name, int threads) {
+  if (threads < 1) throw py::value_error("fma_peak needs threads >= 1");
+  const cpu::Isa isa = parsed_isa(isa_name);
+  py::gil_scoped_release release;
+  std::vector<double> rates(threads);
+  cpu::parallel_threads(threads,
+                        [&](int t, int) { rates[t] = DISPATCH_ISA(isa, fma_peak_gflops, 0.2); });
+  double total = 0;
+  for (double r : rates) total += r;
+  return total;
+}
+
+// The name of the algorithm the active kernels run for one pass of a convolution.
+std::string conv_algorithm(const py::handle& geometry, const std::string& direction) {
+  cpu::Direction d;
+  if (!cpu::parse_direction(direction, d))
+    throw py::value_error(
+        "direction must be 'forward', 'backward_input' or 'backward_weight', got '" +
+        direction + "'");
+  const ConvGeometry g = fastconv::bindings::read_geometry<ConvGeometry>(geometry);
+  fastconv::bindings::validate(g);
+  return cpu::algorithm_name(cpu::select_conv_algorithm(g, d, cpu::active_isa()));
 }
 
 void set_num_threads(int n) {
@@ -159,22 +170,30 @@ void set_num_threads(int n) {
 }  // namespace
 
 PYBIND11_MODULE(_cpu, m) {
-  m.doc() = "fastconv CPU kernels (AVX2/FMA with a portable fallback, OpenMP threads)";
+  m.doc() = "fastconv CPU kernels (AVX-512 or AVX2/FMA with a portable fallback, OpenMP threads)";
   const char* winograd = std::getenv("FASTCONV_WINOGRAD");
   cpu::g_winograd = !(winograd && std::string(winograd) == "0");
-  choose_isa();
+  try {
+    cpu::set_active_isa(cpu::choose_isa(cpu::detect_features(), std::getenv("FASTCONV_ISA")));
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
   fastconv::bindings::bind_ops<Backend>(m);
-  m.def(
-      "isa", [] { return std::string(cpu::g_avx2 ? "avx2" : "generic"); },
-      "The instruction set the kernels run with.");
-  m.def("isa_reason", [] { return cpu::g_isa_reason; }, "Why the import chose that one.");
+  m.def("isa", [] { return std::string(cpu::isa_name(cpu::active_isa())); },
+        "The instruction set the kernels run with: 'avx512', 'avx2' or 'generic'.");
+  m.def("isa_reason", [] { return cpu::active_isa_reason(); },
+        "Why isa() is what it is, e.g. 'avx2: the CPU lacks AVX-512BW'.");
   m.def("supported_isas", &supported_isas,
-        "Instruction sets this CPU and build can run, best first.");
+        "The instruction sets this machine and build can run, best first.");
   m.def("set_isa", &set_isa, py::arg("name"),
-        "Run the kernels of another supported instruction set (for testing each one).");
-  m.def(
-      "set_winograd", [](bool on) { cpu::g_winograd = on; }, py::arg("enabled"),
-      "Use Winograd F(4x4,3x3) for 3x3 stride-1 convolutions (default on).");
+        "Run 'avx512', 'avx2' or 'generic' kernels; for testing each on one machine.");
+  m.def("fma_peak", &fma_peak, py::arg("isa"), py::arg("threads"),
+        "GFLOP/s of `threads` threads running register-only FMAs with `isa`'s kernels, summed.");
+  m.def("conv_algorithm", &conv_algorithm, py::arg("geometry"), py::arg("direction"),
+        "The algorithm the active kernels run for a convolution pass ('forward', "
+        "'backward_input' or 'backward_weight'), e.g. 'winograd_f4x3'.");
+  m.def("set_winograd", [](bool on) { cpu::g_winograd = on; }, py::arg("enabled"),
+        "Use Winograd F(4x4,3x3) for 3x3 stride-1 convolutions (default on).");
   m.def("winograd", [] { return cpu::g_winograd.load(); });
   m.def("get_num_threads", &cpu::configured_threads, "Threads the kernels use.");
   m.def("set_num_threads", &set_num_threads, py::arg("n"), "Threads the kernels use.");

@@ -62,7 +62,7 @@ def report() -> str:
         f"installed:  {Path(__file__).resolve().parent}",
         f"Python:     {platform.python_version()} on {platform.system()} {platform.machine()}",
         f"CPU:        {cpu_model()}, {os.cpu_count()} logical CPUs",
-        f"kernels:    {_cpu.isa()} ({_cpu.isa_reason()}); this CPU runs: "
+        f"kernels:    {_cpu.isa_reason()}; this CPU runs: "
         f"{', '.join(_cpu.supported_isas())}",
         f"threads:    {_cpu.get_num_threads()}",
         f"Winograd:   {'on' if _cpu.winograd() else 'off'}",

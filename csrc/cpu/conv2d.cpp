@@ -9,21 +9,23 @@
 //                     otherwise dcol = W^T dy, scattered back (col2im)
 //   backward weight   dW_g += dy[n, g] * col(x[n, g])^T, summed over images/pixels
 // K is ordered (ci, ky, kx) in NCHW and (ky, kx, ci) in NHWC (K'), so that the gather reads
-// contiguous memory in each layout.
+// contiguous memory in each layout. Which of these (or Winograd, or the depthwise kernels)
+// runs is select_conv_algorithm's choice (conv2d_algorithm.h).
 #include <cstring>
+#include <stdexcept>
 #include <vector>
 
+#include "cpu/conv2d_algorithm.h"
 #include "cpu/conv2d_winograd.h"
 #include "cpu/gemm.h"
 #include "cpu/kernels.h"
 #include "cpu/parallel.h"
+#include "cpu/simd.h"
 
 namespace fastconv::cpu::FASTCONV_ISA {
 namespace {
 
 constexpr int64_t kPixelChunk = 256;  // NCHW: output pixels per work item (B panel in L2)
-
-bool is_depthwise(const ConvGeometry& g) { return g.groups > 1 && g.groups == g.c_in; }
 
 // visit(j, offset) for output pixels p0 + j, j < count, of tap (ky, kx) on one NCHW plane;
 // offset is the input element's offset in the plane, or -1 where the tap reads padding.
@@ -175,11 +177,29 @@ void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const f
   });
 }
 
-void forward_dense(const ConvGeometry& g, const float* x, const float* w, const float* bias,
-                   float* y) {
-  if (winograd_enabled() && winograd_applies(g) && conv2d_winograd(g, x, w, bias, y)) return;
-  if (g.channels_last) forward_nhwc(g, x, w, bias, y);
-  else forward_nchw(g, x, w, bias, y);
+[[noreturn]] void wrong_algorithm(Algorithm a, const char* pass) {
+  throw std::logic_error(std::string("conv2d: algorithm ") + algorithm_name(a) + " has no " + pass);
+}
+
+// Forward by algorithm `a`. Winograd reports a non-finite output; the pass then reruns by
+// the direct algorithm, so that NaN/Inf reach exactly the outputs whose windows hold them.
+void forward_by(Algorithm a, const ConvGeometry& g, const float* x, const float* w,
+                const float* bias, float* y) {
+  switch (a) {
+    case Algorithm::winograd_f4x3:
+      if (conv2d_winograd(g, x, w, bias, y)) return;
+      return forward_by(select_direct_conv_algorithm(g, Direction::forward, kBuildIsa), g, x, w,
+                        bias, y);
+    case Algorithm::gemm_nchw: return forward_nchw(g, x, w, bias, y);
+    case Algorithm::gemm_nhwc: return forward_nhwc(g, x, w, bias, y);
+    case Algorithm::depthwise_nchw:
+    case Algorithm::depthwise_nhwc: return depthwise_conv2d_forward(g, x, w, bias, y);
+    default: wrong_algorithm(a, "forward pass");
+  }
+}
+
+void forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y) {
+  forward_by(select_conv_algorithm(g, Direction::forward, kBuildIsa), g, x, w, bias, y);
 }
 
 // Stride 1: dx is the forward convolution of dy with the kernel flipped in space and with
@@ -205,7 +225,7 @@ void backward_input_as_forward(const ConvGeometry& g, const float* dy, const flo
   t.ow = g.w;
   t.pad_top = g.dil_h * (g.kh - 1) - g.pad_top;
   t.pad_left = g.dil_w * (g.kw - 1) - g.pad_left;
-  forward_dense(t, dy, flipped.data(), nullptr, dx);
+  forward(t, dy, flipped.data(), nullptr, dx);
 }
 
 // Strided: dcol = W_g^T dy for a block of pixels, then each column is added back into the
@@ -378,29 +398,43 @@ void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x
       for (int64_t t = 0; t < taps; ++t) dw[(o * cg + ci) * taps + t] = sum[o * K + t * cg + ci];
 }
 
+// The weight gradient by algorithm `a`; Winograd falls back as in forward_by.
+void backward_weight_by(Algorithm a, const ConvGeometry& g, const float* dy, const float* x,
+                        float* dw) {
+  switch (a) {
+    case Algorithm::winograd_f4x3:
+      if (conv2d_winograd_backward_weight(g, dy, x, dw)) return;
+      return backward_weight_by(
+          select_direct_conv_algorithm(g, Direction::backward_weight, kBuildIsa), g, dy, x, dw);
+    case Algorithm::gemm_nchw: return backward_weight_nchw(g, dy, x, dw);
+    case Algorithm::gemm_nhwc: return backward_weight_nhwc(g, dy, x, dw);
+    case Algorithm::depthwise_nchw:
+    case Algorithm::depthwise_nhwc: return depthwise_conv2d_backward_weight(g, dy, x, dw);
+    default: wrong_algorithm(a, "weight gradient");
+  }
+}
+
 }  // namespace
 
 void conv2d_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias,
                     float* y) {
-  if (is_depthwise(g)) return depthwise_conv2d_forward(g, x, w, bias, y);
-  forward_dense(g, x, w, bias, y);
+  forward(g, x, w, bias, y);
 }
 
 void conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
-  if (is_depthwise(g)) return depthwise_conv2d_backward_input(g, dy, w, dx);
-  // The transposed forward packs dy once per input channel group; with few input channels
-  // col2im, which packs dy once in all, is cheaper.
-  if (g.stride_h == 1 && g.stride_w == 1 && g.cin_per_group() >= 16) backward_input_as_forward(g, dy, w, dx);
-  else if (g.channels_last) backward_input_col2im_nhwc(g, dy, w, dx);
-  else backward_input_col2im_nchw(g, dy, w, dx);
+  const Algorithm a = select_conv_algorithm(g, Direction::backward_input, kBuildIsa);
+  switch (a) {
+    case Algorithm::backward_input_as_forward: return backward_input_as_forward(g, dy, w, dx);
+    case Algorithm::col2im_nchw: return backward_input_col2im_nchw(g, dy, w, dx);
+    case Algorithm::col2im_nhwc: return backward_input_col2im_nhwc(g, dy, w, dx);
+    case Algorithm::depthwise_nchw:
+    case Algorithm::depthwise_nhwc: return depthwise_conv2d_backward_input(g, dy, w, dx);
+    default: wrong_algorithm(a, "input gradient");
+  }
 }
 
 void conv2d_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
-  if (is_depthwise(g)) return depthwise_conv2d_backward_weight(g, dy, x, dw);
-  if (winograd_enabled() && winograd_applies(g) && conv2d_winograd_backward_weight(g, dy, x, dw))
-    return;
-  if (g.channels_last) backward_weight_nhwc(g, dy, x, dw);
-  else backward_weight_nchw(g, dy, x, dw);
+  backward_weight_by(select_conv_algorithm(g, Direction::backward_weight, kBuildIsa), g, dy, x, dw);
 }
 
 void bias_backward(const ConvGeometry& g, const float* dy, float* dbias) {

@@ -304,17 +304,6 @@ int64_t tiles_per_item(const ConvGeometry& g, int64_t tiles) {
 
 }  // namespace
 
-bool winograd_applies(const ConvGeometry& g) {
-  // Enough tiles to pay for transforming the weights, enough channels to fill the GEMMs,
-  // and maps of at least one whole tile: a 3x3 map uses 9 of a tile's 16 outputs, and the
-  // direct GEMM measured faster there (256->256 @3x3, batch 128, 1 thread, one run: backward
-  // 30 vs 41 ms).
-  const int64_t tiles = g.n * ((g.oh + kOut - 1) / kOut) * ((g.ow + kOut - 1) / kOut);
-  return g.kh == 3 && g.kw == 3 && g.stride_h == 1 && g.stride_w == 1 && g.dil_h == 1 &&
-         g.dil_w == 1 && g.groups == 1 && g.c_in >= 16 && g.c_out >= 16 && tiles >= 64 &&
-         g.oh >= kOut && g.ow >= kOut;
-}
-
 bool conv2d_winograd(const ConvGeometry& g, const float* x, const float* w, const float* bias,
                      float* y) {
   const TileMap map{g, (g.oh + kOut - 1) / kOut, (g.ow + kOut - 1) / kOut};

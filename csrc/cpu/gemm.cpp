@@ -1,65 +1,51 @@
 // The GEMM micro-kernel and the generic packers (see gemm.h for the packed formats).
 #include "cpu/gemm.h"
 
+#include <chrono>
 #include <cstring>
 
+#include "cpu/simd.h"
 #include "cpu/transpose.h"
-
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define FASTCONV_USE_AVX2 1
-#endif
 
 namespace fastconv::cpu::FASTCONV_ISA {
 namespace {
 
-#ifdef FASTCONV_USE_AVX2
-// 6x16 register tile: 12 accumulators + 2 B vectors + 1 broadcast = 15 of 16 ymm registers.
-// Each depth step is 2 loads, 6 broadcasts and 12 FMAs, enough to keep both FMA ports busy.
-// The accumulators are named variables, not an array: GCC keeps arrays of vectors in memory.
-#define FC_ROW(r, c0, c1)                                \
-  {                                                      \
-    const __m256 ar = _mm256_broadcast_ss(a + (r));      \
-    c0 = _mm256_fmadd_ps(ar, b0, c0);                    \
-    c1 = _mm256_fmadd_ps(ar, b1, c1);                    \
-  }
-#define FC_STORE(r, c0, c1)                                            \
-  {                                                                    \
-    float* row = c + (r) * ldc;                                        \
-    if (accumulate) {                                                  \
-      c0 = _mm256_add_ps(c0, _mm256_loadu_ps(row));                    \
-      c1 = _mm256_add_ps(c1, _mm256_loadu_ps(row + 8));                \
-    }                                                                  \
-    _mm256_storeu_ps(row, c0);                                         \
-    _mm256_storeu_ps(row + 8, c1);                                     \
-  }
+using V = Simd::V;
+constexpr int kCols = NR / Simd::kLanes;  // vectors per tile row
+static_assert(NR % Simd::kLanes == 0, "a tile row is whole vectors");
+
+// The MR x NR register tile: MR * kCols accumulators, kCols B vectors and a broadcast of A
+// per row. Each depth step is kCols loads, MR broadcasts and MR * kCols independent FMAs,
+// enough to keep both FMA pipes busy through their latency. GCC keeps the arrays in
+// registers once the constant-count loops are unrolled (no spills in the loop: check with
+// -S after changing MR or NR).
 void kernel_full(int64_t k, const float* a, const float* b, float* c, int64_t ldc,
                  bool accumulate) {
-  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-  __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  V acc[MR][kCols];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int j = 0; j < kCols; ++j) acc[r][j] = Simd::zero();
 #pragma GCC unroll 4
   for (int64_t p = 0; p < k; ++p, a += MR, b += NR) {
-    const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
-    FC_ROW(0, c00, c01) FC_ROW(1, c10, c11) FC_ROW(2, c20, c21)
-    FC_ROW(3, c30, c31) FC_ROW(4, c40, c41) FC_ROW(5, c50, c51)
+    V bv[kCols];
+#pragma GCC unroll 4
+    for (int j = 0; j < kCols; ++j) bv[j] = Simd::load(b + j * Simd::kLanes);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const V ar = Simd::splat(a[r]);
+#pragma GCC unroll 4
+      for (int j = 0; j < kCols; ++j) acc[r][j] = Simd::fma(ar, bv[j], acc[r][j]);
+    }
   }
-  FC_STORE(0, c00, c01) FC_STORE(1, c10, c11) FC_STORE(2, c20, c21)
-  FC_STORE(3, c30, c31) FC_STORE(4, c40, c41) FC_STORE(5, c50, c51)
-}
-#undef FC_ROW
-#undef FC_STORE
-#else
-// Portable tile: plain loops the compiler vectorises for whatever the baseline ISA is.
-void kernel_full(int64_t k, const float* a, const float* b, float* c, int64_t ldc,
-                 bool accumulate) {
-  float acc[MR][NR] = {};
-  for (int64_t p = 0; p < k; ++p, a += MR, b += NR)
-    for (int r = 0; r < MR; ++r)
-      for (int j = 0; j < NR; ++j) acc[r][j] += a[r] * b[j];
+#pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
-    for (int j = 0; j < NR; ++j) c[r * ldc + j] = accumulate ? c[r * ldc + j] + acc[r][j] : acc[r][j];
+#pragma GCC unroll 4
+    for (int j = 0; j < kCols; ++j) {
+      float* out = c + r * ldc + j * Simd::kLanes;
+      Simd::store(out, accumulate ? Simd::add(acc[r][j], Simd::load(out)) : acc[r][j]);
+    }
 }
-#endif
 
 }  // namespace
 
@@ -124,6 +110,34 @@ Buffer prepack(const float* src, int64_t rs, int64_t cs, int64_t m, int64_t k,
   Buffer packed(round_up(m, width) * k);
   pack_strided(src, rs, cs, 0, m, 0, k, width, packed.data());
   return packed;
+}
+
+double fma_peak_gflops(double seconds) {
+  // Independent chains, as many as the register file holds with room to spare: more than
+  // FMA latency x FMA pipes, so the loop runs at the FMA throughput.
+  constexpr int kChains = Simd::kLanes == 16 ? 24 : 12;
+  constexpr int64_t kSteps = 1 << 16;
+  V acc[kChains];
+  for (int i = 0; i < kChains; ++i) acc[i] = Simd::splat(static_cast<float>(i));
+  volatile float seed = 0.999f;  // opaque to the compiler: the loop cannot be folded
+  const V scale = Simd::splat(seed), shift = Simd::splat(seed * 1e-3f);
+  using Clock = std::chrono::steady_clock;
+  const auto start = Clock::now();
+  int64_t steps = 0;
+  double elapsed = 0;
+  do {
+    for (int64_t s = 0; s < kSteps; ++s)
+#pragma GCC unroll 24
+      for (int i = 0; i < kChains; ++i) acc[i] = Simd::fma(acc[i], scale, shift);
+    steps += kSteps;
+    elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+  } while (elapsed < seconds);
+  float sink[Simd::kLanes];
+  for (int i = 1; i < kChains; ++i) acc[0] = Simd::add(acc[0], acc[i]);
+  Simd::store(sink, acc[0]);
+  volatile float keep = sink[0];  // the chains' results are used
+  (void)keep;
+  return 2.0 * Simd::kLanes * kChains * steps / elapsed * 1e-9;
 }
 
 Buffer& scratch_a() {

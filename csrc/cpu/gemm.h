@@ -17,10 +17,17 @@
 
 namespace fastconv::cpu::FASTCONV_ISA {
 
-constexpr int64_t MR = 6;     // rows of C per micro-tile: 6 x 2 ymm accumulators
-constexpr int64_t NR = 16;    // columns of C per micro-tile: two 8-float vectors
-constexpr int64_t KC = 256;   // depth per packed block: an A and a B sliver fit in L1
-constexpr int64_t MC = 120;   // rows per packed A block: it stays in L2
+// The register tile is MR x NR floats of C, NR / lanes vectors per row (see gemm.cpp).
+#if defined(__AVX512F__)
+constexpr int64_t MR = 8;     // 8 x 2 zmm accumulators, 2 B vectors: 18 of 32 registers
+constexpr int64_t NR = 32;    // two 16-float vectors
+#else
+constexpr int64_t MR = 6;     // 6 x 2 ymm accumulators, 2 B vectors, 1 broadcast: 15 of 16
+constexpr int64_t NR = 16;    // two 8-float vectors (four 4-float ones in the portable build)
+#endif
+constexpr int64_t KC = 256;   // depth per packed block: a B sliver (16 or 32 KB) stays near L1
+constexpr int64_t MC = 120;   // rows per packed A block (a multiple of MR): it stays in L2
+static_assert(MC % MR == 0 && NR % 8 == 0, "packers fill whole slivers, 8 columns at a time");
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
@@ -66,8 +73,7 @@ void pack_rows(const float* const* rows, int64_t n, int64_t k, int64_t width, fl
 
 // Pre-packs a whole M x K operand into width-slivers spanning the full depth K, so that
 // sliver s, depth block k0 is at data + s*K*width + k0*width.
-Buffer prepack(const float* src, int64_t rs, int64_t cs, int64_t m, int64_t k,
-                           int64_t width);
+Buffer prepack(const float* src, int64_t rs, int64_t cs, int64_t m, int64_t k, int64_t width);
 
 inline Panel prepacked_panel(const Buffer& packed, int64_t depth, int64_t width,
                              int64_t i0, int64_t k0) {

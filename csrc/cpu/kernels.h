@@ -1,6 +1,7 @@
-// The CPU kernel entry points. Each is compiled twice (see CMakeLists.txt): into
-// fastconv::cpu::avx2 with AVX2/FMA enabled and into fastconv::cpu::generic for any x86-64
-// or other CPU; bindings.cpp picks one at import time.
+// The CPU kernel entry points. Each is compiled up to three times (see CMakeLists.txt): into
+// fastconv::cpu::avx512 with AVX-512F/BW/DQ/VL, into fastconv::cpu::avx2 with AVX2/FMA (both
+// on x86-64 only) and into fastconv::cpu::generic for any CPU; bindings.cpp picks one at
+// import time (cpu/isa.h).
 //
 // All pointers are C-contiguous float32 buffers whose sizes match the geometry; the Python
 // layer has validated the geometry and allocated the outputs.
@@ -28,10 +29,16 @@
                             const float* var, const float* gamma, const float* beta, float* y); \
   void batch_norm_backward(const NormGeometry& g, const float* dy, const float* x,             \
                            const float* mean, const float* var, const float* gamma,           \
-                           const float* beta, float* dx, float* dgamma, float* dbeta);
+                           const float* beta, float* dx, float* dgamma, float* dbeta);     \
+  /* GFLOP/s of one thread running independent register-only FMAs for about `seconds`: */    \
+  /* the ceiling of the build's micro-kernels (a multiply and an add count as 2 FLOP). */     \
+  double fma_peak_gflops(double seconds);
 
 namespace fastconv::cpu {
 
+namespace avx512 {
+FASTCONV_KERNEL_DECLARATIONS
+}
 namespace avx2 {
 FASTCONV_KERNEL_DECLARATIONS
 }

@@ -130,12 +130,14 @@ void backward_plane(const PoolGeometry& g, const ColumnPlan& plan, const float* 
 }
 
 // NHWC kernels work on lanes of consecutive channels held in GCC vectors, Lanes being one
-// register (32 bytes with AVX, else 16: SSE, NEON). A max window is a chain of compare and
+// register (64 bytes with AVX-512, 32 with AVX, else 16: SSE, NEON). A max window is a chain of compare and
 // select per cell, and one chain leaves the core mostly waiting, so lanes go K registers
 // at a time (K independent chains), then single floats for the last C % kLanes channels;
 // one template serves every width. The widths differ per build, so the two builds never
 // share an instantiation of the geometry.h helpers.
-#ifdef __AVX__
+#if defined(__AVX512F__)
+typedef float Lanes __attribute__((vector_size(64)));
+#elif defined(__AVX__)
 typedef float Lanes __attribute__((vector_size(32)));
 #else
 typedef float Lanes __attribute__((vector_size(16)));

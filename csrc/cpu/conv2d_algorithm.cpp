@@ -1,0 +1,63 @@
+// The convolution algorithm selector (see conv2d_algorithm.h).
+#include "cpu/conv2d_algorithm.h"
+
+namespace fastconv::cpu {
+namespace {
+
+bool is_depthwise(const ConvGeometry& g) { return g.groups > 1 && g.groups == g.c_in; }
+
+// Winograd F(4x4, 3x3) applies to 3x3, stride-1, undilated, ungrouped layers. It needs
+// enough tiles to pay for transforming the weights, enough channels to fill the GEMMs, and
+// maps of at least one whole tile: a 3x3 map uses 9 of a tile's 16 outputs, and the direct
+// GEMM measured faster there (256->256 @3x3, batch 128, 1 thread: backward 30 vs 41 ms).
+bool winograd_applies(const ConvGeometry& g, Direction d) {
+  constexpr int64_t kTile = 4;
+  const int64_t tiles = g.n * ((g.oh + kTile - 1) / kTile) * ((g.ow + kTile - 1) / kTile);
+  return d != Direction::backward_input && g.kh == 3 && g.kw == 3 && g.stride_h == 1 &&
+         g.stride_w == 1 && g.dil_h == 1 && g.dil_w == 1 && g.groups == 1 && g.c_in >= 16 &&
+         g.c_out >= 16 && tiles >= 64 && g.oh >= kTile && g.ow >= kTile;
+}
+
+}  // namespace
+
+const char* algorithm_name(Algorithm a) {
+  switch (a) {
+    case Algorithm::winograd_f4x3: return "winograd_f4x3";
+    case Algorithm::gemm_nchw: return "gemm_nchw";
+    case Algorithm::gemm_nhwc: return "gemm_nhwc";
+    case Algorithm::backward_input_as_forward: return "backward_input_as_forward";
+    case Algorithm::col2im_nchw: return "col2im_nchw";
+    case Algorithm::col2im_nhwc: return "col2im_nhwc";
+    case Algorithm::depthwise_nchw: return "depthwise_nchw";
+    case Algorithm::depthwise_nhwc: return "depthwise_nhwc";
+  }
+  return "unknown";
+}
+
+bool parse_direction(const std::string& name, Direction& d) {
+  if (name == "forward") d = Direction::forward;
+  else if (name == "backward_input") d = Direction::backward_input;
+  else if (name == "backward_weight") d = Direction::backward_weight;
+  else return false;
+  return true;
+}
+
+Algorithm select_direct_conv_algorithm(const ConvGeometry& g, Direction d, Isa) {
+  const bool nhwc = g.channels_last != 0;
+  if (is_depthwise(g)) return nhwc ? Algorithm::depthwise_nhwc : Algorithm::depthwise_nchw;
+  if (d == Direction::backward_input) {
+    // The transposed forward packs dy once per input channel group; with few input channels
+    // col2im, which packs dy once in all, is cheaper.
+    if (g.stride_h == 1 && g.stride_w == 1 && g.cin_per_group() >= 16)
+      return Algorithm::backward_input_as_forward;
+    return nhwc ? Algorithm::col2im_nhwc : Algorithm::col2im_nchw;
+  }
+  return nhwc ? Algorithm::gemm_nhwc : Algorithm::gemm_nchw;
+}
+
+Algorithm select_conv_algorithm(const ConvGeometry& g, Direction d, Isa isa) {
+  if (winograd_enabled() && winograd_applies(g, d)) return Algorithm::winograd_f4x3;
+  return select_direct_conv_algorithm(g, d, isa);
+}
+
+}  // namespace fastconv::cpu

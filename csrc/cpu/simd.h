@@ -1,0 +1,61 @@
+// The widest float vector of the build and the few operations the hand-vectorised kernels
+// need, so that one template serves the AVX-512 (16 lanes), AVX2/FMA (8 lanes) and portable
+// (4 lanes, GCC vectors: SSE on x86-64, NEON on ARM) builds.
+//
+// Intrinsics rather than GCC vector arithmetic on the x86 builds: `V{} + x` is not a
+// broadcast (0 + -0 is +0, so GCC must add), and the FMA must be explicit to be portable.
+#pragma once
+#include <cstring>
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#include "cpu/isa.h"
+
+namespace fastconv::cpu::FASTCONV_ISA {
+
+// The instruction set this build's code is compiled for.
+#if defined(__AVX512F__)
+constexpr Isa kBuildIsa = Isa::avx512;
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr Isa kBuildIsa = Isa::avx2;
+#else
+constexpr Isa kBuildIsa = Isa::generic;
+#endif
+
+struct Simd {
+#if defined(__AVX512F__)
+  using V = __m512;
+  static constexpr int kLanes = 16;
+  static V zero() { return _mm512_setzero_ps(); }
+  static V splat(float f) { return _mm512_set1_ps(f); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+#elif defined(__AVX2__) && defined(__FMA__)
+  using V = __m256;
+  static constexpr int kLanes = 8;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V splat(float f) { return _mm256_set1_ps(f); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+#else
+  typedef float V __attribute__((vector_size(16)));
+  static constexpr int kLanes = 4;
+  static V zero() { return V{}; }
+  static V splat(float f) { return V{f, f, f, f}; }
+  static V load(const float* p) {
+    V v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  static void store(float* p, V v) { std::memcpy(p, &v, sizeof v); }
+  static V fma(V a, V b, V c) { return a * b + c; }  // contracted where the target has FMA
+  static V add(V a, V b) { return a + b; }
+#endif
+};
+
+}  // namespace fastconv::cpu::FASTCONV_ISA
