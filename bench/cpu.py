@@ -1,18 +1,20 @@
 """`fastconv bench`: fastconv against PyTorch's CPU kernels (oneDNN), side by side.
 
-In one process: measures the machine's ceilings (NumPy sgemm, a large copy), then times every
-case of bench/cases.py forward and backward with fastconv (NCHW and NHWC) and PyTorch (NCHW
-and channels_last), interleaved, median of repetitions after warm-up, the same thread count
-for all; then a few small cases against the NumPy reference. Prints the table and the goal
-summaries of issue 3 and writes cpu.md and cpu.png to --out.
+In one process: measures the machine's ceilings (each ISA's register-only FMA peak, a large
+copy, NumPy's sgemm), then times every layer of bench/cases.py forward and backward with
+fastconv (NCHW and NHWC, with the kernels of each ISA asked for: by default the best this
+CPU runs and AVX2 beside it on an AVX-512 machine) and PyTorch (NCHW and channels_last),
+interleaved, median of repetitions after warm-up, the same thread count for all; then a few
+small cases against the NumPy reference. Prints the table and the goal summary and writes
+cpu.md and cpu.png to --out.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from pathlib import Path
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="fastconv bench", description=__doc__.split("\n")[0])
@@ -20,13 +22,18 @@ def parse_args(argv=None):
                    help="batch 16 and a short timing budget, for development; writes files "
                         "only when --out is given")
     p.add_argument("--filter", default="",
-                   help="only cases whose name, input shape or group contains this substring")
+                   help="only layers whose name, input shape or group contains this substring")
     p.add_argument("--threads", type=int, default=2, help="threads for every library (2)")
+    p.add_argument("--isas", type=lambda text: [i for i in text.split(",") if i], default=None,
+                   help="fastconv kernels to time, e.g. avx512,avx2 (default: the best this CPU "
+                        "runs, and avx2 beside avx512)")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="another build's fastconv _cpu*.so (say main's) to time as 'base'")
     p.add_argument("--layout", choices=("both", "NCHW", "NHWC"), default="both",
                    help="layouts to time; NHWC is channels_last for PyTorch (both)")
     p.add_argument("--batch", type=int, default=None, help="override the batch size (128)")
     p.add_argument("--seconds", type=float, default=None,
-                   help="timed seconds per row, all implementations together (4, quick 0.3)")
+                   help="timed seconds per row, all contenders together (4, quick 0.3)")
     p.add_argument("--note", default="", help="a line of context for the report's header")
     p.add_argument("--out", type=Path, default=None,
                    help="folder for cpu.md and cpu.png (default: bench/results in a source "
@@ -39,19 +46,15 @@ def parse_args(argv=None):
     return args
 
 
-def _set_blas_threads(threads: int) -> str:
-    """OpenBLAS reads its thread count when NumPy loads it, so this must run before the
-    first `import numpy` of the process; returns what the header should say."""
-    if "numpy" in sys.modules:
-        return f"as loaded (OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')})"
-    os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
-    return str(threads)
-
-
 def main(argv=None):
     args = parse_args(argv)
-    blas_threads = _set_blas_threads(args.threads)
-    from .runner import run  # imports NumPy: after the BLAS thread count is set
+    from .runner import run
+    try:  # NumPy's BLAS serves the sgemm ceiling: the same thread count as the kernels
+        from threadpoolctl import threadpool_limits
+        limit = threadpool_limits(limits=args.threads, user_api="blas")  # noqa: F841
+        blas_threads = str(args.threads)
+    except ImportError:
+        blas_threads = "NumPy's default (threadpoolctl is not installed)"
     words = sys.argv[1:] if argv is None else argv
     run(args, command=" ".join(["fastconv bench", shlex.join(words)]).strip(),
         blas_threads=blas_threads)

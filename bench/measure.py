@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 import os
-import platform
 import re
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
 
 import numpy as np
+
+import fastconv
 
 
 @dataclass(frozen=True)
@@ -54,11 +55,12 @@ class Ceilings:
     sgemm_n: int
     copy_mib: int
     copy_threads: int
+    fma_gflops: dict = field(default_factory=dict)  # ISA -> register-only FMA peak, all threads
 
-    @property
-    def balance(self) -> float:
-        """FLOP per byte above which an op is compute-bound on this machine (the roofline knee)."""
-        return self.sgemm_gflops / self.copy_gbs
+    def balance(self, isa: str) -> float:
+        """FLOP per byte above which an op is compute-bound with `isa`'s kernels (the roofline
+        knee)."""
+        return self.fma_gflops.get(isa, self.sgemm_gflops) / self.copy_gbs
 
 
 def _threaded_copy(dst, src, threads):
@@ -72,11 +74,12 @@ def _threaded_copy(dst, src, threads):
         w.join()
 
 
-def measure_ceilings(threads: int, sgemm_n: int = 2048, copy_mib: int = 256,
+def measure_ceilings(threads: int, isas=(), sgemm_n: int = 2048, copy_mib: int = 256,
                      budget: Budget = Budget(1.0, min_reps=5, max_reps=10)) -> Ceilings:
-    """sgemm GFLOP/s of NumPy's BLAS on an n x n product, and copy GB/s (bytes read + bytes
-    written) of the faster of a 1-thread and a `threads`-thread copy of copy_mib MiB; each
-    from its fastest repetition, as a ceiling is what the machine can do at best."""
+    """sgemm GFLOP/s of NumPy's BLAS on an n x n product, copy GB/s (bytes read + bytes
+    written) of the faster of a 1-thread and a `threads`-thread copy of copy_mib MiB, and the
+    register-only FMA peak of each ISA's kernels on `threads` threads; each from its fastest
+    repetition, as a ceiling is what the machine can do at best."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((sgemm_n, sgemm_n), dtype=np.float32)
     b = rng.standard_normal((sgemm_n, sgemm_n), dtype=np.float32)
@@ -88,21 +91,22 @@ def measure_ceilings(threads: int, sgemm_n: int = 2048, copy_mib: int = 256,
     sgemm = min(sample_seconds({"sgemm": lambda: a @ b}, budget)["sgemm"])
     copy = {name: min(times) for name, times in sample_seconds(copies, budget).items()}
     copy_threads = min(copy, key=copy.get)
+    fma = {isa: max(fastconv._cpu.fma_peak(isa, threads) for _ in range(3)) for isa in isas}
     return Ceilings(2 * sgemm_n ** 3 / sgemm / 1e9, 2 * src.nbytes / copy[copy_threads] / 1e9,
-                    sgemm_n, copy_mib, copy_threads)
+                    sgemm_n, copy_mib, copy_threads, fma)
 
 
 def cpu_description() -> str:
-    """'model, N cores, flags' from /proc/cpuinfo (platform.processor() elsewhere)."""
+    """'model, N logical CPUs, flags' of this machine."""
+    from fastconv.info import cpu_model
     try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs"
-    model = re.search(r"^model name\s*:\s*(.*)$", info, re.M)
-    flags = set(re.search(r"^flags\s*:\s*(.*)$", info, re.M).group(1).split())
-    wanted = [f for f in ("avx2", "fma", "avx512f") if f in flags]
-    return (f"{model.group(1).strip() if model else platform.machine()}, "
-            f"{os.cpu_count()} logical CPUs, flags: {' '.join(wanted) or 'no avx2/fma/avx512f'}")
+        flags = set(re.search(r"^flags\s*:\s*(.*)$", Path("/proc/cpuinfo").read_text(),
+                              re.M).group(1).split())
+    except (OSError, AttributeError):
+        flags = set()
+    wanted = [f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl") if f in flags]
+    return (f"{cpu_model()}, {os.cpu_count()} logical CPUs, flags: "
+            f"{' '.join(wanted) or 'no avx2/fma/avx512'}")
 
 
 def compiler_description(repo: Path) -> str:

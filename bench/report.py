@@ -1,10 +1,11 @@
-"""Rows of the benchmark and their rendering: the markdown table, goal summaries, the PNG."""
+"""Rows of the CPU benchmark and their rendering: the markdown table, the goal summary, the PNG."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cases import GOAL_CATEGORIES, Case, bytes_moved, flops, goal
+from .cases import EFFICIENCY_GOAL, GEOMETRIC_MEAN_GOAL, SHORT, Layer, minimum_ratio
 from .measure import Ceilings
 
 # fastconv must agree with PyTorch to this relative error (of each output's largest value)
@@ -14,123 +15,151 @@ MAX_RELATIVE_ERROR = 1e-3
 
 @dataclass
 class Row:
-    """One case and pass: seconds per implementation and layout."""
-    case: Case
-    pass_: str
-    fastconv: dict = field(default_factory=dict)  # "NCHW"/"NHWC" -> seconds
+    """One layer and direction: seconds of each contender in each layout."""
+    layer: Layer
+    direction: str
+    fastconv: dict = field(default_factory=dict)  # ISA -> {"NCHW"/"NHWC": seconds}
     torch: dict = field(default_factory=dict)     # "NCHW"/"channels_last" -> seconds
-    error: float = 0.0  # fastconv vs PyTorch, worst over layouts and outputs
+    flops: int = 0
+    bytes: int = 0
+    winograd: bool = False  # a pass of this row runs Winograd (its GFLOP/s are effective)
+    error: float = 0.0      # fastconv vs PyTorch, worst over ISAs, layouts and outputs
 
     @property
-    def best(self) -> str:
-        return min(self.fastconv, key=self.fastconv.get)
+    def isa(self) -> str:
+        """The ISA of the first fastconv column: the one this run is about."""
+        return next(iter(self.fastconv))
+
+    def best(self, isa=None) -> tuple:
+        """(layout, seconds) of fastconv's faster layout with `isa`'s kernels."""
+        times = self.fastconv[isa or self.isa]
+        layout = min(times, key=times.get)
+        return layout, times[layout]
 
     @property
-    def peer(self) -> str:
-        return min(self.torch, key=self.torch.get)
+    def peer(self) -> tuple:
+        layout = min(self.torch, key=self.torch.get)
+        return layout, self.torch[layout]
+
+    def ratio(self, isa=None) -> float:
+        """PyTorch's faster layout over fastconv's faster layout (> 1: fastconv faster)."""
+        return self.peer[1] / self.best(isa)[1]
 
     @property
-    def ratio(self) -> float:
-        return self.torch[self.peer] / self.fastconv[self.best]
-
-    @property
-    def goal(self):
-        return goal(self.case, self.pass_)
+    def goal(self) -> float:
+        return minimum_ratio(self.layer, self.direction)
 
     @property
     def met(self) -> bool:
-        return self.ratio >= self.goal.minimum and self.error <= MAX_RELATIVE_ERROR
+        return self.ratio() >= self.goal and self.error <= MAX_RELATIVE_ERROR
 
     def throughput(self, ceilings: Ceilings):
-        """(value, unit, share of the ceiling) of fastconv's best layout; compute-bound rows in
-        GFLOP/s against sgemm, memory-bound ones (below the roofline knee) in GB/s against copy."""
-        work, traffic = flops(self.case, self.pass_), bytes_moved(self.case, self.pass_)
-        seconds = self.fastconv[self.best]
-        if work / traffic >= ceilings.balance:
-            rate = work / seconds / 1e9
-            return rate, "GFLOP/s", rate / ceilings.sgemm_gflops
-        rate = traffic / seconds / 1e9
-        return rate, "GB/s", rate / ceilings.copy_gbs
+        """(value, unit, share of the ceiling, ceiling name) of fastconv's faster layout:
+        compute-bound rows in GFLOP/s against the ISA's FMA peak, memory-bound ones (below
+        the roofline knee) in GB/s against the copy bandwidth."""
+        seconds = self.best()[1]
+        if self.flops / self.bytes >= ceilings.balance(self.isa):
+            rate = self.flops / seconds / 1e9
+            peak = ceilings.fma_gflops.get(self.isa, ceilings.sgemm_gflops)
+            return rate, "GFLOP/s", rate / peak, f"{self.isa} FMA peak"
+        rate = self.bytes / seconds / 1e9
+        return rate, "GB/s", rate / ceilings.copy_gbs, "copy"
+
+    def efficient(self, ceilings: Ceilings):
+        """None where the efficiency goal does not apply (Winograd rows), else whether the
+        row reaches EFFICIENCY_GOAL of its ceiling."""
+        return None if self.winograd else self.throughput(ceilings)[2] >= EFFICIENCY_GOAL
 
 
 @dataclass
 class ReferenceRow:
-    case: Case
-    pass_: str
+    layer: Layer
+    direction: str
     reference: float  # seconds
     fastconv: float
     error: float      # fastconv vs the reference
 
 
+def geometric_mean(values) -> float:
+    values = list(values)
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
 def _ms(seconds) -> str:
-    return "-" if seconds is None else f"{seconds * 1e3:.3g}" if seconds < 1e-2 else f"{seconds * 1e3:.1f}"
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1e3:.3g}" if seconds < 1e-2 else f"{seconds * 1e3:.1f}"
 
 
-def _bold_if(text, flag):
-    return f"**{text}**" if flag else text
+def _name(row) -> str:
+    return f"{row.layer.label} @{row.layer.size} {SHORT[row.direction]}"
 
 
-def table(rows, ceilings: Ceilings) -> list:
-    lines = ["| op | input (NCHW) | pass | fastconv NCHW ms | fastconv NHWC ms | torch NCHW ms "
-             "| torch channels_last ms | peer / fastconv | fastconv achieved | of ceiling "
-             "| goal | met | max rel err |",
-             "|" + "---|" * 13]
-    for r in rows:
-        rate, unit, share = r.throughput(ceilings)
-        times = [_bold_if(_ms(r.fastconv.get(k)), k == r.best) for k in ("NCHW", "NHWC")]
-        times += [_bold_if(_ms(r.torch.get(k)), k == r.peer) for k in ("NCHW", "channels_last")]
-        ceiling = "sgemm" if unit == "GFLOP/s" else "copy"
-        lines.append(f"| {r.case.label} | {r.case.shape} | {r.pass_} | {' | '.join(times)} "
-                     f"| {r.ratio:.2f}x | {rate:.1f} {unit} | {share:.0%} {ceiling} "
-                     f"| {r.goal.minimum:g}x | {'yes' if r.met else 'NO'} | {r.error:.1e} |")
+def summary(rows, ceilings: Ceilings) -> list:
+    """The goals, one line each: met or not, and the rows that miss."""
+    lines = []
+    for isa in rows[0].fastconv if rows else ():
+        ratios = [r.ratio(isa) for r in rows]
+        lines.append(f"fastconv {isa}: geometric mean of PyTorch / fastconv over {len(rows)} rows "
+                     f"{geometric_mean(ratios):.2f}x (goal {GEOMETRIC_MEAN_GOAL:g}x); slowest "
+                     f"{min(ratios):.2f}x")
+    behind = [r for r in rows if not r.met]
+    lines.append(f"rows at or above their goal (1.0x; 3x3 stride 1: 1.8x fwd, 1.3x bwd): "
+                 f"{len(rows) - len(behind)}/{len(rows)}"
+                 + (f"; below: {'; '.join(f'{_name(r)} {r.ratio():.2f}x (goal {r.goal:g}x)' + (' WRONG RESULT' if r.error > MAX_RELATIVE_ERROR else '') for r in behind)}"
+                    if behind else ""))
+    graded = [r for r in rows if r.efficient(ceilings) is not None]
+    short = [r for r in graded if not r.efficient(ceilings)]
+    lines.append(f"rows at >= {EFFICIENCY_GOAL:.0%} of their ceiling (FMA peak or copy; Winograd "
+                 f"rows excluded): {len(graded) - len(short)}/{len(graded)}"
+                 + (f"; below: {'; '.join(f'{_name(r)} {r.throughput(ceilings)[2]:.0%}' for r in short)}"
+                    if short else ""))
     return lines
 
 
-def _ratio_list(rows) -> str:
-    return "; ".join(f"{r.case.label} @{r.case.size} {r.pass_} {r.ratio:.2f}x"
-                     + (" (wrong result)" if r.error > MAX_RELATIVE_ERROR else "") for r in rows)
-
-
-def goal_summaries(rows) -> list:
-    """One line per goal category of issue 3: met or not, then every row on either side."""
-    lines = []
-    for category in GOAL_CATEGORIES:
-        members = [r for r in rows if r.goal.category == category]
-        if not members:
-            continue
-        met = [r for r in members if r.met]
-        missed = [r for r in members if not r.met]
-        line = (f"{category}: {'met' if not missed else 'NOT met'}, {len(met)}/{len(members)} "
-                f"rows")
-        if met:
-            line += f"; met: {_ratio_list(met)}"
-        if missed:
-            line += f"; below goal: {_ratio_list(missed)}"
-        lines.append(line)
+def table(rows, ceilings: Ceilings) -> list:
+    isas = list(rows[0].fastconv) if rows else []
+    head = (["op", "input (NCHW)", "pass"] + [f"fastconv {isa} ms" for isa in isas]
+            + ["torch ms", f"torch / {isas[0] if isas else ''}"]
+            + [f"torch / {isa}" for isa in isas[1:]]
+            + ["fastconv achieved", "of ceiling", "goal", "met", "max rel err"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        rate, unit, share, ceiling = r.throughput(ceilings)
+        cells = [f"{_ms(r.best(isa)[1])} {r.best(isa)[0]}" for isa in isas]
+        cells.append(f"{_ms(r.peer[1])} {r.peer[0]}")
+        cells += [f"{r.ratio(isa):.2f}x" for isa in isas]
+        winograd = " (Winograd)" if r.winograd else ""
+        cells += [f"{rate:.1f} {unit}{winograd}", f"{share:.0%} {ceiling}", f"{r.goal:g}x",
+                  "yes" if r.met else "NO", f"{r.error:.1e}"]
+        lines.append(f"| {r.layer.label} | {r.layer.shape} | {SHORT[r.direction]} | "
+                     + " | ".join(cells) + " |")
     return lines
 
 
 def reference_table(rows) -> list:
-    lines = ["| op | input (NCHW) | pass | reference ms | fastconv NCHW ms "
+    lines = ["| op | input (NCHW) | pass | reference ms | fastconv ms "
              "| reference / fastconv | max rel err |", "|" + "---|" * 7]
     for r in rows:
-        lines.append(f"| {r.case.label} | {r.case.shape} | {r.pass_} | {_ms(r.reference)} "
-                     f"| {_ms(r.fastconv)} | {r.reference / r.fastconv:.1f}x | {r.error:.1e} |")
+        lines.append(f"| {r.layer.label} | {r.layer.shape} | {SHORT[r.direction]} "
+                     f"| {_ms(r.reference)} | {_ms(r.fastconv)} | {r.reference / r.fastconv:.1f}x "
+                     f"| {r.error:.1e} |")
     return lines
 
 
 def markdown(header: list, rows, reference_rows, ceilings: Ceilings) -> str:
     parts = ["# CPU benchmark: fastconv against PyTorch (oneDNN)", "", *header, "",
-             "## Goals of issue 3", "", *[f"- {line}" for line in goal_summaries(rows)], "",
+             "## Goals", "", *[f"- {line}" for line in summary(rows, ceilings)], "",
              "## Results", "",
-             "Bold: the faster layout of each library. *peer / fastconv* is PyTorch's faster "
-             "layout over fastconv's faster layout (above 1: fastconv is faster). FLOP are "
-             "2 x the multiply-adds of direct convolution (backward = dx + dw = 2 x forward), "
-             "so a Winograd kernel's GFLOP/s is an effective rate; bytes are the minimum "
-             "float32 traffic. A row is compute-bound when its FLOP/byte exceeds the roofline "
-             f"knee ({ceilings.balance:.1f} FLOP/byte). *max rel err*: fastconv against "
-             f"PyTorch, relative to each output's largest value; above {MAX_RELATIVE_ERROR:g} "
-             "a row counts as not met.", "", *table(rows, ceilings)]
+             "Each time is the faster layout of that contender (the layout is named beside it). "
+             "*torch / ISA* is PyTorch's faster time over fastconv's faster time with that ISA's "
+             "kernels (above 1: fastconv is faster); goals apply to the first ISA column. FLOP "
+             "are 2 x the multiply-adds of direct convolution (backward = 2 x forward), so a "
+             "Winograd row's GFLOP/s is an effective rate; bytes are the minimum float32 "
+             "traffic. A row is compute-bound when its FLOP/byte exceeds the roofline knee "
+             "(FMA peak / copy bandwidth). *max rel err*: fastconv against PyTorch, relative to "
+             f"each output's largest value; above {MAX_RELATIVE_ERROR:g} a row counts as not "
+             "met.", "", *table(rows, ceilings)]
     if reference_rows:
         parts += ["", "## The NumPy reference (fastconv.reference, float64 accumulation) on "
                   "small cases", "", *reference_table(reference_rows)]
@@ -138,20 +167,20 @@ def markdown(header: list, rows, reference_rows, ceilings: Ceilings) -> str:
 
 
 def bar_chart(rows, path: Path, title: str):
-    """Bars from 1 to peer / fastconv per row on a log scale (right: fastconv faster), green
-    where the row meets its goal, the goal marked on each."""
+    """Bars from 1 to PyTorch / fastconv per row on a log scale (right: fastconv faster),
+    green where the row meets its goal, the goal marked on each."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FixedLocator, NullLocator
 
-    ratios = [r.ratio for r in rows]
+    ratios = [r.ratio() for r in rows]
     ys = list(range(len(rows)))[::-1]
     fig, ax = plt.subplots(figsize=(10, 1.4 + 0.27 * len(rows)))
     ax.barh(ys, [ratio - 1 for ratio in ratios], left=1,
             color=["tab:green" if r.met else "tab:red" for r in rows])
-    ax.scatter([r.goal.minimum for r in rows], ys, marker="|", s=200, color="black",
-               label="goal", zorder=3)
+    ax.scatter([r.goal for r in rows], ys, marker="|", s=200, color="black", label="goal",
+               zorder=3)
     for y, ratio in zip(ys, ratios):
         ax.annotate(f"{ratio:.2f}x", (ratio, y), xytext=(3 if ratio >= 1 else -3, 0),
                     textcoords="offset points", va="center", fontsize=6,
@@ -164,7 +193,7 @@ def bar_chart(rows, path: Path, title: str):
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xticklabels([f"{t:g}x" for t in ticks])
     ax.set_xlim(min(ratios + [1]) / 1.5, max(ratios + [5]) * 1.5)
-    ax.set_yticks(ys, [f"{r.case.label} @{r.case.size} {r.pass_}" for r in rows], fontsize=7)
+    ax.set_yticks(ys, [_name(r) for r in rows], fontsize=7)
     ax.set_xlabel("PyTorch ms / fastconv ms, faster layout of each (right of 1: fastconv "
                   "faster; green: goal met)")
     ax.set_title(title, fontsize=9)

@@ -1,6 +1,7 @@
-"""The run behind `python -m bench.cpu`: ceilings, the timed rows, the report files."""
+"""The run behind `fastconv bench`: ceilings, the timed rows, the report files."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import time
@@ -11,83 +12,124 @@ import numpy as np
 import torch
 
 import fastconv
+from fastconv import _backend, ops
 
-from . import cases as case_list
-from . import ops
-from .measure import (
-    Budget,
-    compiler_description,
-    cpu_description,
-    git_revision,
-    measure_ceilings,
-    median_seconds,
-)
+from . import cases as layer_list
+from . import runners
+from .measure import (Budget, compiler_description, cpu_description, git_revision,
+                      measure_ceilings, median_seconds)
 from .report import ReferenceRow, Row, bar_chart, markdown
 
 REPO = Path(__file__).resolve().parent.parent
-TORCH_LAYOUT = {"NCHW": "NCHW", "NHWC": "channels_last"}
+TORCH_LAYOUT = {"NCHW": False, "channels_last": True}
 
 
-def time_row(case, pass_, layouts, budget: Budget) -> Row:
-    """fastconv and PyTorch in each layout, interleaved; fastconv's outputs checked against
-    PyTorch's on the first (warm-up) call."""
-    inputs = ops.make_inputs(case)
-    runners = {("fastconv", layout): ops.numpy_runner(fastconv, case, pass_, inputs, layout)
-               for layout in layouts}
-    runners.update({("torch", TORCH_LAYOUT[layout]):
-                    ops.torch_runner(case, pass_, inputs, layout == "NHWC") for layout in layouts})
-    outputs = {key: convert(run()) for key, (run, convert) in runners.items()}
-    expected = outputs[("torch", TORCH_LAYOUT[layouts[0]])]
-    error = max(ops.max_relative_error(outputs[("fastconv", layout)], expected)
-                for layout in layouts)
-    del outputs
-    seconds = median_seconds({key: run for key, (run, _) in runners.items()}, budget)
-    by_lib = lambda lib: {layout: s for (name, layout), s in seconds.items() if name == lib}
-    return Row(case, pass_, fastconv=by_lib("fastconv"), torch=by_lib("torch"), error=error)
+def load_baseline(path: Path):
+    """Another build of fastconv._cpu (say main's), under a private name."""
+    spec = importlib.util.spec_from_file_location("fastconv_baseline._cpu", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def time_reference_row(case, pass_, budget: Budget) -> ReferenceRow:
-    inputs = ops.make_inputs(case)
-    fast_run, fast_out = ops.numpy_runner(fastconv, case, pass_, inputs, "NCHW")
-    ref_run, ref_out = ops.numpy_runner(fastconv.reference, case, pass_, inputs, "NCHW")
-    error = ops.max_relative_error(fast_out(fast_run()), ref_out(ref_run()))
+def _with_isa(isa, run):
+    def timed():
+        fastconv._cpu.set_isa(isa)
+        return run()
+    return timed
+
+
+def _with_kernels(module, run):
+    def timed():
+        _backend.CPU = _backend.Backend(module, np)
+        try:
+            return run()
+        finally:
+            _backend.CPU = _backend.Backend(fastconv._cpu, np)
+    return timed
+
+
+def runs_winograd(case, direction) -> bool:
+    if case.op.name != "conv2d":
+        return False
+    passes = ["forward"] if direction == "forward" else ["backward_input", "backward_weight"]
+    g = ops.conv_geometry(case)
+    return any("winograd" in fastconv._cpu.conv_algorithm(g, p) for p in passes)
+
+
+def time_row(layer, direction, isas, layouts, budget: Budget, baseline=None) -> Row:
+    """fastconv with each ISA (and the baseline build) and PyTorch in each layout,
+    interleaved; fastconv's outputs checked against PyTorch's on the first (warm-up) call."""
+    case = layer.case()
+    runs = {}
+    for layout in layouts:
+        run, convert = runners.fastconv_runner(case.in_layout(layout), direction)
+        for isa in isas:
+            runs[("fastconv", isa, layout)] = (_with_isa(isa, run), convert)
+        if baseline is not None:
+            runs[("fastconv", "base", layout)] = (_with_kernels(baseline, run), convert)
+    for name, channels_last in TORCH_LAYOUT.items():
+        if name == "NCHW" or "NHWC" in layouts:
+            runs[("torch", None, name)] = runners.torch_runner(case, direction, channels_last)
+    expected_run, expected_convert = runs[("torch", None, "NCHW")]
+    expected = expected_convert(expected_run())
+    error = max(runners.max_relative_error(convert(run()), expected)
+                for key, (run, convert) in runs.items() if key[0] == "fastconv")
+    seconds = median_seconds({key: run for key, (run, _) in runs.items()}, budget)
+    fastconv._cpu.set_isa(isas[0])
+    row = Row(layer, direction, flops=case.op.flops(case, direction),
+              bytes=case.op.bytes(case, direction), winograd=runs_winograd(case, direction),
+              error=error)
+    for (lib, isa, layout), s in seconds.items():
+        if lib == "fastconv":
+            row.fastconv.setdefault(isa, {})[layout] = s
+        else:
+            row.torch[layout] = s
+    return row
+
+
+def time_reference_row(layer, direction, budget: Budget) -> ReferenceRow:
+    case = layer.case()
+    fast_run, fast_out = runners.fastconv_runner(case, direction)
+    ref_run, ref_out = runners.fastconv_runner(case, direction, lib=fastconv.reference)
+    error = runners.max_relative_error(fast_out(fast_run()), ref_out(ref_run()))
     seconds = median_seconds({"reference": ref_run, "fastconv": fast_run}, budget)
-    return ReferenceRow(case, pass_, seconds["reference"], seconds["fastconv"], error)
+    return ReferenceRow(layer, direction, seconds["reference"], seconds["fastconv"], error)
 
 
 def _progress(row: Row) -> str:
-    return (f"{row.case.label:<24} {row.case.shape:<16} {row.pass_}: fastconv "
-            f"{row.fastconv[row.best] * 1e3:8.2f} ms ({row.best}), torch "
-            f"{row.torch[row.peer] * 1e3:8.2f} ms ({row.peer}) -> {row.ratio:5.2f}x "
-            f"(goal {row.goal.minimum:g}x: {'met' if row.met else 'NOT met'}, "
-            f"err {row.error:.1e})")
+    layout, seconds = row.best()
+    return (f"{row.layer.label:<26} {row.layer.shape:<16} {layer_list.SHORT[row.direction]}: "
+            + ", ".join(f"fastconv {isa} {row.best(isa)[1] * 1e3:7.2f} ms" for isa in row.fastconv)
+            + f", torch {row.peer[1] * 1e3:7.2f} ms ({row.peer[0]}) -> {row.ratio():5.2f}x "
+            f"(goal {row.goal:g}x: {'met' if row.met else 'NOT met'}, err {row.error:.1e})")
 
 
-def header(args, command, date, layouts, blas_threads, ceilings, budget, loads) -> list:
+def header(args, command, date, isas, blas_threads, ceilings, budget, loads) -> list:
     torch_config = (f"PyTorch {torch.__version__} (oneDNN available: "
                     f"{torch.backends.mkldnn.is_available()})")
+    peaks = ", ".join(f"{isa} {peak:.1f} GFLOP/s" for isa, peak in ceilings.fma_gflops.items())
     return [
         f"- Command: `{command}`" + (" (quick: a development run, not the goal run)"
                                      if args.quick else ""),
         f"- Date: {date}",
-        f"- Machine: {cpu_description()}; fastconv kernels: {fastconv.isa()}, Winograd "
-        f"{'on' if fastconv.winograd() else 'off'}",
+        f"- Machine: {cpu_description()}; fastconv kernels timed: {', '.join(isas)} (import "
+        f"chose {fastconv._cpu.isa_reason()}); Winograd {'on' if fastconv.winograd() else 'off'}",
         f"- Versions: Python {platform.python_version()}, NumPy {np.__version__}, "
         f"{torch_config}, fastconv {fastconv.__version__} (git {git_revision(REPO)}), "
         f"compiler: {compiler_description(REPO)}",
         f"- Threads: {args.threads} for fastconv and PyTorch; NumPy's BLAS: {blas_threads}",
-        f"- Layouts: fastconv {' and '.join(layouts)}, PyTorch "
-        f"{' and '.join(TORCH_LAYOUT[layout] for layout in layouts)}; batch "
+        f"- Layouts: fastconv NCHW and NHWC, PyTorch NCHW and channels_last; batch "
         f"{args.batch or (16 if args.quick else 128)} unless the input column says otherwise",
-        f"- Ceilings, the fastest of several repetitions at the start of this run: sgemm {ceilings.sgemm_gflops:.1f} "
-        f"GFLOP/s (NumPy's BLAS, {ceilings.sgemm_n}^3), copy {ceilings.copy_gbs:.1f} GB/s "
-        f"(a {ceilings.copy_mib} MiB np.copyto on {ceilings.copy_threads} thread(s), bytes "
-        f"read + written)",
+        f"- Ceilings, the fastest of several repetitions at the start of this run: register-only "
+        f"FMA peak {peaks} ({args.threads} threads); copy {ceilings.copy_gbs:.1f} GB/s (a "
+        f"{ceilings.copy_mib} MiB np.copyto on {ceilings.copy_threads} thread(s), bytes read + "
+        f"written); NumPy's sgemm {ceilings.sgemm_gflops:.1f} GFLOP/s ({ceilings.sgemm_n}^3)",
         f"- Timing: median of {budget.min_reps}-{budget.max_reps} repetitions after "
-        f"{budget.warmup + 1} warm-up calls, implementations interleaved round by round, about "
+        f"{budget.warmup + 1} warm-up calls, every contender interleaved round by round, about "
         f"{budget.seconds:g} s per row; PyTorch forward under no_grad, backward = "
-        f"torch.autograd.grad of the op (graph built outside the timed call) for dx, dw and dbias; "
-        f"fastconv backward returns dx, dw and dbias too",
+        f"torch.autograd.grad of the op (graph built outside the timed call); fastconv backward "
+        f"returns every gradient too",
         f"- Noise: timings vary from run to run when other processes share the cores; the "
         f"ratios come from one run with the contenders interleaved. Load average (1 min) at "
         f"start {loads[0]:.2f}, at end {loads[1]:.2f} on {os.cpu_count()} logical CPUs",
@@ -97,35 +139,40 @@ def header(args, command, date, layouts, blas_threads, ceilings, budget, loads) 
 def run(args, command: str, blas_threads: str):
     torch.set_num_threads(args.threads)
     fastconv.set_num_threads(args.threads)
+    isas = args.isas or [i for i in fastconv._cpu.supported_isas() if i != "generic"][:2] or ["generic"]
     layouts = ["NCHW", "NHWC"] if args.layout == "both" else [args.layout]
     batch = args.batch or (16 if args.quick else None)
     budget = Budget(args.seconds or (0.3 if args.quick else 4.0),
                     min_reps=2 if args.quick else 3, max_reps=5 if args.quick else 25)
+    baseline = load_baseline(args.baseline) if args.baseline else None
+    if baseline is not None:
+        baseline.set_num_threads(args.threads)
     load_start = os.getloadavg()[0]
-    ceilings = (measure_ceilings(args.threads, sgemm_n=1024, copy_mib=64,
+    ceilings = (measure_ceilings(args.threads, isas, sgemm_n=1024, copy_mib=64,
                                  budget=Budget(0.2, min_reps=3, max_reps=10)) if args.quick
-                else measure_ceilings(args.threads))
-    print(f"ceilings: sgemm {ceilings.sgemm_gflops:.1f} GFLOP/s, copy {ceilings.copy_gbs:.1f} "
-          f"GB/s", flush=True)
+                else measure_ceilings(args.threads, isas))
+    print("ceilings: " + ", ".join(f"{isa} FMA {p:.1f} GFLOP/s" for isa, p in ceilings.fma_gflops.items())
+          + f", copy {ceilings.copy_gbs:.1f} GB/s", flush=True)
 
-    def selected(cases, rebatch=True):
-        cases = [c.with_batch(batch) if batch and rebatch else c for c in cases]
+    def selected(layers, rebatch=True):
+        layers = [layer.with_batch(batch) if batch and rebatch else layer for layer in layers]
         text = args.filter.lower()
-        return [c for c in cases if text in f"{c.label} {c.shape} {c.group}".lower()]
+        return [layer for layer in layers
+                if text in f"{layer.label} {layer.shape} {layer.group}".lower()]
 
     started = time.perf_counter()
     rows = []
-    for case in selected(case_list.all_cases()):
-        for pass_ in case_list.PASSES:
-            rows.append(time_row(case, pass_, layouts, budget))
+    for layer in selected(layer_list.all_layers()):
+        for direction in layer_list.DIRECTIONS:
+            rows.append(time_row(layer, direction, isas, layouts, budget, baseline))
             print(_progress(rows[-1]), flush=True)
-    reference_rows = [time_reference_row(case, pass_, Budget(1.0, max_reps=10))
-                      for case in selected(case_list.REFERENCE_CASES, rebatch=False)
-                      for pass_ in case_list.PASSES]
+    reference_rows = [time_reference_row(layer, direction, Budget(1.0, max_reps=10))
+                      for layer in selected(layer_list.REFERENCE_LAYERS, rebatch=False)
+                      for direction in layer_list.DIRECTIONS]
     print(f"timed in {time.perf_counter() - started:.0f} s", flush=True)
 
     date = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
-    lines = header(args, command, date, layouts, blas_threads, ceilings, budget,
+    lines = header(args, command, date, isas, blas_threads, ceilings, budget,
                    (load_start, os.getloadavg()[0]))
     text = markdown(lines, rows, reference_rows, ceilings)
     print("\n" + text)
@@ -133,5 +180,5 @@ def run(args, command: str, blas_threads: str):
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "cpu.md").write_text(text)
         bar_chart(rows, args.out / "cpu.png",
-                  f"fastconv vs PyTorch CPU, {args.threads} threads, {date}")
+                  f"fastconv ({isas[0]}) vs PyTorch CPU, {args.threads} threads, {date}")
         print(f"wrote {args.out / 'cpu.md'} and {args.out / 'cpu.png'}")

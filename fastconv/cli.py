@@ -140,9 +140,15 @@ def _interrupted_message(checkpoint, args):
 def _bench_parser(sub):
     p = sub.add_parser("bench", add_help=False,
                        help="time every op against PyTorch (needs the [bench] extra)",
-                       description="The CPU benchmark (bench/cpu.py); --gpu runs the GPU one.")
+                       description="The benchmarks against PyTorch: every op's layers on the "
+                                   "CPU (default), on the GPU (--gpu), or a training epoch of "
+                                   "the reference network (--train); the suite's own flags "
+                                   "follow (fastconv bench [--gpu|--train] --help).")
     p.add_argument("-h", "--help", action="store_true")
-    p.add_argument("--gpu", action="store_true", help="the GPU benchmark (needs a CUDA GPU)")
+    suite = p.add_mutually_exclusive_group()
+    suite.add_argument("--gpu", action="store_true", help="the GPU benchmark (needs a CUDA GPU)")
+    suite.add_argument("--train", action="store_true",
+                       help="one epoch of the reference network against PyTorch's twin")
     p.set_defaults(run=_bench)
     return p
 
@@ -153,9 +159,9 @@ def _bench(args):
     except ImportError:
         raise UsageError("the benchmark compares with PyTorch: pip install 'fastconv[bench]' "
                          "(or pip install torch==2.13.0)") from None
-    from .bench import cpu, gpu
-    rest = args.rest + (["--help"] if args.help else [])
-    return (gpu if args.gpu else cpu).main(rest) or 0
+    from .bench import cpu, gpu, train_vs_torch
+    suite = gpu if args.gpu else train_vs_torch if args.train else cpu
+    return suite.main(args.rest + (["--help"] if args.help else [])) or 0
 
 
 def _check_parser(sub):

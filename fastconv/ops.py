@@ -114,6 +114,26 @@ class Case:
     def x(self):
         return self.inputs["x"]
 
+    @property
+    def layout(self) -> str:
+        """"NCHW" or "NHWC" (batch norm: channel axis 1 or -1 of a rank-4 x)."""
+        if "layout" in self.params:
+            return self.params["layout"]
+        return "NHWC" if self.params["axis"] % self.x.ndim == self.x.ndim - 1 else "NCHW"
+
+    def in_layout(self, layout: str) -> "Case":
+        """The same case with its activations in `layout` (a rank-4 x)."""
+        if layout == self.layout:
+            return self
+        order = (0, 2, 3, 1) if layout == "NHWC" else (0, 3, 1, 2)
+        params = dict(self.params)
+        if "layout" in params:
+            params["layout"] = layout
+        else:
+            params["axis"] = -1 if layout == "NHWC" else 1
+        inputs = dict(self.inputs, x=np.ascontiguousarray(self.x.transpose(order)))
+        return replace(self, inputs=inputs, params=params)
+
 
 @dataclass(frozen=True)
 class Op:
@@ -197,7 +217,7 @@ def close(actual, expected, rtol=1e-4, atol=2e-5) -> tuple[bool, float]:
 # ---------------------------------------------------------------------------------------
 # Convolutions
 
-def _conv_geometry(case: Case):
+def conv_geometry(case: Case):
     x, w = case.x, case.inputs.get("w", case.inputs.get("depthwise_w"))
     p = case.params
     groups = p.get("groups", 1)
@@ -211,11 +231,11 @@ def _conv_geometry(case: Case):
 
 
 def _conv_macs(g) -> int:
-    return g.n * g.c_out * g.oh * g.ow * g.cin_per_group * g.kh * g.kw
+    return g.n * g.c_out * g.oh * g.ow * (g.c_in // g.groups) * g.kh * g.kw
 
 
 def _conv_flops(case, direction):
-    g = _conv_geometry(case)
+    g = conv_geometry(case)
     macs = _conv_macs(g)
     if case.op.name == "separable_conv2d":
         macs += g.n * g.oh * g.ow * g.c_out * case.inputs["pointwise_w"].shape[0]
@@ -227,7 +247,7 @@ def _params_size(case):
 
 
 def _output_size(case):
-    g = _conv_geometry(case)
+    g = conv_geometry(case)
     if case.op.name == "separable_conv2d":
         return g.n * g.oh * g.ow * case.inputs["pointwise_w"].shape[0]
     return g.n * g.c_out * g.oh * g.ow
@@ -301,7 +321,7 @@ def _sample_separable(draw, limits):
 
 def _torch_padded(F, x, case):
     """x padded as fastconv pads it (any padding form), cropping rows no window reaches."""
-    g = _conv_geometry(case)
+    g = conv_geometry(case)
     bottom = (g.oh - 1) * g.stride_h + g.dil_h * (g.kh - 1) + 1 - g.h - g.pad_top
     right = (g.ow - 1) * g.stride_w + g.dil_w * (g.kw - 1) + 1 - g.w - g.pad_left
     return F.pad(x, (g.pad_left, right, g.pad_top, bottom)), g
@@ -388,10 +408,10 @@ def _torch_pool(F, case):
         return None  # no torch equivalent (min/sum pooling, asymmetric 'same' padding)
     window = dict(kernel_size=(g.kh, g.kw), stride=(g.stride_h, g.stride_w),
                   padding=(g.pad_top, g.pad_left))
-    bottom = (g.oh - 1) * g.stride_h + g.kh - g.h - g.pad_top
-    right = (g.ow - 1) * g.stride_w + g.kw - g.w - g.pad_left
-    if (bottom, right) != (g.pad_top, g.pad_left):
-        return None  # torch pads symmetrically
+    torch_out = ((g.h + 2 * g.pad_top - g.kh) // g.stride_h + 1,
+                 (g.w + 2 * g.pad_left - g.kw) // g.stride_w + 1)
+    if torch_out != (g.oh, g.ow):
+        return None  # torch pads symmetrically: these windows differ
     if kind == "max":
         return lambda x: F.max_pool2d(x, **window)
     return lambda x: F.avg_pool2d(x, **window, count_include_pad=p.get("count_include_pad", False))
@@ -531,3 +551,34 @@ def check(op: Op, case: Case, dev=lambda a: a, host=np.asarray) -> tuple[float, 
     for name in op.grads:
         compare(f"d{name}", grads[name], expected[name])
     return worst, bad
+
+
+def layer(name: str, n: int, c_in: int, c_out: int, size: int, k: int = 3, stride: int = 1,
+          pad: int = 1, seed: int = 0, activation=None) -> Case:
+    """A case of op `name` shaped like a CNN layer, NCHW: batch n, c_in channels of size x
+    size, c_out output channels, a k x k window with `stride` and `pad` on every side
+    (pools: c_out = c_in; batch norm: `activation` fused). The benchmarks' layer sets."""
+    op, rng = OPS[name], np.random.default_rng(seed)
+    x = _normal(rng, (n, c_in, size, size))
+    window = dict(stride=stride, padding=pad, layout="NCHW")
+    if op.family == "conv":
+        if name == "separable_conv2d":
+            inputs = dict(depthwise_w=_normal(rng, (c_in, 1, k, k)),
+                          pointwise_w=_normal(rng, (c_out, c_in)))
+        else:
+            shape = {"conv2d": (c_out, c_in, k, k), "depthwise_conv2d": (c_out, 1, k, k),
+                     "pointwise_conv2d": (c_out, c_in)}[name]
+            inputs = dict(w=_normal(rng, shape))
+        params = dict(layout="NCHW") if name == "pointwise_conv2d" else window
+        return Case(op, dict(x=x, **inputs, bias=_normal(rng, (c_out,))), params, seed)
+    if op.family == "pool":
+        return Case(op, dict(x=x), dict(window, kernel_size=k), seed)
+    if op.family == "global_pool":
+        return Case(op, dict(x=x), dict(layout="NCHW"), seed)
+    gamma, beta = _normal(rng, (c_in,)), _normal(rng, (c_in,))
+    params = dict(axis=1, eps=1e-3, activation=activation)
+    if name == "batch_norm":
+        return Case(op, dict(x=x, gamma=gamma, beta=beta), params, seed)
+    return Case(op, dict(x=x, mean=_normal(rng, (c_in,)),
+                         var=rng.uniform(0.5, 2, c_in).astype(np.float32), gamma=gamma,
+                         beta=beta), params, seed)

@@ -12,11 +12,16 @@ import fastconv
 from fastconv import _args
 
 from op_cases import (
+    ACTIVATIONS,
+    BATCH_NORM_SPLIT_CASES,
     CPU_LIMITS,
     DEPTHWISE_SPLIT_CASES,
     LARGE_CONV_CASES,
     POOL_BIGGER_CASES,
     HypothesisDraw,
+    check_batch_norm,
+    check_batch_norm_large_mean,
+    check_batch_norm_nan_channel,
     check_case,
     check_depthwise_splits,
     check_large_conv,

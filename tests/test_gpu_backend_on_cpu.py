@@ -88,40 +88,6 @@ class FakeCuPy:
     def ascontiguousarray(self, a):
         return a if a.flags.c_contiguous else self.asarray(np.ascontiguousarray(a), a.device_id)
 
-    def batch_norm_forward_workspace(self, shape):
-        return cuda.batch_norm_forward_workspace(shape)
-
-    def batch_norm_forward(self, x, gamma, beta, eps, activation, y, mean, var, workspace, shape,
-                           stream):
-        self.streams.add(stream)
-        self.record_workspace(workspace, cuda.batch_norm_forward_workspace(shape))
-        harness.batch_norm_forward(self.array(x), self.array(gamma), self.array(beta), eps,
-                                   activation, self.array(y), self.array(mean), self.array(var),
-                                   shape)
-
-    def batch_norm_inference_workspace(self, shape):
-        return cuda.batch_norm_inference_workspace(shape)
-
-    def batch_norm_inference(self, x, mean, var, gamma, beta, eps, activation, y, workspace,
-                             shape, stream):
-        self.streams.add(stream)
-        self.record_workspace(workspace, cuda.batch_norm_inference_workspace(shape))
-        harness.batch_norm_inference(self.array(x), self.array(mean), self.array(var),
-                                     self.array(gamma), self.array(beta), eps, activation,
-                                     self.array(y), shape)
-
-    def batch_norm_backward_workspace(self, shape):
-        return cuda.batch_norm_backward_workspace(shape)
-
-    def batch_norm_backward(self, dy, x, mean, var, gamma, beta, eps, activation, dx, dgamma,
-                            dbeta, workspace, shape, stream):
-        self.streams.add(stream)
-        self.record_workspace(workspace, cuda.batch_norm_backward_workspace(shape))
-        harness.batch_norm_backward(self.array(dy), self.array(x), self.array(mean),
-                                    self.array(var), self.array(gamma), self.array(beta), eps,
-                                    activation, self.array(dx), self.array(dgamma),
-                                    self.array(dbeta), shape)
-
 
 class Recorder:
     """fastconv._cuda_harness, noting the stream and current device of every call."""
