@@ -37,10 +37,12 @@ def load(path, what="arrays") -> dict:
     """{name: array} of an .npz file; FileFormatError if it is truncated or not an .npz."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with open(path, "rb") as f:  # ours to close, whatever np.load raises
+            data = np.load(f, allow_pickle=False)
             if not isinstance(data, np.lib.npyio.NpzFile):
-                raise ValueError("a single .npy array, not an .npz archive")
-            return {k: data[k] for k in data.files}
+                raise ValueError("a single array (.npy), not an .npz archive of named arrays")
+            with data:
+                return {k: data[k] for k in data.files}
     except FileNotFoundError:
         raise FileNotFoundError(f"no {what} file at {path}") from None
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:

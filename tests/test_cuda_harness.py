@@ -204,3 +204,20 @@ def test_harness_barrier_is_real():
 def test_harness_reports_barrier_divergence():
     with pytest.raises(RuntimeError, match="barrier divergence"):
         harness_module.selftest_divergent_barrier()
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_an_infinite_weight_reaches_only_its_real_terms_in_dx(harness, layout):
+    """The implicit GEMM multiplies the zeros it gathers outside dy by every weight; with an
+    infinite weight the direct fallback must give the true sum (Inf where a real term has
+    it, no NaN), as the reference computes it."""
+    x = nchw_to(np.ones((1, 16, 6, 6), np.float32), layout)
+    w = np.ones((4, 16, 3, 3), np.float32)
+    w[1, 0, 0, 0] = np.inf
+    dy = nchw_to(np.ones((1, 4, 6, 6), np.float32), layout)
+    dx = fastconv.conv2d_backward(dy, x, w, padding=1, layout=layout)[0]
+    want = ref.conv2d_backward(dy, x, w, padding=1, layout=layout)[0]
+    assert not np.isnan(dx).any()
+    np.testing.assert_array_equal(np.isinf(dx), np.isinf(want))
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(dx[finite], want[finite], rtol=1e-5)

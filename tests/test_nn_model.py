@@ -239,3 +239,41 @@ def test_lookahead_takes_a_step_dependent_alpha():
         np.testing.assert_array_equal(runs["alpha 0"][1][k], runs["alpha 0"][0][k])
     for k in set(trained) - set(params):  # BN statistics are held back too (to the first step's)
         assert not np.array_equal(runs["alpha 0"][1][k], runs["plain"][1][k])
+
+
+def test_weight_files_that_do_not_fit_fail_clearly(tmp_path):
+    """Truncated, foreign or mismatched weight files: one ValueError naming the file, or the
+    layer and both shapes; never an error from deep inside NumPy."""
+    model = small_model()
+    path = tmp_path / "w.npz"
+    model.save_weights(path)
+    raw = path.read_bytes()
+    (tmp_path / "truncated.npz").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "text.npz").write_text("not an archive")
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    for name in ("truncated.npz", "text.npz", "single.npy"):
+        with pytest.raises(ValueError, match=f"{name} is not a readable weights file"):
+            model.load_weights(tmp_path / name)
+    weights = dict(np.load(path))
+    weights["conv2d/kernel"] = np.zeros((6, 4, 5, 5), np.float32)
+    np.savez(tmp_path / "shapes.npz", **weights)
+    with pytest.raises(ValueError, match=r"conv2d/kernel: expected shape \(6, 4, 3, 3\), got "
+                                         r"\(6, 4, 5, 5\)"):
+        model.load_weights(tmp_path / "shapes.npz")
+    with pytest.raises(FileNotFoundError, match="no weights file"):
+        model.load_weights(tmp_path / "missing.npz")
+
+
+def test_saving_weights_is_atomic(tmp_path, monkeypatch):
+    """A write that dies midway leaves the previous file whole."""
+    model = small_model()
+    path = tmp_path / "w.npz"
+    model.save_weights(path)
+    before = path.read_bytes()
+
+    def dies(*args, **kwargs):
+        raise OSError("disk full")
+    monkeypatch.setattr(np, "savez", dies)
+    with pytest.raises(OSError, match="disk full"):
+        model.save_weights(path)
+    assert path.read_bytes() == before

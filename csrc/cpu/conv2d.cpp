@@ -414,6 +414,13 @@ void backward_weight_by(Algorithm a, const ConvGeometry& g, const float* dy, con
   }
 }
 
+bool all_finite(const float* v, int64_t count) {
+  float probe = 0.f;  // becomes NaN if any value is NaN or infinite
+#pragma omp simd reduction(+ : probe)
+  for (int64_t i = 0; i < count; ++i) probe += v[i] * 0.f;
+  return probe == 0.f;
+}
+
 }  // namespace
 
 void conv2d_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias,
@@ -422,7 +429,12 @@ void conv2d_forward(const ConvGeometry& g, const float* x, const float* w, const
 }
 
 void conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
-  const Algorithm a = select_conv_algorithm(g, Direction::backward_input, kBuildIsa);
+  Algorithm a = select_conv_algorithm(g, Direction::backward_input, kBuildIsa);
+  // The transposed forward also multiplies the zeros it pads dy with by the weights: with an
+  // infinite or NaN weight those products are NaN where dx's sum has no such term. col2im
+  // multiplies real dy values only.
+  if (a == Algorithm::backward_input_as_forward && !all_finite(w, g.w_size()))
+    a = g.channels_last ? Algorithm::col2im_nhwc : Algorithm::col2im_nchw;
   switch (a) {
     case Algorithm::backward_input_as_forward: return backward_input_as_forward(g, dy, w, dx);
     case Algorithm::col2im_nchw: return backward_input_col2im_nchw(g, dy, w, dx);
