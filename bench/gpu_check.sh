@@ -3,8 +3,9 @@
 # already has CuPy, PyTorch (CUDA), pybind11, scikit-build-core, CMake and ninja:
 #   1. build fastconv (with fastconv._cuda) without build isolation, into a private folder
 #   2. run the GPU tests, the CUDA-harness tests and the _cuda module tests
-#   3. compute-sanitizer memcheck over a small set of GPU tests (CuPy's pool off, so that
-#      every buffer is its own allocation and an overrun is caught), where available
+#   3. compute-sanitizer memcheck, racecheck, synccheck and initcheck over a small set of GPU
+#      tests (CuPy's pool off, so that every buffer is its own allocation and an overrun is
+#      caught), where available; any report fails the stage
 #   4. the GPU benchmark against PyTorch/cuDNN, its table written as markdown to $OUT
 # Every stage has a time limit (the whole script stays under ~7.5 minutes) and the script
 # goes on after a failed stage, so one run reports everything; it exits non-zero if any
@@ -64,20 +65,24 @@ stage tests 120 "$py" -m pytest "$repo/tests/test_gpu.py" "$repo/tests/test_cuda
   "$repo/tests/test_cuda_harness.py" -q -ra -p no:cacheprovider --durations=10
 
 sanitizer="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
+# A small set that reaches every kernel family: both GEMM tile sizes with several
+# backward-weight splits, the strided/grouped tiles, a wide pooling window, the NHWC
+# depthwise weight gradient, batch norm's split reductions and the non-finite-weight path.
+small_set='(large_tiles and (130 or 16-144 or 24-40)) or (depthwise_weight_splits and NHWC) or (pooling_bigger and (8-9 or 9-8)) or batch_norm_nan or infinite_weight or empty'
 if [ -x "$sanitizer" ]; then
-  # Each kernel family once, both layouts; the hypothesis tests would take too long here.
-  stage memcheck 100 "$sanitizer" --tool memcheck --error-exitcode 99 --print-limit 20 \
-    "$py" -c "
+  for tool in memcheck racecheck synccheck initcheck; do
+    stage "$tool" 100 "$sanitizer" --tool "$tool" --error-exitcode 99 --print-limit 20 \
+      "$py" -c "
 import sys, cupy, pytest
 cupy.cuda.set_allocator(None)  # exact-size allocations: an overrun is a memcheck error
-sys.exit(pytest.main(['$repo/tests/test_gpu.py', '-q', '-x', '-p', 'no:cacheprovider', '-k',
-    '(large_tiles and (130 or 24-40 or 2-3-64)) or depthwise_weight_splits'
-    ' or (pooling_bigger and (max or avg)) or global_avg or empty or batch_norm_nan']))"
+sys.exit(pytest.main(['$repo/tests/test_gpu.py', '-q', '-x', '-p', 'no:cacheprovider',
+                      '-k', '$small_set']))"
+  done
 else
-  summary+=("memcheck   skipped: no compute-sanitizer")
+  summary+=("sanitizers skipped: no compute-sanitizer")
 fi
 
-stage bench 100 "$py" "$repo/bench/gpu.py" --out "$out/gpu-bench.md"
+stage bench 100 "$py" -m fastconv.bench.gpu --out "$out/gpu-bench.md"
 
 echo "=== summary (logs and table in $out)"
 printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"

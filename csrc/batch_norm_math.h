@@ -36,7 +36,7 @@ namespace fastconv::FASTCONV_BATCH_NORM_NS {
 FC_HD inline float exp_nonpositive(float v) {
   v = v < -87.f ? -87.f : v;
   constexpr float kRound = 12582912.f;  // 1.5 * 2^23: adding it rounds to an integer n
-  constexpr int32_t kRoundBits = 0x4B400000;
+  constexpr uint32_t kRoundBits = 0x4B400000;
   const float shifted = v * 1.44269504f + kRound;
   const float n = shifted - kRound;
   const float r = (v - n * 0.693359375f) + n * 2.12194440e-4f;  // v - n ln 2, in two parts
@@ -47,7 +47,7 @@ FC_HD inline float exp_nonpositive(float v) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.f;
-  int32_t bits;
+  uint32_t bits;  // unsigned: a NaN's bits would overflow a signed shift
   memcpy(&bits, &shifted, sizeof bits);
   bits = (bits - kRoundBits + 127) << 23;  // 2^n: n is in the low bits of `shifted`
   float two_to_n;

@@ -201,3 +201,15 @@ def test_empty_batch():
 def test_wrong_dtype_is_rejected_before_the_kernel():
     with pytest.raises(TypeError, match="float32"):
         fastconv.max_pool2d(cp.ones((1, 1, 4, 4), cp.float64), 2)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_an_infinite_weight_reaches_only_its_real_terms_in_dx(layout):
+    x = nchw_to(np.ones((1, 16, 6, 6), np.float32), layout)
+    w = np.ones((4, 16, 3, 3), np.float32)
+    w[1, 0, 0, 0] = np.inf
+    dy = nchw_to(np.ones((1, 4, 6, 6), np.float32), layout)
+    dx = host(fastconv.conv2d_backward(dev(dy), dev(x), dev(w), padding=1, layout=layout)[0])
+    want = fastconv.reference.conv2d_backward(dy, x, w, padding=1, layout=layout)[0]
+    assert not np.isnan(dx).any()
+    np.testing.assert_array_equal(np.isinf(dx), np.isinf(want))
