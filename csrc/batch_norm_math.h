@@ -24,10 +24,11 @@
 
 #if defined(FASTCONV_CUDA_NS)  // cuda/kernels.h: nvcc or the CPU harness
 #define FASTCONV_BATCH_NORM_NS FASTCONV_CUDA_NS
-#elif defined(FASTCONV_ISA)    // a CPU kernel source
+#elif defined(FASTCONV_ISA)  // a CPU kernel source
 #define FASTCONV_BATCH_NORM_NS cpu::FASTCONV_ISA
 #else
-#error "batch_norm_math.h is for kernel sources: define FASTCONV_ISA or include cuda/kernels.h first"
+#error \
+    "batch_norm_math.h is for kernel sources: define FASTCONV_ISA or include cuda/kernels.h first"
 #endif
 
 namespace fastconv::FASTCONV_BATCH_NORM_NS {
@@ -61,9 +62,10 @@ FC_HD inline float normal_cdf(float z, float& density) {
   const float e = exp_nonpositive(-a * a);  // exp(-z^2 / 2)
   density = 0.39894228f * e;
   const float t = 1.f / (1.f + 0.3275911f * a);
-  const float poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f +
-                     t * (-1.453152027f + t * 1.061405429f))));
-  const float tail = 0.5f * poly * e;  // 1 - Phi(|z|)
+  const float poly =
+      t * (0.254829592f +
+           t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+  const float tail = 0.5f * poly * e;       // 1 - Phi(|z|)
   return 0.5f + copysignf(0.5f - tail, z);  // Phi(z) = 1 - tail for z >= 0, else tail
 }
 
@@ -94,9 +96,12 @@ FC_HD inline float activation_backward(float z, float dy) {
 template <class Body>
 void with_activation(Activation act, Body body) {
   switch (act) {
-    case Activation::relu: return body(std::integral_constant<Activation, Activation::relu>{});
-    case Activation::gelu: return body(std::integral_constant<Activation, Activation::gelu>{});
-    default: return body(std::integral_constant<Activation, Activation::none>{});
+    case Activation::relu:
+      return body(std::integral_constant<Activation, Activation::relu>{});
+    case Activation::gelu:
+      return body(std::integral_constant<Activation, Activation::gelu>{});
+    default:
+      return body(std::integral_constant<Activation, Activation::none>{});
   }
 }
 
@@ -122,8 +127,8 @@ FC_HD inline void channel_statistics(float pivot, double sum, double sum_squares
 // folded in. Forward, inference and backward all derive it from the same float statistics,
 // so backward recomputes exactly the pre-activation values that forward activated.
 FC_HD inline void affine_coefficients(int64_t c, const float* mean, const float* var,
-                                      const float* gamma, const float* beta, float eps,
-                                      float& a, float& b) {
+                                      const float* gamma, const float* beta, float eps, float& a,
+                                      float& b) {
   const double scale = (gamma ? gamma[c] : 1.0) / sqrt(static_cast<double>(var[c]) + eps);
   a = static_cast<float>(scale);
   b = static_cast<float>((beta ? beta[c] : 0.0) - mean[c] * scale);
@@ -135,10 +140,10 @@ struct BackwardCoefficients {
   float dgamma, dbeta, k_dz, k_x, k_0;
 };
 
-FC_HD inline BackwardCoefficients backward_coefficients(int64_t c, double sum_dz,
-                                                        double sum_dz_x, const float* mean,
-                                                        const float* var, const float* gamma,
-                                                        float eps, double count) {
+FC_HD inline BackwardCoefficients backward_coefficients(int64_t c, double sum_dz, double sum_dz_x,
+                                                        const float* mean, const float* var,
+                                                        const float* gamma, float eps,
+                                                        double count) {
   const double inv = 1.0 / sqrt(static_cast<double>(var[c]) + eps);
   const double a = (gamma ? gamma[c] : 1.0) * inv;
   const double sum_dz_xhat = sum_dz_x * inv;

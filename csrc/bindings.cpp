@@ -105,12 +105,12 @@ struct Backend {
 #define FC_AVX512 generic
 #define FC_AVX2 generic
 #endif
-#define DISPATCH_ISA(isa, kernel, ...)                                \
-  ((isa) == cpu::Isa::avx512 ? cpu::FC_AVX512::kernel(__VA_ARGS__)   \
-   : (isa) == cpu::Isa::avx2 ? cpu::FC_AVX2::kernel(__VA_ARGS__)     \
+#define DISPATCH_ISA(isa, kernel, ...)                             \
+  ((isa) == cpu::Isa::avx512 ? cpu::FC_AVX512::kernel(__VA_ARGS__) \
+   : (isa) == cpu::Isa::avx2 ? cpu::FC_AVX2::kernel(__VA_ARGS__)   \
                              : cpu::generic::kernel(__VA_ARGS__))
-#define FASTCONV_KERNEL(name)                   \
-  [](auto&, const auto& g, auto*... buffers) { \
+#define FASTCONV_KERNEL(name)                             \
+  [](auto&, const auto& g, auto*... buffers) {            \
     DISPATCH_ISA(cpu::active_isa(), name, g, buffers...); \
   }
 #include "op_bindings.h"
@@ -155,8 +155,8 @@ std::string conv_algorithm(const py::handle& geometry, const std::string& direct
   cpu::Direction d;
   if (!cpu::parse_direction(direction, d))
     throw py::value_error(
-        "direction must be 'forward', 'backward_input' or 'backward_weight', got '" +
-        direction + "'");
+        "direction must be 'forward', 'backward_input' or 'backward_weight', got '" + direction +
+        "'");
   const ConvGeometry g = fastconv::bindings::read_geometry<ConvGeometry>(geometry);
   fastconv::bindings::validate(g);
   return cpu::algorithm_name(cpu::select_conv_algorithm(g, d, cpu::active_isa()));
@@ -179,10 +179,12 @@ PYBIND11_MODULE(_cpu, m) {
     throw py::value_error(e.what());
   }
   fastconv::bindings::bind_ops<Backend>(m);
-  m.def("isa", [] { return std::string(cpu::isa_name(cpu::active_isa())); },
-        "The instruction set the kernels run with: 'avx512', 'avx2' or 'generic'.");
-  m.def("isa_reason", [] { return cpu::active_isa_reason(); },
-        "Why isa() is what it is, e.g. 'avx2: the CPU lacks AVX-512BW'.");
+  m.def(
+      "isa", [] { return std::string(cpu::isa_name(cpu::active_isa())); },
+      "The instruction set the kernels run with: 'avx512', 'avx2' or 'generic'.");
+  m.def(
+      "isa_reason", [] { return cpu::active_isa_reason(); },
+      "Why isa() is what it is, e.g. 'avx2: the CPU lacks AVX-512BW'.");
   m.def("supported_isas", &supported_isas,
         "The instruction sets this machine and build can run, best first.");
   m.def("set_isa", &set_isa, py::arg("name"),
@@ -192,8 +194,9 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("conv_algorithm", &conv_algorithm, py::arg("geometry"), py::arg("direction"),
         "The algorithm the active kernels run for a convolution pass ('forward', "
         "'backward_input' or 'backward_weight'), e.g. 'winograd_f4x3'.");
-  m.def("set_winograd", [](bool on) { cpu::g_winograd = on; }, py::arg("enabled"),
-        "Use Winograd F(4x4,3x3) for 3x3 stride-1 convolutions (default on).");
+  m.def(
+      "set_winograd", [](bool on) { cpu::g_winograd = on; }, py::arg("enabled"),
+      "Use Winograd F(4x4,3x3) for 3x3 stride-1 convolutions (default on).");
   m.def("winograd", [] { return cpu::g_winograd.load(); });
   m.def("get_num_threads", &cpu::configured_threads, "Threads the kernels use.");
   m.def("set_num_threads", &set_num_threads, py::arg("n"), "Threads the kernels use.");

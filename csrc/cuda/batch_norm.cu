@@ -28,9 +28,9 @@
 // next to the memory traffic). A third pass writes y = act(a * x + b). Backward recomputes
 // the activation's input z = a * x + b from x, sums dz and dz * (x - mean), then writes dx.
 //
-// Workspace (from the launch): partial[2][splits][channels] (the two sums of every split), then per-channel
-// coefficients: a and b of z = a * x + b, and for backward k_dz, k_x and k_0 of
-// dx = k_dz * dz + k_x * x + k_0.
+// Workspace (from the launch): partial[2][splits][channels] (the two sums of every split), then
+// per-channel coefficients: a and b of z = a * x + b, and for backward k_dz, k_x and k_0 of dx =
+// k_dz * dz + k_x * x + k_0.
 #include <stdexcept>
 #include <string>
 
@@ -224,7 +224,8 @@ void normalize(const NormGeometry& s, const float* x, const float* a, const floa
                Stream stream) {
   with_activation(s.act(), [&](auto kind) {
     FC_LAUNCH(normalize_kernel<decltype(kind)::value>, element_grid(s.size()),
-              dim3(kElementThreads), stream)(s, x, a, b, y);
+              dim3(kElementThreads), stream)
+    (s, x, a, b, y);
   });
   check_launch("batch_norm normalize");
 }
@@ -244,8 +245,8 @@ void batch_norm_forward(const NormGeometry& s, const float* x, const float* gamm
   FC_LAUNCH(moved_pivot_kernel, grid, block, stream)(s, x, workspace, splits, mean);
   check_launch("batch_norm_forward");
   channel_partials(s, CentredTerms{x, mean, 1}, workspace, stream);
-  FC_LAUNCH(statistics_kernel, grid, block, stream)(s, workspace, splits, gamma, beta,
-                                                    s.epsilon(), mean, var, a, b);
+  FC_LAUNCH(statistics_kernel, grid, block, stream)
+  (s, workspace, splits, gamma, beta, s.epsilon(), mean, var, a, b);
   check_launch("batch_norm_forward");
   normalize(s, x, a, b, y, stream);
 }
@@ -256,16 +257,15 @@ void batch_norm_inference(const NormGeometry& s, const float* x, const float* me
   const Stream stream = launch.stream;
   float* a = launch.workspace(2 * s.channels);
   float* b = a + s.channels;
-  FC_LAUNCH(affine_kernel, element_grid(s.channels), dim3(kElementThreads), stream)(
-      s, mean, var, gamma, beta, s.epsilon(), a, b);
+  FC_LAUNCH(affine_kernel, element_grid(s.channels), dim3(kElementThreads), stream)
+  (s, mean, var, gamma, beta, s.epsilon(), a, b);
   check_launch("batch_norm_inference");
   normalize(s, x, a, b, y, stream);
 }
 
-void batch_norm_backward(const NormGeometry& s, const float* dy, const float* x,
-                         const float* mean, const float* var, const float* gamma,
-                         const float* beta, float* dx, float* dgamma, float* dbeta,
-                         Launch& launch) {
+void batch_norm_backward(const NormGeometry& s, const float* dy, const float* x, const float* mean,
+                         const float* var, const float* gamma, const float* beta, float* dx,
+                         float* dgamma, float* dbeta, Launch& launch) {
   require_launchable(s, "batch_norm_backward");
   const Stream stream = launch.stream;
   const int64_t splits = split_count(s);
@@ -280,12 +280,12 @@ void batch_norm_backward(const NormGeometry& s, const float* dy, const float* x,
   with_activation(s.act(), [&](auto kind) {
     const GradientTerms<decltype(kind)::value> terms{dy, x, mean, a, b};
     channel_partials(s, terms, workspace, stream);
-    FC_LAUNCH(backward_coefficients_kernel, grid, block, stream)(
-        s, workspace, splits, mean, var, gamma, eps, dgamma, dbeta, k);
+    FC_LAUNCH(backward_coefficients_kernel, grid, block, stream)
+    (s, workspace, splits, mean, var, gamma, eps, dgamma, dbeta, k);
     check_launch("batch_norm_backward");
     if (!dx) return;
-    FC_LAUNCH(input_gradient_kernel<decltype(kind)::value>, element_grid(s.size()), block,
-              stream)(s, terms, k, dx);
+    FC_LAUNCH(input_gradient_kernel<decltype(kind)::value>, element_grid(s.size()), block, stream)
+    (s, terms, k, dx);
     check_launch("batch_norm_backward");
   });
 }

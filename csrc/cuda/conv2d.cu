@@ -315,32 +315,6 @@ __global__ void nonfinite_kernel(const float* v, int64_t n, int* flag) {
 
 __global__ void zero_flag_kernel(int* flag) { *flag = 0; }
 
-// dx[b, c, iy, ix] as the sum over the output cells that read the input cell, nothing else:
-// the implicit GEMM multiplies the weights by zeros where it gathers dy outside the output,
-// and with an infinite or NaN weight those products would put NaN where the true sum has no
-// such term. Runs only when *nonfinite is set (then it overwrites the GEMM's dx).
-__global__ void direct_backward_input_kernel(const ConvGeometry g, const float* dy,
-                                             const float* w, float* dx, const int* nonfinite) {
-  if (!*nonfinite) return;
-  const int64_t cin_g = g.cin_per_group(), cout_g = g.cout_per_group();
-  for (int64_t i = first_element(); i < g.x_size(); i += element_step()) {
-    int64_t b, c, iy, ix;
-    ConvGeometry::split_offset(g.channels_last != 0, g.c_in, g.h, g.w, i, b, c, iy, ix);
-    const int64_t group = c / cin_g, ci = c % cin_g;
-    float acc = 0.f;
-    for (int64_t o = group * cout_g; o < (group + 1) * cout_g; ++o)
-      for (int64_t ky = 0; ky < g.kh; ++ky) {
-        const int64_t oy = g.out_row(iy, ky);
-        if (oy < 0) continue;
-        for (int64_t kx = 0; kx < g.kw; ++kx) {
-          const int64_t ox = g.out_col(ix, kx);
-          if (ox >= 0) acc += dy[g.y_offset(b, o, oy, ox)] * w[((o * cin_g + ci) * g.kh + ky) * g.kw + kx];
-        }
-      }
-    dx[i] = acc;
-  }
-}
-
 __global__ void sum_partials_kernel(const float* partial, int64_t splits, int64_t count,
                                     float* out) {
   for (int64_t i = first_element(); i < count; i += element_step()) {
@@ -385,7 +359,7 @@ void conv2d_forward(const ConvGeometry& g, const float* x, const float* w, const
 void conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* w, float* dx,
                            Launch& launch) {
   const Stream stream = launch.stream;
-  if (is_depthwise(g)) return depthwise_conv2d_backward_input(g, dy, w, dx, stream);
+  if (is_depthwise(g)) return direct_conv2d_backward_input(g, dy, w, dx, nullptr, stream);
   require_small_filter(g, "conv2d_backward_input");
   if (g.channels_last) {
     const BackwardInputProblem<true> p(g, dy, w, dx);
@@ -394,15 +368,16 @@ void conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* 
     const BackwardInputProblem<false> p(g, dy, w, dx);
     run_implicit_gemm(p, p.k, stream, "conv2d_backward_input");
   }
-  // Queued every time, so that no call waits for the check; the direct kernel exits at once
-  // when every weight is finite.
+  // The GEMM multiplies the zeros it gathers outside dy by every weight: with an infinite or
+  // NaN weight those products put NaN where dx's sum has no such term. Then the direct sum
+  // overwrites dx. Queued every time, so that no call waits for the check; the direct kernel
+  // exits at once when every weight is finite.
   int* nonfinite = reinterpret_cast<int*>(launch.workspace(1));
   FC_LAUNCH(zero_flag_kernel, dim3(1), dim3(1), stream)(nonfinite);
-  FC_LAUNCH(nonfinite_kernel, element_grid(g.w_size()), dim3(kElementThreads), stream)(
-      w, g.w_size(), nonfinite);
-  FC_LAUNCH(direct_backward_input_kernel, element_grid(g.x_size()), dim3(kElementThreads),
-            stream)(g, dy, w, dx, nonfinite);
+  FC_LAUNCH(nonfinite_kernel, element_grid(g.w_size()), dim3(kElementThreads), stream)
+  (w, g.w_size(), nonfinite);
   check_launch("conv2d_backward_input");
+  direct_conv2d_backward_input(g, dy, w, dx, nonfinite, stream);
 }
 
 void conv2d_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw,

@@ -32,21 +32,29 @@ __global__ void depthwise_forward_kernel(const ConvGeometry g, const float* x, c
   }
 }
 
+// dx cell (b, c, iy, ix) as the sum over the output cells that read it, one thread per
+// cell: depthwise backward-input, and any convolution's where a device flag asks for it
+// (run_if: skipped when it holds 0).
 template <bool kNhwc>
-__global__ void depthwise_backward_input_kernel(const ConvGeometry g, const float* dy,
-                                                const float* w, float* dx) {
-  const int64_t mult = g.c_out / g.c_in, taps = g.kh * g.kw, total = g.x_size();
+__global__ void direct_backward_input_kernel(const ConvGeometry g, const float* dy, const float* w,
+                                             float* dx, const int* run_if) {
+  if (run_if && !*run_if) return;
+  const int64_t cin_g = g.cin_per_group(), cout_g = g.cout_per_group(), taps = g.kh * g.kw;
+  const int64_t total = g.x_size();
   for (int64_t i = first_element(); i < total; i += element_step()) {
     int64_t b, c, iy, ix;
     ConvGeometry::split_offset(kNhwc, g.c_in, g.h, g.w, i, b, c, iy, ix);
+    const int64_t group = c / cin_g, ci = c - group * cin_g;
     float acc = 0.f;
-    for (int64_t o = c * mult; o < (c + 1) * mult; ++o)
+    for (int64_t o = group * cout_g; o < (group + 1) * cout_g; ++o)
       for (int64_t ky = 0; ky < g.kh; ++ky) {
         const int64_t oy = g.out_row(iy, ky);
         if (oy < 0) continue;
         for (int64_t kx = 0; kx < g.kw; ++kx) {
           const int64_t ox = g.out_col(ix, kx);
-          if (ox >= 0) acc = fmaf(dy[g.y_offset(b, o, oy, ox)], w[o * taps + ky * g.kw + kx], acc);
+          if (ox >= 0)
+            acc = fmaf(dy[g.y_offset(b, o, oy, ox)], w[(o * cin_g + ci) * taps + ky * g.kw + kx],
+                       acc);
         }
       }
     dx[i] = acc;
@@ -120,14 +128,14 @@ void depthwise_conv2d_forward(const ConvGeometry& g, const float* x, const float
   check_launch("depthwise_conv2d_forward");
 }
 
-void depthwise_conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* w,
-                                     float* dx, Stream stream) {
+void direct_conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* w, float* dx,
+                                  const int* run_if, Stream stream) {
   const dim3 grid = element_grid(g.x_size()), block(kElementThreads);
   if (g.channels_last)
-    FC_LAUNCH(depthwise_backward_input_kernel<true>, grid, block, stream)(g, dy, w, dx);
+    FC_LAUNCH(direct_backward_input_kernel<true>, grid, block, stream)(g, dy, w, dx, run_if);
   else
-    FC_LAUNCH(depthwise_backward_input_kernel<false>, grid, block, stream)(g, dy, w, dx);
-  check_launch("depthwise_conv2d_backward_input");
+    FC_LAUNCH(direct_backward_input_kernel<false>, grid, block, stream)(g, dy, w, dx, run_if);
+  check_launch("direct_conv2d_backward_input");
 }
 
 int64_t depthwise_conv2d_backward_weight_workspace(const ConvGeometry& g) {

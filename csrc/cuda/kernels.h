@@ -58,8 +58,10 @@ void batch_norm_backward(const NormGeometry& g, const float* dy, const float* x,
 bool is_depthwise(const ConvGeometry& g);
 void depthwise_conv2d_forward(const ConvGeometry& g, const float* x, const float* w,
                               const float* bias, float* y, Stream stream);
-void depthwise_conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* w,
-                                     float* dx, Stream stream);
+// dx of any convolution by direct summation, one thread per dx cell (depthwise's own
+// algorithm); skipped when run_if is not null and the device int it points at holds 0.
+void direct_conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* w, float* dx,
+                                  const int* run_if, Stream stream);
 int64_t depthwise_conv2d_backward_weight_workspace(const ConvGeometry& g);
 void depthwise_conv2d_backward_weight(const ConvGeometry& g, const float* dy, const float* x,
                                       float* dw, float* workspace, Stream stream);
