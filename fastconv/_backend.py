@@ -19,7 +19,7 @@ _DLPACK_CUDA = (2, 13)  # kDLCUDA, kDLCUDAManaged
 
 
 def on_gpu(a) -> bool:
-    if a is None or isinstance(a, (np.ndarray, np.generic)):
+    if a is None or type(a) is np.ndarray or isinstance(a, np.generic):
         return False
     dlpack_device = getattr(a, "__dlpack_device__", None)
     if dlpack_device is not None:

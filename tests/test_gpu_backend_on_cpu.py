@@ -38,6 +38,9 @@ class FakeArray(np.ndarray):
     def device(self):
         return types.SimpleNamespace(id=self.device_id)
 
+    def __dlpack_device__(self):
+        return (2, self.device_id)  # kDLCUDA: what fastconv._backend.on_gpu asks first
+
     @property
     def __cuda_array_interface__(self):
         interface = self.__array_interface__
@@ -82,6 +85,10 @@ class FakeCuPy:
     def empty(self, shape, dtype):
         return self.asarray(np.empty(shape, dtype))
 
+    def from_dlpack(self, producer):
+        """CuPy's side of the DLPack handshake: hands the producer its current stream."""
+        return self.asarray(producer.__dlpack__(stream=self.stream_of(self.current)))
+
     def empty_like(self, a):
         return self.empty(a.shape, a.dtype)
 
@@ -110,7 +117,6 @@ def fake_gpu():
     native = Recorder(harness, cp)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_gpu, "_modules", lambda: (cp, native))
-        patch.setattr(_backend, "on_gpu", lambda a: isinstance(a, FakeArray))
         yield cp, native
 
 
@@ -121,7 +127,6 @@ def test_every_op_through_the_gpu_path(data):
     cp = FakeCuPy()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_gpu, "_modules", lambda: (cp, Recorder(harness, cp)))
-        patch.setattr(_backend, "on_gpu", lambda a: isinstance(a, FakeArray))
         worst, bad = ops.check(op, case, dev=cp.asarray, host=np.asarray)
     assert bad is None, (bad, case)
 
@@ -202,3 +207,49 @@ def test_mixing_host_and_device_arrays_raises(fake_gpu):
     cp, _ = fake_gpu
     with pytest.raises(TypeError, match="same device"):
         fastconv.conv2d(np.ones((1, 1, 3, 3), np.float32), cp.asarray(np.ones((1, 1, 1, 1), np.float32)))
+
+
+class ForeignTensor:
+    """Another library's CUDA array (say a PyTorch tensor): DLPack and the array interface,
+    noting which one fastconv used and which stream the DLPack handshake named."""
+
+    def __init__(self, a, requires_grad=False):
+        self.a, self.requires_grad, self.streams, self.interface_read = a, requires_grad, [], False
+
+    def __dlpack_device__(self):
+        return (2, 0)  # kDLCUDA, device 0
+
+    def __dlpack__(self, stream=None):
+        if self.requires_grad:
+            raise RuntimeError("Can't export tensors that require gradient, use tensor.detach()")
+        self.streams.append(stream)
+        return self.a
+
+    @property
+    def __cuda_array_interface__(self):
+        self.interface_read = True
+        if self.requires_grad:
+            raise RuntimeError("Can't get __cuda_array_interface__ on Variable that requires grad")
+        return FakeArray.__cuda_array_interface__.fget(self.a.view(FakeArray))
+
+
+def test_foreign_arrays_come_through_dlpack_on_the_current_stream(fake_gpu):
+    """DLPack's handshake tells the producer which stream reads the array (the array
+    interface carries none for PyTorch), so it is preferred."""
+    cp, _ = fake_gpu
+    rng = np.random.default_rng(7)
+    x = ForeignTensor(rng.standard_normal((1, 2, 5, 5)).astype(np.float32))
+    w = ForeignTensor(rng.standard_normal((3, 2, 3, 3)).astype(np.float32))
+    y = fastconv.conv2d(x, w, padding=1)
+    assert isinstance(y, FakeArray)
+    assert x.streams == [cp.stream_of(0)] and not x.interface_read
+    np.testing.assert_allclose(y, fastconv.reference.conv2d(x.a, w.a, padding=1), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_a_tensor_that_requires_grad_gets_a_clear_error(fake_gpu):
+    cp, _ = fake_gpu
+    x = ForeignTensor(np.ones((1, 1, 4, 4), np.float32), requires_grad=True)
+    assert _backend.on_gpu(x)  # the array interface's RuntimeError does not escape the probe
+    with pytest.raises(TypeError, match=r"x\.detach\(\)"):
+        fastconv.max_pool2d(x, 2)
