@@ -33,6 +33,12 @@ def positive_int(value, name: str) -> int:
     return int(value)
 
 
+def nonnegative_int(value, name: str) -> int:
+    if not _is_int(value) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    return int(value)
+
+
 def pair(value, name: str, *, minimum: int) -> tuple[int, int]:
     """An int or an (h, w) pair of ints, each at least `minimum`."""
     if _is_int(value):

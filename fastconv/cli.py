@@ -1,4 +1,5 @@
-"""The `fastconv` command: train, bench, check, info (`fastconv --help`, `fastconv CMD --help`).
+"""The `fastconv` command: train, viz, bench, check, info (`fastconv --help`,
+`fastconv CMD --help`).
 
 Errors a user can fix (a missing or corrupt data file, a bad flag, no checkpoint to resume)
 print one line and exit with status 2; Ctrl-C during training prints where the last
@@ -45,10 +46,13 @@ def _widths(text):
 _KINDS = {"positive": _positive_int, "widths": _widths, "float": float}
 
 
-def _recipe_flags(parser):
-    """One flag per Recipe field, with the field's default, help and choices."""
+def _recipe_flags(parser, names=None):
+    """One flag per Recipe field (or per field in `names`), with the field's default, help
+    and choices."""
     from .recipe import Recipe
     for f in dataclasses.fields(Recipe):
+        if names is not None and f.name not in names:
+            continue
         meta = dict(f.metadata)
         flag = "--" + f.name.replace("_", "-")
         kind = meta.pop("kind", None)
@@ -135,6 +139,80 @@ def _interrupted_message(checkpoint, args):
 
 
 # ---------------------------------------------------------------------------------------
+# fastconv viz
+
+# the Recipe fields that decide a zoo network's layers and its initial weights
+_NETWORK_FIELDS = ("model", "widths", "activation", "whiten_width", "seed")
+
+
+def _viz_parser(sub):
+    p = sub.add_parser("viz", help="draw a model's first filters or a layer's feature maps",
+                       description="Draw the filters of MODEL's first convolution, or with "
+                                   "--layer the feature maps of that layer for IMAGE, to a "
+                                   "picture (needs matplotlib: the [viz] extra).")
+    p.add_argument("source", metavar="MODEL",
+                   help="a model.npz written by fastconv train (its network: --model and the "
+                        "flags below, as given to fastconv train), or a zoo network's name "
+                        "(reference, tutorial, tutorial_deeper) with its initial weights")
+    p.add_argument("image", metavar="IMAGE", nargs="?",
+                   help="with --layer: an image file of any size, resized to the model's input")
+    p.add_argument("--layer", help="draw this layer's feature maps (default: the filters of "
+                   "the first convolution)")
+    p.add_argument("-o", "--output", default="viz.png", help="picture to write (viz.png)")
+    _recipe_flags(p, _NETWORK_FIELDS)
+    p.set_defaults(run=_viz)
+    return p
+
+
+def _viz_model(args):
+    """The zoo network MODEL names, or the one --model names with MODEL's weights."""
+    from ._npz import FileFormatError
+    from .recipe import Recipe
+    networks = next(f for f in dataclasses.fields(Recipe) if f.name == "model").metadata["choices"]
+    named = args.source in networks
+    network = {name: getattr(args, name) for name in _NETWORK_FIELDS}
+    if named:
+        network["model"] = args.source
+    recipe = Recipe(**network)
+    model = recipe.build_model()
+    if named:
+        return model
+    try:
+        model.load_weights(args.source)
+    except FileFormatError as e:  # before ValueError: it is one
+        raise UsageError(str(e)) from None
+    except FileNotFoundError:
+        raise UsageError(f"MODEL {args.source} is neither a weights file nor one of the zoo "
+                         f"networks {', '.join(networks)}") from None
+    except ValueError as e:
+        raise UsageError(f"{args.source} does not fit the {recipe.model} network (say which "
+                         f"it is with --model, --widths, --whiten-width): {e}") from None
+    return model
+
+
+def _viz(args):
+    from .data import DatasetError, Normalize, load_image
+    if args.layer is not None and args.image is None:
+        raise UsageError("--layer draws the feature maps of an IMAGE: give one after MODEL")
+    model = _viz_model(args)
+    try:
+        from . import viz
+        if args.layer is None:
+            layer = viz.first_conv(model)
+            tiles = viz.plot_filters(layer, args.output)
+            what = f"the filters of {layer.name} ({len(tiles)} drawn)"
+        else:
+            image = load_image(args.image, model.input_shape[:2])
+            maps = viz.plot_feature_maps(model, Normalize()(image[None])[0], args.layer,
+                                         args.output)
+            what = f"the feature maps of {args.layer} for {args.image} (shape {maps.shape})"
+    except (ImportError, DatasetError, FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    print(f"wrote {args.output}: {what}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
 # fastconv bench / check / info
 
 def _bench_parser(sub):
@@ -199,7 +277,7 @@ def build_parser():
     p = argparse.ArgumentParser(prog="fastconv", description="fastconv: hand-written CPU and "
                                 "CUDA kernels for 2-D convolution and pooling.")
     sub = p.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for make in (_train_parser, _bench_parser, _check_parser, _info_parser):
+    for make in (_train_parser, _viz_parser, _bench_parser, _check_parser, _info_parser):
         make(sub)
     return p
 

@@ -15,10 +15,29 @@ __all__ = [
     "avg_pool2d", "avg_pool2d_backward", "batch_norm", "batch_norm_backward",
     "batch_norm_inference", "conv2d", "conv2d_backward", "depthwise_conv2d",
     "depthwise_conv2d_backward", "global_avg_pool2d", "global_avg_pool2d_backward",
-    "max_pool2d", "max_pool2d_backward", "min_pool2d", "min_pool2d_backward",
+    "max_pool2d", "max_pool2d_backward", "min_pool2d", "min_pool2d_backward", "output_size",
     "pointwise_conv2d", "pointwise_conv2d_backward", "separable_conv2d",
     "separable_conv2d_backward", "sum_pool2d", "sum_pool2d_backward",
 ]
+
+
+def output_size(w, f, p, s, dilation=1):
+    """The output length along one axis of a convolution or pooling window of size F slid
+    over W pixels with padding P on each side and stride S:
+    floor((W - dilation*(F - 1) - 1 + 2P) / S) + 1, which is (W - F + 2P) / S + 1 for
+    dilation 1, rounded down when S does not divide W - F + 2P (the last pixels that no
+    window reaches are dropped, as every op here does). P is an int or 'valid' / 'same'
+    (TensorFlow's rule: ceil(W / S))."""
+    w = _args.positive_int(w, "output_size: W (the input size)")
+    f = _args.positive_int(f, "output_size: F (the kernel size)")
+    s = _args.positive_int(s, "output_size: S (the stride)")
+    dilation = _args.positive_int(dilation, "output_size: dilation")
+    if isinstance(p, str) and p.lower() in ("valid", "same"):
+        pad = _args.padding4(p, (w, w), (f, f), (s, s), (dilation, dilation))[:2]
+    else:
+        pad = (_args.nonnegative_int(p, "output_size: P (the padding on each side, or 'valid' "
+                                        "or 'same')"),) * 2
+    return _args.window_out(w, f, s, pad, dilation, "output_size")
 
 
 def _conv_inputs(x, w, bias, xp, w_ndim=4):

@@ -142,7 +142,7 @@ def test_help_lists_the_commands(capsys):
         cli.main(["--help"])
     text = capsys.readouterr().out
     assert stop.value.code == 0
-    for command in ("train", "bench", "check", "info"):
+    for command in ("train", "viz", "bench", "check", "info"):
         assert command in text
 
 

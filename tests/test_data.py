@@ -158,6 +158,17 @@ def test_split_then_augment_training_batches_only():
         np.testing.assert_array_equal(xb, x[yb])
 
 
+class UpperBound:
+    """Stands in for a Generator whose uniform draws all give the upper bound (the lower
+    bound with lower=True): a known transform."""
+
+    def __init__(self, lower=False):
+        self.lower = lower
+
+    def uniform(self, lo, hi, size):
+        return np.full(size, lo if self.lower else hi, np.float64)
+
+
 def test_augmentations():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (6, 5, 5, 3), dtype=np.uint8)
@@ -170,10 +181,10 @@ def test_augmentations():
         dy, dx = offsets[0][i], offsets[1][i]
         padded = np.pad(img[i], ((2, 2), (2, 2), (0, 0)))
         np.testing.assert_array_equal(shifted[i], padded[2 - dy:7 - dy, 2 - dx:7 - dx])
-    np.testing.assert_array_equal(fcdata.augment._rotate(img, np.full(6, 90.0), "nearest"),
-                                  np.rot90(img, 1, axes=(1, 2)))
+    turned = fcdata.ImageAugmenter(rotation_range=90, fill_mode="nearest")(img, UpperBound())
+    np.testing.assert_array_equal(turned, np.rot90(img, 1, axes=(1, 2)))
     dim = fcdata.ImageAugmenter(brightness_range=(0.5, 0.5))(img, rng)
-    np.testing.assert_array_equal(dim, (img * 0.5).astype(np.uint8))
+    np.testing.assert_array_equal(dim, np.rint(img * 0.5).astype(np.uint8))
     np.testing.assert_array_equal(fcdata.shift_batch(img, 1, 0)[:, 1:], img[:, :-1])
 
 
@@ -258,3 +269,140 @@ def test_prefetch_reraises_and_stops_early():
 def test_prefetch_rejects_bad_depth(depth):
     with pytest.raises(ValueError, match="depth"):
         fcdata.prefetch(iter(()), depth)
+
+
+def test_shear_and_zoom_of_a_small_image():
+    five = np.arange(25, dtype=np.uint8).reshape(1, 5, 5, 1)
+    # 45 degrees: input (row, col) = (r - 0.71 c, 0.71 c) about the centre, nearest pixel;
+    # columns 0-1 read the row below, 3-4 the row above; rows beyond the edge repeat it
+    sheared = fcdata.ImageAugmenter(shear_range=45, fill_mode="nearest")(five, UpperBound())
+    np.testing.assert_array_equal(sheared[0, :, :, 0], [[6, 6, 2, 3, 3],
+                                                        [11, 11, 7, 3, 3],
+                                                        [16, 16, 12, 8, 8],
+                                                        [21, 21, 17, 13, 13],
+                                                        [21, 21, 22, 18, 18]])
+    # zoom factor 2 reads pixels twice as far from the centre: every other pixel, shrunk
+    zoom_out = fcdata.ImageAugmenter(zoom_range=(2, 2), fill_mode="constant")
+    np.testing.assert_array_equal(zoom_out(five, np.random.default_rng(0))[0, :, :, 0],
+                                  [[0, 0, 0, 0, 0],
+                                   [0, 0, 2, 4, 0],
+                                   [0, 10, 12, 14, 0],
+                                   [0, 20, 22, 24, 0],
+                                   [0, 0, 0, 0, 0]])
+    # factor 0.5 enlarges the central 2x2 of a 4x4 image to the whole image
+    four = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
+    zoom_in = fcdata.ImageAugmenter(zoom_range=(0.5, 0.5))(four, np.random.default_rng(0))
+    np.testing.assert_array_equal(zoom_in[0, :, :, 0], [[5, 5, 6, 6],
+                                                        [5, 5, 6, 6],
+                                                        [9, 9, 10, 10],
+                                                        [9, 9, 10, 10]])
+    assert fcdata.ImageAugmenter(zoom_range=0.25).zoom_range == (0.75, 1.25)
+    with pytest.raises(ValueError, match="0 < lo <= hi"):
+        fcdata.ImageAugmenter(zoom_range=1.5)
+    with pytest.raises(TypeError, match="zoom_range"):
+        fcdata.ImageAugmenter(zoom_range="big")
+
+
+def test_random_zoom_draws_one_factor_per_axis_within_the_range():
+    # a 9x9 image with a 1-pixel dot: zoom z spreads it over the pixels p with
+    # |z (p - 4)| < 0.5, 1 for z > 0.5 and 3 for 0.25 < z < 0.5 (5 only below 0.25)
+    dot = np.zeros((300, 9, 9, 1), np.float32)
+    dot[:, 4, 4] = 1
+    out = fcdata.ImageAugmenter(zoom_range=(0.25, 1.0), fill_mode="constant")(
+        dot, np.random.default_rng(1))
+    rows, cols = out[..., 0].any(axis=2).sum(axis=1), out[..., 0].any(axis=1).sum(axis=1)
+    assert set(rows) == set(cols) == {1, 3}
+    assert (rows != cols).any()
+
+
+def test_vertical_flip():
+    img = np.random.default_rng(0).integers(0, 256, (40, 3, 3, 1), dtype=np.uint8)
+    out = fcdata.ImageAugmenter(vertical_flip=True)(img, np.random.default_rng(1))
+    same = (out == img).all(axis=(1, 2, 3))
+    upside_down = (out == img[:, ::-1]).all(axis=(1, 2, 3))
+    assert (same | upside_down).all() and same.sum() > 5 and upside_down.sum() > 5
+
+
+def test_channel_shift_is_one_value_per_image_clipped_to_the_image():
+    img = np.array([0, 100, 250, 30, 60, 90], np.uint8).reshape(1, 1, 2, 3)
+    shift = fcdata.ImageAugmenter(channel_shift_range=20)
+    np.testing.assert_array_equal(shift(img, UpperBound()).ravel(), [20, 120, 250, 50, 80, 110])
+    np.testing.assert_array_equal(shift(img, UpperBound(lower=True)).ravel(),
+                                  [0, 80, 230, 10, 40, 70])
+
+    batch = np.random.default_rng(0).integers(0, 256, (200, 4, 4, 3), dtype=np.uint8)
+    out = shift(batch, np.random.default_rng(1)).astype(int)
+    lo, hi = batch.min(axis=(1, 2, 3)), batch.max(axis=(1, 2, 3))
+    assert (out.min(axis=(1, 2, 3)) >= lo).all() and (out.max(axis=(1, 2, 3)) <= hi).all()
+    for i in range(len(batch)):  # unclipped pixels all moved by the image's one shift
+        inside = (out[i] > lo[i]) & (out[i] < hi[i])
+        moved = np.unique((out[i] - batch[i])[inside])
+        assert len(moved) == 1 and abs(moved[0]) <= 20
+    shifts = [np.unique((out[i] - batch[i])[(out[i] > lo[i]) & (out[i] < hi[i])])[0]
+              for i in range(len(batch))]
+    assert min(shifts) < -15 and max(shifts) > 15
+
+
+def test_rescale_and_the_hooks_run_in_keras_order():
+    pixels = np.array([0, 51, 255], np.uint8).reshape(1, 1, 3, 1)
+    rescaled = fcdata.ImageAugmenter(rescale=1 / 255)(pixels, np.random.default_rng(0))
+    assert rescaled.dtype == np.float32
+    np.testing.assert_allclose(rescaled.ravel(), [0.0, 0.2, 1.0], rtol=1e-6)
+
+    calls = []
+
+    def halve(batch):          # batch level, imgaug-style: first, on the uint8 batch
+        calls.append(("batch", batch.dtype, batch.shape))
+        return batch // 2
+
+    def invert(image):         # per image, albumentations-style: then, still uint8
+        calls.append(("image", image.dtype, image.shape))
+        return 255 - image
+
+    augment = fcdata.ImageAugmenter(rescale=1 / 255, preprocessing_function=invert,
+                                    batch_function=halve)
+    out = augment(np.concatenate([pixels, pixels]), np.random.default_rng(0))
+    assert calls == [("batch", np.uint8, (2, 1, 3, 1)), ("image", np.uint8, (1, 3, 1)),
+                     ("image", np.uint8, (1, 3, 1))]
+    # 0, 51, 255 -> halved 0, 25, 127 -> inverted 255, 230, 128 -> / 255
+    np.testing.assert_allclose(out[1].ravel(), [1.0, 230 / 255, 128 / 255], rtol=1e-6)
+    # standardize alone (what validation batches get): 0, 51, 255 -> 255, 204, 0 -> / 255
+    np.testing.assert_allclose(augment.standardize(pixels).ravel(), [1.0, 0.8, 0.0], rtol=1e-6)
+
+
+def test_flow_from_directory_splits_before_it_augments_and_reads_lazily(tmp_path, monkeypatch):
+    root = tmp_path / "pets"
+    for label, cls in enumerate(["cat", "dog"]):
+        (root / cls).mkdir(parents=True)
+        for i in range(5):  # flat images: cat 10, 30, ..., 90; dog 110, ..., 190
+            value = 10 + 100 * label + 20 * i
+            (root / cls / f"{i}.png").write_bytes(_png(np.full((8, 8, 3), value, np.uint8)))
+    augment = fcdata.ImageAugmenter(brightness_range=(0.5, 0.5), rescale=1 / 255,
+                                    validation_split=0.4)
+    train = augment.flow_from_directory(root, target_size=(8, 8), batch_size=3,
+                                        class_mode="categorical", subset="training")
+    val = augment.flow_from_directory(root, target_size=(8, 8), batch_size=3, shuffle=False,
+                                      subset="validation")
+    assert train.class_indices == {"cat": 0, "dog": 1} and len(train) == 2 and len(val) == 2
+
+    decoded = []
+    decode = fcdata.folders._decode
+    monkeypatch.setattr(fcdata.folders, "_decode",
+                        lambda *args: decoded.append(args[1]) or decode(*args))
+    seen = {}
+    for count, (xb, yb) in enumerate(train, start=1):
+        assert len(decoded) == 3 * count  # one batch read at a time, never the whole set
+        assert xb.dtype == np.float32 and yb.shape == (len(xb), 2)
+        for image, onehot in zip(xb, yb):
+            seen[round(float(image.max()) * 255)] = onehot.tolist()
+    # the last 3 of each class, halved in brightness, with one-hot labels
+    assert seen == {25: [1, 0], 35: [1, 0], 45: [1, 0], 75: [0, 1], 85: [0, 1], 95: [0, 1]}
+    # the first 2 of each class, only rescaled; sparse labels
+    values = [(round(float(xb[i].max()) * 255), int(yb[i])) for xb, yb in val
+              for i in range(len(xb))]
+    assert values == [(10, 0), (30, 0), (110, 1), (130, 1)]
+
+    with pytest.raises(ValueError, match="validation_split in \\(0, 1\\)"):
+        fcdata.ImageAugmenter().flow_from_directory(root, subset="validation")
+    with pytest.raises(ValueError, match="class_mode"):
+        augment.flow_from_directory(root, class_mode="binary")

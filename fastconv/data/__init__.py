@@ -24,11 +24,11 @@ from .cifar import (
                       download,
                       load_cifar10,
 )
-from .folders import ImageFolderStream, load_image_folder
+from .folders import ImageFolderStream, load_image, load_image_folder
 
 __all__ = [
     "CIFAR10_CLASSES", "CIFAR10_MD5", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10_URL",
     "DatasetError", "IMAGE_SUFFIXES", "ImageAugmenter", "ImageFolderStream", "Normalize",
     "batches", "cache_dir", "default_preprocess", "download", "load_cifar10",
-    "load_image_folder", "prefetch", "progress", "shift_batch", "train_val_split",
+    "load_image", "load_image_folder", "prefetch", "progress", "shift_batch", "train_val_split",
 ]
