@@ -136,8 +136,9 @@ class Conv2D(_ConvBase):
 
     def backward(self, dy):
         dx, dw, db = F.conv2d_backward(dy, self._x, self.params["kernel"], groups=self.groups,
-                                       need_dx=self.need_input_grad,
-                                       need_dbias="bias" in self.params, **self.geometry)
+                                       need_dx=self.need_input_grad, need_dw=self.trainable,
+                                       need_dbias=self.trainable and "bias" in self.params,
+                                       **self.geometry)
         self._store_grads(kernel=dw, bias=db)
         return dx
 
@@ -167,7 +168,8 @@ class DepthwiseConv2D(_ConvBase):
 
     def backward(self, dy):
         dx, dw, db = F.depthwise_conv2d_backward(dy, self._x, self.params["depthwise_kernel"],
-                                                 need_dx=self.need_input_grad, **self.geometry)
+                                                 need_dx=self.need_input_grad,
+                                                 need_dw=self.trainable, **self.geometry)
         self._store_grads(depthwise_kernel=dw, bias=db)
         return dx
 
@@ -210,7 +212,7 @@ class SeparableConv2D(_ConvBase):
     def backward(self, dy):
         dx, ddw, dpw, db = F.separable_conv2d_backward(
             dy, self._x, self.params["depthwise_kernel"], self.params["pointwise_kernel"],
-            need_dx=self.need_input_grad, **self.geometry)
+            need_dx=self.need_input_grad, need_dw=self.trainable, **self.geometry)
         self._store_grads(depthwise_kernel=ddw, pointwise_kernel=dpw, bias=db)
         return dx
 
@@ -312,7 +314,8 @@ class Dense(Layer):
         return y + self.params["bias"] if self.use_bias else y
 
     def backward(self, dy):
-        self._store_grads(kernel=self._x.T @ dy, bias=dy.sum(axis=0))
+        self._store_grads(**(dict(kernel=self._x.T @ dy, bias=dy.sum(axis=0))
+                             if self.trainable else {}))
         return dy @ self.params["kernel"].T if self.need_input_grad else None
 
 
