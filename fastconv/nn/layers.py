@@ -63,7 +63,9 @@ class KerasTensor:
 class Node:
     """One call of `layer` on symbolic `inputs` (a list; `as_list` says whether the layer took
     a list, as merge layers do). `training` = None runs the layer in the model's mode, False or
-    True always in that mode (Keras' `layer(x, training=False)`)."""
+    True always in that mode: `base(x, training=False)` keeps a fine-tuned base's BN in
+    inference mode, as tf.keras and Keras' transfer-learning guide have it (Keras 3.15 lets
+    the model's mode override the call's)."""
 
     def __init__(self, layer, inputs, as_list, training, output_shapes):
         self.layer, self.inputs, self.as_list, self.training = layer, inputs, as_list, training
