@@ -274,3 +274,50 @@ def test_zero_padding_and_global_max_pooling():
     np.testing.assert_array_equal(gmp.forward(x), x.max(axis=(1, 2)))
     dx = gmp.backward(np.ones((2, 2), np.float32))
     np.testing.assert_array_equal(dx, (x == x.max(axis=(1, 2), keepdims=True)).astype(np.float32))
+
+
+
+def write_keras_h5(path, arrays_by_layer, keras3):
+    """A Keras weights file in either layout: Keras 3's .weights.h5 (layers/<key>/vars/0..n,
+    the layer's name an attribute) or the HDF5 layout of Keras 2 and keras.applications'
+    downloads (a group per layer listing its weight_names)."""
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(path, "w") as f:
+        if keras3:
+            for i, (name, arrays) in enumerate(arrays_by_layer.items()):
+                group = f.create_group(f"layers/layer_{i}/vars")
+                group.attrs["name"] = name
+                for j, a in enumerate(arrays):
+                    group[str(j)] = a
+            return
+        f.attrs["layer_names"] = [name.encode() for name in arrays_by_layer]
+        for name, arrays in arrays_by_layer.items():
+            group = f.create_group(name)
+            weight_names = [f"{name}/w{j}:0" for j in range(len(arrays))]
+            group.attrs["weight_names"] = [w.encode() for w in weight_names]
+            for w, a in zip(weight_names, arrays):
+                group[w] = a
+
+
+@pytest.mark.parametrize("keras3", [False, True])
+def test_load_weights_reads_keras_h5_by_layer_name(tmp_path, keras3):
+    """Arrays in Keras' layouts land where get_weights reads them back; a layer in the file
+    that the model lacks is ignored, one the model has and the file lacks is an error."""
+    model = residual_block()
+    rng = np.random.default_rng(8)
+    arrays = [rng.standard_normal(a.shape).astype(np.float32) for a in model.get_weights()]
+    by_layer, i = {}, 0
+    for layer in model.leaf_layers():
+        count = len(layer.params) + len(layer.state)
+        if count:
+            by_layer[layer.name], i = arrays[i:i + count], i + count
+    by_layer["predictions"] = [np.zeros((2, 2), np.float32)]
+    path = tmp_path / ("w.weights.h5" if keras3 else "w.h5")
+    write_keras_h5(path, by_layer, keras3)
+    model.load_weights(path)
+    for got, expected in zip(model.get_weights(), arrays):
+        np.testing.assert_array_equal(got, expected)
+    del by_layer["head"]
+    write_keras_h5(path, by_layer, keras3)
+    with pytest.raises(ValueError, match="no weights for 1 of the model's 6 layers"):
+        model.load_weights(path)

@@ -378,16 +378,19 @@ class Model(Layer):
         return training.fit(self, x, y, batch_size=batch_size, epochs=epochs,
                             validation_data=validation_data, **kwargs)
 
-    def predict(self, x, batch_size=256, tta=None):
+    def predict(self, x, batch_size=256, tta=None, preprocess=None):
+        """Outputs for x; `preprocess` turns a batch into the model's input (as in fit;
+        default: uint8 pixels scaled to [0, 1])."""
         self._one_input_one_output("predict")
-        return training.predict(self, x, batch_size=batch_size, tta=tta)
+        return training.predict(self, x, batch_size=batch_size, tta=tta, preprocess=preprocess)
 
-    def evaluate(self, x, y, batch_size=256, tta=None):
+    def evaluate(self, x, y, batch_size=256, tta=None, preprocess=None):
         """(loss, accuracy) on (x, y); tta='flip' averages with the mirrored images."""
         self._one_input_one_output("evaluate")
         if self.loss is None:
             self.compile()
-        return training.evaluate(self, x, y, batch_size=batch_size, tta=tta)
+        return training.evaluate(self, x, y, batch_size=batch_size, tta=tta,
+                                 preprocess=preprocess)
 
     def summary(self, print_fn=print):
         """Keras' table: layer (type), output shape, parameters (BN moving statistics count,
