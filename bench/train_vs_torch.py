@@ -68,7 +68,7 @@ def _torch_layer(layer, c_in):
 
 def torch_twin(model):
     modules, c = [], model.input_shape[-1]
-    for layer in model._pipeline:
+    for layer in model.running_layers():
         module, c = _torch_layer(layer, c)
         modules.append(module)
         if layer.fused_activation:  # e.g. BatchNormalization(activation='relu')

@@ -64,7 +64,8 @@ def _conv_forward(x, w, bias, what, w_ndim=4, **geometry_args):
     return y
 
 
-def _conv_backward(dy, x, w, what, need_dx=True, need_dbias=True, w_ndim=4, **geometry_args):
+def _conv_backward(dy, x, w, what, need_dx=True, need_dbias=True, w_ndim=4, need_dw=True,
+                   **geometry_args):
     backend = _backend.resolve(dy, x, w)
     xp = backend.xp
     x, w, _ = _conv_inputs(x, w, None, xp, w_ndim)
@@ -73,11 +74,12 @@ def _conv_backward(dy, x, w, what, need_dx=True, need_dbias=True, w_ndim=4, **ge
     _args.expect_shape(dy, g.y_shape, "dy", " (the shape of the forward output)")
     with backend.device(x):
         dx = xp.empty(g.x_shape, dtype=xp.float32) if need_dx else None
-        dw = xp.empty(w.shape, dtype=xp.float32)
+        dw = xp.empty(w.shape, dtype=xp.float32) if need_dw else None
         dbias = xp.empty((g.c_out,), dtype=xp.float32) if need_dbias else None
     if need_dx:
         backend.kernels.conv2d_backward_input(dy, w, dx, g)
-    backend.kernels.conv2d_backward_weight(dy, x, dw, g)
+    if need_dw:
+        backend.kernels.conv2d_backward_weight(dy, x, dw, g)
     if need_dbias:
         backend.kernels.bias_backward(dy, dbias, g)
     return dx, dw, dbias
@@ -90,11 +92,11 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, layout
 
 
 def conv2d_backward(dy, x, w, *, stride=1, padding=0, dilation=1, groups=1, layout="NCHW",
-                    need_dx=True, need_dbias=True):
+                    need_dx=True, need_dbias=True, need_dw=True):
     """Gradients (dx, dw, dbias) of conv2d; need_dx=False skips dx (returns None) for a
-    first layer, whose input needs no gradient, and need_dbias=False skips dbias for a
-    layer without bias."""
-    return _conv_backward(dy, x, w, "conv2d", need_dx, need_dbias, stride=stride,
+    first layer, whose input needs no gradient, need_dbias=False skips dbias for a
+    layer without bias, and need_dw=False skips dw for a frozen layer."""
+    return _conv_backward(dy, x, w, "conv2d", need_dx, need_dbias, need_dw=need_dw, stride=stride,
                           padding=padding, dilation=dilation, groups=groups, layout=layout)
 
 
@@ -117,10 +119,11 @@ def depthwise_conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, layout
 
 
 def depthwise_conv2d_backward(dy, x, w, *, stride=1, padding=0, dilation=1, layout="NCHW",
-                              need_dx=True):
+                              need_dx=True, need_dw=True):
     groups = _depthwise_groups(x, w, layout, "depthwise_conv2d_backward")
-    return _conv_backward(dy, x, w, "depthwise_conv2d_backward", need_dx, stride=stride,
-                          padding=padding, dilation=dilation, groups=groups, layout=layout)
+    return _conv_backward(dy, x, w, "depthwise_conv2d_backward", need_dx, need_dw=need_dw,
+                          stride=stride, padding=padding, dilation=dilation, groups=groups,
+                          layout=layout)
 
 
 def pointwise_conv2d(x, w, bias=None, *, layout="NCHW"):
@@ -129,9 +132,10 @@ def pointwise_conv2d(x, w, bias=None, *, layout="NCHW"):
                          dilation=1, groups=1, layout=layout)
 
 
-def pointwise_conv2d_backward(dy, x, w, *, layout="NCHW", need_dx=True):
-    return _conv_backward(dy, x, w, "pointwise_conv2d_backward", need_dx, w_ndim=2, stride=1,
-                          padding=0, dilation=1, groups=1, layout=layout)
+def pointwise_conv2d_backward(dy, x, w, *, layout="NCHW", need_dx=True, need_dw=True):
+    return _conv_backward(dy, x, w, "pointwise_conv2d_backward", need_dx, w_ndim=2,
+                          need_dw=need_dw, stride=1, padding=0, dilation=1, groups=1,
+                          layout=layout)
 
 
 def separable_conv2d(x, depthwise_w, pointwise_w, bias=None, *, stride=1, padding=0,
@@ -143,13 +147,17 @@ def separable_conv2d(x, depthwise_w, pointwise_w, bias=None, *, stride=1, paddin
 
 
 def separable_conv2d_backward(dy, x, depthwise_w, pointwise_w, *, stride=1, padding=0,
-                              dilation=1, layout="NCHW", need_dx=True):
-    """Gradients (dx, d_depthwise_w, d_pointwise_w, dbias); the depthwise output is recomputed."""
+                              dilation=1, layout="NCHW", need_dx=True, need_dw=True):
+    """Gradients (dx, d_depthwise_w, d_pointwise_w, dbias); the depthwise output is recomputed.
+    need_dw=False skips both weights' gradients and dbias (all three come back as None)."""
     mid = depthwise_conv2d(x, depthwise_w, stride=stride, padding=padding, dilation=dilation,
                            layout=layout)
-    dmid, dpw, dbias = pointwise_conv2d_backward(dy, mid, pointwise_w, layout=layout)
+    dmid, dpw, dbias = _conv_backward(dy, mid, pointwise_w, "pointwise_conv2d_backward",
+                                      need_dbias=need_dw, w_ndim=2, need_dw=need_dw, stride=1,
+                                      padding=0, dilation=1, groups=1, layout=layout)
     dx, ddw, _ = depthwise_conv2d_backward(dmid, x, depthwise_w, stride=stride, padding=padding,
-                                           dilation=dilation, layout=layout, need_dx=need_dx)
+                                           dilation=dilation, layout=layout, need_dx=need_dx,
+                                           need_dw=need_dw)
     return dx, ddw, dpw, dbias
 
 

@@ -158,7 +158,7 @@ class Lookahead:
         for layer, name, value in model.trainable_parameters():
             yield f"{layer.name}/{name}", value
         if self.include_state:
-            for layer in model.layers:
+            for layer in model.running_layers():
                 if layer.trainable:
                     for name, value in layer.state.items():
                         yield f"{layer.name}/state/{name}", value

@@ -151,3 +151,32 @@ def test_bad_layer_input_is_explained():
         nn.Conv2D(3, 3, data_format="NHWC")
     with pytest.raises(ValueError, match="unknown activation"):
         nn.Dense(3, activation="swishy")
+
+
+FROZEN_LAYERS = [
+    (lambda t: nn.Conv2D(4, 3, padding="same", trainable=t), (6, 6, 3)),
+    (lambda t: nn.DepthwiseConv2D(3, trainable=t), (6, 6, 3)),
+    (lambda t: nn.SeparableConv2D(4, 3, trainable=t), (6, 6, 3)),
+    (lambda t: nn.Dense(4, trainable=t), (5,)),
+]
+
+
+@pytest.mark.parametrize("make, shape", FROZEN_LAYERS)
+def test_frozen_layer_computes_dx_but_no_weight_gradient(make, shape, monkeypatch):
+    """A frozen layer between trainable ones passes dx down at the same value and never runs
+    the weight-gradient kernel (its cost is skipped, not just its result dropped)."""
+    x = np.random.default_rng(6).standard_normal((2, *shape)).astype(np.float32)
+    live, frozen = _build(make(True), shape, seed=1), _build(make(False), shape, seed=1)
+    dy = np.random.default_rng(7).standard_normal((2, *live.output_shape)).astype(np.float32)
+    live.forward(x, training=True)
+    dx_live = live.backward(dy)
+    assert set(live.grads) == set(live.params)
+    from fastconv import _cpu
+
+    def no_weight_gradient(*_args):
+        raise AssertionError("a frozen layer ran the weight-gradient kernel")
+
+    monkeypatch.setattr(_cpu, "conv2d_backward_weight", no_weight_gradient)
+    frozen.forward(x, training=True)
+    np.testing.assert_array_equal(frozen.backward(dy), dx_live)
+    assert frozen.grads == {}

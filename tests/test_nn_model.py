@@ -77,7 +77,7 @@ def test_keras_arrays_follow_keras_semantics():
                            nn.DepthwiseConv2D(2, depth_multiplier=2, use_bias=False)]).build()
     k1, b1 = rng.standard_normal((2, 2, 3, 4)), rng.standard_normal(4)
     k2 = rng.standard_normal((2, 2, 4, 2))
-    model.load_keras_weights([k1, b1, k2])
+    model.set_weights([k1, b1, k2])
     x = rng.standard_normal((2, 5, 5, 3)).astype(np.float32)
     h = np.zeros((2, 4, 4, 4))
     for a in range(2):
@@ -133,7 +133,7 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     resumed = _compile(small_model(seed=7), steps=3 * 6)  # different init: all comes from the checkpoint
     h_resumed = resumed.fit(x, y, epochs=3, validation_data=val, checkpoint=str(tmp_path / "b.npz"),
                             resume=True, **FIT)
-    a, b = straight.get_weights(), resumed.get_weights()
+    a, b = straight.get_weight_dict(), resumed.get_weight_dict()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert [h["loss"] for h in h_straight] == [h["loss"] for h in h_resumed]
@@ -223,13 +223,13 @@ def test_lookahead_takes_a_step_dependent_alpha():
     runs = {}
     for name, alpha in [("plain", None), ("alpha 1", lambda step: 1.0), ("alpha 0", lambda step: 0.0)]:
         model = small_model()
-        initial = {k: v.copy() for k, v in model.get_weights().items()}
+        initial = {k: v.copy() for k, v in model.get_weight_dict().items()}
         sgd = optim.SGD(0.05, momentum=0.9)
         model.compile(optimizer=sgd if alpha is None else optim.Lookahead(sgd, k=2, alpha=alpha,
                                                                           include_state=True),
                       loss=nn.SparseCategoricalCrossentropy())
         model.fit(x, y, epochs=1, **{**FIT, "augment": None})  # 2 steps: one Lookahead sync
-        runs[name] = (initial, model.get_weights())
+        runs[name] = (initial, model.get_weight_dict())
     for k, v in runs["plain"][1].items():
         np.testing.assert_allclose(runs["alpha 1"][1][k], v, rtol=1e-6, atol=1e-7)  # fast weights
     trained = [k for k, v in runs["plain"][1].items() if not np.array_equal(v, runs["plain"][0][k])]

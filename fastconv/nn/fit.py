@@ -35,7 +35,7 @@ def _row(h):
 
 
 def _layout_axis_w(model):
-    layout = next((getattr(l, "layout", None) for l in model.layers
+    layout = next((getattr(l, "layout", None) for l in model.running_layers()
                    if getattr(l, "layout", None)), "NHWC")
     return 2 if layout == "NHWC" else 3
 
@@ -122,7 +122,7 @@ def _train_epoch(model, x, y, batch_size, epoch, seed, augment, preprocess, drop
 
 
 def save_checkpoint(path, model, epoch, history):
-    arrays = {f"weights/{k}": v for k, v in model.get_weights().items()}
+    arrays = {f"weights/{k}": v for k, v in model.get_weight_dict().items()}
     arrays.update({f"optimizer/{k}": v for k, v in model.optimizer.state_dict().items()})
     arrays["epoch"] = np.array(epoch)
     arrays["history"] = np.array(json.dumps(history))
@@ -136,7 +136,7 @@ def load_checkpoint(path, model):
         raise _npz.FileFormatError(f"{path} is an .npz file but not a fastconv checkpoint (no "
                                    f"epoch or history in it)")
     try:
-        model.set_weights({k[8:]: v for k, v in data.items() if k.startswith("weights/")})
+        model.set_weight_dict({k[8:]: v for k, v in data.items() if k.startswith("weights/")})
     except ValueError as e:
         raise _npz.FileFormatError(f"{path} does not fit this model: {e}") from None
     model.optimizer.load_state_dict({k[10:]: v for k, v in data.items()
