@@ -8,7 +8,7 @@ import fastconv
 from fastconv import _args
 from fastconv import reference as ref
 
-from op_cases import assert_close, conv_cases, layouts, nchw_to, rand
+from op_cases import assert_close, conv_algorithm, conv_cases, layouts, nchw_to, rand
 
 # The CPU kernels are cheap to run: larger kernels, images and batches than the CUDA harness.
 CPU_SIZES = dict(max_kernel=7, max_side=13, max_batch=3)
@@ -211,3 +211,40 @@ def test_winograd_keeps_nan_local():
     nan_rows, nan_cols = np.nonzero(np.isnan(y[0, 0]))
     assert set(nan_rows) == {4, 5, 6} and set(nan_cols) == {4, 5, 6}
     assert np.isfinite(y[1:]).all()
+
+
+def _check_conv_path(isa, direction, expected, x_shape, w_shape, seed=0, **kw):
+    """Asserts that the selector runs `expected` for this pass on `isa`, then checks every
+    output of forward and backward against the reference, with a NaN and an Inf in x (they
+    must reach exactly the outputs the direct sum puts them in)."""
+    assert conv_algorithm(direction, x_shape, w_shape, **kw) == expected
+    rng = np.random.default_rng(seed)
+    x, w, b = rand(rng, *x_shape), rand(rng, *w_shape), rand(rng, w_shape[0])
+    x.flat[rng.integers(x.size)] = np.nan
+    x.flat[rng.integers(x.size)] = np.inf
+    y = fastconv.conv2d(x, w, b, **kw)
+    _assert_close_with_specials(y, ref.conv2d(x, w, b, **kw))
+    dy = rand(rng, *y.shape)
+    for got, want in zip(fastconv.conv2d_backward(dy, x, w, **kw), ref.conv2d_backward(dy, x, w, **kw)):
+        _assert_close_with_specials(got, want)
+
+
+def _assert_close_with_specials(got, want):
+    """NaN, +Inf and -Inf exactly where the reference has them, the rest close."""
+    for special in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(special(got), special(want))
+    finite = np.isfinite(want)
+    assert_close(np.where(finite, got, 0).astype(np.float32), np.where(finite, want, 0))
+
+
+@pytest.mark.parametrize("x_shape,w_shape,kw", [
+    ((3, 17, 15, 24), (40, 24, 3, 3), dict(stride=2, padding=1)),        # odd map, 40 outputs
+    ((2, 13, 11, 32), (64, 32, 5, 5), dict(padding=2)),                   # 5x5, 286 pixels
+    ((2, 12, 12, 16), (24, 8, 3, 3), dict(padding="same", groups=2, dilation=2)),
+    ((3, 9, 9, 48), (33, 48, 1, 1), dict()),                              # pointwise
+    ((4, 5, 6, 20), (16, 20, 3, 2), dict(stride=(2, 1), padding=((2, 0), (1, 1)))),
+])
+def test_nhwc_forward_reads_rows_in_place(isa, x_shape, w_shape, kw):
+    """NHWC forward as an implicit GEMM (micro_tile_rows): pixel blocks that end mid-way,
+    output channels that end mid-sliver, padding on every side, strides, dilation, groups."""
+    _check_conv_path(isa, "forward", "gemm_nhwc", x_shape, w_shape, layout="NHWC", **kw)

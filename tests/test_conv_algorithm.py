@@ -4,17 +4,8 @@ test_conv.py."""
 import pytest
 
 import fastconv
-from fastconv import _args
 
-
-def geometry(x_shape, w_shape, *, stride=1, padding=0, dilation=1, groups=1, layout="NCHW"):
-    """The geometry tuple of a convolution of an x of x_shape (in `layout`) with w_shape."""
-    return _args.conv_geometry(x_shape, w_shape, stride=stride, padding=padding,
-                               dilation=dilation, groups=groups, layout=layout).astuple()
-
-
-def algorithm(direction, *args, **kwargs):
-    return fastconv._cpu.conv_algorithm(geometry(*args, **kwargs), direction)
+from op_cases import conv_algorithm as algorithm
 
 
 def test_3x3_stride_1_runs_winograd(isa):

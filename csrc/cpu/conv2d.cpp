@@ -11,6 +11,7 @@
 // K is ordered (ci, ky, kx) in NCHW and (ky, kx, ci) in NHWC (K'), so that the gather reads
 // contiguous memory in each layout. Which of these (or Winograd, or the depthwise kernels)
 // runs is select_conv_algorithm's choice (conv2d_algorithm.h).
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 #include <vector>
@@ -87,43 +88,6 @@ struct NchwColumnPacker {
   }
 };
 
-// A operand of the NHWC forward: row i = output pixel p_base + i (over the whole batch),
-// depth k = (ky, kx, ci) within group `group`.
-struct NhwcRowPacker {
-  const ConvGeometry& g;
-  const float* x;
-  int64_t group, p_base;
-  Panel operator()(int64_t i0, int64_t m, int64_t k0, int64_t kc) const {
-    Buffer& buf = scratch_a();
-    buf.resize(round_up(m, MR) * kc);
-    const int64_t cg = g.cin_per_group(), pixels = g.oh * g.ow;
-    thread_local std::vector<float> zeros;  // what a padding tap or a missing row reads
-    if (static_cast<int64_t>(zeros.size()) < cg) zeros.assign(cg, 0.f);
-    for (int64_t s = 0; s < m; s += MR) {
-      int64_t b[MR], oy[MR], ox[MR];
-      for (int64_t r = 0; r < MR; ++r) {
-        const int64_t p = p_base + i0 + std::min(s + r, m - 1);
-        b[r] = p / pixels, oy[r] = p % pixels / g.ow, ox[r] = p % g.ow;
-      }
-      float* d = buf.data() + s / MR * kc * MR;
-      for (int64_t k = k0; k < k0 + kc;) {
-        const int64_t tap = k / cg, ci = k % cg, run = std::min(cg - ci, k0 + kc - k);
-        const float* src[MR];
-        for (int64_t r = 0; r < MR; ++r) {
-          const int64_t off = s + r < m ? nhwc_tap(g, b[r], oy[r], ox[r], tap / g.kw, tap % g.kw, group * cg + ci) : -1;
-          src[r] = off >= 0 ? x + off : zeros.data();
-        }
-        // Row-interleaved copy: contiguous stores, MR read streams.
-        float* dk = d + (k - k0) * MR;
-        for (int64_t t = 0; t < run; ++t)
-          for (int64_t r = 0; r < MR; ++r) dk[t * MR + r] = src[r][t];
-        k += run;
-      }
-    }
-    return {buf.data(), kc * MR};
-  }
-};
-
 // W_g reordered to (Mg x K') with K' = (ky, kx, ci): the NHWC depth order.
 std::vector<float> weights_tap_major(const ConvGeometry& g, const float* w, int64_t group) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
@@ -156,24 +120,70 @@ void forward_nchw(const ConvGeometry& g, const float* x, const float* w, const f
   });
 }
 
+// NHWC forward as an implicit GEMM: y (pixels x Mg) = rows (pixels x K') * W_g^T, where a
+// pixel's row at tap t is its C_g input channels there, read in place by micro_tile_rows
+// (padding reads a row of zeros): nothing of x is packed or copied.
+//
+// Work items are runs of MR-pixel blocks. A tile runs its whole depth in registers and
+// stores each output once; for each output-channel sliver, its weights (K' x NR) stream
+// from L2 while the item's pixel blocks pass (blocking the taps measured no faster, even
+// where the weights outgrow L2).
 void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const float* bias,
                   float* y) {
-  const int64_t mg = g.cout_per_group(), K = g.cin_per_group() * g.kh * g.kw;
-  const int64_t pixels = g.n * g.oh * g.ow, chunks = (pixels + MC - 1) / MC;
+  const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
+  const int64_t K = cg * taps, slivers = (mg + NR - 1) / NR;
+  const int64_t pixels = g.n * g.oh * g.ow, blocks = (pixels + MR - 1) / MR;
+  const int64_t per_item = std::clamp<int64_t>(blocks / (8 * num_threads()), 1, 32);
+  const int64_t items = (blocks + per_item - 1) / per_item;
   std::vector<Buffer> packed(g.groups);
   for (int64_t grp = 0; grp < g.groups; ++grp)
     packed[grp] = prepack(weights_tap_major(g, w, grp).data(), K, 1, mg, K, NR);
-  parallel_for(chunks * g.groups, [&](int64_t item) {
-    const int64_t grp = item % g.groups, p0 = item / g.groups * MC, m = std::min(MC, pixels - p0);
-    NhwcRowPacker rows{g, x, grp, p0};
-    auto weights = [&](int64_t k0, int64_t, int64_t j0, int64_t) {
-      return prepacked_panel(packed[grp], K, NR, j0, k0);
-    };
-    float* out = y + p0 * g.c_out + grp * mg;
-    gemm(m, mg, K, rows, weights, out, g.c_out, false);
+  // A pixel whose window lies inside the input finds tap t at its tap-0 row + tap_delta[t].
+  const int64_t reach_h = (g.kh - 1) * g.dil_h, reach_w = (g.kw - 1) * g.dil_w;
+  std::vector<int64_t> tap_delta(taps);
+  for (int64_t t = 0; t < taps; ++t)
+    tap_delta[t] = (t / g.kw * g.dil_h * g.w + t % g.kw * g.dil_w) * g.c_in;
+  parallel_for(items * g.groups, [&](int64_t item) {
+    const int64_t grp = item % g.groups, b0 = item / g.groups * per_item;
+    const int64_t nb = std::min(per_item, blocks - b0);
+    thread_local std::vector<float> zeros;  // the row a padding tap (or a missing pixel) reads
+    if (static_cast<int64_t>(zeros.size()) < cg) zeros.assign(cg, 0.f);
+    thread_local std::vector<const float*> rows;  // rows[(block * taps + t) * MR + r]
+    rows.resize(nb * taps * MR);
+    int64_t b = 0, oy = 0, ox = 0;  // pixel b0 * MR, then advanced one pixel at a time
+    ConvGeometry::split_pixel(std::min(b0 * MR, pixels - 1), g.oh, g.ow, b, oy, ox);
+    for (int64_t i = 0; i < nb * MR; ++i) {
+      const int64_t p = b0 * MR + i;
+      const float** row = rows.data() + (i / MR * taps) * MR + i % MR;  // row[t * MR]: tap t
+      const int64_t iy = g.in_row(oy, 0), ix = g.in_col(ox, 0);
+      if (p < pixels && iy >= 0 && iy + reach_h < g.h && ix >= 0 && ix + reach_w < g.w) {
+        const float* base = x + ((b * g.h + iy) * g.w + ix) * g.c_in + grp * cg;
+        for (int64_t t = 0; t < taps; ++t) row[t * MR] = base + tap_delta[t];
+      } else {
+        for (int64_t t = 0; t < taps; ++t) {
+          const int64_t off = p < pixels ? nhwc_tap(g, b, oy, ox, t / g.kw, t % g.kw, grp * cg) : -1;
+          row[t * MR] = off >= 0 ? x + off : zeros.data();
+        }
+      }
+      if (++ox == g.ow) {
+        ox = 0;
+        if (++oy == g.oh) oy = 0, ++b;
+      }
+    }
+    thread_local std::vector<const float*> panel;  // panel[t]: tap t's part of a B sliver
+    panel.resize(taps);
+    for (int64_t s = 0; s < slivers; ++s) {
+      for (int64_t t = 0; t < taps; ++t) panel[t] = packed[grp].data() + (s * K + t * cg) * NR;
+      for (int64_t blk = 0; blk < nb; ++blk) {
+        const int64_t p0 = (b0 + blk) * MR;
+        micro_tile_rows(taps, cg, rows.data() + blk * taps * MR, panel.data(),
+                        y + p0 * g.c_out + grp * mg + s * NR, g.c_out, std::min(MR, pixels - p0),
+                        std::min(NR, mg - s * NR), false);
+      }
+    }
     if (bias)
-      for (int64_t i = 0; i < m; ++i)
-        for (int64_t o = 0; o < mg; ++o) out[i * g.c_out + o] += bias[grp * mg + o];
+      for (int64_t p = b0 * MR; p < std::min(pixels, (b0 + nb) * MR); ++p)
+        for (int64_t o = 0; o < mg; ++o) y[p * g.c_out + grp * mg + o] += bias[grp * mg + o];
   });
 }
 

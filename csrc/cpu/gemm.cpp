@@ -14,53 +14,81 @@ using V = Simd::V;
 constexpr int kCols = NR / Simd::kLanes;  // vectors per tile row
 static_assert(NR % Simd::kLanes == 0, "a tile row is whole vectors");
 
+using Tile = V[MR][kCols];
+
 // The MR x NR register tile: MR * kCols accumulators, kCols B vectors and a broadcast of A
 // per row. Each depth step is kCols loads, MR broadcasts and MR * kCols independent FMAs,
 // enough to keep both FMA pipes busy through their latency. GCC keeps the arrays in
-// registers once the constant-count loops are unrolled (no spills in the loop: check with
-// -S after changing MR or NR).
-void kernel_full(int64_t k, const float* a, const float* b, float* c, int64_t ldc,
-                 bool accumulate) {
-  V acc[MR][kCols];
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r)
+// registers once the constant-count loops are unrolled and these helpers inlined (no spills
+// in the loop: check with -S after changing MR or NR).
+//
+// acc += A * B over depth k, where a(p, r) is A's element (row r, depth p) and B is an
+// NR-sliver (row p at b + p * NR).
+template <class A>
+__attribute__((always_inline)) inline void multiply_add(Tile& acc, int64_t k, A a,
+                                                        const float* b) {
 #pragma GCC unroll 4
-    for (int j = 0; j < kCols; ++j) acc[r][j] = Simd::zero();
-#pragma GCC unroll 4
-  for (int64_t p = 0; p < k; ++p, a += MR, b += NR) {
+  for (int64_t p = 0; p < k; ++p, b += NR) {
     V bv[kCols];
 #pragma GCC unroll 4
     for (int j = 0; j < kCols; ++j) bv[j] = Simd::load(b + j * Simd::kLanes);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
-      const V ar = Simd::splat(a[r]);
+      const V ar = Simd::splat(a(p, r));
 #pragma GCC unroll 4
       for (int j = 0; j < kCols; ++j) acc[r][j] = Simd::fma(ar, bv[j], acc[r][j]);
     }
   }
+}
+
+__attribute__((always_inline)) inline void clear(Tile& acc) {
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int j = 0; j < kCols; ++j) acc[r][j] = Simd::zero();
+}
+
+// C[mr x nr] (+)= the tile's corner. An edge tile goes through a local buffer, so that the
+// full-tile stores never write past C.
+__attribute__((always_inline)) inline void store(const Tile& acc, float* c, int64_t ldc,
+                                                 int64_t mr, int64_t nr, bool accumulate) {
+  const bool full = mr == MR && nr == NR;
+  float tile[MR * NR];
+  float* out = full ? c : tile;
+  const int64_t ld = full ? ldc : NR;
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
     for (int j = 0; j < kCols; ++j) {
-      float* out = c + r * ldc + j * Simd::kLanes;
-      Simd::store(out, accumulate ? Simd::add(acc[r][j], Simd::load(out)) : acc[r][j]);
+      float* o = out + r * ld + j * Simd::kLanes;
+      Simd::store(o, full && accumulate ? Simd::add(acc[r][j], Simd::load(o)) : acc[r][j]);
     }
+  if (full) return;
+  for (int64_t r = 0; r < mr; ++r)
+    for (int64_t j = 0; j < nr; ++j)
+      c[r * ldc + j] = accumulate ? c[r * ldc + j] + tile[r * NR + j] : tile[r * NR + j];
 }
 
 }  // namespace
 
 void micro_tile(int64_t k, const float* a, const float* b, float* c, int64_t ldc, int64_t mr,
                 int64_t nr, bool accumulate) {
-  if (mr == MR && nr == NR) {
-    kernel_full(k, a, b, c, ldc, accumulate);
-    return;
+  Tile acc;
+  clear(acc);
+  multiply_add(acc, k, [a](int64_t p, int r) { return a[p * MR + r]; }, b);
+  store(acc, c, ldc, mr, nr, accumulate);
+}
+
+void micro_tile_rows(int64_t taps, int64_t k, const float* const* rows, const float* const* b,
+                     float* c, int64_t ldc, int64_t mr, int64_t nr, bool accumulate) {
+  Tile acc;
+  clear(acc);
+  for (int64_t t = 0; t < taps; ++t) {
+    const float* row[MR];
+    for (int r = 0; r < MR; ++r) row[r] = rows[t * MR + r];
+    multiply_add(acc, k, [&row](int64_t p, int r) { return row[r][p]; }, b[t]);
   }
-  // Edge tile: compute the full tile into a local buffer, write back the valid part.
-  float tile[MR * NR];
-  kernel_full(k, a, b, tile, NR, false);
-  for (int64_t r = 0; r < mr; ++r)
-    for (int64_t j = 0; j < nr; ++j)
-      c[r * ldc + j] = accumulate ? c[r * ldc + j] + tile[r * NR + j] : tile[r * NR + j];
+  store(acc, c, ldc, mr, nr, accumulate);
 }
 
 void pack_rows(const float* const* rows, int64_t n, int64_t k, int64_t width, float* dst) {

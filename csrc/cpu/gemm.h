@@ -60,6 +60,14 @@ struct Panel {
 void micro_tile(int64_t k, const float* a, const float* b, float* c, int64_t ldc,
                 int64_t mr, int64_t nr, bool accumulate);
 
+// The same tile with A given by row pointers instead of a packed sliver, summed over `taps`
+// parts: C[mr x nr] (+)= sum over t < taps of A_t (MR x k) * B_t (k x NR), where row r of
+// A_t is the k contiguous floats at rows[t * MR + r] (rows past mr may point anywhere
+// readable, zeros say) and B_t is the NR-sliver at b[t]. A convolution's taps are the
+// parts: each row is a pixel's input channels at one tap, so nothing is packed.
+void micro_tile_rows(int64_t taps, int64_t k, const float* const* rows, const float* const* b,
+                     float* c, int64_t ldc, int64_t mr, int64_t nr, bool accumulate);
+
 // Packs rows [i0, i0+m) x depth [k0, k0+k) of the matrix element(i, k) = src[i*rs + k*cs]
 // into MR-slivers (for A) -- or, with the roles of rows and columns swapped, columns into
 // NR-slivers (for B). `width` is MR or NR.
