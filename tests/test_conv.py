@@ -248,3 +248,18 @@ def test_nhwc_forward_reads_rows_in_place(isa, x_shape, w_shape, kw):
     """NHWC forward as an implicit GEMM (micro_tile_rows): pixel blocks that end mid-way,
     output channels that end mid-sliver, padding on every side, strides, dilation, groups."""
     _check_conv_path(isa, "forward", "gemm_nhwc", x_shape, w_shape, layout="NHWC", **kw)
+
+
+
+@pytest.mark.parametrize("x_shape,w_shape,kw,expected", [
+    ((3, 17, 15, 64), (40, 64, 3, 3), dict(stride=2, padding=1), "gemm_nhwc"),
+    ((2, 13, 11, 32), (64, 32, 5, 5), dict(padding=2), "gemm_nhwc"),       # 286 pixels
+    ((2, 12, 12, 64), (24, 32, 3, 3), dict(padding="same", groups=2, dilation=2), "gemm_nhwc"),
+    ((3, 9, 9, 96), (33, 96, 1, 1), dict(), "gemm_nhwc"),
+    ((2, 12, 12, 24), (40, 24, 3, 3), dict(stride=2, padding=1), "gemm_nhwc_packed"),
+    ((2, 10, 9, 3), (8, 3, 2, 2), dict(), "gemm_nhwc_packed"),
+])
+def test_nhwc_weight_gradient(isa, x_shape, w_shape, kw, expected):
+    """NHWC dW in place (micro_tile_cols: dy from a padded chunk copy, x at each pixel's tap
+    row) where C_g is a multiple of every build's NR, packed otherwise."""
+    _check_conv_path(isa, "backward_weight", expected, x_shape, w_shape, layout="NHWC", **kw)

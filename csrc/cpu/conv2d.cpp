@@ -54,6 +54,45 @@ inline int64_t nhwc_tap(const ConvGeometry& g, int64_t b, int64_t oy, int64_t ox
   return ((b * g.h + iy) * g.w + ix) * g.c_in + c0;
 }
 
+// set(i, t, row) for pixels p0 + i, i < count (over the whole batch; pixels past the batch
+// read `zeros`) and taps t: `row` is where pixel p0 + i's input channels c0.. are at tap t in
+// NHWC x, or `zeros` where the tap reads padding. A pixel whose window lies inside the
+// input finds every tap at a fixed distance from its first, without bounds checks.
+template <class Set>
+void for_tap_rows(const ConvGeometry& g, const float* x, int64_t c0, const float* zeros,
+                  int64_t p0, int64_t count, Set&& set) {
+  const int64_t taps = g.kh * g.kw, pixels = g.n * g.oh * g.ow;
+  const int64_t reach_h = (g.kh - 1) * g.dil_h, reach_w = (g.kw - 1) * g.dil_w;
+  int64_t b = 0, oy = 0, ox = 0;  // pixel p0 + i, advanced one pixel at a time
+  ConvGeometry::split_pixel(std::min(p0, pixels - 1), g.oh, g.ow, b, oy, ox);
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t iy = g.in_row(oy, 0), ix = g.in_col(ox, 0);
+    if (p0 + i >= pixels) {
+      for (int64_t t = 0; t < taps; ++t) set(i, t, zeros);
+    } else if (iy >= 0 && iy + reach_h < g.h && ix >= 0 && ix + reach_w < g.w) {
+      const float* first = x + ((b * g.h + iy) * g.w + ix) * g.c_in + c0;
+      for (int64_t t = 0; t < taps; ++t)
+        set(i, t, first + (t / g.kw * g.dil_h * g.w + t % g.kw * g.dil_w) * g.c_in);
+    } else {
+      for (int64_t t = 0; t < taps; ++t) {
+        const int64_t off = nhwc_tap(g, b, oy, ox, t / g.kw, t % g.kw, c0);
+        set(i, t, off >= 0 ? x + off : zeros);
+      }
+    }
+    if (++ox == g.ow) {
+      ox = 0;
+      if (++oy == g.oh) oy = 0, ++b;
+    }
+  }
+}
+
+// A row of zeros at least `n` floats long, for padding taps; one per thread.
+const float* zero_row(int64_t n) {
+  thread_local std::vector<float> zeros;
+  if (static_cast<int64_t>(zeros.size()) < n) zeros.assign(n, 0.f);
+  return zeros.data();
+}
+
 // B operand of the NCHW forward: column j = output pixel p_base + j, depth k = (ci, ky, kx)
 // of one image's group; `planes` points at that group's first input channel.
 struct NchwColumnPacker {
@@ -138,38 +177,13 @@ void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const f
   std::vector<Buffer> packed(g.groups);
   for (int64_t grp = 0; grp < g.groups; ++grp)
     packed[grp] = prepack(weights_tap_major(g, w, grp).data(), K, 1, mg, K, NR);
-  // A pixel whose window lies inside the input finds tap t at its tap-0 row + tap_delta[t].
-  const int64_t reach_h = (g.kh - 1) * g.dil_h, reach_w = (g.kw - 1) * g.dil_w;
-  std::vector<int64_t> tap_delta(taps);
-  for (int64_t t = 0; t < taps; ++t)
-    tap_delta[t] = (t / g.kw * g.dil_h * g.w + t % g.kw * g.dil_w) * g.c_in;
   parallel_for(items * g.groups, [&](int64_t item) {
     const int64_t grp = item % g.groups, b0 = item / g.groups * per_item;
     const int64_t nb = std::min(per_item, blocks - b0);
-    thread_local std::vector<float> zeros;  // the row a padding tap (or a missing pixel) reads
-    if (static_cast<int64_t>(zeros.size()) < cg) zeros.assign(cg, 0.f);
     thread_local std::vector<const float*> rows;  // rows[(block * taps + t) * MR + r]
     rows.resize(nb * taps * MR);
-    int64_t b = 0, oy = 0, ox = 0;  // pixel b0 * MR, then advanced one pixel at a time
-    ConvGeometry::split_pixel(std::min(b0 * MR, pixels - 1), g.oh, g.ow, b, oy, ox);
-    for (int64_t i = 0; i < nb * MR; ++i) {
-      const int64_t p = b0 * MR + i;
-      const float** row = rows.data() + (i / MR * taps) * MR + i % MR;  // row[t * MR]: tap t
-      const int64_t iy = g.in_row(oy, 0), ix = g.in_col(ox, 0);
-      if (p < pixels && iy >= 0 && iy + reach_h < g.h && ix >= 0 && ix + reach_w < g.w) {
-        const float* base = x + ((b * g.h + iy) * g.w + ix) * g.c_in + grp * cg;
-        for (int64_t t = 0; t < taps; ++t) row[t * MR] = base + tap_delta[t];
-      } else {
-        for (int64_t t = 0; t < taps; ++t) {
-          const int64_t off = p < pixels ? nhwc_tap(g, b, oy, ox, t / g.kw, t % g.kw, grp * cg) : -1;
-          row[t * MR] = off >= 0 ? x + off : zeros.data();
-        }
-      }
-      if (++ox == g.ow) {
-        ox = 0;
-        if (++oy == g.oh) oy = 0, ++b;
-      }
-    }
+    for_tap_rows(g, x, grp * cg, zero_row(cg), b0 * MR, nb * MR,
+                 [&](int64_t i, int64_t t, const float* row) { rows[(i / MR * taps + t) * MR + i % MR] = row; });
     thread_local std::vector<const float*> panel;  // panel[t]: tap t's part of a B sliver
     panel.resize(taps);
     for (int64_t s = 0; s < slivers; ++s) {
@@ -382,7 +396,49 @@ void backward_weight_nchw(const ConvGeometry& g, const float* dy, const float* x
   reduce_partials(partial, dw, g.w_size());
 }
 
+// NHWC weight gradient with both operands in place: dW_g (Mg x K') += dy^T x_rows, summed
+// over chunks of pixels. A tile is MR output channels x NR channels of one tap; its depth
+// steps are the chunk's pixels: MR gradients from a zero-padded copy of the chunk's dy
+// (Mg rounded up to MR, so no read runs past it) and NR inputs at the pixel's tap row.
+// Needs C_g to be a multiple of NR, so that a sliver never straddles two taps.
 void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
+  const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
+  const int64_t K = cg * taps, pixels = g.n * g.oh * g.ow, ld = round_up(mg, MR);
+  const int64_t chunks = (pixels + kPixelChunk - 1) / kPixelChunk;
+  const int threads = num_threads();
+  std::vector<std::vector<float>> partial(threads, std::vector<float>(g.w_size(), 0.f));
+  parallel_threads(threads, [&](int t, int team) {
+    int64_t begin, end;
+    split_range(chunks, team, t, begin, end);
+    std::vector<float> grads(kPixelChunk * ld, 0.f);
+    std::vector<const float*> rows(taps * kPixelChunk);  // rows[tap * chunk + pixel]
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      const int64_t p0 = chunk * kPixelChunk, pc = std::min(kPixelChunk, pixels - p0);
+      for (int64_t grp = 0; grp < g.groups; ++grp) {
+        for (int64_t j = 0; j < pc; ++j)
+          std::memcpy(grads.data() + j * ld, dy + (p0 + j) * g.c_out + grp * mg, sizeof(float) * mg);
+        for_tap_rows(g, x, grp * cg, zero_row(cg), p0, pc,
+                     [&](int64_t i, int64_t tap, const float* row) { rows[tap * kPixelChunk + i] = row; });
+        float* out = partial[t].data() + grp * mg * K;
+        for (int64_t tap = 0; tap < taps; ++tap)
+          for (int64_t c0 = 0; c0 < cg; c0 += NR)
+            for (int64_t o0 = 0; o0 < mg; o0 += MR)
+              micro_tile_cols(pc, grads.data() + o0, ld, rows.data() + tap * kPixelChunk, c0,
+                              out + o0 * K + tap * cg + c0, K, std::min(MR, mg - o0), NR, true);
+      }
+    }
+  });
+  std::vector<float> sum(g.w_size());
+  reduce_partials(partial, sum.data(), g.w_size());
+  for (int64_t o = 0; o < g.c_out; ++o)
+    for (int64_t ci = 0; ci < cg; ++ci)
+      for (int64_t tap = 0; tap < taps; ++tap) dw[(o * cg + ci) * taps + tap] = sum[o * K + tap * cg + ci];
+}
+
+// The same gradient with x's columns packed per chunk (NhwcTapColumnPacker): for C_g that
+// is not a multiple of NR.
+void backward_weight_nhwc_packed(const ConvGeometry& g, const float* dy, const float* x,
+                                 float* dw) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
   const int64_t K = cg * taps, pixels = g.n * g.oh * g.ow;
   const int64_t chunks = (pixels + kPixelChunk - 1) / kPixelChunk;
@@ -418,6 +474,7 @@ void backward_weight_by(Algorithm a, const ConvGeometry& g, const float* dy, con
           select_direct_conv_algorithm(g, Direction::backward_weight, kBuildIsa), g, dy, x, dw);
     case Algorithm::gemm_nchw: return backward_weight_nchw(g, dy, x, dw);
     case Algorithm::gemm_nhwc: return backward_weight_nhwc(g, dy, x, dw);
+    case Algorithm::gemm_nhwc_packed: return backward_weight_nhwc_packed(g, dy, x, dw);
     case Algorithm::depthwise_nchw:
     case Algorithm::depthwise_nhwc: return depthwise_conv2d_backward_weight(g, dy, x, dw);
     default: wrong_algorithm(a, "weight gradient");

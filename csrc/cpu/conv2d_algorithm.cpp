@@ -25,6 +25,7 @@ const char* algorithm_name(Algorithm a) {
     case Algorithm::winograd_f4x3: return "winograd_f4x3";
     case Algorithm::gemm_nchw: return "gemm_nchw";
     case Algorithm::gemm_nhwc: return "gemm_nhwc";
+    case Algorithm::gemm_nhwc_packed: return "gemm_nhwc_packed";
     case Algorithm::backward_input_as_forward: return "backward_input_as_forward";
     case Algorithm::col2im_nchw: return "col2im_nchw";
     case Algorithm::col2im_nhwc: return "col2im_nhwc";
@@ -42,9 +43,12 @@ bool parse_direction(const std::string& name, Direction& d) {
   return true;
 }
 
-Algorithm select_direct_conv_algorithm(const ConvGeometry& g, Direction d, Isa) {
+Algorithm select_direct_conv_algorithm(const ConvGeometry& g, Direction d, Isa isa) {
   const bool nhwc = g.channels_last != 0;
   if (is_depthwise(g)) return nhwc ? Algorithm::depthwise_nhwc : Algorithm::depthwise_nchw;
+  // The in-place weight gradient reads NR input channels of one tap per tile column block.
+  if (d == Direction::backward_weight && nhwc && g.cin_per_group() % gemm_tile(isa).nr != 0)
+    return Algorithm::gemm_nhwc_packed;
   if (d == Direction::backward_input) {
     // The transposed forward packs dy once per input channel group; with few input channels
     // col2im, which packs dy once in all, is cheaper.

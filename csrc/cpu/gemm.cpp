@@ -22,16 +22,16 @@ using Tile = V[MR][kCols];
 // registers once the constant-count loops are unrolled and these helpers inlined (no spills
 // in the loop: check with -S after changing MR or NR).
 //
-// acc += A * B over depth k, where a(p, r) is A's element (row r, depth p) and B is an
-// NR-sliver (row p at b + p * NR).
-template <class A>
-__attribute__((always_inline)) inline void multiply_add(Tile& acc, int64_t k, A a,
-                                                        const float* b) {
+// acc += A * B over depth k, where a(p, r) is A's element (row r, depth p) and b(p) points
+// at B's row p (NR floats).
+template <class A, class B>
+__attribute__((always_inline)) inline void multiply_add(Tile& acc, int64_t k, A a, B b) {
 #pragma GCC unroll 4
-  for (int64_t p = 0; p < k; ++p, b += NR) {
+  for (int64_t p = 0; p < k; ++p) {
+    const float* row = b(p);
     V bv[kCols];
 #pragma GCC unroll 4
-    for (int j = 0; j < kCols; ++j) bv[j] = Simd::load(b + j * Simd::kLanes);
+    for (int j = 0; j < kCols; ++j) bv[j] = Simd::load(row + j * Simd::kLanes);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
       const V ar = Simd::splat(a(p, r));
@@ -75,7 +75,8 @@ void micro_tile(int64_t k, const float* a, const float* b, float* c, int64_t ldc
                 int64_t nr, bool accumulate) {
   Tile acc;
   clear(acc);
-  multiply_add(acc, k, [a](int64_t p, int r) { return a[p * MR + r]; }, b);
+  multiply_add(acc, k, [a](int64_t p, int r) { return a[p * MR + r]; },
+               [b](int64_t p) { return b + p * NR; });
   store(acc, c, ldc, mr, nr, accumulate);
 }
 
@@ -86,8 +87,20 @@ void micro_tile_rows(int64_t taps, int64_t k, const float* const* rows, const fl
   for (int64_t t = 0; t < taps; ++t) {
     const float* row[MR];
     for (int r = 0; r < MR; ++r) row[r] = rows[t * MR + r];
-    multiply_add(acc, k, [&row](int64_t p, int r) { return row[r][p]; }, b[t]);
+    const float* sliver = b[t];
+    multiply_add(acc, k, [&row](int64_t p, int r) { return row[r][p]; },
+                 [sliver](int64_t p) { return sliver + p * NR; });
   }
+  store(acc, c, ldc, mr, nr, accumulate);
+}
+
+void micro_tile_cols(int64_t k, const float* a, int64_t lda, const float* const* b_rows,
+                     int64_t b_offset, float* c, int64_t ldc, int64_t mr, int64_t nr,
+                     bool accumulate) {
+  Tile acc;
+  clear(acc);
+  multiply_add(acc, k, [a, lda](int64_t p, int r) { return a[p * lda + r]; },
+               [b_rows, b_offset](int64_t p) { return b_rows[p] + b_offset; });
   store(acc, c, ldc, mr, nr, accumulate);
 }
 
