@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cpu/kernels.h"
+#include "cpu/lanes.h"
 #include "cpu/parallel.h"
 
 namespace fastconv::cpu::FASTCONV_ISA {
@@ -129,55 +130,10 @@ void backward_plane(const PoolGeometry& g, const ColumnPlan& plan, const float* 
   }
 }
 
-// NHWC kernels work on lanes of consecutive channels held in GCC vectors, Lanes being one
-// register (64 bytes with AVX-512, 32 with AVX, else 16: SSE, NEON). A max window is a chain of compare and
-// select per cell, and one chain leaves the core mostly waiting, so lanes go K registers
-// at a time (K independent chains), then single floats for the last C % kLanes channels;
-// one template serves every width. The widths differ per build, so the two builds never
+// NHWC kernels work on lane groups of consecutive channels (cpu/lanes.h). A max window is
+// a chain of compare and select per cell, and one chain leaves the core mostly waiting, so
+// each group runs K independent chains. The widths differ per build, so the builds never
 // share an instantiation of the geometry.h helpers.
-#if defined(__AVX512F__)
-typedef float Lanes __attribute__((vector_size(64)));
-#elif defined(__AVX__)
-typedef float Lanes __attribute__((vector_size(32)));
-#else
-typedef float Lanes __attribute__((vector_size(16)));
-#endif
-
-// A tag for K values of type V side by side; the kernels keep them in local arrays, which
-// the compiler holds in registers once it unrolls the loops over k.
-template <class V, int K>
-struct LaneGroup {
-  static constexpr int64_t kStep = sizeof(V) / sizeof(float);  // floats per V
-  static constexpr int64_t kWidth = K * kStep;                  // floats per group
-};
-
-// body(group, c) over channels [0, channels), c advancing by the group's width: groups of
-// 8 registers (as many chains as AVX2's 16 registers hold with their temporaries), then 4,
-// then single registers and floats.
-template <class Body>
-inline void for_lane_groups(int64_t channels, Body&& body) {
-  int64_t c = 0;
-  for (; c + LaneGroup<Lanes, 8>::kWidth <= channels; c += LaneGroup<Lanes, 8>::kWidth)
-    body(LaneGroup<Lanes, 8>{}, c);
-  if (c + LaneGroup<Lanes, 4>::kWidth <= channels) {
-    body(LaneGroup<Lanes, 4>{}, c);
-    c += LaneGroup<Lanes, 4>::kWidth;
-  }
-  for (; c + LaneGroup<Lanes, 1>::kWidth <= channels; c += LaneGroup<Lanes, 1>::kWidth)
-    body(LaneGroup<Lanes, 1>{}, c);
-  for (; c < channels; ++c) body(LaneGroup<float, 1>{}, c);
-}
-
-template <class V>
-inline V load(const float* p) {
-  V v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-template <class V>
-inline void store(float* p, V v) { std::memcpy(p, &v, sizeof v); }
-template <class V>
-inline V splat(float f) { return V{} + f; }  // 0 + f: exact for the values used here
 
 // The real cells of one window of an NHWC image: rows [y0, y1), columns [x0, x1). For the
 // backward, the cells at or past row first_y and column first_x are reached by no earlier
