@@ -243,10 +243,14 @@ def _assert_close_with_specials(got, want):
     ((2, 12, 12, 16), (24, 8, 3, 3), dict(padding="same", groups=2, dilation=2)),
     ((3, 9, 9, 48), (33, 48, 1, 1), dict()),                              # pointwise
     ((4, 5, 6, 20), (16, 20, 3, 2), dict(stride=(2, 1), padding=((2, 0), (1, 1)))),
+    ((3, 16, 15, 3), (24, 3, 2, 2), dict()),                               # a stem: kernel rows
+    ((2, 11, 12, 3), (64, 3, 3, 3), dict(padding=1)),                      # as runs, x padded
+    ((2, 9, 10, 5), (8, 5, 3, 4), dict(stride=(1, 2), padding="same", dilation=(2, 1))),
 ])
 def test_nhwc_forward_reads_rows_in_place(isa, x_shape, w_shape, kw):
     """NHWC forward as an implicit GEMM (micro_tile_rows): pixel blocks that end mid-way,
-    output channels that end mid-sliver, padding on every side, strides, dilation, groups."""
+    output channels that end mid-sliver, padding on every side, strides, dilation, groups;
+    with few input channels, kernel rows as single runs of a zero-padded copy of x."""
     _check_conv_path(isa, "forward", "gemm_nhwc", x_shape, w_shape, layout="NHWC", **kw)
 
 

@@ -161,36 +161,34 @@ void forward_nchw(const ConvGeometry& g, const float* x, const float* w, const f
 
 // NHWC forward as an implicit GEMM: y (pixels x Mg) = rows (pixels x K') * W_g^T, where a
 // pixel's row at tap t is its C_g input channels there, read in place by micro_tile_rows
-// (padding reads a row of zeros): nothing of x is packed or copied.
+// (padding reads a row of zeros): nothing of x is packed.
 //
 // Work items are runs of MR-pixel blocks. A tile runs its whole depth in registers and
 // stores each output once; for each output-channel sliver, its weights (K' x NR) stream
 // from L2 while the item's pixel blocks pass (blocking the taps measured no faster, even
-// where the weights outgrow L2).
-void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const float* bias,
-                  float* y) {
+// where the weights outgrow L2). `g` may be a view in which one "tap" is a run of `depth`
+// floats (see forward_nhwc), K' = taps * depth.
+void forward_nhwc_runs(const ConvGeometry& g, const float* x, const std::vector<Buffer>& packed,
+                       int64_t depth, const float* bias, float* y) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
-  const int64_t K = cg * taps, slivers = (mg + NR - 1) / NR;
+  const int64_t K = depth * taps, slivers = (mg + NR - 1) / NR;
   const int64_t pixels = g.n * g.oh * g.ow, blocks = (pixels + MR - 1) / MR;
   const int64_t per_item = std::clamp<int64_t>(blocks / (8 * num_threads()), 1, 32);
   const int64_t items = (blocks + per_item - 1) / per_item;
-  std::vector<Buffer> packed(g.groups);
-  for (int64_t grp = 0; grp < g.groups; ++grp)
-    packed[grp] = prepack(weights_tap_major(g, w, grp).data(), K, 1, mg, K, NR);
   parallel_for(items * g.groups, [&](int64_t item) {
     const int64_t grp = item % g.groups, b0 = item / g.groups * per_item;
     const int64_t nb = std::min(per_item, blocks - b0);
     thread_local std::vector<const float*> rows;  // rows[(block * taps + t) * MR + r]
     rows.resize(nb * taps * MR);
-    for_tap_rows(g, x, grp * cg, zero_row(cg), b0 * MR, nb * MR,
+    for_tap_rows(g, x, grp * cg, zero_row(depth), b0 * MR, nb * MR,
                  [&](int64_t i, int64_t t, const float* row) { rows[(i / MR * taps + t) * MR + i % MR] = row; });
     thread_local std::vector<const float*> panel;  // panel[t]: tap t's part of a B sliver
     panel.resize(taps);
     for (int64_t s = 0; s < slivers; ++s) {
-      for (int64_t t = 0; t < taps; ++t) panel[t] = packed[grp].data() + (s * K + t * cg) * NR;
+      for (int64_t t = 0; t < taps; ++t) panel[t] = packed[grp].data() + (s * K + t * depth) * NR;
       for (int64_t blk = 0; blk < nb; ++blk) {
         const int64_t p0 = (b0 + blk) * MR;
-        micro_tile_rows(taps, cg, rows.data() + blk * taps * MR, panel.data(),
+        micro_tile_rows(taps, depth, rows.data() + blk * taps * MR, panel.data(),
                         y + p0 * g.c_out + grp * mg + s * NR, g.c_out, std::min(MR, pixels - p0),
                         std::min(NR, mg - s * NR), false);
       }
@@ -199,6 +197,41 @@ void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const f
       for (int64_t p = b0 * MR; p < std::min(pixels, (b0 + nb) * MR); ++p)
         for (int64_t o = 0; o < mg; ++o) y[p * g.c_out + grp * mg + o] += bias[grp * mg + o];
   });
+}
+
+// x with its padding made real: (n, rows, cols, C) zeros around the image, enough of them
+// that every window of g lies inside.
+std::vector<float> padded_nhwc(const ConvGeometry& g, const float* x, int64_t rows, int64_t cols) {
+  std::vector<float> out(g.n * rows * cols * g.c_in, 0.f);
+  for (int64_t b = 0; b < g.n; ++b)
+    for (int64_t iy = 0; iy < std::min(g.h, rows - g.pad_top); ++iy)
+      std::memcpy(out.data() + ((b * rows + iy + g.pad_top) * cols + g.pad_left) * g.c_in,
+                  x + (b * g.h + iy) * g.w * g.c_in,
+                  sizeof(float) * std::min(g.w, cols - g.pad_left) * g.c_in);
+  return out;
+}
+
+void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const float* bias,
+                  float* y) {
+  const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), K = cg * g.kh * g.kw;
+  std::vector<Buffer> packed(g.groups);
+  for (int64_t grp = 0; grp < g.groups; ++grp)
+    packed[grp] = prepack(weights_tap_major(g, w, grp).data(), K, 1, mg, K, NR);
+  // Few input channels (a first layer): the KW taps of a kernel row, KW pixels side by side,
+  // are KW * C_in contiguous floats, so each becomes one depth run instead of KW runs a few
+  // floats long. That needs every window inside the input: a copy of x with its padding
+  // made real (cheap, with few channels), seen as a geometry with unpadded 1-wide kernels.
+  if (g.groups == 1 && g.dil_w == 1 && g.kw > 1 && g.c_in < 16) {
+    ConvGeometry rows = g;
+    rows.h = std::max(g.h + g.pad_top, (g.oh - 1) * g.stride_h + (g.kh - 1) * g.dil_h + 1);
+    rows.w = std::max(g.w + g.pad_left, (g.ow - 1) * g.stride_w + g.kw);
+    rows.pad_top = rows.pad_left = 0;
+    rows.kw = 1;
+    const bool padded = g.pad_top || g.pad_left || rows.h > g.h || rows.w > g.w;
+    const std::vector<float> xp = padded ? padded_nhwc(g, x, rows.h, rows.w) : std::vector<float>();
+    return forward_nhwc_runs(rows, padded ? xp.data() : x, packed, g.kw * g.c_in, bias, y);
+  }
+  forward_nhwc_runs(g, x, packed, cg, bias, y);
 }
 
 [[noreturn]] void wrong_algorithm(Algorithm a, const char* pass) {

@@ -48,25 +48,30 @@ __attribute__((always_inline)) inline void clear(Tile& acc) {
     for (int j = 0; j < kCols; ++j) acc[r][j] = Simd::zero();
 }
 
-// C[mr x nr] (+)= the tile's corner. An edge tile goes through a local buffer, so that the
-// full-tile stores never write past C.
+// C[mr x nr] (+)= the tile's corner. Edge tiles store whole vectors where they can and the
+// last, partial one of a row masked, so nothing past C is read or written.
 __attribute__((always_inline)) inline void store(const Tile& acc, float* c, int64_t ldc,
                                                  int64_t mr, int64_t nr, bool accumulate) {
-  const bool full = mr == MR && nr == NR;
-  float tile[MR * NR];
-  float* out = full ? c : tile;
-  const int64_t ld = full ? ldc : NR;
+  if (mr == MR && nr == NR) {
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+      for (int j = 0; j < kCols; ++j) {
+        float* o = c + r * ldc + j * Simd::kLanes;
+        Simd::store(o, accumulate ? Simd::add(acc[r][j], Simd::load(o)) : acc[r][j]);
+      }
+    return;
+  }
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
     for (int j = 0; j < kCols; ++j) {
-      float* o = out + r * ld + j * Simd::kLanes;
-      Simd::store(o, full && accumulate ? Simd::add(acc[r][j], Simd::load(o)) : acc[r][j]);
+      const int64_t n = std::min<int64_t>(nr - j * Simd::kLanes, Simd::kLanes);
+      if (r >= mr || n <= 0) continue;
+      float* o = c + r * ldc + j * Simd::kLanes;
+      const int lanes = static_cast<int>(n);
+      Simd::store_part(o, accumulate ? Simd::add(acc[r][j], Simd::load_part(o, lanes)) : acc[r][j], lanes);
     }
-  if (full) return;
-  for (int64_t r = 0; r < mr; ++r)
-    for (int64_t j = 0; j < nr; ++j)
-      c[r * ldc + j] = accumulate ? c[r * ldc + j] + tile[r * NR + j] : tile[r * NR + j];
 }
 
 }  // namespace
