@@ -412,7 +412,7 @@ void backward_weight_nchw(const ConvGeometry& g, const float* dy, const float* x
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), K = cg * g.kh * g.kw;
   const int64_t P = g.oh * g.ow, chunks = (P + kPixelChunk - 1) / kPixelChunk;
   const int threads = num_threads();
-  std::vector<std::vector<float>> partial(threads, std::vector<float>(g.w_size(), 0.f));
+  std::vector<Buffer>& partial = zeroed_partials(threads, g.w_size());
   parallel_threads(threads, [&](int t, int team) {
     int64_t begin, end;
     split_range(g.n * chunks, team, t, begin, end);
@@ -439,7 +439,7 @@ void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x
   const int64_t K = cg * taps, pixels = g.n * g.oh * g.ow, ld = round_up(mg, MR);
   const int64_t chunks = (pixels + kPixelChunk - 1) / kPixelChunk;
   const int threads = num_threads();
-  std::vector<std::vector<float>> partial(threads, std::vector<float>(g.w_size(), 0.f));
+  std::vector<Buffer>& partial = zeroed_partials(threads, g.w_size());
   parallel_threads(threads, [&](int t, int team) {
     int64_t begin, end;
     split_range(chunks, team, t, begin, end);
@@ -461,8 +461,8 @@ void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x
       }
     }
   });
-  std::vector<float> sum(g.w_size());
-  reduce_partials(partial, sum.data(), g.w_size());
+  const float* sum = partial[0].data();
+  reduce_partials(partial, partial[0].data(), g.w_size());
   for (int64_t o = 0; o < g.c_out; ++o)
     for (int64_t ci = 0; ci < cg; ++ci)
       for (int64_t tap = 0; tap < taps; ++tap) dw[(o * cg + ci) * taps + tap] = sum[o * K + tap * cg + ci];
@@ -477,7 +477,7 @@ void backward_weight_nhwc_packed(const ConvGeometry& g, const float* dy, const f
   const int64_t chunks = (pixels + kPixelChunk - 1) / kPixelChunk;
   const int threads = num_threads();
   // Partials hold dW_g (Mg x K') per group, K' in (ky, kx, ci) order.
-  std::vector<std::vector<float>> partial(threads, std::vector<float>(g.w_size(), 0.f));
+  std::vector<Buffer>& partial = zeroed_partials(threads, g.w_size());
   parallel_threads(threads, [&](int t, int team) {
     int64_t begin, end;
     split_range(chunks, team, t, begin, end);
@@ -490,8 +490,8 @@ void backward_weight_nhwc_packed(const ConvGeometry& g, const float* dy, const f
       }
     }
   });
-  std::vector<float> sum(g.w_size());
-  reduce_partials(partial, sum.data(), g.w_size());
+  const float* sum = partial[0].data();
+  reduce_partials(partial, partial[0].data(), g.w_size());
   for (int64_t o = 0; o < g.c_out; ++o)
     for (int64_t ci = 0; ci < cg; ++ci)
       for (int64_t t = 0; t < taps; ++t) dw[(o * cg + ci) * taps + t] = sum[o * K + t * cg + ci];

@@ -118,24 +118,32 @@ void patch_offsets(const TileMap& map, int64_t t_first, int64_t tiles, int64_t s
   }
 }
 
-// U[xi] = G g G^T for every (co, ci), pre-packed as MR-slivers of a (Co x Ci) matrix per xi.
-std::vector<Buffer> transform_weights(const ConvGeometry& g, const float* w) {
-  const int64_t pairs = g.c_out * g.c_in;
-  std::vector<float> u(pairs * kPoints);  // u[(co * Ci + ci) * 36 + xi]: written contiguously
-  parallel_for((pairs + 255) / 256, [&](int64_t block) {
-    for (int64_t p = block * 256; p < std::min(pairs, block * 256 + 256); ++p) {
-      float gw[kAlpha][3] = {};
+// U[xi] = G g G^T for every (co, ci), written straight into MR-slivers of a (Co x Ci)
+// matrix per xi (the GEMM's packed-A format), MR output channels at a time so that each
+// store is MR contiguous floats: no transposing pass over a (pairs x 36) intermediate.
+// The buffers belong to the calling thread and are reused from call to call: U of a wide
+// layer is megabytes, and fresh pages would cost a page fault each.
+const std::vector<Buffer>& transform_weights(const ConvGeometry& g, const float* w) {
+  const int64_t slivers = (g.c_out + MR - 1) / MR;
+  thread_local std::vector<Buffer> calling_thread_u(kPoints);
+  std::vector<Buffer>& packed = calling_thread_u;  // the workers below write the caller's U
+  for (Buffer& u : packed) u.resize(slivers * MR * g.c_in);
+  parallel_for(slivers, [&](int64_t s) {
+    for (int64_t ci = 0; ci < g.c_in; ++ci) {
+      float wr[3][3][MR] = {}, gw[kAlpha][3][MR] = {};  // rows past C_out stay 0
+      for (int64_t r = 0; r < std::min(MR, g.c_out - s * MR); ++r)
+        for (int k = 0; k < 9; ++k) wr[k / 3][k % 3][r] = w[((s * MR + r) * g.c_in + ci) * 9 + k];
       for (int i = 0; i < kAlpha; ++i)
         for (int k = 0; k < 3; ++k)
-          for (int j = 0; j < 3; ++j) gw[i][j] += kG[i][k] * w[p * 9 + k * 3 + j];
+          for (int j = 0; j < 3; ++j)
+            for (int r = 0; r < MR; ++r) gw[i][j][r] += kG[i][k] * wr[k][j][r];
       for (int i = 0; i < kAlpha; ++i)
-        for (int j = 0; j < kAlpha; ++j)
-          u[p * kPoints + i * kAlpha + j] = gw[i][0] * kG[j][0] + gw[i][1] * kG[j][1] + gw[i][2] * kG[j][2];
+        for (int j = 0; j < kAlpha; ++j) {
+          float* out = packed[i * kAlpha + j].data() + (s * g.c_in + ci) * MR;
+          for (int r = 0; r < MR; ++r)
+            out[r] = gw[i][0][r] * kG[j][0] + gw[i][1][r] * kG[j][1] + gw[i][2][r] * kG[j][2];
+        }
     }
-  });
-  std::vector<Buffer> packed(kPoints);
-  parallel_for(kPoints, [&](int64_t xi) {
-    packed[xi] = prepack(u.data() + xi, g.c_in * kPoints, kPoints, g.c_out, g.c_in, MR);
   });
   return packed;
 }
@@ -323,7 +331,7 @@ bool conv2d_winograd(const ConvGeometry& g, const float* x, const float* w, cons
   const TileMap map{g, (g.oh + kOut - 1) / kOut, (g.ow + kOut - 1) / kOut};
   const int64_t tiles = g.n * map.tiles_h * map.tiles_w;
   const int64_t chunk = tiles_per_item(g, tiles, kForwardBudget);
-  const std::vector<Buffer> u = transform_weights(g, w);
+  const std::vector<Buffer>& u = transform_weights(g, w);
   const int64_t items = (tiles + chunk - 1) / chunk;
   std::vector<char> finite(items, 1);
   parallel_for(items, [&](int64_t item) {
@@ -366,7 +374,7 @@ bool conv2d_winograd_backward_weight(const ConvGeometry& g, const float* dy, con
   const bool transposed = g.c_in % NR != 0 && g.c_out % NR == 0;
   const int64_t rows = transposed ? g.c_in : g.c_out, cols = transposed ? g.c_out : g.c_in;
   const int threads = num_threads();
-  std::vector<Buffer> partial(threads, Buffer(size, 0.f));
+  std::vector<Buffer>& partial = zeroed_partials(threads, size);
   parallel_threads(threads, [&](int t, int team) {
     thread_local Buffer v, dm;
     for (int64_t item = items * t / team; item < items * (t + 1) / team; ++item) {
@@ -386,10 +394,10 @@ bool conv2d_winograd_backward_weight(const ConvGeometry& g, const float* dy, con
       }
     }
   });
-  std::vector<float> du(size);
-  reduce_partials(partial, du.data(), size);
-  return transposed ? untransform_weight_gradient(g, du.data(), 1, g.c_out, dw)
-                    : untransform_weight_gradient(g, du.data(), g.c_in, 1, dw);
+  const float* du = partial[0].data();
+  reduce_partials(partial, partial[0].data(), size);
+  return transposed ? untransform_weight_gradient(g, du, 1, g.c_out, dw)
+                    : untransform_weight_gradient(g, du, g.c_in, 1, dw);
 }
 
 }  // namespace fastconv::cpu::FASTCONV_ISA

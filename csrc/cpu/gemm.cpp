@@ -196,4 +196,11 @@ Buffer& scratch_b() {
   return buffer;
 }
 
+std::vector<Buffer>& zeroed_partials(int threads, int64_t size) {
+  thread_local std::vector<Buffer> partials;
+  partials.resize(threads);
+  for (Buffer& p : partials) p.assign(size, 0.f);
+  return partials;
+}
+
 }  // namespace fastconv::cpu::FASTCONV_ISA
