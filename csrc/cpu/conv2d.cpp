@@ -127,23 +127,35 @@ struct NchwColumnPacker {
   }
 };
 
-// W_g reordered to (Mg x K') with K' = (ky, kx, ci): the NHWC depth order.
-std::vector<float> weights_tap_major(const ConvGeometry& g, const float* w, int64_t group) {
+// Per-call copies of the weights (reordered, flipped, packed) go into buffers owned by the
+// calling thread and reused from call to call: a wide layer's weights are megabytes, and
+// fresh pages would cost a page fault each on first touch. A lambda run by other threads
+// must capture a reference to such a buffer, not name the thread_local.
+std::vector<Buffer>& weight_buffers(int64_t groups) {
+  thread_local std::vector<Buffer> buffers;
+  buffers.resize(groups);
+  return buffers;
+}
+
+// W_g reordered to (Mg x K') with K' = (ky, kx, ci): the NHWC depth order; valid until the
+// next call on this thread.
+const float* weights_tap_major(const ConvGeometry& g, const float* w, int64_t group) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
-  std::vector<float> out(mg * cg * taps);
+  thread_local std::vector<float> out;
+  out.resize(mg * cg * taps);
   const float* wg = w + group * mg * cg * taps;
   for (int64_t o = 0; o < mg; ++o)
     for (int64_t ci = 0; ci < cg; ++ci)
       for (int64_t t = 0; t < taps; ++t) out[(o * taps + t) * cg + ci] = wg[(o * cg + ci) * taps + t];
-  return out;
+  return out.data();
 }
 
 void forward_nchw(const ConvGeometry& g, const float* x, const float* w, const float* bias,
                   float* y) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), K = cg * g.kh * g.kw;
   const int64_t P = g.oh * g.ow, chunks = (P + kPixelChunk - 1) / kPixelChunk;
-  std::vector<Buffer> packed(g.groups);
-  for (int64_t grp = 0; grp < g.groups; ++grp) packed[grp] = prepack(w + grp * mg * K, K, 1, mg, K, MR);
+  std::vector<Buffer>& packed = weight_buffers(g.groups);
+  for (int64_t grp = 0; grp < g.groups; ++grp) prepack(packed[grp], w + grp * mg * K, K, 1, mg, K, MR);
   parallel_for(g.n * g.groups * chunks, [&](int64_t item) {
     const int64_t chunk = item % chunks, grp = item / chunks % g.groups, b = item / chunks / g.groups;
     const int64_t p0 = chunk * kPixelChunk, nc = std::min(kPixelChunk, P - p0);
@@ -214,9 +226,9 @@ std::vector<float> padded_nhwc(const ConvGeometry& g, const float* x, int64_t ro
 void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const float* bias,
                   float* y) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), K = cg * g.kh * g.kw;
-  std::vector<Buffer> packed(g.groups);
+  std::vector<Buffer>& packed = weight_buffers(g.groups);
   for (int64_t grp = 0; grp < g.groups; ++grp)
-    packed[grp] = prepack(weights_tap_major(g, w, grp).data(), K, 1, mg, K, NR);
+    prepack(packed[grp], weights_tap_major(g, w, grp), K, 1, mg, K, NR);
   // Few input channels (a first layer): the KW taps of a kernel row, KW pixels side by side,
   // are KW * C_in contiguous floats, so each becomes one depth run instead of KW runs a few
   // floats long. That needs every window inside the input: a copy of x with its padding
@@ -266,7 +278,8 @@ void forward(const ConvGeometry& g, const float* x, const float* w, const float*
 void backward_input_as_forward(const ConvGeometry& g, const float* dy, const float* w,
                                float* dx) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
-  std::vector<float> flipped(g.w_size());
+  thread_local std::vector<float> flipped;
+  flipped.resize(g.w_size());
   for (int64_t grp = 0; grp < g.groups; ++grp)
     for (int64_t o = 0; o < mg; ++o)
       for (int64_t ci = 0; ci < cg; ++ci)
@@ -292,8 +305,8 @@ void backward_input_col2im_nchw(const ConvGeometry& g, const float* dy, const fl
                                 float* dx) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
   const int64_t K = cg * taps, P = g.oh * g.ow;
-  std::vector<Buffer> packed(g.groups);  // W_g^T: (K x Mg)
-  for (int64_t grp = 0; grp < g.groups; ++grp) packed[grp] = prepack(w + grp * mg * K, 1, K, K, mg, MR);
+  std::vector<Buffer>& packed = weight_buffers(g.groups);  // W_g^T: (K x Mg)
+  for (int64_t grp = 0; grp < g.groups; ++grp) prepack(packed[grp], w + grp * mg * K, 1, K, K, mg, MR);
   parallel_for(g.n * g.groups, [&](int64_t item) {
     const int64_t grp = item % g.groups, b = item / g.groups;
     float* dxg = dx + (b * g.c_in + grp * cg) * g.h * g.w;
@@ -322,9 +335,9 @@ void backward_input_col2im_nhwc(const ConvGeometry& g, const float* dy, const fl
                                 float* dx) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
   const int64_t K = cg * taps, P = g.oh * g.ow;
-  std::vector<Buffer> packed(g.groups);  // W_g in (ky, kx, ci) order: (Mg x K')
+  std::vector<Buffer>& packed = weight_buffers(g.groups);  // W_g in (ky, kx, ci) order: (Mg x K')
   for (int64_t grp = 0; grp < g.groups; ++grp)
-    packed[grp] = prepack(weights_tap_major(g, w, grp).data(), 1, K, K, mg, NR);
+    prepack(packed[grp], weights_tap_major(g, w, grp), 1, K, K, mg, NR);
   parallel_for(g.n, [&](int64_t b) {
     std::memset(dx + b * g.h * g.w * g.c_in, 0, sizeof(float) * g.h * g.w * g.c_in);
     std::vector<float> dcol(MC * K);

@@ -151,11 +151,10 @@ void pack_strided(const float* src, int64_t rs, int64_t cs, int64_t i0, int64_t 
   }
 }
 
-Buffer prepack(const float* src, int64_t rs, int64_t cs, int64_t m, int64_t k,
-               int64_t width) {
-  Buffer packed(round_up(m, width) * k);
+void prepack(Buffer& packed, const float* src, int64_t rs, int64_t cs, int64_t m, int64_t k,
+             int64_t width) {
+  packed.resize(round_up(m, width) * k);
   pack_strided(src, rs, cs, 0, m, 0, k, width, packed.data());
-  return packed;
 }
 
 double fma_peak_gflops(double seconds) {

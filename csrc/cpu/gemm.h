@@ -86,9 +86,10 @@ void pack_strided(const float* src, int64_t rs, int64_t cs, int64_t i0, int64_t 
 // multiple of 8 (NR).
 void pack_rows(const float* const* rows, int64_t n, int64_t k, int64_t width, float* dst);
 
-// Pre-packs a whole M x K operand into width-slivers spanning the full depth K, so that
-// sliver s, depth block k0 is at data + s*K*width + k0*width.
-Buffer prepack(const float* src, int64_t rs, int64_t cs, int64_t m, int64_t k, int64_t width);
+// Pre-packs a whole M x K operand into `packed` (resized), as width-slivers spanning the
+// full depth K, so that sliver s, depth block k0 is at data + s*K*width + k0*width.
+void prepack(Buffer& packed, const float* src, int64_t rs, int64_t cs, int64_t m, int64_t k,
+             int64_t width);
 
 inline Panel prepacked_panel(const Buffer& packed, int64_t depth, int64_t width,
                              int64_t i0, int64_t k0) {
