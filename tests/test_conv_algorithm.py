@@ -25,7 +25,7 @@ def test_not_winograd(isa):
     # stride 2, a map smaller than a tile, too few channels, a 5x5 kernel
     assert "winograd" not in algorithm("forward", (128, 64, 32, 32), (128, 64, 3, 3),
                                        stride=2, padding=1)
-    assert "winograd" not in algorithm("forward", (128, 256, 3, 3), (256, 256, 3, 3), padding=1)
+    assert "winograd" not in algorithm("forward", (128, 256, 2, 2), (256, 256, 3, 3), padding=1)
     assert "winograd" not in algorithm("forward", (128, 3, 32, 32), (64, 3, 3, 3), padding=1)
     assert "winograd" not in algorithm("forward", (128, 32, 32, 32), (64, 32, 5, 5), padding=2)
 
@@ -48,3 +48,10 @@ def test_depthwise(isa, direction, layout):
 def test_bad_direction():
     with pytest.raises(ValueError, match="direction must be"):
         algorithm("sideways", (1, 16, 8, 8), (16, 16, 3, 3))
+
+
+def test_3x3_maps(isa):
+    """A 3x3 map: Winograd forward (and so dx, a forward of dy), direct weight gradient."""
+    x, w = (128, 256, 3, 3), (256, 256, 3, 3)
+    assert algorithm("forward", x, w, padding=1) == "winograd_f4x3"
+    assert algorithm("backward_weight", x, w, padding=1) == "gemm_nchw"
