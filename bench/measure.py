@@ -54,6 +54,13 @@ class Ceilings:
     sgemm_n: int
     copy_mib: int
     copy_threads: int
+    fma_gflops: float = 0.0  # fastconv's register-only FMA probe, all threads; 0: not measured
+
+    @property
+    def compute(self) -> tuple:
+        """(GFLOP/s, name) that compute-bound rows are measured against: the FMA peak where
+        measured (what the kernels' instructions can do at best), else NumPy's sgemm."""
+        return (self.fma_gflops, "FMA peak") if self.fma_gflops else (self.sgemm_gflops, "sgemm")
 
     @property
     def balance(self) -> float:

@@ -48,7 +48,7 @@ class Row:
         seconds = self.fastconv[self.best]
         if work / traffic >= ceilings.balance:
             rate = work / seconds / 1e9
-            return rate, "GFLOP/s", rate / ceilings.sgemm_gflops
+            return rate, "GFLOP/s", rate / ceilings.compute[0]
         rate = traffic / seconds / 1e9
         return rate, "GB/s", rate / ceilings.copy_gbs
 
@@ -79,7 +79,7 @@ def table(rows, ceilings: Ceilings) -> list:
         rate, unit, share = r.throughput(ceilings)
         times = [_bold_if(_ms(r.fastconv.get(k)), k == r.best) for k in ("NCHW", "NHWC")]
         times += [_bold_if(_ms(r.torch.get(k)), k == r.peer) for k in ("NCHW", "channels_last")]
-        ceiling = "sgemm" if unit == "GFLOP/s" else "copy"
+        ceiling = ceilings.compute[1] if unit == "GFLOP/s" else "copy"
         lines.append(f"| {r.case.label} | {r.case.shape} | {r.pass_} | {' | '.join(times)} "
                      f"| {r.ratio:.2f}x | {rate:.1f} {unit} | {share:.0%} {ceiling} "
                      f"| {r.goal.minimum:g}x | {'yes' if r.met else 'NO'} | {r.error:.1e} |")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -64,8 +65,8 @@ def header(args, command, date, layouts, blas_threads, ceilings, budget, loads) 
         f"- Command: `{command}`" + (" (quick: a development run, not the goal run)"
                                      if args.quick else ""),
         f"- Date: {date}",
-        f"- Machine: {cpu_description()}; fastconv kernels: {fastconv.isa()}, Winograd "
-        f"{'on' if fastconv.winograd() else 'off'}",
+        f"- Machine: {cpu_description()}; fastconv kernels: {fastconv.isa()} "
+        f"({fastconv._cpu.isa_reason()}), Winograd {'on' if fastconv.winograd() else 'off'}",
         f"- Versions: Python {platform.python_version()}, NumPy {np.__version__}, "
         f"{torch_config}, fastconv {fastconv.__version__} (git {git_revision(REPO)}), "
         f"compiler: {compiler_description(REPO)}",
@@ -76,7 +77,9 @@ def header(args, command, date, layouts, blas_threads, ceilings, budget, loads) 
         f"- Ceilings, the fastest of several repetitions at the start of this run: sgemm {ceilings.sgemm_gflops:.1f} "
         f"GFLOP/s (NumPy's BLAS, {ceilings.sgemm_n}^3), copy {ceilings.copy_gbs:.1f} GB/s "
         f"(a {ceilings.copy_mib} MiB np.copyto on {ceilings.copy_threads} thread(s), bytes "
-        f"read + written)",
+        f"read + written), FMA peak {ceilings.fma_gflops:.1f} GFLOP/s (fastconv's "
+        f"register-only FMA probe, {fastconv.isa()} build, {args.threads} thread(s); "
+        f"compute-bound rows are shares of it)",
         f"- Timing: median of {budget.min_reps}-{budget.max_reps} repetitions after "
         f"{budget.warmup + 1} warm-up calls, implementations interleaved round by round, about "
         f"{budget.seconds:g} s per row; PyTorch forward under no_grad, backward = "
@@ -99,7 +102,10 @@ def run(args, command: str, blas_threads: str):
     ceilings = (measure_ceilings(args.threads, sgemm_n=1024, copy_mib=64,
                                  budget=Budget(0.2, min_reps=3, max_reps=10)) if args.quick
                 else measure_ceilings(args.threads))
-    print(f"ceilings: sgemm {ceilings.sgemm_gflops:.1f} GFLOP/s, copy {ceilings.copy_gbs:.1f} "
+    ceilings = replace(ceilings, fma_gflops=max(
+        fastconv._cpu.fma_peak(fastconv.isa(), args.threads) for _ in range(3)))
+    print(f"ceilings: sgemm {ceilings.sgemm_gflops:.1f} GFLOP/s, FMA peak "
+          f"{ceilings.fma_gflops:.1f} GFLOP/s, copy {ceilings.copy_gbs:.1f} "
           f"GB/s", flush=True)
 
     def selected(cases, rebatch=True):

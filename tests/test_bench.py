@@ -108,6 +108,8 @@ def test_throughput_picks_the_roofline_side():
                fastconv={"NCHW": 1e-3}, torch={"NCHW": 2e-3})
     rate, unit, share = pool.throughput(Ceilings(100.0, 10.0, 2048, 256, 1))
     assert unit == "GB/s" and share == pytest.approx(rate / 10.0)
+    rate, unit, share = row.throughput(Ceilings(100.0, 10.0, 2048, 256, 1, fma_gflops=200.0))
+    assert unit == "GFLOP/s" and share == pytest.approx(rate / 200.0)  # the FMA peak, if measured
 
 
 def test_report_names_the_rows_below_goal():
