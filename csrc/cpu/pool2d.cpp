@@ -292,10 +292,36 @@ void backward_nhwc_rows(const PoolGeometry& g, const float* dy, const float* x, 
   zero(reached, first_owned_row(g, oy1), 0, g.w);
 }
 
+// Sum of n contiguous floats in K independent lane groups (fixed order, so repeatable):
+// one running sum would wait on each add.
+inline float plane_sum(const float* p, int64_t n) {
+  constexpr int K = 4;
+  constexpr int64_t kStep = LaneGroup<Lanes, 1>::kStep;
+  Lanes acc[K] = {};
+  int64_t i = 0;
+  for (; i + K * kStep <= n; i += K * kStep)
+    for (int k = 0; k < K; ++k) acc[k] += load<Lanes>(p + i + k * kStep);
+  float total = 0.f;
+  for (; i < n; ++i) total += p[i];
+  for (int k = 1; k < K; ++k) acc[0] += acc[k];
+  for (int64_t l = 0; l < kStep; ++l) total += acc[0][l];
+  return total;
+}
+
 template <PoolKind kind>
 void forward(const PoolGeometry& g, const float* x, float* y) {
   if (g.channels_last) {
     parallel_for(g.n * g.oh, [&](int64_t row) { forward_nhwc_row<kind>(g, x, y, row / g.oh, row % g.oh); });
+  } else if (!is_extreme<kind>() && g.oh == 1 && g.ow == 1 && g.kh - g.pad_top >= g.h &&
+             g.kw - g.pad_left >= g.w) {
+    // Global average or sum (one window over each whole NCHW plane): a plain reduction of
+    // contiguous floats, planes in blocks so that an item is more than a few cache lines.
+    const int64_t planes = g.n * g.c, block = 64, plane = g.h * g.w;
+    const float divisor = kind == PoolKind::kAvg ? g.avg_divisor(plane) : 1.f;
+    parallel_for((planes + block - 1) / block, [&](int64_t item) {
+      for (int64_t p = item * block; p < std::min(planes, item * block + block); ++p)
+        y[p] = plane_sum(x + p * plane, plane) / divisor;
+    });
   } else {
     const ColumnPlan plan(g);
     parallel_for(g.n * g.c, [&](int64_t plane) {
