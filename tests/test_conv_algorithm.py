@@ -27,7 +27,16 @@ def test_not_winograd(isa):
                                        stride=2, padding=1)
     assert "winograd" not in algorithm("forward", (128, 256, 2, 2), (256, 256, 3, 3), padding=1)
     assert "winograd" not in algorithm("forward", (128, 3, 32, 32), (64, 3, 3, 3), padding=1)
-    assert "winograd" not in algorithm("forward", (128, 32, 32, 32), (64, 32, 5, 5), padding=2)
+    assert "winograd" not in algorithm("forward", (128, 32, 32, 32), (64, 32, 5, 5), padding=2,
+                                       dilation=2)
+    assert "winograd" not in algorithm("forward", (128, 32, 32, 32), (64, 32, 7, 7), padding=3)
+
+
+def test_5x5_stride_1_runs_winograd_f2x5(isa):
+    x, w = (128, 32, 32, 32), (64, 32, 5, 5)
+    assert algorithm("forward", x, w, padding=2) == "winograd_f2x5"
+    assert algorithm("backward_weight", x, w, padding=2) == "winograd_f2x5"
+    assert algorithm("backward_input", x, w, padding=2) == "backward_input_as_forward"
 
 
 def test_strided_input_gradient_scatters(isa):

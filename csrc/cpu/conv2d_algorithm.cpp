@@ -1,23 +1,25 @@
 // The convolution algorithm selector (see conv2d_algorithm.h).
 #include "cpu/conv2d_algorithm.h"
 
+#include <algorithm>
+
 namespace fastconv::cpu {
 namespace {
 
 bool is_depthwise(const ConvGeometry& g) { return g.groups > 1 && g.groups == g.c_in; }
 
-// Winograd F(4x4, 3x3) applies to 3x3, stride-1, undilated, ungrouped layers. It needs
-// enough tiles to pay for transforming the weights and enough channels to fill the GEMMs.
-// A 3x3 map uses 9 of a tile's 16 outputs: the forward still does 36 multiplies where the
-// direct sum does 81, but the weight gradient measured faster direct (256->256 @3x3, batch
-// 128, 1 thread: forward 10.6 vs 12.7 ms, weight gradient 19.4 vs 14.7 ms).
-bool winograd_applies(const ConvGeometry& g, Direction d) {
-  constexpr int64_t kTile = 4;
-  const int64_t tiles = g.n * ((g.oh + kTile - 1) / kTile) * ((g.ow + kTile - 1) / kTile);
-  const int64_t smallest_map = d == Direction::forward ? 3 : kTile;
-  return d != Direction::backward_input && g.kh == 3 && g.kw == 3 && g.stride_h == 1 &&
-         g.stride_w == 1 && g.dil_h == 1 && g.dil_w == 1 && g.groups == 1 && g.c_in >= 16 &&
-         g.c_out >= 16 && tiles >= 64 && g.oh >= smallest_map && g.ow >= smallest_map;
+// Winograd applies to stride-1, undilated, ungrouped layers: F(4x4, 3x3) to 3x3 kernels,
+// F(2x2, 5x5) to 5x5 ones. It needs enough tiles to pay for transforming the weights and
+// enough channels to fill the GEMMs. A 3x3 map uses 9 of an F(4x4, 3x3) tile's 16 outputs:
+// the forward still does 36 multiplies where the direct sum does 81, but the weight
+// gradient measured faster direct (256->256 @3x3, batch 128, 1 thread: forward 10.6 vs
+// 12.7 ms, weight gradient 19.4 vs 14.7 ms).
+bool winograd_applies(const ConvGeometry& g, Direction d, int64_t tile) {
+  const int64_t tiles = g.n * ((g.oh + tile - 1) / tile) * ((g.ow + tile - 1) / tile);
+  const int64_t smallest_map = d == Direction::forward ? std::min<int64_t>(3, tile) : tile;
+  return d != Direction::backward_input && g.stride_h == 1 && g.stride_w == 1 &&
+         g.dil_h == 1 && g.dil_w == 1 && g.groups == 1 && g.c_in >= 16 && g.c_out >= 16 &&
+         tiles >= 64 && g.oh >= smallest_map && g.ow >= smallest_map;
 }
 
 }  // namespace
@@ -25,6 +27,7 @@ bool winograd_applies(const ConvGeometry& g, Direction d) {
 const char* algorithm_name(Algorithm a) {
   switch (a) {
     case Algorithm::winograd_f4x3: return "winograd_f4x3";
+    case Algorithm::winograd_f2x5: return "winograd_f2x5";
     case Algorithm::gemm_nchw: return "gemm_nchw";
     case Algorithm::gemm_nhwc: return "gemm_nhwc";
     case Algorithm::gemm_nhwc_packed: return "gemm_nhwc_packed";
@@ -62,7 +65,10 @@ Algorithm select_direct_conv_algorithm(const ConvGeometry& g, Direction d, Isa i
 }
 
 Algorithm select_conv_algorithm(const ConvGeometry& g, Direction d, Isa isa) {
-  if (winograd_enabled() && winograd_applies(g, d)) return Algorithm::winograd_f4x3;
+  if (winograd_enabled() && g.kh == 3 && g.kw == 3 && winograd_applies(g, d, 4))
+    return Algorithm::winograd_f4x3;
+  if (winograd_enabled() && g.kh == 5 && g.kw == 5 && winograd_applies(g, d, 2))
+    return Algorithm::winograd_f2x5;
   return select_direct_conv_algorithm(g, d, isa);
 }
 

@@ -1,11 +1,14 @@
-// Winograd F(4x4, 3x3) for 3x3, stride-1, undilated, ungrouped convolutions (Lavin & Gray,
-// "Fast Algorithms for Convolutional Neural Networks", 2016): each 4x4 output tile costs
-// 36 multiplies per (input, output) channel pair instead of 144, so the GEMM work drops 4x.
+// Winograd convolution for stride-1, undilated, ungrouped layers (Lavin & Gray, "Fast
+// Algorithms for Convolutional Neural Networks", 2016): F(4x4, 3x3) for 3x3 kernels, each
+// 4x4 output tile costing 36 multiplies per (input, output) channel pair instead of 144,
+// and F(2x2, 5x5) for 5x5 kernels, each 2x2 tile 36 instead of 100. Both interpolate at
+// 0, +-1, +-2 and infinity, so they share the 6x6 input transform and their rounding error
+// is of the same size (about 10-20x the direct sum's).
 //
-// Per chunk of T output tiles (tiles run over the whole batch), xi = 0..35:
+// Per chunk of T output tiles m x m (tiles run over the whole batch), xi = 0..35:
 //   V[xi] = B^T d B      input transform of each 6x6 patch
 //   M[xi] = U[xi] V[xi]  36 GEMMs over channels, U[xi] = G g G^T precomputed per call
-//   y tile (4x4) = A^T M A  output transform, + bias
+//   y tile (m x m) = A^T M A  output transform, + bias
 // The transforms are linear and work per channel, so they vectorise along whatever is
 // contiguous. The forward, both layouts: along NR tiles (NHWC gathers 8 channels of 8
 // tiles at a time and transposes them in registers); V is (Ci x T) in the GEMM's packed-B
@@ -31,15 +34,7 @@
 namespace fastconv::cpu::FASTCONV_ISA {
 namespace {
 
-constexpr int kOut = 4, kAlpha = 6, kPoints = kAlpha * kAlpha;
-// Input transform B^T (input_1d below), filter transform G, output transform A^T
-// (output_1d below).
-constexpr float kG[kAlpha][3] = {{1.f / 4, 0, 0},
-                                 {-1.f / 6, -1.f / 6, -1.f / 6},
-                                 {-1.f / 6, 1.f / 6, -1.f / 6},
-                                 {1.f / 24, 1.f / 12, 1.f / 6},
-                                 {1.f / 24, -1.f / 12, 1.f / 6},
-                                 {0, 0, 1}};
+constexpr int kAlpha = 6, kPoints = kAlpha * kAlpha;
 
 // The 1-D transforms, written out so that multiplications by 0 and 1 cost nothing, on a
 // float or a GCC vector T; `step` is the distance between successive inputs and outputs,
@@ -56,30 +51,69 @@ inline void input_1d(const T* d, T* t, int step) {
   t[5 * step] = 4.f * d1 - 5.f * d3 + d5;
 }
 
-template <class T>
-inline void output_1d(const T* m, T* o, int in_step, int out_step) {
-  const int s = in_step, so = out_step;
-  const T m0 = m[0], m1 = m[s], m2 = m[2 * s], m3 = m[3 * s], m4 = m[4 * s], m5 = m[5 * s];
-  const T a = m1 + m2, b = m1 - m2, c = m3 + m4, e = m3 - m4;
-  o[0] = m0 + a + c;
-  o[so] = b + 2.f * e;
-  o[2 * so] = a + 4.f * c;
-  o[3 * so] = b + 8.f * e + m5;
-}
+// The two variants share the interpolation points 0, +-1, +-2 and infinity, so the input
+// transform B^T (input_1d above) is the same 6x6; they differ in the filter transform G
+// (6 x r) and the output transform A^T (m x 6, output_1d below, with its adjoint).
+struct F4x3 {  // F(4x4, 3x3): 36 multiplies for 16 outputs, 144 direct
+  static constexpr int kOut = 4, kR = 3;
+  static constexpr float kG[kAlpha][kR] = {{1.f / 4, 0, 0},
+                                           {-1.f / 6, -1.f / 6, -1.f / 6},
+                                           {-1.f / 6, 1.f / 6, -1.f / 6},
+                                           {1.f / 24, 1.f / 12, 1.f / 6},
+                                           {1.f / 24, -1.f / 12, 1.f / 6},
+                                           {0, 0, 1}};
+  template <class T>
+  static void output_1d(const T* m, T* o, int in_step, int out_step) {
+    const int s = in_step, so = out_step;
+    const T m0 = m[0], m1 = m[s], m2 = m[2 * s], m3 = m[3 * s], m4 = m[4 * s], m5 = m[5 * s];
+    const T a = m1 + m2, b = m1 - m2, c = m3 + m4, e = m3 - m4;
+    o[0] = m0 + a + c;
+    o[so] = b + 2.f * e;
+    o[2 * so] = a + 4.f * c;
+    o[3 * so] = b + 8.f * e + m5;
+  }
+  // Adjoint of output_1d: 4 gradients of a tile row/column -> 6 gradients of the points.
+  template <class T>
+  static void output_adjoint_1d(const T* o, T* m, int in_step, int out_step) {
+    const int s = in_step, sm = out_step;
+    const T o0 = o[0], o1 = o[s], o2 = o[2 * s], o3 = o[3 * s];
+    const T even = o0 + o2, odd = o1 + o3, even4 = o0 + 4.f * o2, odd8 = 2.f * o1 + 8.f * o3;
+    m[0] = o0;
+    m[sm] = even + odd;
+    m[2 * sm] = even - odd;
+    m[3 * sm] = even4 + odd8;
+    m[4 * sm] = even4 - odd8;
+    m[5 * sm] = o3;
+  }
+};
 
-// Adjoint of output_1d: 4 gradients of a tile row/column -> 6 gradients of the points.
-template <class T>
-inline void output_adjoint_1d(const T* o, T* m, int in_step, int out_step) {
-  const int s = in_step, sm = out_step;
-  const T o0 = o[0], o1 = o[s], o2 = o[2 * s], o3 = o[3 * s];
-  const T even = o0 + o2, odd = o1 + o3, even4 = o0 + 4.f * o2, odd8 = 2.f * o1 + 8.f * o3;
-  m[0] = o0;
-  m[sm] = even + odd;
-  m[2 * sm] = even - odd;
-  m[3 * sm] = even4 + odd8;
-  m[4 * sm] = even4 - odd8;
-  m[5 * sm] = o3;
-}
+struct F2x5 {  // F(2x2, 5x5): 36 multiplies for 4 outputs, 100 direct
+  static constexpr int kOut = 2, kR = 5;
+  static constexpr float kG[kAlpha][kR] = {{1.f / 4, 0, 0, 0, 0},
+                                           {-1.f / 6, -1.f / 6, -1.f / 6, -1.f / 6, -1.f / 6},
+                                           {-1.f / 6, 1.f / 6, -1.f / 6, 1.f / 6, -1.f / 6},
+                                           {1.f / 24, 1.f / 12, 1.f / 6, 1.f / 3, 2.f / 3},
+                                           {1.f / 24, -1.f / 12, 1.f / 6, -1.f / 3, 2.f / 3},
+                                           {0, 0, 0, 0, 1}};
+  template <class T>
+  static void output_1d(const T* m, T* o, int in_step, int out_step) {
+    const int s = in_step;
+    const T m1 = m[s], m2 = m[2 * s], m3 = m[3 * s], m4 = m[4 * s];
+    o[0] = m[0] + (m1 + m2) + (m3 + m4);
+    o[out_step] = (m1 - m2) + 2.f * (m3 - m4) + m[5 * s];
+  }
+  template <class T>
+  static void output_adjoint_1d(const T* o, T* m, int in_step, int out_step) {
+    const int sm = out_step;
+    const T o0 = o[0], o1 = o[in_step];
+    m[0] = o0;
+    m[sm] = o0 + o1;
+    m[2 * sm] = o0 - o1;
+    m[3 * sm] = o0 + 2.f * o1;
+    m[4 * sm] = o0 - 2.f * o1;
+    m[5 * sm] = o1;
+  }
+};
 
 // The 2-D transforms of one tile, columns then rows, on kN lanes side by side: point p of
 // lane l at [p * kN + l]. T = float, kN = NR: the NR tiles of a sliver, each loop over l a
@@ -93,35 +127,38 @@ inline void input_2d(const T* d, T* out) {  // B^T d B
     for (int l = 0; l < kN; ++l) input_1d(tmp + i * kAlpha * kN + l, out + i * kAlpha * kN + l, kN);
 }
 
-template <class T, int kN>
+template <class W, class T, int kN>
 inline void output_2d(const T* m, T* out) {  // A^T m A
+  constexpr int kOut = W::kOut;
   T tmp[kOut * kAlpha * kN];
   for (int j = 0; j < kAlpha; ++j)
-    for (int l = 0; l < kN; ++l) output_1d(m + j * kN + l, tmp + j * kN + l, kAlpha * kN, kAlpha * kN);
+    for (int l = 0; l < kN; ++l) W::output_1d(m + j * kN + l, tmp + j * kN + l, kAlpha * kN, kAlpha * kN);
   for (int i = 0; i < kOut; ++i)
-    for (int l = 0; l < kN; ++l) output_1d(tmp + i * kAlpha * kN + l, out + i * kOut * kN + l, kN, kN);
+    for (int l = 0; l < kN; ++l) W::output_1d(tmp + i * kAlpha * kN + l, out + i * kOut * kN + l, kN, kN);
 }
 
-template <class T, int kN>
+template <class W, class T, int kN>
 inline void output_adjoint_2d(const T* d, T* out) {  // A d A^T
+  constexpr int kOut = W::kOut;
   T tmp[kAlpha * kOut * kN];
   for (int j = 0; j < kOut; ++j)
-    for (int l = 0; l < kN; ++l) output_adjoint_1d(d + j * kN + l, tmp + j * kN + l, kOut * kN, kOut * kN);
+    for (int l = 0; l < kN; ++l) W::output_adjoint_1d(d + j * kN + l, tmp + j * kN + l, kOut * kN, kOut * kN);
   for (int i = 0; i < kAlpha; ++i)
-    for (int l = 0; l < kN; ++l) output_adjoint_1d(tmp + i * kOut * kN + l, out + i * kAlpha * kN + l, kN, kN);
+    for (int l = 0; l < kN; ++l) W::output_adjoint_1d(tmp + i * kOut * kN + l, out + i * kAlpha * kN + l, kN, kN);
 }
 
+// The output tiles (size x size) of a layer, over the whole batch.
 struct TileMap {
   const ConvGeometry& g;
-  int64_t tiles_h, tiles_w;
-  explicit TileMap(const ConvGeometry& geometry)
-      : g(geometry), tiles_h((g.oh + kOut - 1) / kOut), tiles_w((g.ow + kOut - 1) / kOut) {}
+  int64_t size, tiles_h, tiles_w;
+  TileMap(const ConvGeometry& geometry, int64_t tile)
+      : g(geometry), size(tile), tiles_h((g.oh + tile - 1) / tile), tiles_w((g.ow + tile - 1) / tile) {}
   int64_t tiles() const { return g.n * tiles_h * tiles_w; }
-  // Output origin of tile t (over the whole batch): image b, row oy, column ox.
+  // Output origin of tile t: image b, row oy, column ox.
   void origin(int64_t t, int64_t& b, int64_t& oy, int64_t& ox) const {
     b = t / (tiles_h * tiles_w);
-    oy = t / tiles_w % tiles_h * kOut;
-    ox = t % tiles_w * kOut;
+    oy = t / tiles_w % tiles_h * size;
+    ox = t % tiles_w * size;
   }
 };
 
@@ -147,30 +184,34 @@ void patch_offsets(const TileMap& map, int64_t t_first, int64_t tiles, int64_t s
   }
 }
 
-// U[xi] = G g G^T for every (co, ci), written straight into MR-slivers of a (Co x Ci)
+// U[xi] = G g G^T for every (co, ci) (g the r x r kernel), written straight into MR-slivers of a (Co x Ci)
 // matrix per xi (the GEMM's packed-A format), MR output channels at a time so that each
 // store is MR contiguous floats: no transposing pass over a (pairs x 36) intermediate.
 // The buffers belong to the calling thread and are reused from call to call: U of a wide
 // layer is megabytes, and fresh pages would cost a page fault each.
+template <class W>
 const std::vector<Buffer>& transform_weights(const ConvGeometry& g, const float* w) {
+  constexpr int kR = W::kR;
   const int64_t slivers = (g.c_out + MR - 1) / MR;
   thread_local std::vector<Buffer> calling_thread_u(kPoints);
   std::vector<Buffer>& packed = calling_thread_u;  // the workers below write the caller's U
   for (Buffer& u : packed) u.resize(slivers * MR * g.c_in);
   parallel_for(slivers, [&](int64_t s) {
     for (int64_t ci = 0; ci < g.c_in; ++ci) {
-      float wr[3][3][MR] = {}, gw[kAlpha][3][MR] = {};  // rows past C_out stay 0
+      float wr[kR][kR][MR] = {}, gw[kAlpha][kR][MR] = {};  // rows past C_out stay 0
       for (int64_t r = 0; r < std::min(MR, g.c_out - s * MR); ++r)
-        for (int k = 0; k < 9; ++k) wr[k / 3][k % 3][r] = w[((s * MR + r) * g.c_in + ci) * 9 + k];
+        for (int k = 0; k < kR * kR; ++k)
+          wr[k / kR][k % kR][r] = w[((s * MR + r) * g.c_in + ci) * kR * kR + k];
       for (int i = 0; i < kAlpha; ++i)
-        for (int k = 0; k < 3; ++k)
-          for (int j = 0; j < 3; ++j)
-            for (int r = 0; r < MR; ++r) gw[i][j][r] += kG[i][k] * wr[k][j][r];
+        for (int k = 0; k < kR; ++k)
+          for (int j = 0; j < kR; ++j)
+            for (int r = 0; r < MR; ++r) gw[i][j][r] += W::kG[i][k] * wr[k][j][r];
       for (int i = 0; i < kAlpha; ++i)
         for (int j = 0; j < kAlpha; ++j) {
-          float* out = packed[i * kAlpha + j].data() + (s * g.c_in + ci) * MR;
-          for (int r = 0; r < MR; ++r)
-            out[r] = gw[i][0][r] * kG[j][0] + gw[i][1][r] * kG[j][1] + gw[i][2][r] * kG[j][2];
+          float u[MR] = {};
+          for (int k = 0; k < kR; ++k)
+            for (int r = 0; r < MR; ++r) u[r] += gw[i][k][r] * W::kG[j][k];
+          std::memcpy(packed[i * kAlpha + j].data() + (s * g.c_in + ci) * MR, u, sizeof u);
         }
     }
   });
@@ -230,10 +271,12 @@ void transform_input_tiles(const TileMap& map, const float* x, int64_t t0, int64
 }
 
 // Output transform of M (m[(xi * Co + co) * ldm + tile]) into y; false on a non-finite value.
+template <class W>
 bool transform_output_tiles(const TileMap& map, const float* m, int64_t ldm, const float* bias,
                             int64_t t0, int64_t count, float* y) {
   const ConvGeometry& g = map.g;
   const int64_t channel_stride = g.channels_last ? 1 : g.oh * g.ow;
+  constexpr int kOut = W::kOut;
   float probe = 0.f;  // becomes NaN if any output is NaN or infinite
   for (int64_t s = 0; s * NR < count; ++s) {
     int64_t off[kOut * kOut][NR];
@@ -243,7 +286,7 @@ bool transform_output_tiles(const TileMap& map, const float* m, int64_t ldm, con
       alignas(64) float in[kPoints * NR];
       for (int xi = 0; xi < kPoints; ++xi)
         std::memcpy(in + xi * NR, m + (xi * g.c_out + co) * ldm + s * NR, sizeof(float) * NR);
-      output_2d<float, NR>(in, out);
+      output_2d<W, float, NR>(in, out);
       const float b = bias ? bias[co] : 0.f;
 #pragma omp simd reduction(+ : probe)
       for (int i = 0; i < kOut * kOut * NR; ++i) {
@@ -280,9 +323,11 @@ bool transform_output_tiles(const TileMap& map, const float* m, int64_t ldm, con
 }
 
 // dM = A dY A^T for tiles [t0, t0 + count) of NCHW dy: dm[(xi * Co + co) * ldm + tile].
+template <class W>
 void transform_output_gradient_nchw(const TileMap& map, const float* dy, int64_t t0,
                                     int64_t count, float* dm, int64_t ldm) {
   const ConvGeometry& g = map.g;
+  constexpr int kOut = W::kOut;
   for (int64_t s = 0; s * NR < count; ++s) {
     int64_t off[kOut * kOut][NR];
     patch_offsets<kOut>(map, t0 + s * NR, count - s * NR, 0, 0, g.oh, g.ow, g.c_out, off);
@@ -291,7 +336,7 @@ void transform_output_gradient_nchw(const TileMap& map, const float* dy, int64_t
       const float* dyc = dy + co * g.oh * g.ow;
       for (int p = 0; p < kOut * kOut; ++p)
         for (int l = 0; l < NR; ++l) d[p * NR + l] = off[p][l] >= 0 ? dyc[off[p][l]] : 0.f;
-      output_adjoint_2d<float, NR>(d, out);
+      output_adjoint_2d<W, float, NR>(d, out);
       for (int xi = 0; xi < kPoints; ++xi)
         std::memcpy(dm + (xi * g.c_out + co) * ldm + s * NR, out + xi * NR, sizeof(float) * NR);
     }
@@ -337,9 +382,11 @@ void transform_input_nhwc(const TileMap& map, const float* x, int64_t t0, int64_
 }
 
 // dM = A dY A^T for tiles [t0, t0 + count) of dy: dm[(xi * count + t) * ldm + co].
+template <class W>
 void transform_output_gradient_nhwc(const TileMap& map, const float* dy, int64_t t0,
                                     int64_t count, float* dm, int64_t ldm) {
   const ConvGeometry& g = map.g;
+  constexpr int kOut = W::kOut;
   for (int64_t s = 0; s * NR < count; ++s) {
     int64_t off[kOut * kOut][NR];
     patch_offsets<kOut>(map, t0 + s * NR, count - s * NR, 0, 0, g.oh, g.ow, g.c_out, off);
@@ -349,7 +396,7 @@ void transform_output_gradient_nhwc(const TileMap& map, const float* dy, int64_t
         const int64_t n = std::min(kLanes, g.c_out - c0);
         Lanes d[kOut * kOut], out[kPoints];
         for (int p = 0; p < kOut * kOut; ++p) d[p] = off[p][l] >= 0 ? load_first(dy + off[p][l] + c0, n) : Lanes{};
-        output_adjoint_2d<Lanes, 1>(d, out);
+        output_adjoint_2d<W, Lanes, 1>(d, out);
         for (int xi = 0; xi < kPoints; ++xi) store(row + xi * count * ldm + c0, out[xi]);
       }
     }
@@ -357,22 +404,24 @@ void transform_output_gradient_nhwc(const TileMap& map, const float* dy, int64_t
 }
 
 // dw[co][ci] = G^T dU[co][ci] G, dU given as du[xi * Co * Ci + co * co_stride + ci * ci_stride].
+template <class W>
 bool untransform_weight_gradient(const ConvGeometry& g, const float* du, int64_t co_stride,
                                  int64_t ci_stride, float* dw) {
+  constexpr int kR = W::kR;
   bool finite = true;
   for (int64_t co = 0; co < g.c_out; ++co)
     for (int64_t ci = 0; ci < g.c_in; ++ci) {
-      float gu[3][kAlpha] = {};  // G^T dU
+      float gu[kR][kAlpha] = {};  // G^T dU
       for (int xi = 0; xi < kPoints; ++xi) {
         const float v = du[xi * g.c_out * g.c_in + co * co_stride + ci * ci_stride];
-        for (int k = 0; k < 3; ++k) gu[k][xi % kAlpha] += kG[xi / kAlpha][k] * v;
+        for (int k = 0; k < kR; ++k) gu[k][xi % kAlpha] += W::kG[xi / kAlpha][k] * v;
       }
-      for (int i = 0; i < 3; ++i)
-        for (int j = 0; j < 3; ++j) {
+      for (int i = 0; i < kR; ++i)
+        for (int j = 0; j < kR; ++j) {
           float v = 0.f;
-          for (int k = 0; k < kAlpha; ++k) v += gu[i][k] * kG[k][j];
+          for (int k = 0; k < kAlpha; ++k) v += gu[i][k] * W::kG[k][j];
           finite = finite && std::isfinite(v);
-          dw[((co * g.c_in) + ci) * 9 + i * 3 + j] = v;
+          dw[((co * g.c_in) + ci) * kR * kR + i * kR + j] = v;
         }
     }
   return finite;
@@ -401,6 +450,7 @@ int64_t weight_gradient_budget(const ConvGeometry& g) {
 }
 
 // One item of the forward: tiles [t0, t0 + count).
+template <class W>
 bool forward_item(const TileMap& map, const std::vector<Buffer>& u, const float* x,
                        const float* bias, int64_t t0, int64_t count, float* y) {
   const ConvGeometry& g = map.g;
@@ -422,21 +472,19 @@ bool forward_item(const TileMap& map, const std::vector<Buffer>& u, const float*
     };
     gemm(g.c_out, width, g.c_in, weights, tiles_panel, m.data() + xi * g.c_out * width, width, false);
   }
-  return transform_output_tiles(map, m.data(), width, bias, t0, count, y);
+  return transform_output_tiles<W>(map, m.data(), width, bias, t0, count, y);
 }
 
-}  // namespace
-
-bool conv2d_winograd(const ConvGeometry& g, const float* x, const float* w, const float* bias,
-                     float* y) {
-  const TileMap map(g);
+template <class W>
+bool forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y) {
+  const TileMap map(g, W::kOut);
   const int64_t tiles = map.tiles(), chunk = tiles_per_item(g, tiles, kForwardBudget);
-  const std::vector<Buffer>& u = transform_weights(g, w);
+  const std::vector<Buffer>& u = transform_weights<W>(g, w);
   const int64_t items = (tiles + chunk - 1) / chunk;
   std::vector<char> finite(items, 1);
   parallel_for(items, [&](int64_t item) {
     const int64_t t0 = item * chunk, count = std::min(chunk, tiles - t0);
-    finite[item] = forward_item(map, u, x, bias, t0, count, y);
+    finite[item] = forward_item<W>(map, u, x, bias, t0, count, y);
   });
   for (char f : finite)
     if (!f) return false;
@@ -448,9 +496,9 @@ bool conv2d_winograd(const ConvGeometry& g, const float* x, const float* w, cons
 // both operands in place (micro_tile_cols), rows of dM and of V being tiles. NCHW packs
 // them; where C_in is not a multiple of NR but C_out is (the first layer after a
 // 24-channel stem), its GEMMs compute dU^T = V dM^T, so that no micro-tile column is padding.
-bool conv2d_winograd_backward_weight(const ConvGeometry& g, const float* dy, const float* x,
-                                     float* dw) {
-  const TileMap map(g);
+template <class W>
+bool backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
+  const TileMap map(g, W::kOut);
   const int64_t tiles = map.tiles(), chunk = tiles_per_item(g, tiles, weight_gradient_budget(g));
   const int64_t items = (tiles + chunk - 1) / chunk, size = kPoints * g.c_out * g.c_in;
   const bool nhwc = g.channels_last != 0;
@@ -469,7 +517,7 @@ bool conv2d_winograd_backward_weight(const ConvGeometry& g, const float* dy, con
         dm.resize(kPoints * count * ldm);
         v_rows.resize(count);
         transform_input_nhwc(map, x, t0, count, v.data(), ldv);
-        transform_output_gradient_nhwc(map, dy, t0, count, dm.data(), ldm);
+        transform_output_gradient_nhwc<W>(map, dy, t0, count, dm.data(), ldm);
         for (int xi = 0; xi < kPoints; ++xi) {
           for (int64_t p = 0; p < count; ++p) v_rows[p] = v.data() + (xi * count + p) * ldv;
           const float* dmx = dm.data() + xi * count * ldm;
@@ -487,7 +535,7 @@ bool conv2d_winograd_backward_weight(const ConvGeometry& g, const float* dy, con
       transform_input_tiles(map, x, t0, count, [&](int xi, int64_t ci, int64_t s, const float* lanes) {
         std::memcpy(v.data() + (xi * g.c_in + ci) * width + s * NR, lanes, sizeof(float) * NR);
       });
-      transform_output_gradient_nchw(map, dy, t0, count, dm.data(), width);
+      transform_output_gradient_nchw<W>(map, dy, t0, count, dm.data(), width);
       const float* left = transposed ? v.data() : dm.data();
       const float* right = transposed ? dm.data() : v.data();
       for (int xi = 0; xi < kPoints; ++xi) {
@@ -499,8 +547,20 @@ bool conv2d_winograd_backward_weight(const ConvGeometry& g, const float* dy, con
   });
   const float* du = partial[0].data();
   reduce_partials(partial, partial[0].data(), size);
-  return transposed ? untransform_weight_gradient(g, du, 1, g.c_out, dw)
-                    : untransform_weight_gradient(g, du, g.c_in, 1, dw);
+  return transposed ? untransform_weight_gradient<W>(g, du, 1, g.c_out, dw)
+                    : untransform_weight_gradient<W>(g, du, g.c_in, 1, dw);
+}
+
+}  // namespace
+
+bool conv2d_winograd(const ConvGeometry& g, const float* x, const float* w, const float* bias,
+                     float* y) {
+  return g.kh == 5 ? forward<F2x5>(g, x, w, bias, y) : forward<F4x3>(g, x, w, bias, y);
+}
+
+bool conv2d_winograd_backward_weight(const ConvGeometry& g, const float* dy, const float* x,
+                                     float* dw) {
+  return g.kh == 5 ? backward_weight<F2x5>(g, dy, x, dw) : backward_weight<F4x3>(g, dy, x, dw);
 }
 
 }  // namespace fastconv::cpu::FASTCONV_ISA
