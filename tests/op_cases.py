@@ -69,6 +69,15 @@ def assert_close(actual, expected, rtol=1e-4, atol=2e-5):
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol * scale)
 
 
+def conv_algorithm(direction, x_shape, w_shape, *, stride=1, padding=0, dilation=1, groups=1,
+                   layout="NCHW"):
+    """The algorithm fastconv._cpu runs (with the active ISA) for one conv pass:
+    direction is 'forward', 'backward_input' or 'backward_weight'."""
+    g = _args.conv_geometry(x_shape, w_shape, stride=stride, padding=padding, dilation=dilation,
+                            groups=groups, layout=layout)
+    return fastconv._cpu.conv_algorithm(g, direction)
+
+
 def rand(rng, *shape):
     return rng.standard_normal(shape).astype(np.float32)
 

@@ -7,7 +7,7 @@ import fastconv
 from fastconv import _args
 from fastconv import reference as ref
 
-from op_cases import assert_close, nchw_to, rand
+from op_cases import assert_close, conv_algorithm, nchw_to, rand
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
@@ -110,17 +110,23 @@ def test_repeatable_and_thread_count_only_changes_rounding():
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-@pytest.mark.parametrize("cin,cout,h,w,padding", [(16, 16, 16, 16, 1), (24, 40, 13, 18, "same"),
-                                                  (24, 32, 12, 11, 1),  # dw as dU^T = V dM^T
-                                                  (32, 17, 11, 9, ((2, 0), (1, 2))),
-                                                  (48, 64, 12, 12, "valid")])
-def test_winograd_3x3_matches_direct_and_reference(isa, layout, cin, cout, h, w, padding):
-    """3x3 stride-1 layers with >= 16 channels run Winograd F(4x4,3x3) (forward, dx through the
-    flipped kernel, and dw); it must agree with the direct GEMM and the reference."""
+@pytest.mark.parametrize("k,cin,cout,h,w,padding", [
+    (3, 16, 16, 16, 16, 1), (3, 24, 40, 13, 18, "same"),
+    (3, 24, 32, 12, 11, 1),  # NCHW dw as dU^T = V dM^T
+    (3, 32, 17, 11, 9, ((2, 0), (1, 2))), (3, 48, 64, 12, 12, "valid"),
+    (5, 16, 16, 8, 8, 2), (5, 24, 40, 9, 10, "same"), (5, 32, 17, 11, 7, ((3, 1), (0, 4))),
+    (5, 20, 36, 12, 12, "valid")])
+def test_winograd_matches_direct_and_reference(isa, layout, k, cin, cout, h, w, padding):
+    """3x3 and 5x5 stride-1 layers with >= 16 channels run Winograd F(4x4,3x3) / F(2x2,5x5)
+    (forward, dx through the flipped kernel, and dw); it must agree with the direct GEMM and
+    the reference."""
     rng = np.random.default_rng(cin + cout)
     x = nchw_to(rand(rng, 8, cin, h, w), layout)
-    wt, b = rand(rng, cout, cin, 3, 3), rand(rng, cout)
+    wt, b = rand(rng, cout, cin, k, k), rand(rng, cout)
     kw = dict(padding=padding, layout=layout)
+    x_shape = x.shape
+    for direction in ("forward", "backward_weight"):
+        assert conv_algorithm(direction, x_shape, wt.shape, **kw) == f"winograd_f{'4x3' if k == 3 else '2x5'}"
     y = fastconv.conv2d(x, wt, b, **kw)
     dy = rand(rng, *y.shape)
     dx, dw, _ = fastconv.conv2d_backward(dy, x, wt, **kw)
@@ -139,16 +145,28 @@ def test_winograd_3x3_matches_direct_and_reference(isa, layout, cin, cout, h, w,
     assert not np.array_equal(dw, dw_direct), "expected the Winograd path to have run"
 
 
-def test_maps_smaller_than_a_winograd_tile_run_direct():
-    """A 3x3 output map would use 9 of a tile's 16 outputs: the direct GEMM serves it."""
+def test_maps_smaller_than_a_winograd_tile(isa):
+    """A 2x2 output map would use 4 of a tile's 16 outputs: the direct GEMM serves it. A 3x3
+    map (9 of 16) runs Winograd forward (and dx, a forward of dy) but a direct dw."""
     rng = np.random.default_rng(7)
-    x, wt = rand(rng, 64, 32, 3, 3), rand(rng, 32, 32, 3, 3)
-    y = fastconv.conv2d(x, wt, padding=1)
-    fastconv._cpu.set_winograd(False)
-    try:
-        np.testing.assert_array_equal(y, fastconv.conv2d(x, wt, padding=1))
-    finally:
-        fastconv._cpu.set_winograd(True)
+    wt = rand(rng, 32, 32, 3, 3)
+    for side, winograd_forward in [(2, False), (3, True)]:
+        x = rand(rng, 64, 32, side, side)
+        y = fastconv.conv2d(x, wt, padding=1)
+        dy = rand(rng, *y.shape)
+        dx, dw, _ = fastconv.conv2d_backward(dy, x, wt, padding=1)
+        fastconv._cpu.set_winograd(False)
+        try:
+            y_direct = fastconv.conv2d(x, wt, padding=1)
+            dx_direct, dw_direct, _ = fastconv.conv2d_backward(dy, x, wt, padding=1)
+        finally:
+            fastconv._cpu.set_winograd(True)
+        assert np.array_equal(y, y_direct) != winograd_forward
+        assert np.array_equal(dx, dx_direct) != winograd_forward
+        np.testing.assert_array_equal(dw, dw_direct)
+        want_dx, want_dw, _ = ref.conv2d_backward(dy, x, wt, padding=1)
+        for got, want in [(y, ref.conv2d(x, wt, padding=1)), (dx, want_dx), (dw, want_dw)]:
+            assert_close(got, want)
 
 
 def test_winograd_keeps_nan_local():
@@ -159,3 +177,59 @@ def test_winograd_keeps_nan_local():
     nan_rows, nan_cols = np.nonzero(np.isnan(y[0, 0]))
     assert set(nan_rows) == {4, 5, 6} and set(nan_cols) == {4, 5, 6}
     assert np.isfinite(y[1:]).all()
+
+
+def _check_conv_path(isa, direction, expected, x_shape, w_shape, seed=0, **kw):
+    """Asserts that the selector runs `expected` for this pass on `isa`, then checks every
+    output of forward and backward against the reference, with a NaN and an Inf in x (they
+    must reach exactly the outputs the direct sum puts them in)."""
+    assert conv_algorithm(direction, x_shape, w_shape, **kw) == expected
+    rng = np.random.default_rng(seed)
+    x, w, b = rand(rng, *x_shape), rand(rng, *w_shape), rand(rng, w_shape[0])
+    x.flat[rng.integers(x.size)] = np.nan
+    x.flat[rng.integers(x.size)] = np.inf
+    y = fastconv.conv2d(x, w, b, **kw)
+    _assert_close_with_specials(y, ref.conv2d(x, w, b, **kw))
+    dy = rand(rng, *y.shape)
+    for got, want in zip(fastconv.conv2d_backward(dy, x, w, **kw), ref.conv2d_backward(dy, x, w, **kw)):
+        _assert_close_with_specials(got, want)
+
+
+def _assert_close_with_specials(got, want):
+    """NaN, +Inf and -Inf exactly where the reference has them, the rest close."""
+    for special in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(special(got), special(want))
+    finite = np.isfinite(want)
+    assert_close(np.where(finite, got, 0).astype(np.float32), np.where(finite, want, 0))
+
+
+@pytest.mark.parametrize("x_shape,w_shape,kw", [
+    ((3, 17, 15, 24), (40, 24, 3, 3), dict(stride=2, padding=1)),        # odd map, 40 outputs
+    ((1, 13, 11, 32), (64, 32, 5, 5), dict(padding=2)),                   # 5x5, 143 pixels
+    ((2, 12, 12, 16), (24, 8, 3, 3), dict(padding="same", groups=2, dilation=2)),
+    ((3, 9, 9, 48), (33, 48, 1, 1), dict()),                              # pointwise
+    ((4, 5, 6, 20), (16, 20, 3, 2), dict(stride=(2, 1), padding=((2, 0), (1, 1)))),
+    ((3, 16, 15, 3), (24, 3, 2, 2), dict()),                               # a stem: kernel rows
+    ((2, 11, 12, 3), (64, 3, 3, 3), dict(padding=1)),                      # as runs, x padded
+    ((2, 9, 10, 5), (8, 5, 3, 4), dict(stride=(1, 2), padding="same", dilation=(2, 1))),
+])
+def test_nhwc_forward_reads_rows_in_place(isa, x_shape, w_shape, kw):
+    """NHWC forward as an implicit GEMM (micro_tile_rows): pixel blocks that end mid-way,
+    output channels that end mid-sliver, padding on every side, strides, dilation, groups;
+    with few input channels, kernel rows as single runs of a zero-padded copy of x."""
+    _check_conv_path(isa, "forward", "gemm_nhwc", x_shape, w_shape, layout="NHWC", **kw)
+
+
+
+@pytest.mark.parametrize("x_shape,w_shape,kw,expected", [
+    ((3, 17, 15, 64), (40, 64, 3, 3), dict(stride=2, padding=1), "gemm_nhwc"),
+    ((1, 13, 11, 32), (64, 32, 5, 5), dict(padding=2), "gemm_nhwc"),       # 143 pixels
+    ((2, 12, 12, 64), (24, 32, 3, 3), dict(padding="same", groups=2, dilation=2), "gemm_nhwc"),
+    ((3, 9, 9, 96), (33, 96, 1, 1), dict(), "gemm_nhwc"),
+    ((2, 12, 12, 24), (40, 24, 3, 3), dict(stride=2, padding=1), "gemm_nhwc_packed"),
+    ((2, 10, 9, 3), (8, 3, 2, 2), dict(), "gemm_nhwc_packed"),
+])
+def test_nhwc_weight_gradient(isa, x_shape, w_shape, kw, expected):
+    """NHWC dW in place (micro_tile_cols: dy from a padded chunk copy, x at each pixel's tap
+    row) where C_g is a multiple of every build's NR, packed otherwise."""
+    _check_conv_path(isa, "backward_weight", expected, x_shape, w_shape, layout="NHWC", **kw)

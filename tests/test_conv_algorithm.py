@@ -4,17 +4,8 @@ test_conv.py."""
 import pytest
 
 import fastconv
-from fastconv import _args
 
-
-def geometry(x_shape, w_shape, *, stride=1, padding=0, dilation=1, groups=1, layout="NCHW"):
-    """The geometry tuple of a convolution of an x of x_shape (in `layout`) with w_shape."""
-    return _args.conv_geometry(x_shape, w_shape, stride=stride, padding=padding,
-                               dilation=dilation, groups=groups, layout=layout)
-
-
-def algorithm(direction, *args, **kwargs):
-    return fastconv._cpu.conv_algorithm(geometry(*args, **kwargs), direction)
+from op_cases import conv_algorithm as algorithm
 
 
 def test_3x3_stride_1_runs_winograd(isa):
@@ -34,9 +25,18 @@ def test_not_winograd(isa):
     # stride 2, a map smaller than a tile, too few channels, a 5x5 kernel
     assert "winograd" not in algorithm("forward", (128, 64, 32, 32), (128, 64, 3, 3),
                                        stride=2, padding=1)
-    assert "winograd" not in algorithm("forward", (128, 256, 3, 3), (256, 256, 3, 3), padding=1)
+    assert "winograd" not in algorithm("forward", (128, 256, 2, 2), (256, 256, 3, 3), padding=1)
     assert "winograd" not in algorithm("forward", (128, 3, 32, 32), (64, 3, 3, 3), padding=1)
-    assert "winograd" not in algorithm("forward", (128, 32, 32, 32), (64, 32, 5, 5), padding=2)
+    assert "winograd" not in algorithm("forward", (128, 32, 32, 32), (64, 32, 5, 5), padding=2,
+                                       dilation=2)
+    assert "winograd" not in algorithm("forward", (128, 32, 32, 32), (64, 32, 7, 7), padding=3)
+
+
+def test_5x5_stride_1_runs_winograd_f2x5(isa):
+    x, w = (128, 32, 32, 32), (64, 32, 5, 5)
+    assert algorithm("forward", x, w, padding=2) == "winograd_f2x5"
+    assert algorithm("backward_weight", x, w, padding=2) == "winograd_f2x5"
+    assert algorithm("backward_input", x, w, padding=2) == "backward_input_as_forward"
 
 
 def test_strided_input_gradient_scatters(isa):
@@ -57,3 +57,10 @@ def test_depthwise(isa, direction, layout):
 def test_bad_direction():
     with pytest.raises(ValueError, match="direction must be"):
         algorithm("sideways", (1, 16, 8, 8), (16, 16, 3, 3))
+
+
+def test_3x3_maps(isa):
+    """A 3x3 map: Winograd forward (and so dx, a forward of dy), direct weight gradient."""
+    x, w = (128, 256, 3, 3), (256, 256, 3, 3)
+    assert algorithm("forward", x, w, padding=1) == "winograd_f4x3"
+    assert algorithm("backward_weight", x, w, padding=1) == "gemm_nchw"

@@ -65,6 +65,28 @@ def test_nhwc_extreme_backward_special_values(isa, kind, kernel, stride, padding
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_global_avg_pool(isa, layout):
+    rng = np.random.default_rng(1)
+    x = rand(rng, 3, 7, 5, 6)
+    y = fastconv.global_avg_pool2d(x, layout=layout)
+    assert y.shape == (3, 6 if layout == "NHWC" else 7)
+    assert_close(y, ref.global_avg_pool2d(x, layout=layout))
+    # planes longer than the vector partial sums, with a tail; sums and special values
+    big = rand(rng, 2, 3, 13, 11)
+    big[0, 1, 4, 5], big[1, 2, 0, 0] = np.nan, np.inf
+    for kind in ("avg", "sum"):
+        pool, pool_ref = getattr(fastconv, f"{kind}_pool2d"), getattr(ref, f"{kind}_pool2d")
+        got, want = pool(big, (13, 11), layout="NCHW"), pool_ref(big, (13, 11), layout="NCHW")
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+        finite = np.isfinite(want)
+        assert_close(np.where(finite, got, 0).astype(np.float32), np.where(finite, want, 0))
+    dy = rand(rng, *y.shape)
+    assert_close(fastconv.global_avg_pool2d_backward(dy, x, layout=layout),
+                 ref.global_avg_pool2d_backward(dy, x, layout=layout))
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("kind,kernel,stride", [("max", 2, None), ("max", 3, 2), ("avg", 2, None)])
 def test_pooling_cifar_sized(isa, layout, kind, kernel, stride):
     rng = np.random.default_rng(5)

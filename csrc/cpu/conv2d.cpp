@@ -11,6 +11,7 @@
 // K is ordered (ci, ky, kx) in NCHW and (ky, kx, ci) in NHWC (K'), so that the gather reads
 // contiguous memory in each layout. Which of these (or Winograd, or the depthwise kernels)
 // runs is select_conv_algorithm's choice (conv2d_algorithm.h).
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 #include <vector>
@@ -53,6 +54,45 @@ inline int64_t nhwc_tap(const ConvGeometry& g, int64_t b, int64_t oy, int64_t ox
   return ((b * g.h + iy) * g.w + ix) * g.c_in + c0;
 }
 
+// set(i, t, row) for pixels p0 + i, i < count (over the whole batch; pixels past the batch
+// read `zeros`) and taps t: `row` is where pixel p0 + i's input channels c0.. are at tap t in
+// NHWC x, or `zeros` where the tap reads padding. A pixel whose window lies inside the
+// input finds every tap at a fixed distance from its first, without bounds checks.
+template <class Set>
+void for_tap_rows(const ConvGeometry& g, const float* x, int64_t c0, const float* zeros,
+                  int64_t p0, int64_t count, Set&& set) {
+  const int64_t taps = g.kh * g.kw, pixels = g.n * g.oh * g.ow;
+  const int64_t reach_h = (g.kh - 1) * g.dil_h, reach_w = (g.kw - 1) * g.dil_w;
+  int64_t b = 0, oy = 0, ox = 0;  // pixel p0 + i, advanced one pixel at a time
+  ConvGeometry::split_pixel(std::min(p0, pixels - 1), g.oh, g.ow, b, oy, ox);
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t iy = g.in_row(oy, 0), ix = g.in_col(ox, 0);
+    if (p0 + i >= pixels) {
+      for (int64_t t = 0; t < taps; ++t) set(i, t, zeros);
+    } else if (iy >= 0 && iy + reach_h < g.h && ix >= 0 && ix + reach_w < g.w) {
+      const float* first = x + ((b * g.h + iy) * g.w + ix) * g.c_in + c0;
+      for (int64_t t = 0; t < taps; ++t)
+        set(i, t, first + (t / g.kw * g.dil_h * g.w + t % g.kw * g.dil_w) * g.c_in);
+    } else {
+      for (int64_t t = 0; t < taps; ++t) {
+        const int64_t off = nhwc_tap(g, b, oy, ox, t / g.kw, t % g.kw, c0);
+        set(i, t, off >= 0 ? x + off : zeros);
+      }
+    }
+    if (++ox == g.ow) {
+      ox = 0;
+      if (++oy == g.oh) oy = 0, ++b;
+    }
+  }
+}
+
+// A row of zeros at least `n` floats long, for padding taps; one per thread.
+const float* zero_row(int64_t n) {
+  thread_local std::vector<float> zeros;
+  if (static_cast<int64_t>(zeros.size()) < n) zeros.assign(n, 0.f);
+  return zeros.data();
+}
+
 // B operand of the NCHW forward: column j = output pixel p_base + j, depth k = (ci, ky, kx)
 // of one image's group; `planes` points at that group's first input channel.
 struct NchwColumnPacker {
@@ -87,60 +127,35 @@ struct NchwColumnPacker {
   }
 };
 
-// A operand of the NHWC forward: row i = output pixel p_base + i (over the whole batch),
-// depth k = (ky, kx, ci) within group `group`.
-struct NhwcRowPacker {
-  const ConvGeometry& g;
-  const float* x;
-  int64_t group, p_base;
-  Panel operator()(int64_t i0, int64_t m, int64_t k0, int64_t kc) const {
-    Buffer& buf = scratch_a();
-    buf.resize(round_up(m, MR) * kc);
-    const int64_t cg = g.cin_per_group(), pixels = g.oh * g.ow;
-    thread_local std::vector<float> zeros;  // what a padding tap or a missing row reads
-    if (static_cast<int64_t>(zeros.size()) < cg) zeros.assign(cg, 0.f);
-    for (int64_t s = 0; s < m; s += MR) {
-      int64_t b[MR], oy[MR], ox[MR];
-      for (int64_t r = 0; r < MR; ++r) {
-        const int64_t p = p_base + i0 + std::min(s + r, m - 1);
-        b[r] = p / pixels, oy[r] = p % pixels / g.ow, ox[r] = p % g.ow;
-      }
-      float* d = buf.data() + s / MR * kc * MR;
-      for (int64_t k = k0; k < k0 + kc;) {
-        const int64_t tap = k / cg, ci = k % cg, run = std::min(cg - ci, k0 + kc - k);
-        const float* src[MR];
-        for (int64_t r = 0; r < MR; ++r) {
-          const int64_t off = s + r < m ? nhwc_tap(g, b[r], oy[r], ox[r], tap / g.kw, tap % g.kw, group * cg + ci) : -1;
-          src[r] = off >= 0 ? x + off : zeros.data();
-        }
-        // Row-interleaved copy: contiguous stores, MR read streams.
-        float* dk = d + (k - k0) * MR;
-        for (int64_t t = 0; t < run; ++t)
-          for (int64_t r = 0; r < MR; ++r) dk[t * MR + r] = src[r][t];
-        k += run;
-      }
-    }
-    return {buf.data(), kc * MR};
-  }
-};
+// Per-call copies of the weights (reordered, flipped, packed) go into buffers owned by the
+// calling thread and reused from call to call: a wide layer's weights are megabytes, and
+// fresh pages would cost a page fault each on first touch. A lambda run by other threads
+// must capture a reference to such a buffer, not name the thread_local.
+std::vector<Buffer>& weight_buffers(int64_t groups) {
+  thread_local std::vector<Buffer> buffers;
+  buffers.resize(groups);
+  return buffers;
+}
 
-// W_g reordered to (Mg x K') with K' = (ky, kx, ci): the NHWC depth order.
-std::vector<float> weights_tap_major(const ConvGeometry& g, const float* w, int64_t group) {
+// W_g reordered to (Mg x K') with K' = (ky, kx, ci): the NHWC depth order; valid until the
+// next call on this thread.
+const float* weights_tap_major(const ConvGeometry& g, const float* w, int64_t group) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
-  std::vector<float> out(mg * cg * taps);
+  thread_local std::vector<float> out;
+  out.resize(mg * cg * taps);
   const float* wg = w + group * mg * cg * taps;
   for (int64_t o = 0; o < mg; ++o)
     for (int64_t ci = 0; ci < cg; ++ci)
       for (int64_t t = 0; t < taps; ++t) out[(o * taps + t) * cg + ci] = wg[(o * cg + ci) * taps + t];
-  return out;
+  return out.data();
 }
 
 void forward_nchw(const ConvGeometry& g, const float* x, const float* w, const float* bias,
                   float* y) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), K = cg * g.kh * g.kw;
   const int64_t P = g.oh * g.ow, chunks = (P + kPixelChunk - 1) / kPixelChunk;
-  std::vector<Buffer> packed(g.groups);
-  for (int64_t grp = 0; grp < g.groups; ++grp) packed[grp] = prepack(w + grp * mg * K, K, 1, mg, K, MR);
+  std::vector<Buffer>& packed = weight_buffers(g.groups);
+  for (int64_t grp = 0; grp < g.groups; ++grp) prepack(packed[grp], w + grp * mg * K, K, 1, mg, K, MR);
   parallel_for(g.n * g.groups * chunks, [&](int64_t item) {
     const int64_t chunk = item % chunks, grp = item / chunks % g.groups, b = item / chunks / g.groups;
     const int64_t p0 = chunk * kPixelChunk, nc = std::min(kPixelChunk, P - p0);
@@ -156,25 +171,79 @@ void forward_nchw(const ConvGeometry& g, const float* x, const float* w, const f
   });
 }
 
+// NHWC forward as an implicit GEMM: y (pixels x Mg) = rows (pixels x K') * W_g^T, where a
+// pixel's row at tap t is its C_g input channels there, read in place by micro_tile_rows
+// (padding reads a row of zeros): nothing of x is packed.
+//
+// Work items are runs of MR-pixel blocks. A tile runs its whole depth in registers and
+// stores each output once; for each output-channel sliver, its weights (K' x NR) stream
+// from L2 while the item's pixel blocks pass (blocking the taps measured no faster, even
+// where the weights outgrow L2). `g` may be a view in which one "tap" is a run of `depth`
+// floats (see forward_nhwc), K' = taps * depth.
+void forward_nhwc_runs(const ConvGeometry& g, const float* x, const std::vector<Buffer>& packed,
+                       int64_t depth, const float* bias, float* y) {
+  const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
+  const int64_t K = depth * taps, slivers = (mg + NR - 1) / NR;
+  const int64_t pixels = g.n * g.oh * g.ow, blocks = (pixels + MR - 1) / MR;
+  const int64_t per_item = std::clamp<int64_t>(blocks / (8 * num_threads()), 1, 32);
+  const int64_t items = (blocks + per_item - 1) / per_item;
+  parallel_for(items * g.groups, [&](int64_t item) {
+    const int64_t grp = item % g.groups, b0 = item / g.groups * per_item;
+    const int64_t nb = std::min(per_item, blocks - b0);
+    thread_local std::vector<const float*> rows;  // rows[(block * taps + t) * MR + r]
+    rows.resize(nb * taps * MR);
+    for_tap_rows(g, x, grp * cg, zero_row(depth), b0 * MR, nb * MR,
+                 [&](int64_t i, int64_t t, const float* row) { rows[(i / MR * taps + t) * MR + i % MR] = row; });
+    thread_local std::vector<const float*> panel;  // panel[t]: tap t's part of a B sliver
+    panel.resize(taps);
+    for (int64_t s = 0; s < slivers; ++s) {
+      for (int64_t t = 0; t < taps; ++t) panel[t] = packed[grp].data() + (s * K + t * depth) * NR;
+      for (int64_t blk = 0; blk < nb; ++blk) {
+        const int64_t p0 = (b0 + blk) * MR;
+        micro_tile_rows(taps, depth, rows.data() + blk * taps * MR, panel.data(),
+                        y + p0 * g.c_out + grp * mg + s * NR, g.c_out, std::min(MR, pixels - p0),
+                        std::min(NR, mg - s * NR), false);
+      }
+    }
+    if (bias)
+      for (int64_t p = b0 * MR; p < std::min(pixels, (b0 + nb) * MR); ++p)
+        for (int64_t o = 0; o < mg; ++o) y[p * g.c_out + grp * mg + o] += bias[grp * mg + o];
+  });
+}
+
+// x with its padding made real: (n, rows, cols, C) zeros around the image, enough of them
+// that every window of g lies inside.
+std::vector<float> padded_nhwc(const ConvGeometry& g, const float* x, int64_t rows, int64_t cols) {
+  std::vector<float> out(g.n * rows * cols * g.c_in, 0.f);
+  for (int64_t b = 0; b < g.n; ++b)
+    for (int64_t iy = 0; iy < std::min(g.h, rows - g.pad_top); ++iy)
+      std::memcpy(out.data() + ((b * rows + iy + g.pad_top) * cols + g.pad_left) * g.c_in,
+                  x + (b * g.h + iy) * g.w * g.c_in,
+                  sizeof(float) * std::min(g.w, cols - g.pad_left) * g.c_in);
+  return out;
+}
+
 void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const float* bias,
                   float* y) {
-  const int64_t mg = g.cout_per_group(), K = g.cin_per_group() * g.kh * g.kw;
-  const int64_t pixels = g.n * g.oh * g.ow, chunks = (pixels + MC - 1) / MC;
-  std::vector<Buffer> packed(g.groups);
+  const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), K = cg * g.kh * g.kw;
+  std::vector<Buffer>& packed = weight_buffers(g.groups);
   for (int64_t grp = 0; grp < g.groups; ++grp)
-    packed[grp] = prepack(weights_tap_major(g, w, grp).data(), K, 1, mg, K, NR);
-  parallel_for(chunks * g.groups, [&](int64_t item) {
-    const int64_t grp = item % g.groups, p0 = item / g.groups * MC, m = std::min(MC, pixels - p0);
-    NhwcRowPacker rows{g, x, grp, p0};
-    auto weights = [&](int64_t k0, int64_t, int64_t j0, int64_t) {
-      return prepacked_panel(packed[grp], K, NR, j0, k0);
-    };
-    float* out = y + p0 * g.c_out + grp * mg;
-    gemm(m, mg, K, rows, weights, out, g.c_out, false);
-    if (bias)
-      for (int64_t i = 0; i < m; ++i)
-        for (int64_t o = 0; o < mg; ++o) out[i * g.c_out + o] += bias[grp * mg + o];
-  });
+    prepack(packed[grp], weights_tap_major(g, w, grp), K, 1, mg, K, NR);
+  // Few input channels (a first layer): the KW taps of a kernel row, KW pixels side by side,
+  // are KW * C_in contiguous floats, so each becomes one depth run instead of KW runs a few
+  // floats long. That needs every window inside the input: a copy of x with its padding
+  // made real (cheap, with few channels), seen as a geometry with unpadded 1-wide kernels.
+  if (g.groups == 1 && g.dil_w == 1 && g.kw > 1 && g.c_in < 16) {
+    ConvGeometry rows = g;
+    rows.h = std::max(g.h + g.pad_top, (g.oh - 1) * g.stride_h + (g.kh - 1) * g.dil_h + 1);
+    rows.w = std::max(g.w + g.pad_left, (g.ow - 1) * g.stride_w + g.kw);
+    rows.pad_top = rows.pad_left = 0;
+    rows.kw = 1;
+    const bool padded = g.pad_top || g.pad_left || rows.h > g.h || rows.w > g.w;
+    const std::vector<float> xp = padded ? padded_nhwc(g, x, rows.h, rows.w) : std::vector<float>();
+    return forward_nhwc_runs(rows, padded ? xp.data() : x, packed, g.kw * g.c_in, bias, y);
+  }
+  forward_nhwc_runs(g, x, packed, cg, bias, y);
 }
 
 [[noreturn]] void wrong_algorithm(Algorithm a, const char* pass) {
@@ -187,6 +256,7 @@ void forward_by(Algorithm a, const ConvGeometry& g, const float* x, const float*
                 const float* bias, float* y) {
   switch (a) {
     case Algorithm::winograd_f4x3:
+    case Algorithm::winograd_f2x5:
       if (conv2d_winograd(g, x, w, bias, y)) return;
       return forward_by(select_direct_conv_algorithm(g, Direction::forward, kBuildIsa), g, x, w,
                         bias, y);
@@ -209,7 +279,8 @@ void forward(const ConvGeometry& g, const float* x, const float* w, const float*
 void backward_input_as_forward(const ConvGeometry& g, const float* dy, const float* w,
                                float* dx) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
-  std::vector<float> flipped(g.w_size());
+  thread_local std::vector<float> flipped;
+  flipped.resize(g.w_size());
   for (int64_t grp = 0; grp < g.groups; ++grp)
     for (int64_t o = 0; o < mg; ++o)
       for (int64_t ci = 0; ci < cg; ++ci)
@@ -235,8 +306,8 @@ void backward_input_col2im_nchw(const ConvGeometry& g, const float* dy, const fl
                                 float* dx) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
   const int64_t K = cg * taps, P = g.oh * g.ow;
-  std::vector<Buffer> packed(g.groups);  // W_g^T: (K x Mg)
-  for (int64_t grp = 0; grp < g.groups; ++grp) packed[grp] = prepack(w + grp * mg * K, 1, K, K, mg, MR);
+  std::vector<Buffer>& packed = weight_buffers(g.groups);  // W_g^T: (K x Mg)
+  for (int64_t grp = 0; grp < g.groups; ++grp) prepack(packed[grp], w + grp * mg * K, 1, K, K, mg, MR);
   parallel_for(g.n * g.groups, [&](int64_t item) {
     const int64_t grp = item % g.groups, b = item / g.groups;
     float* dxg = dx + (b * g.c_in + grp * cg) * g.h * g.w;
@@ -265,9 +336,9 @@ void backward_input_col2im_nhwc(const ConvGeometry& g, const float* dy, const fl
                                 float* dx) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
   const int64_t K = cg * taps, P = g.oh * g.ow;
-  std::vector<Buffer> packed(g.groups);  // W_g in (ky, kx, ci) order: (Mg x K')
+  std::vector<Buffer>& packed = weight_buffers(g.groups);  // W_g in (ky, kx, ci) order: (Mg x K')
   for (int64_t grp = 0; grp < g.groups; ++grp)
-    packed[grp] = prepack(weights_tap_major(g, w, grp).data(), 1, K, K, mg, NR);
+    prepack(packed[grp], weights_tap_major(g, w, grp), 1, K, K, mg, NR);
   parallel_for(g.n, [&](int64_t b) {
     std::memset(dx + b * g.h * g.w * g.c_in, 0, sizeof(float) * g.h * g.w * g.c_in);
     std::vector<float> dcol(MC * K);
@@ -355,7 +426,7 @@ void backward_weight_nchw(const ConvGeometry& g, const float* dy, const float* x
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), K = cg * g.kh * g.kw;
   const int64_t P = g.oh * g.ow, chunks = (P + kPixelChunk - 1) / kPixelChunk;
   const int threads = num_threads();
-  std::vector<std::vector<float>> partial(threads, std::vector<float>(g.w_size(), 0.f));
+  std::vector<Buffer>& partial = zeroed_partials(threads, g.w_size());
   parallel_threads(threads, [&](int t, int team) {
     int64_t begin, end;
     split_range(g.n * chunks, team, t, begin, end);
@@ -372,13 +443,55 @@ void backward_weight_nchw(const ConvGeometry& g, const float* dy, const float* x
   reduce_partials(partial, dw, g.w_size());
 }
 
+// NHWC weight gradient with both operands in place: dW_g (Mg x K') += dy^T x_rows, summed
+// over chunks of pixels. A tile is MR output channels x NR channels of one tap; its depth
+// steps are the chunk's pixels: MR gradients from a zero-padded copy of the chunk's dy
+// (Mg rounded up to MR, so no read runs past it) and NR inputs at the pixel's tap row.
+// Needs C_g to be a multiple of NR, so that a sliver never straddles two taps.
 void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
+  const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
+  const int64_t K = cg * taps, pixels = g.n * g.oh * g.ow, ld = round_up(mg, MR);
+  const int64_t chunks = (pixels + kPixelChunk - 1) / kPixelChunk;
+  const int threads = num_threads();
+  std::vector<Buffer>& partial = zeroed_partials(threads, g.w_size());
+  parallel_threads(threads, [&](int t, int team) {
+    int64_t begin, end;
+    split_range(chunks, team, t, begin, end);
+    std::vector<float> grads(kPixelChunk * ld, 0.f);
+    std::vector<const float*> rows(taps * kPixelChunk);  // rows[tap * chunk + pixel]
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      const int64_t p0 = chunk * kPixelChunk, pc = std::min(kPixelChunk, pixels - p0);
+      for (int64_t grp = 0; grp < g.groups; ++grp) {
+        for (int64_t j = 0; j < pc; ++j)
+          std::memcpy(grads.data() + j * ld, dy + (p0 + j) * g.c_out + grp * mg, sizeof(float) * mg);
+        for_tap_rows(g, x, grp * cg, zero_row(cg), p0, pc,
+                     [&](int64_t i, int64_t tap, const float* row) { rows[tap * kPixelChunk + i] = row; });
+        float* out = partial[t].data() + grp * mg * K;
+        for (int64_t tap = 0; tap < taps; ++tap)
+          for (int64_t c0 = 0; c0 < cg; c0 += NR)
+            for (int64_t o0 = 0; o0 < mg; o0 += MR)
+              micro_tile_cols(pc, grads.data() + o0, ld, rows.data() + tap * kPixelChunk, c0,
+                              out + o0 * K + tap * cg + c0, K, std::min(MR, mg - o0), NR, true);
+      }
+    }
+  });
+  const float* sum = partial[0].data();
+  reduce_partials(partial, partial[0].data(), g.w_size());
+  for (int64_t o = 0; o < g.c_out; ++o)
+    for (int64_t ci = 0; ci < cg; ++ci)
+      for (int64_t tap = 0; tap < taps; ++tap) dw[(o * cg + ci) * taps + tap] = sum[o * K + tap * cg + ci];
+}
+
+// The same gradient with x's columns packed per chunk (NhwcTapColumnPacker): for C_g that
+// is not a multiple of NR.
+void backward_weight_nhwc_packed(const ConvGeometry& g, const float* dy, const float* x,
+                                 float* dw) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
   const int64_t K = cg * taps, pixels = g.n * g.oh * g.ow;
   const int64_t chunks = (pixels + kPixelChunk - 1) / kPixelChunk;
   const int threads = num_threads();
   // Partials hold dW_g (Mg x K') per group, K' in (ky, kx, ci) order.
-  std::vector<std::vector<float>> partial(threads, std::vector<float>(g.w_size(), 0.f));
+  std::vector<Buffer>& partial = zeroed_partials(threads, g.w_size());
   parallel_threads(threads, [&](int t, int team) {
     int64_t begin, end;
     split_range(chunks, team, t, begin, end);
@@ -391,8 +504,8 @@ void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x
       }
     }
   });
-  std::vector<float> sum(g.w_size());
-  reduce_partials(partial, sum.data(), g.w_size());
+  const float* sum = partial[0].data();
+  reduce_partials(partial, partial[0].data(), g.w_size());
   for (int64_t o = 0; o < g.c_out; ++o)
     for (int64_t ci = 0; ci < cg; ++ci)
       for (int64_t t = 0; t < taps; ++t) dw[(o * cg + ci) * taps + t] = sum[o * K + t * cg + ci];
@@ -403,11 +516,13 @@ void backward_weight_by(Algorithm a, const ConvGeometry& g, const float* dy, con
                         float* dw) {
   switch (a) {
     case Algorithm::winograd_f4x3:
+    case Algorithm::winograd_f2x5:
       if (conv2d_winograd_backward_weight(g, dy, x, dw)) return;
       return backward_weight_by(
           select_direct_conv_algorithm(g, Direction::backward_weight, kBuildIsa), g, dy, x, dw);
     case Algorithm::gemm_nchw: return backward_weight_nchw(g, dy, x, dw);
     case Algorithm::gemm_nhwc: return backward_weight_nhwc(g, dy, x, dw);
+    case Algorithm::gemm_nhwc_packed: return backward_weight_nhwc_packed(g, dy, x, dw);
     case Algorithm::depthwise_nchw:
     case Algorithm::depthwise_nhwc: return depthwise_conv2d_backward_weight(g, dy, x, dw);
     default: wrong_algorithm(a, "weight gradient");

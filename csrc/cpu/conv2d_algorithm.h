@@ -17,8 +17,10 @@ enum class Direction { forward, backward_input, backward_weight };
 
 enum class Algorithm {
   winograd_f4x3,              // Winograd F(4x4, 3x3): forward and weight gradient
+  winograd_f2x5,              // Winograd F(2x2, 5x5): forward and weight gradient
   gemm_nchw,                  // packed GEMM over im2col gathered on the fly, NCHW
-  gemm_nhwc,                  // the same, NHWC
+  gemm_nhwc,                  // NHWC implicit GEMM: x's rows read in place at every tap
+  gemm_nhwc_packed,           // NHWC weight gradient with x's columns packed (any C_in)
   backward_input_as_forward,  // stride-1 dx as a forward conv with the flipped kernel
   col2im_nchw,                // dx = scatter of W^T dy, NCHW
   col2im_nhwc,                // the same, NHWC

@@ -1,97 +1,164 @@
-// Winograd F(4x4, 3x3) for 3x3, stride-1, undilated, ungrouped convolutions (Lavin & Gray,
-// "Fast Algorithms for Convolutional Neural Networks", 2016): each 4x4 output tile costs
-// 36 multiplies per (input, output) channel pair instead of 144, so the GEMM work drops 4x.
+// Winograd convolution for stride-1, undilated, ungrouped layers (Lavin & Gray, "Fast
+// Algorithms for Convolutional Neural Networks", 2016): F(4x4, 3x3) for 3x3 kernels, each
+// 4x4 output tile costing 36 multiplies per (input, output) channel pair instead of 144,
+// and F(2x2, 5x5) for 5x5 kernels, each 2x2 tile 36 instead of 100. Both interpolate at
+// 0, +-1, +-2 and infinity, so they share the 6x6 input transform and their rounding error
+// is of the same size (about 10-20x the direct sum's).
 //
-// Per chunk of TB output tiles (tiles run over the whole batch):
-//   V[xi] (Ci x TB) = B^T d B      input transform of each 6x6 patch, xi = 0..35
-//   M[xi] (Co x TB) = U[xi] V[xi]  36 GEMMs, U[xi] (Co x Ci) = G g G^T precomputed per call
-//   y tile (4x4)    = A^T M A      output transform, + bias
-// V is written straight into the GEMM's packed-B format (slivers of NR tiles), so the GEMMs
-// pack nothing. Transforms work on NR tiles at once, so they vectorise across tiles.
+// Per chunk of T output tiles m x m (tiles run over the whole batch), xi = 0..35:
+//   V[xi] = B^T d B      input transform of each 6x6 patch
+//   M[xi] = U[xi] V[xi]  36 GEMMs over channels, U[xi] = G g G^T precomputed per call
+//   y tile (m x m) = A^T M A  output transform, + bias
+// The transforms are linear and work per channel, so they vectorise along whatever is
+// contiguous. The forward, both layouts: along NR tiles (NHWC gathers 8 channels of 8
+// tiles at a time and transposes them in registers); V is (Ci x T) in the GEMM's packed-B
+// slivers, M (Co x T). The NHWC weight gradient: along a register of channels, one tile at
+// a time, with no transposes; V[xi] is (T x Ci) and dM[xi] (T x Co), row-major, and its
+// GEMMs dU[xi] += dM[xi]^T V[xi] read both in place (micro_tile_cols). (The forward the
+// same way measured slower: its GEMMs then stream U as the wide B operand.)
 //
 // The transforms mix every value of a tile, so a NaN or Inf anywhere in a 6x6 patch would
 // reach outputs whose window never saw it. The output transform therefore reports any
 // non-finite result and the caller recomputes that call with the direct GEMM, which keeps
 // IEEE propagation exact.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define FASTCONV_USE_AVX2 1
-#endif
-
 #include "cpu/conv2d_winograd.h"
 #include "cpu/gemm.h"
+#include "cpu/lanes.h"
 #include "cpu/parallel.h"
 #include "cpu/transpose.h"
 
 namespace fastconv::cpu::FASTCONV_ISA {
 namespace {
 
-constexpr int kOut = 4, kAlpha = 6, kPoints = kAlpha * kAlpha;
-// Input transform B^T (input_1d below), filter transform G, output transform A^T
-// (output_1d below).
-constexpr float kG[kAlpha][3] = {{1.f / 4, 0, 0},
-                                 {-1.f / 6, -1.f / 6, -1.f / 6},
-                                 {-1.f / 6, 1.f / 6, -1.f / 6},
-                                 {1.f / 24, 1.f / 12, 1.f / 6},
-                                 {1.f / 24, -1.f / 12, 1.f / 6},
-                                 {0, 0, 1}};
+constexpr int kAlpha = 6, kPoints = kAlpha * kAlpha;
 
-// The 1-D transforms, written out so that multiplications by 0 and 1 cost nothing. Each
-// works on NR lanes (tiles) at once; `step` is the distance between successive inputs and
-// outputs, in lanes, so one function serves rows and columns of a tile.
-inline void input_1d(const float* d, float* t, int step) {
-  const int s = step * NR;
-  for (int l = 0; l < NR; ++l) {
-    const float d0 = d[l], d1 = d[s + l], d2 = d[2 * s + l], d3 = d[3 * s + l];
-    const float d4 = d[4 * s + l], d5 = d[5 * s + l];
-    t[l] = 4.f * d0 - 5.f * d2 + d4;
-    t[s + l] = -4.f * (d1 + d2) + d3 + d4;
-    t[2 * s + l] = 4.f * (d1 - d2) - d3 + d4;
-    t[3 * s + l] = 2.f * (d3 - d1) - d2 + d4;
-    t[4 * s + l] = 2.f * (d1 - d3) - d2 + d4;
-    t[5 * s + l] = 4.f * d1 - 5.f * d3 + d5;
-  }
+// The 1-D transforms, written out so that multiplications by 0 and 1 cost nothing, on a
+// float or a GCC vector T; `step` is the distance between successive inputs and outputs,
+// so one function serves rows and columns of a tile.
+template <class T>
+inline void input_1d(const T* d, T* t, int step) {
+  const T d0 = d[0], d1 = d[step], d2 = d[2 * step], d3 = d[3 * step], d4 = d[4 * step];
+  const T d5 = d[5 * step];
+  t[0] = 4.f * d0 - 5.f * d2 + d4;
+  t[step] = -4.f * (d1 + d2) + d3 + d4;
+  t[2 * step] = 4.f * (d1 - d2) - d3 + d4;
+  t[3 * step] = 2.f * (d3 - d1) - d2 + d4;
+  t[4 * step] = 2.f * (d1 - d3) - d2 + d4;
+  t[5 * step] = 4.f * d1 - 5.f * d3 + d5;
 }
 
-inline void output_1d(const float* m, float* o, int in_step, int out_step) {
-  const int s = in_step * NR, so = out_step * NR;
-  for (int l = 0; l < NR; ++l) {
-    const float m0 = m[l], m1 = m[s + l], m2 = m[2 * s + l], m3 = m[3 * s + l];
-    const float m4 = m[4 * s + l], m5 = m[5 * s + l];
-    const float a = m1 + m2, b = m1 - m2, c = m3 + m4, e = m3 - m4;
-    o[l] = m0 + a + c;
-    o[so + l] = b + 2.f * e;
-    o[2 * so + l] = a + 4.f * c;
-    o[3 * so + l] = b + 8.f * e + m5;
+// The two variants share the interpolation points 0, +-1, +-2 and infinity, so the input
+// transform B^T (input_1d above) is the same 6x6; they differ in the filter transform G
+// (6 x r) and the output transform A^T (m x 6, output_1d below, with its adjoint).
+struct F4x3 {  // F(4x4, 3x3): 36 multiplies for 16 outputs, 144 direct
+  static constexpr int kOut = 4, kR = 3;
+  static constexpr float kG[kAlpha][kR] = {{1.f / 4, 0, 0},
+                                           {-1.f / 6, -1.f / 6, -1.f / 6},
+                                           {-1.f / 6, 1.f / 6, -1.f / 6},
+                                           {1.f / 24, 1.f / 12, 1.f / 6},
+                                           {1.f / 24, -1.f / 12, 1.f / 6},
+                                           {0, 0, 1}};
+  template <class T>
+  static void output_1d(const T* m, T* o, int in_step, int out_step) {
+    const int s = in_step, so = out_step;
+    const T m0 = m[0], m1 = m[s], m2 = m[2 * s], m3 = m[3 * s], m4 = m[4 * s], m5 = m[5 * s];
+    const T a = m1 + m2, b = m1 - m2, c = m3 + m4, e = m3 - m4;
+    o[0] = m0 + a + c;
+    o[so] = b + 2.f * e;
+    o[2 * so] = a + 4.f * c;
+    o[3 * so] = b + 8.f * e + m5;
   }
+  // Adjoint of output_1d: 4 gradients of a tile row/column -> 6 gradients of the points.
+  template <class T>
+  static void output_adjoint_1d(const T* o, T* m, int in_step, int out_step) {
+    const int s = in_step, sm = out_step;
+    const T o0 = o[0], o1 = o[s], o2 = o[2 * s], o3 = o[3 * s];
+    const T even = o0 + o2, odd = o1 + o3, even4 = o0 + 4.f * o2, odd8 = 2.f * o1 + 8.f * o3;
+    m[0] = o0;
+    m[sm] = even + odd;
+    m[2 * sm] = even - odd;
+    m[3 * sm] = even4 + odd8;
+    m[4 * sm] = even4 - odd8;
+    m[5 * sm] = o3;
+  }
+};
+
+struct F2x5 {  // F(2x2, 5x5): 36 multiplies for 4 outputs, 100 direct
+  static constexpr int kOut = 2, kR = 5;
+  static constexpr float kG[kAlpha][kR] = {{1.f / 4, 0, 0, 0, 0},
+                                           {-1.f / 6, -1.f / 6, -1.f / 6, -1.f / 6, -1.f / 6},
+                                           {-1.f / 6, 1.f / 6, -1.f / 6, 1.f / 6, -1.f / 6},
+                                           {1.f / 24, 1.f / 12, 1.f / 6, 1.f / 3, 2.f / 3},
+                                           {1.f / 24, -1.f / 12, 1.f / 6, -1.f / 3, 2.f / 3},
+                                           {0, 0, 0, 0, 1}};
+  template <class T>
+  static void output_1d(const T* m, T* o, int in_step, int out_step) {
+    const int s = in_step;
+    const T m1 = m[s], m2 = m[2 * s], m3 = m[3 * s], m4 = m[4 * s];
+    o[0] = m[0] + (m1 + m2) + (m3 + m4);
+    o[out_step] = (m1 - m2) + 2.f * (m3 - m4) + m[5 * s];
+  }
+  template <class T>
+  static void output_adjoint_1d(const T* o, T* m, int in_step, int out_step) {
+    const int sm = out_step;
+    const T o0 = o[0], o1 = o[in_step];
+    m[0] = o0;
+    m[sm] = o0 + o1;
+    m[2 * sm] = o0 - o1;
+    m[3 * sm] = o0 + 2.f * o1;
+    m[4 * sm] = o0 - 2.f * o1;
+    m[5 * sm] = o1;
+  }
+};
+
+// The 2-D transforms of one tile, columns then rows, on kN lanes side by side: point p of
+// lane l at [p * kN + l]. T = float, kN = NR: the NR tiles of a sliver, each loop over l a
+// vector loop; T = Lanes, kN = 1: a register of one tile's channels.
+template <class T, int kN>
+inline void input_2d(const T* d, T* out) {  // B^T d B
+  T tmp[kPoints * kN];
+  for (int j = 0; j < kAlpha; ++j)
+    for (int l = 0; l < kN; ++l) input_1d(d + j * kN + l, tmp + j * kN + l, kAlpha * kN);
+  for (int i = 0; i < kAlpha; ++i)
+    for (int l = 0; l < kN; ++l) input_1d(tmp + i * kAlpha * kN + l, out + i * kAlpha * kN + l, kN);
 }
 
-// Adjoint of output_1d: 4 gradients of a tile row/column -> 6 gradients of the points.
-inline void output_adjoint_1d(const float* o, float* m, int in_step, int out_step) {
-  const int s = in_step * NR, sm = out_step * NR;
-  for (int l = 0; l < NR; ++l) {
-    const float o0 = o[l], o1 = o[s + l], o2 = o[2 * s + l], o3 = o[3 * s + l];
-    const float even = o0 + o2, odd = o1 + o3, even4 = o0 + 4.f * o2, odd8 = 2.f * o1 + 8.f * o3;
-    m[l] = o0;
-    m[sm + l] = even + odd;
-    m[2 * sm + l] = even - odd;
-    m[3 * sm + l] = even4 + odd8;
-    m[4 * sm + l] = even4 - odd8;
-    m[5 * sm + l] = o3;
-  }
+template <class W, class T, int kN>
+inline void output_2d(const T* m, T* out) {  // A^T m A
+  constexpr int kOut = W::kOut;
+  T tmp[kOut * kAlpha * kN];
+  for (int j = 0; j < kAlpha; ++j)
+    for (int l = 0; l < kN; ++l) W::output_1d(m + j * kN + l, tmp + j * kN + l, kAlpha * kN, kAlpha * kN);
+  for (int i = 0; i < kOut; ++i)
+    for (int l = 0; l < kN; ++l) W::output_1d(tmp + i * kAlpha * kN + l, out + i * kOut * kN + l, kN, kN);
 }
 
+template <class W, class T, int kN>
+inline void output_adjoint_2d(const T* d, T* out) {  // A d A^T
+  constexpr int kOut = W::kOut;
+  T tmp[kAlpha * kOut * kN];
+  for (int j = 0; j < kOut; ++j)
+    for (int l = 0; l < kN; ++l) W::output_adjoint_1d(d + j * kN + l, tmp + j * kN + l, kOut * kN, kOut * kN);
+  for (int i = 0; i < kAlpha; ++i)
+    for (int l = 0; l < kN; ++l) W::output_adjoint_1d(tmp + i * kOut * kN + l, out + i * kAlpha * kN + l, kN, kN);
+}
+
+// The output tiles (size x size) of a layer, over the whole batch.
 struct TileMap {
   const ConvGeometry& g;
-  int64_t tiles_h, tiles_w;
-  // Output origin of tile t (over the whole batch): image b, row oy, column ox.
+  int64_t size, tiles_h, tiles_w;
+  TileMap(const ConvGeometry& geometry, int64_t tile)
+      : g(geometry), size(tile), tiles_h((g.oh + tile - 1) / tile), tiles_w((g.ow + tile - 1) / tile) {}
+  int64_t tiles() const { return g.n * tiles_h * tiles_w; }
+  // Output origin of tile t: image b, row oy, column ox.
   void origin(int64_t t, int64_t& b, int64_t& oy, int64_t& ox) const {
     b = t / (tiles_h * tiles_w);
-    oy = t / tiles_w % tiles_h * kOut;
-    ox = t % tiles_w * kOut;
+    oy = t / tiles_w % tiles_h * size;
+    ox = t % tiles_w * size;
   }
 };
 
@@ -117,27 +184,41 @@ void patch_offsets(const TileMap& map, int64_t t_first, int64_t tiles, int64_t s
   }
 }
 
-// U[xi] = G g G^T for every (co, ci), pre-packed as MR-slivers of a (Co x Ci) matrix per xi.
-std::vector<Buffer> transform_weights(const ConvGeometry& g, const float* w) {
-  const int64_t pairs = g.c_out * g.c_in;
-  std::vector<float> u(pairs * kPoints);  // u[(co * Ci + ci) * 36 + xi]: written contiguously
-  parallel_for((pairs + 255) / 256, [&](int64_t block) {
-    for (int64_t p = block * 256; p < std::min(pairs, block * 256 + 256); ++p) {
-      float gw[kAlpha][3] = {};
+// U[xi] = G g G^T for every (co, ci) (g the r x r kernel), written straight into MR-slivers of a (Co x Ci)
+// matrix per xi (the GEMM's packed-A format), MR output channels at a time so that each
+// store is MR contiguous floats: no transposing pass over a (pairs x 36) intermediate.
+// The buffers belong to the calling thread and are reused from call to call: U of a wide
+// layer is megabytes, and fresh pages would cost a page fault each.
+template <class W>
+const std::vector<Buffer>& transform_weights(const ConvGeometry& g, const float* w) {
+  constexpr int kR = W::kR;
+  const int64_t slivers = (g.c_out + MR - 1) / MR;
+  thread_local std::vector<Buffer> calling_thread_u(kPoints);
+  std::vector<Buffer>& packed = calling_thread_u;  // the workers below write the caller's U
+  for (Buffer& u : packed) u.resize(slivers * MR * g.c_in);
+  parallel_for(slivers, [&](int64_t s) {
+    for (int64_t ci = 0; ci < g.c_in; ++ci) {
+      float wr[kR][kR][MR] = {}, gw[kAlpha][kR][MR] = {};  // rows past C_out stay 0
+      for (int64_t r = 0; r < std::min(MR, g.c_out - s * MR); ++r)
+        for (int k = 0; k < kR * kR; ++k)
+          wr[k / kR][k % kR][r] = w[((s * MR + r) * g.c_in + ci) * kR * kR + k];
       for (int i = 0; i < kAlpha; ++i)
-        for (int k = 0; k < 3; ++k)
-          for (int j = 0; j < 3; ++j) gw[i][j] += kG[i][k] * w[p * 9 + k * 3 + j];
+        for (int k = 0; k < kR; ++k)
+          for (int j = 0; j < kR; ++j)
+            for (int r = 0; r < MR; ++r) gw[i][j][r] += W::kG[i][k] * wr[k][j][r];
       for (int i = 0; i < kAlpha; ++i)
-        for (int j = 0; j < kAlpha; ++j)
-          u[p * kPoints + i * kAlpha + j] = gw[i][0] * kG[j][0] + gw[i][1] * kG[j][1] + gw[i][2] * kG[j][2];
+        for (int j = 0; j < kAlpha; ++j) {
+          float u[MR] = {};
+          for (int k = 0; k < kR; ++k)
+            for (int r = 0; r < MR; ++r) u[r] += gw[i][k][r] * W::kG[j][k];
+          std::memcpy(packed[i * kAlpha + j].data() + (s * g.c_in + ci) * MR, u, sizeof u);
+        }
     }
-  });
-  std::vector<Buffer> packed(kPoints);
-  parallel_for(kPoints, [&](int64_t xi) {
-    packed[xi] = prepack(u.data() + xi, g.c_in * kPoints, kPoints, g.c_out, g.c_in, MR);
   });
   return packed;
 }
+
+// ---- Forward (both layouts) and NCHW weight gradient: NR tiles per vector ----
 
 // NHWC, 8 channels at a time: d[c][p * NR + l] = channel c0 + c of cell p of tile l, read
 // as 8-float runs and transposed in registers (instead of 64 single-float gathers).
@@ -160,7 +241,8 @@ void gather_channels8(const float* x, const int64_t (&off)[kCells][NR], int64_t 
 // Input transform of tiles [t0, t0 + count): store(xi, ci, sliver, lanes) receives the NR
 // transformed values of point xi, channel ci, for the tiles of one sliver.
 template <class Store>
-void transform_input(const TileMap& map, const float* x, int64_t t0, int64_t count, Store&& store) {
+void transform_input_tiles(const TileMap& map, const float* x, int64_t t0, int64_t count,
+                           Store&& store) {
   const ConvGeometry& g = map.g;
   const int64_t channel_stride = g.channels_last ? 1 : g.h * g.w;
   for (int64_t s = 0; s * NR < count; ++s) {
@@ -168,9 +250,8 @@ void transform_input(const TileMap& map, const float* x, int64_t t0, int64_t cou
     patch_offsets<kAlpha>(map, t0 + s * NR, count - s * NR, -g.pad_top, -g.pad_left, g.h, g.w,
                           g.c_in, off);
     auto transform = [&](const float* d, int64_t ci) {
-      alignas(64) float tmp[kPoints * NR], out[kPoints * NR];
-      for (int j = 0; j < kAlpha; ++j) input_1d(d + j * NR, tmp + j * NR, kAlpha);      // columns
-      for (int i = 0; i < kAlpha; ++i) input_1d(tmp + i * kAlpha * NR, out + i * kAlpha * NR, 1);  // rows
+      alignas(64) float out[kPoints * NR];
+      input_2d<float, NR>(d, out);
       for (int xi = 0; xi < kPoints; ++xi) store(xi, ci, s, out + xi * NR);
     };
     const int64_t blocked = g.channels_last ? g.c_in / 8 * 8 : 0;
@@ -190,21 +271,22 @@ void transform_input(const TileMap& map, const float* x, int64_t t0, int64_t cou
 }
 
 // Output transform of M (m[(xi * Co + co) * ldm + tile]) into y; false on a non-finite value.
-bool transform_output(const TileMap& map, const float* m, int64_t ldm, const float* bias,
-                      int64_t t0, int64_t count, float* y) {
+template <class W>
+bool transform_output_tiles(const TileMap& map, const float* m, int64_t ldm, const float* bias,
+                            int64_t t0, int64_t count, float* y) {
   const ConvGeometry& g = map.g;
   const int64_t channel_stride = g.channels_last ? 1 : g.oh * g.ow;
+  constexpr int kOut = W::kOut;
   float probe = 0.f;  // becomes NaN if any output is NaN or infinite
   for (int64_t s = 0; s * NR < count; ++s) {
     int64_t off[kOut * kOut][NR];
     patch_offsets<kOut>(map, t0 + s * NR, count - s * NR, 0, 0, g.oh, g.ow, g.c_out, off);
     // out = A^T M A + bias for channel co, its cells p at out[p * NR + lane].
     auto transform = [&](int64_t co, float* out) {
-      alignas(64) float in[kPoints * NR], tmp[kOut * kAlpha * NR];
+      alignas(64) float in[kPoints * NR];
       for (int xi = 0; xi < kPoints; ++xi)
         std::memcpy(in + xi * NR, m + (xi * g.c_out + co) * ldm + s * NR, sizeof(float) * NR);
-      for (int j = 0; j < kAlpha; ++j) output_1d(in + j * NR, tmp + j * NR, kAlpha, kAlpha);
-      for (int i = 0; i < kOut; ++i) output_1d(tmp + i * kAlpha * NR, out + i * kOut * NR, 1, 1);
+      output_2d<W, float, NR>(in, out);
       const float b = bias ? bias[co] : 0.f;
 #pragma omp simd reduction(+ : probe)
       for (int i = 0; i < kOut * kOut * NR; ++i) {
@@ -240,128 +322,220 @@ bool transform_output(const TileMap& map, const float* m, int64_t ldm, const flo
   return probe == 0.f;
 }
 
-// dM = A dY A^T for tiles [t0, t0 + count) of dy: dm[(xi * Co + co) * ldm + tile].
-void transform_output_gradient(const TileMap& map, const float* dy, int64_t t0, int64_t count,
-                               float* dm, int64_t ldm) {
+// dM = A dY A^T for tiles [t0, t0 + count) of NCHW dy: dm[(xi * Co + co) * ldm + tile].
+template <class W>
+void transform_output_gradient_nchw(const TileMap& map, const float* dy, int64_t t0,
+                                    int64_t count, float* dm, int64_t ldm) {
   const ConvGeometry& g = map.g;
-  const int64_t channel_stride = g.channels_last ? 1 : g.oh * g.ow;
+  constexpr int kOut = W::kOut;
   for (int64_t s = 0; s * NR < count; ++s) {
     int64_t off[kOut * kOut][NR];
     patch_offsets<kOut>(map, t0 + s * NR, count - s * NR, 0, 0, g.oh, g.ow, g.c_out, off);
-    auto transform = [&](const float* d, int64_t co) {
-      alignas(64) float tmp[kAlpha * kOut * NR], out[kPoints * NR];
-      for (int j = 0; j < kOut; ++j) output_adjoint_1d(d + j * NR, tmp + j * NR, kOut, kOut);
-      for (int i = 0; i < kAlpha; ++i) output_adjoint_1d(tmp + i * kOut * NR, out + i * kAlpha * NR, 1, 1);
-      for (int xi = 0; xi < kPoints; ++xi)
-        std::memcpy(dm + (xi * g.c_out + co) * ldm + s * NR, out + xi * NR, sizeof(float) * NR);
-    };
-    const int64_t blocked = g.channels_last ? g.c_out / 8 * 8 : 0;
-    for (int64_t c0 = 0; c0 < blocked; c0 += 8) {
-      alignas(64) float d[8][kOut * kOut * NR];
-      gather_channels8<kOut * kOut>(dy, off, c0, d);
-      for (int c = 0; c < 8; ++c) transform(d[c], c0 + c);
-    }
-    for (int64_t co = blocked; co < g.c_out; ++co) {
-      alignas(64) float d[kOut * kOut * NR];
-      const float* dyc = dy + co * channel_stride;
+    for (int64_t co = 0; co < g.c_out; ++co) {
+      alignas(64) float d[kOut * kOut * NR], out[kPoints * NR];
+      const float* dyc = dy + co * g.oh * g.ow;
       for (int p = 0; p < kOut * kOut; ++p)
         for (int l = 0; l < NR; ++l) d[p * NR + l] = off[p][l] >= 0 ? dyc[off[p][l]] : 0.f;
-      transform(d, co);
+      output_adjoint_2d<W, float, NR>(d, out);
+      for (int xi = 0; xi < kPoints; ++xi)
+        std::memcpy(dm + (xi * g.c_out + co) * ldm + s * NR, out + xi * NR, sizeof(float) * NR);
+    }
+  }
+}
+
+// ---- NHWC weight gradient: a register of channels per vector, one tile at a time ----
+
+// The first n <= kStep lanes at p, the rest 0: a layer's last channels.
+inline Lanes load_first(const float* p, int64_t n) {
+  if (n == LaneGroup<Lanes, 1>::kStep) return load<Lanes>(p);
+  Lanes v{};
+  std::memcpy(&v, p, sizeof(float) * n);
+  return v;
+}
+
+constexpr int64_t kLanes = LaneGroup<Lanes, 1>::kStep;
+
+// Row strides of V (C_in) and M or dM (C_out): whole vectors, and room for every read a
+// GEMM tile makes past the last channel (NR of V's columns, MR of dM's rows).
+int64_t v_stride(const ConvGeometry& g) { return round_up(g.c_in, NR); }
+int64_t m_stride(const ConvGeometry& g) { return round_up(round_up(g.c_out, MR), kLanes); }
+
+// Input transform of tiles [t0, t0 + count): v[(xi * count + t) * ldv + ci].
+void transform_input_nhwc(const TileMap& map, const float* x, int64_t t0, int64_t count,
+                          float* v, int64_t ldv) {
+  const ConvGeometry& g = map.g;
+  for (int64_t s = 0; s * NR < count; ++s) {
+    int64_t off[kPoints][NR];
+    patch_offsets<kAlpha>(map, t0 + s * NR, count - s * NR, -g.pad_top, -g.pad_left, g.h, g.w,
+                          g.c_in, off);
+    for (int64_t l = 0; l < std::min(NR, count - s * NR); ++l) {
+      float* row = v + (s * NR + l) * ldv;
+      for (int64_t c0 = 0; c0 < g.c_in; c0 += kLanes) {
+        const int64_t n = std::min(kLanes, g.c_in - c0);
+        Lanes d[kPoints], out[kPoints];
+        for (int p = 0; p < kPoints; ++p) d[p] = off[p][l] >= 0 ? load_first(x + off[p][l] + c0, n) : Lanes{};
+        input_2d<Lanes, 1>(d, out);
+        for (int xi = 0; xi < kPoints; ++xi) store(row + xi * count * ldv + c0, out[xi]);
+      }
+    }
+  }
+}
+
+// dM = A dY A^T for tiles [t0, t0 + count) of dy: dm[(xi * count + t) * ldm + co].
+template <class W>
+void transform_output_gradient_nhwc(const TileMap& map, const float* dy, int64_t t0,
+                                    int64_t count, float* dm, int64_t ldm) {
+  const ConvGeometry& g = map.g;
+  constexpr int kOut = W::kOut;
+  for (int64_t s = 0; s * NR < count; ++s) {
+    int64_t off[kOut * kOut][NR];
+    patch_offsets<kOut>(map, t0 + s * NR, count - s * NR, 0, 0, g.oh, g.ow, g.c_out, off);
+    for (int64_t l = 0; l < std::min(NR, count - s * NR); ++l) {
+      float* row = dm + (s * NR + l) * ldm;
+      for (int64_t c0 = 0; c0 < g.c_out; c0 += kLanes) {
+        const int64_t n = std::min(kLanes, g.c_out - c0);
+        Lanes d[kOut * kOut], out[kPoints];
+        for (int p = 0; p < kOut * kOut; ++p) d[p] = off[p][l] >= 0 ? load_first(dy + off[p][l] + c0, n) : Lanes{};
+        output_adjoint_2d<W, Lanes, 1>(d, out);
+        for (int xi = 0; xi < kPoints; ++xi) store(row + xi * count * ldm + c0, out[xi]);
+      }
     }
   }
 }
 
 // dw[co][ci] = G^T dU[co][ci] G, dU given as du[xi * Co * Ci + co * co_stride + ci * ci_stride].
+template <class W>
 bool untransform_weight_gradient(const ConvGeometry& g, const float* du, int64_t co_stride,
                                  int64_t ci_stride, float* dw) {
+  constexpr int kR = W::kR;
   bool finite = true;
   for (int64_t co = 0; co < g.c_out; ++co)
     for (int64_t ci = 0; ci < g.c_in; ++ci) {
-      float gu[3][kAlpha] = {};  // G^T dU
+      float gu[kR][kAlpha] = {};  // G^T dU
       for (int xi = 0; xi < kPoints; ++xi) {
         const float v = du[xi * g.c_out * g.c_in + co * co_stride + ci * ci_stride];
-        for (int k = 0; k < 3; ++k) gu[k][xi % kAlpha] += kG[xi / kAlpha][k] * v;
+        for (int k = 0; k < kR; ++k) gu[k][xi % kAlpha] += W::kG[xi / kAlpha][k] * v;
       }
-      for (int i = 0; i < 3; ++i)
-        for (int j = 0; j < 3; ++j) {
+      for (int i = 0; i < kR; ++i)
+        for (int j = 0; j < kR; ++j) {
           float v = 0.f;
-          for (int k = 0; k < kAlpha; ++k) v += gu[i][k] * kG[k][j];
+          for (int k = 0; k < kAlpha; ++k) v += gu[i][k] * W::kG[k][j];
           finite = finite && std::isfinite(v);
-          dw[((co * g.c_in) + ci) * 9 + i * 3 + j] = v;
+          dw[((co * g.c_in) + ci) * kR * kR + i * kR + j] = v;
         }
     }
   return finite;
 }
 
-int64_t tiles_per_item(const ConvGeometry& g, int64_t tiles) {
-  // V and M (or dM) for a chunk of tiles should stay within a few MB of cache, and each
-  // thread should get several chunks, so that one thread held up does not stall the rest.
+// Tiles per work item: their V and M (or dM), per_tile_bytes each, should fit in `budget`
+// bytes of cache, and each thread should get several items, so that one thread held up
+// does not stall the rest.
+int64_t tiles_per_item(const ConvGeometry& g, int64_t tiles, int64_t budget) {
   const int64_t per_tile_bytes = kPoints * (g.c_in + g.c_out) * 4;
-  const int64_t cache_bound = std::min<int64_t>(256, (8 << 20) / per_tile_bytes / NR * NR);
+  const int64_t cache_bound = std::min<int64_t>(256, budget / per_tile_bytes / NR * NR);
   const int64_t balance_bound = round_up(tiles / (4 * num_threads()) + 1, NR);
   return std::max<int64_t>(32, std::min(cache_bound, balance_bound));
 }
 
-}  // namespace
+// The forward's items keep V and M in a core's L2 (1 MB on the CPUs this was measured on:
+// 64->128 @32, batch 128, 1 thread, 160 -> 76 ms against an 8 MB budget).
+constexpr int64_t kForwardBudget = 1 << 20;
 
-bool conv2d_winograd(const ConvGeometry& g, const float* x, const float* w, const float* bias,
-                     float* y) {
-  const TileMap map{g, (g.oh + kOut - 1) / kOut, (g.ow + kOut - 1) / kOut};
-  const int64_t tiles = g.n * map.tiles_h * map.tiles_w;
-  const int64_t chunk = tiles_per_item(g, tiles);
-  const std::vector<Buffer> u = transform_weights(g, w);
+// The weight gradient accumulates each item's 36 GEMMs into dU (36 x C_out x C_in): small
+// items keep V and dM in L2 but stream dU once more each, and where dU is large that costs
+// more. Items get about as many bytes of V and dM as dU has, within [1 MB, 8 MB].
+int64_t weight_gradient_budget(const ConvGeometry& g) {
+  const int64_t du_bytes = kPoints * g.c_out * g.c_in * 4;
+  return std::clamp<int64_t>(du_bytes, 1 << 20, 8 << 20);
+}
+
+// One item of the forward: tiles [t0, t0 + count).
+template <class W>
+bool forward_item(const TileMap& map, const std::vector<Buffer>& u, const float* x,
+                       const float* bias, int64_t t0, int64_t count, float* y) {
+  const ConvGeometry& g = map.g;
+  const int64_t width = round_up(count, NR), slivers = width / NR;
+  thread_local Buffer v, m;
+  v.resize(kPoints * g.c_in * width);
+  m.resize(kPoints * g.c_out * width);
+  // V in the GEMM's packed-B layout: v[((xi * slivers + s) * Ci + ci) * NR + lane]
+  transform_input_tiles(map, x, t0, count, [&](int xi, int64_t ci, int64_t s, const float* lanes) {
+    std::memcpy(v.data() + ((xi * slivers + s) * g.c_in + ci) * NR, lanes, sizeof(float) * NR);
+  });
+  for (int xi = 0; xi < kPoints; ++xi) {
+    const float* vx = v.data() + xi * slivers * g.c_in * NR;
+    auto weights = [&](int64_t i0, int64_t, int64_t k0, int64_t) {
+      return prepacked_panel(u[xi], g.c_in, MR, i0, k0);
+    };
+    auto tiles_panel = [&](int64_t k0, int64_t, int64_t, int64_t) {
+      return Panel{vx + k0 * NR, g.c_in * NR};
+    };
+    gemm(g.c_out, width, g.c_in, weights, tiles_panel, m.data() + xi * g.c_out * width, width, false);
+  }
+  return transform_output_tiles<W>(map, m.data(), width, bias, t0, count, y);
+}
+
+template <class W>
+bool forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y) {
+  const TileMap map(g, W::kOut);
+  const int64_t tiles = map.tiles(), chunk = tiles_per_item(g, tiles, kForwardBudget);
+  const std::vector<Buffer>& u = transform_weights<W>(g, w);
   const int64_t items = (tiles + chunk - 1) / chunk;
   std::vector<char> finite(items, 1);
   parallel_for(items, [&](int64_t item) {
     const int64_t t0 = item * chunk, count = std::min(chunk, tiles - t0);
-    const int64_t width = round_up(count, NR), slivers = width / NR;
-    thread_local Buffer v, m;
-    v.resize(kPoints * g.c_in * width);
-    m.resize(kPoints * g.c_out * width);
-    // V in the GEMM's packed-B layout: v[((xi * slivers + s) * Ci + ci) * NR + lane]
-    transform_input(map, x, t0, count, [&](int xi, int64_t ci, int64_t s, const float* lanes) {
-      std::memcpy(v.data() + ((xi * slivers + s) * g.c_in + ci) * NR, lanes, sizeof(float) * NR);
-    });
-    for (int xi = 0; xi < kPoints; ++xi) {
-      const float* vx = v.data() + xi * slivers * g.c_in * NR;
-      auto weights = [&](int64_t i0, int64_t, int64_t k0, int64_t) {
-        return prepacked_panel(u[xi], g.c_in, MR, i0, k0);
-      };
-      auto tiles_panel = [&](int64_t k0, int64_t, int64_t, int64_t) {
-        return Panel{vx + k0 * NR, g.c_in * NR};
-      };
-      gemm(g.c_out, width, g.c_in, weights, tiles_panel, m.data() + xi * g.c_out * width, width, false);
-    }
-    finite[item] = transform_output(map, m.data(), width, bias, t0, count, y);
+    finite[item] = forward_item<W>(map, u, x, bias, t0, count, y);
   });
   for (char f : finite)
     if (!f) return false;
   return true;
 }
 
-// dU[xi] (Co x Ci) = sum over tiles of dM[xi] (Co x T) V[xi]^T (T x Ci): 36 GEMMs whose
-// depth is the tiles, accumulated per thread and reduced in thread order. Where C_in is not
-// a multiple of NR but C_out is (the first layer after a 24-channel stem), the GEMMs compute
-// dU^T = V dM^T instead, so that no micro-tile column is padding.
-bool conv2d_winograd_backward_weight(const ConvGeometry& g, const float* dy, const float* x,
-                                     float* dw) {
-  const TileMap map{g, (g.oh + kOut - 1) / kOut, (g.ow + kOut - 1) / kOut};
-  const int64_t tiles = g.n * map.tiles_h * map.tiles_w, chunk = tiles_per_item(g, tiles);
+// dU[xi] (Co x Ci) = sum over tiles of dM[xi]^T V[xi] (NHWC; NCHW: dM[xi] V[xi]^T): 36 GEMMs
+// whose depth is the tiles, accumulated per thread and reduced in thread order. NHWC reads
+// both operands in place (micro_tile_cols), rows of dM and of V being tiles. NCHW packs
+// them; where C_in is not a multiple of NR but C_out is (the first layer after a
+// 24-channel stem), its GEMMs compute dU^T = V dM^T, so that no micro-tile column is padding.
+template <class W>
+bool backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
+  const TileMap map(g, W::kOut);
+  const int64_t tiles = map.tiles(), chunk = tiles_per_item(g, tiles, weight_gradient_budget(g));
   const int64_t items = (tiles + chunk - 1) / chunk, size = kPoints * g.c_out * g.c_in;
-  const bool transposed = g.c_in % NR != 0 && g.c_out % NR == 0;
+  const bool nhwc = g.channels_last != 0;
+  const bool transposed = !nhwc && g.c_in % NR != 0 && g.c_out % NR == 0;
   const int64_t rows = transposed ? g.c_in : g.c_out, cols = transposed ? g.c_out : g.c_in;
   const int threads = num_threads();
-  std::vector<Buffer> partial(threads, Buffer(size, 0.f));
+  std::vector<Buffer>& partial = zeroed_partials(threads, size);
   parallel_threads(threads, [&](int t, int team) {
     thread_local Buffer v, dm;
+    thread_local std::vector<const float*> v_rows;
     for (int64_t item = items * t / team; item < items * (t + 1) / team; ++item) {
-      const int64_t t0 = item * chunk, count = std::min(chunk, tiles - t0), width = round_up(count, NR);
+      const int64_t t0 = item * chunk, count = std::min(chunk, tiles - t0);
+      if (nhwc) {
+        const int64_t ldv = v_stride(g), ldm = m_stride(g);
+        v.resize(kPoints * count * ldv);
+        dm.resize(kPoints * count * ldm);
+        v_rows.resize(count);
+        transform_input_nhwc(map, x, t0, count, v.data(), ldv);
+        transform_output_gradient_nhwc<W>(map, dy, t0, count, dm.data(), ldm);
+        for (int xi = 0; xi < kPoints; ++xi) {
+          for (int64_t p = 0; p < count; ++p) v_rows[p] = v.data() + (xi * count + p) * ldv;
+          const float* dmx = dm.data() + xi * count * ldm;
+          float* du = partial[t].data() + xi * g.c_out * g.c_in;
+          for (int64_t c0 = 0; c0 < g.c_in; c0 += NR)
+            for (int64_t o0 = 0; o0 < g.c_out; o0 += MR)
+              micro_tile_cols(count, dmx + o0, ldm, v_rows.data(), c0, du + o0 * g.c_in + c0,
+                              g.c_in, std::min(MR, g.c_out - o0), std::min(NR, g.c_in - c0), true);
+        }
+        continue;
+      }
+      const int64_t width = round_up(count, NR);
       v.resize(kPoints * g.c_in * width);  // every lane is written: tiles past `count` as 0
       dm.resize(kPoints * g.c_out * width);
-      transform_input(map, x, t0, count, [&](int xi, int64_t ci, int64_t s, const float* lanes) {
+      transform_input_tiles(map, x, t0, count, [&](int xi, int64_t ci, int64_t s, const float* lanes) {
         std::memcpy(v.data() + (xi * g.c_in + ci) * width + s * NR, lanes, sizeof(float) * NR);
       });
-      transform_output_gradient(map, dy, t0, count, dm.data(), width);
+      transform_output_gradient_nchw<W>(map, dy, t0, count, dm.data(), width);
       const float* left = transposed ? v.data() : dm.data();
       const float* right = transposed ? dm.data() : v.data();
       for (int xi = 0; xi < kPoints; ++xi) {
@@ -371,10 +545,22 @@ bool conv2d_winograd_backward_weight(const ConvGeometry& g, const float* dy, con
       }
     }
   });
-  std::vector<float> du(size);
-  reduce_partials(partial, du.data(), size);
-  return transposed ? untransform_weight_gradient(g, du.data(), 1, g.c_out, dw)
-                    : untransform_weight_gradient(g, du.data(), g.c_in, 1, dw);
+  const float* du = partial[0].data();
+  reduce_partials(partial, partial[0].data(), size);
+  return transposed ? untransform_weight_gradient<W>(g, du, 1, g.c_out, dw)
+                    : untransform_weight_gradient<W>(g, du, g.c_in, 1, dw);
+}
+
+}  // namespace
+
+bool conv2d_winograd(const ConvGeometry& g, const float* x, const float* w, const float* bias,
+                     float* y) {
+  return g.kh == 5 ? forward<F2x5>(g, x, w, bias, y) : forward<F4x3>(g, x, w, bias, y);
+}
+
+bool conv2d_winograd_backward_weight(const ConvGeometry& g, const float* dy, const float* x,
+                                     float* dw) {
+  return g.kh == 5 ? backward_weight<F2x5>(g, dy, x, dw) : backward_weight<F4x3>(g, dy, x, dw);
 }
 
 }  // namespace fastconv::cpu::FASTCONV_ISA

@@ -1,5 +1,6 @@
-// Winograd F(4x4, 3x3) convolution (conv2d_winograd.cpp), used by conv2d.cpp where
-// select_conv_algorithm (conv2d_algorithm.h) picks it: 3x3, stride 1, dilation 1, one group.
+// Winograd convolution (conv2d_winograd.cpp), used by conv2d.cpp where
+// select_conv_algorithm (conv2d_algorithm.h) picks it: F(4x4, 3x3) for 3x3 kernels and
+// F(2x2, 5x5) for 5x5 ones, stride 1, dilation 1, one group.
 #pragma once
 #include "geometry.h"
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cpu/kernels.h"
+#include "cpu/lanes.h"
 #include "cpu/parallel.h"
 
 namespace fastconv::cpu::FASTCONV_ISA {
@@ -57,33 +58,52 @@ void forward_nchw(const ConvGeometry& g, const float* x, const float* w, const f
   });
 }
 
-// One output pixel at a time, all channels: the inner loop runs along contiguous channels.
+// out[c, c + group width) = bias + sum over the n taps of in[t][c..] * w[t][c..], the
+// group's K registers accumulating in place.
+template <class V, int K>
+inline void window_sum(LaneGroup<V, K> lanes, int64_t n, const float* const* in,
+                       const float* const* w, const float* bias, int64_t c, float* out) {
+  V acc[K];
+  for (int k = 0; k < K; ++k) acc[k] = bias ? load<V>(bias + c + k * lanes.kStep) : V{};
+  for (int64_t t = 0; t < n; ++t)
+    for (int k = 0; k < K; ++k)
+      acc[k] += load<V>(in[t] + c + k * lanes.kStep) * load<V>(w[t] + c + k * lanes.kStep);
+  for (int k = 0; k < K; ++k) store(out + c + k * lanes.kStep, acc[k]);
+}
+
+// One output pixel at a time, all channels. With one filter per input channel (M = 1), each
+// lane group of channels sums the window's taps in registers and is stored once; with a
+// depth multiplier the output channels are accumulated tap by tap.
 void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const float* bias,
                   float* y) {
-  const int64_t mult = g.c_out / g.c_in;
+  const int64_t mult = g.c_out / g.c_in, taps = g.kh * g.kw;
   const std::vector<float> wt = tap_major(g, w);
   parallel_for(g.n * g.oh, [&](int64_t row) {
     const int64_t b = row / g.oh, oy = row % g.oh;
+    std::vector<const float*> in(taps), wv(taps);  // the window's real taps: input, weights
     for (int64_t ox = 0; ox < g.ow; ++ox) {
       float* out = y + (row * g.ow + ox) * g.c_out;
-      if (bias) std::memcpy(out, bias, sizeof(float) * g.c_out);
-      else std::fill(out, out + g.c_out, 0.f);
+      int64_t n = 0;
       for (int64_t ky = 0; ky < g.kh; ++ky) {
         const int64_t iy = g.in_row(oy, ky);
-        if (iy < 0 || iy >= g.h) continue;
-        for (int64_t kx = 0; kx < g.kw; ++kx) {
+        for (int64_t kx = 0; kx < g.kw && iy >= 0 && iy < g.h; ++kx) {
           const int64_t ix = g.in_col(ox, kx);
           if (ix < 0 || ix >= g.w) continue;
-          const float* in = x + ((b * g.h + iy) * g.w + ix) * g.c_in;
-          const float* wv = wt.data() + (ky * g.kw + kx) * g.c_out;
-          if (mult == 1) {
-            for (int64_t c = 0; c < g.c_out; ++c) out[c] += in[c] * wv[c];
-          } else {
-            for (int64_t c = 0; c < g.c_in; ++c)
-              for (int64_t m = 0; m < mult; ++m) out[c * mult + m] += in[c] * wv[c * mult + m];
-          }
+          in[n] = x + ((b * g.h + iy) * g.w + ix) * g.c_in;
+          wv[n++] = wt.data() + (ky * g.kw + kx) * g.c_out;
         }
       }
+      if (mult == 1) {
+        for_lane_groups(g.c_out, [&](auto lanes, int64_t c) {
+          window_sum(lanes, n, in.data(), wv.data(), bias, c, out);
+        });
+        continue;
+      }
+      if (bias) std::memcpy(out, bias, sizeof(float) * g.c_out);
+      else std::fill(out, out + g.c_out, 0.f);
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t c = 0; c < g.c_in; ++c)
+          for (int64_t m = 0; m < mult; ++m) out[c * mult + m] += in[t][c] * wv[t][c * mult + m];
     }
   });
 }

@@ -14,36 +14,63 @@ using V = Simd::V;
 constexpr int kCols = NR / Simd::kLanes;  // vectors per tile row
 static_assert(NR % Simd::kLanes == 0, "a tile row is whole vectors");
 
+using Tile = V[MR][kCols];
+
 // The MR x NR register tile: MR * kCols accumulators, kCols B vectors and a broadcast of A
 // per row. Each depth step is kCols loads, MR broadcasts and MR * kCols independent FMAs,
 // enough to keep both FMA pipes busy through their latency. GCC keeps the arrays in
-// registers once the constant-count loops are unrolled (no spills in the loop: check with
-// -S after changing MR or NR).
-void kernel_full(int64_t k, const float* a, const float* b, float* c, int64_t ldc,
-                 bool accumulate) {
-  V acc[MR][kCols];
+// registers once the constant-count loops are unrolled and these helpers inlined (no spills
+// in the loop: check with -S after changing MR or NR).
+//
+// acc += A * B over depth k, where a(p, r) is A's element (row r, depth p) and b(p) points
+// at B's row p (NR floats).
+template <class A, class B>
+__attribute__((always_inline)) inline void multiply_add(Tile& acc, int64_t k, A a, B b) {
+#pragma GCC unroll 4
+  for (int64_t p = 0; p < k; ++p) {
+    const float* row = b(p);
+    V bv[kCols];
+#pragma GCC unroll 4
+    for (int j = 0; j < kCols; ++j) bv[j] = Simd::load(row + j * Simd::kLanes);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const V ar = Simd::splat(a(p, r));
+#pragma GCC unroll 4
+      for (int j = 0; j < kCols; ++j) acc[r][j] = Simd::fma(ar, bv[j], acc[r][j]);
+    }
+  }
+}
+
+__attribute__((always_inline)) inline void clear(Tile& acc) {
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
     for (int j = 0; j < kCols; ++j) acc[r][j] = Simd::zero();
-#pragma GCC unroll 4
-  for (int64_t p = 0; p < k; ++p, a += MR, b += NR) {
-    V bv[kCols];
-#pragma GCC unroll 4
-    for (int j = 0; j < kCols; ++j) bv[j] = Simd::load(b + j * Simd::kLanes);
+}
+
+// C[mr x nr] (+)= the tile's corner. Edge tiles store whole vectors where they can and the
+// last, partial one of a row masked, so nothing past C is read or written.
+__attribute__((always_inline)) inline void store(const Tile& acc, float* c, int64_t ldc,
+                                                 int64_t mr, int64_t nr, bool accumulate) {
+  if (mr == MR && nr == NR) {
 #pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) {
-      const V ar = Simd::splat(a[r]);
+    for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
-      for (int j = 0; j < kCols; ++j) acc[r][j] = Simd::fma(ar, bv[j], acc[r][j]);
-    }
+      for (int j = 0; j < kCols; ++j) {
+        float* o = c + r * ldc + j * Simd::kLanes;
+        Simd::store(o, accumulate ? Simd::add(acc[r][j], Simd::load(o)) : acc[r][j]);
+      }
+    return;
   }
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
     for (int j = 0; j < kCols; ++j) {
-      float* out = c + r * ldc + j * Simd::kLanes;
-      Simd::store(out, accumulate ? Simd::add(acc[r][j], Simd::load(out)) : acc[r][j]);
+      const int64_t n = std::min<int64_t>(nr - j * Simd::kLanes, Simd::kLanes);
+      if (r >= mr || n <= 0) continue;
+      float* o = c + r * ldc + j * Simd::kLanes;
+      const int lanes = static_cast<int>(n);
+      Simd::store_part(o, accumulate ? Simd::add(acc[r][j], Simd::load_part(o, lanes)) : acc[r][j], lanes);
     }
 }
 
@@ -51,16 +78,35 @@ void kernel_full(int64_t k, const float* a, const float* b, float* c, int64_t ld
 
 void micro_tile(int64_t k, const float* a, const float* b, float* c, int64_t ldc, int64_t mr,
                 int64_t nr, bool accumulate) {
-  if (mr == MR && nr == NR) {
-    kernel_full(k, a, b, c, ldc, accumulate);
-    return;
+  Tile acc;
+  clear(acc);
+  multiply_add(acc, k, [a](int64_t p, int r) { return a[p * MR + r]; },
+               [b](int64_t p) { return b + p * NR; });
+  store(acc, c, ldc, mr, nr, accumulate);
+}
+
+void micro_tile_rows(int64_t taps, int64_t k, const float* const* rows, const float* const* b,
+                     float* c, int64_t ldc, int64_t mr, int64_t nr, bool accumulate) {
+  Tile acc;
+  clear(acc);
+  for (int64_t t = 0; t < taps; ++t) {
+    const float* row[MR];
+    for (int r = 0; r < MR; ++r) row[r] = rows[t * MR + r];
+    const float* sliver = b[t];
+    multiply_add(acc, k, [&row](int64_t p, int r) { return row[r][p]; },
+                 [sliver](int64_t p) { return sliver + p * NR; });
   }
-  // Edge tile: compute the full tile into a local buffer, write back the valid part.
-  float tile[MR * NR];
-  kernel_full(k, a, b, tile, NR, false);
-  for (int64_t r = 0; r < mr; ++r)
-    for (int64_t j = 0; j < nr; ++j)
-      c[r * ldc + j] = accumulate ? c[r * ldc + j] + tile[r * NR + j] : tile[r * NR + j];
+  store(acc, c, ldc, mr, nr, accumulate);
+}
+
+void micro_tile_cols(int64_t k, const float* a, int64_t lda, const float* const* b_rows,
+                     int64_t b_offset, float* c, int64_t ldc, int64_t mr, int64_t nr,
+                     bool accumulate) {
+  Tile acc;
+  clear(acc);
+  multiply_add(acc, k, [a, lda](int64_t p, int r) { return a[p * lda + r]; },
+               [b_rows, b_offset](int64_t p) { return b_rows[p] + b_offset; });
+  store(acc, c, ldc, mr, nr, accumulate);
 }
 
 void pack_rows(const float* const* rows, int64_t n, int64_t k, int64_t width, float* dst) {
@@ -105,11 +151,10 @@ void pack_strided(const float* src, int64_t rs, int64_t cs, int64_t i0, int64_t 
   }
 }
 
-Buffer prepack(const float* src, int64_t rs, int64_t cs, int64_t m, int64_t k,
-               int64_t width) {
-  Buffer packed(round_up(m, width) * k);
+void prepack(Buffer& packed, const float* src, int64_t rs, int64_t cs, int64_t m, int64_t k,
+             int64_t width) {
+  packed.resize(round_up(m, width) * k);
   pack_strided(src, rs, cs, 0, m, 0, k, width, packed.data());
-  return packed;
 }
 
 double fma_peak_gflops(double seconds) {
@@ -148,6 +193,13 @@ Buffer& scratch_a() {
 Buffer& scratch_b() {
   thread_local Buffer buffer;
   return buffer;
+}
+
+std::vector<Buffer>& zeroed_partials(int threads, int64_t size) {
+  thread_local std::vector<Buffer> partials;
+  partials.resize(threads);
+  for (Buffer& p : partials) p.assign(size, 0.f);
+  return partials;
 }
 
 }  // namespace fastconv::cpu::FASTCONV_ISA

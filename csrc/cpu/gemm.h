@@ -15,16 +15,15 @@
 #include <new>
 #include <vector>
 
+#include "cpu/simd.h"
+
 namespace fastconv::cpu::FASTCONV_ISA {
 
-// The register tile is MR x NR floats of C, NR / lanes vectors per row (see gemm.cpp).
-#if defined(__AVX512F__)
-constexpr int64_t MR = 8;     // 8 x 2 zmm accumulators, 2 B vectors: 18 of 32 registers
-constexpr int64_t NR = 32;    // two 16-float vectors
-#else
-constexpr int64_t MR = 6;     // 6 x 2 ymm accumulators, 2 B vectors, 1 broadcast: 15 of 16
-constexpr int64_t NR = 16;    // two 8-float vectors (four 4-float ones in the portable build)
-#endif
+// The register tile is MR x NR floats of C, NR / lanes vectors per row (see gemm.cpp):
+// AVX-512 8 x 32 (16 zmm accumulators, 2 B vectors: 18 of 32 registers); AVX2 6 x 16 (12 ymm
+// accumulators, 2 B vectors, 1 broadcast: 15 of 16); the portable build 6 x 16 as well.
+constexpr int64_t MR = gemm_tile(kBuildIsa).mr;
+constexpr int64_t NR = gemm_tile(kBuildIsa).nr;
 constexpr int64_t KC = 256;   // depth per packed block: a B sliver (16 or 32 KB) stays near L1
 constexpr int64_t MC = 120;   // rows per packed A block (a multiple of MR): it stays in L2
 static_assert(MC % MR == 0 && NR % 8 == 0, "packers fill whole slivers, 8 columns at a time");
@@ -60,6 +59,22 @@ struct Panel {
 void micro_tile(int64_t k, const float* a, const float* b, float* c, int64_t ldc,
                 int64_t mr, int64_t nr, bool accumulate);
 
+// The same tile with A given by row pointers instead of a packed sliver, summed over `taps`
+// parts: C[mr x nr] (+)= sum over t < taps of A_t (MR x k) * B_t (k x NR), where row r of
+// A_t is the k contiguous floats at rows[t * MR + r] (rows past mr may point anywhere
+// readable, zeros say) and B_t is the NR-sliver at b[t]. A convolution's taps are the
+// parts: each row is a pixel's input channels at one tap, so nothing is packed.
+void micro_tile_rows(int64_t taps, int64_t k, const float* const* rows, const float* const* b,
+                     float* c, int64_t ldc, int64_t mr, int64_t nr, bool accumulate);
+
+// The tile with both operands in place, for sums over pixels (weight gradients):
+// C[mr x nr] (+)= sum over p < k of a[p * lda + r] * b_rows[p][b_offset + j], i.e. A's
+// depth step p is a row of a strided matrix and B's is NR floats wherever pixel p's row is.
+// Reads MR floats at every a + p * lda and NR at every b_rows[p] + b_offset.
+void micro_tile_cols(int64_t k, const float* a, int64_t lda, const float* const* b_rows,
+                     int64_t b_offset, float* c, int64_t ldc, int64_t mr, int64_t nr,
+                     bool accumulate);
+
 // Packs rows [i0, i0+m) x depth [k0, k0+k) of the matrix element(i, k) = src[i*rs + k*cs]
 // into MR-slivers (for A) -- or, with the roles of rows and columns swapped, columns into
 // NR-slivers (for B). `width` is MR or NR.
@@ -71,9 +86,10 @@ void pack_strided(const float* src, int64_t rs, int64_t cs, int64_t i0, int64_t 
 // multiple of 8 (NR).
 void pack_rows(const float* const* rows, int64_t n, int64_t k, int64_t width, float* dst);
 
-// Pre-packs a whole M x K operand into width-slivers spanning the full depth K, so that
-// sliver s, depth block k0 is at data + s*K*width + k0*width.
-Buffer prepack(const float* src, int64_t rs, int64_t cs, int64_t m, int64_t k, int64_t width);
+// Pre-packs a whole M x K operand into `packed` (resized), as width-slivers spanning the
+// full depth K, so that sliver s, depth block k0 is at data + s*K*width + k0*width.
+void prepack(Buffer& packed, const float* src, int64_t rs, int64_t cs, int64_t m, int64_t k,
+             int64_t width);
 
 inline Panel prepacked_panel(const Buffer& packed, int64_t depth, int64_t width,
                              int64_t i0, int64_t k0) {
@@ -105,6 +121,11 @@ void gemm(int64_t M, int64_t N, int64_t K, APanel&& a_panel, BPanel&& b_panel, f
 // Per-thread packing buffers, reused across calls (OpenMP keeps its threads alive).
 Buffer& scratch_a();
 Buffer& scratch_b();
+
+// `threads` zeroed buffers of `size` floats for per-thread partial sums, owned by the
+// calling thread and reused from call to call: a gradient's partials can be megabytes, and
+// fresh pages would cost a page fault each on first touch.
+std::vector<Buffer>& zeroed_partials(int threads, int64_t size);
 
 // Packer for an operand held as a strided matrix: rows [i0, i0+m) at depth [k0, k0+k).
 struct StridedPacker {

@@ -7,6 +7,7 @@
 // registers on a context switch (XCR0, read with XGETBV): a CPU with AVX-512 under an OS or
 // hypervisor that does not enable the ZMM state faults on the first AVX-512 instruction.
 #pragma once
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,13 @@ namespace fastconv::cpu {
 enum class Isa : int { generic = 0, avx2 = 1, avx512 = 2 };
 
 const char* isa_name(Isa isa);
+
+// The GEMM register tile of each build (gemm.h): MR rows x NR columns of C. Here so that
+// the algorithm selector, compiled once, knows every build's shape.
+struct GemmTile {
+  int64_t mr, nr;
+};
+constexpr GemmTile gemm_tile(Isa isa) { return isa == Isa::avx512 ? GemmTile{8, 32} : GemmTile{6, 16}; }
 // Parses "avx512", "avx2" or "generic"; false for anything else.
 bool parse_isa(const std::string& name, Isa& isa);
 

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cpu/kernels.h"
+#include "cpu/lanes.h"
 #include "cpu/parallel.h"
 
 namespace fastconv::cpu::FASTCONV_ISA {
@@ -129,55 +130,10 @@ void backward_plane(const PoolGeometry& g, const ColumnPlan& plan, const float* 
   }
 }
 
-// NHWC kernels work on lanes of consecutive channels held in GCC vectors, Lanes being one
-// register (64 bytes with AVX-512, 32 with AVX, else 16: SSE, NEON). A max window is a chain of compare and
-// select per cell, and one chain leaves the core mostly waiting, so lanes go K registers
-// at a time (K independent chains), then single floats for the last C % kLanes channels;
-// one template serves every width. The widths differ per build, so the two builds never
+// NHWC kernels work on lane groups of consecutive channels (cpu/lanes.h). A max window is
+// a chain of compare and select per cell, and one chain leaves the core mostly waiting, so
+// each group runs K independent chains. The widths differ per build, so the builds never
 // share an instantiation of the geometry.h helpers.
-#if defined(__AVX512F__)
-typedef float Lanes __attribute__((vector_size(64)));
-#elif defined(__AVX__)
-typedef float Lanes __attribute__((vector_size(32)));
-#else
-typedef float Lanes __attribute__((vector_size(16)));
-#endif
-
-// A tag for K values of type V side by side; the kernels keep them in local arrays, which
-// the compiler holds in registers once it unrolls the loops over k.
-template <class V, int K>
-struct LaneGroup {
-  static constexpr int64_t kStep = sizeof(V) / sizeof(float);  // floats per V
-  static constexpr int64_t kWidth = K * kStep;                  // floats per group
-};
-
-// body(group, c) over channels [0, channels), c advancing by the group's width: groups of
-// 8 registers (as many chains as AVX2's 16 registers hold with their temporaries), then 4,
-// then single registers and floats.
-template <class Body>
-inline void for_lane_groups(int64_t channels, Body&& body) {
-  int64_t c = 0;
-  for (; c + LaneGroup<Lanes, 8>::kWidth <= channels; c += LaneGroup<Lanes, 8>::kWidth)
-    body(LaneGroup<Lanes, 8>{}, c);
-  if (c + LaneGroup<Lanes, 4>::kWidth <= channels) {
-    body(LaneGroup<Lanes, 4>{}, c);
-    c += LaneGroup<Lanes, 4>::kWidth;
-  }
-  for (; c + LaneGroup<Lanes, 1>::kWidth <= channels; c += LaneGroup<Lanes, 1>::kWidth)
-    body(LaneGroup<Lanes, 1>{}, c);
-  for (; c < channels; ++c) body(LaneGroup<float, 1>{}, c);
-}
-
-template <class V>
-inline V load(const float* p) {
-  V v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-template <class V>
-inline void store(float* p, V v) { std::memcpy(p, &v, sizeof v); }
-template <class V>
-inline V splat(float f) { return V{} + f; }  // 0 + f: exact for the values used here
 
 // The real cells of one window of an NHWC image: rows [y0, y1), columns [x0, x1). For the
 // backward, the cells at or past row first_y and column first_x are reached by no earlier
@@ -336,10 +292,36 @@ void backward_nhwc_rows(const PoolGeometry& g, const float* dy, const float* x, 
   zero(reached, first_owned_row(g, oy1), 0, g.w);
 }
 
+// Sum of n contiguous floats in K independent lane groups (fixed order, so repeatable):
+// one running sum would wait on each add.
+inline float plane_sum(const float* p, int64_t n) {
+  constexpr int K = 4;
+  constexpr int64_t kStep = LaneGroup<Lanes, 1>::kStep;
+  Lanes acc[K] = {};
+  int64_t i = 0;
+  for (; i + K * kStep <= n; i += K * kStep)
+    for (int k = 0; k < K; ++k) acc[k] += load<Lanes>(p + i + k * kStep);
+  float total = 0.f;
+  for (; i < n; ++i) total += p[i];
+  for (int k = 1; k < K; ++k) acc[0] += acc[k];
+  for (int64_t l = 0; l < kStep; ++l) total += acc[0][l];
+  return total;
+}
+
 template <PoolKind kind>
 void forward(const PoolGeometry& g, const float* x, float* y) {
   if (g.channels_last) {
     parallel_for(g.n * g.oh, [&](int64_t row) { forward_nhwc_row<kind>(g, x, y, row / g.oh, row % g.oh); });
+  } else if (!is_extreme<kind>() && g.oh == 1 && g.ow == 1 && g.kh - g.pad_top >= g.h &&
+             g.kw - g.pad_left >= g.w) {
+    // Global average or sum (one window over each whole NCHW plane): a plain reduction of
+    // contiguous floats, planes in blocks so that an item is more than a few cache lines.
+    const int64_t planes = g.n * g.c, block = 64, plane = g.h * g.w;
+    const float divisor = kind == PoolKind::kAvg ? g.avg_divisor(plane) : 1.f;
+    parallel_for((planes + block - 1) / block, [&](int64_t item) {
+      for (int64_t p = item * block; p < std::min(planes, item * block + block); ++p)
+        y[p] = plane_sum(x + p * plane, plane) / divisor;
+    });
   } else {
     const ColumnPlan plan(g);
     parallel_for(g.n * g.c, [&](int64_t plane) {

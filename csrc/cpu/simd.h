@@ -33,6 +33,10 @@ struct Simd {
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  // The first n lanes only (0 <= n <= kLanes); masked lanes are neither read nor written.
+  static V load_part(const float* p, int n) { return _mm512_maskz_loadu_ps(mask(n), p); }
+  static void store_part(float* p, V v, int n) { _mm512_mask_storeu_ps(p, mask(n), v); }
+  static __mmask16 mask(int n) { return static_cast<__mmask16>((1u << n) - 1); }
 #elif defined(__AVX2__) && defined(__FMA__)
   using V = __m256;
   static constexpr int kLanes = 8;
@@ -42,6 +46,11 @@ struct Simd {
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V load_part(const float* p, int n) { return _mm256_maskload_ps(p, mask(n)); }
+  static void store_part(float* p, V v, int n) { _mm256_maskstore_ps(p, mask(n), v); }
+  static __m256i mask(int n) {  // lane i is on when i < n
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
 #else
   typedef float V __attribute__((vector_size(16)));
   static constexpr int kLanes = 4;
@@ -55,6 +64,12 @@ struct Simd {
   static void store(float* p, V v) { std::memcpy(p, &v, sizeof v); }
   static V fma(V a, V b, V c) { return a * b + c; }  // contracted where the target has FMA
   static V add(V a, V b) { return a + b; }
+  static V load_part(const float* p, int n) {
+    V v{};
+    std::memcpy(&v, p, sizeof(float) * n);
+    return v;
+  }
+  static void store_part(float* p, V v, int n) { std::memcpy(p, &v, sizeof(float) * n); }
 #endif
 };
 

@@ -1,0 +1,65 @@
+// Lanes of consecutive channels in GCC vectors, for NHWC kernels that work along the
+// channels of a pixel (pooling, depthwise convolution): Lanes is one register (64 bytes with
+// AVX-512, 32 with AVX, else 16: SSE, NEON), and a LaneGroup is K of them side by side, K
+// independent chains of work; one template serves every width, then single floats cover the
+// last C % lanes channels.
+#pragma once
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+namespace fastconv::cpu::FASTCONV_ISA {
+
+#if defined(__AVX512F__)
+typedef float Lanes __attribute__((vector_size(64)));
+#elif defined(__AVX__)
+typedef float Lanes __attribute__((vector_size(32)));
+#else
+typedef float Lanes __attribute__((vector_size(16)));
+#endif
+
+// A tag for K values of type V side by side; the kernels keep them in local arrays, which
+// the compiler holds in registers once it unrolls the loops over k.
+template <class V, int K>
+struct LaneGroup {
+  static constexpr int64_t kStep = sizeof(V) / sizeof(float);  // floats per V
+  static constexpr int64_t kWidth = K * kStep;                  // floats per group
+};
+
+// body(group, c) over channels [0, channels), c advancing by the group's width: groups of
+// 8 registers (as many chains as AVX2's 16 registers hold with their temporaries), then 4,
+// then single registers and floats.
+template <class Body>
+inline void for_lane_groups(int64_t channels, Body&& body) {
+  int64_t c = 0;
+  for (; c + LaneGroup<Lanes, 8>::kWidth <= channels; c += LaneGroup<Lanes, 8>::kWidth)
+    body(LaneGroup<Lanes, 8>{}, c);
+  if (c + LaneGroup<Lanes, 4>::kWidth <= channels) {
+    body(LaneGroup<Lanes, 4>{}, c);
+    c += LaneGroup<Lanes, 4>::kWidth;
+  }
+  for (; c + LaneGroup<Lanes, 1>::kWidth <= channels; c += LaneGroup<Lanes, 1>::kWidth)
+    body(LaneGroup<Lanes, 1>{}, c);
+  for (; c < channels; ++c) body(LaneGroup<float, 1>{}, c);
+}
+
+template <class V>
+inline V load(const float* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <class V>
+inline void store(float* p, V v) { std::memcpy(p, &v, sizeof v); }
+template <class V>
+inline V splat(float f) {  // every lane f (V{} + f would turn -0 into +0)
+  if constexpr (std::is_same_v<V, float>) {
+    return f;
+  } else {
+    V v;
+    for (int64_t i = 0; i < static_cast<int64_t>(sizeof(V) / sizeof(float)); ++i) v[i] = f;
+    return v;
+  }
+}
+
+}  // namespace fastconv::cpu::FASTCONV_ISA
