@@ -267,7 +267,7 @@ def _info_parser(sub):
     return p
 
 
-def _info(args):
+def _info(_args):
     from . import info
     print(info.report())
     return 0

@@ -19,7 +19,7 @@ from ._backend import array_module, to_numpy
 # Schedules: multipliers of the base learning rate as a function of the step (0-based)
 
 class Constant:
-    def __call__(self, step):
+    def __call__(self, _step):
         return 1.0
 
 

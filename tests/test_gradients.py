@@ -48,10 +48,12 @@ def inputs(layout, cin=4, cout=6, groups=2, k=(3, 2), m=None):
 
 
 CASES = [
-    ("conv2d", "conv2d_backward", lambda l: inputs(l), 2, dict(CONV, groups=2)),
-    ("depthwise_conv2d", "depthwise_conv2d_backward", lambda l: inputs(l, 4, 8, 4), 2, CONV),
+    ("conv2d", "conv2d_backward", lambda layout: inputs(layout), 2, dict(CONV, groups=2)),
+    ("depthwise_conv2d", "depthwise_conv2d_backward", lambda layout: inputs(layout, 4, 8, 4), 2,
+     CONV),
     ("pointwise_conv2d", "pointwise_conv2d_backward",
-     lambda l: (inputs(l)[0], np.random.default_rng(2).standard_normal((3, 4)), np.ones(3)), 2, {}),
+     lambda layout: (inputs(layout)[0], np.random.default_rng(2).standard_normal((3, 4)),
+                     np.ones(3)), 2, {}),
 ]
 
 

@@ -135,9 +135,9 @@ def test_keras_output_shapes_and_parameter_counts():
         nn.GlobalAveragePooling2D(),
         nn.Dense(10, activation="softmax"),
     ]).build()
-    shapes = [l.output_shape for l in model.layers]
+    shapes = [layer.output_shape for layer in model.layers]
     assert shapes == [(8, 8, 16), (8, 8, 16), (6, 6, 32), (32,), (10,)]
-    counts = [l.count_params() for l in model.layers]
+    counts = [layer.count_params() for layer in model.layers]
     # Keras: conv 3*3*8*16+16; separable 3*3*16 + 16*16 + 16; depthwise 3*3*16*2 + 32
     assert counts == [1168, 416, 320, 0, 330]
     text = model.summary(print_fn=lambda s: None)

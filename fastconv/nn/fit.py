@@ -35,8 +35,8 @@ def _row(h):
 
 
 def _layout_axis_w(model):
-    layout = next((getattr(l, "layout", None) for l in model.running_layers()
-                   if getattr(l, "layout", None)), "NHWC")
+    layout = next((getattr(layer, "layout", None) for layer in model.running_layers()
+                   if getattr(layer, "layout", None)), "NHWC")
     return 2 if layout == "NHWC" else 3
 
 

@@ -46,8 +46,8 @@ INITIALIZERS = {
     "he_normal": _variance_scaling(2.0, "fan_in", "normal"),
     "lecun_uniform": _variance_scaling(1.0, "fan_in", "uniform"),
     "lecun_normal": _variance_scaling(1.0, "fan_in", "normal"),
-    "zeros": lambda shape, rng, kind: np.zeros(shape),
-    "ones": lambda shape, rng, kind: np.ones(shape),
+    "zeros": lambda shape, _rng, _kind: np.zeros(shape),
+    "ones": lambda shape, _rng, _kind: np.ones(shape),
 }
 
 
