@@ -73,6 +73,13 @@ def init_whitening(net, images):
         stem.bias.zero_()
 
 
+def subset(x, y, count, seed=0):
+    """A seeded random subset of `count` images, in archive order (the archive is sorted by
+    class, so a prefix would hold few classes)."""
+    keep = np.sort(np.random.default_rng(seed).permutation(len(x))[:count])
+    return x[keep], y[keep]
+
+
 def whitening_images(x_train, seed=0):
     """The training images whose patches set the whitening filters (as `fastconv train`)."""
     pick = np.random.default_rng(seed).choice(len(x_train), min(WHITENING_SAMPLE, len(x_train)),
