@@ -120,19 +120,25 @@ def train_batches(x, y, recipe: Recipe, epoch: int, rank=0, world=1):
         yield nchw(xb[part]), torch.from_numpy(yb[part])
 
 
+def train_step(net, opt, schedule, xb, yb, loss_fn):
+    """One optimiser step on a batch: (loss, correct predictions)."""
+    logits = net(xb)
+    loss = loss_fn(logits, yb)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    schedule.step()
+    return loss.item(), int((logits.argmax(1) == yb).sum())
+
+
 def train_epoch(net, opt, schedule, batches, loss_fn):
     """One pass over `batches`: (seconds, mean loss, training accuracy)."""
     net.train()
     began, losses, correct, seen = time.perf_counter(), [], 0, 0
     for xb, yb in batches:
-        logits = net(xb)
-        loss = loss_fn(logits, yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        schedule.step()
-        losses.append(loss.item())
-        correct += int((logits.argmax(1) == yb).sum())
+        loss, right = train_step(net, opt, schedule, xb, yb, loss_fn)
+        losses.append(loss)
+        correct += right
         seen += len(yb)
     return time.perf_counter() - began, float(np.mean(losses)), correct / seen
 

@@ -1,8 +1,8 @@
 """A plain PyTorch CIFAR-10 CNN (the reference network, examples/torch_cifar_net.py) trained
 twice from the same seed on the same batches: once on PyTorch's kernels and once switched to
-fastconv's by one line, `fastconv.torch.swap_modules(net)`. The two runs alternate epoch by
-epoch (load from other processes hits both alike); it prints the time per epoch side by side
-and the accuracies, and writes them as markdown with --out.
+fastconv's by one line, `fastconv.torch.swap_modules(net)`. The two runs alternate step by
+step (load from other processes hits both alike); it prints the training time per epoch side
+by side and the accuracies, and writes them as markdown with --out.
 
     python examples/torch_swap.py --data ../shared/datasets/cifar10-jpeg.tar.gz --epochs 3
 
@@ -13,6 +13,7 @@ import argparse
 import copy
 import os
 import sys
+import time
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -70,14 +71,25 @@ def main(argv=None):
     warm_up(runs, next(net_lib.train_batches(x_train, y_train, recipe, 0)), loss_fn)
     load_start = os.getloadavg()[0]
     for epoch in range(args.epochs):
+        for run in runs.values():
+            run["net"].train()
+            run["epoch"] = dict(seconds=0.0, losses=[], correct=0)
+        batches = net_lib.train_batches(x_train, y_train, recipe, epoch)
+        for xb, yb in batches:  # the same batch for both, one after the other
+            for run in runs.values():
+                began = time.perf_counter()
+                loss, correct = net_lib.train_step(run["net"], *run["steps"], xb, yb, loss_fn)
+                run["epoch"]["seconds"] += time.perf_counter() - began
+                run["epoch"]["losses"].append(loss)
+                run["epoch"]["correct"] += correct
         for name, run in runs.items():
-            opt, schedule = run["steps"]
-            batches = net_lib.train_batches(x_train, y_train, recipe, epoch)
-            seconds, loss, acc = net_lib.train_epoch(run["net"], opt, schedule, batches, loss_fn)
-            test = net_lib.accuracy(run["net"], x_test, y_test)
-            run["rows"].append((seconds, loss, acc, test))
-            print(f"epoch {epoch + 1} {name:8s} {seconds:7.1f} s  train loss {loss:.4f}  "
-                  f"train acc {acc:.4f}  test acc {test:.4f}", flush=True)
+            e = run["epoch"]
+            row = (e["seconds"], float(np.mean(e["losses"])),
+                   e["correct"] / (len(e["losses"]) * args.batch_size),
+                   net_lib.accuracy(run["net"], x_test, y_test))
+            run["rows"].append(row)
+            print(f"epoch {epoch + 1} {name:8s} {row[0]:7.1f} s  train loss {row[1]:.4f}  "
+                  f"train acc {row[2]:.4f}  test acc {row[3]:.4f}", flush=True)
     text = report(args, runs, swapped, len(x_train), (load_start, os.getloadavg()[0]))
     print("\n" + text)
     if args.out is not None:
@@ -114,10 +126,11 @@ def report(args, runs, swapped, images, loads) -> str:
         f"the recipe of `fastconv train` without Lookahead and test-time augmentation, "
         f"batch {args.batch_size}, {args.epochs} epochs, seed {args.seed}, the same batches "
         f"for both; channels_last memory",
-        f"- Timing: training seconds per epoch (test pass excluded; one untimed forward and "
-        f"backward of a copy of each network first), the two runs alternating epoch by "
-        f"epoch; load average (1 min) {loads[0]:.2f} at the start, {loads[1]:.2f} at "
-        f"the end on {os.cpu_count()} logical CPUs (other processes share the cores)",
+        f"- Timing: training seconds per epoch (the steps alone: no data preparation, no test "
+        f"pass; one untimed forward and backward of a copy of each network first), the two "
+        f"runs alternating step by step on the same batches; load average (1 min) "
+        f"{loads[0]:.2f} at the start, {loads[1]:.2f} at the end on {os.cpu_count()} logical "
+        f"CPUs (other processes share the cores)",
         "",
         "| epoch | PyTorch s | fastconv s | PyTorch / fastconv | PyTorch train loss, acc "
         "| fastconv train loss, acc | PyTorch test acc | fastconv test acc |",
