@@ -34,15 +34,19 @@ def memory_order(x: torch.Tensor):
 
 
 def permuted(t: torch.Tensor, order):
+    """t's dims in memory order (a view)."""
     return t if order is None else t.permute(order)
 
 
-def to_array(t: torch.Tensor | None, order=None):
+def restored(t: torch.Tensor, order):
+    """A tensor in memory order (as permuted made it) back in NCHW dims (a view)."""
+    return t if order is None else t.permute(_FROM_CHANNELS_LAST)
+
+
+def to_array(t: torch.Tensor, order=None):
     """A NumPy (CPU) or CuPy (CUDA) array sharing `t`'s memory, dims permuted by `order`.
     Only a tensor whose memory is in neither order (a gradient of another memory format,
     a slice) is copied first."""
-    if t is None:
-        return None
     view = permuted(t.detach(), order)
     if not view.is_contiguous():
         view = view.contiguous()
@@ -51,12 +55,10 @@ def to_array(t: torch.Tensor | None, order=None):
     return _gpu.cupy().from_dlpack(view)
 
 
-def to_tensor(a, order=None) -> torch.Tensor | None:
+def to_tensor(a, order=None) -> torch.Tensor:
     """The tensor sharing array `a`'s memory, with `order` undone."""
-    if a is None:
-        return None
-    t = torch.from_numpy(a) if isinstance(a, np.ndarray) else torch.from_dlpack(a)
-    return t if order is None else t.permute(_FROM_CHANNELS_LAST)
+    return restored(torch.from_numpy(a) if isinstance(a, np.ndarray) else torch.from_dlpack(a),
+                    order)
 
 
 def check(what: str, tensors: dict) -> torch.device:

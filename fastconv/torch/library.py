@@ -95,8 +95,9 @@ def spec_of(op: ops.Op, backward: bool) -> Spec:
                 "layout" in signature)
 
 
-def _is_activation(name, t, rank) -> bool:
-    return name in _ACTIVATIONS and t is not None and t.dim() == rank
+def _order_of(name, ndim, order, rank):
+    """The memory order of x for an activation of x's rank (x, y, dy, dx), else None."""
+    return order if name in _ACTIVATIONS and ndim == rank else None
 
 
 def _fastconv_params(spec: Spec, params: dict, order, rank: int) -> dict:
@@ -121,14 +122,15 @@ def _kernel(spec: Spec):
         x = named["x"]
         order, rank = _tensors.memory_order(x), x.dim()
         with _tensors.on_device(device):
-            arrays = {n: _tensors.to_array(t, order if _is_activation(n, t, rank) else None)
+            arrays = {n: None if t is None else
+                      _tensors.to_array(t, _order_of(n, t.dim(), order, rank))
                       for n, t in named.items()}
             result = spec.function(*[arrays[n] for n in spec.positional],
                                    **{n: arrays[n] for n in spec.keyword_tensors},
                                    **_fastconv_params(spec, params, order, rank))
             result = result if isinstance(result, tuple) else (result,)
-            outputs = tuple(_tensors.to_tensor(a, order if a is not None and n in _ACTIVATIONS
-                                               and a.ndim == rank else None)
+            outputs = tuple(None if a is None else
+                            _tensors.to_tensor(a, _order_of(n, a.ndim, order, rank))
                             for n, a in zip(spec.returns, result))
         return outputs if len(outputs) > 1 else outputs[0]
     return run
@@ -149,25 +151,21 @@ def _fake(spec: Spec):
                 if not params.get(f"need_{n}", True):
                     shapes[n] = None
                 elif given is not None:
-                    shapes[n] = _tensors.permuted(given, order if n == "dx" else None).shape
+                    order_n = _order_of(n, given.dim(), order, rank)
+                    shapes[n] = _tensors.permuted(given, order_n).shape
                 else:  # dbias, or dgamma / dbeta without gamma / beta: one per channel
                     shapes[n] = (channels,)
         else:
             inputs = {n: None if t is None else
-                      _tensors.permuted(t, order if _is_activation(n, t, rank) else None)
+                      _tensors.permuted(t, _order_of(n, t.dim(), order, rank))
                       for n, t in named.items()}
             shapes = spec.op.shapes(ops.Case(spec.op, inputs,
                                              _fastconv_params(spec, params, order, rank)))
-        outputs = []
-        for n in spec.returns:
-            shape = shapes[n]
-            if shape is None:
-                outputs.append(None)
-                continue
-            empty = x.new_empty(shape)
-            outputs.append(_tensors.permuted(empty, (0, 3, 1, 2)) if order is not None and
-                           n in _ACTIVATIONS and len(shape) == rank else empty)
-        return tuple(outputs) if len(outputs) > 1 else outputs[0]
+        outputs = tuple(None if shapes[n] is None else
+                        _tensors.restored(x.new_empty(shapes[n]),
+                                          _order_of(n, len(shapes[n]), order, rank))
+                        for n in spec.returns)
+        return outputs if len(outputs) > 1 else outputs[0]
     return run
 
 
