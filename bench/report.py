@@ -25,6 +25,7 @@ class Row:
     fastconv: dict = field(default_factory=dict)  # ISA -> {"NCHW"/"NHWC": seconds}
     torch: dict = field(default_factory=dict)     # "NCHW"/"channels_last" -> seconds
     fastconv_torch: dict = field(default_factory=dict)  # first ISA via fastconv.torch: layout -> s
+    route_ratio: dict = field(default_factory=dict)  # layout -> median fastconv.torch / fastconv
     flops: int = 0
     bytes: int = 0
     winograd: bool = False  # a pass of this row runs Winograd (its GFLOP/s are effective)
@@ -53,10 +54,9 @@ class Row:
     def route_cost(self) -> float | None:
         """fastconv.torch's time over direct fastconv's, minus 1, in fastconv's faster layout
         with the first ISA: what the operator route adds per call (None: not timed)."""
-        if not self.fastconv_torch:
+        if not self.route_ratio:
             return None
-        layout, seconds = self.best()
-        return self.fastconv_torch[layout] / seconds - 1
+        return self.route_ratio[self.best()[0]] - 1
 
     @property
     def goal(self) -> float:
@@ -126,8 +126,8 @@ def summary(rows, ceilings: Ceilings) -> list:
     if routed:
         costs = [r.route_cost() for r in routed]
         over = [r for r in routed if r.route_cost() > MAX_ROUTE_COST]
-        total = (sum(r.fastconv_torch[r.best()[0]] for r in routed)
-                 / sum(r.best()[1] for r in routed) - 1)
+        total = sum(r.best()[1] * r.route_cost() for r in routed) / sum(r.best()[1]
+                                                                         for r in routed)
         lines.append(f"fastconv.torch (the custom operators from PyTorch tensors) over direct "
                      f"fastconv: {total:+.1%} over all {len(routed)} rows together; per call "
                      f"median {statistics.median(costs):+.1%}, largest {max(costs):+.1%}; rows "
@@ -193,7 +193,8 @@ def markdown(header: list, rows, reference_rows, ceilings: Ceilings) -> str:
              "(FMA peak / copy bandwidth). *fastconv.torch*: the first ISA's kernels called "
              "through the custom operators from PyTorch tensors (channels_last for NHWC), "
              "timed as PyTorch is (forward under no_grad, backward by torch.autograd.grad), in "
-             "fastconv's faster layout; *route cost*: its time over direct fastconv's. *max rel "
+             "fastconv's faster layout; *route cost*: its time over direct fastconv's (the median "
+             "of the ratios of the two in each round, so load between rounds cancels). *max rel "
              "err*: every fastconv route against PyTorch, relative to each output's largest "
              f"value; above {MAX_RELATIVE_ERROR:g} a row counts as not met.", "",
              *table(rows, ceilings)]

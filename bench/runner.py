@@ -7,6 +7,7 @@ import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from statistics import median
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from .measure import (
     git_revision,
     measure_ceilings,
     median_seconds,
+    sample_seconds,
 )
 from .report import ReferenceRow, Row, bar_chart, markdown
 
@@ -73,10 +75,12 @@ def time_row(layer, direction, isas, layouts, budget: Budget, baseline=None) -> 
         run, convert = runners.fastconv_runner(case.in_layout(layout), direction)
         for isa in isas:
             runs[("fastconv", isa, layout)] = (_with_isa(isa, run), convert)
+            if isa == isas[0]:  # the operator route right after the same kernels called directly
+                route, route_convert = runners.fastconv_torch_runner(case.in_layout(layout),
+                                                                     direction)
+                runs[("fastconv.torch", isa, layout)] = (_with_isa(isa, route), route_convert)
         if baseline is not None:
             runs[("fastconv", "base", layout)] = (_with_kernels(baseline, run), convert)
-        run, convert = runners.fastconv_torch_runner(case.in_layout(layout), direction)
-        runs[("fastconv.torch", isas[0], layout)] = (_with_isa(isas[0], run), convert)
     for name, channels_last in TORCH_LAYOUT.items():
         if name == "NCHW" or "NHWC" in layouts:
             runs[("torch", None, name)] = runners.torch_runner(case, direction, channels_last)
@@ -84,18 +88,22 @@ def time_row(layer, direction, isas, layouts, budget: Budget, baseline=None) -> 
     expected = expected_convert(expected_run())
     error = max(runners.max_relative_error(convert(run()), expected)
                 for key, (run, convert) in runs.items() if key[0] != "torch")
-    seconds = median_seconds({key: run for key, (run, _) in runs.items()}, budget)
+    samples = sample_seconds({key: run for key, (run, _) in runs.items()}, budget)
     fastconv._cpu.set_isa(isas[0])
     row = Row(layer, direction, flops=case.op.flops(case, direction),
               bytes=case.op.bytes(case, direction), winograd=runs_winograd(case, direction),
               error=error)
-    for (lib, isa, layout), s in seconds.items():
+    for (lib, isa, layout), times in samples.items():
         if lib == "fastconv":
-            row.fastconv.setdefault(isa, {})[layout] = s
+            row.fastconv.setdefault(isa, {})[layout] = median(times)
         elif lib == "fastconv.torch":
-            row.fastconv_torch[layout] = s
+            row.fastconv_torch[layout] = median(times)
+            # paired with the direct call of the same round: load from other processes
+            # between rounds cancels out of the ratio
+            direct = samples[("fastconv", isa, layout)]
+            row.route_ratio[layout] = median(r / d for r, d in zip(times, direct))
         else:
-            row.torch[layout] = s
+            row.torch[layout] = median(times)
     return row
 
 

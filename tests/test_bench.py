@@ -110,7 +110,7 @@ def test_throughput_against_the_isa_peak_or_the_copy_bandwidth():
 def test_route_cost_compares_fastconv_torch_with_fastconv_in_fastconvs_layout():
     row = _row()
     assert row.route_cost() is None
-    row.fastconv_torch = {"NCHW": 0.1, "NHWC": 0.11}
+    row.fastconv_torch, row.route_ratio = {"NCHW": 0.2, "NHWC": 0.11}, {"NCHW": 1.0, "NHWC": 1.1}
     assert row.route_cost() == pytest.approx(0.1)  # fastconv's faster layout is NHWC (0.1 s)
     lines = summary([row], CEILINGS)
     assert any("+10.0% over all 1 rows" in line and "above +5%: 1/1" in line for line in lines)

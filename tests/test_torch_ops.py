@@ -240,6 +240,21 @@ def test_the_functions_take_fastconvs_arguments():
         np.testing.assert_array_equal(got.numpy(), want)
 
 
+def test_the_functions_bind_arguments_as_python_does():
+    x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
+    expected = ft.conv2d(x, w, None, stride=1, padding=1)
+    for call in (lambda: ft.conv2d(x, w, padding=1), lambda: ft.conv2d(w=w, x=x, padding=(1, 1)),
+                 lambda: ft.conv2d(x, w, bias=None, padding=((1, 1), (1, 1)), groups=1)):
+        assert torch.equal(call(), expected)
+    bad = {"positional argument": lambda: ft.conv2d(x, w, None, 1),
+           "multiple values": lambda: ft.conv2d(x, w, x=x),
+           "unexpected keyword": lambda: ft.conv2d(x, w, layout="NHWC"),
+           "missing a required": lambda: ft.conv2d(x)}
+    for message, call in bad.items():
+        with pytest.raises(TypeError, match=message):
+            call()
+
+
 # ---------------------------------------------------------------------------------------
 # What fastconv does not do
 

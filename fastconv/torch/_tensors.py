@@ -78,14 +78,21 @@ def check(what: str, tensors: dict) -> torch.device:
     return device
 
 
-@contextlib.contextmanager
+_ON_CPU = contextlib.nullcontext()
+
+
 def on_device(device: torch.device):
-    """The context of a fastconv call on `device`'s tensors (see the module's docstring)."""
+    """The context of a fastconv call on `device`'s tensors (see the module's docstring);
+    nothing to do for the CPU, the common case, kept cheap."""
     if device.type == "cpu":
-        yield
-        return
+        return _ON_CPU
     if device.type != "cuda":
         raise TypeError(f"fastconv runs on CPU and CUDA tensors, got a tensor on {device}")
+    return _on_gpu(device)
+
+
+@contextlib.contextmanager
+def _on_gpu(device: torch.device):
     cupy = _gpu.cupy()
     stream = torch.cuda.current_stream(device).cuda_stream
     with cupy.cuda.Device(device.index), cupy.cuda.ExternalStream(stream, device.index):

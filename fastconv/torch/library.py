@@ -174,7 +174,7 @@ def _autograd(forward: Spec, backward: Spec):
     other than y (batch norm's mean and var) are not differentiable: fastconv's backward
     takes dy only."""
     saved = tuple(n for n in backward.tensors if n != "dy")
-    backward_op = getattr(torch.ops.fastconv, backward.name)
+    backward_op = getattr(torch.ops.fastconv, backward.name).default
 
     def setup_context(ctx, inputs, output, keyword_only_inputs=None):  # None: no keywords
         outputs = dict(zip(forward.returns, output if isinstance(output, tuple) else (output,)))
@@ -272,12 +272,20 @@ def _function(spec: Spec):
                   for p in inspect.signature(spec.function).parameters.values()
                   if p.name != "layout"]
     signature = inspect.Signature(parameters)
-    operator = getattr(torch.ops.fastconv, spec.name)
+    operator = getattr(torch.ops.fastconv, spec.name).default
+    positional = [p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD]
+    names = {p.name for p in parameters}
+    required = {p.name for p in parameters if p.default is p.empty}
+    defaults = {p.name: p.default for p in parameters if p.default is not p.empty}
 
     def call(*args, **kwargs):
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        arguments = bound.arguments
+        # what signature.bind(...).arguments would hold, at a fraction of its cost per call
+        arguments = dict(zip(positional, args))
+        arguments.update(kwargs)
+        if (len(args) > len(positional) or len(arguments) < len(args) + len(kwargs)
+                or not required <= arguments.keys() <= names):
+            signature.bind(*args, **kwargs)  # raises the TypeError of a bad call
+        arguments = {**defaults, **arguments}
         return operator(*[arguments[n] for n in spec.tensors], **_schema_values(spec, arguments))
 
     call.__name__ = call.__qualname__ = spec.name
