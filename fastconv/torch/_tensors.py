@@ -3,8 +3,9 @@
 A 4-D tensor is NCHW-shaped whatever its memory format. Contiguous memory is fastconv's NCHW
 layout; channels_last memory is NHWC, so permuting the tensor to (N, H, W, C) gives a
 contiguous view of it that fastconv reads as NHWC. `memory_order` names that permutation (or
-None), `to_array` applies it and hands the memory to NumPy (CPU) or CuPy (CUDA, through
-DLPack, whose handshake orders the streams), and `to_tensor` does the reverse.
+None), `to_array` hands the memory to NumPy (CPU) or CuPy (CUDA, through DLPack, whose
+handshake orders the streams) and applies it there, and `to_tensor` does the reverse.
+`permuted` and `restored` do the same to tensors, for the fake kernels.
 
 On the GPU a call runs under `on_device`: CuPy's current device is the tensors' device and
 its current stream is PyTorch's current stream there, so fastconv's kernels are queued
@@ -44,21 +45,19 @@ def restored(t: torch.Tensor, order):
 
 
 def to_array(t: torch.Tensor, order=None):
-    """A NumPy (CPU) or CuPy (CUDA) array sharing `t`'s memory, dims permuted by `order`.
-    Only a tensor whose memory is in neither order (a gradient of another memory format,
-    a slice) is copied first."""
-    view = permuted(t.detach(), order)
-    if not view.is_contiguous():
-        view = view.contiguous()
-    if view.device.type == "cpu":
-        return view.numpy()
-    return _gpu.cupy().from_dlpack(view)
+    """A NumPy (CPU) or CuPy (CUDA) view of `t`'s memory, dims permuted by `order`. The
+    functional API copies it only where it is not contiguous: memory in neither order (a
+    gradient of another memory format, a slice)."""
+    t = t.detach()
+    a = t.numpy() if t.device.type == "cpu" else _gpu.cupy().from_dlpack(t)
+    return a if order is None else a.transpose(order)
 
 
 def to_tensor(a, order=None) -> torch.Tensor:
     """The tensor sharing array `a`'s memory, with `order` undone."""
-    return restored(torch.from_numpy(a) if isinstance(a, np.ndarray) else torch.from_dlpack(a),
-                    order)
+    if order is not None:
+        a = a.transpose(_FROM_CHANNELS_LAST)
+    return torch.from_numpy(a) if isinstance(a, np.ndarray) else torch.from_dlpack(a)
 
 
 def check(what: str, tensors: dict) -> torch.device:
