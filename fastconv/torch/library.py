@@ -6,7 +6,9 @@ what `fastconv.conv2d` takes, except `layout`, which is the tensors' memory form
 Each operator is registered with `torch.library.custom_op` from its `Op`: the tensor
 arguments are the op's forward (or backward) arguments, the other keywords of its
 `fastconv.functional` function become schema arguments of the types in `SCHEMA_TYPES`, the
-results are its outputs (or gradients). The kernel converts tensors to arrays without copies
+results are its outputs (or gradients). All arguments are positional (the dispatcher passes
+keyword-only ones more slowly), so `torch.ops.fastconv.conv2d(x, w, None, [1, 1],
+[1, 1, 1, 1], [1, 1], 1)`, or by name. The kernel converts tensors to arrays without copies
 (`_tensors`), calls the functional function and converts back; the fake kernel gives the
 output shapes from the op table (`Op.shapes`) and the same strides, for torch.compile; the
 autograd formula calls the backward operator. Operators with no derivative in fastconv (the
@@ -52,8 +54,9 @@ _ACTIVATIONS = frozenset({"x", "y", "dy", "dx"})
 
 @dataclass(frozen=True)
 class Spec:
-    """One operator: fastconv function `function` of op `op` over `tensors` (positional
-    first, then `keyword_tensors`), with schema keywords `params`, returning `returns`."""
+    """One operator: fastconv function `function` of op `op` over `tensors` (passed to it
+    positionally, then `keyword_tensors`), then the schema arguments `params` (the
+    function's other keywords), returning `returns`."""
     op: ops.Op
     name: str
     function: object
@@ -77,8 +80,7 @@ class Spec:
         args = [f"Tensor{'?' if n in self.optional else ''} {n}" for n in self.tensors]
         params = [f"{SCHEMA_TYPES[n]} {n}" for n in self.params]
         returns = [f"Tensor{'?' if n in self.optional_returns else ''}" for n in self.returns]
-        return (f"({', '.join(args + (['*'] + params if params else []))}) -> "
-                f"({', '.join(returns)})")
+        return f"({', '.join(args + params)}) -> ({', '.join(returns)})"
 
 
 def spec_of(op: ops.Op, backward: bool) -> Spec:
@@ -114,10 +116,16 @@ def _fastconv_params(spec: Spec, params: dict, order, rank: int) -> dict:
     return kw
 
 
+def _split(spec: Spec, args) -> tuple:
+    """({tensor name: tensor}, {param name: value}) of an operator's arguments."""
+    k = len(spec.tensors)
+    return dict(zip(spec.tensors, args[:k])), dict(zip(spec.params, args[k:]))
+
+
 def _kernel(spec: Spec):
     """The CPU and CUDA implementation: tensors in, fastconv's function, tensors out."""
-    def run(*tensors, **params):
-        named = dict(zip(spec.tensors, tensors))
+    def run(*args):
+        named, params = _split(spec, args)
         device = _tensors.check(spec.name, named)
         x = named["x"]
         order, rank = _tensors.memory_order(x), x.dim()
@@ -138,8 +146,8 @@ def _kernel(spec: Spec):
 
 def _fake(spec: Spec):
     """Outputs of the right shapes and strides, for tracing (torch.compile, opcheck)."""
-    def run(*tensors, **params):
-        named = dict(zip(spec.tensors, tensors))
+    def run(*args):
+        named, params = _split(spec, args)
         _tensors.check(spec.name, named)
         x = named["x"]
         order, rank = _tensors.memory_order(x), x.dim()
@@ -176,20 +184,20 @@ def _autograd(forward: Spec, backward: Spec):
     saved = tuple(n for n in backward.tensors if n != "dy")
     backward_op = getattr(torch.ops.fastconv, backward.name).default
 
-    def setup_context(ctx, inputs, output, keyword_only_inputs=None):  # None: no keywords
+    def setup_context(ctx, inputs, output):
         outputs = dict(zip(forward.returns, output if isinstance(output, tuple) else (output,)))
-        given = dict(zip(forward.tensors, inputs))
+        given, params = _split(forward, inputs)
         ctx.save_for_backward(*[given[n] if n in given else outputs[n] for n in saved])
-        ctx.params = {n: v for n, v in (keyword_only_inputs or {}).items()
-                      if n in backward.params}
+        ctx.params = params
         ctx.mark_non_differentiable(*[outputs[n] for n in forward.returns[1:]])
 
     def backward_fn(ctx, dy, *_):
         needs = dict(zip(forward.tensors, ctx.needs_input_grad))
-        flags = {f"need_{n}": needs[n[1:]] for n in backward.optional_returns}
-        grads = backward_op(dy, *ctx.saved_tensors, **ctx.params, **flags)
+        params = {**ctx.params, **{f"need_{n}": needs[n[1:]] for n in backward.optional_returns}}
+        grads = backward_op(dy, *ctx.saved_tensors, *[params[n] for n in backward.params])
         grads = dict(zip(forward.op.grads, grads if isinstance(grads, tuple) else (grads,)))
-        return tuple(grads.get(n) if needs[n] else None for n in forward.tensors)
+        return (*[grads.get(n) if needs[n] else None for n in forward.tensors],
+                *[None] * len(forward.params))
     return setup_context, backward_fn
 
 
@@ -286,7 +294,8 @@ def _function(spec: Spec):
                 or not required <= arguments.keys() <= names):
             signature.bind(*args, **kwargs)  # raises the TypeError of a bad call
         arguments = {**defaults, **arguments}
-        return operator(*[arguments[n] for n in spec.tensors], **_schema_values(spec, arguments))
+        values = _schema_values(spec, arguments)
+        return operator(*[arguments[n] for n in spec.tensors], *[values[n] for n in spec.params])
 
     call.__name__ = call.__qualname__ = spec.name
     call.__signature__ = signature
