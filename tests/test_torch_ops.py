@@ -300,6 +300,39 @@ def test_bad_arguments_fail_with_fastconvs_messages():
 # ---------------------------------------------------------------------------------------
 # CUDA
 
+def test_gpu_calls_enter_the_tensors_device_and_torchs_stream_there(monkeypatch):
+    """The plumbing of on_device for a tensor on cuda:1, with PyTorch's and CuPy's CUDA calls
+    replaced by fakes that record what they are asked (the CUDA tests below run the real
+    thing on a GPU): PyTorch's and CuPy's device 1, CuPy's stream = PyTorch's current stream
+    on device 1, entered in that order and left in reverse."""
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    from fastconv import _gpu
+    log = []
+
+    def recorded(*what):
+        @contextmanager
+        def context():
+            log.append(("enter", *what))
+            yield
+            log.append(("exit", *what))
+        return context()
+    cuda = SimpleNamespace(Device=lambda i: recorded("cupy device", i),
+                           ExternalStream=lambda ptr, i: recorded("cupy stream", ptr, i))
+    monkeypatch.setattr(_gpu, "cupy", lambda: SimpleNamespace(cuda=cuda))
+    monkeypatch.setattr(torch.cuda, "current_stream",
+                        lambda device: SimpleNamespace(cuda_stream=1000 + device.index))
+    monkeypatch.setattr(torch.cuda, "device", lambda device: recorded("torch device", device.index))
+    with _tensors.on_device(torch.device("cuda", 1)):
+        log.append("call")
+    entered = [("torch device", 1), ("cupy device", 1), ("cupy stream", 1001, 1)]
+    assert log == ([("enter", *e) for e in entered] + ["call"]
+                   + [("exit", *e) for e in reversed(entered)])
+    with pytest.raises(TypeError, match="CPU and CUDA tensors"):
+        _tensors.on_device(torch.device("meta"))
+
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available() or not fastconv.cuda_available()[0],
                           reason="needs a CUDA GPU, fastconv's CUDA module and CuPy")
 

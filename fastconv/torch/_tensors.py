@@ -7,10 +7,11 @@ None), `to_array` hands the memory to NumPy (CPU) or CuPy (CUDA, through DLPack,
 handshake orders the streams) and applies it there, and `to_tensor` does the reverse.
 `permuted` and `restored` do the same to tensors, for the fake kernels.
 
-On the GPU a call runs under `on_device`: CuPy's current device is the tensors' device and
-its current stream is PyTorch's current stream there, so fastconv's kernels are queued
-behind the PyTorch work that produced their inputs and ahead of the work that reads their
-outputs, as a PyTorch operator would be, whatever device `torch.cuda.device(...)` selects.
+On the GPU a call runs under `on_device`: PyTorch's and CuPy's current device is the
+tensors' device and CuPy's current stream is PyTorch's current stream there, so fastconv's
+kernels are queued behind the PyTorch work that produced their inputs and ahead of the work
+that reads their outputs, as a PyTorch operator's would be, whatever device the caller's
+`torch.cuda.device(...)` selects.
 """
 from __future__ import annotations
 
@@ -92,7 +93,10 @@ def on_device(device: torch.device):
 
 @contextlib.contextmanager
 def _on_gpu(device: torch.device):
+    """PyTorch's current device too, so that the DLPack handshakes (which consult it) pair
+    the streams of `device`."""
     cupy = _gpu.cupy()
     stream = torch.cuda.current_stream(device).cuda_stream
-    with cupy.cuda.Device(device.index), cupy.cuda.ExternalStream(stream, device.index):
+    with torch.cuda.device(device), cupy.cuda.Device(device.index), \
+            cupy.cuda.ExternalStream(stream, device.index):
         yield
