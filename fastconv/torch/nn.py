@@ -39,15 +39,16 @@ class _Module:
     fastconv op that runs it."""
     fastconv_op: str
 
-    @classmethod
-    def unsupported(cls, module) -> str | None:
-        raise NotImplementedError
-
-    def _check(self):
+    def __init__(self, *args, **kwargs):  # torch.nn's arguments, then the check
+        super().__init__(*args, **kwargs)
         why = self.unsupported(self)
         if why is not None:
             raise ValueError(f"fastconv.torch.nn.{type(self).__name__}: {why}; use "
                              f"torch.nn.{type(self).__name__}")
+
+    @classmethod
+    def unsupported(cls, module) -> str | None:
+        raise NotImplementedError
 
 
 def _zero_padding(padding) -> bool:
@@ -58,10 +59,6 @@ class Conv2d(_Module, torch.nn.Conv2d):
     """torch.nn.Conv2d on fastconv: depthwise (groups == in_channels, one input channel per
     group), pointwise (1x1, stride 1, no padding, no groups) and any other convolution each
     run their own fastconv op."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._check()
 
     @classmethod
     def unsupported(cls, module):
@@ -91,10 +88,6 @@ class Conv2d(_Module, torch.nn.Conv2d):
 class MaxPool2d(_Module, torch.nn.MaxPool2d):
     fastconv_op = "max_pool2d"
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._check()
-
     @classmethod
     def unsupported(cls, module):
         for name, value, fine in [("dilation", module.dilation, 1),
@@ -111,10 +104,6 @@ class MaxPool2d(_Module, torch.nn.MaxPool2d):
 
 class AvgPool2d(_Module, torch.nn.AvgPool2d):
     fastconv_op = "avg_pool2d"
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._check()
 
     @classmethod
     def unsupported(cls, module):
@@ -134,11 +123,6 @@ class AdaptiveAvgPool2d(_Module, torch.nn.AdaptiveAvgPool2d):
     """Output size 1 only: fastconv's global average pooling."""
     fastconv_op = "global_avg_pool2d"
 
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._check()
-
     @classmethod
     def unsupported(cls, module):
         if module.output_size not in (1, (1, 1), [1, 1]):
@@ -152,11 +136,6 @@ class AdaptiveAvgPool2d(_Module, torch.nn.AdaptiveAvgPool2d):
 class BatchNorm2d(_Module, torch.nn.BatchNorm2d):
     """torch.nn.BatchNorm2d on fastconv's batch norm (see the module's docstring)."""
     fastconv_op = "batch_norm"
-
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._check()
 
     @classmethod
     def unsupported(cls, module):
