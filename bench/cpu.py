@@ -42,7 +42,8 @@ def parse_args(argv=None):
     if args.threads < 1 or (args.batch is not None and args.batch < 1):
         p.error("--threads and --batch must be at least 1")
     if args.out is None and not args.quick:
-        args.out = Path("bench/results") if Path("bench/results").is_dir() else Path("fastconv-bench")
+        results = Path("bench/results")
+        args.out = results if results.is_dir() else Path("fastconv-bench")
     return args
 
 

@@ -104,7 +104,8 @@ def cpu_description() -> str:
                               re.M).group(1).split())
     except (OSError, AttributeError):
         flags = set()
-    wanted = [f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl") if f in flags]
+    wanted = [f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl")
+              if f in flags]
     return (f"{cpu_model()}, {os.cpu_count()} logical CPUs, flags: "
             f"{' '.join(wanted) or 'no avx2/fma/avx512'}")
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +12,9 @@ from .measure import Ceilings
 # fastconv must agree with PyTorch to this relative error (of each output's largest value)
 # for a row to count: a fast wrong kernel meets no goal. Winograd's float32 error fits in it.
 MAX_RELATIVE_ERROR = 1e-3
+# What the operator route (fastconv.torch, from PyTorch tensors) may cost over calling
+# fastconv directly, per call.
+MAX_ROUTE_COST = 0.05
 
 
 @dataclass
@@ -20,6 +24,8 @@ class Row:
     direction: str
     fastconv: dict = field(default_factory=dict)  # ISA -> {"NCHW"/"NHWC": seconds}
     torch: dict = field(default_factory=dict)     # "NCHW"/"channels_last" -> seconds
+    fastconv_torch: dict = field(default_factory=dict)  # first ISA via fastconv.torch: layout -> s
+    route_ratio: dict = field(default_factory=dict)  # layout -> median fastconv.torch / fastconv
     flops: int = 0
     bytes: int = 0
     winograd: bool = False  # a pass of this row runs Winograd (its GFLOP/s are effective)
@@ -44,6 +50,13 @@ class Row:
     def ratio(self, isa=None) -> float:
         """PyTorch's faster layout over fastconv's faster layout (> 1: fastconv faster)."""
         return self.peer[1] / self.best(isa)[1]
+
+    def route_cost(self) -> float | None:
+        """fastconv.torch's time over direct fastconv's, minus 1, in fastconv's faster layout
+        with the first ISA: what the operator route adds per call (None: not timed)."""
+        if not self.route_ratio:
+            return None
+        return self.route_ratio[self.best()[0]] - 1
 
     @property
     def goal(self) -> float:
@@ -100,26 +113,42 @@ def summary(rows, ceilings: Ceilings) -> list:
     lines = []
     for isa in rows[0].fastconv if rows else ():
         ratios = [r.ratio(isa) for r in rows]
-        lines.append(f"fastconv {isa}: geometric mean of PyTorch / fastconv over {len(rows)} rows "
-                     f"{geometric_mean(ratios):.2f}x (goal {GEOMETRIC_MEAN_GOAL:g}x); slowest "
-                     f"{min(ratios):.2f}x")
+        lines.append(f"fastconv {isa}: geometric mean of PyTorch / fastconv over {len(rows)} "
+                     f"rows {geometric_mean(ratios):.2f}x (goal {GEOMETRIC_MEAN_GOAL:g}x); "
+                     f"slowest {min(ratios):.2f}x")
     behind = [r for r in rows if not r.met]
+    misses = [f"{_name(r)} {r.ratio():.2f}x (goal {r.goal:g}x)"
+              + (" WRONG RESULT" if r.error > MAX_RELATIVE_ERROR else "") for r in behind]
     lines.append(f"rows at or above their goal (1.0x; 3x3 stride 1: 1.8x fwd, 1.3x bwd): "
                  f"{len(rows) - len(behind)}/{len(rows)}"
-                 + (f"; below: {'; '.join(f'{_name(r)} {r.ratio():.2f}x (goal {r.goal:g}x)' + (' WRONG RESULT' if r.error > MAX_RELATIVE_ERROR else '') for r in behind)}"
-                    if behind else ""))
+                 + (f"; below: {'; '.join(misses)}" if behind else ""))
+    routed = [r for r in rows if r.route_cost() is not None]
+    if routed:
+        costs = [r.route_cost() for r in routed]
+        over = [r for r in routed if r.route_cost() > MAX_ROUTE_COST]
+        total = sum(r.best()[1] * r.route_cost() for r in routed) / sum(r.best()[1]
+                                                                         for r in routed)
+        lines.append(f"fastconv.torch (the custom operators from PyTorch tensors) over direct "
+                     f"fastconv: {total:+.1%} over all {len(routed)} rows together; per call "
+                     f"median {statistics.median(costs):+.1%}, largest {max(costs):+.1%}; rows "
+                     f"above {MAX_ROUTE_COST:+.0%}: {len(over)}/{len(routed)}"
+                     + (f" ({'; '.join(f'{_name(r)} {r.route_cost():+.1%}' for r in over)})"
+                        if over else ""))
     graded = [r for r in rows if r.efficient(ceilings) is not None]
     short = [r for r in graded if not r.efficient(ceilings)]
     lines.append(f"rows at >= {EFFICIENCY_GOAL:.0%} of their ceiling (FMA peak or copy; Winograd "
                  f"rows excluded): {len(graded) - len(short)}/{len(graded)}"
-                 + (f"; below: {'; '.join(f'{_name(r)} {r.throughput(ceilings)[2]:.0%}' for r in short)}"
+                 + (f"; below: "
+                    f"{'; '.join(f'{_name(r)} {r.throughput(ceilings)[2]:.0%}' for r in short)}"
                     if short else ""))
     return lines
 
 
 def table(rows, ceilings: Ceilings) -> list:
     isas = list(rows[0].fastconv) if rows else []
+    routed = any(r.fastconv_torch for r in rows)
     head = (["op", "input (NCHW)", "pass"] + [f"fastconv {isa} ms" for isa in isas]
+            + (["fastconv.torch ms", "route cost"] if routed else [])
             + ["torch ms", f"torch / {isas[0] if isas else ''}"]
             + [f"torch / {isa}" for isa in isas[1:]]
             + ["fastconv achieved", "of ceiling", "goal", "met", "max rel err"])
@@ -127,6 +156,10 @@ def table(rows, ceilings: Ceilings) -> list:
     for r in rows:
         rate, unit, share, ceiling = r.throughput(ceilings)
         cells = [f"{_ms(r.best(isa)[1])} {r.best(isa)[0]}" for isa in isas]
+        if routed:
+            layout = r.best()[0]
+            cells += [f"{_ms(r.fastconv_torch.get(layout))} {layout}",
+                      "-" if r.route_cost() is None else f"{r.route_cost():+.1%}"]
         cells.append(f"{_ms(r.peer[1])} {r.peer[0]}")
         cells += [f"{r.ratio(isa):.2f}x" for isa in isas]
         winograd = " (Winograd)" if r.winograd else ""
@@ -157,9 +190,14 @@ def markdown(header: list, rows, reference_rows, ceilings: Ceilings) -> str:
              "are 2 x the multiply-adds of direct convolution (backward = 2 x forward), so a "
              "Winograd row's GFLOP/s is an effective rate; bytes are the minimum float32 "
              "traffic. A row is compute-bound when its FLOP/byte exceeds the roofline knee "
-             "(FMA peak / copy bandwidth). *max rel err*: fastconv against PyTorch, relative to "
-             f"each output's largest value; above {MAX_RELATIVE_ERROR:g} a row counts as not "
-             "met.", "", *table(rows, ceilings)]
+             "(FMA peak / copy bandwidth). *fastconv.torch*: the first ISA's kernels called "
+             "through the custom operators from PyTorch tensors (channels_last for NHWC), "
+             "timed as PyTorch is (forward under no_grad, backward by torch.autograd.grad), in "
+             "fastconv's faster layout; *route cost*: its time over direct fastconv's (the median "
+             "of the ratios of the two in each round, so load between rounds cancels). *max rel "
+             "err*: every fastconv route against PyTorch, relative to each output's largest "
+             f"value; above {MAX_RELATIVE_ERROR:g} a row counts as not met.", "",
+             *table(rows, ceilings)]
     if reference_rows:
         parts += ["", "## The NumPy reference (fastconv.reference, float64 accumulation) on "
                   "small cases", "", *reference_table(reference_rows)]

@@ -7,6 +7,7 @@ import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from statistics import median
 
 import numpy as np
 import torch
@@ -16,8 +17,15 @@ from fastconv import _backend, ops
 
 from . import cases as layer_list
 from . import runners
-from .measure import (Budget, compiler_description, cpu_description, git_revision,
-                      measure_ceilings, median_seconds)
+from .measure import (
+    Budget,
+    compiler_description,
+    cpu_description,
+    git_revision,
+    measure_ceilings,
+    median_seconds,
+    sample_seconds,
+)
 from .report import ReferenceRow, Row, bar_chart, markdown
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,14 +66,19 @@ def runs_winograd(case, direction) -> bool:
 
 
 def time_row(layer, direction, isas, layouts, budget: Budget, baseline=None) -> Row:
-    """fastconv with each ISA (and the baseline build) and PyTorch in each layout,
-    interleaved; fastconv's outputs checked against PyTorch's on the first (warm-up) call."""
+    """fastconv with each ISA (and the baseline build), fastconv's kernels of the first ISA
+    from PyTorch tensors (fastconv.torch) and PyTorch, each in each layout, interleaved; every
+    fastconv route's outputs checked against PyTorch's on the first (warm-up) call."""
     case = layer.case()
     runs = {}
     for layout in layouts:
         run, convert = runners.fastconv_runner(case.in_layout(layout), direction)
         for isa in isas:
             runs[("fastconv", isa, layout)] = (_with_isa(isa, run), convert)
+            if isa == isas[0]:  # the operator route right after the same kernels called directly
+                route, route_convert = runners.fastconv_torch_runner(case.in_layout(layout),
+                                                                     direction)
+                runs[("fastconv.torch", isa, layout)] = (_with_isa(isa, route), route_convert)
         if baseline is not None:
             runs[("fastconv", "base", layout)] = (_with_kernels(baseline, run), convert)
     for name, channels_last in TORCH_LAYOUT.items():
@@ -74,17 +87,23 @@ def time_row(layer, direction, isas, layouts, budget: Budget, baseline=None) -> 
     expected_run, expected_convert = runs[("torch", None, "NCHW")]
     expected = expected_convert(expected_run())
     error = max(runners.max_relative_error(convert(run()), expected)
-                for key, (run, convert) in runs.items() if key[0] == "fastconv")
-    seconds = median_seconds({key: run for key, (run, _) in runs.items()}, budget)
+                for key, (run, convert) in runs.items() if key[0] != "torch")
+    samples = sample_seconds({key: run for key, (run, _) in runs.items()}, budget)
     fastconv._cpu.set_isa(isas[0])
     row = Row(layer, direction, flops=case.op.flops(case, direction),
               bytes=case.op.bytes(case, direction), winograd=runs_winograd(case, direction),
               error=error)
-    for (lib, isa, layout), s in seconds.items():
+    for (lib, isa, layout), times in samples.items():
         if lib == "fastconv":
-            row.fastconv.setdefault(isa, {})[layout] = s
+            row.fastconv.setdefault(isa, {})[layout] = median(times)
+        elif lib == "fastconv.torch":
+            row.fastconv_torch[layout] = median(times)
+            # paired with the direct call of the same round: load from other processes
+            # between rounds cancels out of the ratio
+            direct = samples[("fastconv", isa, layout)]
+            row.route_ratio[layout] = median(r / d for r, d in zip(times, direct))
         else:
-            row.torch[layout] = s
+            row.torch[layout] = median(times)
     return row
 
 
@@ -139,7 +158,8 @@ def header(args, command, date, isas, blas_threads, ceilings, budget, loads) -> 
 def run(args, command: str, blas_threads: str):
     torch.set_num_threads(args.threads)
     fastconv.set_num_threads(args.threads)
-    isas = args.isas or [i for i in fastconv._cpu.supported_isas() if i != "generic"][:2] or ["generic"]
+    isas = (args.isas or [i for i in fastconv._cpu.supported_isas() if i != "generic"][:2]
+            or ["generic"])
     layouts = ["NCHW", "NHWC"] if args.layout == "both" else [args.layout]
     batch = args.batch or (16 if args.quick else None)
     budget = Budget(args.seconds or (0.3 if args.quick else 4.0),
@@ -151,7 +171,8 @@ def run(args, command: str, blas_threads: str):
     ceilings = (measure_ceilings(args.threads, isas, sgemm_n=1024, copy_mib=64,
                                  budget=Budget(0.2, min_reps=3, max_reps=10)) if args.quick
                 else measure_ceilings(args.threads, isas))
-    print("ceilings: " + ", ".join(f"{isa} FMA {p:.1f} GFLOP/s" for isa, p in ceilings.fma_gflops.items())
+    print("ceilings: " + ", ".join(f"{isa} FMA {p:.1f} GFLOP/s"
+                                   for isa, p in ceilings.fma_gflops.items())
           + f", copy {ceilings.copy_gbs:.1f} GB/s", flush=True)
 
     def selected(layers, rebatch=True):

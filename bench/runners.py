@@ -1,5 +1,6 @@
 """Callables that run one case of the op table (fastconv.ops) through fastconv (any backend or
-instruction set), the NumPy reference or PyTorch, timed by bench/measure.py.
+instruction set), the NumPy reference, PyTorch, or fastconv's kernels from PyTorch tensors
+(fastconv.torch), timed by bench/measure.py.
 
 Each runner returns (run, outputs): `run()` does the timed work and `outputs(result)` turns its
 result into NCHW NumPy arrays in the op table's order (forward: y; backward: the gradients
@@ -28,7 +29,9 @@ def dy_for(case, seed=1):
     nchw = case.in_layout("NCHW")
     y = nchw.op.forward(nchw, lib=fastconv.reference)["y"]
     dy = np.random.default_rng(seed).standard_normal(y.shape).astype(np.float32)
-    return np.ascontiguousarray(dy.transpose(0, 2, 3, 1)) if case.layout == "NHWC" and dy.ndim == 4 else dy
+    if case.layout == "NHWC" and dy.ndim == 4:
+        return np.ascontiguousarray(dy.transpose(0, 2, 3, 1))
+    return dy
 
 
 def fastconv_runner(case, direction, lib=fastconv, dev=lambda a: a, host=np.asarray):
@@ -56,24 +59,57 @@ def torch_runner(case, direction, channels_last, device="cpu"):
     if fn is None:
         return None
     memory = torch.channels_last if channels_last else torch.contiguous_format
+    leaves = [_tensor(case.inputs[n], memory, device) for n in _tensor_names(case)]
+    return _autograd_runner(fn, leaves, _tensor(dy_for(case), memory, device), direction)
 
-    def tensor(a):
-        t = torch.from_numpy(np.ascontiguousarray(a)).to(device)
-        return t.contiguous(memory_format=memory) if t.ndim == 4 else t
 
-    names = [n for n in (*case.op.forward_args, *case.op.keyword_inputs)
-             if case.inputs.get(n) is not None]
-    leaves = [tensor(case.inputs[n]) for n in names]
-    sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
+def fastconv_torch_runner(case, direction):
+    """`case` through fastconv.torch, the custom operators, from PyTorch tensors: x (and dy)
+    in channels_last memory for an NHWC case, else contiguous; weights contiguous (as
+    torch.nn keeps them). Timed like torch_runner, so that the two routes into fastconv's
+    kernels differ by the cost of the operator route alone."""
+    import torch
+
+    import fastconv.torch as ft
+    nchw = case.in_layout("NCHW")
+    memory = torch.channels_last if case.layout == "NHWC" else torch.contiguous_format
+    keywords = {k: v for k, v in nchw.params.items() if k != "layout"}
+    leaves = [_tensor(nchw.inputs[n], memory if n == "x" else torch.contiguous_format)
+              for n in _tensor_names(nchw)]
+    op = getattr(ft, case.op.name)
+    return _autograd_runner(lambda *tensors: op(*tensors, **keywords), leaves,
+                            _tensor(dy_for(nchw), memory), direction)
+
+
+def _tensor_names(case):
+    op = case.op
+    return [n for n in (*op.forward_args, *op.keyword_inputs) if case.inputs.get(n) is not None]
+
+
+def _tensor(a, memory, device="cpu"):
+    import torch
+    t = torch.from_numpy(np.ascontiguousarray(a)).to(device)
+    return t.contiguous(memory_format=memory) if t.ndim == 4 else t
+
+
+def _first(out):
+    """y of an op that returns (y, statistics...)."""
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _autograd_runner(fn, leaves, dy, direction):
+    """(run, outputs) of fn(*leaves): the forward under no_grad, or torch.autograd.grad of
+    its y over a graph built beforehand."""
+    import torch
+    sync = torch.cuda.synchronize if dy.is_cuda else (lambda: None)
     if direction == "forward":
         def run():
             with torch.no_grad():
-                return fn(*leaves)
+                return _first(fn(*leaves))
         return run, lambda out: [out.detach().cpu().contiguous().numpy()]
     for leaf in leaves:
         leaf.requires_grad_(True)
-    y = fn(*leaves)
-    dy = tensor(dy_for(case))
+    y = _first(fn(*leaves))
     sync()
     run = lambda: torch.autograd.grad(y, leaves, dy, retain_graph=True)
     return run, lambda grads: [g.detach().cpu().contiguous().numpy() for g in grads]

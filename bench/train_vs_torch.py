@@ -154,7 +154,8 @@ def main(argv=None):
         return model
 
     runs = {"torch NCHW": lambda m: run_torch(torch_twin(m), x, y, args, False, m.optimizer),
-            "torch channels_last": lambda m: run_torch(torch_twin(m), x, y, args, True, m.optimizer),
+            "torch channels_last": lambda m: run_torch(torch_twin(m), x, y, args, True,
+                                                       m.optimizer),
             "fastconv NHWC": lambda m: run_fastconv(m, x, y, args)}
     seconds = {name: [] for name in runs}
     for rep in range(args.repeat):  # interleaved, so load from other processes hits all alike

@@ -22,7 +22,8 @@ from fastconv.nn import zoo
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=None, help="CIFAR-10 archive (default: cache or download)")
     p.add_argument("--deeper", action="store_true")
     p.add_argument("--epochs", type=int, default=2)

@@ -2,10 +2,11 @@
 `fastconv check`, both benchmarks and `fastconv.torch` are driven by.
 
 An `Op` names its fast function (`fastconv.functional`), its reference (`fastconv.reference`,
-same name), the call shapes of its forward and backward, a sampler of valid random cases,
-its PyTorch equivalent and its FLOP and byte counts. A `Case` is one concrete call: named
-input arrays and keyword arguments. Samplers draw through a `Draw`, so the same code serves
-NumPy's generator (`RandomDraw`, for `fastconv check`) and hypothesis (tests/op_cases.py).
+same name), the call shapes of its forward and backward, the shapes of its outputs, a
+sampler of valid random cases, its PyTorch equivalent and its FLOP and byte counts. A `Case`
+is one concrete call: named input arrays and keyword arguments. Samplers draw through a
+`Draw`, so the same code serves NumPy's generator (`RandomDraw`, for `fastconv check`) and
+hypothesis (tests/op_cases.py).
 
 Adding an op: its kernels, one binding line, its functional and reference functions, and one
 `Op(...)` below.
@@ -149,6 +150,7 @@ class Op:
     sample: Callable                 # (draw, limits) -> Case
     flops: Callable                  # (case, direction) -> multiply-adds x 2 (or element ops)
     bytes: Callable                  # (case, direction) -> minimum float32 bytes moved
+    shapes: Callable                 # (case) -> {output name: shape} of the forward
     outputs: tuple = ("y",)
     keyword_inputs: tuple = ("bias",)
     tolerance: tuple = (1e-4, 2e-5)  # rtol, atol per unit of the reference's largest value
@@ -222,7 +224,9 @@ def conv_geometry(case: Case):
     p = case.params
     groups = p.get("groups", 1)
     if case.op.name in ("depthwise_conv2d", "separable_conv2d"):
-        groups = _args.split_activation(x.shape, _args.channels_last(p["layout"]))[1]
+        # int(): a symbolic channel count (torch.compile's fake tensors, fastconv.torch)
+        # becomes the one it is traced with; groups must be an int
+        groups = int(_args.split_activation(x.shape, _args.channels_last(p["layout"]))[1])
     if w.ndim == 2:
         w = w[:, :, None, None]
     return _args.conv_geometry(x.shape, w.shape, stride=p.get("stride", 1),
@@ -246,17 +250,16 @@ def _params_size(case):
     return sum(a.size for k, a in case.inputs.items() if k != "x" and a is not None)
 
 
-def _output_size(case):
+def _conv_output_shapes(case):
     g = conv_geometry(case)
-    if case.op.name == "separable_conv2d":
-        return g.n * g.oh * g.ow * case.inputs["pointwise_w"].shape[0]
-    return g.n * g.c_out * g.oh * g.ow
+    c_out = case.inputs["pointwise_w"].shape[0] if "pointwise_w" in case.inputs else g.c_out
+    return {"y": g.activation_shape(c_out, g.oh, g.ow)}
 
 
 def _conv_bytes(case, direction):
     """fwd reads x and the parameters and writes y; bwd reads dy, x and the parameters and
     writes dx and the parameter gradients."""
-    x, y, params = case.x.size, _output_size(case), _params_size(case)
+    x, y, params = case.x.size, int(np.prod(_conv_output_shapes(case)["y"])), _params_size(case)
     elements = x + params + y if direction == "forward" else y + 2 * x + 2 * params
     return 4 * elements
 
@@ -346,7 +349,7 @@ def _torch_separable(F, case):
     return run
 
 
-_CONV = dict(family="conv", flops=_conv_flops, bytes=_conv_bytes)
+_CONV = dict(family="conv", flops=_conv_flops, bytes=_conv_bytes, shapes=_conv_output_shapes)
 CONV2D = Op("conv2d", forward_args=("x", "w"), backward_args=("dy", "x", "w"),
             grads=("x", "w", "bias"), sample=_sample_conv("dense"), torch=_torch_conv, **_CONV)
 DEPTHWISE_CONV2D = replace(CONV2D, name="depthwise_conv2d", sample=_sample_conv("depthwise"))
@@ -373,10 +376,13 @@ def _pool_flops(case, direction):
     return g.n * g.c * g.oh * g.ow * g.kh * g.kw
 
 
+def _pool_output_shapes(case):
+    return {"y": _pool_geometry(case).y_shape}
+
+
 def _pool_bytes(case, direction):
     """fwd reads x, writes y; bwd reads dy (and x for max/min) and writes dx."""
-    x, y = case.x.size, _pool_geometry(case).y_shape
-    y = int(np.prod(y))
+    x, y = case.x.size, int(np.prod(_pool_output_shapes(case)["y"]))
     reads_x = case.op.name.split("_")[0] in ("max", "min")
     return 4 * (x + y if direction == "forward" else y + x * reads_x + x)
 
@@ -402,23 +408,45 @@ def _sample_pool(kind):
 
 
 def _torch_pool(F, case):
+    """torch's pooling over the same windows: with torch's own padding where it gives the
+    same windows, else on x padded explicitly (with a value no window picks, cropped where no
+    window reaches); min is -max(-x), sum an average with divisor 1."""
     kind, p = case.op.name.split("_")[0], case.params
     g = _pool_geometry(case)
-    if kind not in ("max", "avg") or g.pad_top * 2 > g.kh or g.pad_left * 2 > g.kw:
-        return None  # no torch equivalent (min/sum pooling, asymmetric 'same' padding)
-    window = dict(kernel_size=(g.kh, g.kw), stride=(g.stride_h, g.stride_w),
-                  padding=(g.pad_top, g.pad_left))
+    window = dict(kernel_size=(g.kh, g.kw), stride=(g.stride_h, g.stride_w))
     torch_out = ((g.h + 2 * g.pad_top - g.kh) // g.stride_h + 1,
                  (g.w + 2 * g.pad_left - g.kw) // g.stride_w + 1)
-    if torch_out != (g.oh, g.ow):
-        return None  # torch pads symmetrically: these windows differ
+    pads = None
+    if g.pad_top * 2 <= g.kh and g.pad_left * 2 <= g.kw and torch_out == (g.oh, g.ow):
+        window["padding"] = (g.pad_top, g.pad_left)
+    else:  # torch pads symmetrically: these windows differ
+        pads = (g.pad_left, (g.ow - 1) * g.stride_w + g.kw - g.w - g.pad_left,
+                g.pad_top, (g.oh - 1) * g.stride_h + g.kh - g.h - g.pad_top)
+
+    def largest(x):
+        return F.max_pool2d(x if pads is None else F.pad(x, pads, value=-np.inf), **window)
+
+    def total(x):
+        return F.avg_pool2d(x if pads is None else F.pad(x, pads), **window,
+                            count_include_pad=True, divisor_override=1)
+
     if kind == "max":
-        return lambda x: F.max_pool2d(x, **window)
-    return lambda x: F.avg_pool2d(x, **window, count_include_pad=p.get("count_include_pad", False))
+        return largest
+    if kind == "min":
+        return lambda x: -largest(-x)
+    if kind == "sum":
+        return total
+    if pads is None:
+        return lambda x: F.avg_pool2d(x, **window,
+                                      count_include_pad=p.get("count_include_pad", False))
+    if p.get("count_include_pad", False):
+        return lambda x: total(x) / (g.kh * g.kw)
+    return lambda x: total(x) / total(x.new_ones(x.shape))
 
 
 _POOL = dict(family="pool", forward_args=("x",), backward_args=("dy", "x"), grads=("x",),
-             flops=_pool_flops, bytes=_pool_bytes, torch=_torch_pool, keyword_inputs=())
+             flops=_pool_flops, bytes=_pool_bytes, shapes=_pool_output_shapes, torch=_torch_pool,
+             keyword_inputs=())
 POOLS = {kind: Op(f"{kind}_pool2d", sample=_sample_pool(kind), **_POOL)
          for kind in ("max", "min", "avg", "sum")}
 
@@ -427,9 +455,13 @@ def _global_flops(case, direction):
     return case.x.size
 
 
-def _global_bytes(case, direction):
+def _global_output_shapes(case):
     n, c = _args.split_activation(case.x.shape, _args.channels_last(case.params["layout"]))[:2]
-    return 4 * (case.x.size + n * c)
+    return {"y": (n, c)}
+
+
+def _global_bytes(case, direction):
+    return 4 * (case.x.size + int(np.prod(_global_output_shapes(case)["y"])))
 
 
 def _sample_global(draw, limits):
@@ -445,7 +477,8 @@ def _sample_global(draw, limits):
 
 GLOBAL_AVG_POOL2D = Op("global_avg_pool2d", family="global_pool", forward_args=("x",),
                        backward_args=("dy", "x"), grads=("x",), sample=_sample_global,
-                       flops=_global_flops, bytes=_global_bytes, keyword_inputs=(),
+                       flops=_global_flops, bytes=_global_bytes, shapes=_global_output_shapes,
+                       keyword_inputs=(),
                        torch=lambda F, case: lambda x: F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
@@ -454,6 +487,12 @@ GLOBAL_AVG_POOL2D = Op("global_avg_pool2d", family="global_pool", forward_args=(
 
 def _norm_flops(case, direction):
     return (5 if direction == "forward" else 8) * case.x.size
+
+
+def _norm_output_shapes(case):
+    channels = (case.x.shape[case.params["axis"]],)
+    shapes = {"y": tuple(case.x.shape), "mean": channels, "var": channels}
+    return {name: shapes[name] for name in case.op.outputs}
 
 
 def _norm_bytes(case, direction):
@@ -485,18 +524,21 @@ def _sample_norm(op_name):
 
 
 def _torch_norm(F, case):
-    def run(x, gamma=None, beta=None):
-        p = case.params
-        axis = p["axis"] % x.ndim
-        moved = x.movedim(axis, 1)
-        y = F.batch_norm(moved, None, None, gamma, beta, training=True, eps=p["eps"])
-        act = {None: lambda v: v, "relu": F.relu, "gelu": F.gelu}[p["activation"]]
+    """F.batch_norm with the batch's statistics (batch_norm) or given ones (inference)."""
+    def run(x, *given):
+        names = [n for n in case.op.forward_args[1:] if case.inputs.get(n) is not None]
+        t = dict(zip(names, given))
+        axis = case.params["axis"] % x.ndim
+        y = F.batch_norm(x.movedim(axis, 1), t.get("mean"), t.get("var"), t.get("gamma"),
+                         t.get("beta"), training=case.op.name == "batch_norm",
+                         eps=case.params["eps"])
+        act = {None: lambda v: v, "relu": F.relu, "gelu": F.gelu}[case.params["activation"]]
         return act(y).movedim(1, axis)
     return run
 
 
-_NORM = dict(family="norm", flops=_norm_flops, bytes=_norm_bytes, keyword_inputs=(),
-             tolerance=(1e-4, 1e-4))
+_NORM = dict(family="norm", flops=_norm_flops, bytes=_norm_bytes, shapes=_norm_output_shapes,
+             keyword_inputs=(), tolerance=(1e-4, 1e-4))
 NORMS = {
     "batch_norm": Op("batch_norm", forward_args=("x", "gamma", "beta"),
                      backward_args=("dy", "x", "mean", "var", "gamma", "beta"),
@@ -504,7 +546,7 @@ NORMS = {
                      sample=_sample_norm("batch_norm"), torch=_torch_norm, **_NORM),
     "batch_norm_inference": Op("batch_norm_inference",
                                forward_args=("x", "mean", "var", "gamma", "beta"),
-                               backward_args=None, grads=(),
+                               backward_args=None, grads=(), torch=_torch_norm,
                                sample=_sample_norm("batch_norm_inference"), **_NORM),
 }
 

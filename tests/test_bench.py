@@ -107,6 +107,17 @@ def test_throughput_against_the_isa_peak_or_the_copy_bandwidth():
     assert unit == "GB/s" and share == pytest.approx(rate / 10.0)
 
 
+def test_route_cost_compares_fastconv_torch_with_fastconv_in_fastconvs_layout():
+    row = _row()
+    assert row.route_cost() is None
+    row.fastconv_torch, row.route_ratio = {"NCHW": 0.2, "NHWC": 0.11}, {"NCHW": 1.0, "NHWC": 1.1}
+    assert row.route_cost() == pytest.approx(0.1)  # fastconv's faster layout is NHWC (0.1 s)
+    lines = summary([row], CEILINGS)
+    assert any("+10.0% over all 1 rows" in line and "above +5%: 1/1" in line for line in lines)
+    text = markdown(["- header"], [row], [], CEILINGS)
+    assert "| fastconv.torch ms | route cost |" in text and "| 110.0 NHWC | +10.0% |" in text
+
+
 def test_report_names_the_rows_below_goal():
     lines = summary([_row(), _row(ratio_avx2=0.5)], CEILINGS)
     assert any("geometric mean" in line and f"{geometric_mean([1.6, 0.5]):.2f}x" in line
@@ -144,6 +155,17 @@ def test_torch_runner_matches_the_reference(layer, direction, channels_last):
     assert runners.max_relative_error(convert(run()), ref_convert(ref_run())) < 1e-4
 
 
+@pytest.mark.parametrize("layer", TINY, ids=lambda layer: layer.label)
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_fastconv_torch_runner_matches_the_reference(layer, direction, layout):
+    pytest.importorskip("torch")
+    case = layer.case(seed=3)
+    run, convert = runners.fastconv_torch_runner(case.in_layout(layout), direction)
+    ref_run, ref_convert = runners.fastconv_runner(case, direction, lib=fastconv.reference)
+    assert runners.max_relative_error(convert(run()), ref_convert(ref_run())) < 1e-4
+
+
 def test_quick_run_writes_the_report(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("matplotlib")
@@ -153,6 +175,7 @@ def test_quick_run_writes_the_report(tmp_path):
     text = (tmp_path / "cpu.md").read_text()
     assert "- Machine:" in text and "FMA peak" in text and "geometric mean" in text
     assert text.count("| global avgpool | 2x128x32x32 |") == 2
+    assert "| fastconv.torch ms | route cost |" in text and "over direct fastconv" in text
     assert (tmp_path / "cpu.png").read_bytes()[:4] == b"\x89PNG"
 
 

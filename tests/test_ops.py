@@ -13,3 +13,12 @@ from op_cases import CPU_LIMITS, HypothesisDraw, check_case, examples, ops_with
 @given(data=st.data())
 def test_op_matches_reference(isa, op, data):
     check_case(op, op.sample(HypothesisDraw(data), CPU_LIMITS))
+
+
+@pytest.mark.parametrize("op", ops_with())
+@settings(max_examples=examples(20))
+@given(data=st.data())
+def test_op_table_knows_the_output_shapes(op, data):
+    case = op.sample(HypothesisDraw(data), CPU_LIMITS)
+    got = {name: tuple(a.shape) for name, a in op.forward(case).items()}
+    assert got == {name: tuple(shape) for name, shape in op.shapes(case).items()}

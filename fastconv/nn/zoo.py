@@ -70,11 +70,20 @@ def reference_net(widths=REFERENCE_WIDTHS, whiten_width=24, activation="gelu",
 
 def init_whitening(model, images, preprocess, eps=5e-4, layer_name="whiten"):
     """Set the whitening conv from the eigenvectors of the covariance of 2x2 patches of
-    `images` (uint8 NHWC, preprocessed as in training): filters V/sqrt(lambda + eps) and their
-    negatives, so the first layer decorrelates pixels and a ReLU-like activation keeps both
-    signs. Bias zero."""
+    `images` (uint8 NHWC, preprocessed as in training): `whitening_filters`. Bias zero."""
     layer = next(l for l in model.layers if l.name == layer_name)
-    c_out, c_in, kh, kw = layer.params["kernel"].shape
+    layer.params["kernel"] = whitening_filters(images, preprocess, layer.params["kernel"].shape,
+                                               eps, layer_name)
+    if "bias" in layer.params:
+        layer.params["bias"][...] = 0
+
+
+def whitening_filters(images, preprocess, shape, eps=5e-4, what="the whitening conv"):
+    """float32 filters of `shape` (c_out, c_in, kh, kw) that decorrelate the kh x kw patches
+    of `images` (uint8 NHWC, preprocessed as in training): V/sqrt(lambda + eps) of the
+    patches' covariance, largest eigenvalue first, and their negatives, so that a ReLU-like
+    activation after them keeps both signs."""
+    c_out, c_in, kh, kw = shape
     x = preprocess(images).astype(np.float64)                     # NHWC
     n, h, w, c = x.shape
     patches = np.stack([x[:, i:h - kh + 1 + i, j:w - kw + 1 + j, :]
@@ -87,12 +96,9 @@ def init_whitening(model, images, preprocess, eps=5e-4, layer_name="whiten"):
     filters = filters[::-1]                                      # largest eigenvalue first
     half = c_out // 2
     if half > len(filters):
-        raise ValueError(f"{layer_name} has {c_out} filters; at most {2 * len(filters)} "
+        raise ValueError(f"{what} has {c_out} filters; at most {2 * len(filters)} "
                          f"whitening filters exist for {c}x{kh}x{kw} patches")
-    kernel = np.concatenate([filters[:half], -filters[:half]]).astype(np.float32)
-    layer.params["kernel"] = kernel
-    if "bias" in layer.params:
-        layer.params["bias"][...] = 0
+    return np.concatenate([filters[:half], -filters[:half]]).astype(np.float32)
 
 
 def tutorial_net(deeper=False, input_shape=(32, 32, 3), num_classes=10, seed=0):
