@@ -161,7 +161,7 @@ def test_opcheck(spec, channels_last):
     op = spec.op
     case = sample(op, channels_last, seed=len(spec.name))
     given = tensors(case, channels_last)
-    arguments = dict(keywords(case), **given, need_dx=True, need_dbias=True)
+    arguments = dict(keywords(case), **given, need_dx=True, need_dbias=True, need_dw=True)
     if spec.backward:
         out = getattr(ft, op.name)(**given, **keywords(case))
         arguments.update(zip(op.outputs, out if isinstance(out, tuple) else (out,)))

@@ -44,6 +44,7 @@ SCHEMA_TYPES = {
     "activation": "str?",
     "need_dx": "bool",
     "need_dbias": "bool",
+    "need_dw": "bool",
 }
 # Defaults of the functions on tensors that differ from fastconv's: the channel axis of
 # torch's NCHW shapes.
@@ -93,7 +94,8 @@ def spec_of(op: ops.Op, backward: bool) -> Spec:
     returns = tuple(f"d{g}" for g in op.grads) if backward else op.outputs
     return Spec(op, function.__name__, function, positional, keyword_tensors,
                 frozenset(n for n in tensors if signature[n].default is None), params, returns,
-                frozenset(r for r in returns if f"need_{r}" in params),
+                frozenset(r for r in returns if f"need_{r}" in params
+                          or ("need_dw" in params and r != "dx")),
                 "layout" in signature)
 
 
@@ -193,7 +195,11 @@ def _autograd(forward: Spec, backward: Spec):
 
     def backward_fn(ctx, dy, *_):
         needs = dict(zip(forward.tensors, ctx.needs_input_grad))
-        params = {**ctx.params, **{f"need_{n}": needs[n[1:]] for n in backward.optional_returns}}
+        flags = {f"need_{n}": needs[n[1:]] for n in backward.optional_returns
+                 if f"need_{n}" in backward.params}
+        if "need_dw" in backward.params:  # separable: one flag for all its parameters
+            flags.setdefault("need_dw", any(needs[n] for n in forward.tensors if n != "x"))
+        params = {**ctx.params, **flags}
         grads = backward_op(dy, *ctx.saved_tensors, *[params[n] for n in backward.params])
         grads = dict(zip(forward.op.grads, grads if isinstance(grads, tuple) else (grads,)))
         return (*[grads.get(n) if needs[n] else None for n in forward.tensors],
