@@ -4,6 +4,7 @@ reference CIFAR-10 network's convolutions and batch norms, each a case of the op
 
 A Layer is one shape; each is timed forward and backward (every gradient).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -19,6 +20,7 @@ SHORT = {"forward": "fwd", "backward": "bwd"}
 class Layer:
     """One benchmark row's shape: `ops.layer(op, ...)`. For pools and batch norm
     c_out == c_in; k, stride and pad are the window's (square)."""
+
     op: str
     n: int
     c_in: int
@@ -35,8 +37,18 @@ class Layer:
             raise ValueError(f"unknown op {self.op!r}; the op table has {sorted(ops.OPS)}")
 
     def case(self, seed=0) -> ops.Case:
-        return ops.layer(self.op, self.n, self.c_in, self.c_out, self.size, self.k, self.stride,
-                         self.pad, seed=seed, activation=self.activation)
+        return ops.layer(
+            self.op,
+            self.n,
+            self.c_in,
+            self.c_out,
+            self.size,
+            self.k,
+            self.stride,
+            self.pad,
+            seed=seed,
+            activation=self.activation,
+        )
 
     @property
     def family(self) -> str:
@@ -97,8 +109,9 @@ def cifar_net(stem=24, widths=REFERENCE_WIDTHS, image=32, batch=128):
     size, c_in = image - 1, stem
     for width in widths:
         layers.append(Layer("conv2d", batch, c_in, width, size, group=net))
-        layers.append(Layer("max_pool2d", batch, width, width, size, k=2, stride=2, pad=0,
-                            group=net))
+        layers.append(
+            Layer("max_pool2d", batch, width, width, size, k=2, stride=2, pad=0, group=net)
+        )
         size //= 2
         layers.append(Layer("batch_norm", batch, width, width, size, activation="gelu", group=net))
         layers.append(Layer("conv2d", batch, width, width, size, group=net))

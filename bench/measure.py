@@ -1,4 +1,5 @@
 """Timing (interleaved medians, bounded by time), the machine's ceilings and its description."""
+
 from __future__ import annotations
 
 import os
@@ -19,6 +20,7 @@ import fastconv
 class Budget:
     """Timed repetitions per measurement: at least min_reps, then more while the measurement
     has used less than seconds, never more than max_reps."""
+
     seconds: float
     min_reps: int = 3
     max_reps: int = 25
@@ -66,16 +68,24 @@ class Ceilings:
 def _threaded_copy(dst, src, threads):
     """np.copyto in `threads` slices; NumPy releases the GIL while it copies."""
     parts = np.array_split(np.arange(src.size), threads)
-    workers = [threading.Thread(target=np.copyto, args=(dst[p[0]:p[-1] + 1], src[p[0]:p[-1] + 1]))
-               for p in parts if p.size]
+    workers = [
+        threading.Thread(target=np.copyto, args=(dst[p[0] : p[-1] + 1], src[p[0] : p[-1] + 1]))
+        for p in parts
+        if p.size
+    ]
     for w in workers:
         w.start()
     for w in workers:
         w.join()
 
 
-def measure_ceilings(threads: int, isas=(), sgemm_n: int = 2048, copy_mib: int = 256,
-                     budget: Budget = Budget(1.0, min_reps=5, max_reps=10)) -> Ceilings:
+def measure_ceilings(
+    threads: int,
+    isas=(),
+    sgemm_n: int = 2048,
+    copy_mib: int = 256,
+    budget: Budget = Budget(1.0, min_reps=5, max_reps=10),
+) -> Ceilings:
     """sgemm GFLOP/s of NumPy's BLAS on an n x n product, copy GB/s (bytes read + bytes
     written) of the faster of a 1-thread and a `threads`-thread copy of copy_mib MiB, and the
     register-only FMA peak of each ISA's kernels on `threads` threads; each from its fastest
@@ -83,7 +93,7 @@ def measure_ceilings(threads: int, isas=(), sgemm_n: int = 2048, copy_mib: int =
     rng = np.random.default_rng(0)
     a = rng.standard_normal((sgemm_n, sgemm_n), dtype=np.float32)
     b = rng.standard_normal((sgemm_n, sgemm_n), dtype=np.float32)
-    src = np.ones(copy_mib * 2 ** 20 // 4, dtype=np.float32)
+    src = np.ones(copy_mib * 2**20 // 4, dtype=np.float32)
     dst = np.empty_like(src)
     copies = {1: lambda: np.copyto(dst, src)}
     if threads > 1:
@@ -92,22 +102,35 @@ def measure_ceilings(threads: int, isas=(), sgemm_n: int = 2048, copy_mib: int =
     copy = {name: min(times) for name, times in sample_seconds(copies, budget).items()}
     copy_threads = min(copy, key=copy.get)
     fma = {isa: max(fastconv._cpu.fma_peak(isa, threads) for _ in range(3)) for isa in isas}
-    return Ceilings(2 * sgemm_n ** 3 / sgemm / 1e9, 2 * src.nbytes / copy[copy_threads] / 1e9,
-                    sgemm_n, copy_mib, copy_threads, fma)
+    return Ceilings(
+        2 * sgemm_n**3 / sgemm / 1e9,
+        2 * src.nbytes / copy[copy_threads] / 1e9,
+        sgemm_n,
+        copy_mib,
+        copy_threads,
+        fma,
+    )
 
 
 def cpu_description() -> str:
     """'model, N logical CPUs, flags' of this machine."""
     from fastconv.info import cpu_model
+
     try:
-        flags = set(re.search(r"^flags\s*:\s*(.*)$", Path("/proc/cpuinfo").read_text(),
-                              re.M).group(1).split())
+        flags = set(
+            re.search(r"^flags\s*:\s*(.*)$", Path("/proc/cpuinfo").read_text(), re.M)
+            .group(1)
+            .split()
+        )
     except (OSError, AttributeError):
         flags = set()
-    wanted = [f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl")
-              if f in flags]
-    return (f"{cpu_model()}, {os.cpu_count()} logical CPUs, flags: "
-            f"{' '.join(wanted) or 'no avx2/fma/avx512'}")
+    wanted = [
+        f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl") if f in flags
+    ]
+    return (
+        f"{cpu_model()}, {os.cpu_count()} logical CPUs, flags: "
+        f"{' '.join(wanted) or 'no avx2/fma/avx512'}"
+    )
 
 
 def compiler_description(repo: Path) -> str:
@@ -116,8 +139,9 @@ def compiler_description(repo: Path) -> str:
         found = re.search(r"^CMAKE_CXX_COMPILER:\w+=(.+)$", cache.read_text(), re.M)
         if found:
             try:
-                out = subprocess.run([found.group(1), "--version"], capture_output=True,
-                                     text=True, timeout=10).stdout
+                out = subprocess.run(
+                    [found.group(1), "--version"], capture_output=True, text=True, timeout=10
+                ).stdout
             except (OSError, subprocess.TimeoutExpired):
                 return found.group(1)
             return out.splitlines()[0] if out else found.group(1)
@@ -126,8 +150,12 @@ def compiler_description(repo: Path) -> str:
 
 def git_revision(repo: Path) -> str:
     try:
-        out = subprocess.run(["git", "-C", str(repo), "describe", "--always", "--dirty"],
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "-C", str(repo), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return out.stdout.strip() or "unknown"

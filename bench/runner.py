@@ -1,4 +1,5 @@
 """The run behind `fastconv bench`: ceilings, the timed rows, the report files."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -44,6 +45,7 @@ def _with_isa(isa, run):
     def timed():
         fastconv._cpu.set_isa(isa)
         return run()
+
     return timed
 
 
@@ -54,6 +56,7 @@ def _with_kernels(module, run):
             return run()
         finally:
             _backend.CPU = _backend.Backend(fastconv._cpu, np)
+
     return timed
 
 
@@ -76,8 +79,9 @@ def time_row(layer, direction, isas, layouts, budget: Budget, baseline=None) -> 
         for isa in isas:
             runs[("fastconv", isa, layout)] = (_with_isa(isa, run), convert)
             if isa == isas[0]:  # the operator route right after the same kernels called directly
-                route, route_convert = runners.fastconv_torch_runner(case.in_layout(layout),
-                                                                     direction)
+                route, route_convert = runners.fastconv_torch_runner(
+                    case.in_layout(layout), direction
+                )
                 runs[("fastconv.torch", isa, layout)] = (_with_isa(isa, route), route_convert)
         if baseline is not None:
             runs[("fastconv", "base", layout)] = (_with_kernels(baseline, run), convert)
@@ -86,13 +90,21 @@ def time_row(layer, direction, isas, layouts, budget: Budget, baseline=None) -> 
             runs[("torch", None, name)] = runners.torch_runner(case, direction, channels_last)
     expected_run, expected_convert = runs[("torch", None, "NCHW")]
     expected = expected_convert(expected_run())
-    error = max(runners.max_relative_error(convert(run()), expected)
-                for key, (run, convert) in runs.items() if key[0] != "torch")
+    error = max(
+        runners.max_relative_error(convert(run()), expected)
+        for key, (run, convert) in runs.items()
+        if key[0] != "torch"
+    )
     samples = sample_seconds({key: run for key, (run, _) in runs.items()}, budget)
     fastconv._cpu.set_isa(isas[0])
-    row = Row(layer, direction, flops=case.op.flops(case, direction),
-              bytes=case.op.bytes(case, direction), winograd=runs_winograd(case, direction),
-              error=error)
+    row = Row(
+        layer,
+        direction,
+        flops=case.op.flops(case, direction),
+        bytes=case.op.bytes(case, direction),
+        winograd=runs_winograd(case, direction),
+        error=error,
+    )
     for (lib, isa, layout), times in samples.items():
         if lib == "fastconv":
             row.fastconv.setdefault(isa, {})[layout] = median(times)
@@ -118,19 +130,22 @@ def time_reference_row(layer, direction, budget: Budget) -> ReferenceRow:
 
 def _progress(row: Row) -> str:
     layout, seconds = row.best()
-    return (f"{row.layer.label:<26} {row.layer.shape:<16} {layer_list.SHORT[row.direction]}: "
-            + ", ".join(f"fastconv {isa} {row.best(isa)[1] * 1e3:7.2f} ms" for isa in row.fastconv)
-            + f", torch {row.peer[1] * 1e3:7.2f} ms ({row.peer[0]}) -> {row.ratio():5.2f}x "
-            f"(goal {row.goal:g}x: {'met' if row.met else 'NOT met'}, err {row.error:.1e})")
+    return (
+        f"{row.layer.label:<26} {row.layer.shape:<16} {layer_list.SHORT[row.direction]}: "
+        + ", ".join(f"fastconv {isa} {row.best(isa)[1] * 1e3:7.2f} ms" for isa in row.fastconv)
+        + f", torch {row.peer[1] * 1e3:7.2f} ms ({row.peer[0]}) -> {row.ratio():5.2f}x "
+        f"(goal {row.goal:g}x: {'met' if row.met else 'NOT met'}, err {row.error:.1e})"
+    )
 
 
 def header(args, command, date, isas, blas_threads, ceilings, budget, loads) -> list:
-    torch_config = (f"PyTorch {torch.__version__} (oneDNN available: "
-                    f"{torch.backends.mkldnn.is_available()})")
+    torch_config = (
+        f"PyTorch {torch.__version__} (oneDNN available: {torch.backends.mkldnn.is_available()})"
+    )
     peaks = ", ".join(f"{isa} {peak:.1f} GFLOP/s" for isa, peak in ceilings.fma_gflops.items())
     return [
-        f"- Command: `{command}`" + (" (quick: a development run, not the goal run)"
-                                     if args.quick else ""),
+        f"- Command: `{command}`"
+        + (" (quick: a development run, not the goal run)" if args.quick else ""),
         f"- Date: {date}",
         f"- Machine: {cpu_description()}; fastconv kernels timed: {', '.join(isas)} (import "
         f"chose {fastconv._cpu.isa_reason()}); Winograd {'on' if fastconv.winograd() else 'off'}",
@@ -158,28 +173,48 @@ def header(args, command, date, isas, blas_threads, ceilings, budget, loads) -> 
 def run(args, command: str, blas_threads: str):
     torch.set_num_threads(args.threads)
     fastconv.set_num_threads(args.threads)
-    isas = (args.isas or [i for i in fastconv._cpu.supported_isas() if i != "generic"][:2]
-            or ["generic"])
+    isas = (
+        args.isas
+        or [i for i in fastconv._cpu.supported_isas() if i != "generic"][:2]
+        or ["generic"]
+    )
     layouts = ["NCHW", "NHWC"] if args.layout == "both" else [args.layout]
     batch = args.batch or (16 if args.quick else None)
-    budget = Budget(args.seconds or (0.3 if args.quick else 4.0),
-                    min_reps=2 if args.quick else 3, max_reps=5 if args.quick else 25)
+    budget = Budget(
+        args.seconds or (0.3 if args.quick else 4.0),
+        min_reps=2 if args.quick else 3,
+        max_reps=5 if args.quick else 25,
+    )
     baseline = load_baseline(args.baseline) if args.baseline else None
     if baseline is not None:
         baseline.set_num_threads(args.threads)
     load_start = os.getloadavg()[0]
-    ceilings = (measure_ceilings(args.threads, isas, sgemm_n=1024, copy_mib=64,
-                                 budget=Budget(0.2, min_reps=3, max_reps=10)) if args.quick
-                else measure_ceilings(args.threads, isas))
-    print("ceilings: " + ", ".join(f"{isa} FMA {p:.1f} GFLOP/s"
-                                   for isa, p in ceilings.fma_gflops.items())
-          + f", copy {ceilings.copy_gbs:.1f} GB/s", flush=True)
+    ceilings = (
+        measure_ceilings(
+            args.threads,
+            isas,
+            sgemm_n=1024,
+            copy_mib=64,
+            budget=Budget(0.2, min_reps=3, max_reps=10),
+        )
+        if args.quick
+        else measure_ceilings(args.threads, isas)
+    )
+    print(
+        "ceilings: "
+        + ", ".join(f"{isa} FMA {p:.1f} GFLOP/s" for isa, p in ceilings.fma_gflops.items())
+        + f", copy {ceilings.copy_gbs:.1f} GB/s",
+        flush=True,
+    )
 
     def selected(layers, rebatch=True):
         layers = [layer.with_batch(batch) if batch and rebatch else layer for layer in layers]
         text = args.filter.lower()
-        return [layer for layer in layers
-                if text in f"{layer.label} {layer.shape} {layer.group}".lower()]
+        return [
+            layer
+            for layer in layers
+            if text in f"{layer.label} {layer.shape} {layer.group}".lower()
+        ]
 
     started = time.perf_counter()
     rows = []
@@ -187,19 +222,25 @@ def run(args, command: str, blas_threads: str):
         for direction in layer_list.DIRECTIONS:
             rows.append(time_row(layer, direction, isas, layouts, budget, baseline))
             print(_progress(rows[-1]), flush=True)
-    reference_rows = [time_reference_row(layer, direction, Budget(1.0, max_reps=10))
-                      for layer in selected(layer_list.REFERENCE_LAYERS, rebatch=False)
-                      for direction in layer_list.DIRECTIONS]
+    reference_rows = [
+        time_reference_row(layer, direction, Budget(1.0, max_reps=10))
+        for layer in selected(layer_list.REFERENCE_LAYERS, rebatch=False)
+        for direction in layer_list.DIRECTIONS
+    ]
     print(f"timed in {time.perf_counter() - started:.0f} s", flush=True)
 
     date = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
-    lines = header(args, command, date, isas, blas_threads, ceilings, budget,
-                   (load_start, os.getloadavg()[0]))
+    lines = header(
+        args, command, date, isas, blas_threads, ceilings, budget, (load_start, os.getloadavg()[0])
+    )
     text = markdown(lines, rows, reference_rows, ceilings)
     print("\n" + text)
     if args.out is not None and rows:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "cpu.md").write_text(text)
-        bar_chart(rows, args.out / "cpu.png",
-                  f"fastconv ({isas[0]}) vs PyTorch CPU, {args.threads} threads, {date}")
+        bar_chart(
+            rows,
+            args.out / "cpu.png",
+            f"fastconv ({isas[0]}) vs PyTorch CPU, {args.threads} threads, {date}",
+        )
         print(f"wrote {args.out / 'cpu.md'} and {args.out / 'cpu.png'}")

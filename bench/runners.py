@@ -8,6 +8,7 @@ in `op.grads` order), so that any two contenders can be compared. Everything the
 does not need (inputs, dy, the forward pass before a backward, PyTorch's graph) is prepared
 outside it.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -45,8 +46,9 @@ def fastconv_runner(case, direction, lib=fastconv, dev=lambda a: a, host=np.asar
     forward = op.forward(moved, lib=lib)
     dy = dev(dy_for(case))
     run = lambda: op.backward(moved, dy, forward, lib=lib)
-    return run, lambda out: [_nchw(host(out[name]), layout) if name == "x" else host(out[name])
-                             for name in op.grads]
+    return run, lambda out: [
+        _nchw(host(out[name]), layout) if name == "x" else host(out[name]) for name in op.grads
+    ]
 
 
 def torch_runner(case, direction, channels_last, device="cpu"):
@@ -54,6 +56,7 @@ def torch_runner(case, direction, channels_last, device="cpu"):
     channels_last memory. The backward is torch.autograd.grad over a graph built outside the
     timed call; the forward runs under no_grad."""
     import torch
+
     case = case.in_layout("NCHW")
     fn = case.op.torch(torch.nn.functional, case)
     if fn is None:
@@ -71,14 +74,18 @@ def fastconv_torch_runner(case, direction):
     import torch
 
     import fastconv.torch as ft
+
     nchw = case.in_layout("NCHW")
     memory = torch.channels_last if case.layout == "NHWC" else torch.contiguous_format
     keywords = {k: v for k, v in nchw.params.items() if k != "layout"}
-    leaves = [_tensor(nchw.inputs[n], memory if n == "x" else torch.contiguous_format)
-              for n in _tensor_names(nchw)]
+    leaves = [
+        _tensor(nchw.inputs[n], memory if n == "x" else torch.contiguous_format)
+        for n in _tensor_names(nchw)
+    ]
     op = getattr(ft, case.op.name)
-    return _autograd_runner(lambda *tensors: op(*tensors, **keywords), leaves,
-                            _tensor(dy_for(nchw), memory), direction)
+    return _autograd_runner(
+        lambda *tensors: op(*tensors, **keywords), leaves, _tensor(dy_for(nchw), memory), direction
+    )
 
 
 def _tensor_names(case):
@@ -88,6 +95,7 @@ def _tensor_names(case):
 
 def _tensor(a, memory, device="cpu"):
     import torch
+
     t = torch.from_numpy(np.ascontiguousarray(a)).to(device)
     return t.contiguous(memory_format=memory) if t.ndim == 4 else t
 
@@ -101,11 +109,14 @@ def _autograd_runner(fn, leaves, dy, direction):
     """(run, outputs) of fn(*leaves): the forward under no_grad, or torch.autograd.grad of
     its y over a graph built beforehand."""
     import torch
+
     sync = torch.cuda.synchronize if dy.is_cuda else (lambda: None)
     if direction == "forward":
+
         def run():
             with torch.no_grad():
                 return _first(fn(*leaves))
+
         return run, lambda out: [out.detach().cpu().contiguous().numpy()]
     for leaf in leaves:
         leaf.requires_grad_(True)

@@ -10,6 +10,7 @@ NCHW and in channels_last; the faster one is compared.
     fastconv bench --train --data ../shared/datasets/cifar10-jpeg.tar.gz
     fastconv bench --train --data ... --steps 20 --repeat 3   # medians of partial epochs
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,9 @@ def _torch_layer(layer, c_in):
         kh, kw = layer.kernel_size
         pad = (kh // 2, kw // 2) if layer.padding == "same" else 0
         assert layer.padding in ("same", "valid") and (layer.padding == "valid" or kh % 2 == 1)
-        conv = torch.nn.Conv2d(c_in, layer.filters, layer.kernel_size, layer.strides, pad,
-                               bias=layer.use_bias)
+        conv = torch.nn.Conv2d(
+            c_in, layer.filters, layer.kernel_size, layer.strides, pad, bias=layer.use_bias
+        )
         conv.weight.data = torch.from_numpy(layer.params["kernel"].copy())
         if layer.use_bias:
             conv.bias.data = torch.from_numpy(layer.params["bias"].copy())
@@ -80,9 +82,14 @@ def torch_optimizer(net, fc_opt):
     biases = [m.bias for m in net if isinstance(m, torch.nn.BatchNorm2d)]
     others = [p for p in net.parameters() if p.requires_grad and all(p is not b for b in biases)]
     lr, wd, mom = fc_opt.learning_rate, fc_opt.weight_decay, fc_opt.momentum
-    opt = torch.optim.SGD([dict(params=biases, lr=lr * 64, weight_decay=wd / 64),
-                           dict(params=others, lr=lr, weight_decay=wd)],
-                          momentum=mom, nesterov=True)
+    opt = torch.optim.SGD(
+        [
+            dict(params=biases, lr=lr * 64, weight_decay=wd / 64),
+            dict(params=others, lr=lr, weight_decay=wd),
+        ],
+        momentum=mom,
+        nesterov=True,
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, fc_opt.schedule)
     return opt, sched
 
@@ -90,8 +97,17 @@ def torch_optimizer(net, fc_opt):
 def epoch_batches(x, y, args):
     rng = np.random.default_rng([args.seed, 0])
     augment = fcdata.ImageAugmenter(horizontal_flip=True, crop_padding=2)
-    it = fcdata.prefetch(fcdata.batches(x, y, args.batch_size, rng=rng, augment=augment,
-                                        preprocess=fcdata.Normalize(), drop_last=True))
+    it = fcdata.prefetch(
+        fcdata.batches(
+            x,
+            y,
+            args.batch_size,
+            rng=rng,
+            augment=augment,
+            preprocess=fcdata.Normalize(),
+            drop_last=True,
+        )
+    )
     for i, batch in enumerate(it):
         if args.steps and i >= args.steps:
             return
@@ -128,8 +144,11 @@ def run_torch(net, x, y, args, channels_last, fc_opt):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="fastconv bench --train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="fastconv bench --train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--data", default=None)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--threads", type=int, default=2)
@@ -141,29 +160,36 @@ def main(argv=None):
     fastconv.set_num_threads(args.threads)
     (x, y), _ = fcdata.load_cifar10(args.data)
     steps = args.steps or len(x) // args.batch_size
-    print(f"batch {args.batch_size}, {steps} steps ({steps * args.batch_size} images), "
-          f"{args.threads} threads, torch {torch.__version__}, fastconv ISA {fastconv.isa()}")
+    print(
+        f"batch {args.batch_size}, {steps} steps ({steps * args.batch_size} images), "
+        f"{args.threads} threads, torch {torch.__version__}, fastconv ISA {fastconv.isa()}"
+    )
 
     def fresh():
         model = zoo.reference_net(seed=args.seed)
         zoo.init_whitening(model, x[::10], fcdata.Normalize())  # x is sorted by class
         # plain Nesterov SGD on both sides (the PyTorch twin has no Lookahead)
         recipe = Recipe(batch_size=args.batch_size, epochs=1, lookahead=False)
-        model.compile(optimizer=recipe.build_optimizer(steps),
-                      loss=fnn.SparseCategoricalCrossentropy(label_smoothing=0.2))
+        model.compile(
+            optimizer=recipe.build_optimizer(steps),
+            loss=fnn.SparseCategoricalCrossentropy(label_smoothing=0.2),
+        )
         return model
 
-    runs = {"torch NCHW": lambda m: run_torch(torch_twin(m), x, y, args, False, m.optimizer),
-            "torch channels_last": lambda m: run_torch(torch_twin(m), x, y, args, True,
-                                                       m.optimizer),
-            "fastconv NHWC": lambda m: run_fastconv(m, x, y, args)}
+    runs = {
+        "torch NCHW": lambda m: run_torch(torch_twin(m), x, y, args, False, m.optimizer),
+        "torch channels_last": lambda m: run_torch(torch_twin(m), x, y, args, True, m.optimizer),
+        "fastconv NHWC": lambda m: run_fastconv(m, x, y, args),
+    }
     seconds = {name: [] for name in runs}
     for rep in range(args.repeat):  # interleaved, so load from other processes hits all alike
         for name, run in runs.items():
             elapsed, loss = run(fresh())
             seconds[name].append(elapsed)
-            print(f"[{rep + 1}/{args.repeat}] {name:20s} {elapsed:8.1f} s   mean loss {loss:.4f}",
-                  flush=True)
+            print(
+                f"[{rep + 1}/{args.repeat}] {name:20s} {elapsed:8.1f} s   mean loss {loss:.4f}",
+                flush=True,
+            )
     median = {name: float(np.median(t)) for name, t in seconds.items()}
     best = min(("torch NCHW", "torch channels_last"), key=median.get)
     print("median seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in median.items()))

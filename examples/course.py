@@ -10,6 +10,7 @@
 Run:  python examples/course.py [--pictures DIR]
 (--pictures also draws the filter and the max pooling into DIR; needs matplotlib.)
 """
+
 import argparse
 import os
 
@@ -18,19 +19,20 @@ import numpy as np
 import fastconv as fc
 from fastconv.nn import Conv2D, SeparableConv2D, Sequential
 
-IMAGE = np.array([[3, 0, 1, 2],
-                  [1, 4, 2, 0],
-                  [0, 2, 5, 1],
-                  [2, 1, 0, 3]], np.float32)
-FILTER = np.array([[0, 1],
-                   [1, 2]], np.float32)
-POOL_INPUT = np.array([[1, 3, 2, 4],
-                       [5, 6, 1, 2],
-                       [7, 2, 9, 0],
-                       [1, 8, 3, 4]], np.float32)
+IMAGE = np.array([[3, 0, 1, 2], [1, 4, 2, 0], [0, 2, 5, 1], [2, 1, 0, 3]], np.float32)
+FILTER = np.array([[0, 1], [1, 2]], np.float32)
+POOL_INPUT = np.array([[1, 3, 2, 4], [5, 6, 1, 2], [7, 2, 9, 0], [1, 8, 3, 4]], np.float32)
 # (W, F, P, S): this image and filter, then the course's examples
-SIZES = [(4, 2, 0, 1), (4, 2, 0, 2), (7, 3, 0, 1), (7, 3, 0, 2), (7, 3, 0, 3), (5, 3, 1, 1),
-         (32, 5, 2, 1), (227, 11, 0, 4)]
+SIZES = [
+    (4, 2, 0, 1),
+    (4, 2, 0, 2),
+    (7, 3, 0, 1),
+    (7, 3, 0, 2),
+    (7, 3, 0, 3),
+    (5, 3, 1, 1),
+    (32, 5, 2, 1),
+    (227, 11, 0, 4),
+]
 
 
 def show(title, array):
@@ -66,17 +68,22 @@ def output_sizes():
 def pooling():
     show("pooling input", POOL_INPUT)
     x = POOL_INPUT[None, None]
-    for name, pool in (("max", fc.max_pool2d), ("min", fc.min_pool2d), ("sum", fc.sum_pool2d),
-                       ("average", fc.avg_pool2d)):
+    for name, pool in (
+        ("max", fc.max_pool2d),
+        ("min", fc.min_pool2d),
+        ("sum", fc.sum_pool2d),
+        ("average", fc.avg_pool2d),
+    ):
         show(f"{name} pooling (2x2 windows, stride 2)", pool(x, 2)[0, 0])
 
 
 def parameter_counts():
     print("parameters of a 3x3 layer from 16 to 32 channels, as Keras counts them:")
-    for label, layer in (("Conv2D", Conv2D(32, 3)),
-                         ("SeparableConv2D depth_multiplier=1", SeparableConv2D(32, 3)),
-                         ("SeparableConv2D depth_multiplier=2",
-                          SeparableConv2D(32, 3, depth_multiplier=2))):
+    for label, layer in (
+        ("Conv2D", Conv2D(32, 3)),
+        ("SeparableConv2D depth_multiplier=1", SeparableConv2D(32, 3)),
+        ("SeparableConv2D depth_multiplier=2", SeparableConv2D(32, 3, depth_multiplier=2)),
+    ):
         Sequential([layer], input_shape=(32, 32, 16)).build()
         parts = " + ".join(f"{name} {value.size}" for name, value in layer.params.items())
         print(f"  {label}: {layer.count_params()} = {parts}")
@@ -84,6 +91,7 @@ def parameter_counts():
 
 def pictures(folder):
     from fastconv import viz
+
     os.makedirs(folder, exist_ok=True)
     viz.plot_filters(FILTER, os.path.join(folder, "filter.png"))
     viz.plot_pooling(POOL_INPUT, 2, None, "max", os.path.join(folder, "pooling.png"))
@@ -91,8 +99,9 @@ def pictures(folder):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--pictures", metavar="DIR", help="also draw the filter and the pooling")
     args = p.parse_args()
     convolution()

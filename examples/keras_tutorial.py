@@ -15,6 +15,7 @@ the Keras imports. --deeper trains the variant with two conv-BN-conv-pool blocks
 
 Run:  python examples/keras_tutorial.py --data ../shared/datasets/cifar10-jpeg.tar.gz
 """
+
 import argparse
 
 from fastconv import data
@@ -22,8 +23,9 @@ from fastconv.nn import zoo
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--data", default=None, help="CIFAR-10 archive (default: cache or download)")
     p.add_argument("--deeper", action="store_true")
     p.add_argument("--epochs", type=int, default=2)
@@ -33,14 +35,20 @@ def main():
 
     (x_train, y_train), (x_test, y_test) = data.load_cifar10(args.data)
     if args.train_subset:
-        (x_train, y_train), _ = data.train_val_split(x_train, y_train,
-                                                     1 - args.train_subset / len(x_train))
+        (x_train, y_train), _ = data.train_val_split(
+            x_train, y_train, 1 - args.train_subset / len(x_train)
+        )
     model = zoo.tutorial_net(deeper=args.deeper)
     model.summary()
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     # like the tutorial, pixels are scaled to [0, 1] (fastconv.data.default_preprocess)
-    model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
-              validation_data=(x_test, y_test))
+    model.fit(
+        x_train,
+        y_train,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        validation_data=(x_test, y_test),
+    )
     loss, acc = model.evaluate(x_test, y_test)
     print(f"test loss {loss:.4f}, test accuracy {acc:.4f}")
     model.save_weights("tutorial_weights.npz")

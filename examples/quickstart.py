@@ -1,5 +1,6 @@
 """A first look at fastconv: one conv -> pool -> conv stack, forward and backward, checked
 against the NumPy reference and timed. Run: python examples/quickstart.py"""
+
 import time
 
 import numpy as np
@@ -26,10 +27,14 @@ for name, lib in [("fastconv", fc), ("numpy reference", ref)]:
     dp, dw2, _ = lib.conv2d_backward(dy, p, w2, padding="same")
     dh = lib.max_pool2d_backward(dp, h, 2)
     dx, dw1, _ = lib.conv2d_backward(dh, x, w1, padding="same")
-    print(f"{name:>16}: forward + backward in {1e3 * (time.perf_counter() - start):8.1f} ms, "
-          f"y {y.shape}, |dw1| = {np.abs(dw1).sum():.4f}")
+    print(
+        f"{name:>16}: forward + backward in {1e3 * (time.perf_counter() - start):8.1f} ms, "
+        f"y {y.shape}, |dw1| = {np.abs(dw1).sum():.4f}"
+    )
 
 _, _, y_fast = forward(fc)
 _, _, y_ref = forward(ref)
-print(f"max |fastconv - reference| = {np.abs(y_fast - y_ref).max():.2e} "
-      f"(isa={fc.isa()}, threads={fc.get_num_threads()})")
+print(
+    f"max |fastconv - reference| = {np.abs(y_fast - y_ref).max():.2e} "
+    f"(isa={fc.isa()}, threads={fc.get_num_threads()})"
+)

@@ -6,6 +6,7 @@ Nothing here runs on fastconv's kernels: `fastconv.torch.swap_modules(net)` does
 fastconv come only the data (CIFAR-10 loading, augmentation, batches), the whitening filters
 of the frozen stem and the hyper-parameters.
 """
+
 import dataclasses
 import time
 
@@ -56,11 +57,22 @@ def reference_net(widths=zoo.REFERENCE_WIDTHS, whiten_width=24, num_classes=10, 
     layers[0].requires_grad_(False)
     c_in = whiten_width
     for width in widths:
-        layers += [_dirac_conv(c_in, width), nn.MaxPool2d(2), _batch_norm(width), nn.GELU(),
-                   _dirac_conv(width, width), _batch_norm(width), nn.GELU()]
+        layers += [
+            _dirac_conv(c_in, width),
+            nn.MaxPool2d(2),
+            _batch_norm(width),
+            nn.GELU(),
+            _dirac_conv(width, width),
+            _batch_norm(width),
+            nn.GELU(),
+        ]
         c_in = width
-    layers += [nn.MaxPool2d(3), nn.Flatten(), nn.Linear(c_in, num_classes, bias=False),
-               Scale(1 / 9)]
+    layers += [
+        nn.MaxPool2d(3),
+        nn.Flatten(),
+        nn.Linear(c_in, num_classes, bias=False),
+        Scale(1 / 9),
+    ]
     return nn.Sequential(*layers)
 
 
@@ -82,8 +94,9 @@ def subset(x, y, count, seed=0):
 
 def whitening_images(x_train, seed=0):
     """The training images whose patches set the whitening filters (as `fastconv train`)."""
-    pick = np.random.default_rng(seed).choice(len(x_train), min(WHITENING_SAMPLE, len(x_train)),
-                                              replace=False)
+    pick = np.random.default_rng(seed).choice(
+        len(x_train), min(WHITENING_SAMPLE, len(x_train)), replace=False
+    )
     return x_train[np.sort(pick)]
 
 
@@ -93,12 +106,16 @@ def optimizer(net, recipe: Recipe, steps: int):
     fc_opt = dataclasses.replace(recipe, lookahead=False).build_optimizer(steps)
     scale = recipe.bn_bias_lr_scale
     biases = [m.bias for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
-    others = [p for p in net.parameters()
-              if p.requires_grad and all(p is not b for b in biases)]
+    others = [p for p in net.parameters() if p.requires_grad and all(p is not b for b in biases)]
     lr, wd = fc_opt.learning_rate, fc_opt.weight_decay
-    opt = torch.optim.SGD([dict(params=biases, lr=lr * scale, weight_decay=wd / scale),
-                           dict(params=others, lr=lr, weight_decay=wd)],
-                          momentum=fc_opt.momentum, nesterov=fc_opt.momentum > 0)
+    opt = torch.optim.SGD(
+        [
+            dict(params=biases, lr=lr * scale, weight_decay=wd / scale),
+            dict(params=others, lr=lr, weight_decay=wd),
+        ],
+        momentum=fc_opt.momentum,
+        nesterov=fc_opt.momentum > 0,
+    )
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, fc_opt.schedule)
 
 
@@ -112,8 +129,16 @@ def train_batches(x, y, recipe: Recipe, epoch: int, rank=0, world=1):
     """This epoch's augmented training batches (seeded, as `fastconv train` draws them);
     with world > 1, rank's equal share of each batch."""
     rng = np.random.default_rng([recipe.seed, epoch])
-    batches = fcdata.batches(x, y, recipe.batch_size, rng=rng, augment=recipe.augmenter(),
-                             preprocess=fcdata.Normalize(), drop_last=True, epoch=epoch)
+    batches = fcdata.batches(
+        x,
+        y,
+        recipe.batch_size,
+        rng=rng,
+        augment=recipe.augmenter(),
+        preprocess=fcdata.Normalize(),
+        drop_last=True,
+        epoch=epoch,
+    )
     for xb, yb in fcdata.prefetch(batches):
         share = len(xb) // world
         part = slice(rank * share, (rank + 1) * share)
@@ -148,6 +173,6 @@ def accuracy(net, x, y, batch_size=1000):
     net.eval()
     correct = 0
     for start in range(0, len(x), batch_size):
-        xb = nchw(fcdata.Normalize()(x[start:start + batch_size]))
-        correct += int((net(xb).argmax(1) == torch.from_numpy(y[start:start + batch_size])).sum())
+        xb = nchw(fcdata.Normalize()(x[start : start + batch_size]))
+        correct += int((net(xb).argmax(1) == torch.from_numpy(y[start : start + batch_size])).sum())
     return correct / len(x)

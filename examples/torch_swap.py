@@ -9,6 +9,7 @@ by side and the accuracies, and writes them as markdown with --out.
 Both runs feed NCHW-shaped batches in channels_last memory (the loader's NHWC arrays, not
 copied): PyTorch runs its channels_last kernels, fastconv its NHWC ones.
 """
+
 import argparse
 import copy
 import os
@@ -35,13 +36,18 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--data", default=None, help="CIFAR-10 archive (default: the cache)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=Recipe.batch_size)
-    p.add_argument("--train-subset", type=int, default=None,
-                   help="train on N images (a seeded random subset; default: all 50,000)")
+    p.add_argument(
+        "--train-subset",
+        type=int,
+        default=None,
+        help="train on N images (a seeded random subset; default: all 50,000)",
+    )
     p.add_argument("--threads", type=int, default=2, help="threads for both (2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="write the results as markdown here")
@@ -55,19 +61,22 @@ def main(argv=None):
     (x_train, y_train), (x_test, y_test) = fcdata.load_cifar10(args.data)
     if args.train_subset:
         x_train, y_train = net_lib.subset(x_train, y_train, args.train_subset, args.seed)
-    recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                    lookahead=False)
+    recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, lookahead=False)
     steps = args.epochs * (len(x_train) // args.batch_size)
     images = net_lib.whitening_images(x_train, args.seed)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    runs = {name: dict(net=net_lib.reference_net(seed=args.seed), rows=[])
-            for name in ("PyTorch", "fastconv")}
+    runs = {
+        name: dict(net=net_lib.reference_net(seed=args.seed), rows=[])
+        for name in ("PyTorch", "fastconv")
+    }
     swapped = ft.swap_modules(runs["fastconv"]["net"])  # the one line
     for run in runs.values():
         net_lib.init_whitening(run["net"], images)
         run["steps"] = net_lib.optimizer(run["net"], recipe, steps)
-    print(f"{len(x_train)} training images, batch {args.batch_size}, {args.epochs} epochs, "
-          f"{args.threads} threads; swapped to fastconv: {dict(Counter(swapped.values()))}")
+    print(
+        f"{len(x_train)} training images, batch {args.batch_size}, {args.epochs} epochs, "
+        f"{args.threads} threads; swapped to fastconv: {dict(Counter(swapped.values()))}"
+    )
     warm_up(runs, next(net_lib.train_batches(x_train, y_train, recipe, 0)), loss_fn)
     load_start = os.getloadavg()[0]
     for epoch in range(args.epochs):
@@ -84,12 +93,18 @@ def main(argv=None):
                 run["epoch"]["correct"] += correct
         for name, run in runs.items():
             e = run["epoch"]
-            row = (e["seconds"], float(np.mean(e["losses"])),
-                   e["correct"] / (len(e["losses"]) * args.batch_size),
-                   net_lib.accuracy(run["net"], x_test, y_test))
+            row = (
+                e["seconds"],
+                float(np.mean(e["losses"])),
+                e["correct"] / (len(e["losses"]) * args.batch_size),
+                net_lib.accuracy(run["net"], x_test, y_test),
+            )
             run["rows"].append(row)
-            print(f"epoch {epoch + 1} {name:8s} {row[0]:7.1f} s  train loss {row[1]:.4f}  "
-                  f"train acc {row[2]:.4f}  test acc {row[3]:.4f}", flush=True)
+            print(
+                f"epoch {epoch + 1} {name:8s} {row[0]:7.1f} s  train loss {row[1]:.4f}  "
+                f"train acc {row[2]:.4f}  test acc {row[3]:.4f}",
+                flush=True,
+            )
     text = report(args, runs, swapped, len(x_train), (load_start, os.getloadavg()[0]))
     print("\n" + text)
     if args.out is not None:
@@ -137,13 +152,18 @@ def report(args, runs, swapped, images, loads) -> str:
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for epoch, (t, f) in enumerate(zip(torch_rows, fast_rows), 1):
-        lines.append(f"| {epoch} | {t[0]:.1f} | {f[0]:.1f} | {t[0] / f[0]:.2f}x | {t[1]:.4f}, "
-                     f"{t[2]:.4f} | {f[1]:.4f}, {f[2]:.4f} | {t[3]:.4f} | {f[3]:.4f} |")
+        lines.append(
+            f"| {epoch} | {t[0]:.1f} | {f[0]:.1f} | {t[0] / f[0]:.2f}x | {t[1]:.4f}, "
+            f"{t[2]:.4f} | {f[1]:.4f}, {f[2]:.4f} | {t[3]:.4f} | {f[3]:.4f} |"
+        )
     total_t, total_f = sum(r[0] for r in torch_rows), sum(r[0] for r in fast_rows)
-    lines += ["", f"Total training time: PyTorch {total_t:.0f} s, fastconv {total_f:.0f} s "
-              f"({total_t / total_f:.2f}x). Final test accuracy: PyTorch "
-              f"{torch_rows[-1][3]:.4f}, fastconv {fast_rows[-1][3]:.4f} (difference "
-              f"{100 * (fast_rows[-1][3] - torch_rows[-1][3]):+.2f} points)."]
+    lines += [
+        "",
+        f"Total training time: PyTorch {total_t:.0f} s, fastconv {total_f:.0f} s "
+        f"({total_t / total_f:.2f}x). Final test accuracy: PyTorch "
+        f"{torch_rows[-1][3]:.4f}, fastconv {fast_rows[-1][3]:.4f} (difference "
+        f"{100 * (fast_rows[-1][3] - torch_rows[-1][3]):+.2f} points).",
+    ]
     return "\n".join(lines) + "\n"
 
 

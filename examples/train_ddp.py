@@ -14,6 +14,7 @@ excepted: each process normalises its own share, as DDP always does). Rank 0 pri
 epoch table and the test accuracy and saves the weights as a torch.nn state_dict (--save),
 which loads into the plain network as well as into the swapped one.
 """
+
 import argparse
 import os
 import sys
@@ -34,16 +35,25 @@ import torch_cifar_net as net_lib  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--data", default=None, help="CIFAR-10 archive (default: the cache)")
     p.add_argument("--epochs", type=int, default=Recipe.epochs)
-    p.add_argument("--batch-size", type=int, default=Recipe.batch_size,
-                   help="images per step over all processes")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=Recipe.batch_size,
+        help="images per step over all processes",
+    )
     p.add_argument("--train-subset", type=int, default=None, help="train on N images")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads per process (default: the cores / local processes)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per process (default: the cores / local processes)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save", type=Path, default=None, help="rank 0 writes the state_dict here")
     return p.parse_args(argv)
@@ -66,8 +76,7 @@ def main(argv=None):
         raise SystemExit(f"--batch-size {args.batch_size} must divide over {world} processes")
     say = print if rank == 0 else (lambda *_, **__: None)
 
-    recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                    lookahead=False)
+    recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, lookahead=False)
     (x_train, y_train), (x_test, y_test) = fcdata.load_cifar10(args.data, verbose=rank == 0)
     if args.train_subset:
         x_train, y_train = net_lib.subset(x_train, y_train, args.train_subset, args.seed)
@@ -75,18 +84,23 @@ def main(argv=None):
     net_lib.init_whitening(net, net_lib.whitening_images(x_train, args.seed))
     swapped = ft.swap_modules(net)
     model = nn.parallel.DistributedDataParallel(
-        net.to(device), device_ids=[local_rank] if args.device == "cuda" else None)
+        net.to(device), device_ids=[local_rank] if args.device == "cuda" else None
+    )
     steps = args.epochs * (len(x_train) // args.batch_size)
     opt, schedule = net_lib.optimizer(net, recipe, steps)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    say(f"{world} processes ({args.device}, {dist.get_backend()}); {len(swapped)} modules on "
+    say(
+        f"{world} processes ({args.device}, {dist.get_backend()}); {len(swapped)} modules on "
         f"fastconv ({fastconv.isa()}); batch {args.batch_size} = {world} x "
-        f"{args.batch_size // world}; {steps} steps")
+        f"{args.batch_size // world}; {steps} steps"
+    )
     say("epoch  train loss  train acc  seconds")
     began = time.perf_counter()
     for epoch in range(args.epochs):
-        batches = ((x.to(device), y.to(device)) for x, y in
-                   net_lib.train_batches(x_train, y_train, recipe, epoch, rank, world))
+        batches = (
+            (x.to(device), y.to(device))
+            for x, y in net_lib.train_batches(x_train, y_train, recipe, epoch, rank, world)
+        )
         seconds, loss, acc = net_lib.train_epoch(model, opt, schedule, batches, loss_fn)
         totals = torch.tensor([loss, acc], dtype=torch.float64, device=device)
         dist.all_reduce(totals)  # the mean over the processes

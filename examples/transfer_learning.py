@@ -29,6 +29,7 @@ can afford it (or a GPU: --device cuda).
 Run:  python examples/transfer_learning.py --data ../shared/datasets/cifar10-jpeg.tar.gz \\
           --model resnet18 --subset 5000 --epochs 3 --fine-tune-epochs 2
 """
+
 import argparse
 import time
 
@@ -41,12 +42,16 @@ BUILDERS = {"resnet18": applications.ResNet18, "resnet50": applications.ResNet50
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--data", default=None, help="CIFAR-10 archive (default: cache or download)")
     p.add_argument("--model", choices=sorted(BUILDERS), default="resnet18")
-    p.add_argument("--weights", default=None,
-                   help="pretrained weights: Keras .h5 (resnet50) or torchvision .pth")
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="pretrained weights: Keras .h5 (resnet50) or torchvision .pth",
+    )
     p.add_argument("--subset", type=int, default=5000, help="training images (seeded subset)")
     p.add_argument("--test-subset", type=int, default=2000, help="test images (seeded subset)")
     p.add_argument("--upsample", type=int, default=1, help="nearest-neighbour factor on 32x32")
@@ -68,21 +73,25 @@ def subset(x, y, count, seed):
 
 def preprocessing(style, factor, device):
     """uint8 batches -> the float input the weights expect, upsampled, on the device."""
+
     def preprocess(batch):
         if factor > 1:
             batch = batch.repeat(factor, axis=1).repeat(factor, axis=2)
         x = applications.preprocess_input(batch, style)
         if device == "cuda":
             import cupy
+
             return cupy.asarray(x)
         return x
+
     return preprocess
 
 
 def build(args, classes):
     size = 32 * args.upsample
-    base = BUILDERS[args.model](include_top=False, weights=args.weights,
-                                input_shape=(size, size, 3))
+    base = BUILDERS[args.model](
+        include_top=False, weights=args.weights, input_shape=(size, size, 3)
+    )
     base.trainable = False
     inputs = nn.Input((size, size, 3))
     x = base(inputs, training=False)
@@ -108,7 +117,7 @@ def set_bn_statistics(base, batch):
 def top_block(base):
     """Name prefix of the base's last residual block (conv5_block3_ or layer4.1.)."""
     last_add = next(layer for layer in reversed(base.layers) if isinstance(layer, nn.Add))
-    return last_add.name[:-len("add")]
+    return last_add.name[: -len("add")]
 
 
 def prepare(args, print_fn=print):
@@ -122,9 +131,11 @@ def prepare(args, print_fn=print):
         model.to("cuda")
     preprocess = preprocessing(base.style, args.upsample, args.device)
     if args.weights is None:
-        print_fn("note: no --weights given: the base is randomly initialised (fastconv downloads "
-                 "nothing), so its frozen features are random (BN statistics from 256 training "
-                 "images); pass a Keras .h5 or torchvision .pth file for real transfer learning")
+        print_fn(
+            "note: no --weights given: the base is randomly initialised (fastconv downloads "
+            "nothing), so its frozen features are random (BN statistics from 256 training "
+            "images); pass a Keras .h5 or torchvision .pth file for real transfer learning"
+        )
         set_bn_statistics(base, preprocess(x_train[:256]))
     return (x_train, y_train), (x_test, y_test), base, model, preprocess
 
@@ -132,26 +143,38 @@ def prepare(args, print_fn=print):
 def main(argv=None, print_fn=print):
     args = parse(argv)
     (x_train, y_train), (x_test, y_test), base, model, preprocess = prepare(args, print_fn)
-    fit = dict(batch_size=args.batch_size, seed=args.seed, preprocess=preprocess,
-               augment=data.ImageAugmenter(horizontal_flip=True, crop_padding=2),
-               verbose=not args.quiet, print_fn=print_fn)
-    print_fn(f"{args.model} ({base.style} layout), {len(x_train)} training / {len(x_test)} test "
-             f"images at {32 * args.upsample}x{32 * args.upsample}; "
-             f"{model.count_trainable_params():,} of {model.count_params():,} weights train")
+    fit = dict(
+        batch_size=args.batch_size,
+        seed=args.seed,
+        preprocess=preprocess,
+        augment=data.ImageAugmenter(horizontal_flip=True, crop_padding=2),
+        verbose=not args.quiet,
+        print_fn=print_fn,
+    )
+    print_fn(
+        f"{args.model} ({base.style} layout), {len(x_train)} training / {len(x_test)} test "
+        f"images at {32 * args.upsample}x{32 * args.upsample}; "
+        f"{model.count_trainable_params():,} of {model.count_params():,} weights train"
+    )
     results = {}
-    phases = [("frozen base", args.epochs, args.lr), ("fine-tuned top block",
-                                                      args.fine_tune_epochs, args.fine_tune_lr)]
+    phases = [
+        ("frozen base", args.epochs, args.lr),
+        ("fine-tuned top block", args.fine_tune_epochs, args.fine_tune_lr),
+    ]
     for phase, epochs, lr in phases:
         if phase.startswith("fine"):
             prefix = top_block(base)
             base.trainable = True
             for layer in base.layers:
                 layer.trainable = layer.name.startswith(prefix)
-        model.compile(optimizer=optim.Adam(lr), loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
+        model.compile(
+            optimizer=optim.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+        )
         began = time.perf_counter()
-        print_fn(f"== {phase}: {epochs} epochs, Adam lr {lr:g}, "
-                 f"{model.count_trainable_params():,} trainable weights")
+        print_fn(
+            f"== {phase}: {epochs} epochs, Adam lr {lr:g}, "
+            f"{model.count_trainable_params():,} trainable weights"
+        )
         model.fit(x_train, y_train, epochs=epochs, **fit)
         _, accuracy = model.evaluate(x_test, y_test, batch_size=256, preprocess=preprocess)
         seconds = time.perf_counter() - began

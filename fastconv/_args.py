@@ -5,6 +5,7 @@ touched: dtypes, ranks, channel counts, strides, paddings and window sizes. Each
 raises TypeError (wrong kind of thing) or ValueError (right kind, wrong value) with a message
 that says how to fix the call.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -18,8 +19,9 @@ LAYOUTS = {"NCHW": False, "NHWC": True, "CHANNELS_FIRST": False, "CHANNELS_LAST"
 def channels_last(layout) -> bool:
     """True for NHWC. Accepts "NCHW"/"NHWC" and Keras' "channels_first"/"channels_last"."""
     if not isinstance(layout, str) or layout.upper() not in LAYOUTS:
-        raise ValueError(f"layout must be 'NCHW' or 'NHWC' (or 'channels_first'/'channels_last'), "
-                         f"got {layout!r}")
+        raise ValueError(
+            f"layout must be 'NCHW' or 'NHWC' (or 'channels_first'/'channels_last'), got {layout!r}"
+        )
     return LAYOUTS[layout.upper()]
 
 
@@ -66,28 +68,40 @@ def padding4(padding, hw, kernel, stride, dilation) -> tuple[int, int, int, int]
         if mode == "valid":
             return 0, 0, 0, 0
         if mode == "same":
-            return (*same_padding(hw[0], kernel[0], stride[0], dilation[0]),
-                    *same_padding(hw[1], kernel[1], stride[1], dilation[1]))
-        raise ValueError(f"padding must be 'valid', 'same', an int or pairs of ints, got {padding!r}")
-    if (isinstance(padding, (tuple, list)) and len(padding) == 2
-            and all(isinstance(p, (tuple, list)) for p in padding)):
+            return (
+                *same_padding(hw[0], kernel[0], stride[0], dilation[0]),
+                *same_padding(hw[1], kernel[1], stride[1], dilation[1]),
+            )
+        raise ValueError(
+            f"padding must be 'valid', 'same', an int or pairs of ints, got {padding!r}"
+        )
+    if (
+        isinstance(padding, (tuple, list))
+        and len(padding) == 2
+        and all(isinstance(p, (tuple, list)) for p in padding)
+    ):
         rows, cols = (pair(tuple(p), "padding", minimum=0) for p in padding)
         return (*rows, *cols)
     try:
         ph, pw = pair(padding, "padding", minimum=0)
     except TypeError:
-        raise TypeError("padding must be an int, (ph, pw), ((top, bottom), (left, right)), "
-                        f"'valid' or 'same', got {padding!r}") from None
+        raise TypeError(
+            "padding must be an int, (ph, pw), ((top, bottom), (left, right)), "
+            f"'valid' or 'same', got {padding!r}"
+        ) from None
     return ph, ph, pw, pw
 
 
-def window_out(size: int, kernel: int, stride: int, pad: tuple[int, int], dilation: int,
-               what: str) -> int:
+def window_out(
+    size: int, kernel: int, stride: int, pad: tuple[int, int], dilation: int, what: str
+) -> int:
     span = dilation * (kernel - 1) + 1
     if size + pad[0] + pad[1] < span:
-        raise ValueError(f"{what}: the kernel spans {span} pixels but the padded input is only "
-                         f"{size + pad[0] + pad[1]} ({size} + padding {pad[0]}+{pad[1]}); use a "
-                         f"smaller kernel or dilation, more padding, or padding='same'")
+        raise ValueError(
+            f"{what}: the kernel spans {span} pixels but the padded input is only "
+            f"{size + pad[0] + pad[1]} ({size} + padding {pad[0]}+{pad[1]}); use a "
+            f"smaller kernel or dilation, more padding, or padding='same'"
+        )
     return (size + pad[0] + pad[1] - span) // stride + 1
 
 
@@ -99,11 +113,15 @@ def array(x, name: str, ndim: int | None, xp=None):
     if xp is not np and not isinstance(x, xp.ndarray):  # e.g. a PyTorch CUDA tensor: zero-copy
         x = _foreign_device_array(x, name, xp)
     if not hasattr(x, "dtype") or not hasattr(x, "shape"):
-        raise TypeError(f"{name} must be a float32 array, got {type(x).__name__}; "
-                        f"use np.asarray({name}, dtype=np.float32)")
+        raise TypeError(
+            f"{name} must be a float32 array, got {type(x).__name__}; "
+            f"use np.asarray({name}, dtype=np.float32)"
+        )
     if x.dtype != np.float32:
-        raise TypeError(f"{name} has dtype {x.dtype}; fastconv computes in float32: "
-                        f"pass {name}.astype(np.float32)")
+        raise TypeError(
+            f"{name} has dtype {x.dtype}; fastconv computes in float32: "
+            f"pass {name}.astype(np.float32)"
+        )
     if ndim is not None and x.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
     return xp.ascontiguousarray(x)
@@ -118,13 +136,16 @@ def _foreign_device_array(x, name, xp):
             return xp.from_dlpack(x)
         return xp.asarray(x)
     except (RuntimeError, BufferError) as e:  # e.g. a PyTorch tensor that requires grad
-        raise TypeError(f"{name} cannot be shared with fastconv ({e}); for a PyTorch tensor "
-                        f"that requires grad, pass {name}.detach()") from None
+        raise TypeError(
+            f"{name} cannot be shared with fastconv ({e}); for a PyTorch tensor "
+            f"that requires grad, pass {name}.detach()"
+        ) from None
 
 
 @dataclass(frozen=True)
 class ConvGeometry:
     """csrc/geometry.h's ConvGeometry: the native modules read these fields by name."""
+
     n: int
     c_in: int
     h: int
@@ -144,8 +165,11 @@ class ConvGeometry:
     channels_last: int
 
     def activation_shape(self, channels: int, height: int, width: int):
-        return ((self.n, height, width, channels) if self.channels_last
-                else (self.n, channels, height, width))
+        return (
+            (self.n, height, width, channels)
+            if self.channels_last
+            else (self.n, channels, height, width)
+        )
 
     @property
     def x_shape(self):
@@ -159,6 +183,7 @@ class ConvGeometry:
 @dataclass(frozen=True)
 class PoolGeometry:
     """csrc/geometry.h's PoolGeometry: the native modules read these fields by name."""
+
     n: int
     c: int
     h: int
@@ -177,8 +202,11 @@ class PoolGeometry:
 
     @property
     def y_shape(self):
-        return ((self.n, self.oh, self.ow, self.c) if self.channels_last
-                else (self.n, self.c, self.oh, self.ow))
+        return (
+            (self.n, self.oh, self.ow, self.c)
+            if self.channels_last
+            else (self.n, self.c, self.oh, self.ow)
+        )
 
 
 POOL_KINDS = {"max": 0, "min": 1, "avg": 2, "sum": 3}
@@ -193,8 +221,9 @@ def split_activation(shape, nhwc: bool):
     return n, c, h, w
 
 
-def conv_geometry(x_shape, w_shape, *, stride, padding, dilation, groups, layout,
-                  what="conv2d") -> ConvGeometry:
+def conv_geometry(
+    x_shape, w_shape, *, stride, padding, dilation, groups, layout, what="conv2d"
+) -> ConvGeometry:
     nhwc = channels_last(layout)
     n, c_in, h, w = split_activation(x_shape, nhwc)
     c_out, cin_group, kh, kw = w_shape
@@ -203,27 +232,35 @@ def conv_geometry(x_shape, w_shape, *, stride, padding, dilation, groups, layout
     if groups < 1:
         raise ValueError(f"{what}: groups must be >= 1, got {groups}")
     if c_in < 1 or c_out < 1 or kh < 1 or kw < 1:
-        raise ValueError(f"{what}: channels and kernel sizes must be positive, got input "
-                         f"{tuple(x_shape)} ({'NHWC' if nhwc else 'NCHW'}) and weight {tuple(w_shape)}")
+        raise ValueError(
+            f"{what}: channels and kernel sizes must be positive, got input "
+            f"{tuple(x_shape)} ({'NHWC' if nhwc else 'NCHW'}) and weight {tuple(w_shape)}"
+        )
     if c_in % groups or c_out % groups:
-        raise ValueError(f"{what}: groups={groups} must divide both the input channels ({c_in}) "
-                         f"and the output channels ({c_out})")
+        raise ValueError(
+            f"{what}: groups={groups} must divide both the input channels ({c_in}) "
+            f"and the output channels ({c_out})"
+        )
     if cin_group != c_in // groups:
-        raise ValueError(f"{what}: weight has {cin_group} input channels per group but the input "
-                         f"has {c_in} channels / {groups} groups = {c_in // groups}; weights are "
-                         f"(out_channels, in_channels/groups, KH, KW) and the input is "
-                         f"{'NHWC' if nhwc else 'NCHW'} (check layout=)")
+        raise ValueError(
+            f"{what}: weight has {cin_group} input channels per group but the input "
+            f"has {c_in} channels / {groups} groups = {c_in // groups}; weights are "
+            f"(out_channels, in_channels/groups, KH, KW) and the input is "
+            f"{'NHWC' if nhwc else 'NCHW'} (check layout=)"
+        )
     sh, sw = pair(stride, "stride", minimum=1)
     dh, dw = pair(dilation, "dilation", minimum=1)
     top, bottom, left, right = padding4(padding, (h, w), (kh, kw), (sh, sw), (dh, dw))
     oh = window_out(h, kh, sh, (top, bottom), dh, f"{what} height")
     ow = window_out(w, kw, sw, (left, right), dw, f"{what} width")
-    return ConvGeometry(n, c_in, h, w, c_out, kh, kw, oh, ow, sh, sw, top, left, dh, dw,
-                        groups, int(nhwc))
+    return ConvGeometry(
+        n, c_in, h, w, c_out, kh, kw, oh, ow, sh, sw, top, left, dh, dw, groups, int(nhwc)
+    )
 
 
-def pool_geometry(x_shape, kernel_size, *, stride, padding, layout, kind,
-                  count_include_pad=False, what="pool2d") -> PoolGeometry:
+def pool_geometry(
+    x_shape, kernel_size, *, stride, padding, layout, kind, count_include_pad=False, what="pool2d"
+) -> PoolGeometry:
     nhwc = channels_last(layout)
     n, c, h, w = split_activation(x_shape, nhwc)
     if c < 1:
@@ -233,15 +270,32 @@ def pool_geometry(x_shape, kernel_size, *, stride, padding, layout, kind,
     top, bottom, left, right = padding4(padding, (h, w), (kh, kw), (sh, sw), (1, 1))
     if not (isinstance(padding, str) and padding.lower() == "same"):
         if max(top, bottom) > kh // 2 or max(left, right) > kw // 2:
-            raise ValueError(f"{what}: padding {padding!r} is more than half the kernel "
-                             f"{(kh, kw)}, so a window could hold only padding; use at most "
-                             f"{(kh // 2, kw // 2)} or padding='same'")
+            raise ValueError(
+                f"{what}: padding {padding!r} is more than half the kernel "
+                f"{(kh, kw)}, so a window could hold only padding; use at most "
+                f"{(kh // 2, kw // 2)} or padding='same'"
+            )
     oh = window_out(h, kh, sh, (top, bottom), 1, f"{what} height")
     ow = window_out(w, kw, sw, (left, right), 1, f"{what} width")
     if not isinstance(count_include_pad, (bool, np.bool_)):
         raise TypeError(f"{what}: count_include_pad must be a bool, got {count_include_pad!r}")
-    return PoolGeometry(n, c, h, w, kh, kw, oh, ow, sh, sw, top, left, int(nhwc),
-                        POOL_KINDS[kind], int(count_include_pad))
+    return PoolGeometry(
+        n,
+        c,
+        h,
+        w,
+        kh,
+        kw,
+        oh,
+        ow,
+        sh,
+        sw,
+        top,
+        left,
+        int(nhwc),
+        POOL_KINDS[kind],
+        int(count_include_pad),
+    )
 
 
 def expect_shape(arr, shape, name: str, hint: str = ""):
@@ -254,6 +308,7 @@ class NormGeometry:
     """csrc/geometry.h's NormGeometry: an activation seen as (outer, channels, inner) around
     its channel axis (NHWC with axis -1 is (N*H*W, C, 1), NCHW with axis 1 is (N, C, H*W)),
     with batch normalisation's epsilon and the code of its fused activation."""
+
     outer: int
     channels: int
     inner: int
@@ -266,19 +321,29 @@ def norm_geometry(shape, axis, eps, activation, what: str) -> NormGeometry:
     `axis` (not the batch axis 0)."""
     rank = len(shape)
     if rank < 2:
-        raise ValueError(f"{what}: x must have a batch axis and a channel axis, got shape {tuple(shape)}")
+        raise ValueError(
+            f"{what}: x must have a batch axis and a channel axis, got shape {tuple(shape)}"
+        )
     if not _is_int(axis):
         raise TypeError(f"{what}: axis must be an int, got {axis!r}")
     if not -rank <= axis < rank or axis % rank == 0:
-        raise ValueError(f"{what}: axis must name a channel axis 1..{rank - 1} (or -1 for "
-                         f"channels last) of a rank-{rank} x, got {axis}")
+        raise ValueError(
+            f"{what}: axis must name a channel axis 1..{rank - 1} (or -1 for "
+            f"channels last) of a rank-{rank} x, got {axis}"
+        )
     if min(shape) < 1:
-        raise ValueError(f"{what}: x has an empty axis, shape {tuple(shape)}; batch statistics "
-                         f"need at least one element per channel")
+        raise ValueError(
+            f"{what}: x has an empty axis, shape {tuple(shape)}; batch statistics "
+            f"need at least one element per channel"
+        )
     axis %= rank
-    return NormGeometry(int(np.prod(shape[:axis])), int(shape[axis]),
-                        int(np.prod(shape[axis + 1:])), nonnegative_float(eps, "eps"),
-                        fused_activation(activation, what))
+    return NormGeometry(
+        int(np.prod(shape[:axis])),
+        int(shape[axis]),
+        int(np.prod(shape[axis + 1 :])),
+        nonnegative_float(eps, "eps"),
+        fused_activation(activation, what),
+    )
 
 
 def nonnegative_float(value, name: str) -> float:

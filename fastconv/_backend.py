@@ -6,6 +6,7 @@ An array is on the GPU when its DLPack device is CUDA or it exposes
 `__cuda_array_interface__` (CuPy, Numba, a PyTorch CUDA tensor, ...). CuPy is imported only
 when such an array appears, so CPU-only machines never load CUDA.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -38,6 +39,7 @@ def array_module(a):
     if not on_gpu(a):
         return np
     import cupy
+
     return cupy
 
 
@@ -49,6 +51,7 @@ def to_numpy(a):
 @dataclass(frozen=True)
 class Backend:
     """The kernels and array module of one call."""
+
     kernels: object
     xp: object
 
@@ -70,7 +73,10 @@ def resolve(*arrays) -> Backend:
         return CPU
     if not all(on_gpu_flags):
         kinds = ", ".join(type(a).__name__ for a in given)
-        raise TypeError(f"all arrays of one call must live on the same device, got {kinds}; "
-                        f"move them with cupy.asarray(...) or cupy.asnumpy(...)")
+        raise TypeError(
+            f"all arrays of one call must live on the same device, got {kinds}; "
+            f"move them with cupy.asarray(...) or cupy.asnumpy(...)"
+        )
     from . import _gpu  # imported lazily: CPU-only machines never load CUDA
+
     return Backend(_gpu.kernels(), _gpu.cupy())

@@ -9,6 +9,7 @@ fastconv` works on machines without a GPU, driver or CuPy.
 checks every buffer): each call runs under the device its arrays live on, with that device's
 current CuPy stream. Nothing synchronizes.
 """
+
 from __future__ import annotations
 
 import functools
@@ -19,8 +20,10 @@ def available() -> tuple[bool, str]:
     try:
         from . import _cuda  # noqa: F401
     except ImportError as err:
-        return False, (f"fastconv was built without its CUDA module ({err}); rebuild on a "
-                       f"machine with nvcc: pip install --no-build-isolation .")
+        return False, (
+            f"fastconv was built without its CUDA module ({err}); rebuild on a "
+            f"machine with nvcc: pip install --no-build-isolation ."
+        )
     try:
         import cupy
     except ImportError:
@@ -42,6 +45,7 @@ def _modules():
     import cupy
 
     from . import _cuda
+
     return cupy, _cuda
 
 
@@ -63,8 +67,10 @@ class _Kernels:
         """The one GPU that every CuPy array of a call lives on."""
         devices = {a.device.id for a in arrays if isinstance(a, self._cp.ndarray)}
         if len(devices) > 1:
-            raise ValueError(f"the arrays of one call are on GPUs {sorted(devices)}; move them "
-                             f"to one with cupy.asarray under `with cupy.cuda.Device(n):`")
+            raise ValueError(
+                f"the arrays of one call are on GPUs {sorted(devices)}; move them "
+                f"to one with cupy.asarray under `with cupy.cuda.Device(n):`"
+            )
         return devices.pop() if devices else self._cp.cuda.Device().id
 
     def __getattr__(self, name):
@@ -73,4 +79,5 @@ class _Kernels:
         def call(*args):
             with cp.cuda.Device(self._device(args)):
                 native(*args, stream=cp.cuda.get_current_stream().ptr)
+
         return call

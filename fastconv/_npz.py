@@ -1,6 +1,7 @@
 """Writing and reading .npz files of named arrays (weights, checkpoints, the dataset cache):
 writes are atomic (a file that exists is whole), and a file that is not a readable .npz
 raises one clear ValueError naming it instead of an error from deep inside NumPy."""
+
 from __future__ import annotations
 
 import os

@@ -7,17 +7,34 @@ Conventions (README.md has the table): cross-correlation; weights (C_out, C_in/g
 depthwise weights (C*M, 1, KH, KW); pointwise weights (C_out, C_in); layout "NCHW" or "NHWC"
 for activations; padding int, (ph, pw), ((top, bottom), (left, right)), "valid" or "same".
 """
+
 from __future__ import annotations
 
 from . import _args, _backend
 
 __all__ = [
-    "avg_pool2d", "avg_pool2d_backward", "batch_norm", "batch_norm_backward",
-    "batch_norm_inference", "conv2d", "conv2d_backward", "depthwise_conv2d",
-    "depthwise_conv2d_backward", "global_avg_pool2d", "global_avg_pool2d_backward",
-    "max_pool2d", "max_pool2d_backward", "min_pool2d", "min_pool2d_backward", "output_size",
-    "pointwise_conv2d", "pointwise_conv2d_backward", "separable_conv2d",
-    "separable_conv2d_backward", "sum_pool2d", "sum_pool2d_backward",
+    "avg_pool2d",
+    "avg_pool2d_backward",
+    "batch_norm",
+    "batch_norm_backward",
+    "batch_norm_inference",
+    "conv2d",
+    "conv2d_backward",
+    "depthwise_conv2d",
+    "depthwise_conv2d_backward",
+    "global_avg_pool2d",
+    "global_avg_pool2d_backward",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "min_pool2d",
+    "min_pool2d_backward",
+    "output_size",
+    "pointwise_conv2d",
+    "pointwise_conv2d_backward",
+    "separable_conv2d",
+    "separable_conv2d_backward",
+    "sum_pool2d",
+    "sum_pool2d_backward",
 ]
 
 
@@ -35,8 +52,11 @@ def output_size(w, f, p, s, dilation=1):
     if isinstance(p, str) and p.lower() in ("valid", "same"):
         pad = _args.padding4(p, (w, w), (f, f), (s, s), (dilation, dilation))[:2]
     else:
-        pad = (_args.nonnegative_int(p, "output_size: P (the padding on each side, or 'valid' "
-                                        "or 'same')"),) * 2
+        pad = (
+            _args.nonnegative_int(
+                p, "output_size: P (the padding on each side, or 'valid' or 'same')"
+            ),
+        ) * 2
     return _args.window_out(w, f, s, pad, dilation, "output_size")
 
 
@@ -64,8 +84,9 @@ def _conv_forward(x, w, bias, what, w_ndim=4, **geometry_args):
     return y
 
 
-def _conv_backward(dy, x, w, what, need_dx=True, need_dbias=True, w_ndim=4, need_dw=True,
-                   **geometry_args):
+def _conv_backward(
+    dy, x, w, what, need_dx=True, need_dbias=True, w_ndim=4, need_dw=True, **geometry_args
+):
     backend = _backend.resolve(dy, x, w)
     xp = backend.xp
     x, w, _ = _conv_inputs(x, w, None, xp, w_ndim)
@@ -87,17 +108,50 @@ def _conv_backward(dy, x, w, what, need_dx=True, need_dbias=True, w_ndim=4, need
 
 def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, layout="NCHW"):
     """2-D cross-correlation: y[n, o] = bias[o] + sum_c,ky,kx x[n, c, ...] * w[o, c, ky, kx]."""
-    return _conv_forward(x, w, bias, "conv2d", stride=stride, padding=padding,
-                         dilation=dilation, groups=groups, layout=layout)
+    return _conv_forward(
+        x,
+        w,
+        bias,
+        "conv2d",
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        layout=layout,
+    )
 
 
-def conv2d_backward(dy, x, w, *, stride=1, padding=0, dilation=1, groups=1, layout="NCHW",
-                    need_dx=True, need_dbias=True, need_dw=True):
+def conv2d_backward(
+    dy,
+    x,
+    w,
+    *,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    layout="NCHW",
+    need_dx=True,
+    need_dbias=True,
+    need_dw=True,
+):
     """Gradients (dx, dw, dbias) of conv2d; need_dx=False skips dx (returns None) for a
     first layer, whose input needs no gradient, need_dbias=False skips dbias for a
     layer without bias, and need_dw=False skips dw for a frozen layer."""
-    return _conv_backward(dy, x, w, "conv2d", need_dx, need_dbias, need_dw=need_dw, stride=stride,
-                          padding=padding, dilation=dilation, groups=groups, layout=layout)
+    return _conv_backward(
+        dy,
+        x,
+        w,
+        "conv2d",
+        need_dx,
+        need_dbias,
+        need_dw=need_dw,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        layout=layout,
+    )
 
 
 def _depthwise_groups(x, w, layout, what):
@@ -107,69 +161,153 @@ def _depthwise_groups(x, w, layout, what):
         return 1  # let the array checks report the real problem
     channels = _args.split_activation(shape, _args.channels_last(layout))[1]
     if w.shape[1] != 1 or channels == 0 or w.shape[0] % channels:
-        raise ValueError(f"{what}: depthwise weights must be (C*M, 1, KH, KW) for an input with "
-                         f"C={channels} channels and depth multiplier M, got {tuple(w.shape)}")
+        raise ValueError(
+            f"{what}: depthwise weights must be (C*M, 1, KH, KW) for an input with "
+            f"C={channels} channels and depth multiplier M, got {tuple(w.shape)}"
+        )
     return channels
 
 
 def depthwise_conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, layout="NCHW"):
     groups = _depthwise_groups(x, w, layout, "depthwise_conv2d")
-    return _conv_forward(x, w, bias, "depthwise_conv2d", stride=stride, padding=padding,
-                         dilation=dilation, groups=groups, layout=layout)
+    return _conv_forward(
+        x,
+        w,
+        bias,
+        "depthwise_conv2d",
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        layout=layout,
+    )
 
 
-def depthwise_conv2d_backward(dy, x, w, *, stride=1, padding=0, dilation=1, layout="NCHW",
-                              need_dx=True, need_dw=True):
+def depthwise_conv2d_backward(
+    dy, x, w, *, stride=1, padding=0, dilation=1, layout="NCHW", need_dx=True, need_dw=True
+):
     groups = _depthwise_groups(x, w, layout, "depthwise_conv2d_backward")
-    return _conv_backward(dy, x, w, "depthwise_conv2d_backward", need_dx, need_dw=need_dw,
-                          stride=stride, padding=padding, dilation=dilation, groups=groups,
-                          layout=layout)
+    return _conv_backward(
+        dy,
+        x,
+        w,
+        "depthwise_conv2d_backward",
+        need_dx,
+        need_dw=need_dw,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        layout=layout,
+    )
 
 
 def pointwise_conv2d(x, w, bias=None, *, layout="NCHW"):
     """1x1 convolution: a GEMM over channels at every pixel; w is (out, in)."""
-    return _conv_forward(x, w, bias, "pointwise_conv2d", w_ndim=2, stride=1, padding=0,
-                         dilation=1, groups=1, layout=layout)
+    return _conv_forward(
+        x,
+        w,
+        bias,
+        "pointwise_conv2d",
+        w_ndim=2,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        layout=layout,
+    )
 
 
 def pointwise_conv2d_backward(dy, x, w, *, layout="NCHW", need_dx=True, need_dw=True):
-    return _conv_backward(dy, x, w, "pointwise_conv2d_backward", need_dx, w_ndim=2,
-                          need_dw=need_dw, stride=1, padding=0, dilation=1, groups=1,
-                          layout=layout)
+    return _conv_backward(
+        dy,
+        x,
+        w,
+        "pointwise_conv2d_backward",
+        need_dx,
+        w_ndim=2,
+        need_dw=need_dw,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        layout=layout,
+    )
 
 
-def separable_conv2d(x, depthwise_w, pointwise_w, bias=None, *, stride=1, padding=0,
-                     dilation=1, layout="NCHW"):
+def separable_conv2d(
+    x, depthwise_w, pointwise_w, bias=None, *, stride=1, padding=0, dilation=1, layout="NCHW"
+):
     """Depthwise conv (depth multiplier M = depthwise_w.shape[0] / C) then pointwise conv."""
-    mid = depthwise_conv2d(x, depthwise_w, stride=stride, padding=padding, dilation=dilation,
-                           layout=layout)
+    mid = depthwise_conv2d(
+        x, depthwise_w, stride=stride, padding=padding, dilation=dilation, layout=layout
+    )
     return pointwise_conv2d(mid, pointwise_w, bias, layout=layout)
 
 
-def separable_conv2d_backward(dy, x, depthwise_w, pointwise_w, *, stride=1, padding=0,
-                              dilation=1, layout="NCHW", need_dx=True, need_dw=True):
+def separable_conv2d_backward(
+    dy,
+    x,
+    depthwise_w,
+    pointwise_w,
+    *,
+    stride=1,
+    padding=0,
+    dilation=1,
+    layout="NCHW",
+    need_dx=True,
+    need_dw=True,
+):
     """Gradients (dx, d_depthwise_w, d_pointwise_w, dbias); the depthwise output is recomputed.
     need_dw=False skips both weights' gradients and dbias (all three come back as None)."""
-    mid = depthwise_conv2d(x, depthwise_w, stride=stride, padding=padding, dilation=dilation,
-                           layout=layout)
-    dmid, dpw, dbias = _conv_backward(dy, mid, pointwise_w, "pointwise_conv2d_backward",
-                                      need_dbias=need_dw, w_ndim=2, need_dw=need_dw, stride=1,
-                                      padding=0, dilation=1, groups=1, layout=layout)
-    dx, ddw, _ = depthwise_conv2d_backward(dmid, x, depthwise_w, stride=stride, padding=padding,
-                                           dilation=dilation, layout=layout, need_dx=need_dx,
-                                           need_dw=need_dw)
+    mid = depthwise_conv2d(
+        x, depthwise_w, stride=stride, padding=padding, dilation=dilation, layout=layout
+    )
+    dmid, dpw, dbias = _conv_backward(
+        dy,
+        mid,
+        pointwise_w,
+        "pointwise_conv2d_backward",
+        need_dbias=need_dw,
+        w_ndim=2,
+        need_dw=need_dw,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        layout=layout,
+    )
+    dx, ddw, _ = depthwise_conv2d_backward(
+        dmid,
+        x,
+        depthwise_w,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        layout=layout,
+        need_dx=need_dx,
+        need_dw=need_dw,
+    )
     return dx, ddw, dpw, dbias
 
 
 # ---------------------------------------------------------------------------------------
 # Pooling
 
+
 def _pool_forward(kind, x, kernel_size, stride, padding, layout, count_include_pad=False):
     backend = _backend.resolve(x)
     x = _args.array(x, "x", 4, backend.xp)
-    g = _args.pool_geometry(x.shape, kernel_size, stride=stride, padding=padding, layout=layout,
-                            kind=kind, count_include_pad=count_include_pad,
-                            what=f"{kind}_pool2d")
+    g = _args.pool_geometry(
+        x.shape,
+        kernel_size,
+        stride=stride,
+        padding=padding,
+        layout=layout,
+        kind=kind,
+        count_include_pad=count_include_pad,
+        what=f"{kind}_pool2d",
+    )
     with backend.device(x):
         y = backend.xp.empty(g.y_shape, dtype=backend.xp.float32)
     backend.kernels.pool2d_forward(x, y, g)
@@ -180,9 +318,16 @@ def _pool_backward(kind, dy, x, kernel_size, stride, padding, layout, count_incl
     backend = _backend.resolve(dy, x)
     x = _args.array(x, "x", 4, backend.xp)
     dy = _args.array(dy, "dy", 4, backend.xp)
-    g = _args.pool_geometry(x.shape, kernel_size, stride=stride, padding=padding, layout=layout,
-                            kind=kind, count_include_pad=count_include_pad,
-                            what=f"{kind}_pool2d_backward")
+    g = _args.pool_geometry(
+        x.shape,
+        kernel_size,
+        stride=stride,
+        padding=padding,
+        layout=layout,
+        kind=kind,
+        count_include_pad=count_include_pad,
+        what=f"{kind}_pool2d_backward",
+    )
     _args.expect_shape(dy, g.y_shape, "dy", " (the shape of the forward output)")
     with backend.device(x):
         dx = backend.xp.empty(x.shape, dtype=backend.xp.float32)
@@ -208,14 +353,14 @@ def min_pool2d_backward(dy, x, kernel_size, *, stride=None, padding=0, layout="N
     return _pool_backward("min", dy, x, kernel_size, stride, padding, layout)
 
 
-def avg_pool2d(x, kernel_size, *, stride=None, padding=0, count_include_pad=False,
-               layout="NCHW"):
+def avg_pool2d(x, kernel_size, *, stride=None, padding=0, count_include_pad=False, layout="NCHW"):
     """Mean over the real cells of each window (over KH*KW if count_include_pad)."""
     return _pool_forward("avg", x, kernel_size, stride, padding, layout, count_include_pad)
 
 
-def avg_pool2d_backward(dy, x, kernel_size, *, stride=None, padding=0, count_include_pad=False,
-                        layout="NCHW"):
+def avg_pool2d_backward(
+    dy, x, kernel_size, *, stride=None, padding=0, count_include_pad=False, layout="NCHW"
+):
     return _pool_backward("avg", dy, x, kernel_size, stride, padding, layout, count_include_pad)
 
 
@@ -267,8 +412,12 @@ def _norm_call(what, x, vectors, axis, eps, activation, required=(), dy=None):
     backend = _backend.resolve(x, dy, *vectors.values())
     x = _args.array(x, "x", None, backend.xp)
     g = _args.norm_geometry(x.shape, axis, eps, activation, what)
-    return backend, x, g, [_channel_vector(v, name, g.channels, backend.xp)
-                           for name, v in vectors.items()]
+    return (
+        backend,
+        x,
+        g,
+        [_channel_vector(v, name, g.channels, backend.xp) for name, v in vectors.items()],
+    )
 
 
 def batch_norm(x, gamma=None, beta=None, *, axis=-1, eps=1e-3, activation=None):
@@ -276,8 +425,9 @@ def batch_norm(x, gamma=None, beta=None, *, axis=-1, eps=1e-3, activation=None):
     (-1 for NHWC, 1 for NCHW). Returns (y, mean, var): y = act(gamma * (x - mean) /
     sqrt(var + eps) + beta) with act None, 'relu' or 'gelu' (exact, x * Phi(x)); var is the
     biased batch variance. gamma / beta None mean 1 / 0."""
-    backend, x, g, (gamma, beta) = _norm_call("batch_norm", x, {"gamma": gamma, "beta": beta},
-                                              axis, eps, activation)
+    backend, x, g, (gamma, beta) = _norm_call(
+        "batch_norm", x, {"gamma": gamma, "beta": beta}, axis, eps, activation
+    )
     xp = backend.xp
     with backend.device(x):
         y = xp.empty_like(x)
@@ -286,27 +436,42 @@ def batch_norm(x, gamma=None, beta=None, *, axis=-1, eps=1e-3, activation=None):
     return y, mean, var
 
 
-def batch_norm_inference(x, mean, var, gamma=None, beta=None, *, axis=-1, eps=1e-3,
-                         activation=None):
+def batch_norm_inference(
+    x, mean, var, gamma=None, beta=None, *, axis=-1, eps=1e-3, activation=None
+):
     """batch_norm's y with given statistics (moving averages at inference) instead of the
     batch's: act(gamma * (x - mean) / sqrt(var + eps) + beta)."""
     backend, x, g, (mean, var, gamma, beta) = _norm_call(
-        "batch_norm_inference", x, {"mean": mean, "var": var, "gamma": gamma, "beta": beta},
-        axis, eps, activation, required=("mean", "var"))
+        "batch_norm_inference",
+        x,
+        {"mean": mean, "var": var, "gamma": gamma, "beta": beta},
+        axis,
+        eps,
+        activation,
+        required=("mean", "var"),
+    )
     with backend.device(x):
         y = backend.xp.empty_like(x)
     backend.kernels.batch_norm_inference(x, mean, var, gamma, beta, y, g)
     return y
 
 
-def batch_norm_backward(dy, x, mean, var, gamma=None, beta=None, *, axis=-1, eps=1e-3,
-                        activation=None, need_dx=True):
+def batch_norm_backward(
+    dy, x, mean, var, gamma=None, beta=None, *, axis=-1, eps=1e-3, activation=None, need_dx=True
+):
     """Gradients (dx, dgamma, dbeta) of batch_norm at the batch statistics (mean, var) it
     returned, with the same gamma, beta and activation (the activation's input is
     recomputed from x)."""
     backend, x, g, (mean, var, gamma, beta) = _norm_call(
-        "batch_norm_backward", x, {"mean": mean, "var": var, "gamma": gamma, "beta": beta},
-        axis, eps, activation, required=("mean", "var"), dy=dy)
+        "batch_norm_backward",
+        x,
+        {"mean": mean, "var": var, "gamma": gamma, "beta": beta},
+        axis,
+        eps,
+        activation,
+        required=("mean", "var"),
+        dy=dy,
+    )
     xp = backend.xp
     dy = _args.array(dy, "dy", x.ndim, xp)
     _args.expect_shape(dy, x.shape, "dy", " (the shape of x)")

@@ -1,4 +1,5 @@
 """`fastconv info`: what fastconv runs with on this machine (paste it into a bug report)."""
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,10 @@ def _cuda_lines() -> list:
         import cupy
     except ImportError:
         return lines + ["CuPy:       not installed"]
-    lines.append(f"CuPy:       {cupy.__version__} (built for CUDA "
-                 f"{_cuda_version(cupy.cuda.runtime.runtimeGetVersion())})")
+    lines.append(
+        f"CuPy:       {cupy.__version__} (built for CUDA "
+        f"{_cuda_version(cupy.cuda.runtime.runtimeGetVersion())})"
+    )
     if ok:
         runtime = cupy.cuda.runtime
         name = runtime.getDeviceProperties(0)["name"]
@@ -45,9 +48,11 @@ def _cuda_lines() -> list:
         driver = runtime.driverGetVersion()
         lines.append(f"driver:     supports CUDA {_cuda_version(driver)}")
         if driver // 1000 < runtime.runtimeGetVersion() // 1000:
-            lines.append("WARNING:    CuPy was built for a newer CUDA than the driver supports: "
-                         "install the CuPy of your driver's CUDA major version "
-                         "(fastconv[gpu-cuda12] or fastconv[gpu-cuda13])")
+            lines.append(
+                "WARNING:    CuPy was built for a newer CUDA than the driver supports: "
+                "install the CuPy of your driver's CUDA major version "
+                "(fastconv[gpu-cuda12] or fastconv[gpu-cuda13])"
+            )
     return lines
 
 
@@ -62,8 +67,7 @@ def report() -> str:
         f"installed:  {Path(__file__).resolve().parent}",
         f"Python:     {platform.python_version()} on {platform.system()} {platform.machine()}",
         f"CPU:        {cpu_model()}, {os.cpu_count()} logical CPUs",
-        f"kernels:    {_cpu.isa_reason()}; this CPU runs: "
-        f"{', '.join(_cpu.supported_isas())}",
+        f"kernels:    {_cpu.isa_reason()}; this CPU runs: {', '.join(_cpu.supported_isas())}",
         f"threads:    {_cpu.get_num_threads()}",
         f"Winograd:   {'on' if _cpu.winograd() else 'off'}",
         f"NumPy:      {np.__version__}, BLAS {_blas()}",

@@ -7,6 +7,7 @@
 The cache applies to the current thread's context only (NumPy keeps its memory handler in a
 context variable) and is emptied when the outermost block ends.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -11,6 +11,7 @@ hypothesis (tests/op_cases.py).
 Adding an op: its kernels, one binding line, its functional and reference functions, and one
 `Op(...)` below.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -22,6 +23,7 @@ from . import _args, functional, reference
 
 # ---------------------------------------------------------------------------------------
 # Drawing random cases
+
 
 class Draw:
     """Source of choices for a sampler: integer(lo, hi) inclusive, choice(options),
@@ -56,6 +58,7 @@ class RandomDraw(Draw):
 @dataclass(frozen=True)
 class Limits:
     """Size bounds of sampled cases (the CPU kernels take larger ones than the CUDA harness)."""
+
     max_batch: int = 2
     max_channels: int = 4
     max_side: int = 11
@@ -98,10 +101,12 @@ def _normal(rng, shape):
 # ---------------------------------------------------------------------------------------
 # Cases and ops
 
+
 @dataclass
 class Case:
     """One call of `op`: inputs in forward-call order (None: an optional array left out)
     and the keyword arguments of both directions."""
+
     op: "Op"
     inputs: dict
     params: dict
@@ -117,7 +122,7 @@ class Case:
 
     @property
     def layout(self) -> str:
-        """"NCHW" or "NHWC" (batch norm: channel axis 1 or -1 of a rank-4 x)."""
+        """ "NCHW" or "NHWC" (batch norm: channel axis 1 or -1 of a rank-4 x)."""
         if "layout" in self.params:
             return self.params["layout"]
         return "NHWC" if self.params["axis"] % self.x.ndim == self.x.ndim - 1 else "NCHW"
@@ -142,19 +147,20 @@ class Op:
     call; `bias` (or any name in `keyword_inputs`) passes by keyword. `backward_args` name
     what the backward takes, from the case's inputs, the forward's named `outputs` and "dy";
     `grads` name what it returns."""
+
     name: str
-    family: str                      # conv, pool, global_pool, norm: the torch/bench grouping
+    family: str  # conv, pool, global_pool, norm: the torch/bench grouping
     forward_args: tuple
     backward_args: tuple | None
     grads: tuple
-    sample: Callable                 # (draw, limits) -> Case
-    flops: Callable                  # (case, direction) -> multiply-adds x 2 (or element ops)
-    bytes: Callable                  # (case, direction) -> minimum float32 bytes moved
-    shapes: Callable                 # (case) -> {output name: shape} of the forward
+    sample: Callable  # (draw, limits) -> Case
+    flops: Callable  # (case, direction) -> multiply-adds x 2 (or element ops)
+    bytes: Callable  # (case, direction) -> minimum float32 bytes moved
+    shapes: Callable  # (case) -> {output name: shape} of the forward
     outputs: tuple = ("y",)
     keyword_inputs: tuple = ("bias",)
     tolerance: tuple = (1e-4, 2e-5)  # rtol, atol per unit of the reference's largest value
-    torch: Callable | None = None    # (torch.nn.functional, case) -> f(*forward tensors, NCHW)
+    torch: Callable | None = None  # (torch.nn.functional, case) -> f(*forward tensors, NCHW)
 
     @property
     def fast(self):
@@ -175,18 +181,24 @@ class Op:
     def forward(self, case: Case, lib=functional, dev=lambda a: a) -> dict:
         """{output name: array} of the forward call of `lib` (functional or reference);
         `dev` moves each input array to the backend under test."""
-        positional = [dev(case.inputs[name]) if case.inputs[name] is not None else None
-                      for name in self.forward_args]
-        keywords = {name: dev(case.inputs[name]) for name in self.keyword_inputs
-                    if case.inputs.get(name) is not None}
+        positional = [
+            dev(case.inputs[name]) if case.inputs[name] is not None else None
+            for name in self.forward_args
+        ]
+        keywords = {
+            name: dev(case.inputs[name])
+            for name in self.keyword_inputs
+            if case.inputs.get(name) is not None
+        }
         result = getattr(lib, self.name)(*positional, **keywords, **case.params)
         return dict(zip(self.outputs, result if isinstance(result, tuple) else (result,)))
 
     def backward(self, case: Case, dy, forward: dict, lib=functional, dev=lambda a: a) -> dict:
         """{gradient name: array} of the backward call, given the forward's outputs."""
         known = {**case.inputs, **forward, "dy": dy}
-        args = [dev(known[name]) if known[name] is not None else None
-                for name in self.backward_args]
+        args = [
+            dev(known[name]) if known[name] is not None else None for name in self.backward_args
+        ]
         result = getattr(lib, f"{self.name}_backward")(*args, **case.params)
         return dict(zip(self.grads, result if isinstance(result, tuple) else (result,)))
 
@@ -219,6 +231,7 @@ def close(actual, expected, rtol=1e-4, atol=2e-5) -> tuple[bool, float]:
 # ---------------------------------------------------------------------------------------
 # Convolutions
 
+
 def conv_geometry(case: Case):
     x, w = case.x, case.inputs.get("w", case.inputs.get("depthwise_w"))
     p = case.params
@@ -229,9 +242,15 @@ def conv_geometry(case: Case):
         groups = int(_args.split_activation(x.shape, _args.channels_last(p["layout"]))[1])
     if w.ndim == 2:
         w = w[:, :, None, None]
-    return _args.conv_geometry(x.shape, w.shape, stride=p.get("stride", 1),
-                               padding=p.get("padding", 0), dilation=p.get("dilation", 1),
-                               groups=groups, layout=p["layout"])
+    return _args.conv_geometry(
+        x.shape,
+        w.shape,
+        stride=p.get("stride", 1),
+        padding=p.get("padding", 0),
+        dilation=p.get("dilation", 1),
+        groups=groups,
+        layout=p["layout"],
+    )
 
 
 def _conv_macs(g) -> int:
@@ -268,20 +287,29 @@ def _conv_shapes(draw, limits, kind):
     """(x shape, weight shape, params) of a valid dense / grouped / depthwise conv."""
     groups = 1 if kind == "depthwise" else draw.choice([1, 1, 2, 3])
     c_in = draw.integer(1, limits.max_channels) * groups
-    c_out = (c_in * draw.integer(1, 3) if kind == "depthwise"
-             else draw.integer(1, limits.max_channels + 1) * groups)
+    c_out = (
+        c_in * draw.integer(1, 3)
+        if kind == "depthwise"
+        else draw.integer(1, limits.max_channels + 1) * groups
+    )
     kh, kw = draw.integer(1, limits.max_kernel), draw.integer(1, limits.max_kernel)
     n = draw.integer(1, limits.max_batch)
     h, w = draw.integer(1, limits.max_side), draw.integer(1, limits.max_side)
     layout = draw.choice(["NCHW", "NHWC"])
-    params = dict(stride=_pair(draw, 1, 3), padding=_padding(draw), dilation=_pair(draw, 1, 2),
-                  layout=layout)
+    params = dict(
+        stride=_pair(draw, 1, 3), padding=_padding(draw), dilation=_pair(draw, 1, 2), layout=layout
+    )
     if kind == "dense":
         params["groups"] = groups
     x_shape = _activation_shape(n, c_in, h, w, layout)
     w_shape = (c_out, 1 if kind == "depthwise" else c_in // groups, kh, kw)
-    draw.require(_fits(lambda: _args.conv_geometry(
-        x_shape, w_shape, **{"groups": c_in if kind == "depthwise" else groups, **params})))
+    draw.require(
+        _fits(
+            lambda: _args.conv_geometry(
+                x_shape, w_shape, **{"groups": c_in if kind == "depthwise" else groups, **params}
+            )
+        )
+    )
     return x_shape, w_shape, params
 
 
@@ -295,21 +323,39 @@ def _sample_conv(kind):
         seed = _seed(draw)
         rng = np.random.default_rng(seed)
         op = CONV2D if kind == "dense" else DEPTHWISE_CONV2D
-        return Case(op, dict(x=_normal(rng, x_shape), w=_normal(rng, w_shape),
-                             bias=_normal(rng, w_shape[:1])), params, seed)
+        return Case(
+            op,
+            dict(x=_normal(rng, x_shape), w=_normal(rng, w_shape), bias=_normal(rng, w_shape[:1])),
+            params,
+            seed,
+        )
+
     return sample
 
 
 def _sample_pointwise(draw, limits):
     layout = draw.choice(["NCHW", "NHWC"])
-    n, h, w = (draw.integer(1, limits.max_batch + 1), draw.integer(1, limits.max_side - 2),
-               draw.integer(1, limits.max_side - 2))
-    c_in, c_out = draw.integer(1, 10 * limits.max_channels), draw.integer(1, 10 * limits.max_channels)
+    n, h, w = (
+        draw.integer(1, limits.max_batch + 1),
+        draw.integer(1, limits.max_side - 2),
+        draw.integer(1, limits.max_side - 2),
+    )
+    c_in, c_out = (
+        draw.integer(1, 10 * limits.max_channels),
+        draw.integer(1, 10 * limits.max_channels),
+    )
     seed = _seed(draw)
     rng = np.random.default_rng(seed)
-    return Case(POINTWISE_CONV2D, dict(x=_normal(rng, _activation_shape(n, c_in, h, w, layout)),
-                                       w=_normal(rng, (c_out, c_in)), bias=_normal(rng, (c_out,))),
-                dict(layout=layout), seed)
+    return Case(
+        POINTWISE_CONV2D,
+        dict(
+            x=_normal(rng, _activation_shape(n, c_in, h, w, layout)),
+            w=_normal(rng, (c_out, c_in)),
+            bias=_normal(rng, (c_out,)),
+        ),
+        dict(layout=layout),
+        seed,
+    )
 
 
 def _sample_separable(draw, limits):
@@ -317,9 +363,17 @@ def _sample_separable(draw, limits):
     c_out = draw.integer(1, limits.max_channels + 2)
     seed = _seed(draw)
     rng = np.random.default_rng(seed)
-    return Case(SEPARABLE_CONV2D, dict(x=_normal(rng, x_shape), depthwise_w=_normal(rng, w_shape),
-                                       pointwise_w=_normal(rng, (c_out, w_shape[0])),
-                                       bias=_normal(rng, (c_out,))), params, seed)
+    return Case(
+        SEPARABLE_CONV2D,
+        dict(
+            x=_normal(rng, x_shape),
+            depthwise_w=_normal(rng, w_shape),
+            pointwise_w=_normal(rng, (c_out, w_shape[0])),
+            bias=_normal(rng, (c_out,)),
+        ),
+        params,
+        seed,
+    )
 
 
 def _torch_padded(F, x, case):
@@ -335,43 +389,75 @@ def _torch_conv(F, case):
         if w.ndim == 2:
             w = w[:, :, None, None]
         padded, g = _torch_padded(F, x, case)
-        return F.conv2d(padded, w, bias, stride=(g.stride_h, g.stride_w),
-                        dilation=(g.dil_h, g.dil_w), groups=g.groups)
+        return F.conv2d(
+            padded,
+            w,
+            bias,
+            stride=(g.stride_h, g.stride_w),
+            dilation=(g.dil_h, g.dil_w),
+            groups=g.groups,
+        )
+
     return run
 
 
 def _torch_separable(F, case):
     def run(x, depthwise_w, pointwise_w, bias=None):
         padded, g = _torch_padded(F, x, case)
-        mid = F.conv2d(padded, depthwise_w, None, stride=(g.stride_h, g.stride_w),
-                       dilation=(g.dil_h, g.dil_w), groups=g.c_in)
+        mid = F.conv2d(
+            padded,
+            depthwise_w,
+            None,
+            stride=(g.stride_h, g.stride_w),
+            dilation=(g.dil_h, g.dil_w),
+            groups=g.c_in,
+        )
         return F.conv2d(mid, pointwise_w[:, :, None, None], bias)
+
     return run
 
 
 _CONV = dict(family="conv", flops=_conv_flops, bytes=_conv_bytes, shapes=_conv_output_shapes)
-CONV2D = Op("conv2d", forward_args=("x", "w"), backward_args=("dy", "x", "w"),
-            grads=("x", "w", "bias"), sample=_sample_conv("dense"), torch=_torch_conv, **_CONV)
+CONV2D = Op(
+    "conv2d",
+    forward_args=("x", "w"),
+    backward_args=("dy", "x", "w"),
+    grads=("x", "w", "bias"),
+    sample=_sample_conv("dense"),
+    torch=_torch_conv,
+    **_CONV,
+)
 DEPTHWISE_CONV2D = replace(CONV2D, name="depthwise_conv2d", sample=_sample_conv("depthwise"))
 POINTWISE_CONV2D = replace(CONV2D, name="pointwise_conv2d", sample=_sample_pointwise)
-SEPARABLE_CONV2D = Op("separable_conv2d", forward_args=("x", "depthwise_w", "pointwise_w"),
-                      backward_args=("dy", "x", "depthwise_w", "pointwise_w"),
-                      grads=("x", "depthwise_w", "pointwise_w", "bias"),
-                      sample=_sample_separable, torch=_torch_separable, **_CONV)
+SEPARABLE_CONV2D = Op(
+    "separable_conv2d",
+    forward_args=("x", "depthwise_w", "pointwise_w"),
+    backward_args=("dy", "x", "depthwise_w", "pointwise_w"),
+    grads=("x", "depthwise_w", "pointwise_w", "bias"),
+    sample=_sample_separable,
+    torch=_torch_separable,
+    **_CONV,
+)
 
 
 # ---------------------------------------------------------------------------------------
 # Pooling
 
+
 def _pool_geometry(case):
     p = case.params
-    return _args.pool_geometry(case.x.shape, p["kernel_size"], stride=p.get("stride"),
-                               padding=p.get("padding", 0), layout=p["layout"],
-                               kind=case.op.name.split("_")[0],
-                               count_include_pad=p.get("count_include_pad", False))
+    return _args.pool_geometry(
+        case.x.shape,
+        p["kernel_size"],
+        stride=p.get("stride"),
+        padding=p.get("padding", 0),
+        layout=p["layout"],
+        kind=case.op.name.split("_")[0],
+        count_include_pad=p.get("count_include_pad", False),
+    )
 
 
-def _pool_flops(case, direction):
+def _pool_flops(case, _direction):
     g = _pool_geometry(case)
     return g.n * g.c * g.oh * g.ow * g.kh * g.kw
 
@@ -392,9 +478,12 @@ def _sample_pool(kind):
         layout = draw.choice(["NCHW", "NHWC"])
         n, c = draw.integer(1, limits.max_batch), draw.integer(1, 2 * limits.max_channels + 1)
         h, w = draw.integer(1, limits.max_side - 1), draw.integer(1, limits.max_side - 1)
-        params = dict(kernel_size=_pair(draw, 1, 5),
-                      stride=None if draw.integer(0, 1) else _pair(draw, 1, 3),
-                      padding=_padding(draw), layout=layout)
+        params = dict(
+            kernel_size=_pair(draw, 1, 5),
+            stride=None if draw.integer(0, 1) else _pair(draw, 1, 3),
+            padding=_padding(draw),
+            layout=layout,
+        )
         if kind == "avg":
             params["count_include_pad"] = bool(draw.integer(0, 1))
         shape = _activation_shape(n, c, h, w, layout)
@@ -404,6 +493,7 @@ def _sample_pool(kind):
         rng = np.random.default_rng(seed)
         x = rng.integers(-3, 4, size=shape).astype(np.float32) if ties else _normal(rng, shape)
         return Case(POOLS[kind], dict(x=x), params, seed)
+
     return sample
 
 
@@ -414,21 +504,31 @@ def _torch_pool(F, case):
     kind, p = case.op.name.split("_")[0], case.params
     g = _pool_geometry(case)
     window = dict(kernel_size=(g.kh, g.kw), stride=(g.stride_h, g.stride_w))
-    torch_out = ((g.h + 2 * g.pad_top - g.kh) // g.stride_h + 1,
-                 (g.w + 2 * g.pad_left - g.kw) // g.stride_w + 1)
+    torch_out = (
+        (g.h + 2 * g.pad_top - g.kh) // g.stride_h + 1,
+        (g.w + 2 * g.pad_left - g.kw) // g.stride_w + 1,
+    )
     pads = None
     if g.pad_top * 2 <= g.kh and g.pad_left * 2 <= g.kw and torch_out == (g.oh, g.ow):
         window["padding"] = (g.pad_top, g.pad_left)
     else:  # torch pads symmetrically: these windows differ
-        pads = (g.pad_left, (g.ow - 1) * g.stride_w + g.kw - g.w - g.pad_left,
-                g.pad_top, (g.oh - 1) * g.stride_h + g.kh - g.h - g.pad_top)
+        pads = (
+            g.pad_left,
+            (g.ow - 1) * g.stride_w + g.kw - g.w - g.pad_left,
+            g.pad_top,
+            (g.oh - 1) * g.stride_h + g.kh - g.h - g.pad_top,
+        )
 
     def largest(x):
         return F.max_pool2d(x if pads is None else F.pad(x, pads, value=-np.inf), **window)
 
     def total(x):
-        return F.avg_pool2d(x if pads is None else F.pad(x, pads), **window,
-                            count_include_pad=True, divisor_override=1)
+        return F.avg_pool2d(
+            x if pads is None else F.pad(x, pads),
+            **window,
+            count_include_pad=True,
+            divisor_override=1,
+        )
 
     if kind == "max":
         return largest
@@ -437,21 +537,32 @@ def _torch_pool(F, case):
     if kind == "sum":
         return total
     if pads is None:
-        return lambda x: F.avg_pool2d(x, **window,
-                                      count_include_pad=p.get("count_include_pad", False))
+        return lambda x: F.avg_pool2d(
+            x, **window, count_include_pad=p.get("count_include_pad", False)
+        )
     if p.get("count_include_pad", False):
         return lambda x: total(x) / (g.kh * g.kw)
     return lambda x: total(x) / total(x.new_ones(x.shape))
 
 
-_POOL = dict(family="pool", forward_args=("x",), backward_args=("dy", "x"), grads=("x",),
-             flops=_pool_flops, bytes=_pool_bytes, shapes=_pool_output_shapes, torch=_torch_pool,
-             keyword_inputs=())
-POOLS = {kind: Op(f"{kind}_pool2d", sample=_sample_pool(kind), **_POOL)
-         for kind in ("max", "min", "avg", "sum")}
+_POOL = dict(
+    family="pool",
+    forward_args=("x",),
+    backward_args=("dy", "x"),
+    grads=("x",),
+    flops=_pool_flops,
+    bytes=_pool_bytes,
+    shapes=_pool_output_shapes,
+    torch=_torch_pool,
+    keyword_inputs=(),
+)
+POOLS = {
+    kind: Op(f"{kind}_pool2d", sample=_sample_pool(kind), **_POOL)
+    for kind in ("max", "min", "avg", "sum")
+}
 
 
-def _global_flops(case, direction):
+def _global_flops(case, _direction):
     return case.x.size
 
 
@@ -460,30 +571,46 @@ def _global_output_shapes(case):
     return {"y": (n, c)}
 
 
-def _global_bytes(case, direction):
+def _global_bytes(case, _direction):
     return 4 * (case.x.size + int(np.prod(_global_output_shapes(case)["y"])))
 
 
 def _sample_global(draw, limits):
     layout = draw.choice(["NCHW", "NHWC"])
-    shape = _activation_shape(draw.integer(1, limits.max_batch + 1),
-                              draw.integer(1, 2 * limits.max_channels),
-                              draw.integer(1, limits.max_side), draw.integer(1, limits.max_side),
-                              layout)
+    shape = _activation_shape(
+        draw.integer(1, limits.max_batch + 1),
+        draw.integer(1, 2 * limits.max_channels),
+        draw.integer(1, limits.max_side),
+        draw.integer(1, limits.max_side),
+        layout,
+    )
     seed = _seed(draw)
-    return Case(GLOBAL_AVG_POOL2D, dict(x=_normal(np.random.default_rng(seed), shape)),
-                dict(layout=layout), seed)
+    return Case(
+        GLOBAL_AVG_POOL2D,
+        dict(x=_normal(np.random.default_rng(seed), shape)),
+        dict(layout=layout),
+        seed,
+    )
 
 
-GLOBAL_AVG_POOL2D = Op("global_avg_pool2d", family="global_pool", forward_args=("x",),
-                       backward_args=("dy", "x"), grads=("x",), sample=_sample_global,
-                       flops=_global_flops, bytes=_global_bytes, shapes=_global_output_shapes,
-                       keyword_inputs=(),
-                       torch=lambda F, case: lambda x: F.adaptive_avg_pool2d(x, 1).flatten(1))
+GLOBAL_AVG_POOL2D = Op(
+    "global_avg_pool2d",
+    family="global_pool",
+    forward_args=("x",),
+    backward_args=("dy", "x"),
+    grads=("x",),
+    sample=_sample_global,
+    flops=_global_flops,
+    bytes=_global_bytes,
+    shapes=_global_output_shapes,
+    keyword_inputs=(),
+    torch=lambda F, _case: lambda x: F.adaptive_avg_pool2d(x, 1).flatten(1),
+)
 
 
 # ---------------------------------------------------------------------------------------
 # Batch normalisation
+
 
 def _norm_flops(case, direction):
     return (5 if direction == "forward" else 8) * case.x.size
@@ -513,54 +640,96 @@ def _sample_norm(op_name):
         rng = np.random.default_rng(seed)
         x = (rng.standard_normal(shape) * 2 + rng.uniform(-3, 3)).astype(np.float32)
         c = shape[axis]
-        inputs = dict(x=x, gamma=_normal(rng, (c,)) if affine else None,
-                      beta=_normal(rng, (c,)) if affine else None)
+        inputs = dict(
+            x=x,
+            gamma=_normal(rng, (c,)) if affine else None,
+            beta=_normal(rng, (c,)) if affine else None,
+        )
         if op_name == "batch_norm_inference":
-            inputs = dict(x=x, mean=_normal(rng, (c,)),
-                          var=rng.uniform(0.5, 2, c).astype(np.float32),
-                          gamma=inputs["gamma"], beta=inputs["beta"])
+            inputs = dict(
+                x=x,
+                mean=_normal(rng, (c,)),
+                var=rng.uniform(0.5, 2, c).astype(np.float32),
+                gamma=inputs["gamma"],
+                beta=inputs["beta"],
+            )
         return Case(NORMS[op_name], inputs, params, seed)
+
     return sample
 
 
 def _torch_norm(F, case):
     """F.batch_norm with the batch's statistics (batch_norm) or given ones (inference)."""
+
     def run(x, *given):
         names = [n for n in case.op.forward_args[1:] if case.inputs.get(n) is not None]
         t = dict(zip(names, given))
         axis = case.params["axis"] % x.ndim
-        y = F.batch_norm(x.movedim(axis, 1), t.get("mean"), t.get("var"), t.get("gamma"),
-                         t.get("beta"), training=case.op.name == "batch_norm",
-                         eps=case.params["eps"])
+        y = F.batch_norm(
+            x.movedim(axis, 1),
+            t.get("mean"),
+            t.get("var"),
+            t.get("gamma"),
+            t.get("beta"),
+            training=case.op.name == "batch_norm",
+            eps=case.params["eps"],
+        )
         act = {None: lambda v: v, "relu": F.relu, "gelu": F.gelu}[case.params["activation"]]
         return act(y).movedim(1, axis)
+
     return run
 
 
-_NORM = dict(family="norm", flops=_norm_flops, bytes=_norm_bytes, shapes=_norm_output_shapes,
-             keyword_inputs=(), tolerance=(1e-4, 1e-4))
+_NORM = dict(
+    family="norm",
+    flops=_norm_flops,
+    bytes=_norm_bytes,
+    shapes=_norm_output_shapes,
+    keyword_inputs=(),
+    tolerance=(1e-4, 1e-4),
+)
 NORMS = {
-    "batch_norm": Op("batch_norm", forward_args=("x", "gamma", "beta"),
-                     backward_args=("dy", "x", "mean", "var", "gamma", "beta"),
-                     grads=("x", "gamma", "beta"), outputs=("y", "mean", "var"),
-                     sample=_sample_norm("batch_norm"), torch=_torch_norm, **_NORM),
-    "batch_norm_inference": Op("batch_norm_inference",
-                               forward_args=("x", "mean", "var", "gamma", "beta"),
-                               backward_args=None, grads=(), torch=_torch_norm,
-                               sample=_sample_norm("batch_norm_inference"), **_NORM),
+    "batch_norm": Op(
+        "batch_norm",
+        forward_args=("x", "gamma", "beta"),
+        backward_args=("dy", "x", "mean", "var", "gamma", "beta"),
+        grads=("x", "gamma", "beta"),
+        outputs=("y", "mean", "var"),
+        sample=_sample_norm("batch_norm"),
+        torch=_torch_norm,
+        **_NORM,
+    ),
+    "batch_norm_inference": Op(
+        "batch_norm_inference",
+        forward_args=("x", "mean", "var", "gamma", "beta"),
+        backward_args=None,
+        grads=(),
+        torch=_torch_norm,
+        sample=_sample_norm("batch_norm_inference"),
+        **_NORM,
+    ),
 }
 
-OPS: dict[str, Op] = {op.name: op for op in [CONV2D, DEPTHWISE_CONV2D, POINTWISE_CONV2D,
-                                             SEPARABLE_CONV2D, *POOLS.values(), GLOBAL_AVG_POOL2D,
-                                             *NORMS.values()]}
+OPS: dict[str, Op] = {
+    op.name: op
+    for op in [
+        CONV2D,
+        DEPTHWISE_CONV2D,
+        POINTWISE_CONV2D,
+        SEPARABLE_CONV2D,
+        *POOLS.values(),
+        GLOBAL_AVG_POOL2D,
+        *NORMS.values(),
+    ]
+}
 
 
 @dataclass
 class Verdict:
     op: str
     cases: int = 0
-    worst: float = 0.0            # worst error, in units of the tolerance (<= 1 passes)
-    failure: str | None = None    # the first failing case and output
+    worst: float = 0.0  # worst error, in units of the tolerance (<= 1 passes)
+    failure: str | None = None  # the first failing case and output
     notes: list = field(default_factory=list)
 
     @property
@@ -595,8 +764,18 @@ def check(op: Op, case: Case, dev=lambda a: a, host=np.asarray) -> tuple[float, 
     return worst, bad
 
 
-def layer(name: str, n: int, c_in: int, c_out: int, size: int, k: int = 3, stride: int = 1,
-          pad: int = 1, seed: int = 0, activation=None) -> Case:
+def layer(
+    name: str,
+    n: int,
+    c_in: int,
+    c_out: int,
+    size: int,
+    k: int = 3,
+    stride: int = 1,
+    pad: int = 1,
+    seed: int = 0,
+    activation=None,
+) -> Case:
     """A case of op `name` shaped like a CNN layer, NCHW: batch n, c_in channels of size x
     size, c_out output channels, a k x k window with `stride` and `pad` on every side
     (pools: c_out = c_in; batch norm: `activation` fused). The benchmarks' layer sets."""
@@ -605,11 +784,15 @@ def layer(name: str, n: int, c_in: int, c_out: int, size: int, k: int = 3, strid
     window = dict(stride=stride, padding=pad, layout="NCHW")
     if op.family == "conv":
         if name == "separable_conv2d":
-            inputs = dict(depthwise_w=_normal(rng, (c_in, 1, k, k)),
-                          pointwise_w=_normal(rng, (c_out, c_in)))
+            inputs = dict(
+                depthwise_w=_normal(rng, (c_in, 1, k, k)), pointwise_w=_normal(rng, (c_out, c_in))
+            )
         else:
-            shape = {"conv2d": (c_out, c_in, k, k), "depthwise_conv2d": (c_out, 1, k, k),
-                     "pointwise_conv2d": (c_out, c_in)}[name]
+            shape = {
+                "conv2d": (c_out, c_in, k, k),
+                "depthwise_conv2d": (c_out, 1, k, k),
+                "pointwise_conv2d": (c_out, c_in),
+            }[name]
             inputs = dict(w=_normal(rng, shape))
         params = dict(layout="NCHW") if name == "pointwise_conv2d" else window
         return Case(op, dict(x=x, **inputs, bias=_normal(rng, (c_out,))), params, seed)
@@ -621,6 +804,15 @@ def layer(name: str, n: int, c_in: int, c_out: int, size: int, k: int = 3, strid
     params = dict(axis=1, eps=1e-3, activation=activation)
     if name == "batch_norm":
         return Case(op, dict(x=x, gamma=gamma, beta=beta), params, seed)
-    return Case(op, dict(x=x, mean=_normal(rng, (c_in,)),
-                         var=rng.uniform(0.5, 2, c_in).astype(np.float32), gamma=gamma,
-                         beta=beta), params, seed)
+    return Case(
+        op,
+        dict(
+            x=x,
+            mean=_normal(rng, (c_in,)),
+            var=rng.uniform(0.5, 2, c_in).astype(np.float32),
+            gamma=gamma,
+            beta=beta,
+        ),
+        params,
+        seed,
+    )

@@ -7,6 +7,7 @@ stored during backward: `optimizer.step(model)`. Per-weight options come from th
 same factor, so lr * weight_decay (the decay per step) is unchanged (airbench's BN-bias trick).
 All state is a flat {name: array} dict (`state_dict` / `load_state_dict`) for checkpoints.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,6 +18,7 @@ from ._backend import array_module, to_numpy
 
 # ---------------------------------------------------------------------------------------
 # Schedules: multipliers of the base learning rate as a function of the step (0-based)
+
 
 class Constant:
     def __call__(self, _step):
@@ -53,6 +55,7 @@ class WarmupCosine:
 
 # ---------------------------------------------------------------------------------------
 
+
 class Optimizer:
     def __init__(self, learning_rate, weight_decay=0.0, schedule=None):
         if learning_rate <= 0:
@@ -74,8 +77,7 @@ class Optimizer:
             if grad is None:
                 continue
             scale = layer.lr_scale.get(name, 1.0)
-            self._update(f"{layer.name}/{name}", value, grad, lr * scale,
-                         self.weight_decay / scale)
+            self._update(f"{layer.name}/{name}", value, grad, lr * scale, self.weight_decay / scale)
         self.iterations += 1
 
     def _slot(self, key, like):
@@ -97,8 +99,9 @@ class SGD(Optimizer):
     """PyTorch's SGD: g = grad + wd * w; buf = momentum * buf + g;
     w -= lr * (g + momentum * buf if nesterov else buf)."""
 
-    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=0.0,
-                 schedule=None):
+    def __init__(
+        self, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, schedule=None
+    ):
         super().__init__(learning_rate, weight_decay, schedule)
         if nesterov and momentum <= 0:
             raise ValueError("nesterov=True needs momentum > 0")
@@ -118,8 +121,16 @@ class Adam(Optimizer):
     """Adam (Kingma & Ba) with bias correction; weight_decay is L2 added to the gradient,
     or decoupled (AdamW) when decoupled=True."""
 
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
-                 weight_decay=0.0, decoupled=False, schedule=None):
+    def __init__(
+        self,
+        learning_rate=0.001,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-7,
+        weight_decay=0.0,
+        decoupled=False,
+        schedule=None,
+    ):
         super().__init__(learning_rate, weight_decay, schedule)
         self.beta_1, self.beta_2, self.epsilon, self.decoupled = beta_1, beta_2, epsilon, decoupled
 
@@ -133,7 +144,7 @@ class Adam(Optimizer):
         v *= self.beta_2
         v += (1 - self.beta_2) * grad * grad
         t = self.iterations + 1
-        step = lr * math.sqrt(1 - self.beta_2 ** t) / (1 - self.beta_1 ** t)
+        step = lr * math.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
         if wd and self.decoupled:
             w -= lr * wd * w
         w -= step * m / (array_module(w).sqrt(v) + self.epsilon)
@@ -176,8 +187,10 @@ class Lookahead:
                 value[...] = slow
 
     def state_dict(self):
-        return {**self.optimizer.state_dict(),
-                **{f"slow/{k}": to_numpy(v) for k, v in self.slow.items()}}
+        return {
+            **self.optimizer.state_dict(),
+            **{f"slow/{k}": to_numpy(v) for k, v in self.slow.items()},
+        }
 
     def load_state_dict(self, state):
         self.optimizer.load_state_dict(state)
@@ -188,7 +201,7 @@ def airbench_alpha(total_steps):
     """airbench's schedule for Lookahead: the fast weights count fully early on (alpha 1,
     no averaging) and ever less towards the end (alpha 1 - 0.95^5 (step/total)^3), so the
     final weights average the last, low-learning-rate stretch."""
-    return lambda step: 1 - 0.95 ** 5 * min(step / max(total_steps, 1), 1.0) ** 3
+    return lambda step: 1 - 0.95**5 * min(step / max(total_steps, 1), 1.0) ** 3
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam}
@@ -197,7 +210,9 @@ OPTIMIZERS = {"sgd": SGD, "adam": Adam}
 def get(optimizer):
     if isinstance(optimizer, str):
         if optimizer.lower() not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}; choose 'sgd' or 'adam' or pass "
-                             f"an instance such as SGD(0.1, momentum=0.9, nesterov=True)")
+            raise ValueError(
+                f"unknown optimizer {optimizer!r}; choose 'sgd' or 'adam' or pass "
+                f"an instance such as SGD(0.1, momentum=0.9, nesterov=True)"
+            )
         return OPTIMIZERS[optimizer.lower()]()
     return optimizer

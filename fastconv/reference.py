@@ -6,6 +6,7 @@ exact gradients that finite differences check. Conventions are those of `fastcon
 cross-correlation, weights (C_out, C_in/groups, KH, KW), Keras 'same' padding, pooling
 windows clipped to the real input.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,15 +30,26 @@ def _pad(x, g):
     """Zero-pad an NCHW array so that every window of geometry g lies inside it."""
     span_h = (g.oh - 1) * g.stride_h + g.dil_h * (g.kh - 1) + 1
     span_w = (g.ow - 1) * g.stride_w + g.dil_w * (g.kw - 1) + 1
-    return np.pad(x, ((0, 0), (0, 0), (g.pad_top, max(span_h - g.pad_top - g.h, 0)),
-                      (g.pad_left, max(span_w - g.pad_left - g.w, 0))))
+    return np.pad(
+        x,
+        (
+            (0, 0),
+            (0, 0),
+            (g.pad_top, max(span_h - g.pad_top - g.h, 0)),
+            (g.pad_left, max(span_w - g.pad_left - g.w, 0)),
+        ),
+    )
 
 
 def _tap(a, g, ky, kx):
     """The (N, C, OH, OW) view of padded input `a` seen by kernel tap (ky, kx)."""
     y0, x0 = ky * g.dil_h, kx * g.dil_w
-    return a[:, :, y0: y0 + g.stride_h * (g.oh - 1) + 1: g.stride_h,
-             x0: x0 + g.stride_w * (g.ow - 1) + 1: g.stride_w]
+    return a[
+        :,
+        :,
+        y0 : y0 + g.stride_h * (g.oh - 1) + 1 : g.stride_h,
+        x0 : x0 + g.stride_w * (g.ow - 1) + 1 : g.stride_w,
+    ]
 
 
 def _grouped(a, groups):
@@ -47,8 +59,15 @@ def _grouped(a, groups):
 
 
 def _geometry(x, w, stride, padding, dilation, groups, layout):
-    return _args.conv_geometry(x.shape, w.shape, stride=stride, padding=padding,
-                               dilation=dilation, groups=groups, layout=layout)
+    return _args.conv_geometry(
+        x.shape,
+        w.shape,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        layout=layout,
+    )
 
 
 def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, layout="NCHW"):
@@ -80,22 +99,34 @@ def conv2d_backward(dy, x, w, *, stride=1, padding=0, dilation=1, groups=1, layo
             dw[:, :, :, ky, kx] = np.einsum("ngohw,ngchw->goc", dyg, patch)
             dpatch = _tap(dxp, g, ky, kx)  # a view: += scatters into dxp
             dpatch += np.einsum("ngohw,goc->ngchw", dyg, wg[:, :, :, ky, kx]).reshape(dpatch.shape)
-    dx = dxp[:, :, g.pad_top: g.pad_top + g.h, g.pad_left: g.pad_left + g.w]
+    dx = dxp[:, :, g.pad_top : g.pad_top + g.h, g.pad_left : g.pad_left + g.w]
     dbias = dyg.sum(axis=(0, 3, 4)).reshape(-1)
-    return (_from_nchw(dx, nhwc, x.dtype), dw.reshape(w.shape).astype(w.dtype),
-            dbias.astype(dy.dtype))
+    return (
+        _from_nchw(dx, nhwc, x.dtype),
+        dw.reshape(w.shape).astype(w.dtype),
+        dbias.astype(dy.dtype),
+    )
 
 
 def depthwise_conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, layout="NCHW"):
     channels = _args.split_activation(x.shape, _args.channels_last(layout))[1]
-    return conv2d(x, w, bias, stride=stride, padding=padding, dilation=dilation,
-                  groups=channels, layout=layout)
+    return conv2d(
+        x,
+        w,
+        bias,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=channels,
+        layout=layout,
+    )
 
 
 def depthwise_conv2d_backward(dy, x, w, *, stride=1, padding=0, dilation=1, layout="NCHW"):
     channels = _args.split_activation(x.shape, _args.channels_last(layout))[1]
-    return conv2d_backward(dy, x, w, stride=stride, padding=padding, dilation=dilation,
-                           groups=channels, layout=layout)
+    return conv2d_backward(
+        dy, x, w, stride=stride, padding=padding, dilation=dilation, groups=channels, layout=layout
+    )
 
 
 def pointwise_conv2d(x, w, bias=None, *, layout="NCHW"):
@@ -107,26 +138,32 @@ def pointwise_conv2d_backward(dy, x, w, *, layout="NCHW"):
     return dx, dw[:, :, 0, 0], dbias
 
 
-def separable_conv2d(x, depthwise_w, pointwise_w, bias=None, *, stride=1, padding=0,
-                     dilation=1, layout="NCHW"):
-    mid = depthwise_conv2d(x, depthwise_w, stride=stride, padding=padding, dilation=dilation,
-                           layout=layout)
+def separable_conv2d(
+    x, depthwise_w, pointwise_w, bias=None, *, stride=1, padding=0, dilation=1, layout="NCHW"
+):
+    mid = depthwise_conv2d(
+        x, depthwise_w, stride=stride, padding=padding, dilation=dilation, layout=layout
+    )
     return pointwise_conv2d(mid, pointwise_w, bias, layout=layout)
 
 
-def separable_conv2d_backward(dy, x, depthwise_w, pointwise_w, *, stride=1, padding=0,
-                              dilation=1, layout="NCHW"):
-    mid = depthwise_conv2d(x, depthwise_w, stride=stride, padding=padding, dilation=dilation,
-                           layout=layout)
+def separable_conv2d_backward(
+    dy, x, depthwise_w, pointwise_w, *, stride=1, padding=0, dilation=1, layout="NCHW"
+):
+    mid = depthwise_conv2d(
+        x, depthwise_w, stride=stride, padding=padding, dilation=dilation, layout=layout
+    )
     dmid, dpw, dbias = pointwise_conv2d_backward(dy, mid, pointwise_w, layout=layout)
-    dx, ddw, _ = depthwise_conv2d_backward(dmid, x, depthwise_w, stride=stride,
-                                           padding=padding, dilation=dilation, layout=layout)
+    dx, ddw, _ = depthwise_conv2d_backward(
+        dmid, x, depthwise_w, stride=stride, padding=padding, dilation=dilation, layout=layout
+    )
     return dx, ddw, dpw, dbias
 
 
 # ---------------------------------------------------------------------------------------
 # Pooling: each window is clipped to the real input, so padding never wins a max or a min,
 # and averages divide by the real cells unless count_include_pad.
+
 
 def _windows(g):
     for oy in range(g.oh):
@@ -138,8 +175,15 @@ def _windows(g):
 
 
 def _pool_geometry(x, kernel_size, stride, padding, layout, kind, count_include_pad=False):
-    return _args.pool_geometry(x.shape, kernel_size, stride=stride, padding=padding,
-                               layout=layout, kind=kind, count_include_pad=count_include_pad)
+    return _args.pool_geometry(
+        x.shape,
+        kernel_size,
+        stride=stride,
+        padding=padding,
+        layout=layout,
+        kind=kind,
+        count_include_pad=count_include_pad,
+    )
 
 
 def _pool(kind, x, kernel_size, stride, padding, count_include_pad, layout):
@@ -154,8 +198,11 @@ def _pool(kind, x, kernel_size, stride, padding, count_include_pad, layout):
             y[:, :, oy, ox] = np.take_along_axis(win, pick[..., None], -1)[..., 0]
         else:
             total = win.sum(-1)
-            y[:, :, oy, ox] = total if kind == "sum" else total / (
-                g.kh * g.kw if count_include_pad else win.shape[-1])
+            y[:, :, oy, ox] = (
+                total
+                if kind == "sum"
+                else total / (g.kh * g.kw if count_include_pad else win.shape[-1])
+            )
     return _from_nchw(y, g.channels_last, x.dtype)
 
 
@@ -171,7 +218,9 @@ def _pool_backward(kind, dy, x, kernel_size, stride, padding, count_include_pad,
             pick = np.argmax(win, -1) if kind == "max" else np.argmin(win, -1)
             width = cols.stop - cols.start
             n_idx, c_idx = np.indices(pick.shape)
-            np.add.at(dx, (n_idx, c_idx, rows.start + pick // width, cols.start + pick % width), grad)
+            np.add.at(
+                dx, (n_idx, c_idx, rows.start + pick // width, cols.start + pick % width), grad
+            )
         else:
             cells = (rows.stop - rows.start) * (cols.stop - cols.start)
             scale = 1.0 if kind == "sum" else 1.0 / (g.kh * g.kw if count_include_pad else cells)
@@ -199,8 +248,9 @@ def avg_pool2d(x, kernel_size, *, stride=None, padding=0, count_include_pad=Fals
     return _pool("avg", x, kernel_size, stride, padding, count_include_pad, layout)
 
 
-def avg_pool2d_backward(dy, x, kernel_size, *, stride=None, padding=0, count_include_pad=False,
-                        layout="NCHW"):
+def avg_pool2d_backward(
+    dy, x, kernel_size, *, stride=None, padding=0, count_include_pad=False, layout="NCHW"
+):
     return _pool_backward("avg", dy, x, kernel_size, stride, padding, count_include_pad, layout)
 
 
@@ -272,20 +322,21 @@ def batch_norm(x, gamma=None, beta=None, *, axis=-1, eps=1e-3, activation=None):
     x64 = x.astype(xp.float64)
     mean = x64.mean(axis=reduce)
     var = ((x64 - mean.reshape(bshape)) ** 2).mean(axis=reduce)
-    y = batch_norm_inference(x64, mean, var, gamma, beta, axis=axis, eps=eps,
-                             activation=activation)
+    y = batch_norm_inference(x64, mean, var, gamma, beta, axis=axis, eps=eps, activation=activation)
     return y.astype(x.dtype), mean.astype(x.dtype), var.astype(x.dtype)
 
 
-def batch_norm_inference(x, mean, var, gamma=None, beta=None, *, axis=-1, eps=1e-3,
-                         activation=None):
+def batch_norm_inference(
+    x, mean, var, gamma=None, beta=None, *, axis=-1, eps=1e-3, activation=None
+):
     """act(gamma * (x - mean) / sqrt(var + eps) + beta) with given statistics."""
     z = _affine_input(x, mean, var, gamma, beta, axis, eps)[0]
     return _activate(z, activation)[0].astype(x.dtype)
 
 
-def batch_norm_backward(dy, x, mean, var, gamma=None, beta=None, *, axis=-1, eps=1e-3,
-                        activation=None):
+def batch_norm_backward(
+    dy, x, mean, var, gamma=None, beta=None, *, axis=-1, eps=1e-3, activation=None
+):
     """(dx, dgamma, dbeta) of batch_norm with the same gamma, beta and activation."""
     reduce, bshape = _channel_axes(x, axis)
     count = x.size // x.shape[axis]

@@ -1,6 +1,7 @@
 """`fastconv check`: every op of the op table and its backward, on small random shapes,
 against the NumPy reference, on every instruction set this CPU supports and on the GPU if
 there is one. One line per op and backend; the verdict is False on any mismatch."""
+
 from __future__ import annotations
 
 import contextlib
@@ -29,6 +30,7 @@ def _backends():
     ok, why = cuda_available()
     if ok:
         import cupy
+
         yield "cuda", contextlib.nullcontext, cupy.asarray, cupy.asnumpy
     else:
         yield "cuda", None, why, None
@@ -58,9 +60,15 @@ def run(cases=12, seed=0, print_fn=print) -> bool:
             for op in ops.OPS.values():
                 v = _check_op(op, dev, host, cases, seed)
                 all_ok &= v.ok
-                status = ("ok" if v.ok else "MISMATCH") + f"  worst error {v.worst:.2g} of tolerance"
-                print_fn(f"{label:<12} {op.name:<22} {v.cases:>3} cases  {status}"
-                         + ("" if v.ok else f"\n    {v.failure}"))
-    print_fn(f"{'all ops agree with the reference' if all_ok else 'MISMATCHES FOUND'} "
-             f"({time.perf_counter() - began:.1f} s)")
+                status = (
+                    "ok" if v.ok else "MISMATCH"
+                ) + f"  worst error {v.worst:.2g} of tolerance"
+                print_fn(
+                    f"{label:<12} {op.name:<22} {v.cases:>3} cases  {status}"
+                    + ("" if v.ok else f"\n    {v.failure}")
+                )
+    print_fn(
+        f"{'all ops agree with the reference' if all_ok else 'MISMATCHES FOUND'} "
+        f"({time.perf_counter() - began:.1f} s)"
+    )
     return all_ok

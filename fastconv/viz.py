@@ -7,6 +7,7 @@ a figure of its own (no pyplot state, no display needed). Each plot_* function w
 picture to `path` (PNG, or any format matplotlib knows by the suffix) and returns the
 numbers it drew.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,10 @@ def _figure(width, height):
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise ImportError("fastconv.viz draws with matplotlib, which is not installed: "
-                          "pip install 'fastconv[viz]' (or pip install matplotlib)") from None
+        raise ImportError(
+            "fastconv.viz draws with matplotlib, which is not installed: "
+            "pip install 'fastconv[viz]' (or pip install matplotlib)"
+        ) from None
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
@@ -43,11 +46,18 @@ def _annotate(ax, values, colors):
 # ---------------------------------------------------------------------------------------
 # Filters
 
+
 def _conv_kernel(layer):
     """A layer's 4-D convolution kernel (a depthwise one for Depthwise/SeparableConv2D), or
     None."""
-    return next((layer.params[k] for k in ("kernel", "depthwise_kernel")
-                 if getattr(layer.params.get(k), "ndim", 0) == 4), None)
+    return next(
+        (
+            layer.params[k]
+            for k in ("kernel", "depthwise_kernel")
+            if getattr(layer.params.get(k), "ndim", 0) == 4
+        ),
+        None,
+    )
 
 
 def first_conv(model):
@@ -66,17 +76,18 @@ def _kernel(layer_or_kernel):
         layer = layer_or_kernel
         kernel = _conv_kernel(layer)
         if kernel is None:
-            raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}) has no convolution "
-                             f"kernel to draw (its weights: {sorted(layer.params) or 'none'}; "
-                             f"a layer has weights once its model is built)")
+            raise ValueError(
+                f"layer {layer.name!r} ({type(layer).__name__}) has no convolution "
+                f"kernel to draw (its weights: {sorted(layer.params) or 'none'}; "
+                f"a layer has weights once its model is built)"
+            )
     else:
         kernel = layer_or_kernel
     kernel = np.asarray(to_numpy(kernel), dtype=np.float64)
     if kernel.ndim == 2:
         kernel = kernel[None, None]
     if kernel.ndim != 4:
-        raise ValueError(f"a kernel is (KH, KW) or (C_out, C_in, KH, KW), got shape "
-                         f"{kernel.shape}")
+        raise ValueError(f"a kernel is (KH, KW) or (C_out, C_in, KH, KW), got shape {kernel.shape}")
     return kernel
 
 
@@ -120,14 +131,18 @@ def plot_filters(layer_or_kernel, path, max_filters=32, max_channels=8):
         if weights is not None and kh * kw <= 9 and len(grid) <= 16:
             _annotate(ax, weights, np.where(tile > 0.5, "black", "white"))
     shape = "x".join(map(str, kernel.shape))
-    fig.suptitle(f"filters ({shape}: out x in x KH x KW)" + ("" if rgb else
-                 "; a row per filter, a column per input channel"), fontsize=9)
+    fig.suptitle(
+        f"filters ({shape}: out x in x KH x KW)"
+        + ("" if rgb else "; a row per filter, a column per input channel"),
+        fontsize=9,
+    )
     _save(fig, path)
     return tiles
 
 
 # ---------------------------------------------------------------------------------------
 # Feature maps
+
 
 def feature_maps(model, image, layer_name):
     """The output of the layer called `layer_name` for one image (the model's input without
@@ -177,14 +192,18 @@ def plot_feature_maps(model, image, layer_name, path, max_maps=64):
         if i < len(shown):
             ax.imshow(shown[i], cmap="gray", interpolation="nearest")
             ax.set_title(str(i), fontsize=6, pad=1)
-    fig.suptitle(f"{layer_name}: {len(maps)} feature maps of {maps.shape[1]}x{maps.shape[2]}"
-                 + (f" (first {len(shown)})" if len(shown) < len(maps) else ""), fontsize=9)
+    fig.suptitle(
+        f"{layer_name}: {len(maps)} feature maps of {maps.shape[1]}x{maps.shape[2]}"
+        + (f" (first {len(shown)})" if len(shown) < len(maps) else ""),
+        fontsize=9,
+    )
     _save(fig, path)
     return maps
 
 
 # ---------------------------------------------------------------------------------------
 # Pooling
+
 
 def plot_pooling(x, kernel, stride, kind, path):
     """Pooling of a small 2-D array pictured: the input with every window outlined in its
@@ -204,10 +223,13 @@ def plot_pooling(x, kernel, stride, kind, path):
     colors = [f"C{i % 10}" for i in range(y.size)]
 
     from matplotlib.patches import Circle, Rectangle
+
     fig = _figure(0.55 * (x.shape[1] + y.shape[1]) + 2, 0.55 * max(x.shape[0], y.shape[0]) + 1)
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [x.shape[1], y.shape[1]]})
-    for ax, values, title in ((left, x, f"input {x.shape[0]}x{x.shape[1]}"),
-                              (right, y, f"{kind} pool: {y.shape[0]}x{y.shape[1]}")):
+    for ax, values, title in (
+        (left, x, f"input {x.shape[0]}x{x.shape[1]}"),
+        (right, y, f"{kind} pool: {y.shape[0]}x{y.shape[1]}"),
+    ):
         ax.imshow(np.zeros_like(values), cmap="gray_r", vmin=0, vmax=8)
         _annotate(ax, values, np.full(values.shape, "black"))
         ax.set_xticks(np.arange(values.shape[1] + 1) - 0.5, minor=True)
@@ -219,16 +241,27 @@ def plot_pooling(x, kernel, stride, kind, path):
     for k, (i, j) in enumerate(np.ndindex(*y.shape)):
         top, lft = i * sh, j * sw
         box = inset * (1 + k % 2)
-        left.add_patch(Rectangle((lft - 0.5 + box, top - 0.5 + box), kw - 2 * box, kh - 2 * box,
-                                 fill=False, edgecolor=colors[k], linewidth=2))
-        right.add_patch(Rectangle((j - 0.45, i - 0.45), 0.9, 0.9, fill=False,
-                                  edgecolor=colors[k], linewidth=2))
+        left.add_patch(
+            Rectangle(
+                (lft - 0.5 + box, top - 0.5 + box),
+                kw - 2 * box,
+                kh - 2 * box,
+                fill=False,
+                edgecolor=colors[k],
+                linewidth=2,
+            )
+        )
+        right.add_patch(
+            Rectangle((j - 0.45, i - 0.45), 0.9, 0.9, fill=False, edgecolor=colors[k], linewidth=2)
+        )
         if kind in ("max", "min"):
-            window = x[top:top + kh, lft:lft + kw]
-            r, c = np.unravel_index((window.argmax if kind == "max" else window.argmin)(),
-                                    window.shape)
-            left.add_patch(Circle((lft + c, top + r), 0.35, fill=False, edgecolor=colors[k],
-                                  linewidth=1.5))
+            window = x[top : top + kh, lft : lft + kw]
+            r, c = np.unravel_index(
+                (window.argmax if kind == "max" else window.argmin)(), window.shape
+            )
+            left.add_patch(
+                Circle((lft + c, top + r), 0.35, fill=False, edgecolor=colors[k], linewidth=1.5)
+            )
     fig.suptitle(f"{kind} pooling, {kh}x{kw} windows, stride {sh}x{sw}", fontsize=10)
     _save(fig, path)
     return y

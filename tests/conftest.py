@@ -1,13 +1,18 @@
 """Test configuration: the hypothesis profile and the instruction-set fixture. Shared cases,
 strategies and tolerances live in op_cases.py."""
+
 import pytest
 from hypothesis import HealthCheck, settings
 
 import fastconv
 
-settings.register_profile("fastconv", deadline=None, derandomize=True, max_examples=150,
-                          suppress_health_check=[HealthCheck.too_slow,
-                                                 HealthCheck.function_scoped_fixture])
+settings.register_profile(
+    "fastconv",
+    deadline=None,
+    derandomize=True,
+    max_examples=150,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 settings.load_profile("fastconv")
 
 ISAS = ("avx512", "avx2", "generic")

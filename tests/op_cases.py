@@ -4,6 +4,7 @@ GPU) draw cases of every op with `case_of` and check them with `fastconv.ops.che
 and backward against fastconv.reference. The fixed cases below reach paths that random small
 shapes do not (large tiles, split reductions, wide pooling windows).
 """
+
 import os
 
 import numpy as np
@@ -15,6 +16,8 @@ from fastconv import _args, ops
 from fastconv import reference as ref
 
 POOL_KINDS = ["max", "min", "avg", "sum"]
+
+
 def examples(n):
     """n hypothesis examples, or a tenth of them on CI's sanitizer build (several times
     slower; it looks for memory errors, which a few cases of every op reach)."""
@@ -51,12 +54,15 @@ def case_of(draw, op_list, limits=HARNESS_LIMITS):
 def ops_with(predicate=lambda op: True):
     """pytest parameters: the ops of the table that satisfy `predicate`, named."""
     import pytest
+
     return [pytest.param(op, id=op.name) for op in ops.OPS.values() if predicate(op)]
 
 
 def check_case(op, case, dev=lambda a: a, host=np.asarray):
     worst, bad = ops.check(op, case, dev=dev, host=host)
     assert bad is None, f"{bad} of {case!r}: {worst:.3g} x the tolerance"
+
+
 ACTIVATIONS = [None, "relu", "gelu"]  # the activations batch norm fuses
 
 
@@ -69,12 +75,20 @@ def assert_close(actual, expected, rtol=1e-4, atol=2e-5):
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol * scale)
 
 
-def conv_algorithm(direction, x_shape, w_shape, *, stride=1, padding=0, dilation=1, groups=1,
-                   layout="NCHW"):
+def conv_algorithm(
+    direction, x_shape, w_shape, *, stride=1, padding=0, dilation=1, groups=1, layout="NCHW"
+):
     """The algorithm fastconv._cpu runs (with the active ISA) for one conv pass:
     direction is 'forward', 'backward_input' or 'backward_weight'."""
-    g = _args.conv_geometry(x_shape, w_shape, stride=stride, padding=padding, dilation=dilation,
-                            groups=groups, layout=layout)
+    g = _args.conv_geometry(
+        x_shape,
+        w_shape,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        layout=layout,
+    )
     return fastconv._cpu.conv_algorithm(g, direction)
 
 
@@ -95,8 +109,10 @@ layouts = st.sampled_from(["NCHW", "NHWC"])
 paddings = st.one_of(
     st.integers(0, 3),
     st.tuples(st.integers(0, 3), st.integers(0, 3)),
-    st.tuples(st.tuples(st.integers(0, 3), st.integers(0, 3)),   # asymmetric
-              st.tuples(st.integers(0, 3), st.integers(0, 3))),
+    st.tuples(
+        st.tuples(st.integers(0, 3), st.integers(0, 3)),  # asymmetric
+        st.tuples(st.integers(0, 3), st.integers(0, 3)),
+    ),
     st.sampled_from(["valid", "same"]),
 )
 
@@ -120,17 +136,26 @@ def conv_cases(draw, depthwise=False, max_kernel=5, max_side=11, max_batch=2):
     cin = draw(st.integers(1, 4)) * groups
     cout = cin * draw(st.integers(1, 3)) if depthwise else draw(st.integers(1, 5)) * groups
     kh, kw = draw(st.integers(1, max_kernel)), draw(st.integers(1, max_kernel))
-    n, h, w = (draw(st.integers(1, max_batch)), draw(st.integers(1, max_side)),
-               draw(st.integers(1, max_side)))
+    n, h, w = (
+        draw(st.integers(1, max_batch)),
+        draw(st.integers(1, max_side)),
+        draw(st.integers(1, max_side)),
+    )
     layout = draw(layouts)
-    kwargs = dict(stride=draw(pairs(1, 3)), padding=draw(paddings), dilation=draw(pairs(1, 2)),
-                  layout=layout)
+    kwargs = dict(
+        stride=draw(pairs(1, 3)), padding=draw(paddings), dilation=draw(pairs(1, 2)), layout=layout
+    )
     if not depthwise:
         kwargs["groups"] = groups
     shape = (n, h, w, cin) if layout == "NHWC" else (n, cin, h, w)
     w_shape = (cout, 1 if depthwise else cin // groups, kh, kw)
-    assume(_fits(lambda: _args.conv_geometry(shape, w_shape, **{"groups": cin if depthwise else groups,
-                                                                **kwargs})))
+    assume(
+        _fits(
+            lambda: _args.conv_geometry(
+                shape, w_shape, **{"groups": cin if depthwise else groups, **kwargs}
+            )
+        )
+    )
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     return rand(rng, *shape), rand(rng, *w_shape), rand(rng, cout), kwargs, rng
 
@@ -140,10 +165,15 @@ def pool_cases(draw, max_channels=9, max_side=10, max_batch=2):
     """(kind, x, kernel_size, kwargs, rng); x often holds ties so that 'first max wins' shows."""
     kind = draw(st.sampled_from(POOL_KINDS))
     layout = draw(layouts)
-    n, c, h, w = (draw(st.integers(1, max_batch)), draw(st.integers(1, max_channels)),
-                  draw(st.integers(1, max_side)), draw(st.integers(1, max_side)))
-    kwargs = dict(stride=draw(st.one_of(st.none(), pairs(1, 3))), padding=draw(paddings),
-                  layout=layout)
+    n, c, h, w = (
+        draw(st.integers(1, max_batch)),
+        draw(st.integers(1, max_channels)),
+        draw(st.integers(1, max_side)),
+        draw(st.integers(1, max_side)),
+    )
+    kwargs = dict(
+        stride=draw(st.one_of(st.none(), pairs(1, 3))), padding=draw(paddings), layout=layout
+    )
     if kind == "avg":
         kwargs["count_include_pad"] = draw(st.booleans())
     kernel = draw(pairs(1, 5))
@@ -208,11 +238,11 @@ def check_global_pool(dev, host, x, layout, rng):
 # backward-weight splits (> 512 output pixels) and bias splits (> 4096 pixels):
 # (n, cin, cout, hw, kernel, stride, groups).
 LARGE_CONV_CASES = [
-    (2, 130, 136, 10, 3, 1, 1),    # 128x128 tiles for forward, backward-input, backward-weight
-    (2, 16, 144, 24, 3, 1, 1),     # wide forward, 3 backward-weight splits
-    (2, 24, 40, 18, 3, 2, 2),      # strided and grouped
-    (2, 3, 64, 32, 3, 1, 1),       # the first CIFAR layer: k = 27 is not a whole slice
-    (2, 8, 8, 48, 1, 1, 1),        # 1x1 with 4608 pixels: two bias splits
+    (2, 130, 136, 10, 3, 1, 1),  # 128x128 tiles for forward, backward-input, backward-weight
+    (2, 16, 144, 24, 3, 1, 1),  # wide forward, 3 backward-weight splits
+    (2, 24, 40, 18, 3, 2, 2),  # strided and grouped
+    (2, 3, 64, 32, 3, 1, 1),  # the first CIFAR layer: k = 27 is not a whole slice
+    (2, 8, 8, 48, 1, 1, 1),  # 1x1 with 4608 pixels: two bias splits
 ]
 
 # Depthwise with > 2048 output pixels (several backward-weight splits) and 40 channels (two
@@ -220,27 +250,43 @@ LARGE_CONV_CASES = [
 DEPTHWISE_SPLIT_CASES = [(40, 1, 33, 1), (3, 2, 40, 2)]
 
 # Pooling on bigger planes, with ties: (kind, kernel, stride, padding).
-POOL_BIGGER_CASES = [("max", 2, None, 0), ("max", 3, 2, 1), ("avg", 2, None, 0),
-                     ("min", 3, 1, "same"), ("sum", (2, 3), (1, 2), ((0, 1), (1, 0))),
-                     # >= 64 cells: the wide-window forward kernels, windows clipped by padding
-                     ("max", (8, 9), 3, (4, 3)), ("min", (9, 8), (2, 4), "same"),
-                     ("avg", 8, 4, 4), ("sum", (16, 8), 5, 0)]
+POOL_BIGGER_CASES = [
+    ("max", 2, None, 0),
+    ("max", 3, 2, 1),
+    ("avg", 2, None, 0),
+    ("min", 3, 1, "same"),
+    ("sum", (2, 3), (1, 2), ((0, 1), (1, 0))),
+    # >= 64 cells: the wide-window forward kernels, windows clipped by padding
+    ("max", (8, 9), 3, (4, 3)),
+    ("min", (9, 8), (2, 4), "same"),
+    ("avg", 8, 4, 4),
+    ("sum", (16, 8), 5, 0),
+]
 
 
 def check_large_conv(dev, host, layout, n, cin, cout, hw, k, stride, groups):
     rng = np.random.default_rng(cin * cout + hw)
     x = nchw_to(rand(rng, n, cin, hw, hw), layout)
     w, b = rand(rng, cout, cin // groups, k, k), rand(rng, cout)
-    check_conv(dev, host, x, w, b, dict(stride=stride, padding="same", groups=groups,
-                                        layout=layout), rng)
+    check_conv(
+        dev, host, x, w, b, dict(stride=stride, padding="same", groups=groups, layout=layout), rng
+    )
 
 
 def check_depthwise_splits(dev, host, layout, channels, mult, hw, stride):
     rng = np.random.default_rng(channels + hw)
     x = nchw_to(rand(rng, 2, channels, hw, hw), layout)
     w, b = rand(rng, channels * mult, 1, 3, 3), rand(rng, channels * mult)
-    check_conv(dev, host, x, w, b, dict(stride=stride, padding=1, layout=layout), rng,
-               op="depthwise_conv2d")
+    check_conv(
+        dev,
+        host,
+        x,
+        w,
+        b,
+        dict(stride=stride, padding=1, layout=layout),
+        rng,
+        op="depthwise_conv2d",
+    )
 
 
 def check_pool_bigger(dev, host, layout, kind, kernel, stride, padding):
@@ -248,8 +294,7 @@ def check_pool_bigger(dev, host, layout, kind, kernel, stride, padding):
     x = rng.integers(-2, 3, size=(2, 37, 17, 16)).astype(np.float32)
     x[0, 1, 5:9, 3:7] = np.nan  # NaN must win max and min windows, first one first
     x = nchw_to(x, layout)
-    check_pool(dev, host, kind, x, kernel, dict(stride=stride, padding=padding, layout=layout),
-               rng)
+    check_pool(dev, host, kind, x, kernel, dict(stride=stride, padding=padding, layout=layout), rng)
 
 
 @st.composite
@@ -261,8 +306,13 @@ def batch_norm_cases(draw):
     axis = draw(st.sampled_from([a for a in range(-rank, rank) if a % rank != 0]))
     if np.prod(shape) // shape[axis] < 2:  # one element per channel: a variance of 0
         shape = (2,) + shape[1:]
-    return (shape, axis, draw(st.booleans()), draw(st.sampled_from(ACTIVATIONS)),
-            draw(st.integers(0, 2**31)))
+    return (
+        shape,
+        axis,
+        draw(st.booleans()),
+        draw(st.sampled_from(ACTIVATIONS)),
+        draw(st.integers(0, 2**31)),
+    )
 
 
 def _optional(dev, a):
@@ -283,7 +333,7 @@ def check_batch_norm(dev, host, shape, axis, affine, activation, seed):
     y_ref, mean_ref, var_ref = ref.batch_norm(x.astype(np.float64), gamma, beta, **kw)
     x_scale = np.abs(x).max()
     np.testing.assert_allclose(host(mean), mean_ref, rtol=1e-6, atol=1e-6 * x_scale)
-    np.testing.assert_allclose(host(var), var_ref, rtol=1e-5, atol=1e-6 * x_scale ** 2)
+    np.testing.assert_allclose(host(var), var_ref, rtol=1e-5, atol=1e-6 * x_scale**2)
     # y = a * x + b in float32: b and the float32 mean carry rounding of |x| * a
     gain = np.abs(1 if gamma is None else gamma).max() / np.sqrt(var_ref.min() + 1e-5)
     y_tol = 1e-5 * np.abs(y_ref).max() + 1e-6 + 4 * np.finfo(np.float32).eps * x_scale * gain
@@ -291,10 +341,12 @@ def check_batch_norm(dev, host, shape, axis, affine, activation, seed):
     moving = fastconv.batch_norm_inference(dev(x), mean, var, *params, **kw)
     np.testing.assert_allclose(host(moving), y_ref, rtol=1e-5, atol=y_tol)
     dy = rand(rng, *shape)
-    grads = [host(g) for g in fastconv.batch_norm_backward(dev(dy), dev(x), mean, var, *params,
-                                                            **kw)]
-    grads_ref = ref.batch_norm_backward(dy.astype(np.float64), x.astype(np.float64), mean_ref,
-                                        var_ref, gamma, beta, **kw)
+    grads = [
+        host(g) for g in fastconv.batch_norm_backward(dev(dy), dev(x), mean, var, *params, **kw)
+    ]
+    grads_ref = ref.batch_norm_backward(
+        dy.astype(np.float64), x.astype(np.float64), mean_ref, var_ref, gamma, beta, **kw
+    )
     # float32 rounding of the terms that cancel in dx: tolerance scaled by the terms' size
     dy_scale = np.abs(dy).max()
     atols = [1e-5 * dy_scale * gain, 1e-5 * dy_scale * x.size, 1e-5 * dy_scale * x.size]
@@ -323,10 +375,12 @@ def check_batch_norm_nan_channel(dev, host, shape, axis):
         y_ref, mean_ref, var_ref = ref.batch_norm(x64, gamma, beta, **kw)
         for got, want in zip((y, mean, var), (y_ref, mean_ref, var_ref)):
             assert_close(host(got), want)
-        grads = fastconv.batch_norm_backward(dev(dy), dev(x), mean, var, dev(gamma), dev(beta),
-                                             **kw)
-        grads_ref = ref.batch_norm_backward(dy.astype(np.float64), x64, mean_ref, var_ref, gamma,
-                                            beta, **kw)
+        grads = fastconv.batch_norm_backward(
+            dev(dy), dev(x), mean, var, dev(gamma), dev(beta), **kw
+        )
+        grads_ref = ref.batch_norm_backward(
+            dy.astype(np.float64), x64, mean_ref, var_ref, gamma, beta, **kw
+        )
         for got, want in zip(grads, grads_ref):
             assert_close(host(got), want)
 
@@ -345,5 +399,9 @@ def check_batch_norm_large_mean(dev, host, layout):
 # (shape, axis) with more elements per channel than one reduction split of the CUDA batch-norm
 # kernels takes (256 NHWC rows, 8192 NCHW elements), the last split a shorter one: NCHW, NHWC
 # with two blocks of 32 channels, rank 2, and an inner size that is not a power of two.
-BATCH_NORM_SPLIT_CASES = [((5, 2, 60, 60), 1), ((3, 20, 20, 40), -1), ((1000, 7), -1),
-                          ((4, 9, 2, 1200), 2)]
+BATCH_NORM_SPLIT_CASES = [
+    ((5, 2, 60, 60), 1),
+    ((3, 20, 20, 40), -1),
+    ((1000, 7), -1),
+    ((4, 9, 2, 1200), 2),
+]

@@ -3,6 +3,7 @@ PyTorch backend, `pip install ".[keras]"`) through get_weights lists and both .h
 torchvision's ResNet-18/50 (the modules written out below with torchvision's names, so their
 state_dict keys are torchvision's) through state_dicts; the course's hand-built ResNet-50 and
 its summary. Random weights, random BN moving statistics, inference mode."""
+
 import os
 
 import numpy as np
@@ -13,7 +14,8 @@ from fastconv.nn import applications
 
 # Keras 3.15's variables implement NumPy 1's __array__, which NumPy 2 warns about
 pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
 
 # Keras' and PyTorch's float32 sums run in other orders through ~50 layers: outputs agree to
 # this fraction of their largest magnitude
@@ -60,10 +62,21 @@ def test_resnet50_parameter_counts_and_keras_names():
     assert "Total params: 25,636,712" in text  # as Keras prints for keras.applications.ResNet50
     assert "Trainable params: 25,583,592" in text and "Non-trainable params: 53,120" in text
     names = [layer.name for layer in model.layers]
-    assert names[:13] == ["input_layer", "conv1_pad", "conv1_conv", "conv1_bn", "conv1_relu",
-                          "pool1_pad", "pool1_pool", "conv2_block1_1_conv", "conv2_block1_1_bn",
-                          "conv2_block1_1_relu", "conv2_block1_2_conv", "conv2_block1_2_bn",
-                          "conv2_block1_2_relu"]
+    assert names[:13] == [
+        "input_layer",
+        "conv1_pad",
+        "conv1_conv",
+        "conv1_bn",
+        "conv1_relu",
+        "pool1_pad",
+        "pool1_pool",
+        "conv2_block1_1_conv",
+        "conv2_block1_1_bn",
+        "conv2_block1_1_relu",
+        "conv2_block1_2_conv",
+        "conv2_block1_2_bn",
+        "conv2_block1_2_relu",
+    ]
     assert names[-3:] == ["conv5_block3_out", "avg_pool", "predictions"]
     assert model.output_shape == (1000,) and len(names) == 177
     notop = applications.ResNet50(include_top=False, input_shape=(32, 32, 3), pooling="max")
@@ -72,8 +85,9 @@ def test_resnet50_parameter_counts_and_keras_names():
 
 def test_resnet50_matches_keras_through_get_weights():
     keras = keras_or_skip()
-    theirs = keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3), classes=10,
-                                         classifier_activation=None)
+    theirs = keras.applications.ResNet50(
+        weights=None, input_shape=(64, 64, 3), classes=10, classifier_activation=None
+    )
     ours = applications.ResNet50(input_shape=(64, 64, 3), classes=10, classifier_activation=None)
     assert [layer.name for layer in ours.layers] == [layer.name for layer in theirs.layers]
     assert ours.count_params() == theirs.count_params()
@@ -87,6 +101,7 @@ def test_resnet50_matches_keras_through_get_weights():
 def test_resnet50_loads_keras_h5_files(tmp_path):
     keras = keras_or_skip()
     from keras.src.legacy.saving import legacy_h5_format
+
     h5py = pytest.importorskip("h5py")
     theirs = keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3), classes=10)
     donor = applications.ResNet50(input_shape=(64, 64, 3), classes=10)
@@ -100,13 +115,18 @@ def test_resnet50_loads_keras_h5_files(tmp_path):
     theirs.save_weights(tmp_path / "resnet50.weights.h5")  # Keras 3's own format
     expected = theirs.predict(x, verbose=0)
     for name in ("resnet50.h5", "resnet50.weights.h5"):
-        ours = applications.ResNet50(weights=str(tmp_path / name), input_shape=(64, 64, 3),
-                                     classes=10)
+        ours = applications.ResNet50(
+            weights=str(tmp_path / name), input_shape=(64, 64, 3), classes=10
+        )
         assert_close(ours.predict(x), expected)
     # the classifier's weights in the file are ignored by a model without one
     features = keras.Model(theirs.input, theirs.get_layer("avg_pool").output)
-    notop = applications.ResNet50(include_top=False, pooling="avg", input_shape=(64, 64, 3),
-                                  weights=str(tmp_path / "resnet50.h5"))
+    notop = applications.ResNet50(
+        include_top=False,
+        pooling="avg",
+        input_shape=(64, 64, 3),
+        weights=str(tmp_path / "resnet50.h5"),
+    )
     assert_close(notop.predict(x), features.predict(x, verbose=0))
 
 
@@ -172,7 +192,8 @@ def torchvision_resnet(torch, bottleneck, layers, num_classes):
             if stride != 1 or self.inplanes != planes * block.expansion:
                 downsample = tnn.Sequential(
                     tnn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
-                    tnn.BatchNorm2d(planes * block.expansion))
+                    tnn.BatchNorm2d(planes * block.expansion),
+                )
             stack = [block(self.inplanes, planes, stride, downsample)]
             self.inplanes = planes * block.expansion
             stack += [block(self.inplanes, planes) for _ in range(1, blocks)]
@@ -208,16 +229,18 @@ def torch_reference(torch, net, x, seed=0):
 def test_resnet_matches_torchvision_state_dict(depth, tmp_path):
     torch = pytest.importorskip("torch")
     torch.manual_seed(depth)
-    net = torchvision_resnet(torch, depth == 50, (2, 2, 2, 2) if depth == 18 else (3, 4, 6, 3),
-                             num_classes=10)
+    net = torchvision_resnet(
+        torch, depth == 50, (2, 2, 2, 2) if depth == 18 else (3, 4, 6, 3), num_classes=10
+    )
     x = images(size=64, seed=depth)
     expected = torch_reference(torch, net, x)
     path = tmp_path / "resnet.pth"
     torch.save(net.state_dict(), path)
     build = applications.ResNet18 if depth == 18 else applications.ResNet50
     for weights in (net.state_dict(), str(path)):
-        ours = build(weights=weights, input_shape=(64, 64, 3), classes=10,
-                     classifier_activation=None)
+        ours = build(
+            weights=weights, input_shape=(64, 64, 3), classes=10, classifier_activation=None
+        )
         assert_close(ours.predict(x), expected)
     assert ours.style == "torchvision"
     with pytest.raises(ValueError, match="style='torchvision'"):
@@ -292,21 +315,37 @@ def test_course_resnet50_counts_match_keras():
     keras = keras_or_skip()
     ours = course_resnet50()
     layers = keras.layers
-    saved = {name: getattr(nn, name) for name in ("Input", "ZeroPadding2D", "Conv2D",
-                                                  "BatchNormalization", "Activation",
-                                                  "MaxPooling2D", "Add", "AveragePooling2D",
-                                                  "Flatten", "Dense", "Model")}
+    saved = {
+        name: getattr(nn, name)
+        for name in (
+            "Input",
+            "ZeroPadding2D",
+            "Conv2D",
+            "BatchNormalization",
+            "Activation",
+            "MaxPooling2D",
+            "Add",
+            "AveragePooling2D",
+            "Flatten",
+            "Dense",
+            "Model",
+        )
+    }
     try:  # the same course code, run with Keras' layers
         for name in saved:
-            setattr(nn, name, getattr(keras, name) if name in ("Input", "Model")
-                    else getattr(layers, name))
+            setattr(
+                nn,
+                name,
+                getattr(keras, name) if name in ("Input", "Model") else getattr(layers, name),
+            )
         theirs = course_resnet50()
     finally:
         for name, value in saved.items():
             setattr(nn, name, value)
     assert ours.count_params() == theirs.count_params()
-    assert [type(layer).__name__ for layer in ours.layers] == \
-        [type(layer).__name__ for layer in theirs.layers]
+    assert [type(layer).__name__ for layer in ours.layers] == [
+        type(layer).__name__ for layer in theirs.layers
+    ]
     x = images(size=64)
     ours.set_weights(theirs.get_weights())
     # the course calls its blocks' BNs with training=True: batch statistics, in both

@@ -1,4 +1,5 @@
 """fastconv.array_cache: large freed blocks are reused inside the block, nothing else changes."""
+
 import threading
 
 import numpy as np
@@ -50,8 +51,11 @@ def test_small_arrays_bypass_the_cache():
         for _ in range(5):
             np.ones(1000, np.float32)
         after = fastconv.array_cache_stats()
-        assert (after["hits"], after["misses"], after["cached_bytes"]) == \
-            (before["hits"], before["misses"], 0)
+        assert (after["hits"], after["misses"], after["cached_bytes"]) == (
+            before["hits"],
+            before["misses"],
+            0,
+        )
 
 
 def test_limit_bounds_the_parked_bytes():
@@ -79,8 +83,8 @@ def test_resize_in_place_keeps_the_data():
     with fastconv.array_cache():
         a = np.arange(BIG // 4, dtype=np.float32)
         a.resize(BIG // 2, refcheck=False)  # realloc through the handler
-        np.testing.assert_array_equal(a[:BIG // 4], np.arange(BIG // 4, dtype=np.float32))
-        assert not a[BIG // 4:].any()
+        np.testing.assert_array_equal(a[: BIG // 4], np.arange(BIG // 4, dtype=np.float32))
+        assert not a[BIG // 4 :].any()
 
 
 def test_other_threads_keep_numpys_allocator():

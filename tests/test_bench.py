@@ -1,6 +1,7 @@
 """Smoke tests of the benchmark harness (bench/, installed as fastconv.bench) on tiny shapes:
 its layers, goals, timing loop, report and runners. No speed is asserted here; speed lives
 in `fastconv bench`."""
+
 import numpy as np
 import pytest
 
@@ -11,20 +12,33 @@ from fastconv.bench.cases import Layer, minimum_ratio
 from fastconv.bench.measure import Budget, Ceilings, median_seconds
 from fastconv.bench.report import MAX_RELATIVE_ERROR, Row, geometric_mean, markdown, summary
 
-TINY = [Layer("conv2d", 2, 3, 4, 6), Layer("conv2d", 2, 3, 4, 7, stride=2),
-        Layer("conv2d", 2, 2, 3, 6, k=2, pad=0), Layer("pointwise_conv2d", 2, 3, 5, 4, k=1, pad=0),
-        Layer("depthwise_conv2d", 2, 3, 3, 6), Layer("separable_conv2d", 2, 3, 4, 6),
-        Layer("max_pool2d", 2, 3, 3, 6, k=3, stride=2, pad=1),
-        Layer("avg_pool2d", 2, 3, 3, 6, k=2, stride=2, pad=0),
-        Layer("global_avg_pool2d", 2, 3, 3, 5, k=5, pad=0),
-        Layer("batch_norm", 2, 3, 3, 5, activation="gelu")]
+TINY = [
+    Layer("conv2d", 2, 3, 4, 6),
+    Layer("conv2d", 2, 3, 4, 7, stride=2),
+    Layer("conv2d", 2, 2, 3, 6, k=2, pad=0),
+    Layer("pointwise_conv2d", 2, 3, 5, 4, k=1, pad=0),
+    Layer("depthwise_conv2d", 2, 3, 3, 6),
+    Layer("separable_conv2d", 2, 3, 4, 6),
+    Layer("max_pool2d", 2, 3, 3, 6, k=3, stride=2, pad=1),
+    Layer("avg_pool2d", 2, 3, 3, 6, k=2, stride=2, pad=0),
+    Layer("global_avg_pool2d", 2, 3, 3, 5, k=5, pad=0),
+    Layer("batch_norm", 2, 3, 3, 5, activation="gelu"),
+]
 CEILINGS = Ceilings(100.0, 10.0, 2048, 256, 1, {"avx2": 80.0})
 
 
 def test_every_op_family_is_benchmarked():
     timed = {layer.op for layer in cases.all_layers()}
-    assert timed >= {"conv2d", "pointwise_conv2d", "depthwise_conv2d", "separable_conv2d",
-                     "max_pool2d", "avg_pool2d", "global_avg_pool2d", "batch_norm"}
+    assert timed >= {
+        "conv2d",
+        "pointwise_conv2d",
+        "depthwise_conv2d",
+        "separable_conv2d",
+        "max_pool2d",
+        "avg_pool2d",
+        "global_avg_pool2d",
+        "batch_norm",
+    }
 
 
 def test_counts_of_a_known_conv_come_from_the_op_table():
@@ -39,19 +53,27 @@ def test_counts_of_a_known_conv_come_from_the_op_table():
 def test_cifar_net_follows_the_stem_and_the_pools():
     layers = cases.cifar_net(stem=24, widths=(32, 64), image=32, batch=8)
     convs = [(c.c_in, c.c_out, c.size, c.k, c.pad) for c in layers if c.op == "conv2d"]
-    assert convs == [(3, 24, 32, 2, 0), (24, 32, 31, 3, 1), (32, 32, 15, 3, 1),
-                     (32, 64, 15, 3, 1), (64, 64, 7, 3, 1)]
+    assert convs == [
+        (3, 24, 32, 2, 0),
+        (24, 32, 31, 3, 1),
+        (32, 32, 15, 3, 1),
+        (32, 64, 15, 3, 1),
+        (64, 64, 7, 3, 1),
+    ]
     assert [(b.c_in, b.size) for b in layers if b.op == "batch_norm"] == [(32, 15), (64, 7)]
     assert all(c.n == 8 for c in layers)
 
 
-@pytest.mark.parametrize("layer, direction, minimum", [
-    (Layer("conv2d", 1, 8, 8, 8), "forward", 1.8),
-    (Layer("conv2d", 1, 8, 8, 8), "backward", 1.3),
-    (Layer("conv2d", 1, 8, 8, 8, stride=2), "forward", 1.0),
-    (Layer("conv2d", 1, 8, 8, 8, k=5, pad=2), "forward", 1.0),
-    (Layer("depthwise_conv2d", 1, 8, 8, 8), "backward", 1.0),
-])
+@pytest.mark.parametrize(
+    "layer, direction, minimum",
+    [
+        (Layer("conv2d", 1, 8, 8, 8), "forward", 1.8),
+        (Layer("conv2d", 1, 8, 8, 8), "backward", 1.3),
+        (Layer("conv2d", 1, 8, 8, 8, stride=2), "forward", 1.0),
+        (Layer("conv2d", 1, 8, 8, 8, k=5, pad=2), "forward", 1.0),
+        (Layer("depthwise_conv2d", 1, 8, 8, 8), "backward", 1.0),
+    ],
+)
 def test_goals(layer, direction, minimum):
     assert minimum_ratio(layer, direction) == minimum
 
@@ -67,7 +89,9 @@ def test_timing_loop_obeys_its_budget():
     def counter(name):
         def fn():
             calls[name] += 1
+
         return fn
+
     fns = {name: counter(name) for name in calls}
     result = median_seconds(fns, Budget(0.0, min_reps=3, max_reps=9, warmup=2))
     assert calls == {"a": 5, "b": 5} and set(result) == {"a", "b"}
@@ -78,11 +102,15 @@ def test_timing_loop_obeys_its_budget():
 def _row(error=0.0, ratio_avx2=1.6):
     layer = Layer("conv2d", 128, 64, 128, 32, stride=2)
     case = layer.case()
-    return Row(layer, "forward", fastconv={"avx2": {"NCHW": 0.2, "NHWC": 0.1},
-                                           "generic": {"NCHW": 0.4, "NHWC": 0.5}},
-               torch={"NCHW": 0.3, "channels_last": 0.1 * ratio_avx2},
-               flops=case.op.flops(case, "forward"), bytes=case.op.bytes(case, "forward"),
-               error=error)
+    return Row(
+        layer,
+        "forward",
+        fastconv={"avx2": {"NCHW": 0.2, "NHWC": 0.1}, "generic": {"NCHW": 0.4, "NHWC": 0.5}},
+        torch={"NCHW": 0.3, "channels_last": 0.1 * ratio_avx2},
+        flops=case.op.flops(case, "forward"),
+        bytes=case.op.bytes(case, "forward"),
+        error=error,
+    )
 
 
 def test_row_takes_the_faster_layout_of_each_contender():
@@ -101,8 +129,14 @@ def test_throughput_against_the_isa_peak_or_the_copy_bandwidth():
     assert rate == pytest.approx(row.flops / 0.1 / 1e9) and share == pytest.approx(rate / 80.0)
     pool = Layer("max_pool2d", 1, 4, 4, 8, k=2, stride=2, pad=0)
     case = pool.case()
-    row = Row(pool, "forward", fastconv={"avx2": {"NCHW": 1e-3}}, torch={"NCHW": 2e-3},
-              flops=case.op.flops(case, "forward"), bytes=case.op.bytes(case, "forward"))
+    row = Row(
+        pool,
+        "forward",
+        fastconv={"avx2": {"NCHW": 1e-3}},
+        torch={"NCHW": 2e-3},
+        flops=case.op.flops(case, "forward"),
+        bytes=case.op.bytes(case, "forward"),
+    )
     rate, unit, share, _ = row.throughput(CEILINGS)
     assert unit == "GB/s" and share == pytest.approx(rate / 10.0)
 
@@ -120,8 +154,9 @@ def test_route_cost_compares_fastconv_torch_with_fastconv_in_fastconvs_layout():
 
 def test_report_names_the_rows_below_goal():
     lines = summary([_row(), _row(ratio_avx2=0.5)], CEILINGS)
-    assert any("geometric mean" in line and f"{geometric_mean([1.6, 0.5]):.2f}x" in line
-               for line in lines)
+    assert any(
+        "geometric mean" in line and f"{geometric_mean([1.6, 0.5]):.2f}x" in line for line in lines
+    )
     assert any("1/2" in line and "0.50x" in line for line in lines)
     text = markdown(["- header"], [_row()], [], CEILINGS)
     assert "| conv 3x3/s2 64->128 | 128x64x32x32 | fwd |" in text and "| 1.60x |" in text
@@ -170,8 +205,20 @@ def test_quick_run_writes_the_report(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("matplotlib")
     from fastconv.bench import cpu
-    cpu.main(["--quick", "--filter", "global avgpool", "--batch", "2", "--seconds", "0",
-              "--out", str(tmp_path)])
+
+    cpu.main(
+        [
+            "--quick",
+            "--filter",
+            "global avgpool",
+            "--batch",
+            "2",
+            "--seconds",
+            "0",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     text = (tmp_path / "cpu.md").read_text()
     assert "- Machine:" in text and "FMA peak" in text and "geometric mean" in text
     assert text.count("| global avgpool | 2x128x32x32 |") == 2

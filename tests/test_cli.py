@@ -1,5 +1,6 @@
 """The `fastconv` command: train (on a tiny CIFAR-style archive), check, info, and how it
 answers bad data, a missing checkpoint and Ctrl-C."""
+
 import gzip
 import importlib.util
 import json
@@ -22,8 +23,21 @@ def tiny_archive(tmp_path, monkeypatch):
 
 
 def train_args(archive, out, *extra):
-    return ["train", "--data", archive, "--batch-size", "8", "--epochs", "3", "--output",
-            str(out), "--quiet", "--tta", "flip", *extra]
+    return [
+        "train",
+        "--data",
+        archive,
+        "--batch-size",
+        "8",
+        "--epochs",
+        "3",
+        "--output",
+        str(out),
+        "--quiet",
+        "--tta",
+        "flip",
+        *extra,
+    ]
 
 
 def history(out):
@@ -46,6 +60,7 @@ def test_train_writes_outputs_and_resumes(tiny_archive, tmp_path, capsys, monkey
         save(path, model, epoch, history)
         if epoch == 2:
             raise KeyboardInterrupt
+
     monkeypatch.setattr(fit, "save_checkpoint", save_then_interrupt)
     assert cli.main(train_args(tiny_archive, tmp_path / "b")) == cli.EXIT_INTERRUPTED
     message = capsys.readouterr().err.strip()
@@ -72,7 +87,7 @@ def _bad_data(tmp_path):
     raw = good.read_bytes()
     (tmp_path / "truncated.tar.gz").write_bytes(raw[: len(raw) // 2])
     corrupt = bytearray(raw)
-    corrupt[len(raw) // 3: len(raw) // 3 + 64] = bytes(64)
+    corrupt[len(raw) // 3 : len(raw) // 3 + 64] = bytes(64)
     (tmp_path / "corrupt.tar.gz").write_bytes(bytes(corrupt))
     (tmp_path / "random.bin").write_bytes(np.random.default_rng(0).bytes(5000))
     (tmp_path / "empty.tar.gz").write_bytes(b"")
@@ -80,16 +95,25 @@ def _bad_data(tmp_path):
         tar.add(good, arcname="something/else.tar.gz")
     (tmp_path / "empty_folder").mkdir()
     (tmp_path / "plain.gz").write_bytes(gzip.compress(b"not a tar"))
-    names = ["truncated.tar.gz", "corrupt.tar.gz", "random.bin", "empty.tar.gz",
-             "nosplits.tar.gz", "empty_folder", "plain.gz", "missing.tar.gz"]
+    names = [
+        "truncated.tar.gz",
+        "corrupt.tar.gz",
+        "random.bin",
+        "empty.tar.gz",
+        "nosplits.tar.gz",
+        "empty_folder",
+        "plain.gz",
+        "missing.tar.gz",
+    ]
     return [(n, tmp_path / n) for n in names]
 
 
 def test_bad_data_gives_one_line_and_status_2(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FASTCONV_CACHE", str(tmp_path / "cache"))
     for name, path in _bad_data(tmp_path):
-        code = cli.main(["train", "--data", str(path), "--output", str(tmp_path / "out"),
-                         "--quiet"])
+        code = cli.main(
+            ["train", "--data", str(path), "--output", str(tmp_path / "out"), "--quiet"]
+        )
         err = capsys.readouterr().err.strip()
         assert code == 2, (name, err)
         assert err.startswith("fastconv: error: ") and "Traceback" not in err, (name, err)
@@ -112,14 +136,35 @@ def test_a_foreign_checkpoint_is_refused_clearly(tiny_archive, tmp_path, capsys)
 
 
 def test_nan_stops_training(tiny_archive, tmp_path, capsys):
-    code = cli.main(["train", "--data", tiny_archive, "--batch-size", "8", "--epochs", "2",
-                     "--lr", "1e30", "--output", str(tmp_path / "nan"), "--quiet"])
+    code = cli.main(
+        [
+            "train",
+            "--data",
+            tiny_archive,
+            "--batch-size",
+            "8",
+            "--epochs",
+            "2",
+            "--lr",
+            "1e30",
+            "--output",
+            str(tmp_path / "nan"),
+            "--quiet",
+        ]
+    )
     assert code == 1 and "stopped: loss is" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flag, value", [("--eval-every", "0"), ("--eval-every", "x"),
-                                         ("--widths", "64,128"), ("--flip", "sometimes"),
-                                         ("--epochs", "-1")])
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--eval-every", "0"),
+        ("--eval-every", "x"),
+        ("--widths", "64,128"),
+        ("--flip", "sometimes"),
+        ("--epochs", "-1"),
+    ],
+)
 def test_bad_flags(flag, value, capsys):
     with pytest.raises(SystemExit) as stop:
         cli.main(["train", flag, value])
@@ -130,6 +175,7 @@ def test_every_recipe_field_has_a_flag(capsys):
     from dataclasses import fields
 
     from fastconv.recipe import Recipe
+
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     text = capsys.readouterr().out
@@ -148,6 +194,7 @@ def test_help_lists_the_commands(capsys):
 
 def test_info_names_the_instruction_set_and_cuda(capsys):
     import fastconv
+
     assert cli.main(["info"]) == 0
     text = capsys.readouterr().out
     assert fastconv.isa() in text and "CUDA:" in text and fastconv.__version__ in text
@@ -158,6 +205,7 @@ def test_check_passes_and_fails_on_a_wrong_kernel(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "conv2d" in out and "batch_norm" in out and "MISMATCH" not in out
     from fastconv import functional
+
     real = functional.max_pool2d
     monkeypatch.setattr(functional, "max_pool2d", lambda *a, **k: real(*a, **k) + 1)
     assert cli.main(["check", "--cases", "2"]) == 1

@@ -1,5 +1,6 @@
 """Convolution beyond the random cases of test_ops.py: CIFAR-sized layers, known values,
 Keras 'same' padding, views, special values, repeatability and the Winograd path."""
+
 import numpy as np
 import pytest
 
@@ -11,14 +12,17 @@ from op_cases import assert_close, conv_algorithm, nchw_to, rand
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-@pytest.mark.parametrize("cin,cout,hw,k,stride,groups", [
-    (3, 64, 32, 3, 1, 1),      # first CIFAR layer
-    (32, 48, 17, 3, 1, 1),     # channels not multiples of 8
-    (64, 64, 16, 3, 2, 1),     # strided
-    (16, 24, 15, 5, 1, 1),
-    (24, 36, 12, 3, 1, 4),     # grouped
-    (40, 40, 9, 1, 1, 1),      # 1x1 through conv2d
-])
+@pytest.mark.parametrize(
+    "cin,cout,hw,k,stride,groups",
+    [
+        (3, 64, 32, 3, 1, 1),  # first CIFAR layer
+        (32, 48, 17, 3, 1, 1),  # channels not multiples of 8
+        (64, 64, 16, 3, 2, 1),  # strided
+        (16, 24, 15, 5, 1, 1),
+        (24, 36, 12, 3, 1, 4),  # grouped
+        (40, 40, 9, 1, 1, 1),  # 1x1 through conv2d
+    ],
+)
 def test_conv2d_cifar_sized(isa, layout, cin, cout, hw, k, stride, groups):
     """Larger channel counts: exercises full GEMM tiles, several K blocks and many threads."""
     rng = np.random.default_rng(cin * cout)
@@ -28,7 +32,9 @@ def test_conv2d_cifar_sized(isa, layout, cin, cout, hw, k, stride, groups):
     y = fastconv.conv2d(x, w, b, **kw)
     assert_close(y, ref.conv2d(x, w, b, **kw))
     dy = rand(rng, *y.shape)
-    for got, want in zip(fastconv.conv2d_backward(dy, x, w, **kw), ref.conv2d_backward(dy, x, w, **kw)):
+    for got, want in zip(
+        fastconv.conv2d_backward(dy, x, w, **kw), ref.conv2d_backward(dy, x, w, **kw)
+    ):
         assert_close(got, want)
 
 
@@ -56,7 +62,7 @@ def test_same_padding_follows_keras():
 def test_non_contiguous_inputs(isa):
     rng = np.random.default_rng(7)
     base = rand(rng, 2, 9, 12, 10)
-    x = base[:, ::2, 1:, ::-1]   # strided, offset and reversed view
+    x = base[:, ::2, 1:, ::-1]  # strided, offset and reversed view
     w = rand(rng, 6, 10, 4, 3)[:, :5]
     assert not x.flags.c_contiguous and not w.flags.c_contiguous
     assert_close(fastconv.conv2d(x, w, padding=1), ref.conv2d(x, w, padding=1))
@@ -85,8 +91,9 @@ def test_optional_gradients_are_skipped():
 def test_empty_batch():
     y = fastconv.conv2d(np.zeros((0, 3, 5, 5), np.float32), np.ones((4, 3, 3, 3), np.float32))
     assert y.shape == (0, 4, 3, 3)
-    dx, dw, db = fastconv.conv2d_backward(y, np.zeros((0, 3, 5, 5), np.float32),
-                                          np.ones((4, 3, 3, 3), np.float32))
+    dx, dw, db = fastconv.conv2d_backward(
+        y, np.zeros((0, 3, 5, 5), np.float32), np.ones((4, 3, 3, 3), np.float32)
+    )
     assert dx.shape == (0, 3, 5, 5) and not dw.any() and not db.any()
 
 
@@ -110,12 +117,20 @@ def test_repeatable_and_thread_count_only_changes_rounding():
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-@pytest.mark.parametrize("k,cin,cout,h,w,padding", [
-    (3, 16, 16, 16, 16, 1), (3, 24, 40, 13, 18, "same"),
-    (3, 24, 32, 12, 11, 1),  # NCHW dw as dU^T = V dM^T
-    (3, 32, 17, 11, 9, ((2, 0), (1, 2))), (3, 48, 64, 12, 12, "valid"),
-    (5, 16, 16, 8, 8, 2), (5, 24, 40, 9, 10, "same"), (5, 32, 17, 11, 7, ((3, 1), (0, 4))),
-    (5, 20, 36, 12, 12, "valid")])
+@pytest.mark.parametrize(
+    "k,cin,cout,h,w,padding",
+    [
+        (3, 16, 16, 16, 16, 1),
+        (3, 24, 40, 13, 18, "same"),
+        (3, 24, 32, 12, 11, 1),  # NCHW dw as dU^T = V dM^T
+        (3, 32, 17, 11, 9, ((2, 0), (1, 2))),
+        (3, 48, 64, 12, 12, "valid"),
+        (5, 16, 16, 8, 8, 2),
+        (5, 24, 40, 9, 10, "same"),
+        (5, 32, 17, 11, 7, ((3, 1), (0, 4))),
+        (5, 20, 36, 12, 12, "valid"),
+    ],
+)
 def test_winograd_matches_direct_and_reference(isa, layout, k, cin, cout, h, w, padding):
     """3x3 and 5x5 stride-1 layers with >= 16 channels run Winograd F(4x4,3x3) / F(2x2,5x5)
     (forward, dx through the flipped kernel, and dw); it must agree with the direct GEMM and
@@ -126,7 +141,10 @@ def test_winograd_matches_direct_and_reference(isa, layout, k, cin, cout, h, w, 
     kw = dict(padding=padding, layout=layout)
     x_shape = x.shape
     for direction in ("forward", "backward_weight"):
-        assert conv_algorithm(direction, x_shape, wt.shape, **kw) == f"winograd_f{'4x3' if k == 3 else '2x5'}"
+        assert (
+            conv_algorithm(direction, x_shape, wt.shape, **kw)
+            == f"winograd_f{'4x3' if k == 3 else '2x5'}"
+        )
     y = fastconv.conv2d(x, wt, b, **kw)
     dy = rand(rng, *y.shape)
     dx, dw, _ = fastconv.conv2d_backward(dy, x, wt, **kw)
@@ -138,7 +156,11 @@ def test_winograd_matches_direct_and_reference(isa, layout, k, cin, cout, h, w, 
         fastconv._cpu.set_winograd(True)
     want_y = ref.conv2d(x, wt, b, **kw)
     want_dx, want_dw, _ = ref.conv2d_backward(dy, x, wt, **kw)
-    for got, direct, want in [(y, y_direct, want_y), (dx, dx_direct, want_dx), (dw, dw_direct, want_dw)]:
+    for got, direct, want in [
+        (y, y_direct, want_y),
+        (dx, dx_direct, want_dx),
+        (dw, dw_direct, want_dw),
+    ]:
         assert_close(got, want)
         assert_close(got, direct.astype(np.float64))
     assert not np.array_equal(y, y_direct), "expected the Winograd path to have run"
@@ -191,7 +213,9 @@ def _check_conv_path(isa, direction, expected, x_shape, w_shape, seed=0, **kw):
     y = fastconv.conv2d(x, w, b, **kw)
     _assert_close_with_specials(y, ref.conv2d(x, w, b, **kw))
     dy = rand(rng, *y.shape)
-    for got, want in zip(fastconv.conv2d_backward(dy, x, w, **kw), ref.conv2d_backward(dy, x, w, **kw)):
+    for got, want in zip(
+        fastconv.conv2d_backward(dy, x, w, **kw), ref.conv2d_backward(dy, x, w, **kw)
+    ):
         _assert_close_with_specials(got, want)
 
 
@@ -203,16 +227,19 @@ def _assert_close_with_specials(got, want):
     assert_close(np.where(finite, got, 0).astype(np.float32), np.where(finite, want, 0))
 
 
-@pytest.mark.parametrize("x_shape,w_shape,kw", [
-    ((3, 17, 15, 24), (40, 24, 3, 3), dict(stride=2, padding=1)),        # odd map, 40 outputs
-    ((1, 13, 11, 32), (64, 32, 5, 5), dict(padding=2)),                   # 5x5, 143 pixels
-    ((2, 12, 12, 16), (24, 8, 3, 3), dict(padding="same", groups=2, dilation=2)),
-    ((3, 9, 9, 48), (33, 48, 1, 1), dict()),                              # pointwise
-    ((4, 5, 6, 20), (16, 20, 3, 2), dict(stride=(2, 1), padding=((2, 0), (1, 1)))),
-    ((3, 16, 15, 3), (24, 3, 2, 2), dict()),                               # a stem: kernel rows
-    ((2, 11, 12, 3), (64, 3, 3, 3), dict(padding=1)),                      # as runs, x padded
-    ((2, 9, 10, 5), (8, 5, 3, 4), dict(stride=(1, 2), padding="same", dilation=(2, 1))),
-])
+@pytest.mark.parametrize(
+    "x_shape,w_shape,kw",
+    [
+        ((3, 17, 15, 24), (40, 24, 3, 3), dict(stride=2, padding=1)),  # odd map, 40 outputs
+        ((1, 13, 11, 32), (64, 32, 5, 5), dict(padding=2)),  # 5x5, 143 pixels
+        ((2, 12, 12, 16), (24, 8, 3, 3), dict(padding="same", groups=2, dilation=2)),
+        ((3, 9, 9, 48), (33, 48, 1, 1), dict()),  # pointwise
+        ((4, 5, 6, 20), (16, 20, 3, 2), dict(stride=(2, 1), padding=((2, 0), (1, 1)))),
+        ((3, 16, 15, 3), (24, 3, 2, 2), dict()),  # a stem: kernel rows
+        ((2, 11, 12, 3), (64, 3, 3, 3), dict(padding=1)),  # as runs, x padded
+        ((2, 9, 10, 5), (8, 5, 3, 4), dict(stride=(1, 2), padding="same", dilation=(2, 1))),
+    ],
+)
 def test_nhwc_forward_reads_rows_in_place(isa, x_shape, w_shape, kw):
     """NHWC forward as an implicit GEMM (micro_tile_rows): pixel blocks that end mid-way,
     output channels that end mid-sliver, padding on every side, strides, dilation, groups;
@@ -220,15 +247,17 @@ def test_nhwc_forward_reads_rows_in_place(isa, x_shape, w_shape, kw):
     _check_conv_path(isa, "forward", "gemm_nhwc", x_shape, w_shape, layout="NHWC", **kw)
 
 
-
-@pytest.mark.parametrize("x_shape,w_shape,kw,expected", [
-    ((3, 17, 15, 64), (40, 64, 3, 3), dict(stride=2, padding=1), "gemm_nhwc"),
-    ((1, 13, 11, 32), (64, 32, 5, 5), dict(padding=2), "gemm_nhwc"),       # 143 pixels
-    ((2, 12, 12, 64), (24, 32, 3, 3), dict(padding="same", groups=2, dilation=2), "gemm_nhwc"),
-    ((3, 9, 9, 96), (33, 96, 1, 1), dict(), "gemm_nhwc"),
-    ((2, 12, 12, 24), (40, 24, 3, 3), dict(stride=2, padding=1), "gemm_nhwc_packed"),
-    ((2, 10, 9, 3), (8, 3, 2, 2), dict(), "gemm_nhwc_packed"),
-])
+@pytest.mark.parametrize(
+    "x_shape,w_shape,kw,expected",
+    [
+        ((3, 17, 15, 64), (40, 64, 3, 3), dict(stride=2, padding=1), "gemm_nhwc"),
+        ((1, 13, 11, 32), (64, 32, 5, 5), dict(padding=2), "gemm_nhwc"),  # 143 pixels
+        ((2, 12, 12, 64), (24, 32, 3, 3), dict(padding="same", groups=2, dilation=2), "gemm_nhwc"),
+        ((3, 9, 9, 96), (33, 96, 1, 1), dict(), "gemm_nhwc"),
+        ((2, 12, 12, 24), (40, 24, 3, 3), dict(stride=2, padding=1), "gemm_nhwc_packed"),
+        ((2, 10, 9, 3), (8, 3, 2, 2), dict(), "gemm_nhwc_packed"),
+    ],
+)
 def test_nhwc_weight_gradient(isa, x_shape, w_shape, kw, expected):
     """NHWC dW in place (micro_tile_cols: dy from a padded chunk copy, x at each pixel's tap
     row) where C_g is a multiple of every build's NR, packed otherwise."""

@@ -1,6 +1,7 @@
 """The convolution algorithm selector (csrc/cpu/conv2d_algorithm.h), read through
 fastconv._cpu.conv_algorithm; each kernel path itself is tested against the reference in
 test_conv.py."""
+
 import pytest
 
 import fastconv
@@ -12,8 +13,10 @@ def test_3x3_stride_1_runs_winograd(isa):
     g = dict(padding=1, layout="NHWC")
     assert algorithm("forward", (128, 16, 16, 64), (64, 64, 3, 3), **g) == "winograd_f4x3"
     assert algorithm("backward_weight", (128, 16, 16, 64), (64, 64, 3, 3), **g) == "winograd_f4x3"
-    assert algorithm("backward_input", (128, 16, 16, 64), (64, 64, 3, 3), **g) == \
-        "backward_input_as_forward"
+    assert (
+        algorithm("backward_input", (128, 16, 16, 64), (64, 64, 3, 3), **g)
+        == "backward_input_as_forward"
+    )
     fastconv._cpu.set_winograd(False)
     try:
         assert algorithm("forward", (128, 16, 16, 64), (64, 64, 3, 3), **g) == "gemm_nhwc"
@@ -23,12 +26,14 @@ def test_3x3_stride_1_runs_winograd(isa):
 
 def test_not_winograd(isa):
     # stride 2, a map smaller than a tile, too few channels, a 5x5 kernel
-    assert "winograd" not in algorithm("forward", (128, 64, 32, 32), (128, 64, 3, 3),
-                                       stride=2, padding=1)
+    assert "winograd" not in algorithm(
+        "forward", (128, 64, 32, 32), (128, 64, 3, 3), stride=2, padding=1
+    )
     assert "winograd" not in algorithm("forward", (128, 256, 2, 2), (256, 256, 3, 3), padding=1)
     assert "winograd" not in algorithm("forward", (128, 3, 32, 32), (64, 3, 3, 3), padding=1)
-    assert "winograd" not in algorithm("forward", (128, 32, 32, 32), (64, 32, 5, 5), padding=2,
-                                       dilation=2)
+    assert "winograd" not in algorithm(
+        "forward", (128, 32, 32, 32), (64, 32, 5, 5), padding=2, dilation=2
+    )
     assert "winograd" not in algorithm("forward", (128, 32, 32, 32), (64, 32, 7, 7), padding=3)
 
 
@@ -40,18 +45,26 @@ def test_5x5_stride_1_runs_winograd_f2x5(isa):
 
 
 def test_strided_input_gradient_scatters(isa):
-    assert algorithm("backward_input", (8, 64, 32, 32), (128, 64, 3, 3), stride=2,
-                     padding=1) == "col2im_nchw"
-    assert algorithm("backward_input", (8, 32, 32, 64), (128, 64, 3, 3), stride=2, padding=1,
-                     layout="NHWC") == "col2im_nhwc"
+    assert (
+        algorithm("backward_input", (8, 64, 32, 32), (128, 64, 3, 3), stride=2, padding=1)
+        == "col2im_nchw"
+    )
+    assert (
+        algorithm(
+            "backward_input", (8, 32, 32, 64), (128, 64, 3, 3), stride=2, padding=1, layout="NHWC"
+        )
+        == "col2im_nhwc"
+    )
 
 
 @pytest.mark.parametrize("direction", ["forward", "backward_input", "backward_weight"])
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 def test_depthwise(isa, direction, layout):
     x = (8, 32, 16, 16) if layout == "NCHW" else (8, 16, 16, 32)
-    assert algorithm(direction, x, (64, 1, 3, 3), padding=1, groups=32, layout=layout) == \
-        f"depthwise_{layout.lower()}"
+    assert (
+        algorithm(direction, x, (64, 1, 3, 3), padding=1, groups=32, layout=layout)
+        == f"depthwise_{layout.lower()}"
+    )
 
 
 def test_bad_direction():

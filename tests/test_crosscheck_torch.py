@@ -1,5 +1,6 @@
 """Cross-check against PyTorch (an optional extra): the reference and the kernels must agree
 with a framework written by other people, not only with each other."""
+
 import numpy as np
 import pytest
 from hypothesis import assume, given
@@ -24,11 +25,22 @@ def cases(draw):
     cin, cout = draw(st.integers(1, 3)) * groups, draw(st.integers(1, 3)) * groups
     layout = draw(st.sampled_from(["NCHW", "NHWC"]))
     n, h, w = draw(st.integers(1, 2)), draw(st.integers(3, 11)), draw(st.integers(3, 11))
-    kw = dict(stride=draw(st.integers(1, 3)), dilation=draw(st.integers(1, 2)), groups=groups,
-              padding=draw(st.one_of(st.integers(0, 2), st.sampled_from(["same", "valid"]),
-                                     st.tuples(st.tuples(st.integers(0, 2), st.integers(0, 2)),
-                                               st.tuples(st.integers(0, 2), st.integers(0, 2))))),
-              layout=layout)
+    kw = dict(
+        stride=draw(st.integers(1, 3)),
+        dilation=draw(st.integers(1, 2)),
+        groups=groups,
+        padding=draw(
+            st.one_of(
+                st.integers(0, 2),
+                st.sampled_from(["same", "valid"]),
+                st.tuples(
+                    st.tuples(st.integers(0, 2), st.integers(0, 2)),
+                    st.tuples(st.integers(0, 2), st.integers(0, 2)),
+                ),
+            )
+        ),
+        layout=layout,
+    )
     k = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
     shape = (n, h, w, cin) if layout == "NHWC" else (n, cin, h, w)
     try:
@@ -47,8 +59,14 @@ def test_conv2d_matches_torch(case):
     xt = torch.tensor(nchw(x, kw["layout"]).copy(), requires_grad=True)
     wt, bt = torch.tensor(w, requires_grad=True), torch.tensor(b, requires_grad=True)
     # torch pads symmetrically; F.pad with negative sizes crops rows no window reaches.
-    yt = F.conv2d(F.pad(xt, (g.pad_left, right, g.pad_top, bottom)), wt, bt, stride=g.stride_h,
-                  dilation=g.dil_h, groups=g.groups)
+    yt = F.conv2d(
+        F.pad(xt, (g.pad_left, right, g.pad_top, bottom)),
+        wt,
+        bt,
+        stride=g.stride_h,
+        dilation=g.dil_h,
+        groups=g.groups,
+    )
     y = fastconv.conv2d(x, w, b, **kw)
     assert_close(nchw(y, kw["layout"]), yt.detach().numpy().astype(np.float64))
     dy = rand(rng, *y.shape)
@@ -59,8 +77,15 @@ def test_conv2d_matches_torch(case):
     assert_close(db, bt.grad.numpy().astype(np.float64))
 
 
-@given(st.sampled_from(["max", "avg"]), st.integers(1, 4), st.integers(1, 3), st.integers(0, 2),
-       st.booleans(), st.sampled_from(["NCHW", "NHWC"]), st.integers(0, 10**6))
+@given(
+    st.sampled_from(["max", "avg"]),
+    st.integers(1, 4),
+    st.integers(1, 3),
+    st.integers(0, 2),
+    st.booleans(),
+    st.sampled_from(["NCHW", "NHWC"]),
+    st.integers(0, 10**6),
+)
 def test_pooling_matches_torch(kind, k, stride, pad, include_pad, layout, seed):
     assume(pad <= k // 2)
     rng = np.random.default_rng(seed)
@@ -71,12 +96,14 @@ def test_pooling_matches_torch(kind, k, stride, pad, include_pad, layout, seed):
         y = fastconv.max_pool2d(x, k, stride=stride, padding=pad, layout=layout)
     else:
         yt = F.avg_pool2d(xt, k, stride, pad, count_include_pad=include_pad)
-        y = fastconv.avg_pool2d(x, k, stride=stride, padding=pad, count_include_pad=include_pad,
-                                layout=layout)
+        y = fastconv.avg_pool2d(
+            x, k, stride=stride, padding=pad, count_include_pad=include_pad, layout=layout
+        )
     assert_close(nchw(y, layout), yt.detach().numpy().astype(np.float64))
     dy = rand(rng, *y.shape)
     yt.backward(torch.tensor(nchw(dy, layout).copy()))
     extra = {} if kind == "max" else {"count_include_pad": include_pad}
-    dx = getattr(fastconv, f"{kind}_pool2d_backward")(dy, x, k, stride=stride, padding=pad,
-                                                      layout=layout, **extra)
+    dx = getattr(fastconv, f"{kind}_pool2d_backward")(
+        dy, x, k, stride=stride, padding=pad, layout=layout, **extra
+    )
     assert_close(nchw(dx, layout), xt.grad.numpy().astype(np.float64))

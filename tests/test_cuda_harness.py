@@ -7,6 +7,7 @@ routes the functional API's NumPy calls to it, so these tests drive the CUDA ker
 the same public entry points and argument handling as users do. This checks indexing, tile
 mapping, bounds, split reductions and barrier placement; not timing or the GPU memory model.
 """
+
 from dataclasses import replace
 
 import numpy as np
@@ -79,9 +80,11 @@ def test_pooling_bigger(harness, layout, kind, kernel, stride, padding):
 
 
 # NHWC averages are left out: the CPU multiplies by the reciprocal there, the GPU divides.
-BIT_EXACT_POOLS = ([(kind, 3, "NCHW") for kind in POOL_KINDS] +
-                   [(kind, 3, "NHWC") for kind in ("max", "min", "sum")] +
-                   [("max", (8, 9), "NCHW"), ("min", (9, 8), "NHWC")])  # wide windows
+BIT_EXACT_POOLS = (
+    [(kind, 3, "NCHW") for kind in POOL_KINDS]
+    + [(kind, 3, "NHWC") for kind in ("max", "min", "sum")]
+    + [("max", (8, 9), "NCHW"), ("min", (9, 8), "NHWC")]
+)  # wide windows
 
 
 @pytest.mark.parametrize("kind,kernel,layout", BIT_EXACT_POOLS)
@@ -147,8 +150,9 @@ def test_batch_norm_agrees_with_cpu_kernels(shape, axis, activation):
 
 
 def test_max_pool_first_max_wins_and_nan(harness):
-    x = np.array([[1, 5, 5, 0], [5, 2, 3, 4], [0, 0, 9, 9], [0, np.nan, 9, 9]],
-                 np.float32)[None, None]
+    x = np.array([[1, 5, 5, 0], [5, 2, 3, 4], [0, 0, 9, 9], [0, np.nan, 9, 9]], np.float32)[
+        None, None
+    ]
     y = fastconv.max_pool2d(x, 2)
     np.testing.assert_array_equal(y[0, 0], [[5, 5], [np.nan, 9]])
     dx = fastconv.max_pool2d_backward(np.ones_like(y), x, 2)
@@ -167,20 +171,25 @@ def test_empty_batch(harness):
 def test_harness_rejects_bad_buffers():
     """The harness module re-checks buffers like fastconv._cpu does."""
     x, w = np.zeros((1, 1, 4, 4), np.float32), np.zeros((1, 1, 3, 3), np.float32)
-    g = _args.conv_geometry(x.shape, w.shape, stride=1, padding=0, dilation=1, groups=1,
-                            layout="NCHW")
+    g = _args.conv_geometry(
+        x.shape, w.shape, stride=1, padding=0, dilation=1, groups=1, layout="NCHW"
+    )
     with pytest.raises(ValueError, match="elements"):
         harness_module.conv2d_forward(x, w, None, np.zeros((1, 1, 3, 3), np.float32), g)
     with pytest.raises(TypeError, match="float32"):
-        harness_module.conv2d_forward(x.astype(np.float64), w, None, np.zeros((1, 1, 2, 2), np.float32), g)
+        harness_module.conv2d_forward(
+            x.astype(np.float64), w, None, np.zeros((1, 1, 2, 2), np.float32), g
+        )
     x = np.zeros((4, 3), np.float32)
     norm = _args.norm_geometry(x.shape, -1, 1e-3, None, "test")
     with pytest.raises(ValueError, match="mean has 2 elements"):
-        harness_module.batch_norm_forward(x, None, None, np.zeros_like(x),
-                                          np.zeros(2, np.float32), np.zeros(3, np.float32), norm)
+        harness_module.batch_norm_forward(
+            x, None, None, np.zeros_like(x), np.zeros(2, np.float32), np.zeros(3, np.float32), norm
+        )
     with pytest.raises(ValueError, match="geometry"):
-        harness_module.batch_norm_inference(x, x[0], x[0], None, None, np.zeros_like(x),
-                                            replace(norm, channels=0))
+        harness_module.batch_norm_inference(
+            x, x[0], x[0], None, None, np.zeros_like(x), replace(norm, channels=0)
+        )
 
 
 def test_fixture_routes_to_the_harness(harness):

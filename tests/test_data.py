@@ -1,4 +1,5 @@
 """fastconv.data on tiny archives built in a temporary folder."""
+
 import io
 import pickle
 import tarfile
@@ -57,6 +58,7 @@ def test_image_folder_archive_is_decoded_and_cached(tmp_path, monkeypatch):
 
     def no_decoding(path):
         raise AssertionError("decoded again instead of using the cache")
+
     monkeypatch.setattr(fcdata.cifar, "_read_cifar", no_decoding)
     (x2, _), _ = fcdata.load_cifar10(archive, verbose=False)
     np.testing.assert_array_equal(x2, x_tr)
@@ -71,11 +73,17 @@ def _official_tar(path, binary=False):
             y = rng.integers(0, 10, 3)
             batches[name] = (x.reshape(3, 3, 32, 32).transpose(0, 2, 3, 1), y)
             if binary:
-                _add(tar, f"cifar-10-batches-bin/{name}.bin",
-                     np.column_stack([y.astype(np.uint8), x]).tobytes())
+                _add(
+                    tar,
+                    f"cifar-10-batches-bin/{name}.bin",
+                    np.column_stack([y.astype(np.uint8), x]).tobytes(),
+                )
             else:
-                _add(tar, f"cifar-10-batches-py/{name}",
-                     pickle.dumps({b"data": x, b"labels": list(map(int, y))}))
+                _add(
+                    tar,
+                    f"cifar-10-batches-py/{name}",
+                    pickle.dumps({b"data": x, b"labels": list(map(int, y))}),
+                )
     return batches
 
 
@@ -112,6 +120,7 @@ def test_missing_and_corrupt_archives(tmp_path):
 def test_download_fails_clearly_offline_and_on_bad_checksum(tmp_path, monkeypatch):
     def offline(url, timeout):
         raise urllib.error.URLError("no network")
+
     monkeypatch.setattr("urllib.request.urlopen", offline)
     with pytest.raises(fcdata.DatasetError, match="offline"):
         fcdata.load_cifar10(None)
@@ -175,12 +184,14 @@ def test_augmentations():
     flipped = fcdata.ImageAugmenter(horizontal_flip=True)(img, np.random.default_rng(1))
     for a, b in zip(img, flipped):
         assert np.array_equal(a, b) or np.array_equal(a[:, ::-1], b)
-    shifted = fcdata.ImageAugmenter(crop_padding=2, fill_mode="constant")(img, np.random.default_rng(2))
+    shifted = fcdata.ImageAugmenter(crop_padding=2, fill_mode="constant")(
+        img, np.random.default_rng(2)
+    )
     offsets = np.random.default_rng(2).integers(-2, 3, (2, 6))
     for i in range(6):
         dy, dx = offsets[0][i], offsets[1][i]
         padded = np.pad(img[i], ((2, 2), (2, 2), (0, 0)))
-        np.testing.assert_array_equal(shifted[i], padded[2 - dy:7 - dy, 2 - dx:7 - dx])
+        np.testing.assert_array_equal(shifted[i], padded[2 - dy : 7 - dy, 2 - dx : 7 - dx])
     turned = fcdata.ImageAugmenter(rotation_range=90, fill_mode="nearest")(img, UpperBound())
     np.testing.assert_array_equal(turned, np.rot90(img, 1, axes=(1, 2)))
     dim = fcdata.ImageAugmenter(brightness_range=(0.5, 0.5))(img, rng)
@@ -197,17 +208,23 @@ def test_alternating_flip_mirrors_each_image_every_other_epoch():
     for epoch in range(3):
         rng = np.random.default_rng([3, epoch])
         mask = np.zeros(n, bool)
-        for xb, yb in fcdata.batches(x, y, 64, rng=rng, augment=augment, epoch=epoch,
-                                     preprocess=lambda b: b):
-            same, mirrored = (xb == x[yb]).all(axis=(1, 2, 3)), (xb == x[yb][:, :, ::-1]).all(axis=(1, 2, 3))
+        for xb, yb in fcdata.batches(
+            x, y, 64, rng=rng, augment=augment, epoch=epoch, preprocess=lambda b: b
+        ):
+            same, mirrored = (
+                (xb == x[yb]).all(axis=(1, 2, 3)),
+                (xb == x[yb][:, :, ::-1]).all(axis=(1, 2, 3)),
+            )
             assert (same ^ mirrored).all()
             mask[yb] = mirrored
         flipped.append(mask)
-    assert 150 < flipped[0].sum() < 250              # a random half in the first epoch
-    np.testing.assert_array_equal(flipped[1], ~flipped[0])   # the other half in the next
+    assert 150 < flipped[0].sum() < 250  # a random half in the first epoch
+    np.testing.assert_array_equal(flipped[1], ~flipped[0])  # the other half in the next
     np.testing.assert_array_equal(flipped[2], flipped[0])
     other_seed = fcdata.ImageAugmenter(horizontal_flip="alternate", flip_seed=8)
-    assert not np.array_equal(other_seed(x, None, index=y)[:, :, 0], augment(x, None, index=y)[:, :, 0])
+    assert not np.array_equal(
+        other_seed(x, None, index=y)[:, :, 0], augment(x, None, index=y)[:, :, 0]
+    )
     with pytest.raises(ValueError, match="index has 3 entries"):
         augment(x[:4], np.random.default_rng(0), index=y[:3])
     with pytest.raises(ValueError, match="horizontal_flip"):
@@ -218,7 +235,7 @@ def test_shift_batch_fill_modes():
     img = np.arange(2 * 4 * 4 * 1, dtype=np.float32).reshape(2, 4, 4, 1)
     down_right = fcdata.shift_batch(img, 1, 1, fill_mode="reflect")
     np.testing.assert_array_equal(down_right[:, 1:, 1:], img[:, :-1, :-1])
-    np.testing.assert_array_equal(down_right[:, 0, 1:], img[:, 1, :-1])   # mirrored about row 0
+    np.testing.assert_array_equal(down_right[:, 0, 1:], img[:, 1, :-1])  # mirrored about row 0
     up_left = fcdata.shift_batch(img, -1, -1, fill_mode="constant")
     np.testing.assert_array_equal(up_left[:, :-1, :-1], img[:, 1:, 1:])
     assert not up_left[:, -1].any() and not up_left[:, :, -1].any()
@@ -276,26 +293,28 @@ def test_shear_and_zoom_of_a_small_image():
     # 45 degrees: input (row, col) = (r - 0.71 c, 0.71 c) about the centre, nearest pixel;
     # columns 0-1 read the row below, 3-4 the row above; rows beyond the edge repeat it
     sheared = fcdata.ImageAugmenter(shear_range=45, fill_mode="nearest")(five, UpperBound())
-    np.testing.assert_array_equal(sheared[0, :, :, 0], [[6, 6, 2, 3, 3],
-                                                        [11, 11, 7, 3, 3],
-                                                        [16, 16, 12, 8, 8],
-                                                        [21, 21, 17, 13, 13],
-                                                        [21, 21, 22, 18, 18]])
+    np.testing.assert_array_equal(
+        sheared[0, :, :, 0],
+        [
+            [6, 6, 2, 3, 3],
+            [11, 11, 7, 3, 3],
+            [16, 16, 12, 8, 8],
+            [21, 21, 17, 13, 13],
+            [21, 21, 22, 18, 18],
+        ],
+    )
     # zoom factor 2 reads pixels twice as far from the centre: every other pixel, shrunk
     zoom_out = fcdata.ImageAugmenter(zoom_range=(2, 2), fill_mode="constant")
-    np.testing.assert_array_equal(zoom_out(five, np.random.default_rng(0))[0, :, :, 0],
-                                  [[0, 0, 0, 0, 0],
-                                   [0, 0, 2, 4, 0],
-                                   [0, 10, 12, 14, 0],
-                                   [0, 20, 22, 24, 0],
-                                   [0, 0, 0, 0, 0]])
+    np.testing.assert_array_equal(
+        zoom_out(five, np.random.default_rng(0))[0, :, :, 0],
+        [[0, 0, 0, 0, 0], [0, 0, 2, 4, 0], [0, 10, 12, 14, 0], [0, 20, 22, 24, 0], [0, 0, 0, 0, 0]],
+    )
     # factor 0.5 enlarges the central 2x2 of a 4x4 image to the whole image
     four = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
     zoom_in = fcdata.ImageAugmenter(zoom_range=(0.5, 0.5))(four, np.random.default_rng(0))
-    np.testing.assert_array_equal(zoom_in[0, :, :, 0], [[5, 5, 6, 6],
-                                                        [5, 5, 6, 6],
-                                                        [9, 9, 10, 10],
-                                                        [9, 9, 10, 10]])
+    np.testing.assert_array_equal(
+        zoom_in[0, :, :, 0], [[5, 5, 6, 6], [5, 5, 6, 6], [9, 9, 10, 10], [9, 9, 10, 10]]
+    )
     assert fcdata.ImageAugmenter(zoom_range=0.25).zoom_range == (0.75, 1.25)
     with pytest.raises(ValueError, match="0 < lo <= hi"):
         fcdata.ImageAugmenter(zoom_range=1.5)
@@ -309,7 +328,8 @@ def test_random_zoom_draws_one_factor_per_axis_within_the_range():
     dot = np.zeros((300, 9, 9, 1), np.float32)
     dot[:, 4, 4] = 1
     out = fcdata.ImageAugmenter(zoom_range=(0.25, 1.0), fill_mode="constant")(
-        dot, np.random.default_rng(1))
+        dot, np.random.default_rng(1)
+    )
     rows, cols = out[..., 0].any(axis=2).sum(axis=1), out[..., 0].any(axis=1).sum(axis=1)
     assert set(rows) == set(cols) == {1, 3}
     assert (rows != cols).any()
@@ -327,8 +347,9 @@ def test_channel_shift_is_one_value_per_image_clipped_to_the_image():
     img = np.array([0, 100, 250, 30, 60, 90], np.uint8).reshape(1, 1, 2, 3)
     shift = fcdata.ImageAugmenter(channel_shift_range=20)
     np.testing.assert_array_equal(shift(img, UpperBound()).ravel(), [20, 120, 250, 50, 80, 110])
-    np.testing.assert_array_equal(shift(img, UpperBound(lower=True)).ravel(),
-                                  [0, 80, 230, 10, 40, 70])
+    np.testing.assert_array_equal(
+        shift(img, UpperBound(lower=True)).ravel(), [0, 80, 230, 10, 40, 70]
+    )
 
     batch = np.random.default_rng(0).integers(0, 256, (200, 4, 4, 3), dtype=np.uint8)
     out = shift(batch, np.random.default_rng(1)).astype(int)
@@ -338,8 +359,10 @@ def test_channel_shift_is_one_value_per_image_clipped_to_the_image():
         inside = (out[i] > lo[i]) & (out[i] < hi[i])
         moved = np.unique((out[i] - batch[i])[inside])
         assert len(moved) == 1 and abs(moved[0]) <= 20
-    shifts = [np.unique((out[i] - batch[i])[(out[i] > lo[i]) & (out[i] < hi[i])])[0]
-              for i in range(len(batch))]
+    shifts = [
+        np.unique((out[i] - batch[i])[(out[i] > lo[i]) & (out[i] < hi[i])])[0]
+        for i in range(len(batch))
+    ]
     assert min(shifts) < -15 and max(shifts) > 15
 
 
@@ -351,19 +374,23 @@ def test_rescale_and_the_hooks_run_in_keras_order():
 
     calls = []
 
-    def halve(batch):          # batch level, imgaug-style: first, on the uint8 batch
+    def halve(batch):  # batch level, imgaug-style: first, on the uint8 batch
         calls.append(("batch", batch.dtype, batch.shape))
         return batch // 2
 
-    def invert(image):         # per image, albumentations-style: then, still uint8
+    def invert(image):  # per image, albumentations-style: then, still uint8
         calls.append(("image", image.dtype, image.shape))
         return 255 - image
 
-    augment = fcdata.ImageAugmenter(rescale=1 / 255, preprocessing_function=invert,
-                                    batch_function=halve)
+    augment = fcdata.ImageAugmenter(
+        rescale=1 / 255, preprocessing_function=invert, batch_function=halve
+    )
     out = augment(np.concatenate([pixels, pixels]), np.random.default_rng(0))
-    assert calls == [("batch", np.uint8, (2, 1, 3, 1)), ("image", np.uint8, (1, 3, 1)),
-                     ("image", np.uint8, (1, 3, 1))]
+    assert calls == [
+        ("batch", np.uint8, (2, 1, 3, 1)),
+        ("image", np.uint8, (1, 3, 1)),
+        ("image", np.uint8, (1, 3, 1)),
+    ]
     # 0, 51, 255 -> halved 0, 25, 127 -> inverted 255, 230, 128 -> / 255
     np.testing.assert_allclose(out[1].ravel(), [1.0, 230 / 255, 128 / 255], rtol=1e-6)
     # standardize alone (what validation batches get): 0, 51, 255 -> 255, 204, 0 -> / 255
@@ -377,18 +404,22 @@ def test_flow_from_directory_splits_before_it_augments_and_reads_lazily(tmp_path
         for i in range(5):  # flat images: cat 10, 30, ..., 90; dog 110, ..., 190
             value = 10 + 100 * label + 20 * i
             (root / cls / f"{i}.png").write_bytes(_png(np.full((8, 8, 3), value, np.uint8)))
-    augment = fcdata.ImageAugmenter(brightness_range=(0.5, 0.5), rescale=1 / 255,
-                                    validation_split=0.4)
-    train = augment.flow_from_directory(root, target_size=(8, 8), batch_size=3,
-                                        class_mode="categorical", subset="training")
-    val = augment.flow_from_directory(root, target_size=(8, 8), batch_size=3, shuffle=False,
-                                      subset="validation")
+    augment = fcdata.ImageAugmenter(
+        brightness_range=(0.5, 0.5), rescale=1 / 255, validation_split=0.4
+    )
+    train = augment.flow_from_directory(
+        root, target_size=(8, 8), batch_size=3, class_mode="categorical", subset="training"
+    )
+    val = augment.flow_from_directory(
+        root, target_size=(8, 8), batch_size=3, shuffle=False, subset="validation"
+    )
     assert train.class_indices == {"cat": 0, "dog": 1} and len(train) == 2 and len(val) == 2
 
     decoded = []
     decode = fcdata.folders._decode
-    monkeypatch.setattr(fcdata.folders, "_decode",
-                        lambda *args: decoded.append(args[1]) or decode(*args))
+    monkeypatch.setattr(
+        fcdata.folders, "_decode", lambda *args: decoded.append(args[1]) or decode(*args)
+    )
     seen = {}
     for count, (xb, yb) in enumerate(train, start=1):
         assert len(decoded) == 3 * count  # one batch read at a time, never the whole set
@@ -398,8 +429,9 @@ def test_flow_from_directory_splits_before_it_augments_and_reads_lazily(tmp_path
     # the last 3 of each class, halved in brightness, with one-hot labels
     assert seen == {25: [1, 0], 35: [1, 0], 45: [1, 0], 75: [0, 1], 85: [0, 1], 95: [0, 1]}
     # the first 2 of each class, only rescaled; sparse labels
-    values = [(round(float(xb[i].max()) * 255), int(yb[i])) for xb, yb in val
-              for i in range(len(xb))]
+    values = [
+        (round(float(xb[i].max()) * 255), int(yb[i])) for xb, yb in val for i in range(len(xb))
+    ]
     assert values == [(10, 0), (30, 0), (110, 1), (130, 1)]
 
     with pytest.raises(ValueError, match="validation_split in \\(0, 1\\)"):

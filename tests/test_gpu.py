@@ -1,6 +1,7 @@
 """The CUDA kernels on a real GPU, through the functional API with CuPy arrays, against the
 NumPy reference: the same cases as tests/test_cuda_harness.py plus what only a GPU shows
 (devices, streams, PyTorch tensors, run-to-run determinism). Skipped without a GPU."""
+
 import warnings
 
 import numpy as np
@@ -36,8 +37,9 @@ with warnings.catch_warnings():  # CuPy's import-time notes about the environmen
     warnings.simplefilter("ignore")
     ok, why = fastconv.cuda_available()
 if not ok:
-    pytest.skip(f"GPU tests need a CUDA GPU with CuPy and fastconv._cuda: {why}",
-                allow_module_level=True)
+    pytest.skip(
+        f"GPU tests need a CUDA GPU with CuPy and fastconv._cuda: {why}", allow_module_level=True
+    )
 cp = pytest.importorskip("cupy")
 harness = pytest.importorskip("fastconv._cuda_harness")
 
@@ -59,9 +61,16 @@ def test_conv2d_large_tiles(layout, n, cin, cout, hw, k, stride, groups):
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-@pytest.mark.parametrize("n,cin,cout,hw,k,stride,groups", [
-    (8, 64, 128, 32, 3, 1, 1), (16, 256, 512, 8, 3, 1, 1), (8, 128, 256, 16, 1, 1, 1),
-    (8, 64, 128, 32, 3, 2, 1), (8, 32, 64, 32, 5, 1, 1)])
+@pytest.mark.parametrize(
+    "n,cin,cout,hw,k,stride,groups",
+    [
+        (8, 64, 128, 32, 3, 1, 1),
+        (16, 256, 512, 8, 3, 1, 1),
+        (8, 128, 256, 16, 1, 1, 1),
+        (8, 64, 128, 32, 3, 2, 1),
+        (8, 32, 64, 32, 5, 1, 1),
+    ],
+)
 def test_conv2d_cifar_sized(layout, n, cin, cout, hw, k, stride, groups):
     check_large_conv(dev, host, layout, n, cin, cout, hw, k, stride, groups)
 
@@ -87,8 +96,9 @@ def test_pooling_cifar_sized(layout, kind, kernel, stride):
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-@pytest.mark.parametrize("shape,axis", BATCH_NORM_SPLIT_CASES + [
-    ((128, 16, 16, 64), -1), ((128, 64, 16, 16), 1)])  # CIFAR-sized: many splits
+@pytest.mark.parametrize(
+    "shape,axis", BATCH_NORM_SPLIT_CASES + [((128, 16, 16, 64), -1), ((128, 64, 16, 16), 1)]
+)  # CIFAR-sized: many splits
 def test_batch_norm_splits(shape, axis, activation):
     check_batch_norm(dev, host, shape, axis, activation != "relu", activation, len(shape))
 
@@ -109,8 +119,9 @@ def test_batch_norm_bit_identical_runs():
     runs = []
     for _ in range(2):
         y, mean, var = fastconv.batch_norm(x, activation="gelu")
-        runs.append((y, mean, var) + fastconv.batch_norm_backward(dy, x, mean, var,
-                                                                  activation="gelu"))
+        runs.append(
+            (y, mean, var) + fastconv.batch_norm_backward(dy, x, mean, var, activation="gelu")
+        )
     for a, b in zip(*runs):
         assert cp.array_equal(a, b)
 
@@ -125,7 +136,11 @@ def test_results_are_cupy_on_the_input_device():
 def test_bit_identical_runs():
     """No atomics: the same inputs give the same bits, gradients included."""
     rng = np.random.default_rng(3)
-    x, w, dy = dev(rand(rng, 16, 32, 16, 16)), dev(rand(rng, 48, 32, 3, 3)), dev(rand(rng, 16, 48, 16, 16))
+    x, w, dy = (
+        dev(rand(rng, 16, 32, 16, 16)),
+        dev(rand(rng, 48, 32, 3, 3)),
+        dev(rand(rng, 16, 48, 16, 16)),
+    )
     first = fastconv.conv2d_backward(dy, x, w, padding=1)
     second = fastconv.conv2d_backward(dy, x, w, padding=1)
     for a, b in zip(first, second):
@@ -150,8 +165,9 @@ def test_runs_on_the_current_stream():
         z = fastconv.conv2d(x, w, padding=1)
     stream.synchronize()
     np.testing.assert_array_equal(host(y), fastconv.max_pool2d(x_host, 2))
-    np.testing.assert_allclose(host(z), fastconv.conv2d(x_host, host(w), padding=1),
-                               rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(
+        host(z), fastconv.conv2d(x_host, host(w), padding=1), rtol=1e-4, atol=1e-3
+    )
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])

@@ -8,6 +8,7 @@ the binding layer's buffer checks and the empty-batch path — runs against the 
 reference here; only CuPy itself and the device are not covered (tests/test_gpu.py covers
 them on a GPU).
 """
+
 import contextlib
 import types
 
@@ -32,6 +33,7 @@ harness = pytest.importorskip("fastconv._cuda_harness")
 
 class FakeArray(np.ndarray):
     """A 'device' array: host memory posing as CUDA memory on GPU `device_id`."""
+
     device_id = 0
 
     @property
@@ -44,8 +46,13 @@ class FakeArray(np.ndarray):
     @property
     def __cuda_array_interface__(self):
         interface = self.__array_interface__
-        return dict(shape=self.shape, typestr=interface["typestr"], strides=interface["strides"],
-                    data=interface["data"], version=3)
+        return dict(
+            shape=self.shape,
+            typestr=interface["typestr"],
+            strides=interface["strides"],
+            data=interface["data"],
+            version=3,
+        )
 
 
 class FakeCuPy:
@@ -55,9 +62,10 @@ class FakeCuPy:
     def __init__(self):
         self.current = 0
         self.ndarray, self.float32, self.__version__ = FakeArray, np.float32, "fake"
-        self.cuda = types.SimpleNamespace(Device=self.device,
-                                          get_current_stream=lambda: types.SimpleNamespace(
-                                              ptr=self.stream_of(self.current)))
+        self.cuda = types.SimpleNamespace(
+            Device=self.device,
+            get_current_stream=lambda: types.SimpleNamespace(ptr=self.stream_of(self.current)),
+        )
 
     @staticmethod
     def stream_of(device):
@@ -75,6 +83,7 @@ class FakeCuPy:
 
             def __exit__(self, *exc):
                 fake.current = self.previous
+
         return Device()
 
     def asarray(self, a, device=None):
@@ -108,6 +117,7 @@ class Recorder:
         def call(*args, stream):
             self.calls.append((name, stream, self.cp.current))
             return kernel(*args, stream=stream)
+
         return call
 
 
@@ -145,6 +155,7 @@ def test_batch_norm_runs_no_reference_code(fake_gpu, monkeypatch):
 
     def forbidden(*args, **kwargs):
         raise AssertionError("the GPU path called fastconv.reference")
+
     for name in ("batch_norm", "batch_norm_inference", "batch_norm_backward"):
         monkeypatch.setattr(fastconv.reference, name, forbidden)
     x = cp.asarray(np.random.default_rng(6).standard_normal((4, 3)).astype(np.float32))
@@ -152,13 +163,19 @@ def test_batch_norm_runs_no_reference_code(fake_gpu, monkeypatch):
     fastconv.batch_norm_inference(x, mean, var)
     fastconv.batch_norm_backward(y, x, mean, var)
     assert [name for name, _, _ in native.calls] == [
-        "batch_norm_forward", "batch_norm_inference", "batch_norm_backward"]
+        "batch_norm_forward",
+        "batch_norm_inference",
+        "batch_norm_backward",
+    ]
     assert all(isinstance(a, FakeArray) for a in (y, mean, var))
 
 
 def test_results_are_device_arrays_and_empty_batch(fake_gpu):
     cp, _ = fake_gpu
-    x, w = cp.asarray(np.zeros((0, 3, 5, 5), np.float32)), cp.asarray(np.ones((4, 3, 3, 3), np.float32))
+    x, w = (
+        cp.asarray(np.zeros((0, 3, 5, 5), np.float32)),
+        cp.asarray(np.ones((4, 3, 3, 3), np.float32)),
+    )
     y = fastconv.conv2d(x, w)
     assert isinstance(y, FakeArray) and y.shape == (0, 4, 3, 3)
     dx, dw, db = fastconv.conv2d_backward(y, x, w)
@@ -178,8 +195,9 @@ def test_outputs_live_on_the_inputs_device_and_kernels_run_there(fake_gpu):
     p = fastconv.max_pool2d(y, 2)
     assert {a.device.id for a in (y, dx, dw, p)} == {1}
     assert {(stream, device) for _, stream, device in native.calls} == {(cp.stream_of(1), 1)}
-    np.testing.assert_allclose(y, fastconv.reference.conv2d(np.asarray(x), np.asarray(w), padding=1),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        y, fastconv.reference.conv2d(np.asarray(x), np.asarray(w), padding=1), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_arrays_on_two_devices_are_refused(fake_gpu):
@@ -192,21 +210,32 @@ def test_arrays_on_two_devices_are_refused(fake_gpu):
 
 def test_binding_checks_the_device_buffers(fake_gpu):
     cp, _ = fake_gpu
-    x, w = cp.asarray(np.zeros((1, 1, 4, 4), np.float32)), cp.asarray(np.zeros((1, 1, 3, 3), np.float32))
-    g = fastconv._args.conv_geometry(x.shape, w.shape, stride=1, padding=0, dilation=1, groups=1,
-                                     layout="NCHW")
+    x, w = (
+        cp.asarray(np.zeros((1, 1, 4, 4), np.float32)),
+        cp.asarray(np.zeros((1, 1, 3, 3), np.float32)),
+    )
+    g = fastconv._args.conv_geometry(
+        x.shape, w.shape, stride=1, padding=0, dilation=1, groups=1, layout="NCHW"
+    )
     kernels = _gpu.kernels()
     with pytest.raises(ValueError, match="elements"):
         kernels.conv2d_forward(x, w, None, cp.asarray(np.zeros((1, 1, 3, 3), np.float32)), g)
     with pytest.raises(ValueError, match="C-contiguous"):
-        kernels.conv2d_forward(cp.asarray(np.zeros((1, 1, 8, 8), np.float32))[:, :, ::2, ::2], w,
-                               None, cp.asarray(np.zeros((1, 1, 2, 2), np.float32)), g)
+        kernels.conv2d_forward(
+            cp.asarray(np.zeros((1, 1, 8, 8), np.float32))[:, :, ::2, ::2],
+            w,
+            None,
+            cp.asarray(np.zeros((1, 1, 2, 2), np.float32)),
+            g,
+        )
 
 
 def test_mixing_host_and_device_arrays_raises(fake_gpu):
     cp, _ = fake_gpu
     with pytest.raises(TypeError, match="same device"):
-        fastconv.conv2d(np.ones((1, 1, 3, 3), np.float32), cp.asarray(np.ones((1, 1, 1, 1), np.float32)))
+        fastconv.conv2d(
+            np.ones((1, 1, 3, 3), np.float32), cp.asarray(np.ones((1, 1, 1, 1), np.float32))
+        )
 
 
 class ForeignTensor:
@@ -243,8 +272,9 @@ def test_foreign_arrays_come_through_dlpack_on_the_current_stream(fake_gpu):
     y = fastconv.conv2d(x, w, padding=1)
     assert isinstance(y, FakeArray)
     assert x.streams == [cp.stream_of(0)] and not x.interface_read
-    np.testing.assert_allclose(y, fastconv.reference.conv2d(x.a, w.a, padding=1), rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        y, fastconv.reference.conv2d(x.a, w.a, padding=1), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_a_tensor_that_requires_grad_gets_a_clear_error(fake_gpu):

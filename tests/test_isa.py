@@ -1,4 +1,5 @@
 """The run-time choice of kernel build: supported ISAs, the reason, the FASTCONV_ISA override."""
+
 import os
 import subprocess
 import sys

@@ -1,6 +1,7 @@
 """Keras' functional API: DAG forward and backward (gradients added where a tensor feeds
 several layers) against finite differences and PyTorch autograd, frozen layers and nested
 models, Keras' layer order, summary and parameter counts, graph models in fit/save/load."""
+
 import numpy as np
 import pytest
 
@@ -54,7 +55,9 @@ def test_dag_backward_adds_gradients_of_every_consumer():
     dx, dz = model.backward([r1, r2])
     targets = [("x", x, dx), ("z", z, dz)] + [
         (f"{layer.name}/{k}", layer.params[k], layer.grads[k])
-        for layer in model.leaf_layers() for k in layer.params]
+        for layer in model.leaf_layers()
+        for k in layer.params
+    ]
     for name, array, analytic in targets:
         numeric = np.zeros_like(array)
         for idx in np.ndindex(array.shape):
@@ -86,8 +89,11 @@ def test_residual_block_gradients_match_torch_autograd():
     torch = pytest.importorskip("torch")
     model = residual_block()
     model.need_input_grad = True
-    w = {k: torch.tensor(v, requires_grad=True) for k, v in model.get_weight_dict().items()
-         if "moving" not in k}
+    w = {
+        k: torch.tensor(v, requires_grad=True)
+        for k, v in model.get_weight_dict().items()
+        if "moving" not in k
+    }
     rng = np.random.default_rng(3)
     x = rng.standard_normal((4, 6, 6, 4)).astype(np.float32)
     dy = rng.standard_normal((4, 3)).astype(np.float32)
@@ -96,19 +102,22 @@ def test_residual_block_gradients_match_torch_autograd():
 
     tx = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
     bn = lambda t, name: torch.nn.functional.batch_norm(
-        t, None, None, w[f"{name}/gamma"], w[f"{name}/beta"], training=True, eps=1e-5)
+        t, None, None, w[f"{name}/gamma"], w[f"{name}/beta"], training=True, eps=1e-5
+    )
     short = torch.nn.functional.conv2d(tx, w["shortcut/kernel"], w["shortcut/bias"], stride=2)
     # Keras' "same" at stride 2 on an even size pads bottom/right only
-    h = torch.nn.functional.conv2d(torch.nn.functional.pad(tx, (0, 1, 0, 1)), w["c1/kernel"],
-                                   w["c1/bias"], stride=2)
+    h = torch.nn.functional.conv2d(
+        torch.nn.functional.pad(tx, (0, 1, 0, 1)), w["c1/kernel"], w["c1/bias"], stride=2
+    )
     h = torch.relu(bn(h, "bn1"))
     h = torch.relu(bn(torch.nn.functional.conv2d(h, w["c2/kernel"], padding=1), "bn2"))
     out = torch.relu(h + short).mean(dim=(2, 3)) @ w["head/kernel"] + w["head/bias"]
     np.testing.assert_allclose(y, out.detach().numpy(), rtol=1e-4, atol=1e-5)
     out.backward(torch.from_numpy(dy))
     np.testing.assert_allclose(dx, tx.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-3, atol=1e-5)
-    grads = {f"{layer.name}/{k}": g
-             for layer in model.leaf_layers() for k, g in layer.grads.items()}
+    grads = {
+        f"{layer.name}/{k}": g for layer in model.leaf_layers() for k, g in layer.grads.items()
+    }
     assert set(grads) == set(w)
     for k, g in grads.items():
         np.testing.assert_allclose(g, w[k].grad.numpy(), rtol=1e-3, atol=1e-5, err_msg=k)
@@ -193,8 +202,19 @@ def test_layers_follow_keras_order_and_summary_shows_connections():
     names = [layer.name for layer in model.layers]
     # Keras' order (by depth from the output, then first visit from the output): the
     # shortcut conv sits at the depth of bn2, after it (keras.Model lists the same)
-    assert names == ["input_layer", "c1", "bn1", "activation", "c2", "bn2", "shortcut", "add",
-                     "re_lu", "global_average_pooling2d", "head"]
+    assert names == [
+        "input_layer",
+        "c1",
+        "bn1",
+        "activation",
+        "c2",
+        "bn2",
+        "shortcut",
+        "add",
+        "re_lu",
+        "global_average_pooling2d",
+        "head",
+    ]
     text = model.summary(print_fn=lambda _: None)
     add_row = next(line for line in text.splitlines() if line.startswith("add (Add)"))
     assert add_row.split()[-1] == "bn2[0][0]"
@@ -211,8 +231,15 @@ def test_graph_model_fit_save_load_and_resume(tmp_path):
     x, y = synthetic(48)
     model = residual_block(shape=(8, 8, 3))
     model.compile(optimizer=optim.SGD(0.05, momentum=0.9), loss="sparse_categorical_crossentropy")
-    history = model.fit(x, y, batch_size=16, epochs=3, verbose=False, print_fn=lambda _: None,
-                        checkpoint=str(tmp_path / "c.npz"))
+    history = model.fit(
+        x,
+        y,
+        batch_size=16,
+        epochs=3,
+        verbose=False,
+        print_fn=lambda _: None,
+        checkpoint=str(tmp_path / "c.npz"),
+    )
     assert history[-1]["loss"] < history[0]["loss"]
     model.save_weights(tmp_path / "w.npz")
     other = residual_block(seed=9, shape=(8, 8, 3))
@@ -233,8 +260,9 @@ def test_keras_weight_list_round_trip_and_layouts():
     model.set_weights(arrays)
     x = np.random.default_rng(7).standard_normal((1, 6, 6, 4)).astype(np.float32)
     layer = next(layer for layer in model.leaf_layers() if layer.name == "shortcut")
-    np.testing.assert_allclose(layer.forward(x), x[:, ::2, ::2] @ kernel[0, 0] + np.arange(6),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        layer.forward(x), x[:, ::2, ::2] @ kernel[0, 0] + np.arange(6), rtol=1e-5, atol=1e-5
+    )
     other = residual_block(seed=1)
     other.set_weights(arrays)
     for k, v in model.get_weight_dict().items():
@@ -276,7 +304,6 @@ def test_zero_padding_and_global_max_pooling():
     np.testing.assert_array_equal(dx, (x == x.max(axis=(1, 2), keepdims=True)).astype(np.float32))
 
 
-
 def write_keras_h5(path, arrays_by_layer, keras3):
     """A Keras weights file in either layout: Keras 3's .weights.h5 (layers/<key>/vars/0..n,
     the layer's name an attribute) or the HDF5 layout of Keras 2 and keras.applications'
@@ -310,7 +337,7 @@ def test_load_weights_reads_keras_h5_by_layer_name(tmp_path, keras3):
     for layer in model.leaf_layers():
         count = len(layer.params) + len(layer.state)
         if count:
-            by_layer[layer.name], i = arrays[i:i + count], i + count
+            by_layer[layer.name], i = arrays[i : i + count], i + count
     by_layer["predictions"] = [np.zeros((2, 2), np.float32)]
     path = tmp_path / ("w.weights.h5" if keras3 else "w.h5")
     write_keras_h5(path, by_layer, keras3)

@@ -1,4 +1,5 @@
 """Layer gradients by central finite differences, Keras shape rules and parameter counts."""
+
 import math
 
 import numpy as np
@@ -43,14 +44,18 @@ def check_gradients(layer, x, *, eps, rtol, atol, points=12, seed=1):
         for i in flat_idx:
             idx = np.unravel_index(i, array.shape)
             numeric = _numeric(loss, array, idx, eps)
-            assert math.isclose(analytic[idx], numeric, rel_tol=rtol, abs_tol=atol), \
+            assert math.isclose(analytic[idx], numeric, rel_tol=rtol, abs_tol=atol), (
                 f"{name}{idx}: analytic {analytic[idx]} vs numeric {numeric}"
+            )
 
 
 KERNEL_LAYERS = [
     (lambda: nn.Conv2D(4, 3, padding="same"), (7, 6, 3)),
     (lambda: nn.Conv2D(4, (3, 2), strides=2, padding="valid", dilation_rate=1), (8, 7, 3)),
-    (lambda: nn.Conv2D(4, 3, padding="same", dilation_rate=2, data_format="channels_first"), (3, 7, 7)),
+    (
+        lambda: nn.Conv2D(4, 3, padding="same", dilation_rate=2, data_format="channels_first"),
+        (3, 7, 7),
+    ),
     (lambda: nn.Conv2D(4, 3, groups=2, padding="same", use_bias=False), (6, 6, 4)),
     (lambda: nn.DepthwiseConv2D(3, depth_multiplier=2, padding="same"), (6, 6, 3)),
     (lambda: nn.SeparableConv2D(5, 3, depth_multiplier=2, strides=2, padding="same"), (7, 7, 3)),
@@ -79,8 +84,10 @@ NUMPY_LAYERS = [
     (lambda: nn.Dense(5), (7,)),
     (lambda: nn.Flatten(), (2, 3, 4)),
     (lambda: nn.Scale(0.25), (6,)),
-] + [(lambda a=a: nn.Activation(a), (3, 5)) for a in
-     ("relu", "gelu", "gelu_tanh", "sigmoid", "tanh", "softmax")]
+] + [
+    (lambda a=a: nn.Activation(a), (3, 5))
+    for a in ("relu", "gelu", "gelu_tanh", "sigmoid", "tanh", "softmax")
+]
 
 
 @pytest.mark.parametrize("make, shape", NUMPY_LAYERS)
@@ -121,20 +128,23 @@ def test_frozen_batchnorm_runs_in_inference_mode():
     layer.state["moving_mean"][:] = [1, 2, 3]
     layer.state["moving_variance"][:] = [4, 4, 4]
     x = np.random.default_rng(5).standard_normal((6, 3)).astype(np.float32)
-    np.testing.assert_allclose(layer.forward(x, training=True), (x - [1, 2, 3]) / np.sqrt(4.001),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        layer.forward(x, training=True), (x - [1, 2, 3]) / np.sqrt(4.001), rtol=1e-5, atol=1e-6
+    )
     np.testing.assert_array_equal(layer.state["moving_mean"], [1, 2, 3])
     check_gradients(layer, x, eps=1e-2, rtol=2e-3, atol=1e-5)  # linear: no curvature error
 
 
 def test_keras_output_shapes_and_parameter_counts():
-    model = nn.Sequential([
-        nn.Conv2D(16, 3, strides=2, padding="same", input_shape=(15, 15, 8)),
-        nn.SeparableConv2D(16, 3, padding="same"),
-        nn.DepthwiseConv2D(3, depth_multiplier=2),
-        nn.GlobalAveragePooling2D(),
-        nn.Dense(10, activation="softmax"),
-    ]).build()
+    model = nn.Sequential(
+        [
+            nn.Conv2D(16, 3, strides=2, padding="same", input_shape=(15, 15, 8)),
+            nn.SeparableConv2D(16, 3, padding="same"),
+            nn.DepthwiseConv2D(3, depth_multiplier=2),
+            nn.GlobalAveragePooling2D(),
+            nn.Dense(10, activation="softmax"),
+        ]
+    ).build()
     shapes = [layer.output_shape for layer in model.layers]
     assert shapes == [(8, 8, 16), (8, 8, 16), (6, 6, 32), (32,), (10,)]
     counts = [layer.count_params() for layer in model.layers]

@@ -1,6 +1,7 @@
 """Every op of the op table, forward and backward, on random valid cases (shapes, strides,
 paddings, dilations, groups, layouts, ties, activations) against the NumPy reference, with
 each instruction set this CPU supports."""
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st

@@ -1,5 +1,6 @@
 """fastconv.output_size: the course's (W - F + 2P) / S + 1, against hand-worked examples and
 against the real output size of every op."""
+
 import numpy as np
 import pytest
 
@@ -8,18 +9,21 @@ import fastconv as fc
 POOLS = [fc.max_pool2d, fc.min_pool2d, fc.sum_pool2d, fc.avg_pool2d]
 
 
-@pytest.mark.parametrize("w, f, p, s, dilation, expected", [
-    (7, 3, 0, 1, 1, 5),        # (7 - 3 + 0) / 1 + 1
-    (7, 3, 0, 2, 1, 3),        # (7 - 3 + 0) / 2 + 1
-    (7, 3, 0, 3, 1, 2),        # 4 / 3 + 1 = 2.33: the last pixel is never reached
-    (5, 3, 1, 1, 1, 5),        # padding 1 keeps a 3x3 layer's size
-    (32, 5, 2, 1, 1, 32),
-    (227, 11, 0, 4, 1, 55),    # AlexNet's first layer
-    (7, 3, 0, 1, 2, 3),        # a dilated 3-tap kernel spans 5 pixels
-    (7, 3, "same", 2, 1, 4),   # ceil(7 / 2)
-    (7, 3, "valid", 2, 1, 3),
-    (3, 3, 0, 5, 1, 1),
-])
+@pytest.mark.parametrize(
+    "w, f, p, s, dilation, expected",
+    [
+        (7, 3, 0, 1, 1, 5),  # (7 - 3 + 0) / 1 + 1
+        (7, 3, 0, 2, 1, 3),  # (7 - 3 + 0) / 2 + 1
+        (7, 3, 0, 3, 1, 2),  # 4 / 3 + 1 = 2.33: the last pixel is never reached
+        (5, 3, 1, 1, 1, 5),  # padding 1 keeps a 3x3 layer's size
+        (32, 5, 2, 1, 1, 32),
+        (227, 11, 0, 4, 1, 55),  # AlexNet's first layer
+        (7, 3, 0, 1, 2, 3),  # a dilated 3-tap kernel spans 5 pixels
+        (7, 3, "same", 2, 1, 4),  # ceil(7 / 2)
+        (7, 3, "valid", 2, 1, 3),
+        (3, 3, 0, 5, 1, 1),
+    ],
+)
 def test_hand_worked_sizes(w, f, p, s, dilation, expected):
     assert fc.output_size(w, f, p, s, dilation=dilation) == expected
 
@@ -29,8 +33,13 @@ def _axis(rng, pool, same):
     as padding, as the ops require."""
     f = int(rng.integers(1, 7))
     p = "same" if same else int(rng.integers(0, f // 2 + 1 if pool else 4))
-    return (int(rng.integers(1, 20)), f, p, int(rng.integers(1, 5)),
-            1 if pool else int(rng.integers(1, 4)))
+    return (
+        int(rng.integers(1, 20)),
+        f,
+        p,
+        int(rng.integers(1, 5)),
+        1 if pool else int(rng.integers(1, 4)),
+    )
 
 
 def _check(op, axes, **kwargs):
@@ -65,24 +74,39 @@ def test_matches_every_op(seed):
                 for op in POOLS:
                     checked += _check(op, axes, kernel_size=(fh, fw), **geometry)
             else:
-                checked += _check(fc.conv2d, axes, w=np.zeros((3, 2, fh, fw), np.float32),
-                                  dilation=(dh, dw), **geometry)
-                checked += _check(fc.depthwise_conv2d, axes,
-                                  w=np.zeros((4, 1, fh, fw), np.float32), dilation=(dh, dw),
-                                  **geometry)
+                checked += _check(
+                    fc.conv2d,
+                    axes,
+                    w=np.zeros((3, 2, fh, fw), np.float32),
+                    dilation=(dh, dw),
+                    **geometry,
+                )
+                checked += _check(
+                    fc.depthwise_conv2d,
+                    axes,
+                    w=np.zeros((4, 1, fh, fw), np.float32),
+                    dilation=(dh, dw),
+                    **geometry,
+                )
     assert checked > 400  # most random cases fit: the comparison really ran
 
 
-@pytest.mark.parametrize("args, message", [
-    ((0, 3, 0, 1), "W \\(the input size\\) must be an int >= 1, got 0"),
-    ((7, 0, 0, 1), "F \\(the kernel size\\) must be an int >= 1"),
-    ((7, 3, 0, 0), "S \\(the stride\\) must be an int >= 1"),
-    ((7, 3, -1, 1), "P \\(the padding on each side, or 'valid' or 'same'\\) must be an int >= 0"),
-    ((7, 3, "full", 1), "got 'full'"),
-    ((7, 2.5, 0, 1), "F \\(the kernel size\\) must be an int"),
-    ((True, 3, 0, 1), "W \\(the input size\\)"),
-    ((3, 5, 0, 1), "the kernel spans 5 pixels but the padded input is only 3"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((0, 3, 0, 1), "W \\(the input size\\) must be an int >= 1, got 0"),
+        ((7, 0, 0, 1), "F \\(the kernel size\\) must be an int >= 1"),
+        ((7, 3, 0, 0), "S \\(the stride\\) must be an int >= 1"),
+        (
+            (7, 3, -1, 1),
+            "P \\(the padding on each side, or 'valid' or 'same'\\) must be an int >= 0",
+        ),
+        ((7, 3, "full", 1), "got 'full'"),
+        ((7, 2.5, 0, 1), "F \\(the kernel size\\) must be an int"),
+        ((True, 3, 0, 1), "W \\(the input size\\)"),
+        ((3, 5, 0, 1), "the kernel spans 5 pixels but the padded input is only 3"),
+    ],
+)
 def test_bad_arguments_are_named(args, message):
     with pytest.raises(ValueError, match=message):
         fc.output_size(*args)

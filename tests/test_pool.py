@@ -1,5 +1,6 @@
 """Pooling beyond the random cases of test_ops.py: known values, padding and NaN rules,
 special values in wide NHWC pixels, global pooling and CIFAR-sized maps."""
+
 import numpy as np
 import pytest
 
@@ -21,7 +22,9 @@ def test_max_pool_known_values_and_first_max_wins():
 
 def test_avg_pool_divisor_with_padding():
     x = np.ones((1, 1, 3, 3), np.float32)
-    np.testing.assert_allclose(fastconv.avg_pool2d(x, 3, stride=1, padding=1)[0, 0], np.ones((3, 3)))
+    np.testing.assert_allclose(
+        fastconv.avg_pool2d(x, 3, stride=1, padding=1)[0, 0], np.ones((3, 3))
+    )
     corner = fastconv.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=True)[0, 0, 0, 0]
     assert corner == pytest.approx(4 / 9)
     assert fastconv.sum_pool2d(x, 3, stride=1, padding=1)[0, 0, 1, 1] == 9
@@ -41,13 +44,25 @@ def test_nan_wins_max_and_min():
         dx = getattr(fastconv, f"{kind}_pool2d_backward")(np.ones((1, 1, 1, 1), np.float32), x, 2)
         np.testing.assert_array_equal(dx[0, 0], [[0, 0], [1, 0]])
     x[0, 0, 0, 0] = np.inf
-    assert fastconv.avg_pool2d(np.where(np.isnan(x), 1, x).astype(np.float32), 2)[0, 0, 0, 0] == np.inf
+    assert (
+        fastconv.avg_pool2d(np.where(np.isnan(x), 1, x).astype(np.float32), 2)[0, 0, 0, 0] == np.inf
+    )
 
 
 @pytest.mark.parametrize("kind", ["max", "min"])
-@pytest.mark.parametrize("kernel,stride,padding", [(2, None, 0), (2, 2, 1), (2, 3, 0), (3, 2, 1),
-                                                   (3, 1, 1), ((2, 3), 2, 0), ((3, 1), 2, 0),
-                                                   ((1, 3), (2, 1), 0)])
+@pytest.mark.parametrize(
+    "kernel,stride,padding",
+    [
+        (2, None, 0),
+        (2, 2, 1),
+        (2, 3, 0),
+        (3, 2, 1),
+        (3, 1, 1),
+        ((2, 3), 2, 0),
+        ((3, 1), 2, 0),
+        ((1, 3), (2, 1), 0),
+    ],
+)
 def test_nhwc_extreme_backward_special_values(isa, kind, kernel, stride, padding):
     """Wide NHWC pixels (117 channels: every lane group width and the float tail, with AVX2
     and SSE vectors) full of ties, signed zeros, infinities and NaNs, with windows apart,
@@ -60,8 +75,10 @@ def test_nhwc_extreme_backward_special_values(isa, kind, kernel, stride, padding
     y = getattr(fastconv, f"{kind}_pool2d")(x, kernel, **kw)
     np.testing.assert_array_equal(y, getattr(ref, f"{kind}_pool2d")(x, kernel, **kw))  # inf, NaN
     dy = rand(rng, *y.shape)
-    assert_close(getattr(fastconv, f"{kind}_pool2d_backward")(dy, x, kernel, **kw),
-                 getattr(ref, f"{kind}_pool2d_backward")(dy, x, kernel, **kw))
+    assert_close(
+        getattr(fastconv, f"{kind}_pool2d_backward")(dy, x, kernel, **kw),
+        getattr(ref, f"{kind}_pool2d_backward")(dy, x, kernel, **kw),
+    )
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
@@ -82,8 +99,10 @@ def test_global_avg_pool(isa, layout):
         finite = np.isfinite(want)
         assert_close(np.where(finite, got, 0).astype(np.float32), np.where(finite, want, 0))
     dy = rand(rng, *y.shape)
-    assert_close(fastconv.global_avg_pool2d_backward(dy, x, layout=layout),
-                 ref.global_avg_pool2d_backward(dy, x, layout=layout))
+    assert_close(
+        fastconv.global_avg_pool2d_backward(dy, x, layout=layout),
+        ref.global_avg_pool2d_backward(dy, x, layout=layout),
+    )
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
@@ -97,5 +116,7 @@ def test_pooling_cifar_sized(isa, layout, kind, kernel, stride):
     y = getattr(fastconv, f"{kind}_pool2d")(x, kernel, **kw)
     assert_close(y, getattr(ref, f"{kind}_pool2d")(x, kernel, **kw))
     dy = rand(rng, *y.shape)
-    assert_close(getattr(fastconv, f"{kind}_pool2d_backward")(dy, x, kernel, **kw),
-                 getattr(ref, f"{kind}_pool2d_backward")(dy, x, kernel, **kw))
+    assert_close(
+        getattr(fastconv, f"{kind}_pool2d_backward")(dy, x, kernel, **kw),
+        getattr(ref, f"{kind}_pool2d_backward")(dy, x, kernel, **kw),
+    )

@@ -1,6 +1,7 @@
 """Reliability: many Python threads at once, memory that does not grow, every kind of array
 view, and IEEE special values on every path (direct, Winograd, threaded, each ISA) against
 PyTorch in float64 and the reference."""
+
 import gc
 import resource
 import threading
@@ -94,6 +95,7 @@ def test_memory_does_not_grow_over_many_calls():
 
 def _views():
     """(name, make(array) -> the same values as another kind of array)."""
+
     def offset(a):  # inside a larger buffer, at an offset
         big = np.zeros(a.size + 7, np.float32)
         big[7:] = a.ravel()
@@ -107,18 +109,26 @@ def _views():
     def negative(a):  # reversed twice: negative strides, same values
         return np.flip(np.flip(a, -1).copy(), -1)
 
-    return [("negative strides", negative), ("Fortran order", np.asfortranarray),
-            ("read-only", readonly), ("offset into a larger buffer", offset),
-            ("transposed view", lambda a: a.T.copy().T),
-            ("every other element", lambda a: np.repeat(a, 2, axis=-1)[..., ::2]),
-            ("zero stride broadcast", lambda a: np.broadcast_to(a, a.shape))]
+    return [
+        ("negative strides", negative),
+        ("Fortran order", np.asfortranarray),
+        ("read-only", readonly),
+        ("offset into a larger buffer", offset),
+        ("transposed view", lambda a: a.T.copy().T),
+        ("every other element", lambda a: np.repeat(a, 2, axis=-1)[..., ::2]),
+        ("zero stride broadcast", lambda a: np.broadcast_to(a, a.shape)),
+    ]
 
 
 @pytest.mark.parametrize("name, make", _views(), ids=[n for n, _ in _views()])
 def test_every_kind_of_view_gives_the_same_results(name, make):
     for op, case in _cases(count=1, seed=3):
-        viewed = ops.Case(op, {k: None if v is None else make(v) for k, v in case.inputs.items()},
-                          case.params, case.seed)
+        viewed = ops.Case(
+            op,
+            {k: None if v is None else make(v) for k, v in case.inputs.items()},
+            case.params,
+            case.seed,
+        )
         for key, value in viewed.inputs.items():
             if value is not None:
                 np.testing.assert_array_equal(value, case.inputs[key])
@@ -138,8 +148,12 @@ def test_empty_batch_of_every_op():
         if op.family == "norm":  # batch statistics need at least one element per channel
             continue
         case = op.draw_case(np.random.default_rng(4), CPU_LIMITS)
-        empty = ops.Case(op, {k: (v[:0] if k == "x" else v) for k, v in case.inputs.items()},
-                         case.params, case.seed)
+        empty = ops.Case(
+            op,
+            {k: (v[:0] if k == "x" else v) for k, v in case.inputs.items()},
+            case.params,
+            case.seed,
+        )
         got = op.forward(empty)["y"]
         assert got.shape[0] == 0
         grads = op.backward(empty, np.zeros(got.shape, np.float32), {"y": got})
@@ -186,8 +200,9 @@ def _same_specials(got, want):
 
 
 @pytest.mark.parametrize("where", ["x", "w", "dy"])
-@pytest.mark.parametrize("cin, winograd, threads", [(16, True, 2), (16, False, 1), (15, True, 2),
-                                                    (32, True, 1)])
+@pytest.mark.parametrize(
+    "cin, winograd, threads", [(16, True, 2), (16, False, 1), (15, True, 2), (32, True, 1)]
+)
 def test_special_values_follow_the_mathematical_sum(isa, where, cin, winograd, threads):
     """One special value at a time in x, w or dy, through direct, Winograd and threaded
     paths: the cells that become NaN or infinite are exactly PyTorch's (float64)."""
@@ -202,8 +217,10 @@ def test_special_values_follow_the_mathematical_sum(isa, where, cin, winograd, t
             arrays = dict(x=x.copy(), w=w.copy(), dy=dy.copy())
             target = arrays[where]
             target[(1,) + (0,) * (target.ndim - 1)] = value  # a corner: next to the padding
-            got = [fastconv.conv2d(arrays["x"], arrays["w"], b, padding=1),
-                   *fastconv.conv2d_backward(arrays["dy"], arrays["x"], arrays["w"], padding=1)]
+            got = [
+                fastconv.conv2d(arrays["x"], arrays["w"], b, padding=1),
+                *fastconv.conv2d_backward(arrays["dy"], arrays["x"], arrays["w"], padding=1),
+            ]
             want = _torch_conv(arrays["x"], arrays["w"], b, arrays["dy"], 1, 1)
             for g, t in zip(got, want):
                 _same_specials(g.astype(np.float64), t)
@@ -227,8 +244,9 @@ def test_an_infinite_weight_reaches_only_its_real_terms_in_dx(isa):
     assert_close(dx[:, 1:], ref.conv2d_backward(dy, x, w, padding=1)[0][:, 1:])
 
 
-@pytest.mark.parametrize("op", [op for op in ops.OPS.values() if op.family != "norm"],
-                         ids=lambda op: op.name)
+@pytest.mark.parametrize(
+    "op", [op for op in ops.OPS.values() if op.family != "norm"], ids=lambda op: op.name
+)
 def test_special_values_in_every_op(isa, op):
     """NaN, infinities, signed zeros and denormals spread through a random case of each op:
     forward and backward agree with the float64 reference cell for cell."""

@@ -1,6 +1,7 @@
 """Data-parallel training with fastconv modules: torch.nn.parallel.DistributedDataParallel
 over torch.distributed (gloo, loopback only), two processes on this machine, against one
 process over the combined batch."""
+
 import os
 import socket
 import time
@@ -9,8 +10,9 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="fastconv.torch needs PyTorch (pip install "
-                                            "torch==2.13.0)")
+torch = pytest.importorskip(
+    "torch", reason="fastconv.torch needs PyTorch (pip install torch==2.13.0)"
+)
 import torch.distributed as dist  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -27,10 +29,18 @@ def make_net():
     """Every kind of fastconv module but BatchNorm2d, whose batch statistics DDP keeps per
     process (a single process over the combined batch would differ by design)."""
     torch.manual_seed(0)
-    return nn.Sequential(ft.nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), ft.nn.MaxPool2d(2),
-                         ft.nn.Conv2d(8, 16, 3, padding=1, groups=8), ft.nn.Conv2d(16, 16, 1),
-                         nn.ReLU(), ft.nn.AvgPool2d(2), ft.nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(16, 10))
+    return nn.Sequential(
+        ft.nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        ft.nn.MaxPool2d(2),
+        ft.nn.Conv2d(8, 16, 3, padding=1, groups=8),
+        ft.nn.Conv2d(16, 16, 1),
+        nn.ReLU(),
+        ft.nn.AvgPool2d(2),
+        ft.nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    )
 
 
 def batches():
@@ -38,8 +48,10 @@ def batches():
     rng = np.random.default_rng(0)
     for _ in range(STEPS):
         x = torch.from_numpy(rng.standard_normal((WORLD * PER_RANK, 3, 16, 16), np.float32))
-        yield (x.contiguous(memory_format=torch.channels_last),
-               torch.from_numpy(rng.integers(0, 10, WORLD * PER_RANK)))
+        yield (
+            x.contiguous(memory_format=torch.channels_last),
+            torch.from_numpy(rng.integers(0, 10, WORLD * PER_RANK)),
+        )
 
 
 def train(model, part=slice(None)):
@@ -58,8 +70,13 @@ def worker(rank, port, out):
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(1)
     fastconv.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=WORLD, timeout=timedelta(seconds=TIMEOUT_S))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=WORLD,
+        timeout=timedelta(seconds=TIMEOUT_S),
+    )
     try:
         model = nn.parallel.DistributedDataParallel(make_net())
         params = train(model, slice(rank * PER_RANK, (rank + 1) * PER_RANK))
@@ -75,9 +92,9 @@ def free_port():
 
 
 def test_ddp_on_two_processes_matches_one_process_over_the_combined_batch(tmp_path):
-    context = torch.multiprocessing.start_processes(worker, args=(free_port(), str(tmp_path)),
-                                                    nprocs=WORLD, join=False,
-                                                    start_method="spawn")
+    context = torch.multiprocessing.start_processes(
+        worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=False, start_method="spawn"
+    )
     deadline = time.monotonic() + TIMEOUT_S
     try:
         while not context.join(timeout=1):

@@ -2,6 +2,7 @@
 gradients, running statistics) in both memory formats, state_dict compatibility, what is
 left to torch, swapped MobileNet-style and CIFAR networks against torch, and
 torch.compile(fullgraph=True) of a network of fastconv modules against eager."""
+
 import copy
 import sys
 from pathlib import Path
@@ -9,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="fastconv.torch needs PyTorch (pip install "
-                                            "torch==2.13.0)")
+torch = pytest.importorskip(
+    "torch", reason="fastconv.torch needs PyTorch (pip install torch==2.13.0)"
+)
 from torch import nn  # noqa: E402
 
 import fastconv.torch as ft  # noqa: E402
@@ -55,8 +57,9 @@ def twins(make):
 
 MODULES = {
     "conv": lambda: nn.Conv2d(4, 6, 3, padding=1),
-    "conv strided dilated no bias": lambda: nn.Conv2d(4, 6, (3, 2), stride=2, dilation=(2, 1),
-                                                      bias=False),
+    "conv strided dilated no bias": lambda: nn.Conv2d(
+        4, 6, (3, 2), stride=2, dilation=(2, 1), bias=False
+    ),
     "conv grouped": lambda: nn.Conv2d(4, 6, 3, groups=2, padding=(1, 0)),
     "conv same even kernel": lambda: nn.Conv2d(4, 5, 4, padding="same", dilation=2),
     "conv valid": lambda: nn.Conv2d(4, 5, 2, padding="valid"),
@@ -93,8 +96,10 @@ def test_module_matches_torch(name, channels_last):
         assert torch.allclose(got.float(), want.float(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["conv", "depthwise", "pointwise", "maxpool", "avgpool real cells",
-                                  "adaptive avgpool 1"])
+@pytest.mark.parametrize(
+    "name",
+    ["conv", "depthwise", "pointwise", "maxpool", "avgpool real cells", "adaptive avgpool 1"],
+)
 def test_unbatched_input(name):
     theirs, ours = twins(MODULES[name])
     x = torch.randn(4, 9, 10)
@@ -107,8 +112,9 @@ def test_batch_norm_keeps_torchs_semantics(momentum, track_running_stats):
     """Training steps (batch statistics, running mean and unbiased running variance with
     momentum or a cumulative average, num_batches_tracked), then eval mode (the running
     statistics; batch statistics without them), with and without gradients."""
-    theirs, ours = twins(lambda: nn.BatchNorm2d(5, momentum=momentum,
-                                                track_running_stats=track_running_stats))
+    theirs, ours = twins(
+        lambda: nn.BatchNorm2d(5, momentum=momentum, track_running_stats=track_running_stats)
+    )
     with torch.no_grad():
         theirs.weight.uniform_(0.5, 2)
         theirs.bias.normal_()
@@ -165,6 +171,7 @@ def test_what_fastconv_cannot_run_is_left_to_torch(name):
 def test_subclasses_of_torch_modules_are_left_alone():
     class MyConv(nn.Conv2d):
         pass
+
     net = nn.Sequential(MyConv(3, 4, 3), nn.Conv2d(4, 4, 3))
     assert ft.swap_modules(net) == {"1": "conv2d"} and type(net[0]) is MyConv
 
@@ -182,13 +189,27 @@ def test_constructors_take_torchs_arguments_and_refuse_the_rest():
 def mobilenet_style():
     """Stem conv, two inverted-residual-free MobileNet blocks (depthwise 3x3 + BN + ReLU6,
     pointwise 1x1 + BN + ReLU6), global average pooling, classifier."""
+
     def block(c_in, c_out, stride):
-        return [nn.Conv2d(c_in, c_in, 3, stride, 1, groups=c_in, bias=False),
-                nn.BatchNorm2d(c_in), nn.ReLU6(),
-                nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU6()]
-    return nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6(),
-                         *block(16, 32, 1), *block(32, 64, 2), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(64, 10))
+        return [
+            nn.Conv2d(c_in, c_in, 3, stride, 1, groups=c_in, bias=False),
+            nn.BatchNorm2d(c_in),
+            nn.ReLU6(),
+            nn.Conv2d(c_in, c_out, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU6(),
+        ]
+
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, 2, 1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU6(),
+        *block(16, 32, 1),
+        *block(32, 64, 2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 10),
+    )
 
 
 def cifar_net():
@@ -219,8 +240,13 @@ def assert_swapped_net_matches(theirs, ours, x, tol):
 def test_swapped_mobilenet_style_net_gives_torchs_result(channels_last):
     theirs, ours = twins(mobilenet_style)
     swapped = ft.swap_modules(copy.deepcopy(theirs))
-    assert {op for op in swapped.values()} == {"conv2d", "depthwise_conv2d", "pointwise_conv2d",
-                                               "batch_norm", "global_avg_pool2d"}
+    assert {op for op in swapped.values()} == {
+        "conv2d",
+        "depthwise_conv2d",
+        "pointwise_conv2d",
+        "batch_norm",
+        "global_avg_pool2d",
+    }
     assert swapped["3"] == "depthwise_conv2d" and swapped["6"] == "pointwise_conv2d"
     x = torch.randn(8, 3, 32, 32)
     if channels_last:
@@ -250,15 +276,15 @@ def test_state_dict_round_trip_between_torch_and_fastconv_modules():
         for p in ours.parameters():
             p.add_(1)
     assert list(ours.state_dict()) == list(theirs.state_dict())
-    theirs.load_state_dict(ours.state_dict())          # a fastconv checkpoint into torch.nn
+    theirs.load_state_dict(ours.state_dict())  # a fastconv checkpoint into torch.nn
     for got, want in zip(theirs.state_dict().values(), ours.state_dict().values()):
         assert torch.equal(got, want)
     fresh = copy.deepcopy(mobilenet_style())
     ft.swap_modules(fresh)
-    fresh.load_state_dict(theirs.state_dict())          # and a torch.nn checkpoint into fastconv
+    fresh.load_state_dict(theirs.state_dict())  # and a torch.nn checkpoint into fastconv
     x = torch.randn(2, 3, 32, 32)
     assert_close(fresh.eval()(x), theirs.eval()(x))
-    conv = ft.nn.Conv2d(3, 16, 3, 2, 1, bias=False)      # a module built directly loads it too
+    conv = ft.nn.Conv2d(3, 16, 3, 2, 1, bias=False)  # a module built directly loads it too
     conv.load_state_dict(theirs[0].state_dict())
     assert torch.equal(conv.weight, theirs[0].weight)
 
@@ -302,8 +328,9 @@ def test_compiled_net_of_fastconv_modules_gives_the_eager_result(channels_last, 
     computes."""
     convs = []
     forward = functional._conv_forward
-    monkeypatch.setattr(functional, "_conv_forward",
-                        lambda *a, **kw: convs.append(a[3]) or forward(*a, **kw))
+    monkeypatch.setattr(
+        functional, "_conv_forward", lambda *a, **kw: convs.append(a[3]) or forward(*a, **kw)
+    )
     torch.manual_seed(0)
     eager = SharedConvNet()
     compiled_net = copy.deepcopy(eager)

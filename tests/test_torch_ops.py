@@ -2,6 +2,7 @@
 backward against torch's own functions in float64, torch.library.opcheck of every operator
 in both memory formats, the layout mapping without copies, and the errors for what fastconv
 does not do. The CUDA tests skip without a GPU."""
+
 import subprocess
 import sys
 
@@ -15,8 +16,9 @@ from fastconv import functional, ops
 
 from op_cases import CPU_LIMITS, HypothesisDraw, examples, ops_with
 
-torch = pytest.importorskip("torch", reason="fastconv.torch needs PyTorch (pip install "
-                                            "torch==2.13.0)")
+torch = pytest.importorskip(
+    "torch", reason="fastconv.torch needs PyTorch (pip install torch==2.13.0)"
+)
 import fastconv.torch as ft  # noqa: E402
 from fastconv.torch import _tensors, library  # noqa: E402
 
@@ -30,8 +32,11 @@ def test_import_fastconv_does_not_import_torch():
 
 
 def test_every_op_and_backward_is_an_operator():
-    names = {n for op in ops.OPS.values()
-             for n in (op.name, *([f"{op.name}_backward"] if op.backward_args else []))}
+    names = {
+        n
+        for op in ops.OPS.values()
+        for n in (op.name, *([f"{op.name}_backward"] if op.backward_args else []))
+    }
     assert set(library.SPECS) == names
     for name in names:
         assert isinstance(getattr(torch.ops.fastconv, name).default, torch._ops.OpOverload)
@@ -40,6 +45,7 @@ def test_every_op_and_backward_is_an_operator():
 
 # ---------------------------------------------------------------------------------------
 # Cases of the op table as tensors
+
 
 def torch_case(case, channels_last):
     """(the case with NCHW-shaped arrays, whether x goes in channels_last memory); batch
@@ -89,8 +95,9 @@ def test_op_matches_torch_in_float64(op, data):
     """Outputs and every gradient of fastconv.torch.<op> on float32 tensors (channels_last
     where the case is NHWC) against the op table's torch equivalent on the same numbers in
     float64."""
-    case, channels_last = torch_case(op.sample(HypothesisDraw(data), CPU_LIMITS),
-                                     data.draw(st.booleans()))
+    case, channels_last = torch_case(
+        op.sample(HypothesisDraw(data), CPU_LIMITS), data.draw(st.booleans())
+    )
     differentiable = op.backward_args is not None
     ours = tensors(case, channels_last, requires_grad=differentiable)
     theirs = tensors(case, False, torch.float64, requires_grad=differentiable)
@@ -102,8 +109,9 @@ def test_op_matches_torch_in_float64(op, data):
         assert_memory_format_of(ours["x"], y)
     if op.name == "batch_norm":
         axis = case.params["axis"] % case.x.ndim
-        var, mean = torch.var_mean(theirs["x"], [d for d in range(case.x.ndim) if d != axis],
-                                   correction=0)
+        var, mean = torch.var_mean(
+            theirs["x"], [d for d in range(case.x.ndim) if d != axis], correction=0
+        )
         assert_close(op, out[1], mean)
         assert_close(op, out[2], var)
     if not differentiable:
@@ -126,8 +134,13 @@ def test_batch_norm_in_channels_last_memory_on_any_axis(name, axis):
     rng = np.random.default_rng(axis % 4)
     inputs = dict(case.inputs, x=rng.standard_normal((3, 4, 5, 6)).astype(np.float32))
     c = inputs["x"].shape[axis]
-    inputs.update({n: rng.uniform(0.5, 2, c).astype(np.float32) for n in inputs
-                   if n != "x" and inputs[n] is not None})
+    inputs.update(
+        {
+            n: rng.uniform(0.5, 2, c).astype(np.float32)
+            for n in inputs
+            if n != "x" and inputs[n] is not None
+        }
+    )
     case = ops.Case(op, inputs, dict(case.params, axis=axis), case.seed)
     ours = tensors(case, True, requires_grad=op.backward_args is not None)
     theirs = tensors(case, False, torch.float64, requires_grad=op.backward_args is not None)
@@ -170,13 +183,17 @@ def test_opcheck(spec, channels_last):
         for t in given.values():
             t.requires_grad_(True)
     args = tuple(arguments.get(n) for n in spec.tensors)
-    result = torch.library.opcheck(getattr(torch.ops.fastconv, spec.name).default, args,
-                                   library._schema_values(spec, arguments))
+    result = torch.library.opcheck(
+        getattr(torch.ops.fastconv, spec.name).default,
+        args,
+        library._schema_values(spec, arguments),
+    )
     assert set(result.values()) == {"SUCCESS"}, result
 
 
 # ---------------------------------------------------------------------------------------
 # Layouts, no copies
+
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_activations_reach_fastconv_without_a_copy(monkeypatch, channels_last):
@@ -189,6 +206,7 @@ def test_activations_reach_fastconv_without_a_copy(monkeypatch, channels_last):
         seen.update(x=x, layout=geometry["layout"])
         seen["y"] = forward(x, w, bias, what, **geometry)
         return seen["y"]
+
     monkeypatch.setattr(functional, "_conv_forward", spy)
     x = torch.randn(2, 5, 6, 7)
     if channels_last:
@@ -216,21 +234,26 @@ def test_padding_forms_reach_the_operator_explicitly():
     [top, bottom, left, right] before the operator; stride None becomes the kernel size."""
     x, w = torch.randn(1, 2, 7, 8), torch.randn(3, 2, 4, 3)
     spec = library.SPECS["conv2d"]
-    values = library._schema_values(spec, dict(x=x, w=w, stride=2, padding="same", dilation=1,
-                                               groups=1))
+    values = library._schema_values(
+        spec, dict(x=x, w=w, stride=2, padding="same", dilation=1, groups=1)
+    )
     assert values == dict(stride=[2, 2], padding=[1, 2, 0, 1], dilation=[1, 1], groups=1)
-    values = library._schema_values(spec, dict(x=x, w=w, stride=(1, 2), padding=((0, 2), (1, 0)),
-                                               dilation=2, groups=1))
+    values = library._schema_values(
+        spec, dict(x=x, w=w, stride=(1, 2), padding=((0, 2), (1, 0)), dilation=2, groups=1)
+    )
     assert values["padding"] == [0, 2, 1, 0] and values["dilation"] == [2, 2]
-    pool = library._schema_values(library.SPECS["max_pool2d"],
-                                  dict(x=x, kernel_size=3, stride=None, padding=1))
+    pool = library._schema_values(
+        library.SPECS["max_pool2d"], dict(x=x, kernel_size=3, stride=None, padding=1)
+    )
     assert pool == dict(kernel_size=[3, 3], stride=[3, 3], padding=[1, 1, 1, 1])
 
 
 def test_the_functions_take_fastconvs_arguments():
     rng = np.random.default_rng(3)
-    x, w = rng.standard_normal((2, 3, 9, 8), np.float32), rng.standard_normal((4, 3, 3, 2),
-                                                                               np.float32)
+    x, w = (
+        rng.standard_normal((2, 3, 9, 8), np.float32),
+        rng.standard_normal((4, 3, 3, 2), np.float32),
+    )
     kw = dict(stride=(2, 1), padding="same", dilation=(1, 2))
     y = ft.conv2d(torch.from_numpy(x), torch.from_numpy(w), **kw)
     np.testing.assert_array_equal(y.numpy(), fastconv.conv2d(x, w, **kw))
@@ -243,13 +266,18 @@ def test_the_functions_take_fastconvs_arguments():
 def test_the_functions_bind_arguments_as_python_does():
     x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
     expected = ft.conv2d(x, w, None, stride=1, padding=1)
-    for call in (lambda: ft.conv2d(x, w, padding=1), lambda: ft.conv2d(w=w, x=x, padding=(1, 1)),
-                 lambda: ft.conv2d(x, w, bias=None, padding=((1, 1), (1, 1)), groups=1)):
+    for call in (
+        lambda: ft.conv2d(x, w, padding=1),
+        lambda: ft.conv2d(w=w, x=x, padding=(1, 1)),
+        lambda: ft.conv2d(x, w, bias=None, padding=((1, 1), (1, 1)), groups=1),
+    ):
         assert torch.equal(call(), expected)
-    bad = {"positional argument": lambda: ft.conv2d(x, w, None, 1),
-           "multiple values": lambda: ft.conv2d(x, w, x=x),
-           "unexpected keyword": lambda: ft.conv2d(x, w, layout="NHWC"),
-           "missing a required": lambda: ft.conv2d(x)}
+    bad = {
+        "positional argument": lambda: ft.conv2d(x, w, None, 1),
+        "multiple values": lambda: ft.conv2d(x, w, x=x),
+        "unexpected keyword": lambda: ft.conv2d(x, w, layout="NHWC"),
+        "missing a required": lambda: ft.conv2d(x),
+    }
     for message, call in bad.items():
         with pytest.raises(TypeError, match=message):
             call()
@@ -258,12 +286,12 @@ def test_the_functions_bind_arguments_as_python_does():
 # ---------------------------------------------------------------------------------------
 # What fastconv does not do
 
+
 def test_other_dtypes_are_refused_naming_the_cast():
     with pytest.raises(TypeError, match=r"x has dtype torch.float64.*x\.float\(\)"):
         ft.conv2d(torch.randn(1, 2, 4, 4, dtype=torch.float64), torch.randn(3, 2, 3, 3))
     with pytest.raises(TypeError, match=r"w has dtype torch.float16.*w\.float\(\)"):
-        torch.ops.fastconv.pointwise_conv2d(torch.randn(1, 2, 4, 4), torch.randn(3, 2).half(),
-                                            None)
+        torch.ops.fastconv.pointwise_conv2d(torch.randn(1, 2, 4, 4), torch.randn(3, 2).half(), None)
 
 
 def test_tensors_on_two_devices_are_refused():
@@ -300,6 +328,7 @@ def test_bad_arguments_fail_with_fastconvs_messages():
 # ---------------------------------------------------------------------------------------
 # CUDA
 
+
 def test_gpu_calls_enter_the_tensors_device_and_torchs_stream_there(monkeypatch):
     """The plumbing of on_device for a tensor on cuda:1, with PyTorch's and CuPy's CUDA calls
     replaced by fakes that record what they are asked (the CUDA tests below run the real
@@ -309,6 +338,7 @@ def test_gpu_calls_enter_the_tensors_device_and_torchs_stream_there(monkeypatch)
     from types import SimpleNamespace
 
     from fastconv import _gpu
+
     log = []
 
     def recorded(*what):
@@ -317,24 +347,34 @@ def test_gpu_calls_enter_the_tensors_device_and_torchs_stream_there(monkeypatch)
             log.append(("enter", *what))
             yield
             log.append(("exit", *what))
+
         return context()
-    cuda = SimpleNamespace(Device=lambda i: recorded("cupy device", i),
-                           ExternalStream=lambda ptr, i: recorded("cupy stream", ptr, i))
+
+    cuda = SimpleNamespace(
+        Device=lambda i: recorded("cupy device", i),
+        ExternalStream=lambda ptr, i: recorded("cupy stream", ptr, i),
+    )
     monkeypatch.setattr(_gpu, "cupy", lambda: SimpleNamespace(cuda=cuda))
-    monkeypatch.setattr(torch.cuda, "current_stream",
-                        lambda device: SimpleNamespace(cuda_stream=1000 + device.index))
+    monkeypatch.setattr(
+        torch.cuda,
+        "current_stream",
+        lambda device: SimpleNamespace(cuda_stream=1000 + device.index),
+    )
     monkeypatch.setattr(torch.cuda, "device", lambda device: recorded("torch device", device.index))
     with _tensors.on_device(torch.device("cuda", 1)):
         log.append("call")
     entered = [("torch device", 1), ("cupy device", 1), ("cupy stream", 1001, 1)]
-    assert log == ([("enter", *e) for e in entered] + ["call"]
-                   + [("exit", *e) for e in reversed(entered)])
+    assert log == (
+        [("enter", *e) for e in entered] + ["call"] + [("exit", *e) for e in reversed(entered)]
+    )
     with pytest.raises(TypeError, match="CPU and CUDA tensors"):
         _tensors.on_device(torch.device("meta"))
 
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available() or not fastconv.cuda_available()[0],
-                          reason="needs a CUDA GPU, fastconv's CUDA module and CuPy")
+cuda = pytest.mark.skipif(
+    not torch.cuda.is_available() or not fastconv.cuda_available()[0],
+    reason="needs a CUDA GPU, fastconv's CUDA module and CuPy",
+)
 
 
 @cuda
@@ -351,8 +391,10 @@ def test_op_on_cuda_matches_the_cpu(op, channels_last):
     assert_close(op, y_gpu.cpu(), y_cpu)
     if differentiable:
         dy = torch.randn(y_cpu.shape)
-        for g_cpu, g_gpu in zip(torch.autograd.grad(y_cpu, list(on_cpu.values()), dy),
-                                torch.autograd.grad(y_gpu, list(on_gpu.values()), dy.cuda())):
+        for g_cpu, g_gpu in zip(
+            torch.autograd.grad(y_cpu, list(on_cpu.values()), dy),
+            torch.autograd.grad(y_gpu, list(on_gpu.values()), dy.cuda()),
+        ):
             assert_close(op, g_gpu.cpu(), g_cpu)
 
 
@@ -361,6 +403,7 @@ def test_cuda_kernels_run_on_torchs_current_stream(monkeypatch):
     """On a side stream, fastconv's kernels are queued on that stream (no synchronisation
     needed before torch reads the result there), on the tensors' device."""
     from fastconv import _gpu
+
     streams = []
     kernels = _gpu.kernels
 
@@ -372,7 +415,9 @@ def test_cuda_kernels_run_on_torchs_current_stream(monkeypatch):
             def __getattr__(self, name):
                 streams.append((cp.cuda.get_current_stream().ptr, cp.cuda.Device().id))
                 return getattr(inner, name)
+
         return Spy()
+
     monkeypatch.setattr(_gpu, "kernels", spy)
     x, w = torch.randn(8, 16, 32, 32, device="cuda"), torch.randn(16, 16, 3, 3, device="cuda")
     side = torch.cuda.Stream()
@@ -387,8 +432,9 @@ def test_cuda_kernels_run_on_torchs_current_stream(monkeypatch):
     torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2 or not fastconv.cuda_available()[0],
-                    reason="needs two CUDA GPUs")
+@pytest.mark.skipif(
+    torch.cuda.device_count() < 2 or not fastconv.cuda_available()[0], reason="needs two CUDA GPUs"
+)
 def test_cuda_tensors_run_on_their_own_gpu_under_another_current_device():
     x = torch.randn(2, 3, 8, 8, device="cuda:1", requires_grad=True)
     w = torch.randn(4, 3, 3, 3, device="cuda:1", requires_grad=True)

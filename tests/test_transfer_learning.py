@@ -1,6 +1,7 @@
 """examples/transfer_learning.py end to end on a tiny archive: the frozen part of the base
 keeps every weight and BN statistic through both phases; the top block learns only when
 fine-tuned."""
+
 import importlib.util
 from pathlib import Path
 
@@ -23,8 +24,23 @@ def test_example_trains_the_head_then_the_top_block_only(tmp_path):
     archive = tmp_path / "tiny.tar.gz"
     make_image_tree(archive, per_class=3, classes=fcdata.CIFAR10_CLASSES[:3])
     example = load_example()
-    argv = ["--data", str(archive), "--model", "resnet18", "--subset", "9", "--test-subset", "6",
-            "--epochs", "1", "--fine-tune-epochs", "1", "--batch-size", "4", "--quiet"]
+    argv = [
+        "--data",
+        str(archive),
+        "--model",
+        "resnet18",
+        "--subset",
+        "9",
+        "--test-subset",
+        "6",
+        "--epochs",
+        "1",
+        "--fine-tune-epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--quiet",
+    ]
     lines = []
     results, base, model = example.main(argv, print_fn=lines.append)
     assert list(results) == ["frozen base", "fine-tuned top block"]
@@ -38,5 +54,6 @@ def test_example_trains_the_head_then_the_top_block_only(tmp_path):
     learned = {k for k in before if not np.array_equal(before[k], after[k])}
     assert learned  # the fine-tuned block's kernels and BN gamma / beta
     assert all(k.startswith(top) and "moving" not in k for k in learned), sorted(learned)[:5]
-    assert not np.array_equal(initial_model.get_weight_dict()["head/kernel"],
-                              model.get_weight_dict()["head/kernel"])
+    assert not np.array_equal(
+        initial_model.get_weight_dict()["head/kernel"], model.get_weight_dict()["head/kernel"]
+    )

@@ -1,5 +1,6 @@
 """Bad arguments raise TypeError/ValueError with a message that says what to fix, before any
 native code runs; nothing crashes the process."""
+
 import numpy as np
 import pytest
 
@@ -42,27 +43,38 @@ def test_channel_and_group_mismatch():
     raises(ValueError, "groups=3 must divide", fastconv.conv2d, X, W, groups=3)
     raises(ValueError, "groups", fastconv.conv2d, X, np.zeros((6, 2, 3, 3), np.float32), groups=0)
     raises(ValueError, "layout", fastconv.conv2d, X.transpose(0, 2, 3, 1).copy(), W, layout="NCHW")
-    raises(ValueError, "depthwise weights", fastconv.depthwise_conv2d, X, np.zeros((6, 1, 3, 3), np.float32))
+    raises(
+        ValueError,
+        "depthwise weights",
+        fastconv.depthwise_conv2d,
+        X,
+        np.zeros((6, 1, 3, 3), np.float32),
+    )
     raises(ValueError, "depthwise weights", fastconv.depthwise_conv2d, X, W)
     raises(ValueError, "input channels", fastconv.pointwise_conv2d, X, np.zeros((5, 3), np.float32))
-    raises(ValueError, "input channels", fastconv.separable_conv2d, X, DW, np.zeros((5, 7), np.float32))
+    raises(
+        ValueError, "input channels", fastconv.separable_conv2d, X, DW, np.zeros((5, 7), np.float32)
+    )
 
 
-@pytest.mark.parametrize("kw,exc,match", [
-    (dict(stride=0), ValueError, "stride must be >= 1"),
-    (dict(stride=-2), ValueError, "stride"),
-    (dict(stride=(1, 0)), ValueError, "stride"),
-    (dict(stride=1.5), TypeError, "stride"),
-    (dict(stride=True), TypeError, "stride"),
-    (dict(stride=(1, 2, 3)), TypeError, "stride"),
-    (dict(dilation=0), ValueError, "dilation"),
-    (dict(padding=-1), ValueError, "padding"),
-    (dict(padding=((1, -1), (0, 0))), ValueError, "padding"),
-    (dict(padding="full"), ValueError, "padding"),
-    (dict(padding=1.0), TypeError, "padding"),
-    (dict(layout="NHCW"), ValueError, "layout"),
-    (dict(groups=1.0), TypeError, "groups"),
-])
+@pytest.mark.parametrize(
+    "kw,exc,match",
+    [
+        (dict(stride=0), ValueError, "stride must be >= 1"),
+        (dict(stride=-2), ValueError, "stride"),
+        (dict(stride=(1, 0)), ValueError, "stride"),
+        (dict(stride=1.5), TypeError, "stride"),
+        (dict(stride=True), TypeError, "stride"),
+        (dict(stride=(1, 2, 3)), TypeError, "stride"),
+        (dict(dilation=0), ValueError, "dilation"),
+        (dict(padding=-1), ValueError, "padding"),
+        (dict(padding=((1, -1), (0, 0))), ValueError, "padding"),
+        (dict(padding="full"), ValueError, "padding"),
+        (dict(padding=1.0), TypeError, "padding"),
+        (dict(layout="NHCW"), ValueError, "layout"),
+        (dict(groups=1.0), TypeError, "groups"),
+    ],
+)
 def test_bad_conv_parameters(kw, exc, match):
     raises(exc, match, fastconv.conv2d, X, W, **kw)
     raises(exc, match, fastconv.conv2d_backward, np.zeros((2, 6, 6, 6), np.float32), X, W, **kw)
@@ -77,9 +89,29 @@ def test_kernel_larger_than_padded_input():
 def test_bias_and_gradient_shapes():
     raises(ValueError, "bias must have shape", fastconv.conv2d, X, W, np.zeros(5, np.float32))
     raises(ValueError, "1 dimensions", fastconv.conv2d, X, W, np.zeros((6, 1), np.float32))
-    raises(ValueError, "dy must have shape", fastconv.conv2d_backward, np.zeros((2, 6, 5, 6), np.float32), X, W)
-    raises(ValueError, "dy must have shape", fastconv.max_pool2d_backward, np.zeros((2, 4, 3, 4), np.float32), X, 2)
-    raises(ValueError, "dy must have shape", fastconv.global_avg_pool2d_backward, np.zeros((3, 4), np.float32), X)
+    raises(
+        ValueError,
+        "dy must have shape",
+        fastconv.conv2d_backward,
+        np.zeros((2, 6, 5, 6), np.float32),
+        X,
+        W,
+    )
+    raises(
+        ValueError,
+        "dy must have shape",
+        fastconv.max_pool2d_backward,
+        np.zeros((2, 4, 3, 4), np.float32),
+        X,
+        2,
+    )
+    raises(
+        ValueError,
+        "dy must have shape",
+        fastconv.global_avg_pool2d_backward,
+        np.zeros((3, 4), np.float32),
+        X,
+    )
 
 
 @pytest.mark.parametrize("kind", POOLS)
@@ -93,7 +125,15 @@ def test_bad_pool_parameters(kind):
 
 
 def test_count_include_pad_must_be_bool():
-    raises(TypeError, "count_include_pad", fastconv.avg_pool2d, X, 3, padding=1, count_include_pad="yes")
+    raises(
+        TypeError,
+        "count_include_pad",
+        fastconv.avg_pool2d,
+        X,
+        3,
+        padding=1,
+        count_include_pad="yes",
+    )
 
 
 def test_native_layer_rejects_mismatched_buffers():
@@ -101,7 +141,10 @@ def test_native_layer_rejects_mismatched_buffers():
     from dataclasses import replace
 
     from fastconv import _args
-    g = _args.conv_geometry(X.shape, W.shape, stride=1, padding=0, dilation=1, groups=1, layout="NCHW")
+
+    g = _args.conv_geometry(
+        X.shape, W.shape, stride=1, padding=0, dilation=1, groups=1, layout="NCHW"
+    )
     y = np.empty(g.y_shape, np.float32)
     with pytest.raises(ValueError, match="elements"):
         fastconv._cpu.conv2d_forward(X[:1], W, None, y, g)
@@ -118,20 +161,29 @@ def test_native_layer_rejects_mismatched_buffers():
     with pytest.raises(ValueError, match="geometry"):
         fastconv._cpu.conv2d_forward(X, W, None, y, replace(g, stride_h=0))
     with pytest.raises(TypeError, match="no field 'c_in'"):
-        fastconv._cpu.conv2d_forward(X, W, None, y, _args.pool_geometry(
-            X.shape, 2, stride=None, padding=0, layout="NCHW", kind="max"))
+        fastconv._cpu.conv2d_forward(
+            X,
+            W,
+            None,
+            y,
+            _args.pool_geometry(X.shape, 2, stride=None, padding=0, layout="NCHW", kind="max"),
+        )
 
 
-@pytest.mark.parametrize("make, read", [
-    (lambda: _geometries()[0], "read_conv_geometry"),
-    (lambda: _geometries()[1], "read_pool_geometry"),
-    (lambda: _geometries()[2], "read_norm_geometry"),
-])
+@pytest.mark.parametrize(
+    "make, read",
+    [
+        (lambda: _geometries()[0], "read_conv_geometry"),
+        (lambda: _geometries()[1], "read_pool_geometry"),
+        (lambda: _geometries()[2], "read_norm_geometry"),
+    ],
+)
 def test_geometry_round_trips_through_every_native_module(make, read):
     """Each native module reads every field of the Python geometry by name, unchanged."""
     import dataclasses
 
     from fastconv import _cuda_harness
+
     g = make()
     for module in (fastconv._cpu, _cuda_harness):
         if read == "read_norm_geometry" and not hasattr(module, read):
@@ -141,20 +193,63 @@ def test_geometry_round_trips_through_every_native_module(make, read):
 
 def _geometries():
     from fastconv import _args
-    return (_args.conv_geometry((2, 9, 8, 3), (4, 3, 3, 2), stride=(2, 1),
-                                padding=((1, 0), (2, 1)), dilation=(1, 2), groups=1, layout="NHWC"),
-            _args.pool_geometry((2, 3, 9, 8), (3, 2), stride=(2, 1), padding=1, layout="NCHW",
-                                kind="avg", count_include_pad=True),
-            _args.norm_geometry((2, 3, 9, 8), 1, 1e-5, "gelu", "test"))
+
+    return (
+        _args.conv_geometry(
+            (2, 9, 8, 3),
+            (4, 3, 3, 2),
+            stride=(2, 1),
+            padding=((1, 0), (2, 1)),
+            dilation=(1, 2),
+            groups=1,
+            layout="NHWC",
+        ),
+        _args.pool_geometry(
+            (2, 3, 9, 8),
+            (3, 2),
+            stride=(2, 1),
+            padding=1,
+            layout="NCHW",
+            kind="avg",
+            count_include_pad=True,
+        ),
+        _args.norm_geometry((2, 3, 9, 8), 1, 1e-5, "gelu", "test"),
+    )
 
 
-ODD_VALUES = [None, "same", "x", 0, -1, 1, 2, 2**62, 1.5, float("nan"), True, (), (1,), (1, 2, 3),
-              ((1, 2), (3,)), [1, -1], np.int64(2), np.zeros(3, np.float32), object()]
-ODD_ARRAYS = [np.zeros((0, 4, 8, 8), np.float32), np.zeros((2, 0, 8, 8), np.float32),
-              np.zeros((2, 4, 0, 8), np.float32), np.zeros((1, 1, 1, 1), np.float32),
-              np.zeros((2, 4, 8), np.float32), np.zeros((2, 4, 8, 8, 1), np.float32),
-              np.zeros((2, 4, 8, 8), ">f4"), np.float32(1.0), X.astype(np.complex64),
-              np.ones((2, 4, 8, 8), np.float32)[:, :, ::3, ::-2]]
+ODD_VALUES = [
+    None,
+    "same",
+    "x",
+    0,
+    -1,
+    1,
+    2,
+    2**62,
+    1.5,
+    float("nan"),
+    True,
+    (),
+    (1,),
+    (1, 2, 3),
+    ((1, 2), (3,)),
+    [1, -1],
+    np.int64(2),
+    np.zeros(3, np.float32),
+    object(),
+]
+ODD_ARRAYS = [
+    np.zeros((0, 4, 8, 8), np.float32),
+    np.zeros((2, 0, 8, 8), np.float32),
+    np.zeros((2, 4, 0, 8), np.float32),
+    np.zeros((1, 1, 1, 1), np.float32),
+    np.zeros((2, 4, 8), np.float32),
+    np.zeros((2, 4, 8, 8, 1), np.float32),
+    np.zeros((2, 4, 8, 8), ">f4"),
+    np.float32(1.0),
+    X.astype(np.complex64),
+    np.ones((2, 4, 8, 8), np.float32)[:, :, ::3, ::-2],
+]
 
 
 def call_must_not_crash(fn, *args, **kw):

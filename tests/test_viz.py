@@ -1,5 +1,6 @@
 """fastconv.viz: the numbers each picture draws (filters, feature maps, pooling), the files it
 writes, the missing-matplotlib message, and `fastconv viz`."""
+
 import sys
 
 import numpy as np
@@ -12,14 +13,9 @@ from fastconv.nn import Conv2D, Dense, Flatten, MaxPooling2D, Sequential, zoo
 pytest.importorskip("matplotlib")
 
 COURSE_FILTER = np.array([[0, 1], [1, 2]], np.float32)
-IMAGE = np.array([[1, -1, 0, 2],
-                  [0, 2, -2, 1],
-                  [1, 0, 1, -1],
-                  [-1, 1, 0, 2]], np.float32)
+IMAGE = np.array([[1, -1, 0, 2], [0, 2, -2, 1], [1, 0, 1, -1], [-1, 1, 0, 2]], np.float32)
 # IMAGE cross-correlated with COURSE_FILTER: x[i, j+1] + x[i+1, j] + 2 x[i+1, j+1]
-COURSE_MAP = np.array([[3, -2, 2],
-                       [3, 0, 0],
-                       [1, 2, 3]], np.float32)
+COURSE_MAP = np.array([[3, -2, 2], [3, 0, 0], [1, 2, 3]], np.float32)
 
 
 def is_png(path):
@@ -34,8 +30,7 @@ def test_filter_tiles_share_one_scale(tmp_path):
 
     # filters over 3 channels are RGB pictures: 2 filters of 1x1 over (r, g, b)
     rgb = np.array([[-1, 0, 1], [2, 3, 0]], np.float32).reshape(2, 3, 1, 1)
-    np.testing.assert_array_equal(viz.filter_tiles(rgb)[:, 0, 0], [[0, 0.25, 0.5],
-                                                                   [0.75, 1, 0.25]])
+    np.testing.assert_array_equal(viz.filter_tiles(rgb)[:, 0, 0], [[0, 0.25, 0.5], [0.75, 1, 0.25]])
     assert viz.filter_tiles(np.ones((40, 10, 3, 3))).shape == (32, 8, 3, 3)
     flat = viz.filter_tiles(np.ones((1, 1, 2, 2)))  # one value: mid-grey, not a division by 0
     np.testing.assert_array_equal(flat, np.full((1, 1, 2, 2), 0.5))
@@ -48,8 +43,11 @@ def test_filters_of_layers(tmp_path):
     tiles = viz.plot_filters(conv, tmp_path / "filters.png")
     kernel = conv.params["kernel"]
     assert tiles.shape == (32, 3, 3, 3)
-    np.testing.assert_allclose(tiles[5, 1, 2], (kernel[5, :, 1, 2] - kernel.min())
-                               / (kernel.max() - kernel.min()), rtol=1e-6)
+    np.testing.assert_allclose(
+        tiles[5, 1, 2],
+        (kernel[5, :, 1, 2] - kernel.min()) / (kernel.max() - kernel.min()),
+        rtol=1e-6,
+    )
     assert is_png(tmp_path / "filters.png")
     with pytest.raises(ValueError, match="'dense' \\(Dense\\) has no convolution kernel"):
         viz.plot_filters(model.layers[4], tmp_path / "dense.png")
@@ -60,9 +58,14 @@ def test_filters_of_layers(tmp_path):
 def course_model(data_format="channels_last"):
     """conv (the course filter and its negative, ReLU) -> 2x2 max pool -> Flatten -> Dense."""
     shape = (4, 4, 1) if data_format == "channels_last" else (1, 4, 4)
-    model = Sequential([Conv2D(2, 2, activation="relu", data_format=data_format,
-                               input_shape=shape),
-                        MaxPooling2D(2, data_format=data_format), Flatten(), Dense(3)]).build()
+    model = Sequential(
+        [
+            Conv2D(2, 2, activation="relu", data_format=data_format, input_shape=shape),
+            MaxPooling2D(2, data_format=data_format),
+            Flatten(),
+            Dense(3),
+        ]
+    ).build()
     conv, dense = model.layers[0], model.layers[3]
     conv.params["kernel"] = np.stack([COURSE_FILTER, -COURSE_FILTER])[:, None]
     dense.params["kernel"] = np.array([[1, 0, 1], [0, 1, -1]], np.float32)
@@ -100,19 +103,20 @@ def test_feature_maps_stop_at_the_named_layer_after_its_activation(data_format, 
         viz.feature_maps(model, image, "conv9")
 
 
-X4 = np.array([[1, 3, 2, 4],
-               [5, 6, 1, 2],
-               [7, 2, 9, 0],
-               [1, 8, 3, 4]], np.float32)
+X4 = np.array([[1, 3, 2, 4], [5, 6, 1, 2], [7, 2, 9, 0], [1, 8, 3, 4]], np.float32)
 
 
-@pytest.mark.parametrize("kind, expected", [("max", [[6, 4], [8, 9]]),
-                                            ("min", [[1, 1], [1, 0]]),
-                                            ("sum", [[15, 9], [18, 16]]),
-                                            ("avg", [[3.75, 2.25], [4.5, 4]])])
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("max", [[6, 4], [8, 9]]),
+        ("min", [[1, 1], [1, 0]]),
+        ("sum", [[15, 9], [18, 16]]),
+        ("avg", [[3.75, 2.25], [4.5, 4]]),
+    ],
+)
 def test_pooling_picture(kind, expected, tmp_path):
-    np.testing.assert_array_equal(viz.plot_pooling(X4, 2, None, kind, tmp_path / "p.png"),
-                                  expected)
+    np.testing.assert_array_equal(viz.plot_pooling(X4, 2, None, kind, tmp_path / "p.png"), expected)
     assert is_png(tmp_path / "p.png")
 
 
@@ -152,13 +156,19 @@ def test_cli_draws_filters_and_feature_maps(tmp_path, photo, capsys):
     assert "feature maps of conv2d_1" in said and "(25, 13, 13)" in said and is_png(out)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["viz", "{weights}", "--widths", "32,64,128"], "does not fit the reference network"),
-    (["viz", "tutorial", "{photo}", "--layer", "conv9"], "no layer 'conv9'; its layers: conv2d"),
-    (["viz", "{tmp}/none.npz"], "neither a weights file nor one of the zoo networks"),
-    (["viz", "tutorial", "--layer", "conv2d"], "--layer draws the feature maps of an IMAGE"),
-    (["viz", "tutorial", "{tmp}/none.png", "--layer", "conv2d"], "none.png does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["viz", "{weights}", "--widths", "32,64,128"], "does not fit the reference network"),
+        (
+            ["viz", "tutorial", "{photo}", "--layer", "conv9"],
+            "no layer 'conv9'; its layers: conv2d",
+        ),
+        (["viz", "{tmp}/none.npz"], "neither a weights file nor one of the zoo networks"),
+        (["viz", "tutorial", "--layer", "conv2d"], "--layer draws the feature maps of an IMAGE"),
+        (["viz", "tutorial", "{tmp}/none.png", "--layer", "conv2d"], "none.png does not exist"),
+    ],
+)
 def test_cli_viz_errors_are_one_line(argv, message, tmp_path, photo, capsys):
     weights = tmp_path / "model.npz"
     zoo.reference_net().save_weights(weights)

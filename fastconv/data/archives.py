@@ -1,5 +1,6 @@
 """Reading image datasets: image-folder trees (in a folder or a .tar/.tar.gz) and the official
 CIFAR-10 python and binary batches, unpickled safely. Decoding errors become DatasetError."""
+
 from __future__ import annotations
 
 import contextlib
@@ -20,6 +21,7 @@ class DatasetError(ValueError):
 
 def _decode(data, name, size=None):
     from PIL import Image, UnidentifiedImageError
+
     try:
         with Image.open(io.BytesIO(data)) as im:
             im = im.convert("RGB")
@@ -27,8 +29,9 @@ def _decode(data, name, size=None):
                 im = im.resize((size[1], size[0]), Image.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DatasetError(f"cannot decode image {name}: {e}; the file is corrupt or not an "
-                           f"image") from None
+        raise DatasetError(
+            f"cannot decode image {name}: {e}; the file is corrupt or not an image"
+        ) from None
 
 
 def _folder_entries(names):
@@ -46,8 +49,10 @@ def _folder_entries(names):
 def _stack(images, labels, what):
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
-        raise DatasetError(f"{what}: images have different sizes {sorted(shapes)[:3]}...; pass "
-                           f"image_size=(H, W) to resize them")
+        raise DatasetError(
+            f"{what}: images have different sizes {sorted(shapes)[:3]}...; pass "
+            f"image_size=(H, W) to resize them"
+        )
     return np.stack(images), np.asarray(labels, dtype=np.int64)
 
 
@@ -62,21 +67,24 @@ def _read_tree(entries, read, image_size, what, classes=None):
             x.append(_decode(read(name), f"{name} in {what}", image_size))
             y.append(index[cls])
     if not splits:
-        raise DatasetError(f"{what}: no images found in class folders (expected "
-                           f"[train|test/]<class>/<image>.jpg)")
+        raise DatasetError(
+            f"{what}: no images found in class folders (expected [train|test/]<class>/<image>.jpg)"
+        )
     return {s: _stack(x, y, what) for s, (x, y) in splits.items()}, classes
 
 
 _ARCHIVE_MAGIC = ((0, b"\x1f\x8b"), (0, b"BZh"), (0, b"\xfd7zXZ\x00"), (257, b"ustar"))
-EXPECTED = ("expected a CIFAR-10 archive (cifar10-jpeg.tar.gz, cifar-10-python.tar.gz or "
-            "cifar-10-binary.tar.gz) or a folder of either")
+EXPECTED = (
+    "expected a CIFAR-10 archive (cifar10-jpeg.tar.gz, cifar-10-python.tar.gz or "
+    "cifar-10-binary.tar.gz) or a folder of either"
+)
 
 
 def _looks_like_archive(path) -> bool:
     """True if the file starts like a gzip, bzip2, xz or tar archive."""
     with open(path, "rb") as f:
         head = f.read(512)
-    return any(head[at:at + len(magic)] == magic for at, magic in _ARCHIVE_MAGIC)
+    return any(head[at : at + len(magic)] == magic for at, magic in _ARCHIVE_MAGIC)
 
 
 @contextlib.contextmanager
@@ -92,27 +100,40 @@ def _tar(path):
             yield tar, members
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DatasetError(f"{path} is truncated or corrupt ({first_line}); copy or download it "
-                           f"again") from None
+        raise DatasetError(
+            f"{path} is truncated or corrupt ({first_line}); copy or download it again"
+        ) from None
 
 
 def _read_tar_tree(path, image_size=None, classes=None):
     with _tar(path) as (tar, members):
-        return _read_tree(_folder_entries(members), lambda n: tar.extractfile(members[n]).read(),
-                          image_size, str(path), classes)
+        return _read_tree(
+            _folder_entries(members),
+            lambda n: tar.extractfile(members[n]).read(),
+            image_size,
+            str(path),
+            classes,
+        )
 
 
 def _read_dir_tree(root, image_size=None, classes=None):
     root = Path(root)
     names = [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()]
-    return _read_tree(_folder_entries(names), lambda n: (root / n).read_bytes(), image_size,
-                      str(root), classes)
+    return _read_tree(
+        _folder_entries(names), lambda n: (root / n).read_bytes(), image_size, str(root), classes
+    )
+
 
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles the official batches (dicts of bytes, lists and NumPy arrays) and refuses any
     other class, so a tampered archive cannot run code."""
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
@@ -148,8 +169,16 @@ def _official(read, names, what):
     try:
         parts = [parse(read(files[n])) for n in train]
         test_xy = parse(read(files[test]))
-    except (pickle.UnpicklingError, KeyError, ValueError, EOFError, zlib.error,
-            tarfile.TarError) as e:
+    except (
+        pickle.UnpicklingError,
+        KeyError,
+        ValueError,
+        EOFError,
+        zlib.error,
+        tarfile.TarError,
+    ) as e:
         raise DatasetError(f"{what}: corrupt CIFAR-10 batch ({e}); download it again") from None
-    return {"train": (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])),
-            "test": test_xy}
+    return {
+        "train": (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])),
+        "test": test_xy,
+    }

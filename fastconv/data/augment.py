@@ -1,4 +1,5 @@
 """Augmentation of uint8 (or float) NHWC training batches, after Keras' ImageDataGenerator."""
+
 from __future__ import annotations
 
 import functools
@@ -38,7 +39,7 @@ def _translate(x, dys, dxs, fill_mode):
     for dy in np.unique(dys):
         for dx in np.unique(dxs[dys == dy]):
             sel = np.flatnonzero((dys == dy) & (dxs == dx))
-            out[sel] = padded[sel, m - dy:m - dy + h, m - dx:m - dx + w]
+            out[sel] = padded[sel, m - dy : m - dy + h, m - dx : m - dx + w]
     return out
 
 
@@ -73,8 +74,9 @@ def _shear(degrees):
     so each column slides along the rows in proportion to its distance from the centre."""
     a = np.deg2rad(degrees)
     zero = np.zeros_like(a)
-    return np.stack([np.stack([np.ones_like(a), -np.sin(a)], -1),
-                     np.stack([zero, np.cos(a)], -1)], -2)
+    return np.stack(
+        [np.stack([np.ones_like(a), -np.sin(a)], -1), np.stack([zero, np.cos(a)], -1)], -2
+    )
 
 
 def _zoom(rows, cols):
@@ -93,8 +95,9 @@ def _zoom_bounds(zoom_range):
     else:
         raise TypeError(f"zoom_range must be a float or a pair (lo, hi), got {zoom_range!r}")
     if not 0 < lo <= hi:
-        raise ValueError(f"zoom_range must give factors 0 < lo <= hi, got {zoom_range!r} "
-                         f"({lo}, {hi})")
+        raise ValueError(
+            f"zoom_range must give factors 0 < lo <= hi, got {zoom_range!r} ({lo}, {hi})"
+        )
     return lo, hi
 
 
@@ -140,18 +143,38 @@ class ImageAugmenter:
     the images' dataset indices and the epoch, which `batches` passes; without them it flips
     at random."""
 
-    def __init__(self, horizontal_flip=False, width_shift_range=0.0, height_shift_range=0.0,
-                 rotation_range=0.0, brightness_range=None, crop_padding=0, fill_mode="reflect",
-                 flip_seed=0, *, vertical_flip=False, shear_range=0.0, zoom_range=0.0,
-                 channel_shift_range=0.0, rescale=None, preprocessing_function=None,
-                 batch_function=None, validation_split=0.0):
+    def __init__(
+        self,
+        horizontal_flip=False,
+        width_shift_range=0.0,
+        height_shift_range=0.0,
+        rotation_range=0.0,
+        brightness_range=None,
+        crop_padding=0,
+        fill_mode="reflect",
+        flip_seed=0,
+        *,
+        vertical_flip=False,
+        shear_range=0.0,
+        zoom_range=0.0,
+        channel_shift_range=0.0,
+        rescale=None,
+        preprocessing_function=None,
+        batch_function=None,
+        validation_split=0.0,
+    ):
         if fill_mode not in ("nearest", "reflect", "constant"):
-            raise ValueError(f"fill_mode must be 'nearest', 'reflect' or 'constant', got {fill_mode!r}")
+            raise ValueError(
+                f"fill_mode must be 'nearest', 'reflect' or 'constant', got {fill_mode!r}"
+            )
         if horizontal_flip not in (True, False, "alternate"):
-            raise ValueError(f"horizontal_flip must be True, False or 'alternate', "
-                             f"got {horizontal_flip!r}")
-        for name, value in (("shear_range", shear_range),
-                            ("channel_shift_range", channel_shift_range)):
+            raise ValueError(
+                f"horizontal_flip must be True, False or 'alternate', got {horizontal_flip!r}"
+            )
+        for name, value in (
+            ("shear_range", shear_range),
+            ("channel_shift_range", channel_shift_range),
+        ):
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
         if not 0 <= validation_split < 1:
@@ -206,15 +229,20 @@ class ImageAugmenter:
         max_dy = self._pixels(self.height_shift_range, h) + self.crop_padding
         max_dx = self._pixels(self.width_shift_range, w) + self.crop_padding
         if max_dy or max_dx:
-            x = _translate(x, rng.integers(-max_dy, max_dy + 1, n),
-                           rng.integers(-max_dx, max_dx + 1, n), self.fill_mode)
+            x = _translate(
+                x,
+                rng.integers(-max_dy, max_dy + 1, n),
+                rng.integers(-max_dx, max_dx + 1, n),
+                self.fill_mode,
+            )
         if self.brightness_range is not None:
             lo, hi = self.brightness_range
             factor = rng.uniform(lo, hi, n).reshape(n, 1, 1, 1)
             x = _as_dtype_of(x.astype(np.float32) * factor, x)
         if self.channel_shift_range:
-            x = self._channel_shift(x, rng.uniform(-self.channel_shift_range,
-                                                   self.channel_shift_range, n))
+            x = self._channel_shift(
+                x, rng.uniform(-self.channel_shift_range, self.channel_shift_range, n)
+            )
         if self.batch_function is not None:
             x = np.asarray(self.batch_function(x))
         return self.standardize(x)
@@ -235,9 +263,18 @@ class ImageAugmenter:
             x = x.astype(np.float32) * np.float32(self.rescale)
         return x
 
-    def flow_from_directory(self, directory, target_size=(256, 256), classes=None,
-                            class_mode="sparse", batch_size=32, shuffle=True, seed=0,
-                            subset=None, preprocess=None):
+    def flow_from_directory(
+        self,
+        directory,
+        target_size=(256, 256),
+        classes=None,
+        class_mode="sparse",
+        batch_size=32,
+        shuffle=True,
+        seed=0,
+        subset=None,
+        preprocess=None,
+    ):
         """Keras' flow_from_directory: batches of directory/<class>/<image>, resized to
         target_size, decoded from disk one batch at a time (a fastconv.data.ImageFolderStream;
         iterating it runs one epoch). class_mode 'sparse' gives int labels (fastconv's losses
@@ -249,7 +286,16 @@ class ImageAugmenter:
         if subset == "validation":
             base = preprocess or default_preprocess
             augment, preprocess = None, lambda batch: base(self.standardize(batch))
-        return ImageFolderStream(directory, batch_size, target_size, classes=classes,
-                                 shuffle=shuffle, seed=seed, augment=augment,
-                                 preprocess=preprocess, class_mode=class_mode,
-                                 validation_split=self.validation_split, subset=subset)
+        return ImageFolderStream(
+            directory,
+            batch_size,
+            target_size,
+            classes=classes,
+            shuffle=shuffle,
+            seed=seed,
+            augment=augment,
+            preprocess=preprocess,
+            class_mode=class_mode,
+            validation_split=self.validation_split,
+            subset=subset,
+        )

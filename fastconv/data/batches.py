@@ -1,5 +1,6 @@
 """Batches: splitting, preprocessing, iteration (with augmentation of the training batches),
 background prefetch and a progress bar."""
+
 from __future__ import annotations
 
 import contextvars
@@ -20,6 +21,7 @@ def train_val_split(x, y, val_fraction=0.1, seed=0):
     n_val = max(1, int(round(len(x) * val_fraction)))
     val, train = order[:n_val], order[n_val:]
     return (x[train], y[train]), (x[val], y[val])
+
 
 class Normalize:
     """uint8 NHWC batch -> float32 (x - mean) / std, in NHWC or transposed to NCHW."""
@@ -43,8 +45,18 @@ def default_preprocess(batch):
     return np.ascontiguousarray(batch, dtype=np.float32)
 
 
-def batches(x, y, batch_size, *, rng=None, shuffle=True, augment=None, preprocess=None,
-            drop_last=False, epoch=0):
+def batches(
+    x,
+    y,
+    batch_size,
+    *,
+    rng=None,
+    shuffle=True,
+    augment=None,
+    preprocess=None,
+    drop_last=False,
+    epoch=0,
+):
     """Yield (inputs, labels) batches. `augment(batch, rng, index=, epoch=)` (the signature of
     every augmentation: `index` holds the images' indices into x, for per-image choices such
     as alternating flips) runs on the raw batch first, then `preprocess`."""
@@ -57,7 +69,11 @@ def batches(x, y, batch_size, *, rng=None, shuffle=True, augment=None, preproces
     order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
     stop = len(x) - len(x) % batch_size if drop_last else len(x)
     for start in range(0, stop, batch_size):
-        idx = np.sort(order[start:start + batch_size]) if not shuffle else order[start:start + batch_size]
+        idx = (
+            np.sort(order[start : start + batch_size])
+            if not shuffle
+            else order[start : start + batch_size]
+        )
         xb = x[idx]
         if augment is not None:
             xb = augment(xb, rng, index=idx, epoch=epoch)

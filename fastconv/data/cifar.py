@@ -1,6 +1,7 @@
 """CIFAR-10: the image-folder .tar.gz or the official archives, decoded once with Pillow and
 cached as .npz under ~/.cache/fastconv ($FASTCONV_CACHE); without a path, the cached official
 archive or a download of it (checked by MD5)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -11,8 +12,18 @@ import numpy as np
 
 from .archives import EXPECTED, DatasetError, _official, _read_dir_tree, _read_tar_tree, _tar
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                   "ship", "truck")
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # published on the CIFAR-10 page
 CIFAR10_MEAN = (125.3, 122.9, 113.9)  # training-set channel means on the 0..255 scale
@@ -50,6 +61,7 @@ def download(url=CIFAR10_URL, md5=CIFAR10_MD5, dest=None, timeout=30):
     """Download `url` into the cache (once) and check its MD5; a clear error when offline."""
     import urllib.error
     import urllib.request
+
     dest = Path(dest or cache_dir() / Path(url).name)
     if not dest.exists():
         tmp = dest.with_suffix(".part")
@@ -59,15 +71,19 @@ def download(url=CIFAR10_URL, md5=CIFAR10_MD5, dest=None, timeout=30):
                     f.write(block)
         except (urllib.error.URLError, OSError) as e:
             tmp.unlink(missing_ok=True)
-            raise DatasetError(f"could not download {url} ({e}); this machine looks offline: "
-                               f"pass the archive explicitly, e.g. --data "
-                               f"../shared/datasets/cifar10-jpeg.tar.gz") from None
+            raise DatasetError(
+                f"could not download {url} ({e}); this machine looks offline: "
+                f"pass the archive explicitly, e.g. --data "
+                f"../shared/datasets/cifar10-jpeg.tar.gz"
+            ) from None
         tmp.replace(dest)
     digest = _hash(dest, "md5")
     if digest != md5:
         dest.unlink()
-        raise DatasetError(f"{url} downloaded with MD5 {digest}, expected {md5}: the file is "
-                           f"corrupt (deleted it; try again)")
+        raise DatasetError(
+            f"{url} downloaded with MD5 {digest}, expected {md5}: the file is "
+            f"corrupt (deleted it; try again)"
+        )
     return dest
 
 
@@ -84,10 +100,16 @@ def load_cifar10(path=None, *, cache=True, download_if_missing=True, verbose=Tru
         path = official if official.exists() else download()
     path = Path(path).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"CIFAR-10 data not found at {path}; pass the path of "
-                                f"cifar10-jpeg.tar.gz (e.g. ../shared/datasets/cifar10-jpeg.tar.gz) "
-                                f"or cifar-10-python.tar.gz")
-    key = _hash(path)[:16] if path.is_file() else hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+        raise FileNotFoundError(
+            f"CIFAR-10 data not found at {path}; pass the path of "
+            f"cifar10-jpeg.tar.gz (e.g. ../shared/datasets/cifar10-jpeg.tar.gz) "
+            f"or cifar-10-python.tar.gz"
+        )
+    key = (
+        _hash(path)[:16]
+        if path.is_file()
+        else hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    )
     cached = cache_dir() / f"cifar10-{key}.npz"
     if cache and cached.exists():
         with np.load(cached) as d:
@@ -97,8 +119,9 @@ def load_cifar10(path=None, *, cache=True, download_if_missing=True, verbose=Tru
     splits = _read_cifar(path)
     if "train" not in splits or "test" not in splits:
         found = ", ".join(sorted(map(str, splits))) or "none"
-        raise DatasetError(f"{path} holds no CIFAR-10 train/ and test/ splits (found: {found}); "
-                           f"{EXPECTED}")
+        raise DatasetError(
+            f"{path} holds no CIFAR-10 train/ and test/ splits (found: {found}); {EXPECTED}"
+        )
     (x_tr, y_tr), (x_te, y_te) = splits["train"], splits["test"]
     if cache:
         tmp = cached.with_suffix(".tmp.npz")

@@ -1,4 +1,5 @@
 """Image folders of your own classes: root/<class>/<image>, loaded whole or streamed in batches."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,11 @@ def load_image_folder(root, image_size=None, classes=None):
     if not root.exists():
         raise FileNotFoundError(f"image folder {root} does not exist")
     size = None if image_size is None else tuple(image_size)
-    splits, names = (_read_dir_tree(root, size, classes) if root.is_dir()
-                     else _read_tar_tree(root, size, classes))
+    splits, names = (
+        _read_dir_tree(root, size, classes)
+        if root.is_dir()
+        else _read_tar_tree(root, size, classes)
+    )
     xs, ys = zip(*(splits[k] for k in sorted(splits, key=str)))
     return np.concatenate(xs), np.concatenate(ys), names
 
@@ -55,9 +59,21 @@ class ImageFolderStream:
     validation_split takes Keras' split (see ImageAugmenter.flow_from_directory, which builds
     these streams with Keras' argument names)."""
 
-    def __init__(self, root, batch_size, image_size, *, classes=None, shuffle=True, seed=0,
-                 augment=None, preprocess=None, class_mode="sparse", validation_split=0.0,
-                 subset=None):
+    def __init__(
+        self,
+        root,
+        batch_size,
+        image_size,
+        *,
+        classes=None,
+        shuffle=True,
+        seed=0,
+        augment=None,
+        preprocess=None,
+        class_mode="sparse",
+        validation_split=0.0,
+        subset=None,
+    ):
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"{root} is not a folder of class folders")
@@ -66,19 +82,25 @@ class ImageFolderStream:
         if subset not in (None, "training", "validation"):
             raise ValueError(f"subset must be None, 'training' or 'validation', got {subset!r}")
         if subset is not None and not 0 < validation_split < 1:
-            raise ValueError(f"subset={subset!r} needs a validation_split in (0, 1), got "
-                             f"{validation_split!r}")
+            raise ValueError(
+                f"subset={subset!r} needs a validation_split in (0, 1), got {validation_split!r}"
+            )
         entries = _folder_entries(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
         self.classes = list(classes or sorted({c for _, c, _ in entries}))
         names = {c: [] for c in self.classes}
         for _, c, n in sorted(entries):
             if c in names:
                 names[c].append(n)
-        self.files = [(root / n, label) for label, c in enumerate(self.classes)
-                      for n in _keras_subset(names[c], validation_split, subset)]
+        self.files = [
+            (root / n, label)
+            for label, c in enumerate(self.classes)
+            for n in _keras_subset(names[c], validation_split, subset)
+        ]
         if not self.files:
-            raise DatasetError(f"{root}: no images in class folders"
-                               + (f" for subset {subset!r}" if subset else ""))
+            raise DatasetError(
+                f"{root}: no images in class folders"
+                + (f" for subset {subset!r}" if subset else "")
+            )
         self.batch_size, self.image_size = batch_size, tuple(image_size)
         self.shuffle, self.seed, self.epoch = shuffle, seed, 0
         self.augment, self.preprocess = augment, preprocess or default_preprocess
@@ -97,7 +119,7 @@ class ImageFolderStream:
         self.epoch += 1
         order = rng.permutation(len(self.files)) if self.shuffle else np.arange(len(self.files))
         for start in range(0, len(order), self.batch_size):
-            index = order[start:start + self.batch_size]
+            index = order[start : start + self.batch_size]
             chosen = [self.files[i] for i in index]
             xb = np.stack([_decode(p.read_bytes(), str(p), self.image_size) for p, _ in chosen])
             yb = np.array([label for _, label in chosen], dtype=np.int64)

@@ -5,6 +5,7 @@ cheaper of the two can be used. 'gelu' is the exact erf form (Keras' default); N
 erf, so it uses Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7, below float32 resolution of
 the result). 'gelu_tanh' is the tanh approximation.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,9 @@ def _erf(xp, z):
     """erf(z) by Abramowitz & Stegun 7.1.26."""
     a = xp.abs(z)
     t = 1.0 / (1.0 + 0.3275911 * a)
-    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027
-                                                                            + t * 1.061405429))))
+    poly = t * (
+        0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429)))
+    )
     return xp.sign(z) * (1.0 - poly * xp.exp(-a * a))
 
 
@@ -68,6 +70,7 @@ class Tanh:
 
 class GELU:
     """x * Phi(x), Phi the standard normal CDF."""
+
     name = "gelu"
 
     def forward(self, x):
@@ -86,11 +89,11 @@ class GELUTanh:
 
     def forward(self, x):
         xp = array_module(x)
-        return 0.5 * x * (1.0 + xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3)))
+        return 0.5 * x * (1.0 + xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3)))
 
     def backward(self, dy, x, y):
         xp = array_module(x)
-        th = xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3))
+        th = xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3))
         inner = _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * x * x)
         return dy * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * inner)
 
@@ -98,6 +101,7 @@ class GELUTanh:
 class Softmax:
     """Softmax over the last axis. Sequential hands the loss its input (the logits) instead
     when the loss is cross-entropy, which is both cheaper and exact."""
+
     name = "softmax"
 
     def forward(self, x):

@@ -4,6 +4,7 @@ Fans follow Keras: for a conv kernel fan_in = C_in/groups * KH * KW and fan_out 
 for a Dense kernel (in, out) they are in and out. The `*_normal` variance-scaling initialisers
 draw from a normal truncated at two standard deviations, rescaled as Keras does.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,6 +37,7 @@ def _variance_scaling(scale, mode, distribution):
             limit = np.sqrt(3.0 * variance)
             return rng.uniform(-limit, limit, shape)
         return _truncated_normal(rng, shape, np.sqrt(variance) / _TRUNCATED_STD)
+
     return init
 
 
@@ -56,6 +58,8 @@ def initialize(name, shape, rng, kind="conv"):
     (shape, rng, kind) -> array)."""
     init = name if callable(name) else INITIALIZERS.get(name)
     if init is None:
-        raise ValueError(f"unknown initializer {name!r}; choose one of {sorted(INITIALIZERS)} "
-                         f"or pass a callable (shape, rng, kind) -> array")
+        raise ValueError(
+            f"unknown initializer {name!r}; choose one of {sorted(INITIALIZERS)} "
+            f"or pass a callable (shape, rng, kind) -> array"
+        )
     return np.asarray(init(tuple(shape), rng, kind), dtype=np.float32)

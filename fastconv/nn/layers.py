@@ -16,6 +16,7 @@ call as a Node (layer, input tensors, `training` override). fastconv.nn.model.Mo
 nodes between some inputs and outputs into a runnable graph. Merge layers (Add, Concatenate)
 take a list of tensors: their forward gets a list of arrays, their backward returns a list.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -79,8 +80,9 @@ class Layer:
 
     fused_activation = False
 
-    def __init__(self, *, name=None, trainable=True, input_shape=None, activation=None,
-                 lr_scale=None):
+    def __init__(
+        self, *, name=None, trainable=True, input_shape=None, activation=None, lr_scale=None
+    ):
         self.name = name
         self.trainable = trainable
         # {param name: factor} on the optimiser's learning rate for this layer's weights
@@ -114,8 +116,9 @@ class Layer:
         if all(symbolic):
             return self.connect(inputs, training, _rng)
         if any(symbolic):
-            raise TypeError(f"{self.name or type(self).__name__}: got symbolic tensors and arrays "
-                            f"in one call")
+            raise TypeError(
+                f"{self.name or type(self).__name__}: got symbolic tensors and arrays in one call"
+            )
         if not self.built:
             self.build([t.shape[1:] for t in tensors] if as_list else tensors[0].shape[1:], _rng)
         y = self.forward(inputs, bool(training))
@@ -132,8 +135,10 @@ class Layer:
         if not self.built:
             self.build(shape_in, rng)
         elif getattr(self, "_built_for", shape_in) != shape_in:
-            raise ValueError(f"{self.name or type(self).__name__} was built for inputs "
-                             f"{self._built_for}, called on {shape_in}")
+            raise ValueError(
+                f"{self.name or type(self).__name__} was built for inputs "
+                f"{self._built_for}, called on {shape_in}"
+            )
         self._built_for = shape_in
         outputs = self.output_shapes()
         node = Node(self, tensors, as_list, training, outputs)
@@ -156,16 +161,27 @@ class Layer:
 
 def _check_rank(input_shape, rank, layer):
     if len(input_shape) != rank:
-        raise ValueError(f"{layer} expects inputs with {rank} dimensions per sample, got "
-                         f"{tuple(input_shape)}; add Flatten() before a Dense layer or give "
-                         f"images as (H, W, C)")
+        raise ValueError(
+            f"{layer} expects inputs with {rank} dimensions per sample, got "
+            f"{tuple(input_shape)}; add Flatten() before a Dense layer or give "
+            f"images as (H, W, C)"
+        )
 
 
 class _ConvBase(Layer):
     """Shared geometry for the convolution layers."""
 
-    def __init__(self, kernel_size, strides, padding, data_format, dilation_rate, use_bias,
-                 bias_initializer, **kwargs):
+    def __init__(
+        self,
+        kernel_size,
+        strides,
+        padding,
+        data_format,
+        dilation_rate,
+        use_bias,
+        bias_initializer,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.kernel_size = _args.pair(kernel_size, "kernel_size", minimum=1)
         self.strides = _args.pair(strides, "strides", minimum=1)
@@ -177,16 +193,21 @@ class _ConvBase(Layer):
 
     @property
     def geometry(self):
-        return dict(stride=self.strides, padding=self.padding, dilation=self.dilation_rate,
-                    layout=self.layout)
+        return dict(
+            stride=self.strides,
+            padding=self.padding,
+            dilation=self.dilation_rate,
+            layout=self.layout,
+        )
 
     def _channels(self, input_shape):
         _check_rank(input_shape, 3, type(self).__name__)
         return input_shape[-1] if self.layout == "NHWC" else input_shape[0]
 
     def _shape_out(self, input_shape, w_shape, groups=1):
-        g = _args.conv_geometry((1, *input_shape), w_shape, groups=groups, what=self.name,
-                                **self.geometry)
+        g = _args.conv_geometry(
+            (1, *input_shape), w_shape, groups=groups, what=self.name, **self.geometry
+        )
         return g.y_shape[1:]
 
     def _bias(self, rng, channels):
@@ -195,18 +216,41 @@ class _ConvBase(Layer):
 
 
 class Conv2D(_ConvBase):
-    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", data_format=None,
-                 dilation_rate=(1, 1), groups=1, activation=None, use_bias=True,
-                 kernel_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
-        super().__init__(kernel_size, strides, padding, data_format, dilation_rate, use_bias,
-                         bias_initializer, activation=activation, **kwargs)
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=(1, 1),
+        padding="valid",
+        data_format=None,
+        dilation_rate=(1, 1),
+        groups=1,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(
+            kernel_size,
+            strides,
+            padding,
+            data_format,
+            dilation_rate,
+            use_bias,
+            bias_initializer,
+            activation=activation,
+            **kwargs,
+        )
         self.filters, self.groups = filters, groups
         self.kernel_initializer = kernel_initializer
 
     def build(self, input_shape, rng):
         c_in = self._channels(input_shape)
         if c_in % self.groups:
-            raise ValueError(f"{self.name}: groups={self.groups} must divide the {c_in} input channels")
+            raise ValueError(
+                f"{self.name}: groups={self.groups} must divide the {c_in} input channels"
+            )
         shape = (self.filters, c_in // self.groups, *self.kernel_size)
         self.params["kernel"] = initialize(self.kernel_initializer, shape, rng)
         self._bias(rng, self.filters)
@@ -215,24 +259,51 @@ class Conv2D(_ConvBase):
 
     def forward(self, x, training=False):
         self._x = x
-        return F.conv2d(x, self.params["kernel"], self.params.get("bias"), groups=self.groups,
-                        **self.geometry)
+        return F.conv2d(
+            x, self.params["kernel"], self.params.get("bias"), groups=self.groups, **self.geometry
+        )
 
     def backward(self, dy):
-        dx, dw, db = F.conv2d_backward(dy, self._x, self.params["kernel"], groups=self.groups,
-                                       need_dx=self.need_input_grad, need_dw=self.trainable,
-                                       need_dbias=self.trainable and "bias" in self.params,
-                                       **self.geometry)
+        dx, dw, db = F.conv2d_backward(
+            dy,
+            self._x,
+            self.params["kernel"],
+            groups=self.groups,
+            need_dx=self.need_input_grad,
+            need_dw=self.trainable,
+            need_dbias=self.trainable and "bias" in self.params,
+            **self.geometry,
+        )
         self._store_grads(kernel=dw, bias=db)
         return dx
 
 
 class DepthwiseConv2D(_ConvBase):
-    def __init__(self, kernel_size, strides=(1, 1), padding="valid", depth_multiplier=1,
-                 data_format=None, dilation_rate=(1, 1), activation=None, use_bias=True,
-                 depthwise_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
-        super().__init__(kernel_size, strides, padding, data_format, dilation_rate, use_bias,
-                         bias_initializer, activation=activation, **kwargs)
+    def __init__(
+        self,
+        kernel_size,
+        strides=(1, 1),
+        padding="valid",
+        depth_multiplier=1,
+        data_format=None,
+        dilation_rate=(1, 1),
+        activation=None,
+        use_bias=True,
+        depthwise_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(
+            kernel_size,
+            strides,
+            padding,
+            data_format,
+            dilation_rate,
+            use_bias,
+            bias_initializer,
+            activation=activation,
+            **kwargs,
+        )
         self.depth_multiplier = depth_multiplier
         self.depthwise_initializer = depthwise_initializer
 
@@ -247,13 +318,19 @@ class DepthwiseConv2D(_ConvBase):
 
     def forward(self, x, training=False):
         self._x = x
-        return F.depthwise_conv2d(x, self.params["depthwise_kernel"], self.params.get("bias"),
-                                  **self.geometry)
+        return F.depthwise_conv2d(
+            x, self.params["depthwise_kernel"], self.params.get("bias"), **self.geometry
+        )
 
     def backward(self, dy):
-        dx, dw, db = F.depthwise_conv2d_backward(dy, self._x, self.params["depthwise_kernel"],
-                                                 need_dx=self.need_input_grad,
-                                                 need_dw=self.trainable, **self.geometry)
+        dx, dw, db = F.depthwise_conv2d_backward(
+            dy,
+            self._x,
+            self.params["depthwise_kernel"],
+            need_dx=self.need_input_grad,
+            need_dw=self.trainable,
+            **self.geometry,
+        )
         self._store_grads(depthwise_kernel=dw, bias=db)
         return dx
 
@@ -262,12 +339,33 @@ class SeparableConv2D(_ConvBase):
     """Depthwise conv (depth_multiplier) then a 1x1 conv to `filters`: far fewer weights than
     Conv2D for the same output shape (see Sequential.summary())."""
 
-    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", data_format=None,
-                 dilation_rate=(1, 1), depth_multiplier=1, activation=None, use_bias=True,
-                 depthwise_initializer="glorot_uniform", pointwise_initializer="glorot_uniform",
-                 bias_initializer="zeros", **kwargs):
-        super().__init__(kernel_size, strides, padding, data_format, dilation_rate, use_bias,
-                         bias_initializer, activation=activation, **kwargs)
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=(1, 1),
+        padding="valid",
+        data_format=None,
+        dilation_rate=(1, 1),
+        depth_multiplier=1,
+        activation=None,
+        use_bias=True,
+        depthwise_initializer="glorot_uniform",
+        pointwise_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(
+            kernel_size,
+            strides,
+            padding,
+            data_format,
+            dilation_rate,
+            use_bias,
+            bias_initializer,
+            activation=activation,
+            **kwargs,
+        )
         self.filters, self.depth_multiplier = filters, depth_multiplier
         self.depthwise_initializer = depthwise_initializer
         self.pointwise_initializer = pointwise_initializer
@@ -277,26 +375,38 @@ class SeparableConv2D(_ConvBase):
         mid = c_in * self.depth_multiplier
         dw_shape = (mid, 1, *self.kernel_size)
         self.params["depthwise_kernel"] = initialize(self.depthwise_initializer, dw_shape, rng)
-        self.params["pointwise_kernel"] = initialize(self.pointwise_initializer,
-                                                     (self.filters, mid, 1, 1), rng)[:, :, 0, 0]
+        self.params["pointwise_kernel"] = initialize(
+            self.pointwise_initializer, (self.filters, mid, 1, 1), rng
+        )[:, :, 0, 0]
         self._bias(rng, self.filters)
         mid_shape = self._shape_out(input_shape, dw_shape, c_in)
         nhwc = self.layout == "NHWC"
-        self.output_shape = ((*mid_shape[:2], self.filters) if nhwc
-                             else (self.filters, *mid_shape[1:]))
+        self.output_shape = (
+            (*mid_shape[:2], self.filters) if nhwc else (self.filters, *mid_shape[1:])
+        )
         self.built = True
         return self.output_shape
 
     def forward(self, x, training=False):
         self._x = x
-        return F.separable_conv2d(x, self.params["depthwise_kernel"],
-                                  self.params["pointwise_kernel"], self.params.get("bias"),
-                                  **self.geometry)
+        return F.separable_conv2d(
+            x,
+            self.params["depthwise_kernel"],
+            self.params["pointwise_kernel"],
+            self.params.get("bias"),
+            **self.geometry,
+        )
 
     def backward(self, dy):
         dx, ddw, dpw, db = F.separable_conv2d_backward(
-            dy, self._x, self.params["depthwise_kernel"], self.params["pointwise_kernel"],
-            need_dx=self.need_input_grad, need_dw=self.trainable, **self.geometry)
+            dy,
+            self._x,
+            self.params["depthwise_kernel"],
+            self.params["pointwise_kernel"],
+            need_dx=self.need_input_grad,
+            need_dw=self.trainable,
+            **self.geometry,
+        )
         self._store_grads(depthwise_kernel=ddw, pointwise_kernel=dpw, bias=db)
         return dx
 
@@ -304,11 +414,12 @@ class SeparableConv2D(_ConvBase):
 class _Pooling2D(Layer):
     kind = "max"
 
-    def __init__(self, pool_size=(2, 2), strides=None, padding="valid", data_format=None,
-                 **kwargs):
+    def __init__(self, pool_size=(2, 2), strides=None, padding="valid", data_format=None, **kwargs):
         super().__init__(**kwargs)
         self.pool_size = _args.pair(pool_size, "pool_size", minimum=1)
-        self.strides = self.pool_size if strides is None else _args.pair(strides, "strides", minimum=1)
+        self.strides = (
+            self.pool_size if strides is None else _args.pair(strides, "strides", minimum=1)
+        )
         self.padding, self.layout = padding, _layout(data_format)
 
     @property
@@ -317,8 +428,9 @@ class _Pooling2D(Layer):
 
     def build(self, input_shape, rng):
         _check_rank(input_shape, 3, type(self).__name__)
-        g = _args.pool_geometry((1, *input_shape), self.pool_size, kind=self.kind,
-                                what=self.name, **self.geometry)
+        g = _args.pool_geometry(
+            (1, *input_shape), self.pool_size, kind=self.kind, what=self.name, **self.geometry
+        )
         self.built, self.output_shape = True, g.y_shape[1:]
         return self.output_shape
 
@@ -329,8 +441,9 @@ class _Pooling2D(Layer):
     def backward(self, dy):
         if not self.need_input_grad:
             return None
-        return getattr(F, f"{self.kind}_pool2d_backward")(dy, self._x, self.pool_size,
-                                                          **self.geometry)
+        return getattr(F, f"{self.kind}_pool2d_backward")(
+            dy, self._x, self.pool_size, **self.geometry
+        )
 
 
 class MaxPooling2D(_Pooling2D):
@@ -381,14 +494,18 @@ class GlobalMaxPooling2D(_GlobalPooling2D):
         n, c = dy.shape
         pooled = (n, 1, 1, c) if self.layout == "NHWC" else (n, c, 1, 1)
         xp = array_module(dy)
-        return F.max_pool2d_backward(xp.ascontiguousarray(dy).reshape(pooled), self._x,
-                                     self._window(), layout=self.layout)
+        return F.max_pool2d_backward(
+            xp.ascontiguousarray(dy).reshape(pooled), self._x, self._window(), layout=self.layout
+        )
 
 
 def _zero_padding(padding):
     """((top, bottom), (left, right)) from an int, (rows, cols) or that form itself."""
-    if (isinstance(padding, (tuple, list)) and len(padding) == 2
-            and all(isinstance(p, (tuple, list)) for p in padding)):
+    if (
+        isinstance(padding, (tuple, list))
+        and len(padding) == 2
+        and all(isinstance(p, (tuple, list)) for p in padding)
+    ):
         return tuple(_args.pair(p, "padding", minimum=0) for p in padding)
     rows, cols = _args.pair(padding, "padding", minimum=0)
     return (rows, rows), (cols, cols)
@@ -436,16 +553,24 @@ class Flatten(Layer):
 
 
 class Dense(Layer):
-    def __init__(self, units, activation=None, use_bias=True,
-                 kernel_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
+    def __init__(
+        self,
+        units,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
         super().__init__(activation=activation, **kwargs)
         self.units, self.use_bias = units, use_bias
         self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
 
     def build(self, input_shape, rng):
         _check_rank(input_shape, 1, "Dense")
-        self.params["kernel"] = initialize(self.kernel_initializer,
-                                           (input_shape[0], self.units), rng, kind="dense")
+        self.params["kernel"] = initialize(
+            self.kernel_initializer, (input_shape[0], self.units), rng, kind="dense"
+        )
         if self.use_bias:
             self.params["bias"] = initialize(self.bias_initializer, (self.units,), rng)
         self.built, self.output_shape = True, (self.units,)
@@ -457,8 +582,9 @@ class Dense(Layer):
         return y + self.params["bias"] if self.use_bias else y
 
     def backward(self, dy):
-        self._store_grads(**(dict(kernel=self._x.T @ dy, bias=dy.sum(axis=0))
-                             if self.trainable else {}))
+        self._store_grads(
+            **(dict(kernel=self._x.T @ dy, bias=dy.sum(axis=0)) if self.trainable else {})
+        )
         return dy @ self.params["kernel"].T if self.need_input_grad else None
 
 
@@ -470,12 +596,23 @@ class BatchNormalization(Layer):
     from fastconv.batch_norm, inference from fastconv.batch_norm_inference; activation='relu'
     or 'gelu' is fused into both."""
 
-    def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
-                 beta_initializer="zeros", gamma_initializer="ones", **kwargs):
+    def __init__(
+        self,
+        axis=-1,
+        momentum=0.99,
+        epsilon=1e-3,
+        center=True,
+        scale=True,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         # these activations run inside the batch-norm kernel (one pass fewer each way)
-        self.fused_activation = (self.activation is not None
-                                 and self.activation.name in ("relu", "gelu"))
+        self.fused_activation = self.activation is not None and self.activation.name in (
+            "relu",
+            "gelu",
+        )
         self._kernel_activation = self.activation.name if self.fused_activation else None
         self.axis, self.momentum, self.epsilon = axis, momentum, epsilon
         self.center, self.scale = center, scale
@@ -492,8 +629,10 @@ class BatchNormalization(Layer):
             self.params["gamma"] = initialize(self.gamma_initializer, (channels,), rng)
         if self.center:
             self.params["beta"] = initialize(self.beta_initializer, (channels,), rng)
-        self.state = {"moving_mean": np.zeros(channels, np.float32),
-                      "moving_variance": np.ones(channels, np.float32)}
+        self.state = {
+            "moving_mean": np.zeros(channels, np.float32),
+            "moving_variance": np.ones(channels, np.float32),
+        }
         self.built, self.output_shape = True, tuple(input_shape)
         return self.output_shape
 
@@ -509,13 +648,20 @@ class BatchNormalization(Layer):
         gamma, beta = self.params.get("gamma"), self.params.get("beta")
         self._x = x
         if self._inference:
-            self._y = F.batch_norm_inference(x, self.state["moving_mean"],
-                                             self.state["moving_variance"], gamma, beta,
-                                             axis=self.axis, eps=self.epsilon,
-                                             activation=self._kernel_activation)
+            self._y = F.batch_norm_inference(
+                x,
+                self.state["moving_mean"],
+                self.state["moving_variance"],
+                gamma,
+                beta,
+                axis=self.axis,
+                eps=self.epsilon,
+                activation=self._kernel_activation,
+            )
             return self._y
-        y, mean, var = F.batch_norm(x, gamma, beta, axis=self.axis, eps=self.epsilon,
-                                    activation=self._kernel_activation)
+        y, mean, var = F.batch_norm(
+            x, gamma, beta, axis=self.axis, eps=self.epsilon, activation=self._kernel_activation
+        )
         m = self.momentum
         count = x.size // mean.size
         unbiased = var * (count / max(count - 1, 1))
@@ -551,9 +697,17 @@ class BatchNormalization(Layer):
         if self._inference:
             return self._inference_backward(dy)
         dx, dgamma, dbeta = F.batch_norm_backward(
-            dy, self._x, self._mean, self._var, self.params.get("gamma"), self.params.get("beta"),
-            axis=self.axis, eps=self.epsilon, activation=self._kernel_activation,
-            need_dx=self.need_input_grad)
+            dy,
+            self._x,
+            self._mean,
+            self._var,
+            self.params.get("gamma"),
+            self.params.get("beta"),
+            axis=self.axis,
+            eps=self.epsilon,
+            activation=self._kernel_activation,
+            need_dx=self.need_input_grad,
+        )
         self._store_grads(gamma=dgamma, beta=dbeta)
         return dx
 
@@ -636,8 +790,10 @@ class InputLayer(Layer):
         super().__init__(**kwargs)
         shape = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
         if not all(isinstance(n, (int, np.integer)) and n > 0 for n in shape):
-            raise ValueError(f"Input shape must be positive ints per sample, e.g. (32, 32, 3), "
-                             f"got {shape}: fastconv builds every layer for fixed sizes")
+            raise ValueError(
+                f"Input shape must be positive ints per sample, e.g. (32, 32, 3), "
+                f"got {shape}: fastconv builds every layer for fixed sizes"
+            )
         self.built, self.output_shape = True, tuple(int(n) for n in shape)
         self.output = Node(self, [], False, None, [self.output_shape]).outputs[0]
 
@@ -655,8 +811,10 @@ def Input(shape, name=None):
 
 def _merge_shapes(input_shape, what):
     if not (isinstance(input_shape, list) and len(input_shape) >= 2):
-        raise ValueError(f"{what} merges a list of at least two tensors, e.g. "
-                         f"{what}()([a, b]); got an input of shape {input_shape}")
+        raise ValueError(
+            f"{what} merges a list of at least two tensors, e.g. "
+            f"{what}()([a, b]); got an input of shape {input_shape}"
+        )
     return [tuple(s) for s in input_shape]
 
 
@@ -693,10 +851,12 @@ class Concatenate(Layer):
         shapes = _merge_shapes(input_shape, "Concatenate")
         rank = len(shapes[0]) + 1
         self._axis = self.axis % rank
-        others = {s[:self._axis - 1] + s[self._axis:] for s in shapes}
+        others = {s[: self._axis - 1] + s[self._axis :] for s in shapes}
         if self._axis == 0 or len(others) != 1 or any(len(s) + 1 != rank for s in shapes):
-            raise ValueError(f"{self.name or 'Concatenate'}: cannot join shapes {shapes} along "
-                             f"axis {self.axis} (not the batch axis; all other axes must agree)")
+            raise ValueError(
+                f"{self.name or 'Concatenate'}: cannot join shapes {shapes} along "
+                f"axis {self.axis} (not the batch axis; all other axes must agree)"
+            )
         self._sizes = [s[self._axis - 1] for s in shapes]
         out = list(shapes[0])
         out[self._axis - 1] = sum(self._sizes)

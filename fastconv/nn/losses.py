@@ -3,6 +3,7 @@
 `value_and_grad(logits, labels)` returns the mean loss and its gradient w.r.t. the logits.
 Sequential feeds it the logits (the input of a final softmax), which is exact and cheap.
 """
+
 from __future__ import annotations
 
 from .._backend import array_module
@@ -24,8 +25,9 @@ class SparseCategoricalCrossentropy:
         n, k = logits.shape
         labels = xp.asarray(labels).astype(xp.int64, copy=False)
         if labels.shape != (n,) or (n and (labels.min() < 0 or labels.max() >= k)):
-            raise ValueError(f"labels must be {n} integers in [0, {k}), got shape "
-                             f"{tuple(labels.shape)}")
+            raise ValueError(
+                f"labels must be {n} integers in [0, {k}), got shape {tuple(labels.shape)}"
+            )
         shifted = logits - logits.max(axis=1, keepdims=True)
         log_sum = xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
         log_p = shifted - log_sum
@@ -39,14 +41,18 @@ class SparseCategoricalCrossentropy:
     __call__ = value_and_grad
 
 
-LOSSES = {"sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
-          "categorical_crossentropy": SparseCategoricalCrossentropy}
+LOSSES = {
+    "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
+    "categorical_crossentropy": SparseCategoricalCrossentropy,
+}
 
 
 def get(loss):
     if isinstance(loss, str):
         if loss not in LOSSES:
-            raise ValueError(f"unknown loss {loss!r}; choose one of {sorted(LOSSES)} or pass "
-                             f"SparseCategoricalCrossentropy(label_smoothing=...)")
+            raise ValueError(
+                f"unknown loss {loss!r}; choose one of {sorted(LOSSES)} or pass "
+                f"SparseCategoricalCrossentropy(label_smoothing=...)"
+            )
         return LOSSES[loss]()
     return loss

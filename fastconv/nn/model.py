@@ -14,6 +14,7 @@ backward, and a step learns no dx unless its input requires one: a frozen base c
 weight gradients nor a backward pass below the first trainable layer. A Model is a Layer:
 called on symbolic tensors it becomes one step of another model (Keras' nested models).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -48,8 +49,10 @@ def _keras_order(inputs, outputs):
             return
         first_seen.setdefault(node, len(first_seen))
         if isinstance(node.layer, InputLayer) and id(tensor) not in input_ids:
-            raise ValueError(f"the outputs depend on the Input {node.layer.name or ''} "
-                             f"{tensor.shape}, which is not among the model's inputs")
+            raise ValueError(
+                f"the outputs depend on the Input {node.layer.name or ''} "
+                f"{tensor.shape}, which is not among the model's inputs"
+            )
         for parent in node.inputs:
             visit(parent)
         done.add(node)
@@ -127,15 +130,19 @@ class Model(Layer):
                 raise TypeError(f"Model inputs must be tensors from Input(shape), got {t!r}")
         for t in self.outputs:
             if not isinstance(t, KerasTensor):
-                raise TypeError(f"Model outputs must be symbolic tensors (a layer called on an "
-                                f"Input's tensor), got {type(t).__name__}")
+                raise TypeError(
+                    f"Model outputs must be symbolic tensors (a layer called on an "
+                    f"Input's tensor), got {type(t).__name__}"
+                )
         nodes = _keras_order(self.inputs, self.outputs)
         seen = set()
         for node in nodes:
             if node.layer in seen:
-                raise ValueError(f"layer {node.layer.name or type(node.layer).__name__} is called "
-                                 f"twice in this model; fastconv runs a layer once per model "
-                                 f"(no shared layers): use two layers")
+                raise ValueError(
+                    f"layer {node.layer.name or type(node.layer).__name__} is called "
+                    f"twice in this model; fastconv runs a layer once per model "
+                    f"(no shared layers): use two layers"
+                )
             seen.add(node.layer)
         return nodes
 
@@ -158,8 +165,10 @@ class Model(Layer):
                 mid = next(fresh)
                 act = Activation(layer.activation, name=f"{layer.name}_activation")
                 act.build(layer.output_shape, None)
-                self._steps += [_Step(layer, ins, [mid], node.as_list, node.training),
-                                _Step(act, [mid], outs, False, node.training)]
+                self._steps += [
+                    _Step(layer, ins, [mid], node.as_list, node.training),
+                    _Step(act, [mid], outs, False, node.training),
+                ]
             else:
                 self._steps.append(_Step(layer, ins, outs, node.as_list, node.training))
         self._slot_count = next(fresh)
@@ -167,8 +176,9 @@ class Model(Layer):
         self._output_slots = [slot[t] for t in self.outputs]
         self._softmax = self._final_softmax()
         self.input_shape = self.inputs[0].sample_shape
-        self._built_for = ([t.sample_shape for t in self.inputs] if self._inputs_listed
-                           else self.input_shape)
+        self._built_for = (
+            [t.sample_shape for t in self.inputs] if self._inputs_listed else self.input_shape
+        )
         shapes = self.output_shapes()
         self.output_shape = shapes if self._outputs_listed else shapes[0]
         self.built = True
@@ -192,8 +202,10 @@ class Model(Layer):
         names = [layer.name for layer in layers + inner]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
-            raise ValueError(f"layer names must be unique in a model, nested models included "
-                             f"(they key its weights): {twice} appear more than once")
+            raise ValueError(
+                f"layer names must be unique in a model, nested models included "
+                f"(they key its weights): {twice} appear more than once"
+            )
 
     def _final_softmax(self):
         """The step applying a softmax to the single output, when nothing else reads it: the
@@ -202,9 +214,12 @@ class Model(Layer):
             return None
         out = self._output_slots[0]
         producer = next((s for s in self._steps if out in s.outs), None)
-        if (producer is not None and isinstance(producer.op, Activation)
-                and producer.op.function.name == "softmax"
-                and not any(out in s.ins for s in self._steps)):
+        if (
+            producer is not None
+            and isinstance(producer.op, Activation)
+            and producer.op.function.name == "softmax"
+            and not any(out in s.ins for s in self._steps)
+        ):
             return producer
         return None
 
@@ -323,15 +338,20 @@ class Model(Layer):
         return dxs if self._inputs_listed else dxs[0]
 
     def __call__(self, inputs, training=None):
-        if isinstance(inputs, KerasTensor) or (isinstance(inputs, (list, tuple))
-                                               and isinstance(inputs[0], KerasTensor)):
+        if isinstance(inputs, KerasTensor) or (
+            isinstance(inputs, (list, tuple)) and isinstance(inputs[0], KerasTensor)
+        ):
             return super().__call__(inputs, training)
         return self.forward(inputs, bool(training))
 
     def trainable_parameters(self):
         """(layer, name, value) for every weight the optimiser updates."""
-        return [(layer, k, v) for layer in self.leaf_layers() if layer.trainable
-                for k, v in layer.params.items()]
+        return [
+            (layer, k, v)
+            for layer in self.leaf_layers()
+            if layer.trainable
+            for k, v in layer.params.items()
+        ]
 
     def count_params(self):
         return sum(layer.count_params() for layer in self.layers)
@@ -345,6 +365,7 @@ class Model(Layer):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         if device == "cuda":
             import cupy
+
             move = cupy.asarray
         else:
             move = to_numpy
@@ -367,16 +388,25 @@ class Model(Layer):
     def _one_input_one_output(self, what):
         self._ensure_built()
         if len(self.inputs) != 1 or len(self.outputs) != 1:
-            raise ValueError(f"{what} takes models with one input and one output; {self.name} "
-                             f"has {len(self.inputs)} and {len(self.outputs)}: call "
-                             f"model(inputs) for the outputs")
+            raise ValueError(
+                f"{what} takes models with one input and one output; {self.name} "
+                f"has {len(self.inputs)} and {len(self.outputs)}: call "
+                f"model(inputs) for the outputs"
+            )
 
     def fit(self, x, y, batch_size=32, epochs=1, validation_data=None, **kwargs):
         self._one_input_one_output("fit")
         if self.optimizer is None:
             self.compile()
-        return training.fit(self, x, y, batch_size=batch_size, epochs=epochs,
-                            validation_data=validation_data, **kwargs)
+        return training.fit(
+            self,
+            x,
+            y,
+            batch_size=batch_size,
+            epochs=epochs,
+            validation_data=validation_data,
+            **kwargs,
+        )
 
     def predict(self, x, batch_size=256, tta=None, preprocess=None):
         """Outputs for x; `preprocess` turns a batch into the model's input (as in fit;
@@ -389,8 +419,7 @@ class Model(Layer):
         self._one_input_one_output("evaluate")
         if self.loss is None:
             self.compile()
-        return training.evaluate(self, x, y, batch_size=batch_size, tta=tta,
-                                 preprocess=preprocess)
+        return training.evaluate(self, x, y, batch_size=batch_size, tta=tta, preprocess=preprocess)
 
     def summary(self, print_fn=print):
         """Keras' table: layer (type), output shape, parameters (BN moving statistics count,
@@ -398,8 +427,12 @@ class Model(Layer):
         self._ensure_built()
         width = 110 if self.show_connections else 78
         head = f"{'Layer (type)':<42}{'Output Shape':<24}{'Param #':>12}"
-        rows = [f'Model: "{self.name}"', "_" * width,
-                head + ("  Connected to" if self.show_connections else ""), "=" * width]
+        rows = [
+            f'Model: "{self.name}"',
+            "_" * width,
+            head + ("  Connected to" if self.show_connections else ""),
+            "=" * width,
+        ]
         for layer in self.layers:
             label = f"{layer.name} ({getattr(layer, 'keras_type', type(layer).__name__)})"
             shape = ", ".join(str((None, *s)) for s in layer.output_shapes())
@@ -411,8 +444,13 @@ class Model(Layer):
             rows.append(f"{row}  {(inbound or ['-'])[0]}")
             rows += [" " * 80 + f"  {more}" for more in inbound[1:]]
         total, trainable = self.count_params(), self.count_trainable_params()
-        rows += ["=" * width, f"Total params: {total:,}", f"Trainable params: {trainable:,}",
-                 f"Non-trainable params: {total - trainable:,}", "_" * width]
+        rows += [
+            "=" * width,
+            f"Total params: {total:,}",
+            f"Trainable params: {trainable:,}",
+            f"Non-trainable params: {total - trainable:,}",
+            "_" * width,
+        ]
         text = "\n".join(rows)
         print_fn(text)
         return text
@@ -425,8 +463,10 @@ class Model(Layer):
         arrays = []
         for layer in self.leaf_layers():
             weights = {**layer.params, **layer.state}
-            arrays += [np.array(transfer.to_keras(layer, name, to_numpy(weights[name])))
-                       for name in transfer.keras_names(layer)]
+            arrays += [
+                np.array(transfer.to_keras(layer, name, to_numpy(weights[name])))
+                for name in transfer.keras_names(layer)
+            ]
         return arrays
 
     def set_weights(self, arrays):
@@ -436,8 +476,11 @@ class Model(Layer):
     def get_weight_dict(self):
         """{'layer/param': array} for every parameter and state array, fastconv's layouts:
         NumPy copies."""
-        return {f"{layer.name}/{k}": np.array(to_numpy(v)) for layer in self.leaf_layers()
-                for k, v in {**layer.params, **layer.state}.items()}
+        return {
+            f"{layer.name}/{k}": np.array(to_numpy(v))
+            for layer in self.leaf_layers()
+            for k, v in {**layer.params, **layer.state}.items()
+        }
 
     def set_weight_dict(self, weights):
         """Load a {'layer/param': array} mapping; every name and shape must match."""
@@ -445,15 +488,17 @@ class Model(Layer):
         missing = sorted(set(own) - set(weights))
         extra = sorted(set(weights) - set(own))
         if missing or extra:
-            raise ValueError(f"weights do not match the model: missing {missing[:5]}, "
-                             f"unexpected {extra[:5]}")
+            raise ValueError(
+                f"weights do not match the model: missing {missing[:5]}, unexpected {extra[:5]}"
+            )
         for layer in self.leaf_layers():
             for store in (layer.params, layer.state):
                 for k, v in store.items():
                     new = np.asarray(weights[f"{layer.name}/{k}"], dtype=np.float32)
                     if new.shape != v.shape:
-                        raise ValueError(f"{layer.name}/{k}: expected shape {v.shape}, got "
-                                         f"{new.shape}")
+                        raise ValueError(
+                            f"{layer.name}/{k}: expected shape {v.shape}, got {new.shape}"
+                        )
                     store[k] = array_module(v).asarray(new).copy()
 
     def save_weights(self, path):
@@ -482,8 +527,7 @@ class Sequential(Model):
     keras_type = "Sequential"
     show_connections = False
 
-    def __init__(self, layers=(), *, input_shape=None, name="sequential", seed=0,
-                 trainable=True):
+    def __init__(self, layers=(), *, input_shape=None, name="sequential", seed=0, trainable=True):
         self._init_model(name, trainable)
         self.layers: list[Layer] = []
         self.input_shape = None if input_shape is None else tuple(input_shape)
@@ -509,8 +553,10 @@ class Sequential(Model):
         del rng  # a Sequential draws from its own seed, alone or inside another model
         shape = tuple(input_shape or self.input_shape or ())
         if not shape:
-            raise ValueError("the model does not know its input shape: pass input_shape=(H, W, C) "
-                             "to Sequential or to the first layer, or call model.build((H, W, C))")
+            raise ValueError(
+                "the model does not know its input shape: pass input_shape=(H, W, C) "
+                "to Sequential or to the first layer, or call model.build((H, W, C))"
+            )
         rng = np.random.default_rng(self.seed)
         x = inputs = Input(shape)
         for layer in self.layers:

@@ -10,6 +10,7 @@ depthwise kernels (KH, KW, C, M) where fastconv's are (C*M, 1, KH, KW); pointwis
 (out, in), and a PyTorch Flatten of an NCHW map orders features (C, H, W) where a
 channels_last model orders them (H, W, C).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,10 +25,22 @@ from .layers import (
     SeparableConv2D,
 )
 
-_KERAS_ORDER = ("kernel", "depthwise_kernel", "pointwise_kernel", "bias", "gamma", "beta",
-                "moving_mean", "moving_variance")
-_TORCH_BN = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
-             "running_var": "moving_variance"}
+_KERAS_ORDER = (
+    "kernel",
+    "depthwise_kernel",
+    "pointwise_kernel",
+    "bias",
+    "gamma",
+    "beta",
+    "moving_mean",
+    "moving_variance",
+)
+_TORCH_BN = {
+    "weight": "gamma",
+    "bias": "beta",
+    "running_mean": "moving_mean",
+    "running_var": "moving_variance",
+}
 
 
 def _numpy(t):
@@ -74,8 +87,10 @@ def from_keras(model, arrays):
     for layer in model.leaf_layers():
         for name in keras_names(layer):
             if i >= len(arrays):
-                raise ValueError(f"ran out of Keras arrays at {layer.name}/{name}: the list has "
-                                 f"{len(arrays)} arrays, fewer than the model needs")
+                raise ValueError(
+                    f"ran out of Keras arrays at {layer.name}/{name}: the list has "
+                    f"{len(arrays)} arrays, fewer than the model needs"
+                )
             out[f"{layer.name}/{name}"] = from_keras_array(layer, name, arrays[i])
             i += 1
     if i != len(arrays):
@@ -95,8 +110,9 @@ def read_keras_h5(path):
     try:
         import h5py
     except ImportError:
-        raise ImportError("reading Keras .h5 weights needs h5py: pip install h5py "
-                          "(or fastconv[h5])") from None
+        raise ImportError(
+            "reading Keras .h5 weights needs h5py: pip install h5py (or fastconv[h5])"
+        ) from None
     stored = {}
     with h5py.File(path, "r") as f:
         root = f["model_weights"] if "model_weights" in f else f
@@ -109,10 +125,12 @@ def read_keras_h5(path):
                     layer = parts[-2] if len(parts) > 1 else group_name
                     stored.setdefault(layer, []).append(np.asarray(group[weight]))
         else:
+
             def visit(name, obj):
                 if name.split("/")[-1] == "vars" and isinstance(obj, h5py.Group) and len(obj):
                     layer = _text(obj.attrs.get("name", name.split("/")[-2]))
                     stored[layer] = [np.asarray(obj[str(i)]) for i in range(len(obj))]
+
             f.visititems(visit)
     return stored
 
@@ -130,14 +148,19 @@ def from_keras_h5(model, path):
             continue
         arrays = stored[layer.name]
         if len(arrays) != len(names):
-            raise ValueError(f"{path}: layer {layer.name} has {len(arrays)} arrays, the model's "
-                             f"has {len(names)} ({', '.join(names)})")
-        out.update({f"{layer.name}/{n}": from_keras_array(layer, n, a)
-                    for n, a in zip(names, arrays)})
+            raise ValueError(
+                f"{path}: layer {layer.name} has {len(arrays)} arrays, the model's "
+                f"has {len(names)} ({', '.join(names)})"
+            )
+        out.update(
+            {f"{layer.name}/{n}": from_keras_array(layer, n, a) for n, a in zip(names, arrays)}
+        )
     if missing:
-        raise ValueError(f"{path} has no weights for {len(missing)} of the model's "
-                         f"{len(weighted)} layers with weights (first: {missing[:3]}): another "
-                         f"architecture or other layer names")
+        raise ValueError(
+            f"{path} has no weights for {len(missing)} of the model's "
+            f"{len(weighted)} layers with weights (first: {missing[:3]}): another "
+            f"architecture or other layer names"
+        )
     return out
 
 
@@ -168,8 +191,7 @@ def from_torch(model, state_dict):
     """From a PyTorch state_dict: by module name when the modules with weights are named as
     the model's layers with weights, else in order (the layers' order, which must be the
     modules' order)."""
-    tensors = {k: _numpy(v) for k, v in state_dict.items()
-               if not k.endswith("num_batches_tracked")}
+    tensors = {k: _numpy(v) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
     layers = [layer for layer in model.leaf_layers() if layer.params or layer.state]
     by_name = {k.rsplit(".", 1)[0] for k in tensors} == {layer.name for layer in layers}
     queue = list(reversed(tensors))
@@ -178,8 +200,9 @@ def from_torch(model, state_dict):
         """The tensor `suffix` ('weight', 'running_mean', ...) of the layer's module."""
         key = f"{layer.name}.{suffix}" if by_name else (queue.pop() if queue else None)
         if key is None or key not in tensors:
-            raise ValueError(f"the state_dict has no tensor for {layer.name}/{suffix}: not the "
-                             f"same architecture")
+            raise ValueError(
+                f"the state_dict has no tensor for {layer.name}/{suffix}: not the same architecture"
+            )
         if not key.endswith(suffix):
             raise ValueError(f"{layer.name}: expected a '{suffix}' tensor, got {key!r}")
         return tensors.pop(key)
@@ -203,6 +226,8 @@ def from_torch(model, state_dict):
         if "bias" in layer.params:
             out[f"{p}/bias"] = take(layer, "bias")
     if tensors:
-        raise ValueError(f"{len(tensors)} state_dict tensors left over (first: "
-                         f"{next(iter(tensors))!r}): not the same architecture")
+        raise ValueError(
+            f"{len(tensors)} state_dict tensors left over (first: "
+            f"{next(iter(tensors))!r}): not the same architecture"
+        )
     return out

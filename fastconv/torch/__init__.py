@@ -9,6 +9,7 @@
 - `fastconv.torch.nn`: Conv2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d (output size 1) and
   BatchNorm2d, drop-in for torch.nn's; `swap_modules(model)` switches a model to them.
 """
+
 from . import nn
 from .library import FUNCTIONS
 from .nn import swap_modules

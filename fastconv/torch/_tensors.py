@@ -13,6 +13,7 @@ kernels are queued behind the PyTorch work that produced their inputs and ahead 
 that reads their outputs, as a PyTorch operator's would be, whatever device the caller's
 `torch.cuda.device(...)` selects.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,8 +30,11 @@ _FROM_CHANNELS_LAST = (0, 3, 1, 2)
 def memory_order(x: torch.Tensor):
     """CHANNELS_LAST for a 4-D tensor in channels_last memory, None for any other (a tensor
     that is both, such as one with a single channel, counts as contiguous)."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
-            memory_format=torch.channels_last):
+    if (
+        x.dim() == 4
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+    ):
         return CHANNELS_LAST
     return None
 
@@ -68,13 +72,17 @@ def check(what: str, tensors: dict) -> torch.device:
         if t is None:
             continue
         if t.dtype != torch.float32:
-            raise TypeError(f"fastconv.torch.{what}: {name} has dtype {t.dtype}; fastconv computes "
-                            f"in float32 only: pass {name}.float()")
+            raise TypeError(
+                f"fastconv.torch.{what}: {name} has dtype {t.dtype}; fastconv computes "
+                f"in float32 only: pass {name}.float()"
+            )
         if device is None:
             device = t.device
         elif t.device != device:
-            raise ValueError(f"fastconv.torch.{what}: all tensors must be on one device, got "
-                             f"{device} and {t.device} ({name})")
+            raise ValueError(
+                f"fastconv.torch.{what}: all tensors must be on one device, got "
+                f"{device} and {t.device} ({name})"
+            )
     return device
 
 
@@ -97,6 +105,9 @@ def _on_gpu(device: torch.device):
     the streams of `device`."""
     cupy = _gpu.cupy()
     stream = torch.cuda.current_stream(device).cuda_stream
-    with torch.cuda.device(device), cupy.cuda.Device(device.index), \
-            cupy.cuda.ExternalStream(stream, device.index):
+    with (
+        torch.cuda.device(device),
+        cupy.cuda.Device(device.index),
+        cupy.cuda.ExternalStream(stream, device.index),
+    ):
         yield

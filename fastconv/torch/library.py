@@ -19,6 +19,7 @@ NCHW kernels and channels_last memory its NHWC kernels, and the outputs come bac
 memory format of x. Weights are (C_out, C_in/groups, KH, KW) tensors as in torch.nn. For
 batch norm, `axis` names a dim of the NCHW shape (default 1, torch's channel dim).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -58,6 +59,7 @@ class Spec:
     """One operator: fastconv function `function` of op `op` over `tensors` (passed to it
     positionally, then `keyword_tensors`), then the schema arguments `params` (the
     function's other keywords), returning `returns`."""
+
     op: ops.Op
     name: str
     function: object
@@ -92,11 +94,20 @@ def spec_of(op: ops.Op, backward: bool) -> Spec:
     tensors = positional + keyword_tensors
     params = tuple(n for n in signature if n not in tensors and n != "layout")
     returns = tuple(f"d{g}" for g in op.grads) if backward else op.outputs
-    return Spec(op, function.__name__, function, positional, keyword_tensors,
-                frozenset(n for n in tensors if signature[n].default is None), params, returns,
-                frozenset(r for r in returns if f"need_{r}" in params
-                          or ("need_dw" in params and r != "dx")),
-                "layout" in signature)
+    return Spec(
+        op,
+        function.__name__,
+        function,
+        positional,
+        keyword_tensors,
+        frozenset(n for n in tensors if signature[n].default is None),
+        params,
+        returns,
+        frozenset(
+            r for r in returns if f"need_{r}" in params or ("need_dw" in params and r != "dx")
+        ),
+        "layout" in signature,
+    )
 
 
 def _order_of(name, ndim, order, rank):
@@ -126,28 +137,35 @@ def _split(spec: Spec, args) -> tuple:
 
 def _kernel(spec: Spec):
     """The CPU and CUDA implementation: tensors in, fastconv's function, tensors out."""
+
     def run(*args):
         named, params = _split(spec, args)
         device = _tensors.check(spec.name, named)
         x = named["x"]
         order, rank = _tensors.memory_order(x), x.dim()
         with _tensors.on_device(device):
-            arrays = {n: None if t is None else
-                      _tensors.to_array(t, _order_of(n, t.dim(), order, rank))
-                      for n, t in named.items()}
-            result = spec.function(*[arrays[n] for n in spec.positional],
-                                   **{n: arrays[n] for n in spec.keyword_tensors},
-                                   **_fastconv_params(spec, params, order, rank))
+            arrays = {
+                n: None if t is None else _tensors.to_array(t, _order_of(n, t.dim(), order, rank))
+                for n, t in named.items()
+            }
+            result = spec.function(
+                *[arrays[n] for n in spec.positional],
+                **{n: arrays[n] for n in spec.keyword_tensors},
+                **_fastconv_params(spec, params, order, rank),
+            )
             result = result if isinstance(result, tuple) else (result,)
-            outputs = tuple(None if a is None else
-                            _tensors.to_tensor(a, _order_of(n, a.ndim, order, rank))
-                            for n, a in zip(spec.returns, result))
+            outputs = tuple(
+                None if a is None else _tensors.to_tensor(a, _order_of(n, a.ndim, order, rank))
+                for n, a in zip(spec.returns, result)
+            )
         return outputs if len(outputs) > 1 else outputs[0]
+
     return run
 
 
 def _fake(spec: Spec):
     """Outputs of the right shapes and strides, for tracing (torch.compile, opcheck)."""
+
     def run(*args):
         named, params = _split(spec, args)
         _tensors.check(spec.name, named)
@@ -166,16 +184,23 @@ def _fake(spec: Spec):
                 else:  # dbias, or dgamma / dbeta without gamma / beta: one per channel
                     shapes[n] = (channels,)
         else:
-            inputs = {n: None if t is None else
-                      _tensors.permuted(t, _order_of(n, t.dim(), order, rank))
-                      for n, t in named.items()}
-            shapes = spec.op.shapes(ops.Case(spec.op, inputs,
-                                             _fastconv_params(spec, params, order, rank)))
-        outputs = tuple(None if shapes[n] is None else
-                        _tensors.restored(x.new_empty(shapes[n]),
-                                          _order_of(n, len(shapes[n]), order, rank))
-                        for n in spec.returns)
+            inputs = {
+                n: None if t is None else _tensors.permuted(t, _order_of(n, t.dim(), order, rank))
+                for n, t in named.items()
+            }
+            shapes = spec.op.shapes(
+                ops.Case(spec.op, inputs, _fastconv_params(spec, params, order, rank))
+            )
+        outputs = tuple(
+            None
+            if shapes[n] is None
+            else _tensors.restored(
+                x.new_empty(shapes[n]), _order_of(n, len(shapes[n]), order, rank)
+            )
+            for n in spec.returns
+        )
         return outputs if len(outputs) > 1 else outputs[0]
+
     return run
 
 
@@ -195,31 +220,42 @@ def _autograd(forward: Spec, backward: Spec):
 
     def backward_fn(ctx, dy, *_):
         needs = dict(zip(forward.tensors, ctx.needs_input_grad))
-        flags = {f"need_{n}": needs[n[1:]] for n in backward.optional_returns
-                 if f"need_{n}" in backward.params}
+        flags = {
+            f"need_{n}": needs[n[1:]]
+            for n in backward.optional_returns
+            if f"need_{n}" in backward.params
+        }
         if "need_dw" in backward.params:  # separable: one flag for all its parameters
             flags.setdefault("need_dw", any(needs[n] for n in forward.tensors if n != "x"))
         params = {**ctx.params, **flags}
         grads = backward_op(dy, *ctx.saved_tensors, *[params[n] for n in backward.params])
         grads = dict(zip(forward.op.grads, grads if isinstance(grads, tuple) else (grads,)))
-        return (*[grads.get(n) if needs[n] else None for n in forward.tensors],
-                *[None] * len(forward.params))
+        return (
+            *[grads.get(n) if needs[n] else None for n in forward.tensors],
+            *[None] * len(forward.params),
+        )
+
     return setup_context, backward_fn
 
 
 def _no_derivative(spec: Spec, why: str):
     """A setup_context that refuses inputs requiring grad (it runs only when one does)."""
+
     def setup_context(*, inputs, **_):
         names = [n for n, t in zip(spec.tensors, inputs) if t is not None and t.requires_grad]
-        raise RuntimeError(f"fastconv.torch.{spec.name} has no derivative ({why}), but "
-                           f"{', '.join(names)} requires grad; call it under torch.no_grad() "
-                           f"or on .detach()ed tensors")
+        raise RuntimeError(
+            f"fastconv.torch.{spec.name} has no derivative ({why}), but "
+            f"{', '.join(names)} requires grad; call it under torch.no_grad() "
+            f"or on .detach()ed tensors"
+        )
+
     return setup_context
 
 
 def _register(spec: Spec):
-    op = torch.library.custom_op(f"fastconv::{spec.name}", _kernel(spec), mutates_args=(),
-                                 schema=spec.schema())
+    op = torch.library.custom_op(
+        f"fastconv::{spec.name}", _kernel(spec), mutates_args=(), schema=spec.schema()
+    )
     op.register_fake(_fake(spec))
 
 
@@ -235,18 +271,23 @@ def _register_all():
         specs[forward.name] = forward
         if op.backward_args is None:
             torch.library.register_autograd(
-                f"fastconv::{forward.name}", _unused_backward,
-                setup_context=_no_derivative(forward, "fastconv has no backward for it"))
+                f"fastconv::{forward.name}",
+                _unused_backward,
+                setup_context=_no_derivative(forward, "fastconv has no backward for it"),
+            )
             continue
         backward = spec_of(op, backward=True)
         _register(backward)
         specs[backward.name] = backward
         setup_context, backward_fn = _autograd(forward, backward)
-        torch.library.register_autograd(f"fastconv::{forward.name}", backward_fn,
-                                        setup_context=setup_context)
         torch.library.register_autograd(
-            f"fastconv::{backward.name}", _unused_backward,
-            setup_context=_no_derivative(backward, "fastconv computes first derivatives only"))
+            f"fastconv::{forward.name}", backward_fn, setup_context=setup_context
+        )
+        torch.library.register_autograd(
+            f"fastconv::{backward.name}",
+            _unused_backward,
+            setup_context=_no_derivative(backward, "fastconv computes first derivatives only"),
+        )
     return specs
 
 
@@ -255,6 +296,7 @@ SPECS = _register_all()
 
 # ---------------------------------------------------------------------------------------
 # The functional API on tensors
+
 
 def _schema_values(spec: Spec, arguments: dict) -> dict:
     """Schema values of functional keywords: pairs as [h, w], padding as [top, bottom,
@@ -266,8 +308,11 @@ def _schema_values(spec: Spec, arguments: dict) -> dict:
         values["kernel_size"] = list(kernel)
     if "stride" in values:
         stride = values["stride"]
-        values["stride"] = list(kernel if stride is None and kernel is not None else
-                                _args.pair(stride, "stride", minimum=1))
+        values["stride"] = list(
+            kernel
+            if stride is None and kernel is not None
+            else _args.pair(stride, "stride", minimum=1)
+        )
     if "dilation" in values:
         values["dilation"] = list(_args.pair(values["dilation"], "dilation", minimum=1))
     if "padding" in values:
@@ -276,15 +321,20 @@ def _schema_values(spec: Spec, arguments: dict) -> dict:
             kernel = tuple(arguments.get("w", arguments.get("depthwise_w")).shape[-2:])
         # another rank: the operator reports it
         size = tuple(x.shape[2:]) if x.dim() == 4 else (1, 1)
-        values["padding"] = list(_args.padding4(values["padding"], size, kernel,
-                                                values["stride"], values.get("dilation", (1, 1))))
+        values["padding"] = list(
+            _args.padding4(
+                values["padding"], size, kernel, values["stride"], values.get("dilation", (1, 1))
+            )
+        )
     return values
 
 
 def _function(spec: Spec):
-    parameters = [p.replace(default=TORCH_DEFAULTS.get(p.name, p.default))
-                  for p in inspect.signature(spec.function).parameters.values()
-                  if p.name != "layout"]
+    parameters = [
+        p.replace(default=TORCH_DEFAULTS.get(p.name, p.default))
+        for p in inspect.signature(spec.function).parameters.values()
+        if p.name != "layout"
+    ]
     signature = inspect.Signature(parameters)
     operator = getattr(torch.ops.fastconv, spec.name).default
     positional = [p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD]
@@ -296,8 +346,11 @@ def _function(spec: Spec):
         # what signature.bind(...).arguments would hold, at a fraction of its cost per call
         arguments = dict(zip(positional, args))
         arguments.update(kwargs)
-        if (len(args) > len(positional) or len(arguments) < len(args) + len(kwargs)
-                or not required <= arguments.keys() <= names):
+        if (
+            len(args) > len(positional)
+            or len(arguments) < len(args) + len(kwargs)
+            or not required <= arguments.keys() <= names
+        ):
             signature.bind(*args, **kwargs)  # raises the TypeError of a bad call
         arguments = {**defaults, **arguments}
         values = _schema_values(spec, arguments)
@@ -305,9 +358,11 @@ def _function(spec: Spec):
 
     call.__name__ = call.__qualname__ = spec.name
     call.__signature__ = signature
-    call.__doc__ = (f"fastconv.{spec.name} on PyTorch tensors (torch.ops.fastconv.{spec.name}"
-                    f"{'' if spec.backward else ', differentiable'}); the layout is the memory "
-                    f"format of x.\n\n{inspect.getdoc(spec.function) or ''}")
+    call.__doc__ = (
+        f"fastconv.{spec.name} on PyTorch tensors (torch.ops.fastconv.{spec.name}"
+        f"{'' if spec.backward else ', differentiable'}); the layout is the memory "
+        f"format of x.\n\n{inspect.getdoc(spec.function) or ''}"
+    )
     return call
 
 

@@ -13,6 +13,7 @@ with `momentum` (a cumulative average when it is None) and `num_batches_tracked`
 the running statistics in eval mode. fastconv has no backward for the eval-mode formula, so
 an eval-mode call whose input or affine parameters require grad runs torch's batch_norm.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,9 +23,14 @@ from .library import FUNCTIONS as fc
 
 
 def _float32(module) -> str | None:
-    wrong = [f"{name} is {t.dtype}" for name, t in [*module.named_parameters(recurse=False),
-                                                    *module.named_buffers(recurse=False)]
-             if t.is_floating_point() and t.dtype != torch.float32]
+    wrong = [
+        f"{name} is {t.dtype}"
+        for name, t in [
+            *module.named_parameters(recurse=False),
+            *module.named_buffers(recurse=False),
+        ]
+        if t.is_floating_point() and t.dtype != torch.float32
+    ]
     return f"fastconv computes in float32 only ({', '.join(wrong)})" if wrong else None
 
 
@@ -37,14 +43,17 @@ class _Module:
     """The fastconv side of a swapped module: `unsupported(module)` says why fastconv
     cannot run a torch.nn module's configuration (None when it can), `fastconv_op` names the
     fastconv op that runs it."""
+
     fastconv_op: str
 
     def __init__(self, *args, **kwargs):  # torch.nn's arguments, then the check
         super().__init__(*args, **kwargs)
         why = self.unsupported(self)
         if why is not None:
-            raise ValueError(f"fastconv.torch.nn.{type(self).__name__}: {why}; use "
-                             f"torch.nn.{type(self).__name__}")
+            raise ValueError(
+                f"fastconv.torch.nn.{type(self).__name__}: {why}; use "
+                f"torch.nn.{type(self).__name__}"
+            )
 
     @classmethod
     def unsupported(cls, module) -> str | None:
@@ -70,8 +79,12 @@ class Conv2d(_Module, torch.nn.Conv2d):
     def fastconv_op(self):
         if self.groups > 1 and self.groups == self.in_channels:
             return "depthwise_conv2d"
-        if (self.kernel_size == (1, 1) and self.stride == (1, 1) and self.groups == 1
-                and _zero_padding(self.padding)):
+        if (
+            self.kernel_size == (1, 1)
+            and self.stride == (1, 1)
+            and self.groups == 1
+            and _zero_padding(self.padding)
+        ):
             return "pointwise_conv2d"
         return "conv2d"
 
@@ -90,16 +103,22 @@ class MaxPool2d(_Module, torch.nn.MaxPool2d):
 
     @classmethod
     def unsupported(cls, module):
-        for name, value, fine in [("dilation", module.dilation, 1),
-                                  ("return_indices", module.return_indices, False),
-                                  ("ceil_mode", module.ceil_mode, False)]:
+        for name, value, fine in [
+            ("dilation", module.dilation, 1),
+            ("return_indices", module.return_indices, False),
+            ("ceil_mode", module.ceil_mode, False),
+        ]:
             if value not in (fine, (fine, fine)):
                 return f"{name}={value!r} (fastconv's max pooling has {name}={fine!r} only)"
         return None
 
     def forward(self, x):
-        return _batched(lambda x: fc["max_pool2d"](x, self.kernel_size, stride=self.stride,
-                                                   padding=self.padding), x)
+        return _batched(
+            lambda x: fc["max_pool2d"](
+                x, self.kernel_size, stride=self.stride, padding=self.padding
+            ),
+            x,
+        )
 
 
 class AvgPool2d(_Module, torch.nn.AvgPool2d):
@@ -114,13 +133,21 @@ class AvgPool2d(_Module, torch.nn.AvgPool2d):
         return None
 
     def forward(self, x):
-        return _batched(lambda x: fc["avg_pool2d"](
-            x, self.kernel_size, stride=self.stride, padding=self.padding,
-            count_include_pad=self.count_include_pad), x)
+        return _batched(
+            lambda x: fc["avg_pool2d"](
+                x,
+                self.kernel_size,
+                stride=self.stride,
+                padding=self.padding,
+                count_include_pad=self.count_include_pad,
+            ),
+            x,
+        )
 
 
 class AdaptiveAvgPool2d(_Module, torch.nn.AdaptiveAvgPool2d):
     """Output size 1 only: fastconv's global average pooling."""
+
     fastconv_op = "global_avg_pool2d"
 
     @classmethod
@@ -135,6 +162,7 @@ class AdaptiveAvgPool2d(_Module, torch.nn.AdaptiveAvgPool2d):
 
 class BatchNorm2d(_Module, torch.nn.BatchNorm2d):
     """torch.nn.BatchNorm2d on fastconv's batch norm (see the module's docstring)."""
+
     fastconv_op = "batch_norm"
 
     @classmethod
@@ -145,32 +173,41 @@ class BatchNorm2d(_Module, torch.nn.BatchNorm2d):
         self._check_input_dim(x)
         if self.training or self.running_mean is None:
             return self._batch_statistics(x)
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                           for t in (x, self.weight, self.bias)):
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                                False, 0.0, self.eps)
-        return fc["batch_norm_inference"](x, self.running_mean, self.running_var, self.weight,
-                                          self.bias, eps=self.eps)
+        if torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, self.weight, self.bias)
+        ):
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        return fc["batch_norm_inference"](
+            x, self.running_mean, self.running_var, self.weight, self.bias, eps=self.eps
+        )
 
     def _batch_statistics(self, x):
         per_channel = x.numel() // x.shape[1]
         if per_channel < 2:  # torch's check: a batch variance needs two values
-            raise ValueError(f"Expected more than 1 value per channel when training, got "
-                             f"input size {x.size()}")
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got input size {x.size()}"
+            )
         y, mean, var = fc["batch_norm"](x, self.weight, self.bias, eps=self.eps)
         if self.training and self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
-                factor = (1.0 / self.num_batches_tracked if self.momentum is None
-                          else self.momentum)
+                factor = 1.0 / self.num_batches_tracked if self.momentum is None else self.momentum
                 self.running_mean.mul_(1 - factor).add_(factor * mean)
-                self.running_var.mul_(1 - factor).add_(factor * per_channel /
-                                                       (per_channel - 1) * var)
+                self.running_var.mul_(1 - factor).add_(
+                    factor * per_channel / (per_channel - 1) * var
+                )
         return y
 
 
-SWAPS = {torch.nn.Conv2d: Conv2d, torch.nn.MaxPool2d: MaxPool2d, torch.nn.AvgPool2d: AvgPool2d,
-         torch.nn.AdaptiveAvgPool2d: AdaptiveAvgPool2d, torch.nn.BatchNorm2d: BatchNorm2d}
+SWAPS = {
+    torch.nn.Conv2d: Conv2d,
+    torch.nn.MaxPool2d: MaxPool2d,
+    torch.nn.AvgPool2d: AvgPool2d,
+    torch.nn.AdaptiveAvgPool2d: AdaptiveAvgPool2d,
+    torch.nn.BatchNorm2d: BatchNorm2d,
+}
 
 
 def swap_modules(model: torch.nn.Module) -> dict:
