@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -13,7 +14,13 @@ def _import_with(env_isa):
     """(returncode, isa, reason, stderr) of a fresh interpreter importing fastconv."""
     env = dict(os.environ, FASTCONV_ISA=env_isa)
     code = "import fastconv; print(fastconv.isa()); print(fastconv._cpu.isa_reason())"
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tempfile.gettempdir(),
+    )  # away from a source checkout's fastconv/, which `-c` would put first on sys.path
     lines = done.stdout.splitlines() + ["", ""]
     return done.returncode, lines[0], lines[1], done.stderr
 

@@ -25,9 +25,11 @@ from fastconv.torch import _tensors, library  # noqa: E402
 F = torch.nn.functional
 
 
-def test_import_fastconv_does_not_import_torch():
+def test_import_fastconv_does_not_import_torch(tmp_path):
     code = "import sys, fastconv, fastconv.ops; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
+    )  # away from a source checkout's fastconv/
     assert out.stdout.strip() == "False"
 
 
