@@ -176,9 +176,8 @@ void forward_nchw(const ConvGeometry& g, const float* x, const float* w, const f
 // (padding reads a row of zeros): nothing of x is packed.
 //
 // Work items are runs of MR-pixel blocks. A tile runs its whole depth in registers and
-// stores each output once; for each output-channel sliver, its weights (K' x NR) stream
-// from L2 while the item's pixel blocks pass (blocking the taps measured no faster, even
-// where the weights outgrow L2). `g` may be a view in which one "tap" is a run of `depth`
+// stores each output once; the weights (K' x Mg) stream from L2 (blocking the taps so
+// that they stay in L1 or L2 measured no faster). `g` may be a view in which one "tap" is a run of `depth`
 // floats (see forward_nhwc), K' = taps * depth.
 void forward_nhwc_runs(const ConvGeometry& g, const float* x, const std::vector<Buffer>& packed,
                        int64_t depth, const float* bias, float* y) {
@@ -194,16 +193,16 @@ void forward_nhwc_runs(const ConvGeometry& g, const float* x, const std::vector<
     rows.resize(nb * taps * MR);
     for_tap_rows(g, x, grp * cg, zero_row(depth), b0 * MR, nb * MR,
                  [&](int64_t i, int64_t t, const float* row) { rows[(i / MR * taps + t) * MR + i % MR] = row; });
-    thread_local std::vector<const float*> panel;  // panel[t]: tap t's part of a B sliver
-    panel.resize(taps);
-    for (int64_t s = 0; s < slivers; ++s) {
-      for (int64_t t = 0; t < taps; ++t) panel[t] = packed[grp].data() + (s * K + t * depth) * NR;
-      for (int64_t blk = 0; blk < nb; ++blk) {
-        const int64_t p0 = (b0 + blk) * MR;
-        micro_tile_rows(taps, depth, rows.data() + blk * taps * MR, panel.data(),
+    thread_local std::vector<const float*> panel;  // panel[s * taps + t]: sliver s, tap t
+    panel.resize(slivers * taps);
+    for (int64_t s = 0; s < slivers; ++s)
+      for (int64_t t = 0; t < taps; ++t) panel[s * taps + t] = packed[grp].data() + (s * K + t * depth) * NR;
+    for (int64_t blk = 0; blk < nb; ++blk) {  // a block's rows stay in L1 across the slivers
+      const int64_t p0 = (b0 + blk) * MR;
+      for (int64_t s = 0; s < slivers; ++s)
+        micro_tile_rows(taps, depth, rows.data() + blk * taps * MR, panel.data() + s * taps,
                         y + p0 * g.c_out + grp * mg + s * NR, g.c_out, std::min(MR, pixels - p0),
                         std::min(NR, mg - s * NR), false);
-      }
     }
     if (bias)
       for (int64_t p = b0 * MR; p < std::min(pixels, (b0 + nb) * MR); ++p)
