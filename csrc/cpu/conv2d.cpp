@@ -63,6 +63,9 @@ void for_tap_rows(const ConvGeometry& g, const float* x, int64_t c0, const float
                   int64_t p0, int64_t count, Set&& set) {
   const int64_t taps = g.kh * g.kw, pixels = g.n * g.oh * g.ow;
   const int64_t reach_h = (g.kh - 1) * g.dil_h, reach_w = (g.kw - 1) * g.dil_w;
+  thread_local std::vector<int64_t> delta;  // tap t's distance from tap 0, inside the input
+  delta.resize(taps);
+  for (int64_t t = 0; t < taps; ++t) delta[t] = (t / g.kw * g.dil_h * g.w + t % g.kw * g.dil_w) * g.c_in;
   int64_t b = 0, oy = 0, ox = 0;  // pixel p0 + i, advanced one pixel at a time
   ConvGeometry::split_pixel(std::min(p0, pixels - 1), g.oh, g.ow, b, oy, ox);
   for (int64_t i = 0; i < count; ++i) {
@@ -71,8 +74,7 @@ void for_tap_rows(const ConvGeometry& g, const float* x, int64_t c0, const float
       for (int64_t t = 0; t < taps; ++t) set(i, t, zeros);
     } else if (iy >= 0 && iy + reach_h < g.h && ix >= 0 && ix + reach_w < g.w) {
       const float* first = x + ((b * g.h + iy) * g.w + ix) * g.c_in + c0;
-      for (int64_t t = 0; t < taps; ++t)
-        set(i, t, first + (t / g.kw * g.dil_h * g.w + t % g.kw * g.dil_w) * g.c_in);
+      for (int64_t t = 0; t < taps; ++t) set(i, t, first + delta[t]);
     } else {
       for (int64_t t = 0; t < taps; ++t) {
         const int64_t off = nhwc_tap(g, b, oy, ox, t / g.kw, t % g.kw, c0);
@@ -201,12 +203,10 @@ void forward_nhwc_runs(const ConvGeometry& g, const float* x, const std::vector<
       const int64_t p0 = (b0 + blk) * MR;
       for (int64_t s = 0; s < slivers; ++s)
         micro_tile_rows(taps, depth, rows.data() + blk * taps * MR, panel.data() + s * taps,
+                        bias ? bias + grp * mg + s * NR : nullptr,
                         y + p0 * g.c_out + grp * mg + s * NR, g.c_out, std::min(MR, pixels - p0),
-                        std::min(NR, mg - s * NR), false);
+                        std::min(NR, mg - s * NR));
     }
-    if (bias)
-      for (int64_t p = b0 * MR; p < std::min(pixels, (b0 + nb) * MR); ++p)
-        for (int64_t o = 0; o < mg; ++o) y[p * g.c_out + grp * mg + o] += bias[grp * mg + o];
   });
 }
 
@@ -510,6 +510,46 @@ void backward_weight_nhwc_packed(const ConvGeometry& g, const float* dy, const f
       for (int64_t t = 0; t < taps; ++t) dw[(o * cg + ci) * taps + t] = sum[o * K + t * cg + ci];
 }
 
+// NHWC weight gradient of a layer with few input channels (a first layer), whose C_in *
+// taps rows would fill a small part of a GEMM tile: every pixel adds its window's values
+// (tap, channel) times its dy row to the (tap, channel) rows of a per-thread partial, the
+// loops running along the output channels.
+void backward_weight_outer_products_nhwc(const ConvGeometry& g, const float* dy, const float* x,
+                               float* dw) {
+  const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
+  const int64_t rows = g.groups * taps * cg, pixels = g.n * g.oh * g.ow;
+  const int threads = num_threads();
+  std::vector<Buffer>& partial = zeroed_partials(threads, g.w_size());  // [grp][t][c][o]
+  parallel_threads(threads, [&](int t, int team) {
+    int64_t begin, end;
+    split_range(pixels, team, t, begin, end);
+    std::vector<const float*> window(taps);
+    float* part = partial[t].data();
+    for (int64_t p = begin; p < end; p += kPixelChunk) {
+      const int64_t pc = std::min(kPixelChunk, end - p);
+      for (int64_t grp = 0; grp < g.groups; ++grp)
+        for_tap_rows(g, x, grp * cg, zero_row(cg), p, pc, [&](int64_t i, int64_t tap, const float* r) {
+          window[tap] = r;
+          if (tap + 1 < taps) return;
+          const float* __restrict d = dy + (p + i) * g.c_out + grp * mg;
+          float* __restrict out = part + grp * taps * cg * mg;
+          for (int64_t k = 0; k < taps; ++k)
+            for (int64_t c = 0; c < cg; ++c, out += mg) {
+              const float v = window[k][c];
+              for (int64_t o = 0; o < mg; ++o) out[o] += v * d[o];
+            }
+        });
+    }
+  });
+  const float* sum = partial[0].data();
+  reduce_partials(partial, partial[0].data(), rows * mg);
+  for (int64_t grp = 0; grp < g.groups; ++grp)
+    for (int64_t o = 0; o < mg; ++o)
+      for (int64_t c = 0; c < cg; ++c)
+        for (int64_t tp = 0; tp < taps; ++tp)
+          dw[((grp * mg + o) * cg + c) * taps + tp] = sum[((grp * taps + tp) * cg + c) * mg + o];
+}
+
 // The weight gradient by algorithm `a`; Winograd falls back as in forward_by.
 void backward_weight_by(Algorithm a, const ConvGeometry& g, const float* dy, const float* x,
                         float* dw) {
@@ -522,6 +562,7 @@ void backward_weight_by(Algorithm a, const ConvGeometry& g, const float* dy, con
     case Algorithm::gemm_nchw: return backward_weight_nchw(g, dy, x, dw);
     case Algorithm::gemm_nhwc: return backward_weight_nhwc(g, dy, x, dw);
     case Algorithm::gemm_nhwc_packed: return backward_weight_nhwc_packed(g, dy, x, dw);
+    case Algorithm::outer_products_nhwc: return backward_weight_outer_products_nhwc(g, dy, x, dw);
     case Algorithm::depthwise_nchw:
     case Algorithm::depthwise_nhwc: return depthwise_conv2d_backward_weight(g, dy, x, dw);
     default: wrong_algorithm(a, "weight gradient");

@@ -34,6 +34,7 @@ const char* algorithm_name(Algorithm a) {
     case Algorithm::backward_input_as_forward: return "backward_input_as_forward";
     case Algorithm::col2im_nchw: return "col2im_nchw";
     case Algorithm::col2im_nhwc: return "col2im_nhwc";
+    case Algorithm::outer_products_nhwc: return "outer_products_nhwc";
     case Algorithm::depthwise_nchw: return "depthwise_nchw";
     case Algorithm::depthwise_nhwc: return "depthwise_nhwc";
   }
@@ -51,6 +52,11 @@ bool parse_direction(const std::string& name, Direction& d) {
 Algorithm select_direct_conv_algorithm(const ConvGeometry& g, Direction d, Isa isa) {
   const bool nhwc = g.channels_last != 0;
   if (is_depthwise(g)) return nhwc ? Algorithm::depthwise_nhwc : Algorithm::depthwise_nchw;
+  // A first layer's C_in * taps rows would leave the weight gradient's GEMM tiles mostly
+  // empty; loops along the output channels stay full (2x2 3->24 and 3x3 3->64, batch 128,
+  // 1 thread: 7.1 -> 4.8 and 21 -> 17 ms).
+  if (d == Direction::backward_weight && nhwc && g.cin_per_group() * g.kh * g.kw <= 32)
+    return Algorithm::outer_products_nhwc;
   // The in-place weight gradient reads NR input channels of one tap per tile column block.
   if (d == Direction::backward_weight && nhwc && g.cin_per_group() % gemm_tile(isa).nr != 0)
     return Algorithm::gemm_nhwc_packed;

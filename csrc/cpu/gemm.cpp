@@ -86,9 +86,17 @@ void micro_tile(int64_t k, const float* a, const float* b, float* c, int64_t ldc
 }
 
 void micro_tile_rows(int64_t taps, int64_t k, const float* const* rows, const float* const* b,
-                     float* c, int64_t ldc, int64_t mr, int64_t nr, bool accumulate) {
+                     const float* bias, float* c, int64_t ldc, int64_t mr, int64_t nr) {
   Tile acc;
   clear(acc);
+  if (bias)  // every row starts from the bias of its columns
+#pragma GCC unroll 4
+    for (int j = 0; j < kCols; ++j) {
+      const int64_t n = std::min<int64_t>(nr - j * Simd::kLanes, Simd::kLanes);
+      const V v = n <= 0 ? Simd::zero() : Simd::load_part(bias + j * Simd::kLanes, static_cast<int>(n));
+#pragma GCC unroll 16
+      for (int r = 0; r < MR; ++r) acc[r][j] = v;
+    }
   for (int64_t t = 0; t < taps; ++t) {
     const float* row[MR];
     for (int r = 0; r < MR; ++r) row[r] = rows[t * MR + r];
@@ -96,7 +104,7 @@ void micro_tile_rows(int64_t taps, int64_t k, const float* const* rows, const fl
     multiply_add(acc, k, [&row](int64_t p, int r) { return row[r][p]; },
                  [sliver](int64_t p) { return sliver + p * NR; });
   }
-  store(acc, c, ldc, mr, nr, accumulate);
+  store(acc, c, ldc, mr, nr, false);
 }
 
 void micro_tile_cols(int64_t k, const float* a, int64_t lda, const float* const* b_rows,
