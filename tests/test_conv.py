@@ -199,10 +199,11 @@ def test_winograd_matches_direct_and_reference(isa, layout, k, cin, cout, h, w, 
 
 def test_maps_smaller_than_a_winograd_tile(isa):
     """A 2x2 output map would use 4 of a tile's 16 outputs: the direct GEMM serves it. A 3x3
-    map (9 of 16) runs Winograd forward (and dx, a forward of dy) but a direct dw."""
+    map (9 of 16) runs Winograd forward (and dx, a forward of dy; not with AVX2) but a
+    direct dw."""
     rng = np.random.default_rng(7)
     wt = rand(rng, 32, 32, 3, 3)
-    for side, winograd_forward in [(2, False), (3, True)]:
+    for side, winograd_forward in [(2, False), (3, isa != "avx2")]:
         x = rand(rng, 64, 32, side, side)
         y = fastconv.conv2d(x, wt, padding=1)
         dy = rand(rng, *y.shape)
