@@ -1,5 +1,5 @@
 // Dense (and grouped) 2-D convolution on the CPU: forward, backward-input, backward-weight,
-// in NCHW and NHWC, all as packed GEMMs whose packers gather the im2col matrix on the fly.
+// in NCHW and NHWC, as GEMMs that never materialise the im2col matrix.
 //
 // Per group g (Cg = C_in/G input channels, Mg = C_out/G output channels, K = Cg*KH*KW,
 // P = OH*OW output pixels):
@@ -9,8 +9,10 @@
 //                     otherwise dcol = W^T dy, scattered back (col2im)
 //   backward weight   dW_g += dy[n, g] * col(x[n, g])^T, summed over images/pixels
 // K is ordered (ci, ky, kx) in NCHW and (ky, kx, ci) in NHWC (K'), so that the gather reads
-// contiguous memory in each layout. Which of these (or Winograd, or the depthwise kernels)
-// runs is select_conv_algorithm's choice (conv2d_algorithm.h).
+// contiguous memory in each layout. NCHW packs col(x) on the fly; NHWC reads each pixel's
+// Cg channels at every tap in place (micro_tile_rows / micro_tile_cols take row pointers).
+// Which of these (or Winograd, or the depthwise kernels) runs is select_conv_algorithm's
+// choice (conv2d_algorithm.h).
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
