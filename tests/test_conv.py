@@ -197,20 +197,29 @@ def test_winograd_matches_direct_and_reference(isa, layout, k, cin, cout, h, w, 
     assert not np.array_equal(dw, dw_direct), "expected the Winograd path to have run"
 
 
-def test_maps_smaller_than_a_winograd_tile_run_direct(isa):
-    """A 3x3 output map would use 9 of a tile's 16 outputs: the direct GEMM serves it."""
+def test_maps_smaller_than_a_winograd_tile(isa):
+    """A 2x2 output map would use 4 of a tile's 16 outputs: the direct GEMM serves it. A 3x3
+    map (9 of 16) runs Winograd forward (and dx, a forward of dy; not with AVX2) but a
+    direct dw."""
     rng = np.random.default_rng(7)
-    x, wt = rand(rng, 64, 32, 3, 3), rand(rng, 32, 32, 3, 3)
-    y = fastconv.conv2d(x, wt, padding=1)
-    dy = rand(rng, *y.shape)
-    grads = fastconv.conv2d_backward(dy, x, wt, padding=1)
-    fastconv._cpu.set_winograd(False)
-    try:
-        np.testing.assert_array_equal(y, fastconv.conv2d(x, wt, padding=1))
-        for a, b in zip(grads, fastconv.conv2d_backward(dy, x, wt, padding=1)):
-            np.testing.assert_array_equal(a, b)
-    finally:
-        fastconv._cpu.set_winograd(True)
+    wt = rand(rng, 32, 32, 3, 3)
+    for side, winograd_forward in [(2, False), (3, isa != "avx2")]:
+        x = rand(rng, 64, 32, side, side)
+        y = fastconv.conv2d(x, wt, padding=1)
+        dy = rand(rng, *y.shape)
+        dx, dw, _ = fastconv.conv2d_backward(dy, x, wt, padding=1)
+        fastconv._cpu.set_winograd(False)
+        try:
+            y_direct = fastconv.conv2d(x, wt, padding=1)
+            dx_direct, dw_direct, _ = fastconv.conv2d_backward(dy, x, wt, padding=1)
+        finally:
+            fastconv._cpu.set_winograd(True)
+        assert np.array_equal(y, y_direct) != winograd_forward
+        assert np.array_equal(dx, dx_direct) != winograd_forward
+        np.testing.assert_array_equal(dw, dw_direct)
+        want_dx, want_dw, _ = ref.conv2d_backward(dy, x, wt, padding=1)
+        for got, want in [(y, ref.conv2d(x, wt, padding=1)), (dx, want_dx), (dw, want_dw)]:
+            assert_close(got, want)
 
 
 def test_winograd_keeps_nan_local():
