@@ -449,15 +449,22 @@ void backward_weight_nchw(const ConvGeometry& g, const float* dy, const float* x
 // steps are the chunk's pixels: MR gradients from a zero-padded copy of the chunk's dy
 // (Mg rounded up to MR, so no read runs past it) and NR inputs at the pixel's tap row.
 // Needs C_g to be a multiple of NR, so that a sliver never straddles two taps.
+//
+// The threads split the pixels, each summing a partial dW that is then reduced, unless the
+// pixels are few for the size of dW (small maps, wide layers): then they split dW's column
+// blocks (tap, channel block) and each sums all the pixels into its own, with no partial to
+// zero and reduce. Either way every element sums its chunks in the same order.
 void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
   const int64_t K = cg * taps, pixels = g.n * g.oh * g.ow, ld = round_up(mg, MR);
-  const int64_t chunks = (pixels + kPixelChunk - 1) / kPixelChunk;
+  const int64_t chunks = (pixels + kPixelChunk - 1) / kPixelChunk, blocks = taps * (cg / NR);
   const int threads = num_threads();
-  std::vector<Buffer>& partial = zeroed_partials(threads, g.w_size());
+  const bool split_columns = chunks < 4 * threads && blocks >= 4 * threads;
+  std::vector<Buffer>& partial = zeroed_partials(split_columns ? 1 : threads, g.w_size());
   parallel_threads(threads, [&](int t, int team) {
-    int64_t begin, end;
-    split_range(chunks, team, t, begin, end);
+    int64_t begin, end, col_begin = 0, col_end = blocks;  // chunks; (tap, channel block)s
+    split_range(chunks, split_columns ? 1 : team, split_columns ? 0 : t, begin, end);
+    if (split_columns) split_range(blocks, team, t, col_begin, col_end);
     std::vector<float> grads(kPixelChunk * ld, 0.f);
     std::vector<const float*> rows(taps * kPixelChunk);  // rows[tap * chunk + pixel]
     for (int64_t chunk = begin; chunk < end; ++chunk) {
@@ -467,12 +474,13 @@ void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x
           std::memcpy(grads.data() + j * ld, dy + (p0 + j) * g.c_out + grp * mg, sizeof(float) * mg);
         for_tap_rows(g, x, grp * cg, zero_row(cg), p0, pc,
                      [&](int64_t i, int64_t tap, const float* row) { rows[tap * kPixelChunk + i] = row; });
-        float* out = partial[t].data() + grp * mg * K;
-        for (int64_t tap = 0; tap < taps; ++tap)
-          for (int64_t c0 = 0; c0 < cg; c0 += NR)
-            for (int64_t o0 = 0; o0 < mg; o0 += MR)
-              micro_tile_cols(pc, grads.data() + o0, ld, rows.data() + tap * kPixelChunk, c0,
-                              out + o0 * K + tap * cg + c0, K, std::min(MR, mg - o0), NR, true);
+        float* out = partial[split_columns ? 0 : t].data() + grp * mg * K;
+        for (int64_t col = col_begin; col < col_end; ++col) {
+          const int64_t tap = col / (cg / NR), c0 = col % (cg / NR) * NR;
+          for (int64_t o0 = 0; o0 < mg; o0 += MR)
+            micro_tile_cols(pc, grads.data() + o0, ld, rows.data() + tap * kPixelChunk, c0,
+                            out + o0 * K + tap * cg + c0, K, std::min(MR, mg - o0), NR, true);
+        }
       }
     }
   });
