@@ -69,6 +69,10 @@ __attribute__((always_inline)) inline void store(const Tile& acc, float* c, int6
       const int64_t n = std::min<int64_t>(nr - j * Simd::kLanes, Simd::kLanes);
       if (r >= mr || n <= 0) continue;
       float* o = c + r * ldc + j * Simd::kLanes;
+      if (n == Simd::kLanes) {
+        Simd::store(o, accumulate ? Simd::add(acc[r][j], Simd::load(o)) : acc[r][j]);
+        continue;
+      }
       const int lanes = static_cast<int>(n);
       Simd::store_part(o, accumulate ? Simd::add(acc[r][j], Simd::load_part(o, lanes)) : acc[r][j], lanes);
     }
@@ -93,7 +97,9 @@ void micro_tile_rows(int64_t taps, int64_t k, const float* const* rows, const fl
 #pragma GCC unroll 4
     for (int j = 0; j < kCols; ++j) {
       const int64_t n = std::min<int64_t>(nr - j * Simd::kLanes, Simd::kLanes);
-      const V v = n <= 0 ? Simd::zero() : Simd::load_part(bias + j * Simd::kLanes, static_cast<int>(n));
+      const V v = n <= 0            ? Simd::zero()
+                  : n == Simd::kLanes ? Simd::load(bias + j * Simd::kLanes)
+                                      : Simd::load_part(bias + j * Simd::kLanes, static_cast<int>(n));
 #pragma GCC unroll 16
       for (int r = 0; r < MR; ++r) acc[r][j] = v;
     }
