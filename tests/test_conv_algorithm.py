@@ -73,7 +73,10 @@ def test_bad_direction():
 
 
 def test_3x3_maps(isa):
-    """A 3x3 map: Winograd forward (and so dx, a forward of dy), direct weight gradient."""
+    """A 3x3 map: Winograd forward (and so dx, a forward of dy) except with AVX2, where the
+    direct GEMM measured faster; direct weight gradient."""
     x, w = (128, 256, 3, 3), (256, 256, 3, 3)
-    assert algorithm("forward", x, w, padding=1) == "winograd_f4x3"
+    assert algorithm("forward", x, w, padding=1) == (
+        "gemm_nchw" if isa == "avx2" else "winograd_f4x3"
+    )
     assert algorithm("backward_weight", x, w, padding=1) == "gemm_nchw"

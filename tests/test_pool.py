@@ -63,17 +63,20 @@ def test_nan_wins_max_and_min():
         ((1, 3), (2, 1), 0),
     ],
 )
-def test_nhwc_extreme_backward_special_values(isa, kind, kernel, stride, padding):
-    """Wide NHWC pixels (117 channels: every lane group width and the float tail, with AVX2
-    and SSE vectors) full of ties, signed zeros, infinities and NaNs, with windows apart,
-    tiling and overlapping: each gradient goes to the first extreme of its window, a NaN
-    counting as extreme."""
+@pytest.mark.parametrize("channels", [117, 133])
+def test_nhwc_extreme_backward_special_values(isa, kind, kernel, stride, padding, channels):
+    """Wide NHWC pixels (117 and 133 channels: every lane group width and the float tail,
+    with AVX-512, AVX2 and SSE vectors) full of ties, signed zeros, infinities and NaNs, with
+    windows apart, tiling and overlapping: the forward keeps the first extreme of a window
+    (a NaN counting as extreme, and -0 and +0 told apart), and each gradient goes to it."""
     rng = np.random.default_rng(11)
     values = np.array([-np.inf, -1, -0.0, 0.0, 1, np.inf, np.nan], np.float32)
-    x = rng.choice(values, size=(2, 7, 9, 117), p=[0.15, 0.2, 0.15, 0.15, 0.2, 0.1, 0.05])
+    x = rng.choice(values, size=(2, 7, 9, channels), p=[0.15, 0.2, 0.15, 0.15, 0.2, 0.1, 0.05])
     kw = dict(stride=stride, padding=padding, layout="NHWC")
     y = getattr(fastconv, f"{kind}_pool2d")(x, kernel, **kw)
-    np.testing.assert_array_equal(y, getattr(ref, f"{kind}_pool2d")(x, kernel, **kw))  # inf, NaN
+    want = getattr(ref, f"{kind}_pool2d")(x, kernel, **kw)
+    np.testing.assert_array_equal(y, want)  # inf, NaN
+    np.testing.assert_array_equal(np.signbit(y[y == 0]), np.signbit(want[want == 0]))
     dy = rand(rng, *y.shape)
     assert_close(
         getattr(fastconv, f"{kind}_pool2d_backward")(dy, x, kernel, **kw),

@@ -1,5 +1,5 @@
 // Dense (and grouped) 2-D convolution on the CPU: forward, backward-input, backward-weight,
-// in NCHW and NHWC, all as packed GEMMs whose packers gather the im2col matrix on the fly.
+// in NCHW and NHWC, as GEMMs that never materialise the im2col matrix.
 //
 // Per group g (Cg = C_in/G input channels, Mg = C_out/G output channels, K = Cg*KH*KW,
 // P = OH*OW output pixels):
@@ -9,8 +9,10 @@
 //                     otherwise dcol = W^T dy, scattered back (col2im)
 //   backward weight   dW_g += dy[n, g] * col(x[n, g])^T, summed over images/pixels
 // K is ordered (ci, ky, kx) in NCHW and (ky, kx, ci) in NHWC (K'), so that the gather reads
-// contiguous memory in each layout. Which of these (or Winograd, or the depthwise kernels)
-// runs is select_conv_algorithm's choice (conv2d_algorithm.h).
+// contiguous memory in each layout. NCHW packs col(x) on the fly; NHWC reads each pixel's
+// Cg channels at every tap in place (micro_tile_rows / micro_tile_cols take row pointers).
+// Which of these (or Winograd, or the depthwise kernels) runs is select_conv_algorithm's
+// choice (conv2d_algorithm.h).
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
@@ -63,6 +65,9 @@ void for_tap_rows(const ConvGeometry& g, const float* x, int64_t c0, const float
                   int64_t p0, int64_t count, Set&& set) {
   const int64_t taps = g.kh * g.kw, pixels = g.n * g.oh * g.ow;
   const int64_t reach_h = (g.kh - 1) * g.dil_h, reach_w = (g.kw - 1) * g.dil_w;
+  thread_local std::vector<int64_t> delta;  // tap t's distance from tap 0, inside the input
+  delta.resize(taps);
+  for (int64_t t = 0; t < taps; ++t) delta[t] = (t / g.kw * g.dil_h * g.w + t % g.kw * g.dil_w) * g.c_in;
   int64_t b = 0, oy = 0, ox = 0;  // pixel p0 + i, advanced one pixel at a time
   ConvGeometry::split_pixel(std::min(p0, pixels - 1), g.oh, g.ow, b, oy, ox);
   for (int64_t i = 0; i < count; ++i) {
@@ -71,8 +76,7 @@ void for_tap_rows(const ConvGeometry& g, const float* x, int64_t c0, const float
       for (int64_t t = 0; t < taps; ++t) set(i, t, zeros);
     } else if (iy >= 0 && iy + reach_h < g.h && ix >= 0 && ix + reach_w < g.w) {
       const float* first = x + ((b * g.h + iy) * g.w + ix) * g.c_in + c0;
-      for (int64_t t = 0; t < taps; ++t)
-        set(i, t, first + (t / g.kw * g.dil_h * g.w + t % g.kw * g.dil_w) * g.c_in);
+      for (int64_t t = 0; t < taps; ++t) set(i, t, first + delta[t]);
     } else {
       for (int64_t t = 0; t < taps; ++t) {
         const int64_t off = nhwc_tap(g, b, oy, ox, t / g.kw, t % g.kw, c0);
@@ -176,9 +180,8 @@ void forward_nchw(const ConvGeometry& g, const float* x, const float* w, const f
 // (padding reads a row of zeros): nothing of x is packed.
 //
 // Work items are runs of MR-pixel blocks. A tile runs its whole depth in registers and
-// stores each output once; for each output-channel sliver, its weights (K' x NR) stream
-// from L2 while the item's pixel blocks pass (blocking the taps measured no faster, even
-// where the weights outgrow L2). `g` may be a view in which one "tap" is a run of `depth`
+// stores each output once; the weights (K' x Mg) stream from L2 (blocking the taps so
+// that they stay in L1 or L2 measured no faster). `g` may be a view in which one "tap" is a run of `depth`
 // floats (see forward_nhwc), K' = taps * depth.
 void forward_nhwc_runs(const ConvGeometry& g, const float* x, const std::vector<Buffer>& packed,
                        int64_t depth, const float* bias, float* y) {
@@ -194,20 +197,18 @@ void forward_nhwc_runs(const ConvGeometry& g, const float* x, const std::vector<
     rows.resize(nb * taps * MR);
     for_tap_rows(g, x, grp * cg, zero_row(depth), b0 * MR, nb * MR,
                  [&](int64_t i, int64_t t, const float* row) { rows[(i / MR * taps + t) * MR + i % MR] = row; });
-    thread_local std::vector<const float*> panel;  // panel[t]: tap t's part of a B sliver
-    panel.resize(taps);
-    for (int64_t s = 0; s < slivers; ++s) {
-      for (int64_t t = 0; t < taps; ++t) panel[t] = packed[grp].data() + (s * K + t * depth) * NR;
-      for (int64_t blk = 0; blk < nb; ++blk) {
-        const int64_t p0 = (b0 + blk) * MR;
-        micro_tile_rows(taps, depth, rows.data() + blk * taps * MR, panel.data(),
+    thread_local std::vector<const float*> panel;  // panel[s * taps + t]: sliver s, tap t
+    panel.resize(slivers * taps);
+    for (int64_t s = 0; s < slivers; ++s)
+      for (int64_t t = 0; t < taps; ++t) panel[s * taps + t] = packed[grp].data() + (s * K + t * depth) * NR;
+    for (int64_t blk = 0; blk < nb; ++blk) {  // a block's rows stay in L1 across the slivers
+      const int64_t p0 = (b0 + blk) * MR;
+      for (int64_t s = 0; s < slivers; ++s)
+        micro_tile_rows(taps, depth, rows.data() + blk * taps * MR, panel.data() + s * taps,
+                        bias ? bias + grp * mg + s * NR : nullptr,
                         y + p0 * g.c_out + grp * mg + s * NR, g.c_out, std::min(MR, pixels - p0),
-                        std::min(NR, mg - s * NR), false);
-      }
+                        std::min(NR, mg - s * NR));
     }
-    if (bias)
-      for (int64_t p = b0 * MR; p < std::min(pixels, (b0 + nb) * MR); ++p)
-        for (int64_t o = 0; o < mg; ++o) y[p * g.c_out + grp * mg + o] += bias[grp * mg + o];
   });
 }
 
@@ -448,15 +449,22 @@ void backward_weight_nchw(const ConvGeometry& g, const float* dy, const float* x
 // steps are the chunk's pixels: MR gradients from a zero-padded copy of the chunk's dy
 // (Mg rounded up to MR, so no read runs past it) and NR inputs at the pixel's tap row.
 // Needs C_g to be a multiple of NR, so that a sliver never straddles two taps.
+//
+// The threads split the pixels, each summing a partial dW that is then reduced, unless the
+// pixels are few for the size of dW (small maps, wide layers): then they split dW's column
+// blocks (tap, channel block) and each sums all the pixels into its own, with no partial to
+// zero and reduce. Either way every element sums its chunks in the same order.
 void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
   const int64_t K = cg * taps, pixels = g.n * g.oh * g.ow, ld = round_up(mg, MR);
-  const int64_t chunks = (pixels + kPixelChunk - 1) / kPixelChunk;
+  const int64_t chunks = (pixels + kPixelChunk - 1) / kPixelChunk, blocks = taps * (cg / NR);
   const int threads = num_threads();
-  std::vector<Buffer>& partial = zeroed_partials(threads, g.w_size());
+  const bool split_columns = chunks < 4 * threads && blocks >= 4 * threads;
+  std::vector<Buffer>& partial = zeroed_partials(split_columns ? 1 : threads, g.w_size());
   parallel_threads(threads, [&](int t, int team) {
-    int64_t begin, end;
-    split_range(chunks, team, t, begin, end);
+    int64_t begin, end, col_begin = 0, col_end = blocks;  // chunks; (tap, channel block)s
+    split_range(chunks, split_columns ? 1 : team, split_columns ? 0 : t, begin, end);
+    if (split_columns) split_range(blocks, team, t, col_begin, col_end);
     std::vector<float> grads(kPixelChunk * ld, 0.f);
     std::vector<const float*> rows(taps * kPixelChunk);  // rows[tap * chunk + pixel]
     for (int64_t chunk = begin; chunk < end; ++chunk) {
@@ -466,12 +474,13 @@ void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x
           std::memcpy(grads.data() + j * ld, dy + (p0 + j) * g.c_out + grp * mg, sizeof(float) * mg);
         for_tap_rows(g, x, grp * cg, zero_row(cg), p0, pc,
                      [&](int64_t i, int64_t tap, const float* row) { rows[tap * kPixelChunk + i] = row; });
-        float* out = partial[t].data() + grp * mg * K;
-        for (int64_t tap = 0; tap < taps; ++tap)
-          for (int64_t c0 = 0; c0 < cg; c0 += NR)
-            for (int64_t o0 = 0; o0 < mg; o0 += MR)
-              micro_tile_cols(pc, grads.data() + o0, ld, rows.data() + tap * kPixelChunk, c0,
-                              out + o0 * K + tap * cg + c0, K, std::min(MR, mg - o0), NR, true);
+        float* out = partial[split_columns ? 0 : t].data() + grp * mg * K;
+        for (int64_t col = col_begin; col < col_end; ++col) {
+          const int64_t tap = col / (cg / NR), c0 = col % (cg / NR) * NR;
+          for (int64_t o0 = 0; o0 < mg; o0 += MR)
+            micro_tile_cols(pc, grads.data() + o0, ld, rows.data() + tap * kPixelChunk, c0,
+                            out + o0 * K + tap * cg + c0, K, std::min(MR, mg - o0), NR, true);
+        }
       }
     }
   });
@@ -511,6 +520,46 @@ void backward_weight_nhwc_packed(const ConvGeometry& g, const float* dy, const f
       for (int64_t t = 0; t < taps; ++t) dw[(o * cg + ci) * taps + t] = sum[o * K + t * cg + ci];
 }
 
+// NHWC weight gradient of a layer with few input channels (a first layer), whose C_in *
+// taps rows would fill a small part of a GEMM tile: every pixel adds its window's values
+// (tap, channel) times its dy row to the (tap, channel) rows of a per-thread partial, the
+// loops running along the output channels.
+void backward_weight_outer_products_nhwc(const ConvGeometry& g, const float* dy, const float* x,
+                               float* dw) {
+  const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
+  const int64_t rows = g.groups * taps * cg, pixels = g.n * g.oh * g.ow;
+  const int threads = num_threads();
+  std::vector<Buffer>& partial = zeroed_partials(threads, g.w_size());  // [grp][t][c][o]
+  parallel_threads(threads, [&](int t, int team) {
+    int64_t begin, end;
+    split_range(pixels, team, t, begin, end);
+    std::vector<const float*> window(taps);
+    float* part = partial[t].data();
+    for (int64_t p = begin; p < end; p += kPixelChunk) {
+      const int64_t pc = std::min(kPixelChunk, end - p);
+      for (int64_t grp = 0; grp < g.groups; ++grp)
+        for_tap_rows(g, x, grp * cg, zero_row(cg), p, pc, [&](int64_t i, int64_t tap, const float* r) {
+          window[tap] = r;
+          if (tap + 1 < taps) return;
+          const float* __restrict d = dy + (p + i) * g.c_out + grp * mg;
+          float* __restrict out = part + grp * taps * cg * mg;
+          for (int64_t k = 0; k < taps; ++k)
+            for (int64_t c = 0; c < cg; ++c, out += mg) {
+              const float v = window[k][c];
+              for (int64_t o = 0; o < mg; ++o) out[o] += v * d[o];
+            }
+        });
+    }
+  });
+  const float* sum = partial[0].data();
+  reduce_partials(partial, partial[0].data(), rows * mg);
+  for (int64_t grp = 0; grp < g.groups; ++grp)
+    for (int64_t o = 0; o < mg; ++o)
+      for (int64_t c = 0; c < cg; ++c)
+        for (int64_t tp = 0; tp < taps; ++tp)
+          dw[((grp * mg + o) * cg + c) * taps + tp] = sum[((grp * taps + tp) * cg + c) * mg + o];
+}
+
 // The weight gradient by algorithm `a`; Winograd falls back as in forward_by.
 void backward_weight_by(Algorithm a, const ConvGeometry& g, const float* dy, const float* x,
                         float* dw) {
@@ -523,6 +572,7 @@ void backward_weight_by(Algorithm a, const ConvGeometry& g, const float* dy, con
     case Algorithm::gemm_nchw: return backward_weight_nchw(g, dy, x, dw);
     case Algorithm::gemm_nhwc: return backward_weight_nhwc(g, dy, x, dw);
     case Algorithm::gemm_nhwc_packed: return backward_weight_nhwc_packed(g, dy, x, dw);
+    case Algorithm::outer_products_nhwc: return backward_weight_outer_products_nhwc(g, dy, x, dw);
     case Algorithm::depthwise_nchw:
     case Algorithm::depthwise_nhwc: return depthwise_conv2d_backward_weight(g, dy, x, dw);
     default: wrong_algorithm(a, "weight gradient");

@@ -11,12 +11,15 @@ bool is_depthwise(const ConvGeometry& g) { return g.groups > 1 && g.groups == g.
 // Winograd applies to stride-1, undilated, ungrouped layers: F(4x4, 3x3) to 3x3 kernels,
 // F(2x2, 5x5) to 5x5 ones. It needs enough tiles to pay for transforming the weights and
 // enough channels to fill the GEMMs. A 3x3 map uses 9 of an F(4x4, 3x3) tile's 16 outputs:
-// the forward still does 36 multiplies where the direct sum does 81, but the weight
-// gradient measured faster direct (256->256 @3x3, batch 128, 1 thread: forward 10.6 vs
-// 12.7 ms, weight gradient 19.4 vs 14.7 ms).
-bool winograd_applies(const ConvGeometry& g, Direction d, int64_t tile) {
+// the forward still does 36 multiplies where the direct sum does 81 and measured faster
+// with AVX-512 and the portable build, not with AVX2; the weight gradient measured faster
+// direct (256->256 @3x3, batch 128, forward Winograd vs direct: AVX-512 1 thread 11.5 vs
+// 13.0 ms, 2 threads 6.3 vs 7.2; AVX2 1 thread 17.1 vs 15.2; portable 35.5 vs 53.1;
+// AVX-512 weight gradient, 1 thread, 19.4 vs 14.7).
+bool winograd_applies(const ConvGeometry& g, Direction d, int64_t tile, Isa isa) {
   const int64_t tiles = g.n * ((g.oh + tile - 1) / tile) * ((g.ow + tile - 1) / tile);
-  const int64_t smallest_map = d == Direction::forward ? std::min<int64_t>(3, tile) : tile;
+  const bool partial_tiles = d == Direction::forward && isa != Isa::avx2;
+  const int64_t smallest_map = partial_tiles ? std::min<int64_t>(3, tile) : tile;
   return d != Direction::backward_input && g.stride_h == 1 && g.stride_w == 1 &&
          g.dil_h == 1 && g.dil_w == 1 && g.groups == 1 && g.c_in >= 16 && g.c_out >= 16 &&
          tiles >= 64 && g.oh >= smallest_map && g.ow >= smallest_map;
@@ -34,6 +37,7 @@ const char* algorithm_name(Algorithm a) {
     case Algorithm::backward_input_as_forward: return "backward_input_as_forward";
     case Algorithm::col2im_nchw: return "col2im_nchw";
     case Algorithm::col2im_nhwc: return "col2im_nhwc";
+    case Algorithm::outer_products_nhwc: return "outer_products_nhwc";
     case Algorithm::depthwise_nchw: return "depthwise_nchw";
     case Algorithm::depthwise_nhwc: return "depthwise_nhwc";
   }
@@ -51,6 +55,11 @@ bool parse_direction(const std::string& name, Direction& d) {
 Algorithm select_direct_conv_algorithm(const ConvGeometry& g, Direction d, Isa isa) {
   const bool nhwc = g.channels_last != 0;
   if (is_depthwise(g)) return nhwc ? Algorithm::depthwise_nhwc : Algorithm::depthwise_nchw;
+  // A first layer's C_in * taps rows would leave the weight gradient's GEMM tiles mostly
+  // empty; loops along the output channels stay full (2x2 3->24 and 3x3 3->64, batch 128,
+  // 1 thread: 7.1 -> 4.8 and 21 -> 17 ms).
+  if (d == Direction::backward_weight && nhwc && g.cin_per_group() * g.kh * g.kw <= 32)
+    return Algorithm::outer_products_nhwc;
   // The in-place weight gradient reads NR input channels of one tap per tile column block.
   if (d == Direction::backward_weight && nhwc && g.cin_per_group() % gemm_tile(isa).nr != 0)
     return Algorithm::gemm_nhwc_packed;
@@ -65,9 +74,9 @@ Algorithm select_direct_conv_algorithm(const ConvGeometry& g, Direction d, Isa i
 }
 
 Algorithm select_conv_algorithm(const ConvGeometry& g, Direction d, Isa isa) {
-  if (winograd_enabled() && g.kh == 3 && g.kw == 3 && winograd_applies(g, d, 4))
+  if (winograd_enabled() && g.kh == 3 && g.kw == 3 && winograd_applies(g, d, 4, isa))
     return Algorithm::winograd_f4x3;
-  if (winograd_enabled() && g.kh == 5 && g.kw == 5 && winograd_applies(g, d, 2))
+  if (winograd_enabled() && g.kh == 5 && g.kw == 5 && winograd_applies(g, d, 2, isa))
     return Algorithm::winograd_f2x5;
   return select_direct_conv_algorithm(g, d, isa);
 }

@@ -132,31 +132,37 @@ void backward_input_nchw(const ConvGeometry& g, const float* dy, const float* w,
 }
 
 // NHWC dx by gathering: input pixel (iy, ix) collects every output whose window covers it,
-// so rows are independent and can run in parallel.
+// so rows are independent and can run in parallel; with M = 1 each lane group of channels
+// sums them in registers.
 void backward_input_nhwc(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
-  const int64_t mult = g.c_out / g.c_in;
+  const int64_t mult = g.c_out / g.c_in, taps = g.kh * g.kw;
   const std::vector<float> wt = tap_major(g, w);
   parallel_for(g.n * g.h, [&](int64_t row) {
     const int64_t b = row / g.h, iy = row % g.h;
-    std::vector<float> acc(g.c_in);
+    std::vector<const float*> grad(taps), wv(taps);  // the outputs reaching a pixel, weights
+    std::vector<float> acc(mult == 1 ? 0 : g.c_in);
     for (int64_t ix = 0; ix < g.w; ++ix) {
-      std::fill(acc.begin(), acc.end(), 0.f);
+      int64_t n = 0;
       for (int64_t ky = 0; ky < g.kh; ++ky) {
-        const int64_t ny = iy + g.pad_top - ky * g.dil_h;  // = oy * stride_h
-        if (ny < 0 || ny % g.stride_h || ny / g.stride_h >= g.oh) continue;
-        for (int64_t kx = 0; kx < g.kw; ++kx) {
-          const int64_t nx = ix + g.pad_left - kx * g.dil_w;
-          if (nx < 0 || nx % g.stride_w || nx / g.stride_w >= g.ow) continue;
-          const float* grad = dy + ((b * g.oh + ny / g.stride_h) * g.ow + nx / g.stride_w) * g.c_out;
-          const float* wv = wt.data() + (ky * g.kw + kx) * g.c_out;
-          if (mult == 1) {
-            for (int64_t c = 0; c < g.c_in; ++c) acc[c] += grad[c] * wv[c];
-          } else {
-            for (int64_t o = 0; o < g.c_out; ++o) acc[o / mult] += grad[o] * wv[o];
-          }
+        const int64_t oy = g.out_row(iy, ky);
+        for (int64_t kx = 0; kx < g.kw && oy >= 0; ++kx) {
+          const int64_t ox = g.out_col(ix, kx);
+          if (ox < 0) continue;
+          grad[n] = dy + ((b * g.oh + oy) * g.ow + ox) * g.c_out;
+          wv[n++] = wt.data() + (ky * g.kw + kx) * g.c_out;
         }
       }
-      std::memcpy(dx + ((b * g.h + iy) * g.w + ix) * g.c_in, acc.data(), sizeof(float) * g.c_in);
+      float* out = dx + ((b * g.h + iy) * g.w + ix) * g.c_in;
+      if (mult == 1) {
+        for_lane_groups(g.c_in, [&](auto lanes, int64_t c) {
+          window_sum(lanes, n, grad.data(), wv.data(), nullptr, c, out);
+        });
+        continue;
+      }
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t o = 0; o < g.c_out; ++o) acc[o / mult] += grad[t][o] * wv[t][o];
+      std::memcpy(out, acc.data(), sizeof(float) * g.c_in);
     }
   });
 }
@@ -186,6 +192,20 @@ void backward_weight_nchw(const ConvGeometry& g, const float* dy, const float* x
   });
 }
 
+// s[0, group width) += sum over i < n of a[i * a_step + ..] * b[i * b_step + ..], the sums
+// held in the group's K registers.
+template <class V, int K>
+inline void row_dot(LaneGroup<V, K> lanes, int64_t n, const float* a, int64_t a_step,
+                    const float* b, int64_t b_step, float* s) {
+  V acc[K] = {};
+  for (int64_t i = 0; i < n; ++i, a += a_step, b += b_step)
+    for (int k = 0; k < K; ++k)
+      acc[k] += load<V>(a + k * lanes.kStep) * load<V>(b + k * lanes.kStep);
+  for (int k = 0; k < K; ++k) store(s + k * lanes.kStep, load<V>(s + k * lanes.kStep) + acc[k]);
+}
+
+// NHWC weight gradient, one output row at a time: for each tap, each lane group of
+// channels sums the row's products in registers before adding them to the row's sums.
 void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
   const int64_t mult = g.c_out / g.c_in, taps = g.kh * g.kw, rows = g.n * g.oh;
   const int threads = num_threads();
@@ -199,15 +219,16 @@ void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x
       for_valid_taps(g, oy, [&](int64_t ky, int64_t kx, int64_t iy, int64_t lo, int64_t hi,
                                 int64_t ix) {
         float* s = sums.data() + (ky * g.kw + kx) * g.c_out;
-        for (int64_t ox = lo; ox < hi; ++ox) {
-          const float* grad = dy + ((b * g.oh + oy) * g.ow + ox) * g.c_out;
-          const float* px = x + ((b * g.h + iy) * g.w + ix + (ox - lo) * g.stride_w) * g.c_in;
-          if (mult == 1) {
-            for (int64_t c = 0; c < g.c_out; ++c) s[c] += grad[c] * px[c];
-          } else {
-            for (int64_t o = 0; o < g.c_out; ++o) s[o] += grad[o] * px[o / mult];
-          }
+        const float* grad = dy + ((b * g.oh + oy) * g.ow + lo) * g.c_out;
+        const float* px = x + ((b * g.h + iy) * g.w + ix) * g.c_in;
+        if (mult == 1) {
+          for_lane_groups(g.c_out, [&](auto lanes, int64_t c) {
+            row_dot(lanes, hi - lo, grad + c, g.c_out, px + c, g.stride_w * g.c_in, s + c);
+          });
+          return;
         }
+        for (int64_t ox = lo; ox < hi; ++ox, grad += g.c_out, px += g.stride_w * g.c_in)
+          for (int64_t o = 0; o < g.c_out; ++o) s[o] += grad[o] * px[o / mult];
       });
       for (int64_t i = 0; i < taps * g.c_out; ++i) partial[t][i] += sums[i];
     }

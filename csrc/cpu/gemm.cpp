@@ -69,6 +69,10 @@ __attribute__((always_inline)) inline void store(const Tile& acc, float* c, int6
       const int64_t n = std::min<int64_t>(nr - j * Simd::kLanes, Simd::kLanes);
       if (r >= mr || n <= 0) continue;
       float* o = c + r * ldc + j * Simd::kLanes;
+      if (n == Simd::kLanes) {
+        Simd::store(o, accumulate ? Simd::add(acc[r][j], Simd::load(o)) : acc[r][j]);
+        continue;
+      }
       const int lanes = static_cast<int>(n);
       Simd::store_part(o, accumulate ? Simd::add(acc[r][j], Simd::load_part(o, lanes)) : acc[r][j], lanes);
     }
@@ -86,9 +90,19 @@ void micro_tile(int64_t k, const float* a, const float* b, float* c, int64_t ldc
 }
 
 void micro_tile_rows(int64_t taps, int64_t k, const float* const* rows, const float* const* b,
-                     float* c, int64_t ldc, int64_t mr, int64_t nr, bool accumulate) {
+                     const float* bias, float* c, int64_t ldc, int64_t mr, int64_t nr) {
   Tile acc;
   clear(acc);
+  if (bias)  // every row starts from the bias of its columns
+#pragma GCC unroll 4
+    for (int j = 0; j < kCols; ++j) {
+      const int64_t n = std::min<int64_t>(nr - j * Simd::kLanes, Simd::kLanes);
+      const V v = n <= 0            ? Simd::zero()
+                  : n == Simd::kLanes ? Simd::load(bias + j * Simd::kLanes)
+                                      : Simd::load_part(bias + j * Simd::kLanes, static_cast<int>(n));
+#pragma GCC unroll 16
+      for (int r = 0; r < MR; ++r) acc[r][j] = v;
+    }
   for (int64_t t = 0; t < taps; ++t) {
     const float* row[MR];
     for (int r = 0; r < MR; ++r) row[r] = rows[t * MR + r];
@@ -96,7 +110,7 @@ void micro_tile_rows(int64_t taps, int64_t k, const float* const* rows, const fl
     multiply_add(acc, k, [&row](int64_t p, int r) { return row[r][p]; },
                  [sliver](int64_t p) { return sliver + p * NR; });
   }
-  store(acc, c, ldc, mr, nr, accumulate);
+  store(acc, c, ldc, mr, nr, false);
 }
 
 void micro_tile_cols(int64_t k, const float* a, int64_t lda, const float* const* b_rows,

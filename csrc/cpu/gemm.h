@@ -60,12 +60,13 @@ void micro_tile(int64_t k, const float* a, const float* b, float* c, int64_t ldc
                 int64_t mr, int64_t nr, bool accumulate);
 
 // The same tile with A given by row pointers instead of a packed sliver, summed over `taps`
-// parts: C[mr x nr] (+)= sum over t < taps of A_t (MR x k) * B_t (k x NR), where row r of
-// A_t is the k contiguous floats at rows[t * MR + r] (rows past mr may point anywhere
-// readable, zeros say) and B_t is the NR-sliver at b[t]. A convolution's taps are the
-// parts: each row is a pixel's input channels at one tap, so nothing is packed.
+// parts: C[mr x nr] = bias + sum over t < taps of A_t (MR x k) * B_t (k x NR), where row r
+// of A_t is the k contiguous floats at rows[t * MR + r] (rows past mr may point anywhere
+// readable, zeros say), B_t is the NR-sliver at b[t] and bias (nr floats, or null for 0)
+// is added to every row. A convolution's taps are the parts: each row is a pixel's input
+// channels at one tap, so nothing is packed.
 void micro_tile_rows(int64_t taps, int64_t k, const float* const* rows, const float* const* b,
-                     float* c, int64_t ldc, int64_t mr, int64_t nr, bool accumulate);
+                     const float* bias, float* c, int64_t ldc, int64_t mr, int64_t nr);
 
 // The tile with both operands in place, for sums over pixels (weight gradients):
 // C[mr x nr] (+)= sum over p < k of a[p * lda + r] * b_rows[p][b_offset + j], i.e. A's

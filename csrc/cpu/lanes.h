@@ -7,6 +7,9 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
 
 namespace fastconv::cpu::FASTCONV_ISA {
 
@@ -51,6 +54,45 @@ inline V load(const float* p) {
 }
 template <class V>
 inline void store(float* p, V v) { std::memcpy(p, &v, sizeof v); }
+// b > a ? b : a per lane for kind max (b < a ? b : a for min), i.e. a where they are equal
+// or either is NaN: one x86 MAXPS / MINPS, where the compares and select the expression
+// compiles to cost a chain of mask-register operations in the AVX-512 build.
+template <bool kMax, class V>
+inline V extreme_or_first(V a, V b) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if constexpr (sizeof(V) == 64) {
+#if defined(__AVX512F__)
+    const __m512 r = kMax ? _mm512_max_ps(reinterpret_cast<__m512>(b), reinterpret_cast<__m512>(a))
+                          : _mm512_min_ps(reinterpret_cast<__m512>(b), reinterpret_cast<__m512>(a));
+    return reinterpret_cast<V>(r);
+#endif
+  } else if constexpr (sizeof(V) == 32) {
+#if defined(__AVX__)
+    const __m256 r = kMax ? _mm256_max_ps(reinterpret_cast<__m256>(b), reinterpret_cast<__m256>(a))
+                          : _mm256_min_ps(reinterpret_cast<__m256>(b), reinterpret_cast<__m256>(a));
+    return reinterpret_cast<V>(r);
+#endif
+  } else if constexpr (sizeof(V) == 16) {
+    const __m128 r = kMax ? _mm_max_ps(reinterpret_cast<__m128>(b), reinterpret_cast<__m128>(a))
+                          : _mm_min_ps(reinterpret_cast<__m128>(b), reinterpret_cast<__m128>(a));
+    return reinterpret_cast<V>(r);
+  }
+#endif
+  return kMax ? (b > a ? b : a) : (b < a ? b : a);
+}
+
+// Is any lane of a comparison's result set (a bool for single floats)?
+template <class M>
+inline bool any_lane(M m) {
+  if constexpr (std::is_same_v<M, bool>) {
+    return m;
+  } else {
+    bool any = false;
+    for (int64_t i = 0; i < static_cast<int64_t>(sizeof(M) / sizeof(m[0])); ++i) any |= m[i] != 0;
+    return any;
+  }
+}
+
 template <class V>
 inline V splat(float f) {  // every lane f (V{} + f would turn -0 into +0)
   if constexpr (std::is_same_v<V, float>) {

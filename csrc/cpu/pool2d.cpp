@@ -160,15 +160,31 @@ inline void forward_lanes(LaneGroup<V, K> lanes, const PoolGeometry& g, const Ce
                           const float* x, float* y) {
   V acc[K];
   for (int k = 0; k < K; ++k) acc[k] = splat<V>(identity<kind>());
-  w.each([&](int64_t at, bool) {
-    for (int k = 0; k < K; ++k) {
-      const V v = load<V>(x + at + k * lanes.kStep);
-      if constexpr (is_extreme<kind>())
-        acc[k] = PoolGeometry::replaces(kind, v, acc[k]) ? v : acc[k];
-      else
-        acc[k] = acc[k] + v;
+  if constexpr (is_extreme<kind>()) {
+    // MAXPS / MINPS keep the first of equal values, as `replaces` does, but pass over NaN;
+    // a group whose window holds a NaN is redone by the rule (a NaN wins).
+    decltype(V{} != V{}) nan{};  // the lanes that met a NaN, in any of the K registers
+    w.each([&](int64_t at, bool) {
+      for (int k = 0; k < K; ++k) {
+        const V v = load<V>(x + at + k * lanes.kStep);
+        acc[k] = extreme_or_first<kind == PoolKind::kMax>(acc[k], v);
+        nan |= v != v;
+      }
+    });
+    if (any_lane(nan)) {
+      for (int k = 0; k < K; ++k) acc[k] = splat<V>(identity<kind>());
+      w.each([&](int64_t at, bool) {
+        for (int k = 0; k < K; ++k) {
+          const V v = load<V>(x + at + k * lanes.kStep);
+          acc[k] = PoolGeometry::replaces(kind, v, acc[k]) ? v : acc[k];
+        }
+      });
     }
-  });
+  } else {
+    w.each([&](int64_t at, bool) {
+      for (int k = 0; k < K; ++k) acc[k] = acc[k] + load<V>(x + at + k * lanes.kStep);
+    });
+  }
   const V scale = splat<V>(kind == PoolKind::kAvg ? 1.f / g.avg_divisor(w.count()) : 1.f);
   for (int k = 0; k < K; ++k)
     store(y + k * lanes.kStep, kind == PoolKind::kAvg ? acc[k] * scale : acc[k]);

@@ -46,10 +46,16 @@ struct Simd {
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
-  static V load_part(const float* p, int n) { return _mm256_maskload_ps(p, mask(n)); }
-  static void store_part(float* p, V v, int n) { _mm256_maskstore_ps(p, mask(n), v); }
-  static __m256i mask(int n) {  // lane i is on when i < n
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  // Through memory rather than VMASKMOVPS, whose stores are slow on AMD cores.
+  static V load_part(const float* p, int n) {
+    alignas(32) float lanes[kLanes] = {};
+    std::memcpy(lanes, p, sizeof(float) * n);
+    return _mm256_load_ps(lanes);
+  }
+  static void store_part(float* p, V v, int n) {
+    alignas(32) float lanes[kLanes];
+    _mm256_store_ps(lanes, v);
+    std::memcpy(p, lanes, sizeof(float) * n);
   }
 #else
   typedef float V __attribute__((vector_size(16)));
