@@ -2,8 +2,8 @@
 //
 // A training step allocates the same few dozen activation and gradient arrays, tens of MB
 // each, every step. glibc serves blocks that large with fresh mmap pages, so every step pays
-// the kernel for zeroing them again on first touch (about 0.1 ms per MB here, 15-20 % of a
-// CIFAR-10 step). While a fastconv.array_cache() block is open, this handler parks freed
+// the kernel for zeroing them again on first touch, a sizeable share of a CIFAR-10 step.
+// While a fastconv.array_cache() block is open, this handler parks freed
 // blocks of at least kMinBytes by exact size, up to a byte limit, and hands them back to the
 // next request of that size. Everything else goes to malloc/free untouched, so arrays that
 // outlive the block, or were allocated before it, are freed as usual.

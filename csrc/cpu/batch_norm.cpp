@@ -8,22 +8,21 @@
 // then dx), both recomputing the activation's input from x rather than storing it. Sums are
 // taken in float over short runs and added into double per thread, then the threads'
 // partials are added in thread order, so a result does not depend on scheduling. The
-// element loops carry `ivdep`: the callers' many
-// input pointers would otherwise exceed GCC's run-time alias checks, and with a fused GELU
-// the loops then ran scalar (backward sums at 512x15x15x64: 26 ms, vectorised 4.6 ms, two
-// runs minutes apart on the idle machine).
+// element loops carry `ivdep`: the callers' many input pointers would otherwise exceed
+// GCC's run-time alias checks, and with a fused GELU the loops would then run scalar
+// (bench/results/cpu.md has the batch-norm rows).
 #include <algorithm>
 #include <vector>
 
-#include "cpu/kernels.h"
 #include "batch_norm_math.h"
+#include "cpu/kernels.h"
 #include "cpu/parallel.h"
 
 namespace fastconv::cpu::FASTCONV_ISA {
 namespace {
 
-constexpr int64_t kRowBlock = 64;     // NHWC rows summed in float before going into double
-constexpr int64_t kLanes = 8;         // independent float partial sums along a plane
+constexpr int64_t kRowBlock = 64;         // NHWC rows summed in float before going into double
+constexpr int64_t kLanes = 8;             // independent float partial sums along a plane
 constexpr int64_t kApplyChunk = 1 << 15;  // elements per work item of an element-wise pass
 
 // out[c] = sum of first(c, i), out[C + c] = sum of second(c, i) over every element i of
@@ -31,7 +30,8 @@ constexpr int64_t kApplyChunk = 1 << 15;  // elements per work item of an elemen
 template <class Terms>
 void channel_sums(const NormGeometry& s, Terms terms, double* out) {
   const int64_t channels = s.channels;
-  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), s.outer)));
+  const int threads =
+      static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), s.outer)));
   std::vector<std::vector<double>> partial(threads, std::vector<double>(2 * channels, 0.0));
   parallel_threads(threads, [&](int t, int nt) {
     const int64_t o0 = s.outer * t / nt, o1 = s.outer * (t + 1) / nt;
@@ -44,7 +44,7 @@ void channel_sums(const NormGeometry& s, Terms terms, double* out) {
         float* __restrict f = first.data();
         float* __restrict g = second.data();
         for (int64_t o = ob; o < std::min(ob + kRowBlock, o1); ++o)
-          #pragma GCC ivdep
+#pragma GCC ivdep
           for (int64_t c = 0; c < channels; ++c) terms(c, o * channels + c, f[c], g[c]);
         for (int64_t c = 0; c < channels; ++c) {
           acc[c] += f[c];
@@ -58,7 +58,7 @@ void channel_sums(const NormGeometry& s, Terms terms, double* out) {
           float f[kLanes] = {}, g[kLanes] = {};
           int64_t i = 0;
           for (; i + kLanes <= s.inner; i += kLanes)
-            #pragma GCC ivdep
+#pragma GCC ivdep
             for (int64_t l = 0; l < kLanes; ++l) terms(c, base + i + l, f[l], g[l]);
           for (; i < s.inner; ++i) terms(c, base + i, f[0], g[0]);
           for (int64_t l = 0; l < kLanes; ++l) {
@@ -83,7 +83,7 @@ void for_each_element(const NormGeometry& s, Map map) {
     if (s.inner == 1) {
       for (int64_t i = begin; i < end;) {  // whole rows of channels where possible
         const int64_t c0 = i % per_row, run = std::min(end - i, per_row - c0);
-        #pragma GCC ivdep
+#pragma GCC ivdep
         for (int64_t c = 0; c < run; ++c) map(c0 + c, i + c);
         i += run;
       }
@@ -91,7 +91,7 @@ void for_each_element(const NormGeometry& s, Map map) {
       for (int64_t i = begin; i < end;) {
         const int64_t c = i / s.inner % s.channels;
         const int64_t run = std::min(end - i, s.inner - i % s.inner);
-        #pragma GCC ivdep
+#pragma GCC ivdep
         for (int64_t k = 0; k < run; ++k) map(c, i + k);
         i += run;
       }
@@ -116,7 +116,9 @@ void apply(const NormGeometry& s, const float* x, const Affine& f, Activation ac
   const float* __restrict a = f.a.data();
   const float* __restrict b = f.b.data();
   with_activation(act, [&](auto kind) {
-    for_each_element(s, [&](int64_t c, int64_t i) { y[i] = activate<decltype(kind)::value>(x[i] * a[c] + b[c]); });
+    for_each_element(s, [&](int64_t c, int64_t i) {
+      y[i] = activate<decltype(kind)::value>(x[i] * a[c] + b[c]);
+    });
   });
 }
 
@@ -132,11 +134,14 @@ void batch_norm_forward(const NormGeometry& s, const float* x, const float* gamm
   const float* __restrict p = pivot.data();
   channel_sums(s, [&](int64_t c, int64_t i, float& f, float&) { f += x[i] - p[c]; }, sums.data());
   for (int64_t c = 0; c < channels; ++c) pivot[c] = moved_pivot(pivot[c], sums[c], count);
-  channel_sums(s, [&](int64_t c, int64_t i, float& f, float& g) {
-    const float d = x[i] - p[c];
-    f += d;
-    g += d * d;
-  }, sums.data());
+  channel_sums(
+      s,
+      [&](int64_t c, int64_t i, float& f, float& g) {
+        const float d = x[i] - p[c];
+        f += d;
+        g += d * d;
+      },
+      sums.data());
   for (int64_t c = 0; c < channels; ++c)
     channel_statistics(pivot[c], sums[c], sums[channels + c], count, mean[c], var[c]);
   apply(s, x, affine(channels, mean, var, gamma, beta, s.epsilon()), s.act(), y);
@@ -152,8 +157,8 @@ namespace {
 // dz: the gradient at the normalised output z = a * x + b, i.e. dy through the activation
 template <Activation act>
 void backward(const NormGeometry& s, const float* __restrict dy, const float* __restrict x,
-              const float* __restrict mean, const float* var, const float* gamma,
-              const float* beta, float eps, float* __restrict dx, float* dgamma, float* dbeta) {
+              const float* __restrict mean, const float* var, const float* gamma, const float* beta,
+              float eps, float* __restrict dx, float* dgamma, float* dbeta) {
   const int64_t channels = s.channels;
   const double count = static_cast<double>(s.outer * s.inner);
   const Affine f = affine(channels, mean, var, gamma, beta, eps);
@@ -163,11 +168,14 @@ void backward(const NormGeometry& s, const float* __restrict dy, const float* __
     return act == Activation::none ? dy[i] : activation_backward<act>(x[i] * fa[c] + fb[c], dy[i]);
   };
   std::vector<double> sums(2 * channels);
-  channel_sums(s, [&](int64_t c, int64_t i, float& sum_dz, float& sum_dz_x) {
-    const float d = dz(c, i);
-    sum_dz += d;
-    sum_dz_x += d * (x[i] - mean[c]);
-  }, sums.data());
+  channel_sums(
+      s,
+      [&](int64_t c, int64_t i, float& sum_dz, float& sum_dz_x) {
+        const float d = dz(c, i);
+        sum_dz += d;
+        sum_dz_x += d * (x[i] - mean[c]);
+      },
+      sums.data());
   std::vector<float> k_dz(channels), k_x(channels), k_0(channels);
   for (int64_t c = 0; c < channels; ++c) {
     const BackwardCoefficients k =
@@ -187,9 +195,9 @@ void backward(const NormGeometry& s, const float* __restrict dy, const float* __
 
 }  // namespace
 
-void batch_norm_backward(const NormGeometry& s, const float* dy, const float* x,
-                         const float* mean, const float* var, const float* gamma,
-                         const float* beta, float* dx, float* dgamma, float* dbeta) {
+void batch_norm_backward(const NormGeometry& s, const float* dy, const float* x, const float* mean,
+                         const float* var, const float* gamma, const float* beta, float* dx,
+                         float* dgamma, float* dbeta) {
   with_activation(s.act(), [&](auto kind) {
     backward<decltype(kind)::value>(s, dy, x, mean, var, gamma, beta, s.epsilon(), dx, dgamma,
                                     dbeta);

@@ -33,8 +33,8 @@ constexpr int64_t kPixelChunk = 256;  // NCHW: output pixels per work item (B pa
 // visit(j, offset) for output pixels p0 + j, j < count, of tap (ky, kx) on one NCHW plane;
 // offset is the input element's offset in the plane, or -1 where the tap reads padding.
 template <class Visit>
-inline void for_tap_pixels(const ConvGeometry& g, int64_t ky, int64_t kx, int64_t p0,
-                           int64_t count, Visit&& visit) {
+inline void for_tap_pixels(const ConvGeometry& g, int64_t ky, int64_t kx, int64_t p0, int64_t count,
+                           Visit&& visit) {
   int64_t oy = p0 / g.ow, ox = p0 % g.ow;
   for (int64_t j = 0; j < count; ++oy, ox = 0) {
     const int64_t run = std::min(count - j, g.ow - ox);
@@ -61,13 +61,14 @@ inline int64_t nhwc_tap(const ConvGeometry& g, int64_t b, int64_t oy, int64_t ox
 // NHWC x, or `zeros` where the tap reads padding. A pixel whose window lies inside the
 // input finds every tap at a fixed distance from its first, without bounds checks.
 template <class Set>
-void for_tap_rows(const ConvGeometry& g, const float* x, int64_t c0, const float* zeros,
-                  int64_t p0, int64_t count, Set&& set) {
+void for_tap_rows(const ConvGeometry& g, const float* x, int64_t c0, const float* zeros, int64_t p0,
+                  int64_t count, Set&& set) {
   const int64_t taps = g.kh * g.kw, pixels = g.n * g.oh * g.ow;
   const int64_t reach_h = (g.kh - 1) * g.dil_h, reach_w = (g.kw - 1) * g.dil_w;
   thread_local std::vector<int64_t> delta;  // tap t's distance from tap 0, inside the input
   delta.resize(taps);
-  for (int64_t t = 0; t < taps; ++t) delta[t] = (t / g.kw * g.dil_h * g.w + t % g.kw * g.dil_w) * g.c_in;
+  for (int64_t t = 0; t < taps; ++t)
+    delta[t] = (t / g.kw * g.dil_h * g.w + t % g.kw * g.dil_w) * g.c_in;
   int64_t b = 0, oy = 0, ox = 0;  // pixel p0 + i, advanced one pixel at a time
   ConvGeometry::split_pixel(std::min(p0, pixels - 1), g.oh, g.ow, b, oy, ox);
   for (int64_t i = 0; i < count; ++i) {
@@ -118,8 +119,10 @@ struct NchwColumnPacker {
         const int64_t sw = g.stride_w;
         if (ox + count <= g.ow && iy >= 0 && iy < g.h && ix >= 0 && ix + (count - 1) * sw < g.w) {
           const float* src = plane + iy * g.w + ix;
-          if (sw == 1) std::memcpy(d, src, sizeof(float) * count);
-          else for (int64_t j = 0; j < count; ++j) d[j] = src[j * sw];
+          if (sw == 1)
+            std::memcpy(d, src, sizeof(float) * count);
+          else
+            for (int64_t j = 0; j < count; ++j) d[j] = src[j * sw];
         } else {
           for_tap_pixels(g, ky, kx, p, count,
                          [&](int64_t j, int64_t off) { d[j] = off >= 0 ? plane[off] : 0.f; });
@@ -150,7 +153,8 @@ const float* weights_tap_major(const ConvGeometry& g, const float* w, int64_t gr
   const float* wg = w + group * mg * cg * taps;
   for (int64_t o = 0; o < mg; ++o)
     for (int64_t ci = 0; ci < cg; ++ci)
-      for (int64_t t = 0; t < taps; ++t) out[(o * taps + t) * cg + ci] = wg[(o * cg + ci) * taps + t];
+      for (int64_t t = 0; t < taps; ++t)
+        out[(o * taps + t) * cg + ci] = wg[(o * cg + ci) * taps + t];
   return out.data();
 }
 
@@ -159,9 +163,11 @@ void forward_nchw(const ConvGeometry& g, const float* x, const float* w, const f
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), K = cg * g.kh * g.kw;
   const int64_t P = g.oh * g.ow, chunks = (P + kPixelChunk - 1) / kPixelChunk;
   std::vector<Buffer>& packed = weight_buffers(g.groups);
-  for (int64_t grp = 0; grp < g.groups; ++grp) prepack(packed[grp], w + grp * mg * K, K, 1, mg, K, MR);
+  for (int64_t grp = 0; grp < g.groups; ++grp)
+    prepack(packed[grp], w + grp * mg * K, K, 1, mg, K, MR);
   parallel_for(g.n * g.groups * chunks, [&](int64_t item) {
-    const int64_t chunk = item % chunks, grp = item / chunks % g.groups, b = item / chunks / g.groups;
+    const int64_t chunk = item % chunks, grp = item / chunks % g.groups,
+                  b = item / chunks / g.groups;
     const int64_t p0 = chunk * kPixelChunk, nc = std::min(kPixelChunk, P - p0);
     NchwColumnPacker cols{g, x + (b * g.c_in + grp * cg) * g.h * g.w, p0};
     float* out = y + (b * g.c_out + grp * mg) * P + p0;
@@ -180,9 +186,9 @@ void forward_nchw(const ConvGeometry& g, const float* x, const float* w, const f
 // (padding reads a row of zeros): nothing of x is packed.
 //
 // Work items are runs of MR-pixel blocks. A tile runs its whole depth in registers and
-// stores each output once; the weights (K' x Mg) stream from L2 (blocking the taps so
-// that they stay in L1 or L2 measured no faster). `g` may be a view in which one "tap" is a run of `depth`
-// floats (see forward_nhwc), K' = taps * depth.
+// stores each output once; the weights (K' x Mg) stream from L2, which the hardware
+// prefetcher keeps up with, so the taps are not blocked for L1. `g` may be a view in which
+// one "tap" is a run of `depth` floats (see forward_nhwc), K' = taps * depth.
 void forward_nhwc_runs(const ConvGeometry& g, const float* x, const std::vector<Buffer>& packed,
                        int64_t depth, const float* bias, float* y) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
@@ -196,11 +202,14 @@ void forward_nhwc_runs(const ConvGeometry& g, const float* x, const std::vector<
     thread_local std::vector<const float*> rows;  // rows[(block * taps + t) * MR + r]
     rows.resize(nb * taps * MR);
     for_tap_rows(g, x, grp * cg, zero_row(depth), b0 * MR, nb * MR,
-                 [&](int64_t i, int64_t t, const float* row) { rows[(i / MR * taps + t) * MR + i % MR] = row; });
+                 [&](int64_t i, int64_t t, const float* row) {
+                   rows[(i / MR * taps + t) * MR + i % MR] = row;
+                 });
     thread_local std::vector<const float*> panel;  // panel[s * taps + t]: sliver s, tap t
     panel.resize(slivers * taps);
     for (int64_t s = 0; s < slivers; ++s)
-      for (int64_t t = 0; t < taps; ++t) panel[s * taps + t] = packed[grp].data() + (s * K + t * depth) * NR;
+      for (int64_t t = 0; t < taps; ++t)
+        panel[s * taps + t] = packed[grp].data() + (s * K + t * depth) * NR;
     for (int64_t blk = 0; blk < nb; ++blk) {  // a block's rows stay in L1 across the slivers
       const int64_t p0 = (b0 + blk) * MR;
       for (int64_t s = 0; s < slivers; ++s)
@@ -261,11 +270,15 @@ void forward_by(Algorithm a, const ConvGeometry& g, const float* x, const float*
       if (conv2d_winograd(g, x, w, bias, y)) return;
       return forward_by(select_direct_conv_algorithm(g, Direction::forward, kBuildIsa), g, x, w,
                         bias, y);
-    case Algorithm::gemm_nchw: return forward_nchw(g, x, w, bias, y);
-    case Algorithm::gemm_nhwc: return forward_nhwc(g, x, w, bias, y);
+    case Algorithm::gemm_nchw:
+      return forward_nchw(g, x, w, bias, y);
+    case Algorithm::gemm_nhwc:
+      return forward_nhwc(g, x, w, bias, y);
     case Algorithm::depthwise_nchw:
-    case Algorithm::depthwise_nhwc: return depthwise_conv2d_forward(g, x, w, bias, y);
-    default: wrong_algorithm(a, "forward pass");
+    case Algorithm::depthwise_nhwc:
+      return depthwise_conv2d_forward(g, x, w, bias, y);
+    default:
+      wrong_algorithm(a, "forward pass");
   }
 }
 
@@ -277,8 +290,7 @@ void forward(const ConvGeometry& g, const float* x, const float* w, const float*
 // input/output channels swapped, padded so that the output has the input's size. Padding
 // may come out negative (more padding than the kernel reach): the gather's bounds checks
 // handle that as cropping.
-void backward_input_as_forward(const ConvGeometry& g, const float* dy, const float* w,
-                               float* dx) {
+void backward_input_as_forward(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
   thread_local std::vector<float> flipped;
   flipped.resize(g.w_size());
@@ -303,12 +315,12 @@ void backward_input_as_forward(const ConvGeometry& g, const float* dy, const flo
 // Strided: dcol = W_g^T dy for a block of pixels, then each column is added back into the
 // input positions it was gathered from. One work item owns whole images, so the
 // overlapping scatters never race.
-void backward_input_col2im_nchw(const ConvGeometry& g, const float* dy, const float* w,
-                                float* dx) {
+void backward_input_col2im_nchw(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
   const int64_t K = cg * taps, P = g.oh * g.ow;
   std::vector<Buffer>& packed = weight_buffers(g.groups);  // W_g^T: (K x Mg)
-  for (int64_t grp = 0; grp < g.groups; ++grp) prepack(packed[grp], w + grp * mg * K, 1, K, K, mg, MR);
+  for (int64_t grp = 0; grp < g.groups; ++grp)
+    prepack(packed[grp], w + grp * mg * K, 1, K, K, mg, MR);
   parallel_for(g.n * g.groups, [&](int64_t item) {
     const int64_t grp = item % g.groups, b = item / g.groups;
     float* dxg = dx + (b * g.c_in + grp * cg) * g.h * g.w;
@@ -333,8 +345,7 @@ void backward_input_col2im_nchw(const ConvGeometry& g, const float* dy, const fl
   });
 }
 
-void backward_input_col2im_nhwc(const ConvGeometry& g, const float* dy, const float* w,
-                                float* dx) {
+void backward_input_col2im_nhwc(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
   const int64_t K = cg * taps, P = g.oh * g.ow;
   std::vector<Buffer>& packed = weight_buffers(g.groups);  // W_g in (ky, kx, ci) order: (Mg x K')
@@ -404,10 +415,13 @@ struct NhwcTapColumnPacker {
         const int64_t p = p_base + p0 + j, b = p / pixels, oy = p % pixels / g.ow, ox = p % g.ow;
         float* d = dst + j * NR;
         for (int64_t r = 0; r < width;) {
-          const int64_t k = j0 + s + r, tap = k / cg, ci = k % cg, run = std::min(cg - ci, width - r);
+          const int64_t k = j0 + s + r, tap = k / cg, ci = k % cg,
+                        run = std::min(cg - ci, width - r);
           const int64_t off = nhwc_tap(g, b, oy, ox, tap / g.kw, tap % g.kw, group * cg + ci);
-          if (off >= 0) std::memcpy(d + r, x + off, sizeof(float) * run);
-          else std::fill_n(d + r, run, 0.f);
+          if (off >= 0)
+            std::memcpy(d + r, x + off, sizeof(float) * run);
+          else
+            std::fill_n(d + r, run, 0.f);
           r += run;
         }
         std::fill(d + width, d + NR, 0.f);
@@ -471,9 +485,11 @@ void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x
       const int64_t p0 = chunk * kPixelChunk, pc = std::min(kPixelChunk, pixels - p0);
       for (int64_t grp = 0; grp < g.groups; ++grp) {
         for (int64_t j = 0; j < pc; ++j)
-          std::memcpy(grads.data() + j * ld, dy + (p0 + j) * g.c_out + grp * mg, sizeof(float) * mg);
-        for_tap_rows(g, x, grp * cg, zero_row(cg), p0, pc,
-                     [&](int64_t i, int64_t tap, const float* row) { rows[tap * kPixelChunk + i] = row; });
+          std::memcpy(grads.data() + j * ld, dy + (p0 + j) * g.c_out + grp * mg,
+                      sizeof(float) * mg);
+        for_tap_rows(
+            g, x, grp * cg, zero_row(cg), p0, pc,
+            [&](int64_t i, int64_t tap, const float* row) { rows[tap * kPixelChunk + i] = row; });
         float* out = partial[split_columns ? 0 : t].data() + grp * mg * K;
         for (int64_t col = col_begin; col < col_end; ++col) {
           const int64_t tap = col / (cg / NR), c0 = col % (cg / NR) * NR;
@@ -488,7 +504,8 @@ void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x
   reduce_partials(partial, partial[0].data(), g.w_size());
   for (int64_t o = 0; o < g.c_out; ++o)
     for (int64_t ci = 0; ci < cg; ++ci)
-      for (int64_t tap = 0; tap < taps; ++tap) dw[(o * cg + ci) * taps + tap] = sum[o * K + tap * cg + ci];
+      for (int64_t tap = 0; tap < taps; ++tap)
+        dw[(o * cg + ci) * taps + tap] = sum[o * K + tap * cg + ci];
 }
 
 // The same gradient with x's columns packed per chunk (NhwcTapColumnPacker): for C_g that
@@ -525,7 +542,7 @@ void backward_weight_nhwc_packed(const ConvGeometry& g, const float* dy, const f
 // (tap, channel) times its dy row to the (tap, channel) rows of a per-thread partial, the
 // loops running along the output channels.
 void backward_weight_outer_products_nhwc(const ConvGeometry& g, const float* dy, const float* x,
-                               float* dw) {
+                                         float* dw) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
   const int64_t rows = g.groups * taps * cg, pixels = g.n * g.oh * g.ow;
   const int threads = num_threads();
@@ -538,17 +555,18 @@ void backward_weight_outer_products_nhwc(const ConvGeometry& g, const float* dy,
     for (int64_t p = begin; p < end; p += kPixelChunk) {
       const int64_t pc = std::min(kPixelChunk, end - p);
       for (int64_t grp = 0; grp < g.groups; ++grp)
-        for_tap_rows(g, x, grp * cg, zero_row(cg), p, pc, [&](int64_t i, int64_t tap, const float* r) {
-          window[tap] = r;
-          if (tap + 1 < taps) return;
-          const float* __restrict d = dy + (p + i) * g.c_out + grp * mg;
-          float* __restrict out = part + grp * taps * cg * mg;
-          for (int64_t k = 0; k < taps; ++k)
-            for (int64_t c = 0; c < cg; ++c, out += mg) {
-              const float v = window[k][c];
-              for (int64_t o = 0; o < mg; ++o) out[o] += v * d[o];
-            }
-        });
+        for_tap_rows(g, x, grp * cg, zero_row(cg), p, pc,
+                     [&](int64_t i, int64_t tap, const float* r) {
+                       window[tap] = r;
+                       if (tap + 1 < taps) return;
+                       const float* __restrict d = dy + (p + i) * g.c_out + grp * mg;
+                       float* __restrict out = part + grp * taps * cg * mg;
+                       for (int64_t k = 0; k < taps; ++k)
+                         for (int64_t c = 0; c < cg; ++c, out += mg) {
+                           const float v = window[k][c];
+                           for (int64_t o = 0; o < mg; ++o) out[o] += v * d[o];
+                         }
+                     });
     }
   });
   const float* sum = partial[0].data();
@@ -569,13 +587,19 @@ void backward_weight_by(Algorithm a, const ConvGeometry& g, const float* dy, con
       if (conv2d_winograd_backward_weight(g, dy, x, dw)) return;
       return backward_weight_by(
           select_direct_conv_algorithm(g, Direction::backward_weight, kBuildIsa), g, dy, x, dw);
-    case Algorithm::gemm_nchw: return backward_weight_nchw(g, dy, x, dw);
-    case Algorithm::gemm_nhwc: return backward_weight_nhwc(g, dy, x, dw);
-    case Algorithm::gemm_nhwc_packed: return backward_weight_nhwc_packed(g, dy, x, dw);
-    case Algorithm::outer_products_nhwc: return backward_weight_outer_products_nhwc(g, dy, x, dw);
+    case Algorithm::gemm_nchw:
+      return backward_weight_nchw(g, dy, x, dw);
+    case Algorithm::gemm_nhwc:
+      return backward_weight_nhwc(g, dy, x, dw);
+    case Algorithm::gemm_nhwc_packed:
+      return backward_weight_nhwc_packed(g, dy, x, dw);
+    case Algorithm::outer_products_nhwc:
+      return backward_weight_outer_products_nhwc(g, dy, x, dw);
     case Algorithm::depthwise_nchw:
-    case Algorithm::depthwise_nhwc: return depthwise_conv2d_backward_weight(g, dy, x, dw);
-    default: wrong_algorithm(a, "weight gradient");
+    case Algorithm::depthwise_nhwc:
+      return depthwise_conv2d_backward_weight(g, dy, x, dw);
+    default:
+      wrong_algorithm(a, "weight gradient");
   }
 }
 
@@ -601,12 +625,17 @@ void conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* 
   if (a == Algorithm::backward_input_as_forward && !all_finite(w, g.w_size()))
     a = g.channels_last ? Algorithm::col2im_nhwc : Algorithm::col2im_nchw;
   switch (a) {
-    case Algorithm::backward_input_as_forward: return backward_input_as_forward(g, dy, w, dx);
-    case Algorithm::col2im_nchw: return backward_input_col2im_nchw(g, dy, w, dx);
-    case Algorithm::col2im_nhwc: return backward_input_col2im_nhwc(g, dy, w, dx);
+    case Algorithm::backward_input_as_forward:
+      return backward_input_as_forward(g, dy, w, dx);
+    case Algorithm::col2im_nchw:
+      return backward_input_col2im_nchw(g, dy, w, dx);
+    case Algorithm::col2im_nhwc:
+      return backward_input_col2im_nhwc(g, dy, w, dx);
     case Algorithm::depthwise_nchw:
-    case Algorithm::depthwise_nhwc: return depthwise_conv2d_backward_input(g, dy, w, dx);
-    default: wrong_algorithm(a, "input gradient");
+    case Algorithm::depthwise_nhwc:
+      return depthwise_conv2d_backward_input(g, dy, w, dx);
+    default:
+      wrong_algorithm(a, "input gradient");
   }
 }
 

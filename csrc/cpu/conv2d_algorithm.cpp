@@ -11,44 +11,58 @@ bool is_depthwise(const ConvGeometry& g) { return g.groups > 1 && g.groups == g.
 // Winograd applies to stride-1, undilated, ungrouped layers: F(4x4, 3x3) to 3x3 kernels,
 // F(2x2, 5x5) to 5x5 ones. It needs enough tiles to pay for transforming the weights and
 // enough channels to fill the GEMMs. A 3x3 map uses 9 of an F(4x4, 3x3) tile's 16 outputs:
-// the forward still does 36 multiplies where the direct sum does 81 and measured faster
-// with AVX-512 and the portable build, not with AVX2; the weight gradient measured faster
-// direct (256->256 @3x3, batch 128, forward Winograd vs direct: AVX-512 1 thread 11.5 vs
-// 13.0 ms, 2 threads 6.3 vs 7.2; AVX2 1 thread 17.1 vs 15.2; portable 35.5 vs 53.1;
-// AVX-512 weight gradient, 1 thread, 19.4 vs 14.7).
+// the forward still does 36 multiplies where the direct sum does 81, which wins where the
+// direct GEMM is slow to begin with (AVX-512's 16-wide tiles over few pixels, the portable
+// build) but not against AVX2's; the weight gradient's 36 GEMMs over so few tiles do not pay
+// for its transforms, so it stays direct there.
 bool winograd_applies(const ConvGeometry& g, Direction d, int64_t tile, Isa isa) {
   const int64_t tiles = g.n * ((g.oh + tile - 1) / tile) * ((g.ow + tile - 1) / tile);
   const bool partial_tiles = d == Direction::forward && isa != Isa::avx2;
   const int64_t smallest_map = partial_tiles ? std::min<int64_t>(3, tile) : tile;
-  return d != Direction::backward_input && g.stride_h == 1 && g.stride_w == 1 &&
-         g.dil_h == 1 && g.dil_w == 1 && g.groups == 1 && g.c_in >= 16 && g.c_out >= 16 &&
-         tiles >= 64 && g.oh >= smallest_map && g.ow >= smallest_map;
+  return d != Direction::backward_input && g.stride_h == 1 && g.stride_w == 1 && g.dil_h == 1 &&
+         g.dil_w == 1 && g.groups == 1 && g.c_in >= 16 && g.c_out >= 16 && tiles >= 64 &&
+         g.oh >= smallest_map && g.ow >= smallest_map;
 }
 
 }  // namespace
 
 const char* algorithm_name(Algorithm a) {
   switch (a) {
-    case Algorithm::winograd_f4x3: return "winograd_f4x3";
-    case Algorithm::winograd_f2x5: return "winograd_f2x5";
-    case Algorithm::gemm_nchw: return "gemm_nchw";
-    case Algorithm::gemm_nhwc: return "gemm_nhwc";
-    case Algorithm::gemm_nhwc_packed: return "gemm_nhwc_packed";
-    case Algorithm::backward_input_as_forward: return "backward_input_as_forward";
-    case Algorithm::col2im_nchw: return "col2im_nchw";
-    case Algorithm::col2im_nhwc: return "col2im_nhwc";
-    case Algorithm::outer_products_nhwc: return "outer_products_nhwc";
-    case Algorithm::depthwise_nchw: return "depthwise_nchw";
-    case Algorithm::depthwise_nhwc: return "depthwise_nhwc";
+    case Algorithm::winograd_f4x3:
+      return "winograd_f4x3";
+    case Algorithm::winograd_f2x5:
+      return "winograd_f2x5";
+    case Algorithm::gemm_nchw:
+      return "gemm_nchw";
+    case Algorithm::gemm_nhwc:
+      return "gemm_nhwc";
+    case Algorithm::gemm_nhwc_packed:
+      return "gemm_nhwc_packed";
+    case Algorithm::backward_input_as_forward:
+      return "backward_input_as_forward";
+    case Algorithm::col2im_nchw:
+      return "col2im_nchw";
+    case Algorithm::col2im_nhwc:
+      return "col2im_nhwc";
+    case Algorithm::outer_products_nhwc:
+      return "outer_products_nhwc";
+    case Algorithm::depthwise_nchw:
+      return "depthwise_nchw";
+    case Algorithm::depthwise_nhwc:
+      return "depthwise_nhwc";
   }
   return "unknown";
 }
 
 bool parse_direction(const std::string& name, Direction& d) {
-  if (name == "forward") d = Direction::forward;
-  else if (name == "backward_input") d = Direction::backward_input;
-  else if (name == "backward_weight") d = Direction::backward_weight;
-  else return false;
+  if (name == "forward")
+    d = Direction::forward;
+  else if (name == "backward_input")
+    d = Direction::backward_input;
+  else if (name == "backward_weight")
+    d = Direction::backward_weight;
+  else
+    return false;
   return true;
 }
 
@@ -56,8 +70,7 @@ Algorithm select_direct_conv_algorithm(const ConvGeometry& g, Direction d, Isa i
   const bool nhwc = g.channels_last != 0;
   if (is_depthwise(g)) return nhwc ? Algorithm::depthwise_nhwc : Algorithm::depthwise_nchw;
   // A first layer's C_in * taps rows would leave the weight gradient's GEMM tiles mostly
-  // empty; loops along the output channels stay full (2x2 3->24 and 3x3 3->64, batch 128,
-  // 1 thread: 7.1 -> 4.8 and 21 -> 17 ms).
+  // empty; loops along the output channels stay full.
   if (d == Direction::backward_weight && nhwc && g.cin_per_group() * g.kh * g.kw <= 32)
     return Algorithm::outer_products_nhwc;
   // The in-place weight gradient reads NR input channels of one tap per tile column block.

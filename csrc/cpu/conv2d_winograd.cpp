@@ -14,8 +14,8 @@
 // tiles at a time and transposes them in registers); V is (Ci x T) in the GEMM's packed-B
 // slivers, M (Co x T). The NHWC weight gradient: along a register of channels, one tile at
 // a time, with no transposes; V[xi] is (T x Ci) and dM[xi] (T x Co), row-major, and its
-// GEMMs dU[xi] += dM[xi]^T V[xi] read both in place (micro_tile_cols). (The forward the
-// same way measured slower: its GEMMs then stream U as the wide B operand.)
+// GEMMs dU[xi] += dM[xi]^T V[xi] read both in place (micro_tile_cols). (The forward is not
+// done that way: its GEMMs would then stream U as the wide B operand.)
 //
 // The transforms mix every value of a tile, so a NaN or Inf anywhere in a 6x6 patch would
 // reach outputs whose window never saw it. The output transform therefore reports any
@@ -132,9 +132,11 @@ inline void output_2d(const T* m, T* out) {  // A^T m A
   constexpr int kOut = W::kOut;
   T tmp[kOut * kAlpha * kN];
   for (int j = 0; j < kAlpha; ++j)
-    for (int l = 0; l < kN; ++l) W::output_1d(m + j * kN + l, tmp + j * kN + l, kAlpha * kN, kAlpha * kN);
+    for (int l = 0; l < kN; ++l)
+      W::output_1d(m + j * kN + l, tmp + j * kN + l, kAlpha * kN, kAlpha * kN);
   for (int i = 0; i < kOut; ++i)
-    for (int l = 0; l < kN; ++l) W::output_1d(tmp + i * kAlpha * kN + l, out + i * kOut * kN + l, kN, kN);
+    for (int l = 0; l < kN; ++l)
+      W::output_1d(tmp + i * kAlpha * kN + l, out + i * kOut * kN + l, kN, kN);
 }
 
 template <class W, class T, int kN>
@@ -142,9 +144,11 @@ inline void output_adjoint_2d(const T* d, T* out) {  // A d A^T
   constexpr int kOut = W::kOut;
   T tmp[kAlpha * kOut * kN];
   for (int j = 0; j < kOut; ++j)
-    for (int l = 0; l < kN; ++l) W::output_adjoint_1d(d + j * kN + l, tmp + j * kN + l, kOut * kN, kOut * kN);
+    for (int l = 0; l < kN; ++l)
+      W::output_adjoint_1d(d + j * kN + l, tmp + j * kN + l, kOut * kN, kOut * kN);
   for (int i = 0; i < kAlpha; ++i)
-    for (int l = 0; l < kN; ++l) W::output_adjoint_1d(tmp + i * kOut * kN + l, out + i * kAlpha * kN + l, kN, kN);
+    for (int l = 0; l < kN; ++l)
+      W::output_adjoint_1d(tmp + i * kOut * kN + l, out + i * kAlpha * kN + l, kN, kN);
 }
 
 // The output tiles (size x size) of a layer, over the whole batch.
@@ -152,7 +156,10 @@ struct TileMap {
   const ConvGeometry& g;
   int64_t size, tiles_h, tiles_w;
   TileMap(const ConvGeometry& geometry, int64_t tile)
-      : g(geometry), size(tile), tiles_h((g.oh + tile - 1) / tile), tiles_w((g.ow + tile - 1) / tile) {}
+      : g(geometry),
+        size(tile),
+        tiles_h((g.oh + tile - 1) / tile),
+        tiles_w((g.ow + tile - 1) / tile) {}
   int64_t tiles() const { return g.n * tiles_h * tiles_w; }
   // Output origin of tile t: image b, row oy, column ox.
   void origin(int64_t t, int64_t& b, int64_t& oy, int64_t& ox) const {
@@ -184,8 +191,8 @@ void patch_offsets(const TileMap& map, int64_t t_first, int64_t tiles, int64_t s
   }
 }
 
-// U[xi] = G g G^T for every (co, ci) (g the r x r kernel), written straight into MR-slivers of a (Co x Ci)
-// matrix per xi (the GEMM's packed-A format), MR output channels at a time so that each
+// U[xi] = G g G^T for every (co, ci) (g the r x r kernel), written straight into MR-slivers of a
+// (Co x Ci) matrix per xi (the GEMM's packed-A format), MR output channels at a time so that each
 // store is MR contiguous floats: no transposing pass over a (pairs x 36) intermediate.
 // The buffers belong to the calling thread and are reused from call to call: U of a wide
 // layer is megabytes, and fresh pages would cost a page fault each.
@@ -324,8 +331,8 @@ bool transform_output_tiles(const TileMap& map, const float* m, int64_t ldm, con
 
 // dM = A dY A^T for tiles [t0, t0 + count) of NCHW dy: dm[(xi * Co + co) * ldm + tile].
 template <class W>
-void transform_output_gradient_nchw(const TileMap& map, const float* dy, int64_t t0,
-                                    int64_t count, float* dm, int64_t ldm) {
+void transform_output_gradient_nchw(const TileMap& map, const float* dy, int64_t t0, int64_t count,
+                                    float* dm, int64_t ldm) {
   const ConvGeometry& g = map.g;
   constexpr int kOut = W::kOut;
   for (int64_t s = 0; s * NR < count; ++s) {
@@ -361,8 +368,8 @@ int64_t v_stride(const ConvGeometry& g) { return round_up(g.c_in, NR); }
 int64_t m_stride(const ConvGeometry& g) { return round_up(round_up(g.c_out, MR), kLanes); }
 
 // Input transform of tiles [t0, t0 + count): v[(xi * count + t) * ldv + ci].
-void transform_input_nhwc(const TileMap& map, const float* x, int64_t t0, int64_t count,
-                          float* v, int64_t ldv) {
+void transform_input_nhwc(const TileMap& map, const float* x, int64_t t0, int64_t count, float* v,
+                          int64_t ldv) {
   const ConvGeometry& g = map.g;
   for (int64_t s = 0; s * NR < count; ++s) {
     int64_t off[kPoints][NR];
@@ -373,7 +380,8 @@ void transform_input_nhwc(const TileMap& map, const float* x, int64_t t0, int64_
       for (int64_t c0 = 0; c0 < g.c_in; c0 += kLanes) {
         const int64_t n = std::min(kLanes, g.c_in - c0);
         Lanes d[kPoints], out[kPoints];
-        for (int p = 0; p < kPoints; ++p) d[p] = off[p][l] >= 0 ? load_first(x + off[p][l] + c0, n) : Lanes{};
+        for (int p = 0; p < kPoints; ++p)
+          d[p] = off[p][l] >= 0 ? load_first(x + off[p][l] + c0, n) : Lanes{};
         input_2d<Lanes, 1>(d, out);
         for (int xi = 0; xi < kPoints; ++xi) store(row + xi * count * ldv + c0, out[xi]);
       }
@@ -383,8 +391,8 @@ void transform_input_nhwc(const TileMap& map, const float* x, int64_t t0, int64_
 
 // dM = A dY A^T for tiles [t0, t0 + count) of dy: dm[(xi * count + t) * ldm + co].
 template <class W>
-void transform_output_gradient_nhwc(const TileMap& map, const float* dy, int64_t t0,
-                                    int64_t count, float* dm, int64_t ldm) {
+void transform_output_gradient_nhwc(const TileMap& map, const float* dy, int64_t t0, int64_t count,
+                                    float* dm, int64_t ldm) {
   const ConvGeometry& g = map.g;
   constexpr int kOut = W::kOut;
   for (int64_t s = 0; s * NR < count; ++s) {
@@ -395,7 +403,8 @@ void transform_output_gradient_nhwc(const TileMap& map, const float* dy, int64_t
       for (int64_t c0 = 0; c0 < g.c_out; c0 += kLanes) {
         const int64_t n = std::min(kLanes, g.c_out - c0);
         Lanes d[kOut * kOut], out[kPoints];
-        for (int p = 0; p < kOut * kOut; ++p) d[p] = off[p][l] >= 0 ? load_first(dy + off[p][l] + c0, n) : Lanes{};
+        for (int p = 0; p < kOut * kOut; ++p)
+          d[p] = off[p][l] >= 0 ? load_first(dy + off[p][l] + c0, n) : Lanes{};
         output_adjoint_2d<W, Lanes, 1>(d, out);
         for (int xi = 0; xi < kPoints; ++xi) store(row + xi * count * ldm + c0, out[xi]);
       }
@@ -437,8 +446,8 @@ int64_t tiles_per_item(const ConvGeometry& g, int64_t tiles, int64_t budget) {
   return std::max<int64_t>(32, std::min(cache_bound, balance_bound));
 }
 
-// The forward's items keep V and M in a core's L2 (1 MB on the CPUs this was measured on:
-// 64->128 @32, batch 128, 1 thread, 160 -> 76 ms against an 8 MB budget).
+// The forward's items keep V and M in a core's L2 (1 MB or more on current x86 server
+// cores); a larger budget would stream them from L3 instead.
 constexpr int64_t kForwardBudget = 1 << 20;
 
 // The weight gradient accumulates each item's 36 GEMMs into dU (36 x C_out x C_in): small
@@ -452,7 +461,7 @@ int64_t weight_gradient_budget(const ConvGeometry& g) {
 // One item of the forward: tiles [t0, t0 + count).
 template <class W>
 bool forward_item(const TileMap& map, const std::vector<Buffer>& u, const float* x,
-                       const float* bias, int64_t t0, int64_t count, float* y) {
+                  const float* bias, int64_t t0, int64_t count, float* y) {
   const ConvGeometry& g = map.g;
   const int64_t width = round_up(count, NR), slivers = width / NR;
   thread_local Buffer v, m;
@@ -470,7 +479,8 @@ bool forward_item(const TileMap& map, const std::vector<Buffer>& u, const float*
     auto tiles_panel = [&](int64_t k0, int64_t, int64_t, int64_t) {
       return Panel{vx + k0 * NR, g.c_in * NR};
     };
-    gemm(g.c_out, width, g.c_in, weights, tiles_panel, m.data() + xi * g.c_out * width, width, false);
+    gemm(g.c_out, width, g.c_in, weights, tiles_panel, m.data() + xi * g.c_out * width, width,
+         false);
   }
   return transform_output_tiles<W>(map, m.data(), width, bias, t0, count, y);
 }
@@ -532,9 +542,10 @@ bool backward_weight(const ConvGeometry& g, const float* dy, const float* x, flo
       const int64_t width = round_up(count, NR);
       v.resize(kPoints * g.c_in * width);  // every lane is written: tiles past `count` as 0
       dm.resize(kPoints * g.c_out * width);
-      transform_input_tiles(map, x, t0, count, [&](int xi, int64_t ci, int64_t s, const float* lanes) {
-        std::memcpy(v.data() + (xi * g.c_in + ci) * width + s * NR, lanes, sizeof(float) * NR);
-      });
+      transform_input_tiles(
+          map, x, t0, count, [&](int xi, int64_t ci, int64_t s, const float* lanes) {
+            std::memcpy(v.data() + (xi * g.c_in + ci) * width + s * NR, lanes, sizeof(float) * NR);
+          });
       transform_output_gradient_nchw<W>(map, dy, t0, count, dm.data(), width);
       const float* left = transposed ? v.data() : dm.data();
       const float* right = transposed ? dm.data() : v.data();

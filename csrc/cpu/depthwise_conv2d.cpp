@@ -48,12 +48,12 @@ void forward_nchw(const ConvGeometry& g, const float* x, const float* w, const f
     for (int64_t oy = 0; oy < g.oh; ++oy) {
       float* out = y + (plane * g.oh + oy) * g.ow;
       std::fill(out, out + g.ow, bias ? bias[o] : 0.f);
-      for_valid_taps(g, oy, [&](int64_t ky, int64_t kx, int64_t iy, int64_t lo, int64_t hi,
-                                int64_t ix) {
-        const float wv = wo[ky * g.kw + kx];
-        const float* row = in + iy * g.w + ix - lo * g.stride_w;
-        for (int64_t ox = lo; ox < hi; ++ox) out[ox] += wv * row[ox * g.stride_w];
-      });
+      for_valid_taps(g, oy,
+                     [&](int64_t ky, int64_t kx, int64_t iy, int64_t lo, int64_t hi, int64_t ix) {
+                       const float wv = wo[ky * g.kw + kx];
+                       const float* row = in + iy * g.w + ix - lo * g.stride_w;
+                       for (int64_t ox = lo; ox < hi; ++ox) out[ox] += wv * row[ox * g.stride_w];
+                     });
     }
   });
 }
@@ -99,8 +99,10 @@ void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const f
         });
         continue;
       }
-      if (bias) std::memcpy(out, bias, sizeof(float) * g.c_out);
-      else std::fill(out, out + g.c_out, 0.f);
+      if (bias)
+        std::memcpy(out, bias, sizeof(float) * g.c_out);
+      else
+        std::fill(out, out + g.c_out, 0.f);
       for (int64_t t = 0; t < n; ++t)
         for (int64_t c = 0; c < g.c_in; ++c)
           for (int64_t m = 0; m < mult; ++m) out[c * mult + m] += in[t][c] * wv[t][c * mult + m];
@@ -120,12 +122,12 @@ void backward_input_nchw(const ConvGeometry& g, const float* dy, const float* w,
       const float* grad = dy + (b * g.c_out + o) * g.oh * g.ow;
       for (int64_t oy = 0; oy < g.oh; ++oy) {
         const float* grow = grad + oy * g.ow;
-        for_valid_taps(g, oy, [&](int64_t ky, int64_t kx, int64_t iy, int64_t lo, int64_t hi,
-                                  int64_t ix) {
-          const float wv = w[o * taps + ky * g.kw + kx];
-          float* row = out + iy * g.w + ix - lo * g.stride_w;
-          for (int64_t ox = lo; ox < hi; ++ox) row[ox * g.stride_w] += wv * grow[ox];
-        });
+        for_valid_taps(g, oy,
+                       [&](int64_t ky, int64_t kx, int64_t iy, int64_t lo, int64_t hi, int64_t ix) {
+                         const float wv = w[o * taps + ky * g.kw + kx];
+                         float* row = out + iy * g.w + ix - lo * g.stride_w;
+                         for (int64_t ox = lo; ox < hi; ++ox) row[ox * g.stride_w] += wv * grow[ox];
+                       });
       }
     }
   });
@@ -177,14 +179,14 @@ void backward_weight_nchw(const ConvGeometry& g, const float* dy, const float* x
       std::vector<float> sums(taps, 0.f);
       for (int64_t oy = 0; oy < g.oh; ++oy) {
         const float* grow = grad + oy * g.ow;
-        for_valid_taps(g, oy, [&](int64_t ky, int64_t kx, int64_t iy, int64_t lo, int64_t hi,
-                                  int64_t ix) {
-          const float* row = in + iy * g.w + ix - lo * g.stride_w;
-          float s = 0.f;
+        for_valid_taps(g, oy,
+                       [&](int64_t ky, int64_t kx, int64_t iy, int64_t lo, int64_t hi, int64_t ix) {
+                         const float* row = in + iy * g.w + ix - lo * g.stride_w;
+                         float s = 0.f;
 #pragma omp simd reduction(+ : s)
-          for (int64_t ox = lo; ox < hi; ++ox) s += grow[ox] * row[ox * g.stride_w];
-          sums[ky * g.kw + kx] += s;
-        });
+                         for (int64_t ox = lo; ox < hi; ++ox) s += grow[ox] * row[ox * g.stride_w];
+                         sums[ky * g.kw + kx] += s;
+                       });
       }
       for (int64_t t = 0; t < taps; ++t) total[t] += sums[t];
     }
@@ -216,20 +218,20 @@ void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x
     for (int64_t row = rows * t / team; row < rows * (t + 1) / team; ++row) {
       const int64_t b = row / g.oh, oy = row % g.oh;
       std::fill(sums.begin(), sums.end(), 0.f);
-      for_valid_taps(g, oy, [&](int64_t ky, int64_t kx, int64_t iy, int64_t lo, int64_t hi,
-                                int64_t ix) {
-        float* s = sums.data() + (ky * g.kw + kx) * g.c_out;
-        const float* grad = dy + ((b * g.oh + oy) * g.ow + lo) * g.c_out;
-        const float* px = x + ((b * g.h + iy) * g.w + ix) * g.c_in;
-        if (mult == 1) {
-          for_lane_groups(g.c_out, [&](auto lanes, int64_t c) {
-            row_dot(lanes, hi - lo, grad + c, g.c_out, px + c, g.stride_w * g.c_in, s + c);
+      for_valid_taps(
+          g, oy, [&](int64_t ky, int64_t kx, int64_t iy, int64_t lo, int64_t hi, int64_t ix) {
+            float* s = sums.data() + (ky * g.kw + kx) * g.c_out;
+            const float* grad = dy + ((b * g.oh + oy) * g.ow + lo) * g.c_out;
+            const float* px = x + ((b * g.h + iy) * g.w + ix) * g.c_in;
+            if (mult == 1) {
+              for_lane_groups(g.c_out, [&](auto lanes, int64_t c) {
+                row_dot(lanes, hi - lo, grad + c, g.c_out, px + c, g.stride_w * g.c_in, s + c);
+              });
+              return;
+            }
+            for (int64_t ox = lo; ox < hi; ++ox, grad += g.c_out, px += g.stride_w * g.c_in)
+              for (int64_t o = 0; o < g.c_out; ++o) s[o] += grad[o] * px[o / mult];
           });
-          return;
-        }
-        for (int64_t ox = lo; ox < hi; ++ox, grad += g.c_out, px += g.stride_w * g.c_in)
-          for (int64_t o = 0; o < g.c_out; ++o) s[o] += grad[o] * px[o / mult];
-      });
       for (int64_t i = 0; i < taps * g.c_out; ++i) partial[t][i] += sums[i];
     }
   });
@@ -245,20 +247,26 @@ void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x
 
 void depthwise_conv2d_forward(const ConvGeometry& g, const float* x, const float* w,
                               const float* bias, float* y) {
-  if (g.channels_last) forward_nhwc(g, x, w, bias, y);
-  else forward_nchw(g, x, w, bias, y);
+  if (g.channels_last)
+    forward_nhwc(g, x, w, bias, y);
+  else
+    forward_nchw(g, x, w, bias, y);
 }
 
 void depthwise_conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* w,
                                      float* dx) {
-  if (g.channels_last) backward_input_nhwc(g, dy, w, dx);
-  else backward_input_nchw(g, dy, w, dx);
+  if (g.channels_last)
+    backward_input_nhwc(g, dy, w, dx);
+  else
+    backward_input_nchw(g, dy, w, dx);
 }
 
 void depthwise_conv2d_backward_weight(const ConvGeometry& g, const float* dy, const float* x,
                                       float* dw) {
-  if (g.channels_last) backward_weight_nhwc(g, dy, x, dw);
-  else backward_weight_nchw(g, dy, x, dw);
+  if (g.channels_last)
+    backward_weight_nhwc(g, dy, x, dw);
+  else
+    backward_weight_nchw(g, dy, x, dw);
 }
 
 }  // namespace fastconv::cpu::FASTCONV_ISA

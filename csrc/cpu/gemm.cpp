@@ -50,8 +50,8 @@ __attribute__((always_inline)) inline void clear(Tile& acc) {
 
 // C[mr x nr] (+)= the tile's corner. Edge tiles store whole vectors where they can and the
 // last, partial one of a row masked, so nothing past C is read or written.
-__attribute__((always_inline)) inline void store(const Tile& acc, float* c, int64_t ldc,
-                                                 int64_t mr, int64_t nr, bool accumulate) {
+__attribute__((always_inline)) inline void store(const Tile& acc, float* c, int64_t ldc, int64_t mr,
+                                                 int64_t nr, bool accumulate) {
   if (mr == MR && nr == NR) {
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r)
@@ -74,7 +74,8 @@ __attribute__((always_inline)) inline void store(const Tile& acc, float* c, int6
         continue;
       }
       const int lanes = static_cast<int>(n);
-      Simd::store_part(o, accumulate ? Simd::add(acc[r][j], Simd::load_part(o, lanes)) : acc[r][j], lanes);
+      Simd::store_part(o, accumulate ? Simd::add(acc[r][j], Simd::load_part(o, lanes)) : acc[r][j],
+                       lanes);
     }
 }
 
@@ -84,8 +85,9 @@ void micro_tile(int64_t k, const float* a, const float* b, float* c, int64_t ldc
                 int64_t nr, bool accumulate) {
   Tile acc;
   clear(acc);
-  multiply_add(acc, k, [a](int64_t p, int r) { return a[p * MR + r]; },
-               [b](int64_t p) { return b + p * NR; });
+  multiply_add(
+      acc, k, [a](int64_t p, int r) { return a[p * MR + r]; },
+      [b](int64_t p) { return b + p * NR; });
   store(acc, c, ldc, mr, nr, accumulate);
 }
 
@@ -97,9 +99,10 @@ void micro_tile_rows(int64_t taps, int64_t k, const float* const* rows, const fl
 #pragma GCC unroll 4
     for (int j = 0; j < kCols; ++j) {
       const int64_t n = std::min<int64_t>(nr - j * Simd::kLanes, Simd::kLanes);
-      const V v = n <= 0            ? Simd::zero()
-                  : n == Simd::kLanes ? Simd::load(bias + j * Simd::kLanes)
-                                      : Simd::load_part(bias + j * Simd::kLanes, static_cast<int>(n));
+      const V v = n <= 0 ? Simd::zero()
+                  : n == Simd::kLanes
+                      ? Simd::load(bias + j * Simd::kLanes)
+                      : Simd::load_part(bias + j * Simd::kLanes, static_cast<int>(n));
 #pragma GCC unroll 16
       for (int r = 0; r < MR; ++r) acc[r][j] = v;
     }
@@ -107,8 +110,9 @@ void micro_tile_rows(int64_t taps, int64_t k, const float* const* rows, const fl
     const float* row[MR];
     for (int r = 0; r < MR; ++r) row[r] = rows[t * MR + r];
     const float* sliver = b[t];
-    multiply_add(acc, k, [&row](int64_t p, int r) { return row[r][p]; },
-                 [sliver](int64_t p) { return sliver + p * NR; });
+    multiply_add(
+        acc, k, [&row](int64_t p, int r) { return row[r][p]; },
+        [sliver](int64_t p) { return sliver + p * NR; });
   }
   store(acc, c, ldc, mr, nr, false);
 }
@@ -118,8 +122,9 @@ void micro_tile_cols(int64_t k, const float* a, int64_t lda, const float* const*
                      bool accumulate) {
   Tile acc;
   clear(acc);
-  multiply_add(acc, k, [a, lda](int64_t p, int r) { return a[p * lda + r]; },
-               [b_rows, b_offset](int64_t p) { return b_rows[p] + b_offset; });
+  multiply_add(
+      acc, k, [a, lda](int64_t p, int r) { return a[p * lda + r]; },
+      [b_rows, b_offset](int64_t p) { return b_rows[p] + b_offset; });
   store(acc, c, ldc, mr, nr, accumulate);
 }
 

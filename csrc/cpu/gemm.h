@@ -24,8 +24,8 @@ namespace fastconv::cpu::FASTCONV_ISA {
 // accumulators, 2 B vectors, 1 broadcast: 15 of 16); the portable build 6 x 16 as well.
 constexpr int64_t MR = gemm_tile(kBuildIsa).mr;
 constexpr int64_t NR = gemm_tile(kBuildIsa).nr;
-constexpr int64_t KC = 256;   // depth per packed block: a B sliver (16 or 32 KB) stays near L1
-constexpr int64_t MC = 120;   // rows per packed A block (a multiple of MR): it stays in L2
+constexpr int64_t KC = 256;  // depth per packed block: a B sliver (16 or 32 KB) stays near L1
+constexpr int64_t MC = 120;  // rows per packed A block (a multiple of MR): it stays in L2
 static_assert(MC % MR == 0 && NR % 8 == 0, "packers fill whole slivers, 8 columns at a time");
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
@@ -56,8 +56,8 @@ struct Panel {
 
 // C[mr x nr] (+)= sliver(a) * sliver(b) over depth k, for mr <= MR, nr <= NR; ldc is C's
 // row stride (columns are contiguous).
-void micro_tile(int64_t k, const float* a, const float* b, float* c, int64_t ldc,
-                int64_t mr, int64_t nr, bool accumulate);
+void micro_tile(int64_t k, const float* a, const float* b, float* c, int64_t ldc, int64_t mr,
+                int64_t nr, bool accumulate);
 
 // The same tile with A given by row pointers instead of a packed sliver, summed over `taps`
 // parts: C[mr x nr] = bias + sum over t < taps of A_t (MR x k) * B_t (k x NR), where row r
@@ -92,8 +92,8 @@ void pack_rows(const float* const* rows, int64_t n, int64_t k, int64_t width, fl
 void prepack(Buffer& packed, const float* src, int64_t rs, int64_t cs, int64_t m, int64_t k,
              int64_t width);
 
-inline Panel prepacked_panel(const Buffer& packed, int64_t depth, int64_t width,
-                             int64_t i0, int64_t k0) {
+inline Panel prepacked_panel(const Buffer& packed, int64_t depth, int64_t width, int64_t i0,
+                             int64_t k0) {
   return {packed.data() + (i0 / width) * depth * width + k0 * width, depth * width};
 }
 

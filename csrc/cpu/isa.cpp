@@ -38,9 +38,12 @@ std::string forced_reason(Isa isa) {
 
 const char* isa_name(Isa isa) {
   switch (isa) {
-    case Isa::avx512: return "avx512";
-    case Isa::avx2: return "avx2";
-    default: return "generic";
+    case Isa::avx512:
+      return "avx512";
+    case Isa::avx2:
+      return "avx2";
+    default:
+      return "generic";
   }
 }
 
@@ -89,8 +92,7 @@ std::string isa_missing(const IsaFeatures& f, Isa isa) {
                                                  {f.fma, "FMA"}};
   for (const auto& [present, name] : needed)
     if (!present) return std::string("the CPU lacks ") + name;
-  if (!f.os_avx512)
-    return "the OS does not enable the AVX-512 register state (opmask/ZMM in XCR0)";
+  if (!f.os_avx512) return "the OS does not enable the AVX-512 register state (opmask/ZMM in XCR0)";
   return "";
 }
 
@@ -105,12 +107,12 @@ IsaChoice choose_isa(const IsaFeatures& f, const char* forced) {
   if (forced && *forced) {
     Isa isa;
     if (!parse_isa(forced, isa))
-      throw std::invalid_argument(std::string("FASTCONV_ISA must be 'avx512', 'avx2' or 'generic', got '") +
-                                  forced + "'");
+      throw std::invalid_argument(
+          std::string("FASTCONV_ISA must be 'avx512', 'avx2' or 'generic', got '") + forced + "'");
     const std::string missing = isa_missing(f, isa);
     if (!missing.empty())
-      throw std::invalid_argument(std::string("FASTCONV_ISA=") + forced + " cannot run here: " +
-                                  missing);
+      throw std::invalid_argument(std::string("FASTCONV_ISA=") + forced +
+                                  " cannot run here: " + missing);
     return {isa, forced_reason(isa)};
   }
   // The best usable ISA; the reason names what stopped each better one.

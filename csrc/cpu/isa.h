@@ -23,7 +23,9 @@ const char* isa_name(Isa isa);
 struct GemmTile {
   int64_t mr, nr;
 };
-constexpr GemmTile gemm_tile(Isa isa) { return isa == Isa::avx512 ? GemmTile{8, 32} : GemmTile{6, 16}; }
+constexpr GemmTile gemm_tile(Isa isa) {
+  return isa == Isa::avx512 ? GemmTile{8, 32} : GemmTile{6, 16};
+}
 // Parses "avx512", "avx2" or "generic"; false for anything else.
 bool parse_isa(const std::string& name, Isa& isa);
 
@@ -31,7 +33,7 @@ bool parse_isa(const std::string& name, Isa& isa);
 // choice below is a pure function of it.
 struct IsaFeatures {
   bool built_avx2 = false, built_avx512 = false;  // kernels compiled into this module
-  bool avx2 = false, fma = false;                  // CPUID
+  bool avx2 = false, fma = false;                 // CPUID
   bool avx512f = false, avx512bw = false, avx512dq = false, avx512vl = false;
   bool os_avx = false;     // XCR0 enables the SSE and AVX (YMM) state
   bool os_avx512 = false;  // XCR0 also enables the opmask, ZMM_Hi256 and Hi16_ZMM state

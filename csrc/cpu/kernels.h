@@ -8,30 +8,29 @@
 #pragma once
 #include "geometry.h"
 
-#define FASTCONV_KERNEL_DECLARATIONS                                                          \
-  void conv2d_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, \
-                      float* y);                                                              \
-  void conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* w, float* dx); \
-  void conv2d_backward_weight(const ConvGeometry& g, const float* dy, const float* x,          \
-                              float* dw);                                                     \
-  void bias_backward(const ConvGeometry& g, const float* dy, float* dbias);                    \
-  void depthwise_conv2d_forward(const ConvGeometry& g, const float* x, const float* w,         \
-                                const float* bias, float* y);                                 \
-  void depthwise_conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* w, \
-                                       float* dx);                                            \
-  void depthwise_conv2d_backward_weight(const ConvGeometry& g, const float* dy, const float* x, \
-                                        float* dw);                                           \
-  void pool2d_forward(const PoolGeometry& g, const float* x, float* y);                       \
-  void pool2d_backward(const PoolGeometry& g, const float* dy, const float* x, float* dx);      \
-  void batch_norm_forward(const NormGeometry& g, const float* x, const float* gamma,           \
-                          const float* beta, float* y, float* mean, float* var);              \
-  void batch_norm_inference(const NormGeometry& g, const float* x, const float* mean,          \
-                            const float* var, const float* gamma, const float* beta, float* y); \
-  void batch_norm_backward(const NormGeometry& g, const float* dy, const float* x,             \
-                           const float* mean, const float* var, const float* gamma,           \
-                           const float* beta, float* dx, float* dgamma, float* dbeta);     \
-  /* GFLOP/s of one thread running independent register-only FMAs for about `seconds`: */    \
-  /* the ceiling of the build's micro-kernels (a multiply and an add count as 2 FLOP). */     \
+#define FASTCONV_KERNEL_DECLARATIONS                                                              \
+  void conv2d_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias,   \
+                      float* y);                                                                  \
+  void conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* w, float* dx);  \
+  void conv2d_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw); \
+  void bias_backward(const ConvGeometry& g, const float* dy, float* dbias);                       \
+  void depthwise_conv2d_forward(const ConvGeometry& g, const float* x, const float* w,            \
+                                const float* bias, float* y);                                     \
+  void depthwise_conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* w,    \
+                                       float* dx);                                                \
+  void depthwise_conv2d_backward_weight(const ConvGeometry& g, const float* dy, const float* x,   \
+                                        float* dw);                                               \
+  void pool2d_forward(const PoolGeometry& g, const float* x, float* y);                           \
+  void pool2d_backward(const PoolGeometry& g, const float* dy, const float* x, float* dx);        \
+  void batch_norm_forward(const NormGeometry& g, const float* x, const float* gamma,              \
+                          const float* beta, float* y, float* mean, float* var);                  \
+  void batch_norm_inference(const NormGeometry& g, const float* x, const float* mean,             \
+                            const float* var, const float* gamma, const float* beta, float* y);   \
+  void batch_norm_backward(const NormGeometry& g, const float* dy, const float* x,                \
+                           const float* mean, const float* var, const float* gamma,               \
+                           const float* beta, float* dx, float* dgamma, float* dbeta);            \
+  /* GFLOP/s of one thread running independent register-only FMAs for about `seconds`: */         \
+  /* the ceiling of the build's micro-kernels (a multiply and an add count as 2 FLOP). */         \
   double fma_peak_gflops(double seconds);
 
 namespace fastconv::cpu {

@@ -26,7 +26,7 @@ typedef float Lanes __attribute__((vector_size(16)));
 template <class V, int K>
 struct LaneGroup {
   static constexpr int64_t kStep = sizeof(V) / sizeof(float);  // floats per V
-  static constexpr int64_t kWidth = K * kStep;                  // floats per group
+  static constexpr int64_t kWidth = K * kStep;                 // floats per group
 };
 
 // body(group, c) over channels [0, channels), c advancing by the group's width: groups of
@@ -53,7 +53,9 @@ inline V load(const float* p) {
   return v;
 }
 template <class V>
-inline void store(float* p, V v) { std::memcpy(p, &v, sizeof v); }
+inline void store(float* p, V v) {
+  std::memcpy(p, &v, sizeof v);
+}
 // b > a ? b : a per lane for kind max (b < a ? b : a for min), i.e. a where they are equal
 // or either is NaN: one x86 MAXPS / MINPS, where the compares and select the expression
 // compiles to cost a chain of mask-register operations in the AVX-512 build.

@@ -18,10 +18,14 @@ namespace fastconv::cpu::FASTCONV_ISA {
 namespace {
 
 template <PoolKind kind>
-inline bool wins(float v, float best) { return PoolGeometry::replaces(kind, v, best); }
+inline bool wins(float v, float best) {
+  return PoolGeometry::replaces(kind, v, best);
+}
 
 template <PoolKind kind>
-constexpr bool is_extreme() { return kind == PoolKind::kMax || kind == PoolKind::kMin; }
+constexpr bool is_extreme() {
+  return kind == PoolKind::kMax || kind == PoolKind::kMin;
+}
 
 // The starting value of a window: every window holds a real cell, which beats it or ties.
 template <PoolKind kind>
@@ -36,7 +40,7 @@ constexpr float identity() {
 // the inner loops carry no bounds checks and vectorise for stride 1. Everything about
 // columns is the same for every row and plane, so it is worked out once per call.
 struct ColumnPlan {
-  std::vector<int64_t> lo, hi;       // per kx: the run of outputs whose column kx is real
+  std::vector<int64_t> lo, hi;        // per kx: the run of outputs whose column kx is real
   std::vector<int64_t> first, cells;  // per ox: first real input column, real columns
   explicit ColumnPlan(const PoolGeometry& g) : lo(g.kw), hi(g.kw), first(g.ow), cells(g.ow) {
     for (int64_t kx = 0; kx < g.kw; ++kx)
@@ -75,8 +79,10 @@ void forward_plane(const PoolGeometry& g, const ColumnPlan& plan, const float* i
       const float* src = in + iy * g.w + shift;
       for (int64_t ox = lo; ox < hi; ++ox) {
         const float v = src[ox * g.stride_w];
-        if constexpr (is_extreme<kind>()) o[ox] = wins<kind>(v, o[ox]) ? v : o[ox];
-        else o[ox] += v;
+        if constexpr (is_extreme<kind>())
+          o[ox] = wins<kind>(v, o[ox]) ? v : o[ox];
+        else
+          o[ox] += v;
       }
     });
     if (kind == PoolKind::kAvg) {
@@ -197,9 +203,8 @@ void forward_nhwc_row(const PoolGeometry& g, const float* x, float* y, int64_t b
   for (int64_t ox = 0; ox < g.ow; ++ox) {
     const Cells w(g, oy, ox);
     float* out = y + ((b * g.oh + oy) * g.ow + ox) * g.c;
-    for_lane_groups(g.c, [&](auto lanes, int64_t c) {
-      forward_lanes<kind>(lanes, g, w, image + c, out + c);
-    });
+    for_lane_groups(
+        g.c, [&](auto lanes, int64_t c) { forward_lanes<kind>(lanes, g, w, image + c, out + c); });
   }
 }
 
@@ -280,8 +285,10 @@ void backward_nhwc_rows(const PoolGeometry& g, const float* dy, const float* x, 
     if (col0 >= col1) return;
     for (int64_t iy = r0; iy < r1; ++iy) {
       float* row = dxi + iy * g.w * g.c;
-      if (cn == g.c) std::fill(row + col0 * g.c, row + col1 * g.c, 0.f);
-      else for (int64_t ix = col0; ix < col1; ++ix) std::fill_n(row + ix * g.c, cn, 0.f);
+      if (cn == g.c)
+        std::fill(row + col0 * g.c, row + col1 * g.c, 0.f);
+      else
+        for (int64_t ix = col0; ix < col1; ++ix) std::fill_n(row + ix * g.c, cn, 0.f);
     }
   };
   int64_t reached = first_owned_row(g, oy0);  // rows before it are written or zeroed
@@ -327,7 +334,8 @@ inline float plane_sum(const float* p, int64_t n) {
 template <PoolKind kind>
 void forward(const PoolGeometry& g, const float* x, float* y) {
   if (g.channels_last) {
-    parallel_for(g.n * g.oh, [&](int64_t row) { forward_nhwc_row<kind>(g, x, y, row / g.oh, row % g.oh); });
+    parallel_for(g.n * g.oh,
+                 [&](int64_t row) { forward_nhwc_row<kind>(g, x, y, row / g.oh, row % g.oh); });
   } else if (!is_extreme<kind>() && g.oh == 1 && g.ow == 1 && g.kh - g.pad_top >= g.h &&
              g.kw - g.pad_left >= g.w) {
     // Global average or sum (one window over each whole NCHW plane): a plain reduction of
@@ -375,19 +383,27 @@ void backward(const PoolGeometry& g, const float* dy, const float* x, float* dx)
 
 void pool2d_forward(const PoolGeometry& g, const float* x, float* y) {
   switch (g.pool_kind()) {
-    case PoolKind::kMax: return forward<PoolKind::kMax>(g, x, y);
-    case PoolKind::kMin: return forward<PoolKind::kMin>(g, x, y);
-    case PoolKind::kAvg: return forward<PoolKind::kAvg>(g, x, y);
-    case PoolKind::kSum: return forward<PoolKind::kSum>(g, x, y);
+    case PoolKind::kMax:
+      return forward<PoolKind::kMax>(g, x, y);
+    case PoolKind::kMin:
+      return forward<PoolKind::kMin>(g, x, y);
+    case PoolKind::kAvg:
+      return forward<PoolKind::kAvg>(g, x, y);
+    case PoolKind::kSum:
+      return forward<PoolKind::kSum>(g, x, y);
   }
 }
 
 void pool2d_backward(const PoolGeometry& g, const float* dy, const float* x, float* dx) {
   switch (g.pool_kind()) {
-    case PoolKind::kMax: return backward<PoolKind::kMax>(g, dy, x, dx);
-    case PoolKind::kMin: return backward<PoolKind::kMin>(g, dy, x, dx);
-    case PoolKind::kAvg: return backward<PoolKind::kAvg>(g, dy, x, dx);
-    case PoolKind::kSum: return backward<PoolKind::kSum>(g, dy, x, dx);
+    case PoolKind::kMax:
+      return backward<PoolKind::kMax>(g, dy, x, dx);
+    case PoolKind::kMin:
+      return backward<PoolKind::kMin>(g, dy, x, dx);
+    case PoolKind::kAvg:
+      return backward<PoolKind::kAvg>(g, dy, x, dx);
+    case PoolKind::kSum:
+      return backward<PoolKind::kSum>(g, dy, x, dx);
   }
 }
 
