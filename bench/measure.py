@@ -25,6 +25,7 @@ class Budget:
     min_reps: int = 3
     max_reps: int = 25
     warmup: int = 1
+    settle: float = 0.02  # seconds of untimed calls before each timed call
 
 
 def median_seconds(fns: dict, budget: Budget) -> dict:
@@ -34,7 +35,13 @@ def median_seconds(fns: dict, budget: Budget) -> dict:
 
 def sample_seconds(fns: dict, budget: Budget) -> dict:
     """Wall times of each callable. Calls are interleaved round by round, so a burst of load
-    from other processes slows every contender alike and the ratios stay fair."""
+    from other processes slows every contender alike and the ratios stay fair.
+
+    Each timed call follows `budget.settle` seconds of untimed calls of the same callable: an
+    OpenMP runtime's workers keep spinning on the cores for milliseconds after a parallel
+    region (libgomp's default wait policy; PyTorch bundles its own libgomp), so the call right
+    after another library's would share the cores with that library's idle workers. Settled,
+    each contender is timed as it runs in a program of its own, op after op."""
     for fn in fns.values():
         for _ in range(budget.warmup):
             fn()
@@ -44,6 +51,9 @@ def sample_seconds(fns: dict, budget: Budget) -> dict:
         if rep >= budget.min_reps and time.perf_counter() - start >= budget.seconds:
             break
         for name, fn in fns.items():
+            settled = time.perf_counter() + budget.settle
+            while time.perf_counter() < settled:
+                fn()
             t0 = time.perf_counter()
             fn()
             samples[name].append(time.perf_counter() - t0)

@@ -9,7 +9,7 @@ import fastconv
 from fastconv import ops
 from fastconv.bench import cases, runners
 from fastconv.bench.cases import Layer, minimum_ratio
-from fastconv.bench.measure import Budget, Ceilings, median_seconds
+from fastconv.bench.measure import Budget, Ceilings, median_seconds, sample_seconds
 from fastconv.bench.report import MAX_RELATIVE_ERROR, Row, geometric_mean, markdown, summary
 
 TINY = [
@@ -93,10 +93,20 @@ def test_timing_loop_obeys_its_budget():
         return fn
 
     fns = {name: counter(name) for name in calls}
-    result = median_seconds(fns, Budget(0.0, min_reps=3, max_reps=9, warmup=2))
+    result = median_seconds(fns, Budget(0.0, min_reps=3, max_reps=9, warmup=2, settle=0.0))
     assert calls == {"a": 5, "b": 5} and set(result) == {"a", "b"}
-    median_seconds(fns, Budget(60.0, min_reps=1, max_reps=4, warmup=0))
+    median_seconds(fns, Budget(60.0, min_reps=1, max_reps=4, warmup=0, settle=0.0))
     assert calls == {"a": 9, "b": 9}
+
+
+def test_each_timed_call_follows_untimed_calls_of_the_same_contender():
+    order = []
+    fns = {name: (lambda name=name: order.append(name)) for name in "ab"}
+    samples = sample_seconds(fns, Budget(0.0, min_reps=2, max_reps=2, warmup=0, settle=0.002))
+    assert [len(times) for times in samples.values()] == [2, 2]
+    runs = [name for i, name in enumerate(order) if i == 0 or order[i - 1] != name]
+    assert runs == ["a", "b", "a", "b"]  # contenders still take turns, round by round
+    assert len(order) > 8  # each timed call came after untimed ones
 
 
 def _row(error=0.0, ratio_avx2=1.6):

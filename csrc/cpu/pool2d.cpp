@@ -160,6 +160,31 @@ struct Cells {
   }
 };
 
+// Each lane's extreme of one window by the rule (the first of equal values, a NaN wins) into
+// best; true if a lane met a NaN. MAXPS / MINPS keep the first of equal values, as
+// `replaces` does, but pass over NaN; a group whose window holds a NaN is redone by the rule.
+template <PoolKind kind, class V, int K>
+inline bool window_extreme(LaneGroup<V, K> lanes, const Cells& w, const float* x, V* best) {
+  decltype(V{} != V{}) nan{};  // the lanes that met a NaN, in any of the K registers
+  for (int k = 0; k < K; ++k) best[k] = splat<V>(identity<kind>());
+  w.each([&](int64_t at, bool) {
+    for (int k = 0; k < K; ++k) {
+      const V v = load<V>(x + at + k * lanes.kStep);
+      best[k] = extreme_or_first<kind == PoolKind::kMax>(best[k], v);
+      nan |= v != v;
+    }
+  });
+  if (!any_lane(nan)) return false;
+  for (int k = 0; k < K; ++k) best[k] = splat<V>(identity<kind>());
+  w.each([&](int64_t at, bool) {
+    for (int k = 0; k < K; ++k) {
+      const V v = load<V>(x + at + k * lanes.kStep);
+      best[k] = PoolGeometry::replaces(kind, v, best[k]) ? v : best[k];
+    }
+  });
+  return true;
+}
+
 // Forward of one window for the lanes at x (the image's pixel (0, 0)) into y.
 template <PoolKind kind, class V, int K>
 inline void forward_lanes(LaneGroup<V, K> lanes, const PoolGeometry& g, const Cells& w,
@@ -167,25 +192,7 @@ inline void forward_lanes(LaneGroup<V, K> lanes, const PoolGeometry& g, const Ce
   V acc[K];
   for (int k = 0; k < K; ++k) acc[k] = splat<V>(identity<kind>());
   if constexpr (is_extreme<kind>()) {
-    // MAXPS / MINPS keep the first of equal values, as `replaces` does, but pass over NaN;
-    // a group whose window holds a NaN is redone by the rule (a NaN wins).
-    decltype(V{} != V{}) nan{};  // the lanes that met a NaN, in any of the K registers
-    w.each([&](int64_t at, bool) {
-      for (int k = 0; k < K; ++k) {
-        const V v = load<V>(x + at + k * lanes.kStep);
-        acc[k] = extreme_or_first<kind == PoolKind::kMax>(acc[k], v);
-        nan |= v != v;
-      }
-    });
-    if (any_lane(nan)) {
-      for (int k = 0; k < K; ++k) acc[k] = splat<V>(identity<kind>());
-      w.each([&](int64_t at, bool) {
-        for (int k = 0; k < K; ++k) {
-          const V v = load<V>(x + at + k * lanes.kStep);
-          acc[k] = PoolGeometry::replaces(kind, v, acc[k]) ? v : acc[k];
-        }
-      });
-    }
+    window_extreme<kind>(lanes, w, x, acc);
   } else {
     w.each([&](int64_t at, bool) {
       for (int k = 0; k < K; ++k) acc[k] = acc[k] + load<V>(x + at + k * lanes.kStep);
@@ -221,19 +228,13 @@ inline void backward_lanes(LaneGroup<V, K> lanes, const PoolGeometry& g, const C
   };
   if constexpr (is_extreme<kind>()) {
     V best[K], pending[K];
-    for (int k = 0; k < K; ++k) {
-      best[k] = splat<V>(identity<kind>());
-      pending[k] = load<V>(d + k * lanes.kStep);
-    }
-    w.each([&](int64_t at, bool) {
-      for (int k = 0; k < K; ++k) {
-        const V v = load<V>(x + at + k * lanes.kStep);
-        best[k] = PoolGeometry::replaces(kind, v, best[k]) ? v : best[k];
-      }
-    });
+    for (int k = 0; k < K; ++k) pending[k] = load<V>(d + k * lanes.kStep);
+    // Without a NaN in the window, holding the winning value is plain equality.
+    const bool nan = window_extreme<kind>(lanes, w, x, best);
     w.each([&](int64_t at, bool first) {
       for (int k = 0; k < K; ++k) {
-        const auto hit = PoolGeometry::holds_winner(load<V>(x + at + k * lanes.kStep), best[k]);
+        const V v = load<V>(x + at + k * lanes.kStep);
+        const auto hit = nan ? PoolGeometry::holds_winner(v, best[k]) : v == best[k];
         put(dx + at + k * lanes.kStep, first, hit ? pending[k] : V{});
         pending[k] = hit ? V{} : pending[k];
       }
