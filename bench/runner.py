@@ -160,7 +160,9 @@ def header(args, command, date, isas, blas_threads, ceilings, budget, loads) -> 
         f"{ceilings.copy_mib} MiB np.copyto on {ceilings.copy_threads} thread(s), bytes read + "
         f"written); NumPy's sgemm {ceilings.sgemm_gflops:.1f} GFLOP/s ({ceilings.sgemm_n}^3)",
         f"- Timing: median of {budget.min_reps}-{budget.max_reps} repetitions after "
-        f"{budget.warmup + 1} warm-up calls, every contender interleaved round by round, about "
+        f"{budget.warmup + 1} warm-up calls, every contender interleaved round by round, each "
+        f"timed call after {budget.settle * 1e3:g} ms of the same contender's untimed calls (so "
+        f"that no library's idle OpenMP workers still spin on the cores), about "
         f"{budget.seconds:g} s per row; PyTorch forward under no_grad, backward = "
         f"torch.autograd.grad of the op (graph built outside the timed call); fastconv backward "
         f"returns every gradient too",
