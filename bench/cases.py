@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import fastconv
 from fastconv import ops
 from fastconv.nn.zoo import REFERENCE_WIDTHS
 
@@ -143,3 +144,15 @@ def minimum_ratio(layer: Layer, direction: str) -> float:
 
 GEOMETRIC_MEAN_GOAL = 1.5
 EFFICIENCY_GOAL = 0.8  # of the FMA peak (compute-bound rows) or the copy bandwidth
+
+
+def conv_algorithms(case, direction) -> str:
+    """What the algorithm selector picks for each pass of a convolution row with the active
+    ISA ("" for ops that have no choice to make)."""
+    if case.op.name not in ("conv2d", "depthwise_conv2d", "pointwise_conv2d"):
+        return ""
+    g = ops.conv_geometry(case)
+    if direction == "forward":
+        return fastconv._cpu.conv_algorithm(g, "forward")
+    dx, dw = (fastconv._cpu.conv_algorithm(g, p) for p in ("backward_input", "backward_weight"))
+    return f"dx {dx}, dw {dw}"

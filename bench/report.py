@@ -30,7 +30,7 @@ class Row:
     route_ratio: dict = field(default_factory=dict)  # layout -> median fastconv.torch / fastconv
     flops: int = 0
     bytes: int = 0
-    winograd: bool = False  # a pass of this row runs Winograd (its GFLOP/s are effective)
+    algorithms: dict = field(default_factory=dict)  # layout -> the selector's choice, first ISA
     error: float = 0.0  # fastconv vs PyTorch, worst over ISAs, layouts and outputs
 
     @property
@@ -52,6 +52,16 @@ class Row:
     def ratio(self, isa=None) -> float:
         """PyTorch's faster layout over fastconv's faster layout (> 1: fastconv faster)."""
         return self.peer[1] / self.best(isa)[1]
+
+    @property
+    def algorithm(self) -> str:
+        """The convolution algorithm(s) of fastconv's faster layout ("" for other ops)."""
+        return self.algorithms.get(self.best()[0], "")
+
+    @property
+    def winograd(self) -> bool:
+        """A pass of this row runs Winograd: its GFLOP/s are effective, not performed."""
+        return "winograd" in self.algorithm
 
     def route_cost(self) -> float | None:
         """fastconv.torch's time over direct fastconv's, minus 1, in fastconv's faster layout
@@ -166,7 +176,7 @@ def table(rows, ceilings: Ceilings) -> list:
         + (["fastconv.torch ms", "route cost"] if routed else [])
         + ["torch ms", f"torch / {isas[0] if isas else ''}"]
         + [f"torch / {isa}" for isa in isas[1:]]
-        + ["fastconv achieved", "of ceiling", "goal", "met", "max rel err"]
+        + ["fastconv achieved", "of ceiling", "algorithm", "goal", "met", "max rel err"]
     )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -180,10 +190,10 @@ def table(rows, ceilings: Ceilings) -> list:
             ]
         cells.append(f"{_ms(r.peer[1])} {r.peer[0]}")
         cells += [f"{r.ratio(isa):.2f}x" for isa in isas]
-        winograd = " (Winograd)" if r.winograd else ""
         cells += [
-            f"{rate:.1f} {unit}{winograd}",
+            f"{rate:.1f} {unit}",
             f"{share:.0%} {ceiling}",
+            r.algorithm or "-",
             f"{r.goal:g}x",
             "yes" if r.met else "NO",
             f"{r.error:.1e}",

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 import fastconv
-from fastconv import _backend, ops
+from fastconv import _backend
 
 from . import cases as layer_list
 from . import runners
@@ -60,14 +60,6 @@ def _with_kernels(module, run):
     return timed
 
 
-def runs_winograd(case, direction) -> bool:
-    if case.op.name != "conv2d":
-        return False
-    passes = ["forward"] if direction == "forward" else ["backward_input", "backward_weight"]
-    g = ops.conv_geometry(case)
-    return any("winograd" in fastconv._cpu.conv_algorithm(g, p) for p in passes)
-
-
 def time_row(layer, direction, isas, layouts, budget: Budget, baseline=None) -> Row:
     """fastconv with each ISA (and the baseline build), fastconv's kernels of the first ISA
     from PyTorch tensors (fastconv.torch) and PyTorch, each in each layout, interleaved; every
@@ -102,7 +94,10 @@ def time_row(layer, direction, isas, layouts, budget: Budget, baseline=None) -> 
         direction,
         flops=case.op.flops(case, direction),
         bytes=case.op.bytes(case, direction),
-        winograd=runs_winograd(case, direction),
+        algorithms={
+            layout: layer_list.conv_algorithms(case.in_layout(layout), direction)
+            for layout in layouts
+        },
         error=error,
     )
     for (lib, isa, layout), times in samples.items():

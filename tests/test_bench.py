@@ -132,6 +132,20 @@ def test_row_takes_the_faster_layout_of_each_contender():
     assert not _row(ratio_avx2=0.9).met
 
 
+def test_each_row_names_the_algorithm_of_its_faster_layout():
+    conv = Layer("conv2d", 8, 64, 128, 32)  # 3x3 stride 1: Winograd with every ISA
+    forward = cases.conv_algorithms(conv.case(), "forward")
+    backward = cases.conv_algorithms(conv.case().in_layout("NHWC"), "backward")
+    assert forward.startswith("winograd") and backward.startswith("dx ") and ", dw " in backward
+    pool = Layer("max_pool2d", 1, 4, 4, 8, k=2, stride=2, pad=0)
+    assert cases.conv_algorithms(pool.case(), "forward") == ""
+    row = _row()
+    row.algorithms = {"NCHW": "gemm_nchw", "NHWC": "winograd_f4x3"}
+    assert row.algorithm == "winograd_f4x3" and row.winograd  # NHWC is the faster layout
+    row.algorithms = {"NCHW": "winograd_f4x3", "NHWC": "gemm_nhwc"}
+    assert not row.winograd
+
+
 def test_throughput_against_the_isa_peak_or_the_copy_bandwidth():
     row = _row()
     rate, unit, share, ceiling = row.throughput(CEILINGS)
