@@ -22,15 +22,23 @@ pytestmark = pytest.mark.filterwarnings(
 RTOL = 1e-4
 
 
-def assert_close(got, expected):
+# In training mode the batch norms normalise by statistics of few values (conv5's 2x2 maps of
+# two 64x64 images: 8 per channel), which amplifies those differences layer after layer: over
+# Keras' random initialisations they reach 2e-4 of the largest output
+TRAINING_RTOL = 1e-3
+
+
+def assert_close(got, expected, rtol=RTOL):
     scale = float(np.abs(expected).max())
     assert scale > 0
-    np.testing.assert_allclose(got, expected, rtol=0, atol=RTOL * scale)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=rtol * scale)
 
 
 def keras_or_skip():
     os.environ["KERAS_BACKEND"] = "torch"  # Keras 3 runs on PyTorch here (no TensorFlow)
-    return pytest.importorskip("keras")
+    keras = pytest.importorskip("keras")
+    keras.utils.set_random_seed(0)  # Keras' initialisers: the same weights every run
+    return keras
 
 
 def randomize_bn(model, x, seed=0):
@@ -350,4 +358,4 @@ def test_course_resnet50_counts_match_keras():
     ours.set_weights(theirs.get_weights())
     # the course calls its blocks' BNs with training=True: batch statistics, in both
     expected = theirs(x, training=True).detach().numpy()
-    assert_close(ours.forward(x, training=True), expected)
+    assert_close(ours.forward(x, training=True), expected, rtol=TRAINING_RTOL)
