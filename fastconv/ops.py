@@ -14,7 +14,7 @@ Adding an op: its kernels, one binding line, its functional and reference functi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -173,10 +173,6 @@ class Op:
     @property
     def reference(self):
         return getattr(reference, self.name)
-
-    @property
-    def reference_backward(self):
-        return getattr(reference, f"{self.name}_backward", None)
 
     def forward(self, case: Case, lib=functional, dev=lambda a: a) -> dict:
         """{output name: array} of the forward call of `lib` (functional or reference);
@@ -730,7 +726,6 @@ class Verdict:
     cases: int = 0
     worst: float = 0.0  # worst error, in units of the tolerance (<= 1 passes)
     failure: str | None = None  # the first failing case and output
-    notes: list = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

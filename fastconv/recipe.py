@@ -11,7 +11,6 @@ test-time augmentation. Measured runs: bench/results/train.md.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -129,9 +128,6 @@ class Recipe:
             fill_mode="reflect",
             flip_seed=self.seed,
         )
-
-    def describe(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def _subset(x, y, count, seed):

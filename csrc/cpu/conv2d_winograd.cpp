@@ -117,38 +117,33 @@ struct F2x5 {  // F(2x2, 5x5): 36 multiplies for 4 outputs, 100 direct
 
 // The 2-D transforms of one tile, columns then rows, on kN lanes side by side: point p of
 // lane l at [p * kN + l]. T = float, kN = NR: the NR tiles of a sliver, each loop over l a
-// vector loop; T = Lanes, kN = 1: a register of one tile's channels.
+// vector loop; T = Lanes, kN = 1: a register of one tile's channels. A kIn x kIn tile becomes
+// kOut x kOut by the 1-D transform f(in, out, in_step, out_step) along each axis.
+template <int kIn, int kOut, int kN, class T, class F>
+inline void transform_2d(const T* in, T* out, F f) {
+  T tmp[kOut * kIn * kN];
+  for (int j = 0; j < kIn; ++j)
+    for (int l = 0; l < kN; ++l) f(in + j * kN + l, tmp + j * kN + l, kIn * kN, kIn * kN);
+  for (int i = 0; i < kOut; ++i)
+    for (int l = 0; l < kN; ++l) f(tmp + i * kIn * kN + l, out + i * kOut * kN + l, kN, kN);
+}
+
 template <class T, int kN>
 inline void input_2d(const T* d, T* out) {  // B^T d B
-  T tmp[kPoints * kN];
-  for (int j = 0; j < kAlpha; ++j)
-    for (int l = 0; l < kN; ++l) input_1d(d + j * kN + l, tmp + j * kN + l, kAlpha * kN);
-  for (int i = 0; i < kAlpha; ++i)
-    for (int l = 0; l < kN; ++l) input_1d(tmp + i * kAlpha * kN + l, out + i * kAlpha * kN + l, kN);
+  transform_2d<kAlpha, kAlpha, kN>(d, out,
+                                   [](const T* a, T* b, int step, int) { input_1d(a, b, step); });
 }
 
 template <class W, class T, int kN>
 inline void output_2d(const T* m, T* out) {  // A^T m A
-  constexpr int kOut = W::kOut;
-  T tmp[kOut * kAlpha * kN];
-  for (int j = 0; j < kAlpha; ++j)
-    for (int l = 0; l < kN; ++l)
-      W::output_1d(m + j * kN + l, tmp + j * kN + l, kAlpha * kN, kAlpha * kN);
-  for (int i = 0; i < kOut; ++i)
-    for (int l = 0; l < kN; ++l)
-      W::output_1d(tmp + i * kAlpha * kN + l, out + i * kOut * kN + l, kN, kN);
+  transform_2d<kAlpha, W::kOut, kN>(
+      m, out, [](const T* a, T* b, int si, int so) { W::output_1d(a, b, si, so); });
 }
 
 template <class W, class T, int kN>
 inline void output_adjoint_2d(const T* d, T* out) {  // A d A^T
-  constexpr int kOut = W::kOut;
-  T tmp[kAlpha * kOut * kN];
-  for (int j = 0; j < kOut; ++j)
-    for (int l = 0; l < kN; ++l)
-      W::output_adjoint_1d(d + j * kN + l, tmp + j * kN + l, kOut * kN, kOut * kN);
-  for (int i = 0; i < kAlpha; ++i)
-    for (int l = 0; l < kN; ++l)
-      W::output_adjoint_1d(tmp + i * kOut * kN + l, out + i * kAlpha * kN + l, kN, kN);
+  transform_2d<W::kOut, kAlpha, kN>(
+      d, out, [](const T* a, T* b, int si, int so) { W::output_adjoint_1d(a, b, si, so); });
 }
 
 // The output tiles (size x size) of a layer, over the whole batch.

@@ -190,10 +190,10 @@ template <PoolKind kind, class V, int K>
 inline void forward_lanes(LaneGroup<V, K> lanes, const PoolGeometry& g, const Cells& w,
                           const float* x, float* y) {
   V acc[K];
-  for (int k = 0; k < K; ++k) acc[k] = splat<V>(identity<kind>());
   if constexpr (is_extreme<kind>()) {
     window_extreme<kind>(lanes, w, x, acc);
   } else {
+    for (int k = 0; k < K; ++k) acc[k] = splat<V>(identity<kind>());
     w.each([&](int64_t at, bool) {
       for (int k = 0; k < K; ++k) acc[k] = acc[k] + load<V>(x + at + k * lanes.kStep);
     });
