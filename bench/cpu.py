@@ -42,7 +42,8 @@ def parse_args(argv=None):
         "--baseline",
         type=Path,
         default=None,
-        help="another build's fastconv _cpu*.so (say main's) to time as 'base'",
+        help="another build of the fastconv package to time as 'base': its folder, say "
+        "DIR/fastconv after `pip install --target DIR .` in a checkout of main",
     )
     p.add_argument(
         "--layout",

@@ -16,6 +16,10 @@ MAX_RELATIVE_ERROR = 1e-3
 # What the operator route (fastconv.torch, from PyTorch tensors) may cost over calling
 # fastconv directly, per call.
 MAX_ROUTE_COST = 0.05
+# The column of the --baseline build, and how much slower than it a row may time before the
+# summary names it (the noise of one interleaved run on a shared machine).
+BASELINE = "base"
+BASELINE_SLACK = 0.05
 
 
 @dataclass
@@ -120,16 +124,24 @@ def _name(row) -> str:
     return f"{row.layer.label} @{row.layer.size} {SHORT[row.direction]}"
 
 
+def columns(rows) -> list:
+    """The fastconv builds timed, in the order of the first row that has each (the
+    baseline build skips rows it cannot run)."""
+    return list(dict.fromkeys(isa for r in rows for isa in r.fastconv))
+
+
 def summary(rows, ceilings: Ceilings) -> list:
     """The goals, one line each: met or not, and the rows that miss."""
     lines = []
-    for isa in rows[0].fastconv if rows else ():
-        ratios = [r.ratio(isa) for r in rows]
+    for isa in columns(rows):
+        ratios = [r.ratio(isa) for r in rows if isa in r.fastconv]
         lines.append(
-            f"fastconv {isa}: geometric mean of PyTorch / fastconv over {len(rows)} "
-            f"rows {geometric_mean(ratios):.2f}x (goal {GEOMETRIC_MEAN_GOAL:g}x); "
-            f"slowest {min(ratios):.2f}x"
+            f"fastconv {isa}: geometric mean of PyTorch / fastconv over {len(ratios)} "
+            f"rows {geometric_mean(ratios):.2f}x"
+            + ("" if isa == BASELINE else f" (goal {GEOMETRIC_MEAN_GOAL:g}x)")
+            + f"; slowest {min(ratios):.2f}x"
         )
+    lines += _against_baseline(rows)
     behind = [r for r in rows if not r.met]
     misses = [
         f"{_name(r)} {r.ratio():.2f}x (goal {r.goal:g}x)"
@@ -167,8 +179,25 @@ def summary(rows, ceilings: Ceilings) -> list:
     return lines
 
 
+def _against_baseline(rows) -> list:
+    """Per ISA, the rows it runs slower than the baseline build ('base') by more than
+    BASELINE_SLACK, in each contender's faster layout."""
+    compared = [r for r in rows if BASELINE in r.fastconv]
+    lines = []
+    for isa in [i for i in columns(rows) if i != BASELINE] if compared else ():
+        ratios = [(_name(r), r.best(BASELINE)[1] / r.best(isa)[1]) for r in compared]
+        slower = [(name, ratio) for name, ratio in ratios if ratio < 1 - BASELINE_SLACK]
+        lines.append(
+            f"fastconv {isa} against the baseline build: geometric mean of base / {isa} over "
+            f"{len(ratios)} rows {geometric_mean(v for _, v in ratios):.2f}x; rows more than "
+            f"{BASELINE_SLACK:.0%} slower than base: {len(slower)}/{len(ratios)}"
+            + (f" ({'; '.join(f'{n} {v:.2f}x' for n, v in slower)})" if slower else "")
+        )
+    return lines
+
+
 def table(rows, ceilings: Ceilings) -> list:
-    isas = list(rows[0].fastconv) if rows else []
+    isas = columns(rows)
     routed = any(r.fastconv_torch for r in rows)
     head = (
         ["op", "input (NCHW)", "pass"]
@@ -181,7 +210,9 @@ def table(rows, ceilings: Ceilings) -> list:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         rate, unit, share, ceiling = r.throughput(ceilings)
-        cells = [f"{_ms(r.best(isa)[1])} {r.best(isa)[0]}" for isa in isas]
+        cells = [
+            f"{_ms(r.best(isa)[1])} {r.best(isa)[0]}" if isa in r.fastconv else "-" for isa in isas
+        ]
         if routed:
             layout = r.best()[0]
             cells += [
@@ -189,7 +220,7 @@ def table(rows, ceilings: Ceilings) -> list:
                 "-" if r.route_cost() is None else f"{r.route_cost():+.1%}",
             ]
         cells.append(f"{_ms(r.peer[1])} {r.peer[0]}")
-        cells += [f"{r.ratio(isa):.2f}x" for isa in isas]
+        cells += [f"{r.ratio(isa):.2f}x" if isa in r.fastconv else "-" for isa in isas]
         cells += [
             f"{rate:.1f} {unit}",
             f"{share:.0%} {ceiling}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,7 +15,6 @@ import numpy as np
 import torch
 
 import fastconv
-from fastconv import _backend
 
 from . import cases as layer_list
 from . import runners
@@ -27,18 +27,27 @@ from .measure import (
     median_seconds,
     sample_seconds,
 )
-from .report import ReferenceRow, Row, bar_chart, markdown
+from .report import MAX_RELATIVE_ERROR, ReferenceRow, Row, bar_chart, markdown
 
 REPO = Path(__file__).resolve().parent.parent
 TORCH_LAYOUT = {"NCHW": False, "channels_last": True}
+BASELINE = "fastconv_baseline"  # the module name the --baseline package is imported under
 
 
 def load_baseline(path: Path):
-    """Another build of fastconv._cpu (say main's), under a private name."""
-    spec = importlib.util.spec_from_file_location("fastconv_baseline._cpu", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """Another installed build of the fastconv package (say main's, from `pip install
+    --target DIR .`: the folder DIR/fastconv), imported under a private name, so that its
+    own Python layer calls its own kernels: builds whose bindings differ compare too."""
+    init = Path(path) / "__init__.py"
+    if not init.is_file():
+        raise SystemExit(f"--baseline {path}: not a fastconv package folder (no __init__.py)")
+    spec = importlib.util.spec_from_file_location(
+        BASELINE, init, submodule_search_locations=[str(path)]
+    )
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[BASELINE] = package  # its relative imports resolve under the private name
+    spec.loader.exec_module(package)
+    return package
 
 
 def _with_isa(isa, run):
@@ -49,15 +58,19 @@ def _with_isa(isa, run):
     return timed
 
 
-def _with_kernels(module, run):
-    def timed():
-        _backend.CPU = _backend.Backend(module, np)
-        try:
-            return run()
-        finally:
-            _backend.CPU = _backend.Backend(fastconv._cpu, np)
-
-    return timed
+def _baseline_run(baseline, case, direction, expected):
+    """(run, convert) of `case` through the baseline package's functional API, or None
+    where that build cannot run it (an op or argument it lacks) or disagrees with PyTorch."""
+    try:
+        run, convert = runners.fastconv_runner(case, direction, lib=baseline.functional)
+        error = runners.max_relative_error(convert(run()), expected)
+    except (AttributeError, TypeError, ValueError) as e:
+        print(f"baseline: {case.op.name} {direction} not timed ({type(e).__name__}: {e})")
+        return None
+    if error > MAX_RELATIVE_ERROR:
+        print(f"baseline: {case.op.name} {direction} not timed (error {error:.1e})")
+        return None
+    return run, convert
 
 
 def time_row(layer, direction, isas, layouts, budget: Budget, baseline=None) -> Row:
@@ -75,17 +88,19 @@ def time_row(layer, direction, isas, layouts, budget: Budget, baseline=None) -> 
                     case.in_layout(layout), direction
                 )
                 runs[("fastconv.torch", isa, layout)] = (_with_isa(isa, route), route_convert)
-        if baseline is not None:
-            runs[("fastconv", "base", layout)] = (_with_kernels(baseline, run), convert)
     for name, channels_last in TORCH_LAYOUT.items():
         if name == "NCHW" or "NHWC" in layouts:
             runs[("torch", None, name)] = runners.torch_runner(case, direction, channels_last)
     expected_run, expected_convert = runs[("torch", None, "NCHW")]
     expected = expected_convert(expected_run())
+    for layout in layouts if baseline is not None else ():
+        base = _baseline_run(baseline, case.in_layout(layout), direction, expected)
+        if base is not None:
+            runs[("fastconv", "base", layout)] = base
     error = max(
         runners.max_relative_error(convert(run()), expected)
         for key, (run, convert) in runs.items()
-        if key[0] != "torch"
+        if key[0] != "torch" and key[1] != "base"
     )
     samples = sample_seconds({key: run for key, (run, _) in runs.items()}, budget)
     fastconv._cpu.set_isa(isas[0])
@@ -138,7 +153,7 @@ def header(args, command, date, isas, blas_threads, ceilings, budget, loads) -> 
         f"PyTorch {torch.__version__} (oneDNN available: {torch.backends.mkldnn.is_available()})"
     )
     peaks = ", ".join(f"{isa} {peak:.1f} GFLOP/s" for isa, peak in ceilings.fma_gflops.items())
-    return [
+    lines = [
         f"- Command: `{command}`"
         + (" (quick: a development run, not the goal run)" if args.quick else ""),
         f"- Date: {date}",
@@ -164,7 +179,15 @@ def header(args, command, date, isas, blas_threads, ceilings, budget, loads) -> 
         f"- Noise: timings vary from run to run when other processes share the cores; the "
         f"ratios come from one run with the contenders interleaved. Load average (1 min) at "
         f"start {loads[0]:.2f}, at end {loads[1]:.2f} on {os.cpu_count()} logical CPUs",
-    ] + ([f"- Note: {args.note}"] if args.note else [])
+    ]
+    if args.baseline:
+        lines.append(
+            f"- Baseline build ('base' columns): the fastconv package at {args.baseline}, "
+            f"through its own Python layer, with its kernels {sys.modules[BASELINE]._cpu.isa()}"
+        )
+    if args.note:
+        lines.append(f"- Note: {args.note}")
+    return lines
 
 
 def run(args, command: str, blas_threads: str):
@@ -185,6 +208,7 @@ def run(args, command: str, blas_threads: str):
     baseline = load_baseline(args.baseline) if args.baseline else None
     if baseline is not None:
         baseline.set_num_threads(args.threads)
+        print(f"baseline: {args.baseline}, kernels {baseline._cpu.isa()}", flush=True)
     load_start = os.getloadavg()[0]
     ceilings = (
         measure_ceilings(

@@ -186,6 +186,48 @@ def test_report_names_the_rows_below_goal():
     assert "| conv 3x3/s2 64->128 | 128x64x32x32 | fwd |" in text and "| 1.60x |" in text
 
 
+def test_report_compares_each_isa_with_the_baseline_build():
+    faster, slower, untimed = _row(), _row(), _row()
+    faster.fastconv["base"] = {"NCHW": 0.3}  # avx2 0.1 s, generic 0.4 s
+    slower.fastconv["base"] = {"NHWC": 0.08}
+    rows = [faster, slower, untimed]
+    lines = [line for line in summary(rows, CEILINGS) if "against the baseline" in line]
+    assert len(lines) == 2  # avx2 and generic; base is not compared with itself
+    avx2, generic = lines
+    assert f"over 2 rows {geometric_mean([3.0, 0.8]):.2f}x" in avx2
+    assert "slower than base: 1/2 (conv 3x3/s2 64->128 @32 fwd 0.80x)" in avx2
+    assert "slower than base: 2/2" in generic
+    text = markdown(["- header"], rows, [], CEILINGS)
+    assert "| fastconv base ms |" in text and "| 300.0 NCHW |" in text
+    assert text.count("| 100.0 NHWC | 400.0 NCHW | - |") == 1  # the row base did not run
+
+
+def test_baseline_package_runs_through_its_own_python_layer(tmp_path):
+    """A copy of the installed package under the baseline's private name computes what
+    fastconv computes, and the runner times it in a 'base' column."""
+    import shutil
+    from pathlib import Path
+
+    pytest.importorskip("torch")
+    from fastconv.bench import runner
+
+    copy = tmp_path / "fastconv"
+    shutil.copytree(
+        Path(fastconv.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__", "bench")
+    )
+    for built in Path(fastconv._cpu.__file__).parent.glob("_*.*"):  # editable installs
+        shutil.copy(built, copy)
+    baseline = runner.load_baseline(copy)
+    assert baseline.__name__ == runner.BASELINE and baseline.functional is not fastconv.functional
+    layer = Layer("conv2d", 2, 3, 4, 6)
+    row = runner.time_row(
+        layer, "backward", ["generic"], ["NCHW"], Budget(0.0, 1, 1, warmup=0, settle=0), baseline
+    )
+    assert set(row.fastconv) == {"generic", "base"} and row.error < 1e-4
+    with pytest.raises(SystemExit, match="not a fastconv package"):
+        runner.load_baseline(tmp_path)
+
+
 def test_max_relative_error_is_relative_to_each_output():
     a, b = np.array([1.0, 2.0]), np.array([1.0, 4.0])
     assert runners.max_relative_error([a], [b]) == pytest.approx(0.5)
