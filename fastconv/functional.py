@@ -79,7 +79,7 @@ def _conv_forward(x, w, bias, what, w_ndim=4, **geometry_args):
     x, w, bias = _conv_inputs(x, w, bias, backend.xp, w_ndim)
     g = _args.conv_geometry(x.shape, _as_4d(w).shape, what=what, **geometry_args)
     with backend.device(x):
-        y = backend.xp.empty(g.y_shape, dtype=backend.xp.float32)
+        y = backend.empty(g.y_shape)
     backend.kernels.conv2d_forward(x, w, bias, y, g)
     return y
 
@@ -94,9 +94,9 @@ def _conv_backward(
     g = _args.conv_geometry(x.shape, _as_4d(w).shape, what=what, **geometry_args)
     _args.expect_shape(dy, g.y_shape, "dy", " (the shape of the forward output)")
     with backend.device(x):
-        dx = xp.empty(g.x_shape, dtype=xp.float32) if need_dx else None
-        dw = xp.empty(w.shape, dtype=xp.float32) if need_dw else None
-        dbias = xp.empty((g.c_out,), dtype=xp.float32) if need_dbias else None
+        dx = backend.empty(g.x_shape) if need_dx else None
+        dw = backend.empty(w.shape) if need_dw else None
+        dbias = backend.empty((g.c_out,)) if need_dbias else None
     if need_dx:
         backend.kernels.conv2d_backward_input(dy, w, dx, g)
     if need_dw:
@@ -309,7 +309,7 @@ def _pool_forward(kind, x, kernel_size, stride, padding, layout, count_include_p
         what=f"{kind}_pool2d",
     )
     with backend.device(x):
-        y = backend.xp.empty(g.y_shape, dtype=backend.xp.float32)
+        y = backend.empty(g.y_shape)
     backend.kernels.pool2d_forward(x, y, g)
     return y
 
@@ -330,7 +330,7 @@ def _pool_backward(kind, dy, x, kernel_size, stride, padding, layout, count_incl
     )
     _args.expect_shape(dy, g.y_shape, "dy", " (the shape of the forward output)")
     with backend.device(x):
-        dx = backend.xp.empty(x.shape, dtype=backend.xp.float32)
+        dx = backend.empty(x.shape)
     backend.kernels.pool2d_backward(dy, x, dx, g)
     return dx
 
@@ -428,10 +428,9 @@ def batch_norm(x, gamma=None, beta=None, *, axis=-1, eps=1e-3, activation=None):
     backend, x, g, (gamma, beta) = _norm_call(
         "batch_norm", x, {"gamma": gamma, "beta": beta}, axis, eps, activation
     )
-    xp = backend.xp
     with backend.device(x):
-        y = xp.empty_like(x)
-        mean, var = xp.empty(g.channels, xp.float32), xp.empty(g.channels, xp.float32)
+        y = backend.empty(x.shape)
+        mean, var = backend.empty((g.channels,)), backend.empty((g.channels,))
     backend.kernels.batch_norm_forward(x, gamma, beta, y, mean, var, g)
     return y, mean, var
 
@@ -451,7 +450,7 @@ def batch_norm_inference(
         required=("mean", "var"),
     )
     with backend.device(x):
-        y = backend.xp.empty_like(x)
+        y = backend.empty(x.shape)
     backend.kernels.batch_norm_inference(x, mean, var, gamma, beta, y, g)
     return y
 
@@ -476,7 +475,7 @@ def batch_norm_backward(
     dy = _args.array(dy, "dy", x.ndim, xp)
     _args.expect_shape(dy, x.shape, "dy", " (the shape of x)")
     with backend.device(x):
-        dx = xp.empty_like(x) if need_dx else None
-        dgamma, dbeta = xp.empty(g.channels, xp.float32), xp.empty(g.channels, xp.float32)
+        dx = backend.empty(x.shape) if need_dx else None
+        dgamma, dbeta = backend.empty((g.channels,)), backend.empty((g.channels,))
     backend.kernels.batch_norm_backward(dy, x, mean, var, gamma, beta, dx, dgamma, dbeta, g)
     return dx, dgamma, dbeta

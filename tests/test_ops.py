@@ -2,6 +2,7 @@
 paddings, dilations, groups, layouts, ties, activations) against the NumPy reference, with
 each instruction set this CPU supports."""
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,3 +24,22 @@ def test_op_table_knows_the_output_shapes(op, data):
     case = op.sample(HypothesisDraw(data), CPU_LIMITS)
     got = {name: tuple(a.shape) for name, a in op.forward(case).items()}
     assert got == {name: tuple(shape) for name, shape in op.shapes(case).items()}
+
+
+@pytest.mark.parametrize("op", ops_with())
+@settings(max_examples=examples(10))
+@given(data=st.data())
+def test_outputs_start_on_a_cache_line(op, data):
+    """Host outputs are 64-byte aligned (a zmm load or store never splits a cache line) and
+    are ordinary writable C-contiguous float32 arrays."""
+    case = op.sample(HypothesisDraw(data), CPU_LIMITS)
+    forward = op.forward(case)
+    outputs = list(forward.values())
+    if op.backward_args is not None:
+        dy = np.ones(forward["y"].shape, np.float32)
+        outputs += op.backward(case, dy, forward).values()
+    for a in outputs:
+        if a is None or a.size == 0:
+            continue
+        assert a.ctypes.data % 64 == 0
+        assert a.dtype == np.float32 and a.flags.c_contiguous and a.flags.writeable
