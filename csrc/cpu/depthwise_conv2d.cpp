@@ -3,7 +3,7 @@
 // C input channels, M = C_out / C depth multiplier; output channel o reads input channel
 // o / M with weights w[o, 0, KH, KW]. There is no reduction over channels, so the work is
 // memory-bound: NCHW loops run along a row (contiguous for stride 1), NHWC loops run along
-// the channels of a pixel.
+// the channels of a pixel, and write outputs of kStreamBytes or more with streaming stores.
 #include <cstring>
 #include <vector>
 
@@ -60,15 +60,16 @@ void forward_nchw(const ConvGeometry& g, const float* x, const float* w, const f
 
 // out[c, c + group width) = bias + sum over the n taps of in[t][c..] * w[t][c..], the
 // group's K registers accumulating in place.
-template <class V, int K>
-inline void window_sum(LaneGroup<V, K> lanes, int64_t n, const float* const* in,
-                       const float* const* w, const float* bias, int64_t c, float* out) {
+template <bool kStream, class V, int K>
+[[gnu::always_inline]] inline void window_sum(LaneGroup<V, K> lanes, int64_t n,
+                                              const float* const* in, const float* const* w,
+                                              const float* bias, int64_t c, float* out) {
   V acc[K];
   for (int k = 0; k < K; ++k) acc[k] = bias ? load<V>(bias + c + k * lanes.kStep) : V{};
   for (int64_t t = 0; t < n; ++t)
     for (int k = 0; k < K; ++k)
       acc[k] += load<V>(in[t] + c + k * lanes.kStep) * load<V>(w[t] + c + k * lanes.kStep);
-  for (int k = 0; k < K; ++k) store(out + c + k * lanes.kStep, acc[k]);
+  for (int k = 0; k < K; ++k) store_out<kStream>(out + c + k * lanes.kStep, acc[k]);
 }
 
 // One output pixel at a time, all channels. With one filter per input channel (M = 1), each
@@ -78,35 +79,38 @@ void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const f
                   float* y) {
   const int64_t mult = g.c_out / g.c_in, taps = g.kh * g.kw;
   const std::vector<float> wt = tap_major(g, w);
-  parallel_for(g.n * g.oh, [&](int64_t row) {
-    const int64_t b = row / g.oh, oy = row % g.oh;
-    std::vector<const float*> in(taps), wv(taps);  // the window's real taps: input, weights
-    for (int64_t ox = 0; ox < g.ow; ++ox) {
-      float* out = y + (row * g.ow + ox) * g.c_out;
-      int64_t n = 0;
-      for (int64_t ky = 0; ky < g.kh; ++ky) {
-        const int64_t iy = g.in_row(oy, ky);
-        for (int64_t kx = 0; kx < g.kw && iy >= 0 && iy < g.h; ++kx) {
-          const int64_t ix = g.in_col(ox, kx);
-          if (ix < 0 || ix >= g.w) continue;
-          in[n] = x + ((b * g.h + iy) * g.w + ix) * g.c_in;
-          wv[n++] = wt.data() + (ky * g.kw + kx) * g.c_out;
+  with_streaming(mult == 1 && 4 * g.n * g.oh * g.ow * g.c_out >= kStreamBytes, [&](auto streamed) {
+    parallel_for(g.n * g.oh, [&](int64_t row) {
+      const int64_t b = row / g.oh, oy = row % g.oh;
+      std::vector<const float*> in(taps), wv(taps);  // the window's real taps: input, weights
+      for (int64_t ox = 0; ox < g.ow; ++ox) {
+        float* out = y + (row * g.ow + ox) * g.c_out;
+        int64_t n = 0;
+        for (int64_t ky = 0; ky < g.kh; ++ky) {
+          const int64_t iy = g.in_row(oy, ky);
+          for (int64_t kx = 0; kx < g.kw && iy >= 0 && iy < g.h; ++kx) {
+            const int64_t ix = g.in_col(ox, kx);
+            if (ix < 0 || ix >= g.w) continue;
+            in[n] = x + ((b * g.h + iy) * g.w + ix) * g.c_in;
+            wv[n++] = wt.data() + (ky * g.kw + kx) * g.c_out;
+          }
         }
+        if (mult == 1) {
+          for_lane_groups(g.c_out, [&](auto lanes, int64_t c) {
+            window_sum<decltype(streamed)::value>(lanes, n, in.data(), wv.data(), bias, c, out);
+          });
+          continue;
+        }
+        if (bias)
+          std::memcpy(out, bias, sizeof(float) * g.c_out);
+        else
+          std::fill(out, out + g.c_out, 0.f);
+        for (int64_t t = 0; t < n; ++t)
+          for (int64_t c = 0; c < g.c_in; ++c)
+            for (int64_t m = 0; m < mult; ++m) out[c * mult + m] += in[t][c] * wv[t][c * mult + m];
       }
-      if (mult == 1) {
-        for_lane_groups(g.c_out, [&](auto lanes, int64_t c) {
-          window_sum(lanes, n, in.data(), wv.data(), bias, c, out);
-        });
-        continue;
-      }
-      if (bias)
-        std::memcpy(out, bias, sizeof(float) * g.c_out);
-      else
-        std::fill(out, out + g.c_out, 0.f);
-      for (int64_t t = 0; t < n; ++t)
-        for (int64_t c = 0; c < g.c_in; ++c)
-          for (int64_t m = 0; m < mult; ++m) out[c * mult + m] += in[t][c] * wv[t][c * mult + m];
-    }
+      if (decltype(streamed)::value) stream_fence();
+    });
   });
 }
 
@@ -139,33 +143,37 @@ void backward_input_nchw(const ConvGeometry& g, const float* dy, const float* w,
 void backward_input_nhwc(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
   const int64_t mult = g.c_out / g.c_in, taps = g.kh * g.kw;
   const std::vector<float> wt = tap_major(g, w);
-  parallel_for(g.n * g.h, [&](int64_t row) {
-    const int64_t b = row / g.h, iy = row % g.h;
-    std::vector<const float*> grad(taps), wv(taps);  // the outputs reaching a pixel, weights
-    std::vector<float> acc(mult == 1 ? 0 : g.c_in);
-    for (int64_t ix = 0; ix < g.w; ++ix) {
-      int64_t n = 0;
-      for (int64_t ky = 0; ky < g.kh; ++ky) {
-        const int64_t oy = g.out_row(iy, ky);
-        for (int64_t kx = 0; kx < g.kw && oy >= 0; ++kx) {
-          const int64_t ox = g.out_col(ix, kx);
-          if (ox < 0) continue;
-          grad[n] = dy + ((b * g.oh + oy) * g.ow + ox) * g.c_out;
-          wv[n++] = wt.data() + (ky * g.kw + kx) * g.c_out;
+  with_streaming(mult == 1 && 4 * g.n * g.h * g.w * g.c_in >= kStreamBytes, [&](auto streamed) {
+    parallel_for(g.n * g.h, [&](int64_t row) {
+      const int64_t b = row / g.h, iy = row % g.h;
+      std::vector<const float*> grad(taps), wv(taps);  // the outputs reaching a pixel, weights
+      std::vector<float> acc(mult == 1 ? 0 : g.c_in);
+      for (int64_t ix = 0; ix < g.w; ++ix) {
+        int64_t n = 0;
+        for (int64_t ky = 0; ky < g.kh; ++ky) {
+          const int64_t oy = g.out_row(iy, ky);
+          for (int64_t kx = 0; kx < g.kw && oy >= 0; ++kx) {
+            const int64_t ox = g.out_col(ix, kx);
+            if (ox < 0) continue;
+            grad[n] = dy + ((b * g.oh + oy) * g.ow + ox) * g.c_out;
+            wv[n++] = wt.data() + (ky * g.kw + kx) * g.c_out;
+          }
         }
+        float* out = dx + ((b * g.h + iy) * g.w + ix) * g.c_in;
+        if (mult == 1) {
+          for_lane_groups(g.c_in, [&](auto lanes, int64_t c) {
+            window_sum<decltype(streamed)::value>(lanes, n, grad.data(), wv.data(), nullptr, c,
+                                                  out);
+          });
+          continue;
+        }
+        std::fill(acc.begin(), acc.end(), 0.f);
+        for (int64_t t = 0; t < n; ++t)
+          for (int64_t o = 0; o < g.c_out; ++o) acc[o / mult] += grad[t][o] * wv[t][o];
+        std::memcpy(out, acc.data(), sizeof(float) * g.c_in);
       }
-      float* out = dx + ((b * g.h + iy) * g.w + ix) * g.c_in;
-      if (mult == 1) {
-        for_lane_groups(g.c_in, [&](auto lanes, int64_t c) {
-          window_sum(lanes, n, grad.data(), wv.data(), nullptr, c, out);
-        });
-        continue;
-      }
-      std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t t = 0; t < n; ++t)
-        for (int64_t o = 0; o < g.c_out; ++o) acc[o / mult] += grad[t][o] * wv[t][o];
-      std::memcpy(out, acc.data(), sizeof(float) * g.c_in);
-    }
+      if (decltype(streamed)::value) stream_fence();
+    });
   });
 }
 

@@ -56,6 +56,50 @@ template <class V>
 inline void store(float* p, V v) {
   std::memcpy(p, &v, sizeof v);
 }
+// Outputs of at least this many bytes are written with streaming (non-temporal) stores: they
+// outgrow the private caches before the next op reads them, and a plain store first reads
+// each line it writes, a third of the memory traffic of a copy.
+constexpr int64_t kStreamBytes = int64_t{4} << 20;
+
+// store(p, v), or with kStream a streaming store where p is aligned to V's size (x86). A
+// parallel item that streams ends with stream_fence(), which makes its stores visible to
+// the threads that read the output next.
+template <bool kStream, class V>
+inline void store_out(float* p, V v) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (kStream && reinterpret_cast<uintptr_t>(p) % sizeof(V) == 0) {
+    if constexpr (sizeof(V) == 64) {
+#if defined(__AVX512F__)
+      return _mm512_stream_ps(p, reinterpret_cast<__m512>(v));
+#endif
+    } else if constexpr (sizeof(V) == 32) {
+#if defined(__AVX__)
+      return _mm256_stream_ps(p, reinterpret_cast<__m256>(v));
+#endif
+    } else if constexpr (sizeof(V) == 16) {
+      return _mm_stream_ps(p, reinterpret_cast<__m128>(v));
+    }
+  }
+#endif
+  store(p, v);
+}
+
+// f(std::true_type{}) or f(std::false_type{}) for the runtime choice `stream`: kernels are
+// compiled both ways, so the plain-store one carries no test per store.
+template <class F>
+inline void with_streaming(bool stream, F&& f) {
+  if (stream)
+    f(std::true_type{});
+  else
+    f(std::false_type{});
+}
+
+inline void stream_fence() {
+#if defined(__x86_64__) || defined(_M_X64)
+  _mm_sfence();
+#endif
+}
+
 // b > a ? b : a per lane for kind max (b < a ? b : a for min), i.e. a where they are equal
 // or either is NaN: one x86 MAXPS / MINPS, where the compares and select the expression
 // compiles to cost a chain of mask-register operations in the AVX-512 build.

@@ -5,7 +5,8 @@
 // Max/min backward recomputes the winner -- the first extreme in row-major order, NaN
 // counting as extreme -- instead of storing indices, so the API needs only x and dy.
 // NCHW works plane by plane; NHWC works on the contiguous channels of a pixel, a vector of
-// them at a time.
+// them at a time, and writes large outputs with streaming stores where windows do not
+// overlap (see `streams`).
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -186,9 +187,9 @@ inline bool window_extreme(LaneGroup<V, K> lanes, const Cells& w, const float* x
 }
 
 // Forward of one window for the lanes at x (the image's pixel (0, 0)) into y.
-template <PoolKind kind, class V, int K>
-inline void forward_lanes(LaneGroup<V, K> lanes, const PoolGeometry& g, const Cells& w,
-                          const float* x, float* y) {
+template <PoolKind kind, bool kStream, class V, int K>
+[[gnu::always_inline]] inline void forward_lanes(LaneGroup<V, K> lanes, const PoolGeometry& g,
+                                                 const Cells& w, const float* x, float* y) {
   V acc[K];
   if constexpr (is_extreme<kind>()) {
     window_extreme<kind>(lanes, w, x, acc);
@@ -200,19 +201,21 @@ inline void forward_lanes(LaneGroup<V, K> lanes, const PoolGeometry& g, const Ce
   }
   const V scale = splat<V>(kind == PoolKind::kAvg ? 1.f / g.avg_divisor(w.count()) : 1.f);
   for (int k = 0; k < K; ++k)
-    store(y + k * lanes.kStep, kind == PoolKind::kAvg ? acc[k] * scale : acc[k]);
+    store_out<kStream>(y + k * lanes.kStep, kind == PoolKind::kAvg ? acc[k] * scale : acc[k]);
 }
 
 // Forward of output row oy of NHWC image b, all channels.
-template <PoolKind kind>
+template <PoolKind kind, bool kStream>
 void forward_nhwc_row(const PoolGeometry& g, const float* x, float* y, int64_t b, int64_t oy) {
   const float* image = x + b * g.h * g.w * g.c;
   for (int64_t ox = 0; ox < g.ow; ++ox) {
     const Cells w(g, oy, ox);
     float* out = y + ((b * g.oh + oy) * g.ow + ox) * g.c;
-    for_lane_groups(
-        g.c, [&](auto lanes, int64_t c) { forward_lanes<kind>(lanes, g, w, image + c, out + c); });
+    for_lane_groups(g.c, [&](auto lanes, int64_t c) {
+      forward_lanes<kind, kStream>(lanes, g, w, image + c, out + c);
+    });
   }
+  if (kStream) stream_fence();
 }
 
 // Backward of one window for the lanes at x, dx (the item's pixel (0, 0)); d is the
@@ -220,11 +223,14 @@ void forward_nhwc_row(const PoolGeometry& g, const float* x, float* y, int64_t b
 // the gradient to the first cell that holds it (`pending` drops to 0 once given). A cell
 // no earlier window reached gets 0 + the gradient, which is what adding to a zeroed cell
 // would give (a -0 lands as +0); the others add to it.
-template <PoolKind kind, class V, int K>
+template <PoolKind kind, bool kStream, class V, int K>
 inline void backward_lanes(LaneGroup<V, K> lanes, const PoolGeometry& g, const Cells& w,
                            const float* d, const float* x, float* dx) {
   const auto put = [](float* out, bool first, V given) {
-    store(out, (first ? V{} : load<V>(out)) + given);
+    if (first)
+      store_out<kStream>(out, V{} + given);
+    else
+      store(out, load<V>(out) + given);
   };
   if constexpr (is_extreme<kind>()) {
     V best[K], pending[K];
@@ -276,7 +282,7 @@ int64_t shared_rows_channel_block(const PoolGeometry& g) {
 // those channels of input rows [first_owned_row(oy0), first_owned_row(oy1)). Each dx cell is
 // stored by the first window that reaches it and added to by later ones; cells that no
 // window reaches are zeroed. No zero-fill pass: dx is written to memory once.
-template <PoolKind kind>
+template <PoolKind kind, bool kStream>
 void backward_nhwc_rows(const PoolGeometry& g, const float* dy, const float* x, float* dx,
                         int64_t b, int64_t oy0, int64_t oy1, int64_t c0, int64_t cn) {
   const int64_t image = b * g.h * g.w * g.c + c0;
@@ -307,13 +313,14 @@ void backward_nhwc_rows(const PoolGeometry& g, const float* dy, const float* x, 
       reached_x = std::max(reached_x, w.x1);
       const float* d = dy + ((b * g.oh + oy) * g.ow + ox) * g.c + c0;
       for_lane_groups(cn, [&](auto lanes, int64_t c) {
-        backward_lanes<kind>(lanes, g, w, d + c, xi + c, dxi + c);
+        backward_lanes<kind, kStream>(lanes, g, w, d + c, xi + c, dxi + c);
       });
     }
     zero(first_y, y1, reached_x, g.w);
     reached = std::max(reached, y1);
   }
   zero(reached, first_owned_row(g, oy1), 0, g.w);
+  if (kStream) stream_fence();
 }
 
 // Sum of n contiguous floats in K independent lane groups (fixed order, so repeatable):
@@ -332,11 +339,21 @@ inline float plane_sum(const float* p, int64_t n) {
   return total;
 }
 
+// Whether an NHWC pass writes its output of `count` floats with streaming stores: only where
+// windows do not overlap, as the backward adds to cells an earlier window stored (a streamed
+// line would come back from memory), and the forward measured slower with overlap.
+bool streams(const PoolGeometry& g, int64_t count) {
+  return g.kh <= g.stride_h && g.kw <= g.stride_w && 4 * count >= kStreamBytes;
+}
+
 template <PoolKind kind>
 void forward(const PoolGeometry& g, const float* x, float* y) {
   if (g.channels_last) {
-    parallel_for(g.n * g.oh,
-                 [&](int64_t row) { forward_nhwc_row<kind>(g, x, y, row / g.oh, row % g.oh); });
+    with_streaming(streams(g, g.n * g.oh * g.ow * g.c), [&](auto streamed) {
+      parallel_for(g.n * g.oh, [&](int64_t row) {
+        forward_nhwc_row<kind, decltype(streamed)::value>(g, x, y, row / g.oh, row % g.oh);
+      });
+    });
   } else if (!is_extreme<kind>() && g.oh == 1 && g.ow == 1 && g.kh - g.pad_top >= g.h &&
              g.kw - g.pad_left >= g.w) {
     // Global average or sum (one window over each whole NCHW plane): a plain reduction of
@@ -358,19 +375,22 @@ void forward(const PoolGeometry& g, const float* x, float* y) {
 template <PoolKind kind>
 void backward(const PoolGeometry& g, const float* dy, const float* x, float* dx) {
   if (g.channels_last) {
-    if (g.kh <= g.stride_h) {  // an input row meets one output row: items are (image, row)
-      parallel_for(g.n * g.oh, [&](int64_t item) {
-        const int64_t oy = item % g.oh;
-        backward_nhwc_rows<kind>(g, dy, x, dx, item / g.oh, oy, oy + 1, 0, g.c);
-      });
-    } else {  // rows shared by output rows: items are (image, channel block), all rows
-      const int64_t block = shared_rows_channel_block(g), blocks = (g.c + block - 1) / block;
-      parallel_for(g.n * blocks, [&](int64_t item) {
-        const int64_t c0 = item % blocks * block;
-        backward_nhwc_rows<kind>(g, dy, x, dx, item / blocks, 0, g.oh, c0,
-                                 std::min(block, g.c - c0));
-      });
-    }
+    with_streaming(streams(g, g.n * g.h * g.w * g.c), [&](auto streamed) {
+      constexpr bool kStream = decltype(streamed)::value;
+      if (g.kh <= g.stride_h) {  // an input row meets one output row: items are (image, row)
+        parallel_for(g.n * g.oh, [&](int64_t item) {
+          const int64_t oy = item % g.oh;
+          backward_nhwc_rows<kind, kStream>(g, dy, x, dx, item / g.oh, oy, oy + 1, 0, g.c);
+        });
+      } else {  // rows shared by output rows: items are (image, channel block), all rows
+        const int64_t block = shared_rows_channel_block(g), blocks = (g.c + block - 1) / block;
+        parallel_for(g.n * blocks, [&](int64_t item) {
+          const int64_t c0 = item % blocks * block;
+          backward_nhwc_rows<kind, kStream>(g, dy, x, dx, item / blocks, 0, g.oh, c0,
+                                            std::min(block, g.c - c0));
+        });
+      }
+    });
   } else {
     const ColumnPlan plan(g);
     parallel_for(g.n * g.c, [&](int64_t plane) {
