@@ -148,7 +148,7 @@ def _progress(row: Row) -> str:
     )
 
 
-def header(args, command, date, isas, blas_threads, ceilings, budget, loads) -> list:
+def header(args, command, date, isas, isa_choice, blas_threads, ceilings, budget, loads) -> list:
     torch_config = (
         f"PyTorch {torch.__version__} (oneDNN available: {torch.backends.mkldnn.is_available()})"
     )
@@ -158,7 +158,7 @@ def header(args, command, date, isas, blas_threads, ceilings, budget, loads) -> 
         + (" (quick: a development run, not the goal run)" if args.quick else ""),
         f"- Date: {date}",
         f"- Machine: {cpu_description()}; fastconv kernels timed: {', '.join(isas)} (import "
-        f"chose {fastconv._cpu.isa_reason()}); Winograd {'on' if fastconv.winograd() else 'off'}",
+        f"chose {isa_choice}); Winograd {'on' if fastconv.winograd() else 'off'}",
         f"- Versions: Python {platform.python_version()}, NumPy {np.__version__}, "
         f"{torch_config}, fastconv {fastconv.__version__} (git {git_revision(REPO)}), "
         f"compiler: {compiler_description(REPO)}",
@@ -191,6 +191,7 @@ def header(args, command, date, isas, blas_threads, ceilings, budget, loads) -> 
 
 
 def run(args, command: str, blas_threads: str):
+    isa_choice = fastconv._cpu.isa_reason()  # before the rows switch ISAs
     torch.set_num_threads(args.threads)
     fastconv.set_num_threads(args.threads)
     isas = (
@@ -251,9 +252,8 @@ def run(args, command: str, blas_threads: str):
     print(f"timed in {time.perf_counter() - started:.0f} s", flush=True)
 
     date = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
-    lines = header(
-        args, command, date, isas, blas_threads, ceilings, budget, (load_start, os.getloadavg()[0])
-    )
+    loads = (load_start, os.getloadavg()[0])
+    lines = header(args, command, date, isas, isa_choice, blas_threads, ceilings, budget, loads)
     text = markdown(lines, rows, reference_rows, ceilings)
     print("\n" + text)
     if args.out is not None and rows:
