@@ -300,9 +300,13 @@ def _bench(args):
             "(or pip install torch==2.13.0)"
         ) from None
     from .bench import cpu, gpu, train_vs_torch
+    from .data import DatasetError
 
     suite = gpu if args.gpu else train_vs_torch if args.train else cpu
-    return suite.main(args.rest + (["--help"] if args.help else [])) or 0
+    try:
+        return suite.main(args.rest + (["--help"] if args.help else [])) or 0
+    except (DatasetError, FileNotFoundError) as e:
+        raise UsageError(str(e)) from None
 
 
 def _check_parser(sub):

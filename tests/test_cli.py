@@ -121,6 +121,15 @@ def test_bad_data_gives_one_line_and_status_2(tmp_path, monkeypatch, capsys):
         assert str(path) in err, (name, err)
 
 
+def test_bench_train_with_bad_data_gives_one_line_and_status_2(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("torch")
+    monkeypatch.setenv("FASTCONV_CACHE", str(tmp_path / "cache"))
+    for name, path in _bad_data(tmp_path):
+        assert cli.main(["bench", "--train", "--data", str(path)]) == cli.EXIT_USAGE, name
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("fastconv: error: ") and str(path) in err, (name, err)
+
+
 def test_resume_without_a_checkpoint(tiny_archive, tmp_path, capsys):
     assert cli.main(train_args(tiny_archive, tmp_path / "none", "--resume")) == 2
     err = capsys.readouterr().err
