@@ -8,6 +8,7 @@ that says how to fix the call.
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -338,9 +339,9 @@ def norm_geometry(shape, axis, eps, activation, what: str) -> NormGeometry:
         )
     axis %= rank
     return NormGeometry(
-        int(np.prod(shape[:axis])),
+        int(math.prod(shape[:axis])),
         int(shape[axis]),
-        int(np.prod(shape[axis + 1 :])),
+        int(math.prod(shape[axis + 1 :])),
         nonnegative_float(eps, "eps"),
         fused_activation(activation, what),
     )

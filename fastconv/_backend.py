@@ -19,6 +19,7 @@ from . import _cpu
 
 _DLPACK_CUDA = (2, 13)  # kDLCUDA, kDLCUDAManaged
 _ALIGNMENT = 64  # bytes: a cache line, and one AVX-512 register
+_ALIGN_FROM = 16 << 10  # bytes; smaller outputs (per-channel vectors) skip the realignment
 
 
 def on_gpu(a) -> bool:
@@ -51,10 +52,12 @@ def to_numpy(a):
 
 
 def aligned_empty(shape) -> np.ndarray:
-    """An uninitialised float32 NumPy array whose data starts on a 64-byte boundary.
-    malloc aligns to 16 bytes, and then every 64-byte vector load or store of an NHWC
-    kernel straddles two cache lines: 8-12 % of a memory-bound kernel's time."""
+    """An uninitialised float32 NumPy array; from 16 KiB up its data starts on a 64-byte
+    boundary. malloc aligns to 16 bytes, and then every 64-byte vector load or store of an
+    NHWC kernel straddles two cache lines: 8-12 % of a memory-bound kernel's time."""
     nbytes = 4 * math.prod(shape)
+    if nbytes < _ALIGN_FROM:  # a few vectors: the alignment would cost more than it saves
+        return np.empty(shape, np.float32)
     raw = np.empty(nbytes + _ALIGNMENT, np.uint8)
     start = -raw.ctypes.data % _ALIGNMENT
     return raw[start : start + nbytes].view(np.float32).reshape(shape)
