@@ -183,8 +183,10 @@ def _against_baseline(rows) -> list:
     """Per ISA, the rows it runs slower than the baseline build ('base') by more than
     BASELINE_SLACK, in each contender's faster layout."""
     compared = [r for r in rows if BASELINE in r.fastconv]
+    if not compared:
+        return []
     lines = []
-    for isa in [i for i in columns(rows) if i != BASELINE] if compared else ():
+    for isa in [i for i in columns(rows) if i != BASELINE]:
         ratios = [(_name(r), r.best(BASELINE)[1] / r.best(isa)[1]) for r in compared]
         slower = [(name, ratio) for name, ratio in ratios if ratio < 1 - BASELINE_SLACK]
         lines.append(

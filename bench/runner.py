@@ -27,11 +27,11 @@ from .measure import (
     median_seconds,
     sample_seconds,
 )
-from .report import MAX_RELATIVE_ERROR, ReferenceRow, Row, bar_chart, markdown
+from .report import BASELINE, MAX_RELATIVE_ERROR, ReferenceRow, Row, bar_chart, markdown
 
 REPO = Path(__file__).resolve().parent.parent
 TORCH_LAYOUT = {"NCHW": False, "channels_last": True}
-BASELINE = "fastconv_baseline"  # the module name the --baseline package is imported under
+BASELINE_MODULE = "fastconv_baseline"  # the name the --baseline package is imported under
 
 
 def load_baseline(path: Path):
@@ -42,10 +42,10 @@ def load_baseline(path: Path):
     if not init.is_file():
         raise SystemExit(f"--baseline {path}: not a fastconv package folder (no __init__.py)")
     spec = importlib.util.spec_from_file_location(
-        BASELINE, init, submodule_search_locations=[str(path)]
+        BASELINE_MODULE, init, submodule_search_locations=[str(path)]
     )
     package = importlib.util.module_from_spec(spec)
-    sys.modules[BASELINE] = package  # its relative imports resolve under the private name
+    sys.modules[BASELINE_MODULE] = package  # its relative imports resolve under the private name
     spec.loader.exec_module(package)
     return package
 
@@ -93,14 +93,15 @@ def time_row(layer, direction, isas, layouts, budget: Budget, baseline=None) -> 
             runs[("torch", None, name)] = runners.torch_runner(case, direction, channels_last)
     expected_run, expected_convert = runs[("torch", None, "NCHW")]
     expected = expected_convert(expected_run())
-    for layout in layouts if baseline is not None else ():
-        base = _baseline_run(baseline, case.in_layout(layout), direction, expected)
-        if base is not None:
-            runs[("fastconv", "base", layout)] = base
+    if baseline is not None:
+        for layout in layouts:
+            base = _baseline_run(baseline, case.in_layout(layout), direction, expected)
+            if base is not None:
+                runs[("fastconv", BASELINE, layout)] = base
     error = max(
         runners.max_relative_error(convert(run()), expected)
         for key, (run, convert) in runs.items()
-        if key[0] != "torch" and key[1] != "base"
+        if key[0] != "torch" and key[1] != BASELINE
     )
     samples = sample_seconds({key: run for key, (run, _) in runs.items()}, budget)
     fastconv._cpu.set_isa(isas[0])
@@ -148,7 +149,9 @@ def _progress(row: Row) -> str:
     )
 
 
-def header(args, command, date, isas, isa_choice, blas_threads, ceilings, budget, loads) -> list:
+def header(
+    args, command, date, isas, isa_choice, baseline, blas_threads, ceilings, budget, loads
+) -> list:
     torch_config = (
         f"PyTorch {torch.__version__} (oneDNN available: {torch.backends.mkldnn.is_available()})"
     )
@@ -180,10 +183,10 @@ def header(args, command, date, isas, isa_choice, blas_threads, ceilings, budget
         f"ratios come from one run with the contenders interleaved. Load average (1 min) at "
         f"start {loads[0]:.2f}, at end {loads[1]:.2f} on {os.cpu_count()} logical CPUs",
     ]
-    if args.baseline:
+    if baseline is not None:
         lines.append(
-            f"- Baseline build ('base' columns): the fastconv package at {args.baseline}, "
-            f"through its own Python layer, with its kernels {sys.modules[BASELINE]._cpu.isa()}"
+            f"- Baseline build ('{BASELINE}' columns): the fastconv package at {args.baseline}, "
+            f"through its own Python layer, with its kernels {baseline._cpu.isa()}"
         )
     if args.note:
         lines.append(f"- Note: {args.note}")
@@ -253,7 +256,9 @@ def run(args, command: str, blas_threads: str):
 
     date = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
     loads = (load_start, os.getloadavg()[0])
-    lines = header(args, command, date, isas, isa_choice, blas_threads, ceilings, budget, loads)
+    lines = header(
+        args, command, date, isas, isa_choice, baseline, blas_threads, ceilings, budget, loads
+    )
     text = markdown(lines, rows, reference_rows, ceilings)
     print("\n" + text)
     if args.out is not None and rows:

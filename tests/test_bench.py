@@ -218,7 +218,10 @@ def test_baseline_package_runs_through_its_own_python_layer(tmp_path):
     for built in Path(fastconv._cpu.__file__).parent.glob("_*.*"):  # editable installs
         shutil.copy(built, copy)
     baseline = runner.load_baseline(copy)
-    assert baseline.__name__ == runner.BASELINE and baseline.functional is not fastconv.functional
+    assert (
+        baseline.__name__ == runner.BASELINE_MODULE
+        and baseline.functional is not fastconv.functional
+    )
     layer = Layer("conv2d", 2, 3, 4, 6)
     row = runner.time_row(
         layer, "backward", ["generic"], ["NCHW"], Budget(0.0, 1, 1, warmup=0, settle=0), baseline

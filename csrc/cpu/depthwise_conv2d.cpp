@@ -3,7 +3,7 @@
 // C input channels, M = C_out / C depth multiplier; output channel o reads input channel
 // o / M with weights w[o, 0, KH, KW]. There is no reduction over channels, so the work is
 // memory-bound: NCHW loops run along a row (contiguous for stride 1), NHWC loops run along
-// the channels of a pixel, and write outputs of kStreamBytes or more with streaming stores.
+// the channels of a pixel, and write large outputs with streaming stores (streams_output).
 #include <cstring>
 #include <vector>
 
@@ -79,7 +79,7 @@ void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const f
                   float* y) {
   const int64_t mult = g.c_out / g.c_in, taps = g.kh * g.kw;
   const std::vector<float> wt = tap_major(g, w);
-  with_streaming(mult == 1 && 4 * g.n * g.oh * g.ow * g.c_out >= kStreamBytes, [&](auto streamed) {
+  with_streaming(mult == 1 && streams_output(g.n * g.oh * g.ow * g.c_out), [&](auto streamed) {
     parallel_for(g.n * g.oh, [&](int64_t row) {
       const int64_t b = row / g.oh, oy = row % g.oh;
       std::vector<const float*> in(taps), wv(taps);  // the window's real taps: input, weights
@@ -143,7 +143,7 @@ void backward_input_nchw(const ConvGeometry& g, const float* dy, const float* w,
 void backward_input_nhwc(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
   const int64_t mult = g.c_out / g.c_in, taps = g.kh * g.kw;
   const std::vector<float> wt = tap_major(g, w);
-  with_streaming(mult == 1 && 4 * g.n * g.h * g.w * g.c_in >= kStreamBytes, [&](auto streamed) {
+  with_streaming(mult == 1 && streams_output(g.n * g.h * g.w * g.c_in), [&](auto streamed) {
     parallel_for(g.n * g.h, [&](int64_t row) {
       const int64_t b = row / g.h, iy = row % g.h;
       std::vector<const float*> grad(taps), wv(taps);  // the outputs reaching a pixel, weights

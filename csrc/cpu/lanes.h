@@ -56,10 +56,10 @@ template <class V>
 inline void store(float* p, V v) {
   std::memcpy(p, &v, sizeof v);
 }
-// Outputs of at least this many bytes are written with streaming (non-temporal) stores: they
-// outgrow the private caches before the next op reads them, and a plain store first reads
-// each line it writes, a third of the memory traffic of a copy.
-constexpr int64_t kStreamBytes = int64_t{4} << 20;
+// Whether an output of `floats` floats is written with streaming (non-temporal) stores: from
+// 4 MiB up it outgrows the private caches before the next op reads it, and a plain store
+// first reads each line it writes, a third of the memory traffic of a copy.
+inline bool streams_output(int64_t floats) { return 4 * floats >= int64_t{4} << 20; }
 
 // store(p, v), or with kStream a streaming store where p is aligned to V's size (x86). A
 // parallel item that streams ends with stream_fence(), which makes its stores visible to

@@ -343,7 +343,7 @@ inline float plane_sum(const float* p, int64_t n) {
 // windows do not overlap, as the backward adds to cells an earlier window stored (a streamed
 // line would come back from memory), and the forward measured slower with overlap.
 bool streams(const PoolGeometry& g, int64_t count) {
-  return g.kh <= g.stride_h && g.kw <= g.stride_w && 4 * count >= kStreamBytes;
+  return g.kh <= g.stride_h && g.kw <= g.stride_w && streams_output(count);
 }
 
 template <PoolKind kind>
