@@ -236,16 +236,38 @@ def _assert_close_with_specials(got, want):
         ((2, 12, 12, 16), (24, 8, 3, 3), dict(padding="same", groups=2, dilation=2)),
         ((3, 9, 9, 48), (33, 48, 1, 1), dict()),  # pointwise
         ((4, 5, 6, 20), (16, 20, 3, 2), dict(stride=(2, 1), padding=((2, 0), (1, 1)))),
-        ((3, 16, 15, 3), (24, 3, 2, 2), dict()),  # a stem: kernel rows
-        ((2, 11, 12, 3), (64, 3, 3, 3), dict(padding=1)),  # as runs, x padded
-        ((2, 9, 10, 5), (8, 5, 3, 4), dict(stride=(1, 2), padding="same", dilation=(2, 1))),
+        ((2, 9, 10, 16), (8, 16, 3, 4), dict(stride=(1, 2), padding="same", dilation=(2, 1))),
+        ((2, 8, 9, 6), (12, 2, 3, 3), dict(padding=1, groups=3)),  # few channels per group
     ],
 )
 def test_nhwc_forward_reads_rows_in_place(isa, x_shape, w_shape, kw):
     """NHWC forward as an implicit GEMM (micro_tile_rows): pixel blocks that end mid-way,
-    output channels that end mid-sliver, padding on every side, strides, dilation, groups;
-    with few input channels, kernel rows as single runs of a zero-padded copy of x."""
+    output channels that end mid-sliver, padding on every side, strides, dilation, groups."""
     _check_conv_path(isa, "forward", "gemm_nhwc", x_shape, w_shape, layout="NHWC", **kw)
+
+
+@pytest.mark.parametrize(
+    "x_shape,w_shape,kw",
+    [
+        ((3, 16, 15, 3), (24, 3, 2, 2), dict()),  # the CIFAR stem: 24 outputs, 1.5 AVX-512 vectors
+        ((2, 11, 12, 3), (64, 3, 3, 3), dict(padding=1)),  # padded: windows read a copy
+        ((2, 9, 10, 5), (8, 5, 3, 4), dict(stride=(1, 2), padding="same", dilation=(2, 1))),
+        ((4, 5, 6, 2), (17, 2, 3, 2), dict(stride=(2, 1), padding=((2, 0), (1, 1)))),
+        ((2, 10, 11, 3), (16, 3, 2, 3), dict(padding=2, dilation=(1, 2))),
+        ((1, 7, 7, 1), (40, 1, 5, 5), dict(padding=2)),
+        ((2, 13, 13, 15), (100, 15, 3, 3), dict(stride=2, padding=1)),  # several column blocks
+        ((1, 23, 23, 3), (64, 3, 7, 7), dict(stride=2, padding=3)),  # an ImageNet stem
+        ((2, 12, 12, 4), (36, 4, 1, 1), dict()),  # pointwise
+    ],
+)
+def test_nhwc_few_input_channels_run_direct(isa, x_shape, w_shape, kw):
+    """NHWC layers with fewer than 16 input channels, every pass by the direct kernels:
+    pixel rows that end mid-tile, output channels that end mid-vector (the weight gradient
+    reads the last pixels of dy through a copy), tap counts that end mid-tile, padding on
+    every side (the windows then read a zero-padded copy), strides and dilation."""
+    for direction in ("backward_input", "backward_weight"):
+        assert conv_algorithm(direction, x_shape, w_shape, layout="NHWC", **kw) == "direct_nhwc"
+    _check_conv_path(isa, "forward", "direct_nhwc", x_shape, w_shape, layout="NHWC", **kw)
 
 
 @pytest.mark.parametrize(
@@ -256,19 +278,16 @@ def test_nhwc_forward_reads_rows_in_place(isa, x_shape, w_shape, kw):
         ((2, 12, 12, 64), (24, 32, 3, 3), dict(padding="same", groups=2, dilation=2), "gemm_nhwc"),
         ((3, 9, 9, 96), (33, 96, 1, 1), dict(), "gemm_nhwc"),
         ((2, 12, 12, 24), (40, 24, 3, 3), dict(stride=2, padding=1), "gemm_nhwc_packed"),
-        ((2, 10, 9, 5), (8, 5, 3, 3), dict(padding=1), "gemm_nhwc_packed"),
-        ((2, 10, 9, 3), (24, 3, 2, 2), dict(), "outer_products_nhwc"),  # a stem
-        ((3, 11, 12, 3), (40, 3, 3, 3), dict(padding=1), "outer_products_nhwc"),
+        ((2, 10, 9, 20), (8, 20, 3, 3), dict(padding=1), "gemm_nhwc_packed"),
         (
             (2, 11, 12, 6),
             (15, 2, 2, 2),
             dict(stride=2, padding="same", groups=3),
-            "outer_products_nhwc",
+            "gemm_nhwc_packed",
         ),
     ],
 )
 def test_nhwc_weight_gradient(isa, x_shape, w_shape, kw, expected):
     """NHWC dW in place (micro_tile_cols: dy from a padded chunk copy, x at each pixel's tap
-    row) where C_g is a multiple of every build's NR, packed otherwise; with few input
-    channels (C_g * taps <= 32) as sums of outer products along the output channels."""
+    row) where C_g is a multiple of every build's NR, packed otherwise."""
     _check_conv_path(isa, "backward_weight", expected, x_shape, w_shape, layout="NHWC", **kw)

@@ -67,6 +67,22 @@ def test_depthwise(isa, direction, layout):
     )
 
 
+@pytest.mark.parametrize("direction", ["forward", "backward_input", "backward_weight"])
+def test_few_input_channels_run_direct_in_nhwc(isa, direction):
+    """Fewer than 16 input channels in one group, NHWC: the direct kernels, whatever the
+    kernel, stride or padding; NCHW, 16 channels and grouped layers keep the GEMMs."""
+    nhwc = dict(layout="NHWC")
+    assert algorithm(direction, (8, 32, 32, 3), (24, 3, 2, 2), **nhwc) == "direct_nhwc"
+    assert (
+        algorithm(direction, (8, 64, 64, 3), (64, 3, 7, 7), stride=2, padding=3, **nhwc)
+        == "direct_nhwc"
+    )
+    assert algorithm(direction, (8, 16, 16, 15), (32, 15, 1, 1), **nhwc) == "direct_nhwc"
+    assert "direct" not in algorithm(direction, (8, 3, 32, 32), (24, 3, 2, 2))
+    assert "direct" not in algorithm(direction, (8, 16, 16, 16), (32, 16, 3, 3), stride=2, **nhwc)
+    assert "direct" not in algorithm(direction, (8, 9, 9, 6), (12, 2, 3, 3), groups=3, **nhwc)
+
+
 def test_bad_direction():
     with pytest.raises(ValueError, match="direction must be"):
         algorithm("sideways", (1, 16, 8, 8), (16, 16, 3, 3))

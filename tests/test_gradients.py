@@ -52,6 +52,8 @@ def inputs(layout, cin=4, cout=6, groups=2, k=(3, 2), m=None):
 
 CASES = [
     ("conv2d", "conv2d_backward", lambda layout: inputs(layout), 2, dict(CONV, groups=2)),
+    # a stem: few input channels, one group (the direct kernels in NHWC)
+    ("conv2d", "conv2d_backward", lambda layout: inputs(layout, 3, 5, 1), 2, CONV),
     (
         "depthwise_conv2d",
         "depthwise_conv2d_backward",

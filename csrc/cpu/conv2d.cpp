@@ -11,14 +11,15 @@
 // K is ordered (ci, ky, kx) in NCHW and (ky, kx, ci) in NHWC (K'), so that the gather reads
 // contiguous memory in each layout. NCHW packs col(x) on the fly; NHWC reads each pixel's
 // Cg channels at every tap in place (micro_tile_rows / micro_tile_cols take row pointers).
-// Which of these (or Winograd, or the depthwise kernels) runs is select_conv_algorithm's
-// choice (conv2d_algorithm.h).
+// Which of these (or Winograd, the direct kernels for few input channels, or the depthwise
+// kernels) runs is select_conv_algorithm's choice (conv2d_algorithm.h).
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
 #include <vector>
 
 #include "cpu/conv2d_algorithm.h"
+#include "cpu/conv2d_direct.h"
 #include "cpu/conv2d_winograd.h"
 #include "cpu/gemm.h"
 #include "cpu/kernels.h"
@@ -187,12 +188,14 @@ void forward_nchw(const ConvGeometry& g, const float* x, const float* w, const f
 //
 // Work items are runs of MR-pixel blocks. A tile runs its whole depth in registers and
 // stores each output once; the weights (K' x Mg) stream from L2, which the hardware
-// prefetcher keeps up with, so the taps are not blocked for L1. `g` may be a view in which
-// one "tap" is a run of `depth` floats (see forward_nhwc), K' = taps * depth.
-void forward_nhwc_runs(const ConvGeometry& g, const float* x, const std::vector<Buffer>& packed,
-                       int64_t depth, const float* bias, float* y) {
+// prefetcher keeps up with, so the taps are not blocked for L1.
+void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const float* bias,
+                  float* y) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
-  const int64_t K = depth * taps, slivers = (mg + NR - 1) / NR;
+  const int64_t K = cg * taps, slivers = (mg + NR - 1) / NR;
+  std::vector<Buffer>& packed = weight_buffers(g.groups);
+  for (int64_t grp = 0; grp < g.groups; ++grp)
+    prepack(packed[grp], weights_tap_major(g, w, grp), K, 1, mg, K, NR);
   const int64_t pixels = g.n * g.oh * g.ow, blocks = (pixels + MR - 1) / MR;
   const int64_t per_item = std::clamp<int64_t>(blocks / (8 * num_threads()), 1, 32);
   const int64_t items = (blocks + per_item - 1) / per_item;
@@ -201,7 +204,7 @@ void forward_nhwc_runs(const ConvGeometry& g, const float* x, const std::vector<
     const int64_t nb = std::min(per_item, blocks - b0);
     thread_local std::vector<const float*> rows;  // rows[(block * taps + t) * MR + r]
     rows.resize(nb * taps * MR);
-    for_tap_rows(g, x, grp * cg, zero_row(depth), b0 * MR, nb * MR,
+    for_tap_rows(g, x, grp * cg, zero_row(cg), b0 * MR, nb * MR,
                  [&](int64_t i, int64_t t, const float* row) {
                    rows[(i / MR * taps + t) * MR + i % MR] = row;
                  });
@@ -209,51 +212,16 @@ void forward_nhwc_runs(const ConvGeometry& g, const float* x, const std::vector<
     panel.resize(slivers * taps);
     for (int64_t s = 0; s < slivers; ++s)
       for (int64_t t = 0; t < taps; ++t)
-        panel[s * taps + t] = packed[grp].data() + (s * K + t * depth) * NR;
+        panel[s * taps + t] = packed[grp].data() + (s * K + t * cg) * NR;
     for (int64_t blk = 0; blk < nb; ++blk) {  // a block's rows stay in L1 across the slivers
       const int64_t p0 = (b0 + blk) * MR;
       for (int64_t s = 0; s < slivers; ++s)
-        micro_tile_rows(taps, depth, rows.data() + blk * taps * MR, panel.data() + s * taps,
+        micro_tile_rows(taps, cg, rows.data() + blk * taps * MR, panel.data() + s * taps,
                         bias ? bias + grp * mg + s * NR : nullptr,
                         y + p0 * g.c_out + grp * mg + s * NR, g.c_out, std::min(MR, pixels - p0),
                         std::min(NR, mg - s * NR));
     }
   });
-}
-
-// x with its padding made real: (n, rows, cols, C) zeros around the image, enough of them
-// that every window of g lies inside.
-std::vector<float> padded_nhwc(const ConvGeometry& g, const float* x, int64_t rows, int64_t cols) {
-  std::vector<float> out(g.n * rows * cols * g.c_in, 0.f);
-  for (int64_t b = 0; b < g.n; ++b)
-    for (int64_t iy = 0; iy < std::min(g.h, rows - g.pad_top); ++iy)
-      std::memcpy(out.data() + ((b * rows + iy + g.pad_top) * cols + g.pad_left) * g.c_in,
-                  x + (b * g.h + iy) * g.w * g.c_in,
-                  sizeof(float) * std::min(g.w, cols - g.pad_left) * g.c_in);
-  return out;
-}
-
-void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const float* bias,
-                  float* y) {
-  const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), K = cg * g.kh * g.kw;
-  std::vector<Buffer>& packed = weight_buffers(g.groups);
-  for (int64_t grp = 0; grp < g.groups; ++grp)
-    prepack(packed[grp], weights_tap_major(g, w, grp), K, 1, mg, K, NR);
-  // Few input channels (a first layer): the KW taps of a kernel row, KW pixels side by side,
-  // are KW * C_in contiguous floats, so each becomes one depth run instead of KW runs a few
-  // floats long. That needs every window inside the input: a copy of x with its padding
-  // made real (cheap, with few channels), seen as a geometry with unpadded 1-wide kernels.
-  if (g.groups == 1 && g.dil_w == 1 && g.kw > 1 && g.c_in < 16) {
-    ConvGeometry rows = g;
-    rows.h = std::max(g.h + g.pad_top, (g.oh - 1) * g.stride_h + (g.kh - 1) * g.dil_h + 1);
-    rows.w = std::max(g.w + g.pad_left, (g.ow - 1) * g.stride_w + g.kw);
-    rows.pad_top = rows.pad_left = 0;
-    rows.kw = 1;
-    const bool padded = g.pad_top || g.pad_left || rows.h > g.h || rows.w > g.w;
-    const std::vector<float> xp = padded ? padded_nhwc(g, x, rows.h, rows.w) : std::vector<float>();
-    return forward_nhwc_runs(rows, padded ? xp.data() : x, packed, g.kw * g.c_in, bias, y);
-  }
-  forward_nhwc_runs(g, x, packed, cg, bias, y);
 }
 
 [[noreturn]] void wrong_algorithm(Algorithm a, const char* pass) {
@@ -274,6 +242,8 @@ void forward_by(Algorithm a, const ConvGeometry& g, const float* x, const float*
       return forward_nchw(g, x, w, bias, y);
     case Algorithm::gemm_nhwc:
       return forward_nhwc(g, x, w, bias, y);
+    case Algorithm::direct_nhwc:
+      return conv2d_direct_forward(g, x, w, bias, y);
     case Algorithm::depthwise_nchw:
     case Algorithm::depthwise_nhwc:
       return depthwise_conv2d_forward(g, x, w, bias, y);
@@ -537,47 +507,6 @@ void backward_weight_nhwc_packed(const ConvGeometry& g, const float* dy, const f
       for (int64_t t = 0; t < taps; ++t) dw[(o * cg + ci) * taps + t] = sum[o * K + t * cg + ci];
 }
 
-// NHWC weight gradient of a layer with few input channels (a first layer), whose C_in *
-// taps rows would fill a small part of a GEMM tile: every pixel adds its window's values
-// (tap, channel) times its dy row to the (tap, channel) rows of a per-thread partial, the
-// loops running along the output channels.
-void backward_weight_outer_products_nhwc(const ConvGeometry& g, const float* dy, const float* x,
-                                         float* dw) {
-  const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
-  const int64_t rows = g.groups * taps * cg, pixels = g.n * g.oh * g.ow;
-  const int threads = num_threads();
-  std::vector<Buffer>& partial = zeroed_partials(threads, g.w_size());  // [grp][t][c][o]
-  parallel_threads(threads, [&](int t, int team) {
-    int64_t begin, end;
-    split_range(pixels, team, t, begin, end);
-    std::vector<const float*> window(taps);
-    float* part = partial[t].data();
-    for (int64_t p = begin; p < end; p += kPixelChunk) {
-      const int64_t pc = std::min(kPixelChunk, end - p);
-      for (int64_t grp = 0; grp < g.groups; ++grp)
-        for_tap_rows(g, x, grp * cg, zero_row(cg), p, pc,
-                     [&](int64_t i, int64_t tap, const float* r) {
-                       window[tap] = r;
-                       if (tap + 1 < taps) return;
-                       const float* __restrict d = dy + (p + i) * g.c_out + grp * mg;
-                       float* __restrict out = part + grp * taps * cg * mg;
-                       for (int64_t k = 0; k < taps; ++k)
-                         for (int64_t c = 0; c < cg; ++c, out += mg) {
-                           const float v = window[k][c];
-                           for (int64_t o = 0; o < mg; ++o) out[o] += v * d[o];
-                         }
-                     });
-    }
-  });
-  const float* sum = partial[0].data();
-  reduce_partials(partial, partial[0].data(), rows * mg);
-  for (int64_t grp = 0; grp < g.groups; ++grp)
-    for (int64_t o = 0; o < mg; ++o)
-      for (int64_t c = 0; c < cg; ++c)
-        for (int64_t tp = 0; tp < taps; ++tp)
-          dw[((grp * mg + o) * cg + c) * taps + tp] = sum[((grp * taps + tp) * cg + c) * mg + o];
-}
-
 // The weight gradient by algorithm `a`; Winograd falls back as in forward_by.
 void backward_weight_by(Algorithm a, const ConvGeometry& g, const float* dy, const float* x,
                         float* dw) {
@@ -593,8 +522,8 @@ void backward_weight_by(Algorithm a, const ConvGeometry& g, const float* dy, con
       return backward_weight_nhwc(g, dy, x, dw);
     case Algorithm::gemm_nhwc_packed:
       return backward_weight_nhwc_packed(g, dy, x, dw);
-    case Algorithm::outer_products_nhwc:
-      return backward_weight_outer_products_nhwc(g, dy, x, dw);
+    case Algorithm::direct_nhwc:
+      return conv2d_direct_backward_weight(g, dy, x, dw);
     case Algorithm::depthwise_nchw:
     case Algorithm::depthwise_nhwc:
       return depthwise_conv2d_backward_weight(g, dy, x, dw);
@@ -631,6 +560,8 @@ void conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* 
       return backward_input_col2im_nchw(g, dy, w, dx);
     case Algorithm::col2im_nhwc:
       return backward_input_col2im_nhwc(g, dy, w, dx);
+    case Algorithm::direct_nhwc:
+      return conv2d_direct_backward_input(g, dy, w, dx);
     case Algorithm::depthwise_nchw:
     case Algorithm::depthwise_nhwc:
       return depthwise_conv2d_backward_input(g, dy, w, dx);

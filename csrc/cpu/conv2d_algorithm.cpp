@@ -44,8 +44,8 @@ const char* algorithm_name(Algorithm a) {
       return "col2im_nchw";
     case Algorithm::col2im_nhwc:
       return "col2im_nhwc";
-    case Algorithm::outer_products_nhwc:
-      return "outer_products_nhwc";
+    case Algorithm::direct_nhwc:
+      return "direct_nhwc";
     case Algorithm::depthwise_nchw:
       return "depthwise_nchw";
     case Algorithm::depthwise_nhwc:
@@ -69,10 +69,10 @@ bool parse_direction(const std::string& name, Direction& d) {
 Algorithm select_direct_conv_algorithm(const ConvGeometry& g, Direction d, Isa isa) {
   const bool nhwc = g.channels_last != 0;
   if (is_depthwise(g)) return nhwc ? Algorithm::depthwise_nhwc : Algorithm::depthwise_nchw;
-  // A first layer's C_in * taps rows would leave the weight gradient's GEMM tiles mostly
-  // empty; loops along the output channels stay full.
-  if (d == Direction::backward_weight && nhwc && g.cin_per_group() * g.kh * g.kw <= 32)
-    return Algorithm::outer_products_nhwc;
+  // Few input channels (a first layer over RGB): each tap of the GEMMs' depth would be a
+  // few floats long and their tiles mostly empty; the direct kernels' registers run along
+  // the output channels instead, for every pass.
+  if (nhwc && g.groups == 1 && g.c_in < 16) return Algorithm::direct_nhwc;
   // The in-place weight gradient reads NR input channels of one tap per tile column block.
   if (d == Direction::backward_weight && nhwc && g.cin_per_group() % gemm_tile(isa).nr != 0)
     return Algorithm::gemm_nhwc_packed;

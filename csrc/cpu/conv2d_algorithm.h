@@ -24,7 +24,7 @@ enum class Algorithm {
   backward_input_as_forward,  // stride-1 dx as a forward conv with the flipped kernel
   col2im_nchw,                // dx = scatter of W^T dy, NCHW
   col2im_nhwc,                // the same, NHWC
-  outer_products_nhwc,        // NHWC dw with few input channels: loops along C_out
+  direct_nhwc,                // NHWC, few input channels: registers along C_out
   depthwise_nchw,             // one filter per channel: memory-bound loops, NCHW
   depthwise_nhwc,             // the same, NHWC
 };

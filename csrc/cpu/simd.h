@@ -1,6 +1,7 @@
-// The widest float vector of the build and the few operations the hand-vectorised kernels
-// need, so that one template serves the AVX-512 (16 lanes), AVX2/FMA (8 lanes) and portable
-// (4 lanes, GCC vectors: SSE on x86-64, NEON on ARM) builds.
+// Float vectors and the few operations the hand-vectorised kernels need, so that one template
+// serves the AVX-512 (16 lanes), AVX2/FMA (8 lanes) and portable (4 lanes, GCC vectors: SSE
+// on x86-64, NEON on ARM) builds: Simd is the build's widest, and the AVX-512 build has
+// Simd256 too.
 //
 // Intrinsics rather than GCC vector arithmetic on the x86 builds: `V{} + x` is not a
 // broadcast (0 + -0 is +0, so GCC must add), and the FMA must be explicit to be portable.
@@ -23,21 +24,8 @@ constexpr Isa kBuildIsa = Isa::avx2;
 constexpr Isa kBuildIsa = Isa::generic;
 #endif
 
-struct Simd {
-#if defined(__AVX512F__)
-  using V = __m512;
-  static constexpr int kLanes = 16;
-  static V zero() { return _mm512_setzero_ps(); }
-  static V splat(float f) { return _mm512_set1_ps(f); }
-  static V load(const float* p) { return _mm512_loadu_ps(p); }
-  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
-  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
-  static V add(V a, V b) { return _mm512_add_ps(a, b); }
-  // The first n lanes only (0 <= n <= kLanes); masked lanes are neither read nor written.
-  static V load_part(const float* p, int n) { return _mm512_maskz_loadu_ps(mask(n), p); }
-  static void store_part(float* p, V v, int n) { _mm512_mask_storeu_ps(p, mask(n), v); }
-  static __mmask16 mask(int n) { return static_cast<__mmask16>((1u << n) - 1); }
-#elif defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__) && defined(__FMA__)
+struct Simd256 {
   using V = __m256;
   static constexpr int kLanes = 8;
   static V zero() { return _mm256_setzero_ps(); }
@@ -57,7 +45,29 @@ struct Simd {
     _mm256_store_ps(lanes, v);
     std::memcpy(p, lanes, sizeof(float) * n);
   }
+};
+#endif
+
+#if defined(__AVX512F__)
+struct Simd512 {
+  using V = __m512;
+  static constexpr int kLanes = 16;
+  static V zero() { return _mm512_setzero_ps(); }
+  static V splat(float f) { return _mm512_set1_ps(f); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  // The first n lanes only (0 <= n <= kLanes); masked lanes are neither read nor written.
+  static V load_part(const float* p, int n) { return _mm512_maskz_loadu_ps(mask(n), p); }
+  static void store_part(float* p, V v, int n) { _mm512_mask_storeu_ps(p, mask(n), v); }
+  static __mmask16 mask(int n) { return static_cast<__mmask16>((1u << n) - 1); }
+};
+using Simd = Simd512;
+#elif defined(__AVX2__) && defined(__FMA__)
+using Simd = Simd256;
 #else
+struct Simd128 {
   typedef float V __attribute__((vector_size(16)));
   static constexpr int kLanes = 4;
   static V zero() { return V{}; }
@@ -76,7 +86,8 @@ struct Simd {
     return v;
   }
   static void store_part(float* p, V v, int n) { std::memcpy(p, &v, sizeof(float) * n); }
-#endif
 };
+using Simd = Simd128;
+#endif
 
 }  // namespace fastconv::cpu::FASTCONV_ISA

@@ -1,0 +1,410 @@
+// Direct NHWC convolution for layers with few input channels, such as a network's first
+// layer over RGB: the GEMMs of conv2d.cpp would run at a depth of C_in * taps (12 for a 2x2
+// kernel) with tiles mostly empty. Here a register tile holds output pixels x vectors of
+// output channels, and each step adds one broadcast value times a vector of weights, so the
+// work runs along C_out, which such a layer has plenty of. With k = (ky, kx, ci):
+//
+//   forward   y[pixel, :]    = bias + sum_k window(pixel)[k] * W[k, :]
+//   dx        dcol[pixel, :] = sum_o dy[pixel, o] * W[:, o], added into window(pixel)
+//   dW        dW[k, :]      += window(pixel)[k] * dy[pixel, :], summed over the pixels
+//
+// The windows are read in a frame: the image with the layer's padding made real (a copy
+// when the layer pads), so that every window lies inside it and tap k of a window sits a
+// fixed offset[k] floats after the window's first element.
+#include "cpu/conv2d_direct.h"
+
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+#include <vector>
+
+#include "cpu/gemm.h"
+#include "cpu/parallel.h"
+#include "cpu/simd.h"
+
+namespace fastconv::cpu::FASTCONV_ISA {
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int kAccumulators = 24;  // of the 32 vector registers; the rest hold the operands
+#else
+constexpr int kAccumulators = 12;  // of 16
+#endif
+constexpr int kMaxVectors = 4;  // vectors of output channels per tile
+
+template <class S>
+int64_t lanes_up(int64_t n) {
+  return (n + S::kLanes - 1) / S::kLanes * S::kLanes;
+}
+
+struct Frame {
+  int64_t rows, cols, c;
+  int64_t step;  // floats between the windows of neighbouring output pixels of a row
+  bool copies;   // whether the layer pads, so that the frame is a zero-padded copy
+  std::vector<int64_t> offset;
+
+  explicit Frame(const ConvGeometry& g)
+      : rows(std::max(g.h + g.pad_top, (g.oh - 1) * g.stride_h + (g.kh - 1) * g.dil_h + 1)),
+        cols(std::max(g.w + g.pad_left, (g.ow - 1) * g.stride_w + (g.kw - 1) * g.dil_w + 1)),
+        c(g.c_in),
+        step(g.stride_w * g.c_in),
+        copies(g.pad_top || g.pad_left || rows > g.h || cols > g.w) {
+    for (int64_t ky = 0; ky < g.kh; ++ky)
+      for (int64_t kx = 0; kx < g.kw; ++kx)
+        for (int64_t ci = 0; ci < g.c_in; ++ci)
+          offset.push_back((ky * g.dil_h * cols + kx * g.dil_w) * c + ci);
+  }
+  int64_t taps() const { return static_cast<int64_t>(offset.size()); }
+  // Floats from the window of output pixel (oy, 0) to that of (oy + 1, 0).
+  int64_t window_row(const ConvGeometry& g) const { return g.stride_h * cols * c; }
+};
+
+// The frame rows that output rows [oy0, oy1) of image b read; returns the window of output
+// pixel (oy0, 0). Without padding that is x itself, otherwise a copy in `buf`.
+const float* frame_band(const ConvGeometry& g, const Frame& f, const float* x, int64_t b,
+                        int64_t oy0, int64_t oy1, std::vector<float>& buf) {
+  const int64_t first = oy0 * g.stride_h, row = f.cols * f.c;
+  if (!f.copies) return x + (b * g.h + first) * row;
+  const int64_t count = (oy1 - 1 - oy0) * g.stride_h + (g.kh - 1) * g.dil_h + 1;
+  buf.assign(count * row, 0.f);
+  for (int64_t r = 0; r < count; ++r) {
+    const int64_t iy = first + r - g.pad_top;
+    if (iy >= 0 && iy < g.h)
+      std::memcpy(buf.data() + r * row + g.pad_left * f.c, x + (b * g.h + iy) * g.w * g.c_in,
+                  sizeof(float) * g.w * g.c_in);
+  }
+  return buf.data();
+}
+
+// Dot products along a depth for a row of pixels: pixel p's value at depth j is
+// a[p * a_step + offset[j]], B holds `depth` rows of b_ld floats (whole vectors, zero past
+// the last column), and pixel p's `width` results go to out + p * out_ld, starting from
+// init (whole vectors) or zero.
+struct PixelRow {
+  int64_t depth;
+  const float* a;
+  int64_t a_step;
+  const int64_t* offset;
+  const float* b;
+  int64_t b_ld;
+  const float* init;
+  float* out;
+  int64_t out_ld, width;
+};
+
+template <class S, int P, int NV>
+void pixel_tile(const PixelRow& t) {
+  using V = typename S::V;
+  constexpr int64_t L = S::kLanes;
+  V acc[P][NV];
+#pragma GCC unroll 32
+  for (int v = 0; v < NV; ++v) {
+    const V start = t.init ? S::load(t.init + v * L) : S::zero();
+#pragma GCC unroll 32
+    for (int p = 0; p < P; ++p) acc[p][v] = start;
+  }
+  for (int64_t j = 0; j < t.depth; ++j) {
+    V w[NV];
+#pragma GCC unroll 32
+    for (int v = 0; v < NV; ++v) w[v] = S::load(t.b + j * t.b_ld + v * L);
+    const float* a = t.a + t.offset[j];
+#pragma GCC unroll 32
+    for (int p = 0; p < P; ++p) {
+      const V s = S::splat(a[p * t.a_step]);
+#pragma GCC unroll 32
+      for (int v = 0; v < NV; ++v) acc[p][v] = S::fma(s, w[v], acc[p][v]);
+    }
+  }
+#pragma GCC unroll 32
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 32
+    for (int v = 0; v < NV; ++v) {
+      const int64_t left = t.width - v * L;
+      if (left >= L)
+        S::store(t.out + p * t.out_ld + v * L, acc[p][v]);
+      else
+        S::store_part(t.out + p * t.out_ld + v * L, acc[p][v], static_cast<int>(left));
+    }
+}
+
+// `count` pixels, P at a time, the rest in tiles of half as many, and so on.
+template <class S, int P, int NV>
+void pixel_run(PixelRow t, int64_t count) {
+  for (; count >= P; count -= P, t.a += P * t.a_step, t.out += P * t.out_ld)
+    pixel_tile<S, P, NV>(t);
+  if constexpr (P > 1)
+    if (count > 0) pixel_run<S, P / 2, NV>(t, count);
+}
+
+// All `columns` results of `count` pixels, in blocks of up to kMaxVectors vectors.
+template <class S>
+void pixel_row(PixelRow t, int64_t count, int64_t columns) {
+  constexpr int64_t L = S::kLanes;
+  for (int64_t c0 = 0; c0 < columns; c0 += kMaxVectors * L) {
+    PixelRow block = t;
+    block.b += c0;
+    block.init = t.init ? t.init + c0 : nullptr;
+    block.out += c0;
+    block.width = std::min(kMaxVectors * L, columns - c0);
+    switch ((block.width + L - 1) / L) {
+      case 1:
+        pixel_run<S, kAccumulators, 1>(block, count);
+        break;
+      case 2:
+        pixel_run<S, kAccumulators / 2, 2>(block, count);
+        break;
+      case 3:
+        pixel_run<S, kAccumulators / 3, 3>(block, count);
+        break;
+      default:
+        pixel_run<S, kAccumulators / 4, 4>(block, count);
+    }
+  }
+}
+
+// Sums over the pixels of an output row for the weight gradient: tap r's value at pixel p
+// is a[p * a_step + offset[r]], pixel p's gradient row is at b + p * b_ld (whole vectors
+// readable), and tap r's sums are at acc + r * acc_ld (whole vectors).
+struct GradientRow {
+  int64_t pixels;
+  const float* a;
+  int64_t a_step;
+  const int64_t* offset;
+  const float* b;
+  int64_t b_ld;
+  float* acc;
+  int64_t acc_ld;
+};
+
+template <class S, int R, int NV>
+void gradient_tile(const GradientRow& t) {
+  using V = typename S::V;
+  constexpr int64_t L = S::kLanes;
+  V sum[R][NV];
+#pragma GCC unroll 32
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 32
+    for (int v = 0; v < NV; ++v) sum[r][v] = S::load(t.acc + r * t.acc_ld + v * L);
+  for (int64_t p = 0; p < t.pixels; ++p) {
+    V d[NV];
+#pragma GCC unroll 32
+    for (int v = 0; v < NV; ++v) d[v] = S::load(t.b + p * t.b_ld + v * L);
+    const float* a = t.a + p * t.a_step;
+#pragma GCC unroll 32
+    for (int r = 0; r < R; ++r) {
+      const V s = S::splat(a[t.offset[r]]);
+#pragma GCC unroll 32
+      for (int v = 0; v < NV; ++v) sum[r][v] = S::fma(s, d[v], sum[r][v]);
+    }
+  }
+#pragma GCC unroll 32
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 32
+    for (int v = 0; v < NV; ++v) S::store(t.acc + r * t.acc_ld + v * L, sum[r][v]);
+}
+
+// `taps` taps, R at a time, the rest in tiles of half as many, and so on.
+template <class S, int R, int NV>
+void gradient_run(GradientRow t, int64_t taps) {
+  for (; taps >= R; taps -= R, t.offset += R, t.acc += R * t.acc_ld) gradient_tile<S, R, NV>(t);
+  if constexpr (R > 1)
+    if (taps > 0) gradient_run<S, R / 2, NV>(t, taps);
+}
+
+// Every tap's sums over `columns` (a whole number of vectors) output channels.
+template <class S>
+void gradient_row(GradientRow t, int64_t taps, int64_t columns) {
+  constexpr int64_t L = S::kLanes;
+  for (int64_t c0 = 0; c0 < columns; c0 += kMaxVectors * L) {
+    GradientRow block = t;
+    block.b += c0;
+    block.acc += c0;
+    switch (std::min<int64_t>(kMaxVectors, (columns - c0) / L)) {
+      case 1:
+        gradient_run<S, kAccumulators, 1>(block, taps);
+        break;
+      case 2:
+        gradient_run<S, kAccumulators / 2, 2>(block, taps);
+        break;
+      case 3:
+        gradient_run<S, kAccumulators / 3, 3>(block, taps);
+        break;
+      default:
+        gradient_run<S, kAccumulators / 4, 4>(block, taps);
+    }
+  }
+}
+
+// to[0, n) += from[0, n) in whole vectors, the rest masked where masks are cheap (AVX-512):
+// a kernel row's taps are a few vectors long at most.
+inline void add_into(float* __restrict to, const float* __restrict from, int64_t n) {
+  constexpr int64_t L = Simd::kLanes;
+  int64_t i = 0;
+  for (; i + L <= n; i += L)
+    Simd::store(to + i, Simd::add(Simd::load(to + i), Simd::load(from + i)));
+#if defined(__AVX512F__)
+  if (const int rest = static_cast<int>(n - i))
+    Simd::store_part(
+        to + i, Simd::add(Simd::load_part(to + i, rest), Simd::load_part(from + i, rest)), rest);
+#else
+  for (; i < n; ++i) to[i] += from[i];
+#endif
+}
+
+// Output rows per work item: whole images when there are enough of them for the threads.
+int64_t band_rows(const ConvGeometry& g) {
+  return std::clamp<int64_t>(g.n * g.oh / (8 * num_threads()), 1, g.oh);
+}
+
+// w (C_out, C_in, KH, KW) as rows k = (ky, kx, ci) of `ld` floats, column o (transposed:
+// rows o of `ld` floats, column k), zero past the last column.
+std::vector<float> weights_by_tap(const ConvGeometry& g, const float* w, int64_t ld,
+                                  bool transposed) {
+  const int64_t taps = g.c_in * g.kh * g.kw;
+  std::vector<float> out((transposed ? g.c_out : taps) * ld, 0.f);
+  for (int64_t o = 0; o < g.c_out; ++o)
+    for (int64_t ci = 0; ci < g.c_in; ++ci)
+      for (int64_t t = 0; t < g.kh * g.kw; ++t) {
+        const int64_t k = t * g.c_in + ci;
+        out[transposed ? o * ld + k : k * ld + o] = w[(o * g.c_in + ci) * g.kh * g.kw + t];
+      }
+  return out;
+}
+
+// f(S{}) for the vectors S that the kernels along C_out use: the build's widest, except that
+// the AVX-512 build takes 256-bit vectors where C_out is not a multiple of 16. Then a pixel's
+// outputs (and its dy row) start mid-line, and half the 64-byte accesses would split two
+// cache lines; with C_out a multiple of 8, no 32-byte one does, and no lane is idle.
+template <class F>
+void with_output_vectors(int64_t c_out, F&& f) {
+#if defined(__AVX512F__)
+  if (c_out % Simd::kLanes != 0) return f(Simd256{});
+#endif
+  f(Simd{});
+}
+
+template <class S>
+void forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y) {
+  const Frame f(g);
+  const int64_t ld = lanes_up<S>(g.c_out), band = band_rows(g), bands = (g.oh + band - 1) / band;
+  const std::vector<float> weights = weights_by_tap(g, w, ld, false);
+  std::vector<float> init(ld, 0.f);
+  if (bias) std::copy(bias, bias + g.c_out, init.begin());
+  parallel_for(g.n * bands, [&](int64_t item) {
+    const int64_t b = item / bands, oy0 = item % bands * band, oy1 = std::min(g.oh, oy0 + band);
+    thread_local std::vector<float> buf;
+    const float* frame = frame_band(g, f, x, b, oy0, oy1, buf);
+    for (int64_t oy = oy0; oy < oy1; ++oy) {
+      const PixelRow row{f.taps(),       frame + (oy - oy0) * f.window_row(g),
+                         f.step,         f.offset.data(),
+                         weights.data(), ld,
+                         init.data(),    y + (b * g.oh + oy) * g.ow * g.c_out,
+                         g.c_out,        0};
+      pixel_row<S>(row, g.ow, g.c_out);
+    }
+  });
+}
+
+// The threads split the output rows, each summing a partial dW that is then reduced in a
+// fixed order. A gradient row is read in whole vectors: past a pixel's C_out channels into
+// the next pixel's (sums that are dropped), except at the end of dy, where it is copied.
+template <class S>
+void weight_gradient(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
+  const Frame f(g);
+  const int64_t taps = f.taps(), ld = lanes_up<S>(g.c_out), rows = g.n * g.oh;
+  const int64_t row_floats = g.ow * g.c_out, dy_floats = rows * row_floats;
+  const int threads = num_threads();
+  std::vector<Buffer>& partial = zeroed_partials(threads, taps * ld);
+  parallel_threads(threads, [&](int t, int team) {
+    const int64_t begin = rows * t / team, end = rows * (t + 1) / team;
+    thread_local std::vector<float> buf, padded;
+    for (int64_t r = begin; r < end;) {
+      const int64_t b = r / g.oh, oy0 = r % g.oh, oy1 = std::min(g.oh, oy0 + end - r);
+      const float* frame = frame_band(g, f, x, b, oy0, oy1, buf);
+      for (int64_t oy = oy0; oy < oy1; ++oy) {
+        const int64_t start = (b * g.oh + oy) * row_floats;
+        GradientRow row{g.ow,
+                        frame + (oy - oy0) * f.window_row(g),
+                        f.step,
+                        f.offset.data(),
+                        dy + start,
+                        g.c_out,
+                        partial[t].data(),
+                        ld};
+        if (start + row_floats + ld - g.c_out > dy_floats) {
+          padded.assign(g.ow * ld, 0.f);
+          for (int64_t p = 0; p < g.ow; ++p)
+            std::copy_n(dy + start + p * g.c_out, g.c_out, padded.begin() + p * ld);
+          row.b = padded.data();
+          row.b_ld = ld;
+        }
+        gradient_row<S>(row, taps, ld);
+      }
+      r += oy1 - oy0;
+    }
+  });
+  reduce_partials(partial, partial[0].data(), taps * ld);
+  const float* sum = partial[0].data();
+  for (int64_t o = 0; o < g.c_out; ++o)
+    for (int64_t ci = 0; ci < g.c_in; ++ci)
+      for (int64_t t = 0; t < g.kh * g.kw; ++t)
+        dw[(o * g.c_in + ci) * g.kh * g.kw + t] = sum[(t * g.c_in + ci) * ld + o];
+}
+
+}  // namespace
+
+void conv2d_direct_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias,
+                           float* y) {
+  with_output_vectors(g.c_out, [&](auto s) { forward<decltype(s)>(g, x, w, bias, y); });
+}
+
+// Per image: a row's dcol in a small buffer, then added into its windows in the frame, which
+// is dx's image itself when the layer does not pad.
+void conv2d_direct_backward_input(const ConvGeometry& g, const float* dy, const float* w,
+                                  float* dx) {
+  const Frame f(g);
+  const int64_t taps = f.taps(), ld = lanes_up<Simd>(taps), image = g.h * g.w * g.c_in;
+  const int64_t run = (g.dil_w == 1 ? g.kw : 1) * g.c_in;  // taps side by side in the frame
+  const std::vector<float> weights = weights_by_tap(g, w, ld, true);
+  std::vector<int64_t> channels(g.c_out);
+  std::iota(channels.begin(), channels.end(), int64_t{0});
+  parallel_for(g.n, [&](int64_t b) {
+    thread_local std::vector<float> frame, dcol;
+    float* out = dx + b * image;
+    if (f.copies)
+      frame.assign(f.rows * f.cols * f.c, 0.f);
+    else
+      std::memset(out, 0, sizeof(float) * image);
+    float* windows = f.copies ? frame.data() : out;
+    dcol.resize(g.ow * ld);
+    for (int64_t oy = 0; oy < g.oh; ++oy) {
+      const PixelRow row{g.c_out,
+                         dy + (b * g.oh + oy) * g.ow * g.c_out,
+                         g.c_out,
+                         channels.data(),
+                         weights.data(),
+                         ld,
+                         nullptr,
+                         dcol.data(),
+                         ld,
+                         0};
+      pixel_row<Simd>(row, g.ow, ld);
+      float* window = windows + oy * f.window_row(g);
+      for (int64_t ox = 0; ox < g.ow; ++ox, window += f.step)
+        for (int64_t k = 0; k < taps; k += run)
+          add_into(window + f.offset[k], dcol.data() + ox * ld + k, run);
+    }
+    if (f.copies)
+      for (int64_t iy = 0; iy < g.h; ++iy)
+        std::memcpy(out + iy * g.w * g.c_in,
+                    frame.data() + ((iy + g.pad_top) * f.cols + g.pad_left) * f.c,
+                    sizeof(float) * g.w * g.c_in);
+  });
+}
+
+void conv2d_direct_backward_weight(const ConvGeometry& g, const float* dy, const float* x,
+                                   float* dw) {
+  with_output_vectors(g.c_out, [&](auto s) { weight_gradient<decltype(s)>(g, dy, x, dw); });
+}
+
+}  // namespace fastconv::cpu::FASTCONV_ISA
