@@ -92,6 +92,8 @@ struct PixelRow {
   int64_t out_ld, width;
 };
 
+// The tiles unroll every loop over their registers: without that GCC kept a copy of the
+// accumulators on the stack, a store per register per tile.
 template <class S, int P, int NV>
 void pixel_tile(const PixelRow& t) {
   using V = typename S::V;
