@@ -271,6 +271,40 @@ def test_nhwc_few_input_channels_run_direct(isa, x_shape, w_shape, kw):
 
 
 @pytest.mark.parametrize(
+    "x_shape,k,kw",
+    [
+        ((2, 9, 10, 48), (7, 7), dict(padding=3)),  # a 7x7 on a small map
+        ((2, 11, 9, 33), (5, 5), dict(stride=2, padding=2)),  # channels end mid-vector
+        ((1, 6, 7, 200), (3, 3), dict(padding="same", dilation=2)),  # several channel blocks
+        ((3, 7, 7, 16), (3, 2), dict(stride=(2, 1), padding=((2, 0), (1, 1)))),
+        ((2, 8, 9, 24), (3, 3), dict(padding=((3, 0), (0, 3)))),  # more padding than reach
+        ((2, 10, 10, 5), (3, 3), dict()),  # no padding: the tiles read x itself
+    ],
+)
+def test_depthwise_nhwc_tiles(isa, x_shape, k, kw):
+    """NHWC depthwise with one filter per channel: the forward, and at stride 1 dx as the
+    forward of dy with flipped filters, by register tiles of pixels x channels over a
+    zero-padded frame (pixel rows and channel blocks that end mid-tile, strides, dilation,
+    padding on every side); with more padding than the kernel reaches, dx by gathering."""
+    c = x_shape[3]
+    _check_conv_path(
+        isa, "forward", "depthwise_nhwc", x_shape, (c, 1, *k), groups=c, layout="NHWC", **kw
+    )
+
+
+def test_depthwise_nhwc_input_gradient_with_an_infinite_weight(isa):
+    """dx as a forward of zero-padded dy would multiply an infinite weight by the padding's
+    zeros; dx is then gathered, NaN only where the sum has inf * 0 or inf - inf."""
+    rng = np.random.default_rng(3)
+    x, w = rand(rng, 2, 6, 7, 16), rand(rng, 16, 1, 3, 3)
+    w[5, 0, 0, 0] = np.inf
+    kw = dict(padding=1, groups=16, layout="NHWC")
+    dy = rand(rng, 2, 6, 7, 16)
+    got = fastconv.conv2d_backward(dy, x, w, **kw)[0]
+    _assert_close_with_specials(got, ref.conv2d_backward(dy, x, w, **kw)[0])
+
+
+@pytest.mark.parametrize(
     "x_shape,w_shape,kw,expected",
     [
         ((3, 17, 15, 64), (40, 64, 3, 3), dict(stride=2, padding=1), "gemm_nhwc"),

@@ -532,13 +532,6 @@ void backward_weight_by(Algorithm a, const ConvGeometry& g, const float* dy, con
   }
 }
 
-bool all_finite(const float* v, int64_t count) {
-  float probe = 0.f;  // becomes NaN if any value is NaN or infinite
-#pragma omp simd reduction(+ : probe)
-  for (int64_t i = 0; i < count; ++i) probe += v[i] * 0.f;
-  return probe == 0.f;
-}
-
 }  // namespace
 
 void conv2d_forward(const ConvGeometry& g, const float* x, const float* w, const float* bias,

@@ -8,16 +8,16 @@
 //   dx        dcol[pixel, :] = sum_o dy[pixel, o] * W[:, o], added into window(pixel)
 //   dW        dW[k, :]      += window(pixel)[k] * dy[pixel, :], summed over the pixels
 //
-// The windows are read in a frame: the image with the layer's padding made real (a copy
+// The windows are read in a frame (frame.h): the image with the layer's padding made real (a copy
 // when the layer pads), so that every window lies inside it and tap k of a window sits a
 // fixed offset[k] floats after the window's first element.
 #include "cpu/conv2d_direct.h"
 
 #include <algorithm>
-#include <cstring>
 #include <numeric>
 #include <vector>
 
+#include "cpu/frame.h"
 #include "cpu/gemm.h"
 #include "cpu/parallel.h"
 #include "cpu/simd.h"
@@ -25,11 +25,6 @@
 namespace fastconv::cpu::FASTCONV_ISA {
 namespace {
 
-#if defined(__AVX512F__)
-constexpr int kAccumulators = 24;  // of the 32 vector registers; the rest hold the operands
-#else
-constexpr int kAccumulators = 12;  // of 16
-#endif
 constexpr int kMaxVectors = 4;  // vectors of output channels per tile
 
 template <class S>
@@ -37,43 +32,12 @@ int64_t lanes_up(int64_t n) {
   return (n + S::kLanes - 1) / S::kLanes * S::kLanes;
 }
 
-struct Frame {
-  int64_t rows, cols, c;
-  int64_t step;  // floats between the windows of neighbouring output pixels of a row
-  bool copies;   // whether the layer pads, so that the frame is a zero-padded copy
+// Offsets of the taps k = (ky, kx, ci) from a window's first element.
+std::vector<int64_t> tap_channel_offsets(const Frame& f) {
   std::vector<int64_t> offset;
-
-  explicit Frame(const ConvGeometry& g)
-      : rows(std::max(g.h + g.pad_top, (g.oh - 1) * g.stride_h + (g.kh - 1) * g.dil_h + 1)),
-        cols(std::max(g.w + g.pad_left, (g.ow - 1) * g.stride_w + (g.kw - 1) * g.dil_w + 1)),
-        c(g.c_in),
-        step(g.stride_w * g.c_in),
-        copies(g.pad_top || g.pad_left || rows > g.h || cols > g.w) {
-    for (int64_t ky = 0; ky < g.kh; ++ky)
-      for (int64_t kx = 0; kx < g.kw; ++kx)
-        for (int64_t ci = 0; ci < g.c_in; ++ci)
-          offset.push_back((ky * g.dil_h * cols + kx * g.dil_w) * c + ci);
-  }
-  int64_t taps() const { return static_cast<int64_t>(offset.size()); }
-  // Floats from the window of output pixel (oy, 0) to that of (oy + 1, 0).
-  int64_t window_row(const ConvGeometry& g) const { return g.stride_h * cols * c; }
-};
-
-// The frame rows that output rows [oy0, oy1) of image b read; returns the window of output
-// pixel (oy0, 0). Without padding that is x itself, otherwise a copy in `buf`.
-const float* frame_band(const ConvGeometry& g, const Frame& f, const float* x, int64_t b,
-                        int64_t oy0, int64_t oy1, std::vector<float>& buf) {
-  const int64_t first = oy0 * g.stride_h, row = f.cols * f.c;
-  if (!f.copies) return x + (b * g.h + first) * row;
-  const int64_t count = (oy1 - 1 - oy0) * g.stride_h + (g.kh - 1) * g.dil_h + 1;
-  buf.assign(count * row, 0.f);
-  for (int64_t r = 0; r < count; ++r) {
-    const int64_t iy = first + r - g.pad_top;
-    if (iy >= 0 && iy < g.h)
-      std::memcpy(buf.data() + r * row + g.pad_left * f.c, x + (b * g.h + iy) * g.w * g.c_in,
-                  sizeof(float) * g.w * g.c_in);
-  }
-  return buf.data();
+  for (const int64_t tap : f.tap_offset)
+    for (int64_t ci = 0; ci < f.c; ++ci) offset.push_back(tap + ci);
+  return offset;
 }
 
 // Dot products along a depth for a row of pixels: pixel p's value at depth j is
@@ -150,16 +114,16 @@ void pixel_row(PixelRow t, int64_t count, int64_t columns) {
     block.width = std::min(kMaxVectors * L, columns - c0);
     switch ((block.width + L - 1) / L) {
       case 1:
-        pixel_run<S, kAccumulators, 1>(block, count);
+        pixel_run<S, kTileRegisters, 1>(block, count);
         break;
       case 2:
-        pixel_run<S, kAccumulators / 2, 2>(block, count);
+        pixel_run<S, kTileRegisters / 2, 2>(block, count);
         break;
       case 3:
-        pixel_run<S, kAccumulators / 3, 3>(block, count);
+        pixel_run<S, kTileRegisters / 3, 3>(block, count);
         break;
       default:
-        pixel_run<S, kAccumulators / 4, 4>(block, count);
+        pixel_run<S, kTileRegisters / 4, 4>(block, count);
     }
   }
 }
@@ -223,16 +187,16 @@ void gradient_row(GradientRow t, int64_t taps, int64_t columns) {
     block.acc += c0;
     switch (std::min<int64_t>(kMaxVectors, (columns - c0) / L)) {
       case 1:
-        gradient_run<S, kAccumulators, 1>(block, taps);
+        gradient_run<S, kTileRegisters, 1>(block, taps);
         break;
       case 2:
-        gradient_run<S, kAccumulators / 2, 2>(block, taps);
+        gradient_run<S, kTileRegisters / 2, 2>(block, taps);
         break;
       case 3:
-        gradient_run<S, kAccumulators / 3, 3>(block, taps);
+        gradient_run<S, kTileRegisters / 3, 3>(block, taps);
         break;
       default:
-        gradient_run<S, kAccumulators / 4, 4>(block, taps);
+        gradient_run<S, kTileRegisters / 4, 4>(block, taps);
     }
   }
 }
@@ -288,20 +252,26 @@ void with_output_vectors(int64_t c_out, F&& f) {
 template <class S>
 void forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y) {
   const Frame f(g);
+  const std::vector<int64_t> offset = tap_channel_offsets(f);
   const int64_t ld = lanes_up<S>(g.c_out), band = band_rows(g), bands = (g.oh + band - 1) / band;
   const std::vector<float> weights = weights_by_tap(g, w, ld, false);
   std::vector<float> init(ld, 0.f);
   if (bias) std::copy(bias, bias + g.c_out, init.begin());
   parallel_for(g.n * bands, [&](int64_t item) {
     const int64_t b = item / bands, oy0 = item % bands * band, oy1 = std::min(g.oh, oy0 + band);
-    thread_local std::vector<float> buf;
+    thread_local Buffer buf;
     const float* frame = frame_band(g, f, x, b, oy0, oy1, buf);
     for (int64_t oy = oy0; oy < oy1; ++oy) {
-      const PixelRow row{f.taps(),       frame + (oy - oy0) * f.window_row(g),
-                         f.step,         f.offset.data(),
-                         weights.data(), ld,
-                         init.data(),    y + (b * g.oh + oy) * g.ow * g.c_out,
-                         g.c_out,        0};
+      const PixelRow row{static_cast<int64_t>(offset.size()),
+                         frame + (oy - oy0) * f.window_row(g),
+                         f.step,
+                         offset.data(),
+                         weights.data(),
+                         ld,
+                         init.data(),
+                         y + (b * g.oh + oy) * g.ow * g.c_out,
+                         g.c_out,
+                         0};
       pixel_row<S>(row, g.ow, g.c_out);
     }
   });
@@ -313,13 +283,16 @@ void forward(const ConvGeometry& g, const float* x, const float* w, const float*
 template <class S>
 void weight_gradient(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
   const Frame f(g);
-  const int64_t taps = f.taps(), ld = lanes_up<S>(g.c_out), rows = g.n * g.oh;
+  const std::vector<int64_t> offset = tap_channel_offsets(f);
+  const int64_t taps = static_cast<int64_t>(offset.size()), ld = lanes_up<S>(g.c_out),
+                rows = g.n * g.oh;
   const int64_t row_floats = g.ow * g.c_out, dy_floats = rows * row_floats;
   const int threads = num_threads();
   std::vector<Buffer>& partial = zeroed_partials(threads, taps * ld);
   parallel_threads(threads, [&](int t, int team) {
     const int64_t begin = rows * t / team, end = rows * (t + 1) / team;
-    thread_local std::vector<float> buf, padded;
+    thread_local Buffer buf;
+    thread_local std::vector<float> padded;
     for (int64_t r = begin; r < end;) {
       const int64_t b = r / g.oh, oy0 = r % g.oh, oy1 = std::min(g.oh, oy0 + end - r);
       const float* frame = frame_band(g, f, x, b, oy0, oy1, buf);
@@ -328,7 +301,7 @@ void weight_gradient(const ConvGeometry& g, const float* dy, const float* x, flo
         GradientRow row{g.ow,
                         frame + (oy - oy0) * f.window_row(g),
                         f.step,
-                        f.offset.data(),
+                        offset.data(),
                         dy + start,
                         g.c_out,
                         partial[t].data(),
@@ -365,7 +338,9 @@ void conv2d_direct_forward(const ConvGeometry& g, const float* x, const float* w
 void conv2d_direct_backward_input(const ConvGeometry& g, const float* dy, const float* w,
                                   float* dx) {
   const Frame f(g);
-  const int64_t taps = f.taps(), ld = lanes_up<Simd>(taps), image = g.h * g.w * g.c_in;
+  const std::vector<int64_t> offset = tap_channel_offsets(f);
+  const int64_t taps = static_cast<int64_t>(offset.size()), ld = lanes_up<Simd>(taps),
+                image = g.h * g.w * g.c_in;
   const int64_t run = (g.dil_w == 1 ? g.kw : 1) * g.c_in;  // taps side by side in the frame
   const std::vector<float> weights = weights_by_tap(g, w, ld, true);
   std::vector<int64_t> channels(g.c_out);
@@ -394,7 +369,7 @@ void conv2d_direct_backward_input(const ConvGeometry& g, const float* dy, const 
       float* window = windows + oy * f.window_row(g);
       for (int64_t ox = 0; ox < g.ow; ++ox, window += f.step)
         for (int64_t k = 0; k < taps; k += run)
-          add_into(window + f.offset[k], dcol.data() + ox * ld + k, run);
+          add_into(window + offset[k], dcol.data() + ox * ld + k, run);
     }
     if (f.copies)
       for (int64_t iy = 0; iy < g.h; ++iy)

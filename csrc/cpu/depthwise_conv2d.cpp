@@ -4,12 +4,15 @@
 // o / M with weights w[o, 0, KH, KW]. There is no reduction over channels, so the work is
 // memory-bound: NCHW loops run along a row (contiguous for stride 1), NHWC loops run along
 // the channels of a pixel, and write large outputs with streaming stores (streams_output).
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
+#include "cpu/frame.h"
 #include "cpu/kernels.h"
 #include "cpu/lanes.h"
 #include "cpu/parallel.h"
+#include "cpu/simd.h"
 
 namespace fastconv::cpu::FASTCONV_ISA {
 namespace {
@@ -58,59 +61,172 @@ void forward_nchw(const ConvGeometry& g, const float* x, const float* w, const f
   });
 }
 
-// out[c, c + group width) = bias + sum over the n taps of in[t][c..] * w[t][c..], the
-// group's K registers accumulating in place.
-template <bool kStream, class V, int K>
-[[gnu::always_inline]] inline void window_sum(LaneGroup<V, K> lanes, int64_t n,
-                                              const float* const* in, const float* const* w,
-                                              const float* bias, int64_t c, float* out) {
-  V acc[K];
-  for (int k = 0; k < K; ++k) acc[k] = bias ? load<V>(bias + c + k * lanes.kStep) : V{};
-  for (int64_t t = 0; t < n; ++t)
-    for (int k = 0; k < K; ++k)
-      acc[k] += load<V>(in[t] + c + k * lanes.kStep) * load<V>(w[t] + c + k * lanes.kStep);
-  for (int k = 0; k < K; ++k) store_out<kStream>(out + c + k * lanes.kStep, acc[k]);
+// One filter per channel (M = 1), NHWC: a register tile of P output pixels along a row x
+// NV vectors of channels sums its windows tap by tap, each tap's weights loaded once for
+// the P pixels. The windows are read in a frame (frame.h), so a tile has no bounds to
+// check. x points at the row's first window at the block's first channel; w (ld floats per
+// tap) and bias are padded with zeros to whole vectors; the block's last vector holds
+// `tail` channels (kTail: fewer than a vector).
+struct ChannelRow {
+  const float* x;
+  int64_t step;
+  const int64_t* tap_offset;
+  int64_t taps;
+  const float* w;
+  int64_t ld;
+  const float* bias;
+  float* out;
+  int64_t out_ld;
+  int tail;
+};
+
+constexpr int kMaxVectors = 4;  // vectors of channels per tile
+
+// The tiles unroll every loop over their registers, so that GCC keeps them in registers.
+template <int P, int NV, bool kTail, bool kStream>
+void channel_tile(const ChannelRow& t) {
+  using V = Simd::V;
+  constexpr int64_t L = Simd::kLanes;
+  const auto load_x = [&](const float* p, int v) {
+    return kTail && v == NV - 1 ? Simd::load_part(p, t.tail) : Simd::load(p);
+  };
+  V acc[P][NV];
+#pragma GCC unroll 32
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 32
+    for (int v = 0; v < NV; ++v) acc[p][v] = Simd::load(t.bias + v * L);
+  for (int64_t k = 0; k < t.taps; ++k) {
+    const float* xk = t.x + t.tap_offset[k];
+    V wk[NV];
+#pragma GCC unroll 32
+    for (int v = 0; v < NV; ++v) wk[v] = Simd::load(t.w + k * t.ld + v * L);
+#pragma GCC unroll 32
+    for (int p = 0; p < P; ++p)
+#pragma GCC unroll 32
+      for (int v = 0; v < NV; ++v)
+        acc[p][v] = Simd::fma(load_x(xk + p * t.step + v * L, v), wk[v], acc[p][v]);
+  }
+#pragma GCC unroll 32
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 32
+    for (int v = 0; v < NV; ++v) {
+      float* out = t.out + p * t.out_ld + v * L;
+      if (kTail && v == NV - 1)
+        Simd::store_part(out, acc[p][v], t.tail);
+      else
+        store_out<kStream>(out, acc[p][v]);
+    }
 }
 
-// One output pixel at a time, all channels. With one filter per input channel (M = 1), each
-// lane group of channels sums the window's taps in registers and is stored once; with a
-// depth multiplier the output channels are accumulated tap by tap.
-void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const float* bias,
-                  float* y) {
-  const int64_t mult = g.c_out / g.c_in, taps = g.kh * g.kw;
-  const std::vector<float> wt = tap_major(g, w);
-  with_streaming(mult == 1 && streams_output(g.n * g.oh * g.ow * g.c_out), [&](auto streamed) {
-    parallel_for(g.n * g.oh, [&](int64_t row) {
-      const int64_t b = row / g.oh, oy = row % g.oh;
-      std::vector<const float*> in(taps), wv(taps);  // the window's real taps: input, weights
-      for (int64_t ox = 0; ox < g.ow; ++ox) {
-        float* out = y + (row * g.ow + ox) * g.c_out;
-        int64_t n = 0;
-        for (int64_t ky = 0; ky < g.kh; ++ky) {
-          const int64_t iy = g.in_row(oy, ky);
-          for (int64_t kx = 0; kx < g.kw && iy >= 0 && iy < g.h; ++kx) {
-            const int64_t ix = g.in_col(ox, kx);
-            if (ix < 0 || ix >= g.w) continue;
-            in[n] = x + ((b * g.h + iy) * g.w + ix) * g.c_in;
-            wv[n++] = wt.data() + (ky * g.kw + kx) * g.c_out;
-          }
-        }
-        if (mult == 1) {
-          for_lane_groups(g.c_out, [&](auto lanes, int64_t c) {
-            window_sum<decltype(streamed)::value>(lanes, n, in.data(), wv.data(), bias, c, out);
-          });
-          continue;
-        }
-        if (bias)
-          std::memcpy(out, bias, sizeof(float) * g.c_out);
-        else
-          std::fill(out, out + g.c_out, 0.f);
-        for (int64_t t = 0; t < n; ++t)
-          for (int64_t c = 0; c < g.c_in; ++c)
-            for (int64_t m = 0; m < mult; ++m) out[c * mult + m] += in[t][c] * wv[t][c * mult + m];
+// `count` pixels, P at a time, the rest in tiles of half as many, and so on.
+template <int P, int NV, bool kTail, bool kStream>
+void channel_run(ChannelRow t, int64_t count) {
+  for (; count >= P; count -= P, t.x += P * t.step, t.out += P * t.out_ld)
+    channel_tile<P, NV, kTail, kStream>(t);
+  if constexpr (P > 1)
+    if (count > 0) channel_run<P / 2, NV, kTail, kStream>(t, count);
+}
+
+template <int NV, bool kStream>
+void channel_block(const ChannelRow& t, int64_t count) {
+  if (t.tail == Simd::kLanes)
+    channel_run<kTileRegisters / NV, NV, false, kStream>(t, count);
+  else
+    channel_run<kTileRegisters / NV, NV, true, kStream>(t, count);
+}
+
+// A row of `count` output pixels, all `channels` channels, in blocks of kMaxVectors vectors.
+template <bool kStream>
+void channel_row(const ChannelRow& t, int64_t count, int64_t channels) {
+  constexpr int64_t L = Simd::kLanes;
+  for (int64_t c0 = 0; c0 < channels; c0 += kMaxVectors * L) {
+    const int64_t width = std::min(kMaxVectors * L, channels - c0), vectors = (width + L - 1) / L;
+    const ChannelRow block{
+        t.x + c0, t.step,      t.tap_offset, t.taps,   t.w + c0,
+        t.ld,     t.bias + c0, t.out + c0,   t.out_ld, static_cast<int>(width - (vectors - 1) * L)};
+    switch (vectors) {
+      case 1:
+        channel_block<1, kStream>(block, count);
+        break;
+      case 2:
+        channel_block<2, kStream>(block, count);
+        break;
+      case 3:
+        channel_block<3, kStream>(block, count);
+        break;
+      default:
+        channel_block<4, kStream>(block, count);
+    }
+  }
+}
+
+// M = 1: items are bands of output rows of one image, few enough rows that a padded frame
+// stays in L2 (256 KiB) and enough items for the threads.
+void forward_nhwc_tiles(const ConvGeometry& g, const float* x, const float* w, const float* bias,
+                        float* y) {
+  const Frame f(g);
+  const int64_t taps = g.kh * g.kw, ld = (g.c_out + Simd::kLanes - 1) / Simd::kLanes * Simd::kLanes;
+  std::vector<float> wt(taps * ld, 0.f), b(ld, 0.f);
+  for (int64_t c = 0; c < g.c_out; ++c)
+    for (int64_t t = 0; t < taps; ++t) wt[t * ld + c] = w[c * taps + t];
+  if (bias) std::copy(bias, bias + g.c_out, b.begin());
+  int64_t band = std::clamp<int64_t>(g.n * g.oh / (8 * num_threads()), 1, g.oh);
+  if (f.copies) {
+    const int64_t rows = (int64_t{256} << 10) / (4 * f.cols * f.c) - (g.kh - 1) * g.dil_h;
+    band = std::clamp<int64_t>((rows - 1) / g.stride_h + 1, 1, band);
+  }
+  const int64_t bands = (g.oh + band - 1) / band;
+  const bool stream = g.c_out % Simd::kLanes == 0 && streams_output(g.y_size());
+  with_streaming(stream, [&](auto streamed) {
+    parallel_for(g.n * bands, [&](int64_t item) {
+      const int64_t n = item / bands, oy0 = item % bands * band, oy1 = std::min(g.oh, oy0 + band);
+      thread_local Buffer buf;
+      const float* frame = frame_band(g, f, x, n, oy0, oy1, buf);
+      for (int64_t oy = oy0; oy < oy1; ++oy) {
+        const ChannelRow row{frame + (oy - oy0) * f.window_row(g),
+                             f.step,
+                             f.tap_offset.data(),
+                             taps,
+                             wt.data(),
+                             ld,
+                             b.data(),
+                             y + (n * g.oh + oy) * g.ow * g.c_out,
+                             g.c_out,
+                             Simd::kLanes};
+        channel_row<decltype(streamed)::value>(row, g.ow, g.c_out);
       }
       if (decltype(streamed)::value) stream_fence();
     });
+  });
+}
+
+// A depth multiplier M > 1, one output pixel at a time: the output channels are accumulated
+// tap by tap.
+void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const float* bias,
+                  float* y) {
+  const int64_t mult = g.c_out / g.c_in, taps = g.kh * g.kw;
+  if (mult == 1) return forward_nhwc_tiles(g, x, w, bias, y);
+  const std::vector<float> wt = tap_major(g, w);
+  parallel_for(g.n * g.oh, [&](int64_t row) {
+    const int64_t b = row / g.oh, oy = row % g.oh;
+    for (int64_t ox = 0; ox < g.ow; ++ox) {
+      float* out = y + (row * g.ow + ox) * g.c_out;
+      if (bias)
+        std::memcpy(out, bias, sizeof(float) * g.c_out);
+      else
+        std::fill(out, out + g.c_out, 0.f);
+      for (int64_t ky = 0; ky < g.kh; ++ky) {
+        const int64_t iy = g.in_row(oy, ky);
+        for (int64_t kx = 0; kx < g.kw && iy >= 0 && iy < g.h; ++kx) {
+          const int64_t ix = g.in_col(ox, kx);
+          if (ix < 0 || ix >= g.w) continue;
+          const float* in = x + ((b * g.h + iy) * g.w + ix) * g.c_in;
+          const float* wv = wt.data() + (ky * g.kw + kx) * g.c_out;
+          for (int64_t c = 0; c < g.c_in; ++c)
+            for (int64_t m = 0; m < mult; ++m) out[c * mult + m] += in[c] * wv[c * mult + m];
+        }
+      }
+    }
   });
 }
 
@@ -135,6 +251,44 @@ void backward_input_nchw(const ConvGeometry& g, const float* dy, const float* w,
       }
     }
   });
+}
+
+// out[c, c + group width) = bias + sum over the n taps of in[t][c..] * w[t][c..], the
+// group's K registers accumulating in place.
+template <bool kStream, class V, int K>
+[[gnu::always_inline]] inline void window_sum(LaneGroup<V, K> lanes, int64_t n,
+                                              const float* const* in, const float* const* w,
+                                              const float* bias, int64_t c, float* out) {
+  V acc[K];
+  for (int k = 0; k < K; ++k) acc[k] = bias ? load<V>(bias + c + k * lanes.kStep) : V{};
+  for (int64_t t = 0; t < n; ++t)
+    for (int k = 0; k < K; ++k)
+      acc[k] += load<V>(in[t] + c + k * lanes.kStep) * load<V>(w[t] + c + k * lanes.kStep);
+  for (int k = 0; k < K; ++k) store_out<kStream>(out + c + k * lanes.kStep, acc[k]);
+}
+
+// Stride 1, M = 1, NHWC: dx is the forward of dy with each filter flipped, padded so that the
+// output has the input's size, by the tiles. Not where that padding would be negative, nor
+// with a weight that is not finite: the padding's zeros times it would make NaN where dx's
+// sum has no such term. Returns whether it ran.
+bool backward_input_as_forward(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
+  const int64_t top = g.dil_h * (g.kh - 1) - g.pad_top, left = g.dil_w * (g.kw - 1) - g.pad_left;
+  if (g.stride_h != 1 || g.stride_w != 1 || g.c_out != g.c_in || top < 0 || left < 0 ||
+      !all_finite(w, g.w_size()))
+    return false;
+  const int64_t taps = g.kh * g.kw;
+  std::vector<float> flipped(g.w_size());
+  for (int64_t c = 0; c < g.c_out; ++c)
+    for (int64_t t = 0; t < taps; ++t) flipped[c * taps + taps - 1 - t] = w[c * taps + t];
+  ConvGeometry t = g;
+  t.h = g.oh;
+  t.w = g.ow;
+  t.oh = g.h;
+  t.ow = g.w;
+  t.pad_top = top;
+  t.pad_left = left;
+  forward_nhwc_tiles(t, dy, flipped.data(), nullptr, dx);
+  return true;
 }
 
 // NHWC dx by gathering: input pixel (iy, ix) collects every output whose window covers it,
@@ -263,10 +417,11 @@ void depthwise_conv2d_forward(const ConvGeometry& g, const float* x, const float
 
 void depthwise_conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* w,
                                      float* dx) {
-  if (g.channels_last)
-    backward_input_nhwc(g, dy, w, dx);
-  else
+  if (g.channels_last) {
+    if (!backward_input_as_forward(g, dy, w, dx)) backward_input_nhwc(g, dy, w, dx);
+  } else {
     backward_input_nchw(g, dy, w, dx);
+  }
 }
 
 void depthwise_conv2d_backward_weight(const ConvGeometry& g, const float* dy, const float* x,

@@ -6,6 +6,7 @@
 // Intrinsics rather than GCC vector arithmetic on the x86 builds: `V{} + x` is not a
 // broadcast (0 + -0 is +0, so GCC must add), and the FMA must be explicit to be portable.
 #pragma once
+#include <cstdint>
 #include <cstring>
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
@@ -22,6 +23,14 @@ constexpr Isa kBuildIsa = Isa::avx512;
 constexpr Isa kBuildIsa = Isa::avx2;
 #else
 constexpr Isa kBuildIsa = Isa::generic;
+#endif
+
+// Accumulators a register tile of the hand-vectorised kernels holds: three quarters of the
+// vector registers, the rest for the operands.
+#if defined(__AVX512F__)
+constexpr int kTileRegisters = 24;  // of 32
+#else
+constexpr int kTileRegisters = 12;  // of 16
 #endif
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -89,5 +98,13 @@ struct Simd128 {
 };
 using Simd = Simd128;
 #endif
+
+// Whether no value is NaN or infinite.
+inline bool all_finite(const float* v, int64_t count) {
+  float probe = 0.f;  // becomes NaN if any value is NaN or infinite
+#pragma omp simd reduction(+ : probe)
+  for (int64_t i = 0; i < count; ++i) probe += v[i] * 0.f;
+  return probe == 0.f;
+}
 
 }  // namespace fastconv::cpu::FASTCONV_ISA
