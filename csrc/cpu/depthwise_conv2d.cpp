@@ -1,9 +1,12 @@
 // Depthwise 2-D convolution on the CPU: one filter per (input channel, multiplier) pair.
 //
 // C input channels, M = C_out / C depth multiplier; output channel o reads input channel
-// o / M with weights w[o, 0, KH, KW]. There is no reduction over channels, so the work is
-// memory-bound: NCHW loops run along a row (contiguous for stride 1), NHWC loops run along
-// the channels of a pixel, and write large outputs with streaming stores (streams_output).
+// o / M with weights w[o, 0, KH, KW]. There is no reduction over channels, so with small
+// kernels the work is memory-bound: NCHW loops run along a row (contiguous for stride 1),
+// NHWC loops run along the channels of a pixel, and write large outputs with streaming
+// stores (streams_output). Large kernels (5x5, 7x7) make it compute-bound: the NHWC forward
+// keeps a tile of pixels x channels in registers, so that a tap's weights serve several
+// pixels.
 #include <algorithm>
 #include <cstring>
 #include <vector>
