@@ -24,6 +24,17 @@ def test_3x3_stride_1_runs_winograd(isa):
         fastconv._cpu.set_winograd(True)
 
 
+def test_few_tiles_for_the_channels_keep_the_weight_gradient_direct(isa):
+    """A wide layer on a small batch of 7x7 maps: 128 tiles for 512 channels; the forward
+    stays Winograd, the weight gradient is the direct GEMM (fewer than 512 tiles and fewer
+    than two per channel); 512 tiles, or two per channel, make it Winograd again."""
+    g = dict(padding=1, layout="NHWC")
+    assert algorithm("forward", (32, 7, 7, 512), (512, 512, 3, 3), **g) == "winograd_f4x3"
+    assert algorithm("backward_weight", (32, 7, 7, 512), (512, 512, 3, 3), **g) == "gemm_nhwc"
+    assert algorithm("backward_weight", (128, 7, 7, 512), (512, 512, 3, 3), **g) == "winograd_f4x3"
+    assert algorithm("backward_weight", (16, 14, 14, 64), (64, 64, 3, 3), **g) == "winograd_f4x3"
+
+
 def test_not_winograd(isa):
     # stride 2, a map smaller than a tile, too few channels, a 5x5 kernel
     assert "winograd" not in algorithm(

@@ -14,9 +14,15 @@ bool is_depthwise(const ConvGeometry& g) { return g.groups > 1 && g.groups == g.
 // the forward still does 36 multiplies where the direct sum does 81, which wins where the
 // direct GEMM is slow to begin with (AVX-512's 16-wide tiles over few pixels, the portable
 // build) but not against AVX2's; the weight gradient's 36 GEMMs over so few tiles do not pay
-// for its transforms, so it stays direct there.
+// for its transforms, so it stays direct there. The weight gradient's GEMMs have the tiles as
+// their depth and write one C_out x C_in product per transform point (36 for F(4x4, 3x3)):
+// with fewer than 512 tiles and fewer than two per channel of the wider side (a wide layer
+// on a small batch of 7x7 maps) the direct GEMM measured faster.
 bool winograd_applies(const ConvGeometry& g, Direction d, int64_t tile, Isa isa) {
   const int64_t tiles = g.n * ((g.oh + tile - 1) / tile) * ((g.ow + tile - 1) / tile);
+  if (d == Direction::backward_weight &&
+      tiles < std::min<int64_t>(512, 2 * std::max(g.c_in, g.c_out)))
+    return false;
   const bool partial_tiles = d == Direction::forward && isa != Isa::avx2;
   const int64_t smallest_map = partial_tiles ? std::min<int64_t>(3, tile) : tile;
   return d != Direction::backward_input && g.stride_h == 1 && g.stride_w == 1 && g.dil_h == 1 &&
