@@ -25,8 +25,6 @@
 namespace fastconv::cpu::FASTCONV_ISA {
 namespace {
 
-constexpr int kMaxVectors = 4;  // vectors of output channels per tile
-
 template <class S>
 int64_t lanes_up(int64_t n) {
   return (n + S::kLanes - 1) / S::kLanes * S::kLanes;
@@ -93,38 +91,31 @@ void pixel_tile(const PixelRow& t) {
     }
 }
 
-// `count` pixels, P at a time, the rest in tiles of half as many, and so on.
+// `count` pixels in tiles of P, then of fewer.
 template <class S, int P, int NV>
-void pixel_run(PixelRow t, int64_t count) {
-  for (; count >= P; count -= P, t.a += P * t.a_step, t.out += P * t.out_ld)
-    pixel_tile<S, P, NV>(t);
-  if constexpr (P > 1)
-    if (count > 0) pixel_run<S, P / 2, NV>(t, count);
+void pixel_run(const PixelRow& t, int64_t count) {
+  in_halving_tiles<P>(count, [&](auto n, int64_t first) {
+    PixelRow at = t;
+    at.a += first * t.a_step;
+    at.out += first * t.out_ld;
+    pixel_tile<S, decltype(n)::value, NV>(at);
+  });
 }
 
-// All `columns` results of `count` pixels, in blocks of up to kMaxVectors vectors.
+// All `columns` results of `count` pixels, in blocks of up to kTileVectors vectors.
 template <class S>
 void pixel_row(PixelRow t, int64_t count, int64_t columns) {
   constexpr int64_t L = S::kLanes;
-  for (int64_t c0 = 0; c0 < columns; c0 += kMaxVectors * L) {
+  for (int64_t c0 = 0; c0 < columns; c0 += kTileVectors * L) {
     PixelRow block = t;
     block.b += c0;
     block.init = t.init ? t.init + c0 : nullptr;
     block.out += c0;
-    block.width = std::min(kMaxVectors * L, columns - c0);
-    switch ((block.width + L - 1) / L) {
-      case 1:
-        pixel_run<S, kTileRegisters, 1>(block, count);
-        break;
-      case 2:
-        pixel_run<S, kTileRegisters / 2, 2>(block, count);
-        break;
-      case 3:
-        pixel_run<S, kTileRegisters / 3, 3>(block, count);
-        break;
-      default:
-        pixel_run<S, kTileRegisters / 4, 4>(block, count);
-    }
+    block.width = std::min(kTileVectors * L, columns - c0);
+    with_tile_vectors((block.width + L - 1) / L, [&](auto vectors) {
+      constexpr int NV = decltype(vectors)::value;
+      pixel_run<S, kTileRegisters / NV, NV>(block, count);
+    });
   }
 }
 
@@ -169,35 +160,29 @@ void gradient_tile(const GradientRow& t) {
     for (int v = 0; v < NV; ++v) S::store(t.acc + r * t.acc_ld + v * L, sum[r][v]);
 }
 
-// `taps` taps, R at a time, the rest in tiles of half as many, and so on.
+// `taps` taps in tiles of R, then of fewer.
 template <class S, int R, int NV>
-void gradient_run(GradientRow t, int64_t taps) {
-  for (; taps >= R; taps -= R, t.offset += R, t.acc += R * t.acc_ld) gradient_tile<S, R, NV>(t);
-  if constexpr (R > 1)
-    if (taps > 0) gradient_run<S, R / 2, NV>(t, taps);
+void gradient_run(const GradientRow& t, int64_t taps) {
+  in_halving_tiles<R>(taps, [&](auto n, int64_t first) {
+    GradientRow at = t;
+    at.offset += first;
+    at.acc += first * t.acc_ld;
+    gradient_tile<S, decltype(n)::value, NV>(at);
+  });
 }
 
 // Every tap's sums over `columns` (a whole number of vectors) output channels.
 template <class S>
 void gradient_row(GradientRow t, int64_t taps, int64_t columns) {
   constexpr int64_t L = S::kLanes;
-  for (int64_t c0 = 0; c0 < columns; c0 += kMaxVectors * L) {
+  for (int64_t c0 = 0; c0 < columns; c0 += kTileVectors * L) {
     GradientRow block = t;
     block.b += c0;
     block.acc += c0;
-    switch (std::min<int64_t>(kMaxVectors, (columns - c0) / L)) {
-      case 1:
-        gradient_run<S, kTileRegisters, 1>(block, taps);
-        break;
-      case 2:
-        gradient_run<S, kTileRegisters / 2, 2>(block, taps);
-        break;
-      case 3:
-        gradient_run<S, kTileRegisters / 3, 3>(block, taps);
-        break;
-      default:
-        gradient_run<S, kTileRegisters / 4, 4>(block, taps);
-    }
+    with_tile_vectors((columns - c0) / L, [&](auto vectors) {
+      constexpr int NV = decltype(vectors)::value;
+      gradient_run<S, kTileRegisters / NV, NV>(block, taps);
+    });
   }
 }
 

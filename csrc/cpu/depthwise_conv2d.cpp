@@ -83,8 +83,6 @@ struct ChannelRow {
   int tail;
 };
 
-constexpr int kMaxVectors = 4;  // vectors of channels per tile
-
 // The tiles unroll every loop over their registers, so that GCC keeps them in registers.
 template <int P, int NV, bool kTail, bool kStream>
 void channel_tile(const ChannelRow& t) {
@@ -121,13 +119,15 @@ void channel_tile(const ChannelRow& t) {
     }
 }
 
-// `count` pixels, P at a time, the rest in tiles of half as many, and so on.
+// `count` pixels in tiles of P, then of fewer.
 template <int P, int NV, bool kTail, bool kStream>
-void channel_run(ChannelRow t, int64_t count) {
-  for (; count >= P; count -= P, t.x += P * t.step, t.out += P * t.out_ld)
-    channel_tile<P, NV, kTail, kStream>(t);
-  if constexpr (P > 1)
-    if (count > 0) channel_run<P / 2, NV, kTail, kStream>(t, count);
+void channel_run(const ChannelRow& t, int64_t count) {
+  in_halving_tiles<P>(count, [&](auto n, int64_t first) {
+    ChannelRow at = t;
+    at.x += first * t.step;
+    at.out += first * t.out_ld;
+    channel_tile<decltype(n)::value, NV, kTail, kStream>(at);
+  });
 }
 
 template <int NV, bool kStream>
@@ -138,28 +138,17 @@ void channel_block(const ChannelRow& t, int64_t count) {
     channel_run<kTileRegisters / NV, NV, true, kStream>(t, count);
 }
 
-// A row of `count` output pixels, all `channels` channels, in blocks of kMaxVectors vectors.
+// A row of `count` output pixels, all `channels` channels, in blocks of kTileVectors vectors.
 template <bool kStream>
 void channel_row(const ChannelRow& t, int64_t count, int64_t channels) {
   constexpr int64_t L = Simd::kLanes;
-  for (int64_t c0 = 0; c0 < channels; c0 += kMaxVectors * L) {
-    const int64_t width = std::min(kMaxVectors * L, channels - c0), vectors = (width + L - 1) / L;
+  for (int64_t c0 = 0; c0 < channels; c0 += kTileVectors * L) {
+    const int64_t width = std::min(kTileVectors * L, channels - c0), vectors = (width + L - 1) / L;
     const ChannelRow block{
         t.x + c0, t.step,      t.tap_offset, t.taps,   t.w + c0,
         t.ld,     t.bias + c0, t.out + c0,   t.out_ld, static_cast<int>(width - (vectors - 1) * L)};
-    switch (vectors) {
-      case 1:
-        channel_block<1, kStream>(block, count);
-        break;
-      case 2:
-        channel_block<2, kStream>(block, count);
-        break;
-      case 3:
-        channel_block<3, kStream>(block, count);
-        break;
-      default:
-        channel_block<4, kStream>(block, count);
-    }
+    with_tile_vectors(vectors,
+                      [&](auto nv) { channel_block<decltype(nv)::value, kStream>(block, count); });
   }
 }
 

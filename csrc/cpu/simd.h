@@ -8,6 +8,7 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
@@ -32,6 +33,35 @@ constexpr int kTileRegisters = 24;  // of 32
 #else
 constexpr int kTileRegisters = 12;  // of 16
 #endif
+
+// Vectors along the channels of a register tile: with kTileRegisters, a tile of
+// kTileRegisters / NV pixels (or taps) x NV vectors.
+constexpr int kTileVectors = 4;
+
+// f(std::integral_constant<int, NV>{}) for NV = min(vectors, kTileVectors), vectors >= 1: the
+// compile-time tile width for a block of channels.
+template <class F>
+void with_tile_vectors(int64_t vectors, F&& f) {
+  switch (vectors) {
+    case 1:
+      return f(std::integral_constant<int, 1>{});
+    case 2:
+      return f(std::integral_constant<int, 2>{});
+    case 3:
+      return f(std::integral_constant<int, 3>{});
+    default:
+      return f(std::integral_constant<int, kTileVectors>{});
+  }
+}
+
+// tile(std::integral_constant<int, n>{}, i) for tiles [i, i + n) covering [0, count): n = N
+// while N fit, then the rest in tiles of N / 2, N / 4, ... 1, each a compile-time size.
+template <int N, class Tile>
+void in_halving_tiles(int64_t count, Tile&& tile, int64_t first = 0) {
+  for (; count >= N; count -= N, first += N) tile(std::integral_constant<int, N>{}, first);
+  if constexpr (N > 1)
+    if (count > 0) in_halving_tiles<N / 2>(count, tile, first);
+}
 
 #if defined(__AVX2__) && defined(__FMA__)
 struct Simd256 {
