@@ -4,6 +4,8 @@ answers bad data, a missing checkpoint and Ctrl-C."""
 import gzip
 import importlib.util
 import json
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -219,3 +221,15 @@ def test_check_passes_and_fails_on_a_wrong_kernel(capsys, monkeypatch):
     monkeypatch.setattr(functional, "max_pool2d", lambda *a, **k: real(*a, **k) + 1)
     assert cli.main(["check", "--cases", "2"]) == 1
     assert "max_pool2d" in capsys.readouterr().out
+
+
+def test_a_closed_pipe_is_not_an_error():
+    """`fastconv info | head -1`: the reader closes the pipe before fastconv has written
+    everything; fastconv stops quietly with status 0 rather than printing a traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastconv", "info"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err
