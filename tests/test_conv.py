@@ -292,6 +292,30 @@ def test_depthwise_nhwc_tiles(isa, x_shape, k, kw):
     )
 
 
+@pytest.mark.parametrize(
+    "x_shape,mult,k,kw",
+    [
+        ((2, 9, 10, 24), 2, 3, dict(padding=1)),
+        ((2, 11, 9, 5), 3, 5, dict(stride=2, padding=2)),  # 15 output channels
+        ((1, 8, 8, 16), 4, 7, dict(padding=3)),
+    ],
+)
+def test_depthwise_nhwc_multiplier(isa, x_shape, mult, k, kw):
+    """NHWC depthwise with M filters per channel runs as the M = 1 layer over x with each
+    channel repeated M times; dx sums each channel's M gradients."""
+    c = x_shape[3]
+    _check_conv_path(
+        isa,
+        "forward",
+        "depthwise_nhwc",
+        x_shape,
+        (c * mult, 1, k, k),
+        groups=c,
+        layout="NHWC",
+        **kw,
+    )
+
+
 def test_depthwise_nhwc_input_gradient_with_an_infinite_weight(isa):
     """dx as a forward of zero-padded dy would multiply an infinite weight by the padding's
     zeros; dx is then gathered, NaN only where the sum has inf * 0 or inf - inf."""

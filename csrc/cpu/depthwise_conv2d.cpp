@@ -152,10 +152,10 @@ void channel_row(const ChannelRow& t, int64_t count, int64_t channels) {
   }
 }
 
-// M = 1: items are bands of output rows of one image, few enough rows that a padded frame
+// Items are bands of output rows of one image, few enough rows that a padded frame
 // stays in L2 (256 KiB) and enough items for the threads.
-void forward_nhwc_tiles(const ConvGeometry& g, const float* x, const float* w, const float* bias,
-                        float* y) {
+void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const float* bias,
+                  float* y) {
   const Frame f(g);
   const int64_t taps = g.kh * g.kw, ld = (g.c_out + Simd::kLanes - 1) / Simd::kLanes * Simd::kLanes;
   std::vector<float> wt(taps * ld, 0.f), b(ld, 0.f);
@@ -189,36 +189,6 @@ void forward_nhwc_tiles(const ConvGeometry& g, const float* x, const float* w, c
       }
       if (decltype(streamed)::value) stream_fence();
     });
-  });
-}
-
-// A depth multiplier M > 1, one output pixel at a time: the output channels are accumulated
-// tap by tap.
-void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const float* bias,
-                  float* y) {
-  const int64_t mult = g.c_out / g.c_in, taps = g.kh * g.kw;
-  if (mult == 1) return forward_nhwc_tiles(g, x, w, bias, y);
-  const std::vector<float> wt = tap_major(g, w);
-  parallel_for(g.n * g.oh, [&](int64_t row) {
-    const int64_t b = row / g.oh, oy = row % g.oh;
-    for (int64_t ox = 0; ox < g.ow; ++ox) {
-      float* out = y + (row * g.ow + ox) * g.c_out;
-      if (bias)
-        std::memcpy(out, bias, sizeof(float) * g.c_out);
-      else
-        std::fill(out, out + g.c_out, 0.f);
-      for (int64_t ky = 0; ky < g.kh; ++ky) {
-        const int64_t iy = g.in_row(oy, ky);
-        for (int64_t kx = 0; kx < g.kw && iy >= 0 && iy < g.h; ++kx) {
-          const int64_t ix = g.in_col(ox, kx);
-          if (ix < 0 || ix >= g.w) continue;
-          const float* in = x + ((b * g.h + iy) * g.w + ix) * g.c_in;
-          const float* wv = wt.data() + (ky * g.kw + kx) * g.c_out;
-          for (int64_t c = 0; c < g.c_in; ++c)
-            for (int64_t m = 0; m < mult; ++m) out[c * mult + m] += in[c] * wv[c * mult + m];
-        }
-      }
-    }
   });
 }
 
@@ -279,21 +249,20 @@ bool backward_input_as_forward(const ConvGeometry& g, const float* dy, const flo
   t.ow = g.w;
   t.pad_top = top;
   t.pad_left = left;
-  forward_nhwc_tiles(t, dy, flipped.data(), nullptr, dx);
+  forward_nhwc(t, dy, flipped.data(), nullptr, dx);
   return true;
 }
 
-// NHWC dx by gathering: input pixel (iy, ix) collects every output whose window covers it,
-// so rows are independent and can run in parallel; with M = 1 each lane group of channels
+// NHWC dx by gathering (M = 1): input pixel (iy, ix) collects every output whose window
+// covers it, so rows are independent and can run in parallel; each lane group of channels
 // sums them in registers.
 void backward_input_nhwc(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
-  const int64_t mult = g.c_out / g.c_in, taps = g.kh * g.kw;
+  const int64_t taps = g.kh * g.kw;
   const std::vector<float> wt = tap_major(g, w);
-  with_streaming(mult == 1 && streams_output(g.n * g.h * g.w * g.c_in), [&](auto streamed) {
+  with_streaming(streams_output(g.n * g.h * g.w * g.c_in), [&](auto streamed) {
     parallel_for(g.n * g.h, [&](int64_t row) {
       const int64_t b = row / g.h, iy = row % g.h;
       std::vector<const float*> grad(taps), wv(taps);  // the outputs reaching a pixel, weights
-      std::vector<float> acc(mult == 1 ? 0 : g.c_in);
       for (int64_t ix = 0; ix < g.w; ++ix) {
         int64_t n = 0;
         for (int64_t ky = 0; ky < g.kh; ++ky) {
@@ -306,17 +275,9 @@ void backward_input_nhwc(const ConvGeometry& g, const float* dy, const float* w,
           }
         }
         float* out = dx + ((b * g.h + iy) * g.w + ix) * g.c_in;
-        if (mult == 1) {
-          for_lane_groups(g.c_in, [&](auto lanes, int64_t c) {
-            window_sum<decltype(streamed)::value>(lanes, n, grad.data(), wv.data(), nullptr, c,
-                                                  out);
-          });
-          continue;
-        }
-        std::fill(acc.begin(), acc.end(), 0.f);
-        for (int64_t t = 0; t < n; ++t)
-          for (int64_t o = 0; o < g.c_out; ++o) acc[o / mult] += grad[t][o] * wv[t][o];
-        std::memcpy(out, acc.data(), sizeof(float) * g.c_in);
+        for_lane_groups(g.c_in, [&](auto lanes, int64_t c) {
+          window_sum<decltype(streamed)::value>(lanes, n, grad.data(), wv.data(), nullptr, c, out);
+        });
       }
       if (decltype(streamed)::value) stream_fence();
     });
@@ -363,7 +324,7 @@ inline void row_dot(LaneGroup<V, K> lanes, int64_t n, const float* a, int64_t a_
 // NHWC weight gradient, one output row at a time: for each tap, each lane group of
 // channels sums the row's products in registers before adding them to the row's sums.
 void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
-  const int64_t mult = g.c_out / g.c_in, taps = g.kh * g.kw, rows = g.n * g.oh;
+  const int64_t taps = g.kh * g.kw, rows = g.n * g.oh;
   const int threads = num_threads();
   // Per-thread partial sums (KH*KW, C_out), reduced in thread order.
   std::vector<std::vector<double>> partial(threads, std::vector<double>(taps * g.c_out, 0.0));
@@ -377,14 +338,9 @@ void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x
             float* s = sums.data() + (ky * g.kw + kx) * g.c_out;
             const float* grad = dy + ((b * g.oh + oy) * g.ow + lo) * g.c_out;
             const float* px = x + ((b * g.h + iy) * g.w + ix) * g.c_in;
-            if (mult == 1) {
-              for_lane_groups(g.c_out, [&](auto lanes, int64_t c) {
-                row_dot(lanes, hi - lo, grad + c, g.c_out, px + c, g.stride_w * g.c_in, s + c);
-              });
-              return;
-            }
-            for (int64_t ox = lo; ox < hi; ++ox, grad += g.c_out, px += g.stride_w * g.c_in)
-              for (int64_t o = 0; o < g.c_out; ++o) s[o] += grad[o] * px[o / mult];
+            for_lane_groups(g.c_out, [&](auto lanes, int64_t c) {
+              row_dot(lanes, hi - lo, grad + c, g.c_out, px + c, g.stride_w * g.c_in, s + c);
+            });
           });
       for (int64_t i = 0; i < taps * g.c_out; ++i) partial[t][i] += sums[i];
     }
@@ -397,31 +353,72 @@ void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x
     }
 }
 
+// NHWC with a depth multiplier M > 1 is the M = 1 layer over x with each channel repeated M
+// times (output channel c * M + m reads input channel c), so the M = 1 kernels serve it:
+// the forward and the weight gradient read the repeated x, and dx sums each channel's M
+// gradients of the repeated one.
+ConvGeometry repeated(const ConvGeometry& g) {
+  ConvGeometry e = g;
+  e.c_in = e.groups = g.c_out;
+  return e;
+}
+
+// x (pixels x C) with each channel repeated M times, in a buffer of the calling thread.
+const float* repeat_channels(const ConvGeometry& g, const float* x) {
+  const int64_t mult = g.c_out / g.c_in, pixels = g.n * g.h * g.w;
+  thread_local Buffer out;
+  out.resize(pixels * g.c_out);
+  float* o = out.data();
+  parallel_for((pixels + 255) / 256, [&](int64_t item) {
+    for (int64_t p = item * 256; p < std::min(pixels, item * 256 + 256); ++p)
+      for (int64_t c = 0; c < g.c_in; ++c)
+        std::fill_n(o + (p * g.c_in + c) * mult, mult, x[p * g.c_in + c]);
+  });
+  return out.data();
+}
+
+void input_gradient_nhwc(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
+  if (!backward_input_as_forward(g, dy, w, dx)) backward_input_nhwc(g, dy, w, dx);
+}
+
 }  // namespace
 
 void depthwise_conv2d_forward(const ConvGeometry& g, const float* x, const float* w,
                               const float* bias, float* y) {
-  if (g.channels_last)
+  if (!g.channels_last)
+    forward_nchw(g, x, w, bias, y);
+  else if (g.c_out == g.c_in)
     forward_nhwc(g, x, w, bias, y);
   else
-    forward_nchw(g, x, w, bias, y);
+    forward_nhwc(repeated(g), repeat_channels(g, x), w, bias, y);
 }
 
 void depthwise_conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* w,
                                      float* dx) {
-  if (g.channels_last) {
-    if (!backward_input_as_forward(g, dy, w, dx)) backward_input_nhwc(g, dy, w, dx);
-  } else {
-    backward_input_nchw(g, dy, w, dx);
-  }
+  if (!g.channels_last) return backward_input_nchw(g, dy, w, dx);
+  if (g.c_out == g.c_in) return input_gradient_nhwc(g, dy, w, dx);
+  const int64_t mult = g.c_out / g.c_in, pixels = g.n * g.h * g.w;
+  thread_local Buffer each;  // dx of the repeated x: (pixels x C * M)
+  each.resize(pixels * g.c_out);
+  input_gradient_nhwc(repeated(g), dy, w, each.data());
+  const float* e = each.data();
+  parallel_for((pixels + 255) / 256, [&](int64_t item) {
+    for (int64_t i = item * 256 * g.c_in; i < std::min(pixels, item * 256 + 256) * g.c_in; ++i) {
+      float sum = e[i * mult];
+      for (int64_t m = 1; m < mult; ++m) sum += e[i * mult + m];
+      dx[i] = sum;
+    }
+  });
 }
 
 void depthwise_conv2d_backward_weight(const ConvGeometry& g, const float* dy, const float* x,
                                       float* dw) {
-  if (g.channels_last)
+  if (!g.channels_last)
+    backward_weight_nchw(g, dy, x, dw);
+  else if (g.c_out == g.c_in)
     backward_weight_nhwc(g, dy, x, dw);
   else
-    backward_weight_nchw(g, dy, x, dw);
+    backward_weight_nhwc(repeated(g), dy, repeat_channels(g, x), dw);
 }
 
 }  // namespace fastconv::cpu::FASTCONV_ISA
