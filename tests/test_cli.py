@@ -223,11 +223,15 @@ def test_check_passes_and_fails_on_a_wrong_kernel(capsys, monkeypatch):
     assert "max_pool2d" in capsys.readouterr().out
 
 
-def test_a_closed_pipe_is_not_an_error():
+def test_a_closed_pipe_is_not_an_error(tmp_path):
     """`fastconv info | head -1`: the reader closes the pipe before fastconv has written
-    everything; fastconv stops quietly with status 0 rather than printing a traceback."""
+    everything; fastconv stops quietly with status 0 rather than printing a traceback. (Run
+    outside the checkout, whose source folder would shadow the installed package.)"""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fastconv", "info"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, "-m", "fastconv", "info"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
     )
     proc.stdout.close()
     _, err = proc.communicate(timeout=120)
