@@ -25,11 +25,6 @@
 namespace fastconv::cpu::FASTCONV_ISA {
 namespace {
 
-template <class S>
-int64_t lanes_up(int64_t n) {
-  return (n + S::kLanes - 1) / S::kLanes * S::kLanes;
-}
-
 // Offsets of the taps k = (ky, kx, ci) from a window's first element.
 std::vector<int64_t> tap_channel_offsets(const Frame& f) {
   std::vector<int64_t> offset;
@@ -238,7 +233,8 @@ template <class S>
 void forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y) {
   const Frame f(g);
   const std::vector<int64_t> offset = tap_channel_offsets(f);
-  const int64_t ld = lanes_up<S>(g.c_out), band = band_rows(g), bands = (g.oh + band - 1) / band;
+  const int64_t ld = round_up(g.c_out, S::kLanes), band = band_rows(g),
+                bands = (g.oh + band - 1) / band;
   const std::vector<float> weights = weights_by_tap(g, w, ld, false);
   std::vector<float> init(ld, 0.f);
   if (bias) std::copy(bias, bias + g.c_out, init.begin());
@@ -269,7 +265,7 @@ template <class S>
 void weight_gradient(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
   const Frame f(g);
   const std::vector<int64_t> offset = tap_channel_offsets(f);
-  const int64_t taps = static_cast<int64_t>(offset.size()), ld = lanes_up<S>(g.c_out),
+  const int64_t taps = static_cast<int64_t>(offset.size()), ld = round_up(g.c_out, S::kLanes),
                 rows = g.n * g.oh;
   const int64_t row_floats = g.ow * g.c_out, dy_floats = rows * row_floats;
   const int threads = num_threads();
@@ -324,7 +320,7 @@ void conv2d_direct_backward_input(const ConvGeometry& g, const float* dy, const 
                                   float* dx) {
   const Frame f(g);
   const std::vector<int64_t> offset = tap_channel_offsets(f);
-  const int64_t taps = static_cast<int64_t>(offset.size()), ld = lanes_up<Simd>(taps),
+  const int64_t taps = static_cast<int64_t>(offset.size()), ld = round_up(taps, Simd::kLanes),
                 image = g.h * g.w * g.c_in;
   const int64_t run = (g.dil_w == 1 ? g.kw : 1) * g.c_in;  // taps side by side in the frame
   const std::vector<float> weights = weights_by_tap(g, w, ld, true);

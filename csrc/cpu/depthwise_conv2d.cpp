@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cpu/frame.h"
+#include "cpu/gemm.h"
 #include "cpu/kernels.h"
 #include "cpu/lanes.h"
 #include "cpu/parallel.h"
@@ -35,12 +36,13 @@ inline void for_valid_taps(const ConvGeometry& g, int64_t oy, Visit&& visit) {
   }
 }
 
-// Weights as (KH*KW, C_out): a tap's weights for consecutive channels are contiguous.
-std::vector<float> tap_major(const ConvGeometry& g, const float* w) {
+// Weights as (KH*KW, ld >= C_out), zero past C_out: a tap's weights for consecutive
+// channels are contiguous.
+std::vector<float> tap_major(const ConvGeometry& g, const float* w, int64_t ld) {
   const int64_t taps = g.kh * g.kw;
-  std::vector<float> out(taps * g.c_out);
+  std::vector<float> out(taps * ld, 0.f);
   for (int64_t o = 0; o < g.c_out; ++o)
-    for (int64_t t = 0; t < taps; ++t) out[t * g.c_out + o] = w[o * taps + t];
+    for (int64_t t = 0; t < taps; ++t) out[t * ld + o] = w[o * taps + t];
   return out;
 }
 
@@ -157,10 +159,9 @@ void channel_row(const ChannelRow& t, int64_t count, int64_t channels) {
 void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const float* bias,
                   float* y) {
   const Frame f(g);
-  const int64_t taps = g.kh * g.kw, ld = (g.c_out + Simd::kLanes - 1) / Simd::kLanes * Simd::kLanes;
-  std::vector<float> wt(taps * ld, 0.f), b(ld, 0.f);
-  for (int64_t c = 0; c < g.c_out; ++c)
-    for (int64_t t = 0; t < taps; ++t) wt[t * ld + c] = w[c * taps + t];
+  const int64_t taps = g.kh * g.kw, ld = round_up(g.c_out, Simd::kLanes);
+  const std::vector<float> wt = tap_major(g, w, ld);
+  std::vector<float> b(ld, 0.f);
   if (bias) std::copy(bias, bias + g.c_out, b.begin());
   int64_t band = std::clamp<int64_t>(g.n * g.oh / (8 * num_threads()), 1, g.oh);
   if (f.copies) {
@@ -258,7 +259,7 @@ bool backward_input_as_forward(const ConvGeometry& g, const float* dy, const flo
 // sums them in registers.
 void backward_input_nhwc(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
   const int64_t taps = g.kh * g.kw;
-  const std::vector<float> wt = tap_major(g, w);
+  const std::vector<float> wt = tap_major(g, w, g.c_out);
   with_streaming(streams_output(g.n * g.h * g.w * g.c_in), [&](auto streamed) {
     parallel_for(g.n * g.h, [&](int64_t row) {
       const int64_t b = row / g.h, iy = row % g.h;
