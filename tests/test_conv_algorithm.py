@@ -48,6 +48,17 @@ def test_not_winograd(isa):
     assert "winograd" not in algorithm("forward", (128, 32, 32, 32), (64, 32, 7, 7), padding=3)
 
 
+@pytest.mark.parametrize(
+    "side,variant",
+    [(3, "f3x3"), (5, "f3x3"), (6, "f3x3"), (7, "f4x3"), (9, "f3x3"), (12, "f4x3"), (15, "f4x3")],
+)
+def test_3x3_kernels_take_the_tile_with_fewer_transform_points(isa, side, variant):
+    """F(3x3, 3x3) transforms 25 points per 3x3 tile, F(4x4, 3x3) 36 per 4x4 tile: a 7x7 map
+    is 9 tiles of 3 (225 points) or 4 of 4 (144), a 9x9 map 9 of 3 (225) or 9 of 4 (324)."""
+    x, w = (128, side, side, 64), (64, 64, 3, 3)
+    assert algorithm("forward", x, w, padding=1, layout="NHWC") == f"winograd_{variant}"
+
+
 def test_5x5_stride_1_runs_winograd_f2x5(isa):
     x, w = (128, 32, 32, 32), (64, 32, 5, 5)
     assert algorithm("forward", x, w, padding=2) == "winograd_f2x5"
@@ -100,10 +111,8 @@ def test_bad_direction():
 
 
 def test_3x3_maps(isa):
-    """A 3x3 map: Winograd forward (and so dx, a forward of dy) except with AVX2, where the
-    direct GEMM measured faster; direct weight gradient."""
+    """A 3x3 map is one whole F(3x3, 3x3) tile: Winograd forward (and so dx, a forward of
+    dy) on every ISA; 128 tiles for 256 channels keep the weight gradient direct."""
     x, w = (128, 256, 3, 3), (256, 256, 3, 3)
-    assert algorithm("forward", x, w, padding=1) == (
-        "gemm_nchw" if isa == "avx2" else "winograd_f4x3"
-    )
+    assert algorithm("forward", x, w, padding=1) == "winograd_f3x3"
     assert algorithm("backward_weight", x, w, padding=1) == "gemm_nchw"

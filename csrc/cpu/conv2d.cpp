@@ -234,8 +234,9 @@ void forward_by(Algorithm a, const ConvGeometry& g, const float* x, const float*
                 const float* bias, float* y) {
   switch (a) {
     case Algorithm::winograd_f4x3:
+    case Algorithm::winograd_f3x3:
     case Algorithm::winograd_f2x5:
-      if (conv2d_winograd(g, x, w, bias, y)) return;
+      if (conv2d_winograd(a, g, x, w, bias, y)) return;
       return forward_by(select_direct_conv_algorithm(g, Direction::forward, kBuildIsa), g, x, w,
                         bias, y);
     case Algorithm::gemm_nchw:
@@ -512,8 +513,9 @@ void backward_weight_by(Algorithm a, const ConvGeometry& g, const float* dy, con
                         float* dw) {
   switch (a) {
     case Algorithm::winograd_f4x3:
+    case Algorithm::winograd_f3x3:
     case Algorithm::winograd_f2x5:
-      if (conv2d_winograd_backward_weight(g, dy, x, dw)) return;
+      if (conv2d_winograd_backward_weight(a, g, dy, x, dw)) return;
       return backward_weight_by(
           select_direct_conv_algorithm(g, Direction::backward_weight, kBuildIsa), g, dy, x, dw);
     case Algorithm::gemm_nchw:

@@ -8,16 +8,15 @@ namespace {
 
 bool is_depthwise(const ConvGeometry& g) { return g.groups > 1 && g.groups == g.c_in; }
 
-// Winograd applies to stride-1, undilated, ungrouped layers: F(4x4, 3x3) to 3x3 kernels,
-// F(2x2, 5x5) to 5x5 ones. It needs enough tiles to pay for transforming the weights and
-// enough channels to fill the GEMMs. A 3x3 map uses 9 of an F(4x4, 3x3) tile's 16 outputs:
-// the forward still does 36 multiplies where the direct sum does 81, which wins where the
-// direct GEMM is slow to begin with (AVX-512's 16-wide tiles over few pixels, the portable
-// build) but not against AVX2's; the weight gradient's 36 GEMMs over so few tiles do not pay
-// for its transforms, so it stays direct there. The weight gradient's GEMMs have the tiles as
-// their depth and write one C_out x C_in product per transform point (36 for F(4x4, 3x3)):
-// with fewer than 512 tiles and fewer than two per channel of the wider side (a wide layer
-// on a small batch of 7x7 maps) the direct GEMM measured faster.
+// Winograd applies to stride-1, undilated, ungrouped layers: F(4x4, 3x3) or F(3x3, 3x3) to
+// 3x3 kernels, F(2x2, 5x5) to 5x5 ones. It needs enough tiles to pay for transforming the
+// weights and enough channels to fill the GEMMs. A map that is not a whole number of tiles
+// leaves outputs of its last tiles unused; the forward still wins there where the direct
+// GEMM is slow to begin with (AVX-512's 16-wide tiles over few pixels, the portable build)
+// but not against AVX2's. The weight gradient's GEMMs have the tiles as their depth and
+// write one C_out x C_in product per transform point: with fewer than 512 tiles and fewer
+// than two per channel of the wider side (a wide layer on a small batch of 7x7 maps) the
+// direct GEMM measured faster.
 bool winograd_applies(const ConvGeometry& g, Direction d, int64_t tile, Isa isa) {
   const int64_t tiles = g.n * ((g.oh + tile - 1) / tile) * ((g.ow + tile - 1) / tile);
   if (d == Direction::backward_weight &&
@@ -30,12 +29,20 @@ bool winograd_applies(const ConvGeometry& g, Direction d, int64_t tile, Isa isa)
          g.oh >= smallest_map && g.ow >= smallest_map;
 }
 
+// Transform points per image of F(tile x tile, 3x3), whose patches are (tile + 2)^2: each
+// costs one multiply per channel pair in the GEMMs and its share of the transforms.
+int64_t winograd_points(const ConvGeometry& g, int64_t tile) {
+  return (g.oh + tile - 1) / tile * ((g.ow + tile - 1) / tile) * (tile + 2) * (tile + 2);
+}
+
 }  // namespace
 
 const char* algorithm_name(Algorithm a) {
   switch (a) {
     case Algorithm::winograd_f4x3:
       return "winograd_f4x3";
+    case Algorithm::winograd_f3x3:
+      return "winograd_f3x3";
     case Algorithm::winograd_f2x5:
       return "winograd_f2x5";
     case Algorithm::gemm_nchw:
@@ -93,8 +100,11 @@ Algorithm select_direct_conv_algorithm(const ConvGeometry& g, Direction d, Isa i
 }
 
 Algorithm select_conv_algorithm(const ConvGeometry& g, Direction d, Isa isa) {
-  if (winograd_enabled() && g.kh == 3 && g.kw == 3 && winograd_applies(g, d, 4, isa))
-    return Algorithm::winograd_f4x3;
+  if (winograd_enabled() && g.kh == 3 && g.kw == 3) {
+    const bool f3x3 = winograd_points(g, 3) < winograd_points(g, 4);
+    if (winograd_applies(g, d, f3x3 ? 3 : 4, isa))
+      return f3x3 ? Algorithm::winograd_f3x3 : Algorithm::winograd_f4x3;
+  }
   if (winograd_enabled() && g.kh == 5 && g.kw == 5 && winograd_applies(g, d, 2, isa))
     return Algorithm::winograd_f2x5;
   return select_direct_conv_algorithm(g, d, isa);

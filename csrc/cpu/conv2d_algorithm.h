@@ -17,6 +17,7 @@ enum class Direction { forward, backward_input, backward_weight };
 
 enum class Algorithm {
   winograd_f4x3,              // Winograd F(4x4, 3x3): forward and weight gradient
+  winograd_f3x3,              // Winograd F(3x3, 3x3): the same, where it needs fewer points
   winograd_f2x5,              // Winograd F(2x2, 5x5): forward and weight gradient
   gemm_nchw,                  // packed GEMM over im2col gathered on the fly, NCHW
   gemm_nhwc,                  // NHWC implicit GEMM: x's rows read in place at every tap

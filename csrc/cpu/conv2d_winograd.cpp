@@ -1,13 +1,14 @@
 // Winograd convolution for stride-1, undilated, ungrouped layers (Lavin & Gray, "Fast
 // Algorithms for Convolutional Neural Networks", 2016): F(4x4, 3x3) for 3x3 kernels, each
 // 4x4 output tile costing 36 multiplies per (input, output) channel pair instead of 144,
-// and F(2x2, 5x5) for 5x5 kernels, each 2x2 tile 36 instead of 100. Both interpolate at
-// 0, +-1, +-2 and infinity, so they share the 6x6 input transform and their rounding error
-// is of the same size (about 10-20x the direct sum's).
+// F(3x3, 3x3) for 3x3 kernels on maps that F(4x4, 3x3) tiles poorly (25 instead of 81), and
+// F(2x2, 5x5) for 5x5 kernels, each 2x2 tile 36 instead of 100. The two on 6x6 patches
+// interpolate at 0, +-1, +-2 and infinity, so they share the input transform and their
+// rounding error is of the same size (about 10-20x the direct sum's); F(3x3, 3x3) drops -2.
 //
-// Per chunk of T output tiles m x m (tiles run over the whole batch), xi = 0..35:
-//   V[xi] = B^T d B      input transform of each 6x6 patch
-//   M[xi] = U[xi] V[xi]  36 GEMMs over channels, U[xi] = G g G^T precomputed per call
+// Per chunk of T output tiles m x m (tiles run over the whole batch), xi = 0..alpha^2 - 1:
+//   V[xi] = B^T d B      input transform of each alpha x alpha patch
+//   M[xi] = U[xi] V[xi]  alpha^2 GEMMs over channels, U[xi] = G g G^T precomputed per call
 //   y tile (m x m) = A^T M A  output transform, + bias
 // The transforms are linear and work per channel, so they vectorise along whatever is
 // contiguous. The forward, both layouts: along NR tiles (NHWC gathers 8 channels of 8
@@ -17,7 +18,7 @@
 // GEMMs dU[xi] += dM[xi]^T V[xi] read both in place (micro_tile_cols). (The forward is not
 // done that way: its GEMMs would then stream U as the wide B operand.)
 //
-// The transforms mix every value of a tile, so a NaN or Inf anywhere in a 6x6 patch would
+// The transforms mix every value of a tile, so a NaN or Inf anywhere in a patch would
 // reach outputs whose window never saw it. The output transform therefore reports any
 // non-finite result and the caller recomputes that call with the direct GEMM, which keeps
 // IEEE propagation exact.
@@ -34,27 +35,29 @@
 namespace fastconv::cpu::FASTCONV_ISA {
 namespace {
 
-constexpr int kAlpha = 6, kPoints = kAlpha * kAlpha;
-
 // The 1-D transforms, written out so that multiplications by 0 and 1 cost nothing, on a
 // float or a GCC vector T; `step` is the distance between successive inputs and outputs,
-// so one function serves rows and columns of a tile.
-template <class T>
-inline void input_1d(const T* d, T* t, int step) {
-  const T d0 = d[0], d1 = d[step], d2 = d[2 * step], d3 = d[3 * step], d4 = d[4 * step];
-  const T d5 = d[5 * step];
-  t[0] = 4.f * d0 - 5.f * d2 + d4;
-  t[step] = -4.f * (d1 + d2) + d3 + d4;
-  t[2 * step] = 4.f * (d1 - d2) - d3 + d4;
-  t[3 * step] = 2.f * (d3 - d1) - d2 + d4;
-  t[4 * step] = 2.f * (d1 - d3) - d2 + d4;
-  t[5 * step] = 4.f * d1 - 5.f * d3 + d5;
-}
+// so one function serves rows and columns of a tile. Each variant W has the input
+// transform B^T (alpha x alpha, input_1d), the filter transform G (alpha x r, kG) and the
+// output transform A^T (m x alpha, output_1d, with its adjoint).
 
-// The two variants share the interpolation points 0, +-1, +-2 and infinity, so the input
-// transform B^T (input_1d above) is the same 6x6; they differ in the filter transform G
-// (6 x r) and the output transform A^T (m x 6, output_1d below, with its adjoint).
-struct F4x3 {  // F(4x4, 3x3): 36 multiplies for 16 outputs, 144 direct
+// Interpolation at 0, +-1, +-2 and infinity: F(4x4, 3x3) and F(2x2, 5x5) share this 6x6 B^T.
+struct Points6 {
+  static constexpr int kAlpha = 6, kPoints = kAlpha * kAlpha;
+  template <class T>
+  static void input_1d(const T* d, T* t, int64_t step) {
+    const T d0 = d[0], d1 = d[step], d2 = d[2 * step], d3 = d[3 * step], d4 = d[4 * step];
+    const T d5 = d[5 * step];
+    t[0] = 4.f * d0 - 5.f * d2 + d4;
+    t[step] = -4.f * (d1 + d2) + d3 + d4;
+    t[2 * step] = 4.f * (d1 - d2) - d3 + d4;
+    t[3 * step] = 2.f * (d3 - d1) - d2 + d4;
+    t[4 * step] = 2.f * (d1 - d3) - d2 + d4;
+    t[5 * step] = 4.f * d1 - 5.f * d3 + d5;
+  }
+};
+
+struct F4x3 : Points6 {  // F(4x4, 3x3): 36 multiplies for 16 outputs, 144 direct
   static constexpr int kOut = 4, kR = 3;
   static constexpr float kG[kAlpha][kR] = {{1.f / 4, 0, 0},
                                            {-1.f / 6, -1.f / 6, -1.f / 6},
@@ -63,8 +66,8 @@ struct F4x3 {  // F(4x4, 3x3): 36 multiplies for 16 outputs, 144 direct
                                            {1.f / 24, -1.f / 12, 1.f / 6},
                                            {0, 0, 1}};
   template <class T>
-  static void output_1d(const T* m, T* o, int in_step, int out_step) {
-    const int s = in_step, so = out_step;
+  static void output_1d(const T* m, T* o, int64_t in_step, int64_t out_step) {
+    const int64_t s = in_step, so = out_step;
     const T m0 = m[0], m1 = m[s], m2 = m[2 * s], m3 = m[3 * s], m4 = m[4 * s], m5 = m[5 * s];
     const T a = m1 + m2, b = m1 - m2, c = m3 + m4, e = m3 - m4;
     o[0] = m0 + a + c;
@@ -74,8 +77,8 @@ struct F4x3 {  // F(4x4, 3x3): 36 multiplies for 16 outputs, 144 direct
   }
   // Adjoint of output_1d: 4 gradients of a tile row/column -> 6 gradients of the points.
   template <class T>
-  static void output_adjoint_1d(const T* o, T* m, int in_step, int out_step) {
-    const int s = in_step, sm = out_step;
+  static void output_adjoint_1d(const T* o, T* m, int64_t in_step, int64_t out_step) {
+    const int64_t s = in_step, sm = out_step;
     const T o0 = o[0], o1 = o[s], o2 = o[2 * s], o3 = o[3 * s];
     const T even = o0 + o2, odd = o1 + o3, even4 = o0 + 4.f * o2, odd8 = 2.f * o1 + 8.f * o3;
     m[0] = o0;
@@ -87,7 +90,7 @@ struct F4x3 {  // F(4x4, 3x3): 36 multiplies for 16 outputs, 144 direct
   }
 };
 
-struct F2x5 {  // F(2x2, 5x5): 36 multiplies for 4 outputs, 100 direct
+struct F2x5 : Points6 {  // F(2x2, 5x5): 36 multiplies for 4 outputs, 100 direct
   static constexpr int kOut = 2, kR = 5;
   static constexpr float kG[kAlpha][kR] = {{1.f / 4, 0, 0, 0, 0},
                                            {-1.f / 6, -1.f / 6, -1.f / 6, -1.f / 6, -1.f / 6},
@@ -96,15 +99,15 @@ struct F2x5 {  // F(2x2, 5x5): 36 multiplies for 4 outputs, 100 direct
                                            {1.f / 24, -1.f / 12, 1.f / 6, -1.f / 3, 2.f / 3},
                                            {0, 0, 0, 0, 1}};
   template <class T>
-  static void output_1d(const T* m, T* o, int in_step, int out_step) {
-    const int s = in_step;
+  static void output_1d(const T* m, T* o, int64_t in_step, int64_t out_step) {
+    const int64_t s = in_step;
     const T m1 = m[s], m2 = m[2 * s], m3 = m[3 * s], m4 = m[4 * s];
     o[0] = m[0] + (m1 + m2) + (m3 + m4);
     o[out_step] = (m1 - m2) + 2.f * (m3 - m4) + m[5 * s];
   }
   template <class T>
-  static void output_adjoint_1d(const T* o, T* m, int in_step, int out_step) {
-    const int sm = out_step;
+  static void output_adjoint_1d(const T* o, T* m, int64_t in_step, int64_t out_step) {
+    const int64_t sm = out_step;
     const T o0 = o[0], o1 = o[in_step];
     m[0] = o0;
     m[sm] = o0 + o1;
@@ -115,35 +118,78 @@ struct F2x5 {  // F(2x2, 5x5): 36 multiplies for 4 outputs, 100 direct
   }
 };
 
+// F(3x3, 3x3), interpolating at 0, +-1, 2 and infinity: 25 multiplies for 9 outputs, 81
+// direct. A 3x3 map is one whole tile, where F(4x4, 3x3) would use 9 of its 16 outputs.
+struct F3x3 {
+  static constexpr int kAlpha = 5, kPoints = kAlpha * kAlpha, kOut = 3, kR = 3;
+  static constexpr float kG[kAlpha][kR] = {{1.f / 2, 0, 0},
+                                           {1.f / 2, 1.f / 2, 1.f / 2},
+                                           {1.f / 6, -1.f / 6, 1.f / 6},
+                                           {1.f / 6, 1.f / 3, 2.f / 3},
+                                           {0, 0, 1}};
+  template <class T>
+  static void input_1d(const T* d, T* t, int64_t step) {
+    const T d0 = d[0], d1 = d[step], d2 = d[2 * step], d3 = d[3 * step], d4 = d[4 * step];
+    const T a = d3 - d1;
+    t[0] = 2.f * (d0 - d2) + a;
+    t[step] = d1 + d2 - a;
+    t[2 * step] = 2.f * (d2 - d1) + d2 - d3;
+    t[3 * step] = a;
+    t[4 * step] = d4 - d2 - 2.f * a;
+  }
+  template <class T>
+  static void output_1d(const T* m, T* o, int64_t in_step, int64_t out_step) {
+    const int64_t s = in_step;
+    const T m1 = m[s], m2 = m[2 * s], m3 = m[3 * s];
+    o[0] = m[0] + (m1 + m2) + m3;
+    o[out_step] = (m1 - m2) + 2.f * m3;
+    o[2 * out_step] = (m1 + m2) + 4.f * m3 + m[4 * s];
+  }
+  template <class T>
+  static void output_adjoint_1d(const T* o, T* m, int64_t in_step, int64_t out_step) {
+    const int64_t sm = out_step;
+    const T o0 = o[0], o1 = o[in_step], o2 = o[2 * in_step];
+    m[0] = o0;
+    m[sm] = o0 + o1 + o2;
+    m[2 * sm] = o0 - o1 + o2;
+    m[3 * sm] = o0 + 2.f * o1 + 4.f * o2;
+    m[4 * sm] = o2;
+  }
+};
+
 // The 2-D transforms of one tile, columns then rows, on kN lanes side by side: point p of
-// lane l at [p * kN + l]. T = float, kN = NR: the NR tiles of a sliver, each loop over l a
+// lane l at [p * kN + l] (the input's points `in_step` apart instead, so that a transform can
+// read a matrix in place). T = float, kN = NR: the NR tiles of a sliver, each loop over l a
 // vector loop; T = Lanes, kN = 1: a register of one tile's channels. A kIn x kIn tile becomes
 // kOut x kOut by the 1-D transform f(in, out, in_step, out_step) along each axis.
 template <int kIn, int kOut, int kN, class T, class F>
-inline void transform_2d(const T* in, T* out, F f) {
+inline void transform_2d(const T* in, int64_t in_step, T* out, F f) {
   T tmp[kOut * kIn * kN];
   for (int j = 0; j < kIn; ++j)
-    for (int l = 0; l < kN; ++l) f(in + j * kN + l, tmp + j * kN + l, kIn * kN, kIn * kN);
+    for (int l = 0; l < kN; ++l)
+      f(in + j * in_step + l, tmp + j * kN + l, kIn * in_step, int64_t{kIn * kN});
   for (int i = 0; i < kOut; ++i)
     for (int l = 0; l < kN; ++l) f(tmp + i * kIn * kN + l, out + i * kOut * kN + l, kN, kN);
 }
 
-template <class T, int kN>
+template <class W, class T, int kN>
 inline void input_2d(const T* d, T* out) {  // B^T d B
-  transform_2d<kAlpha, kAlpha, kN>(d, out,
-                                   [](const T* a, T* b, int step, int) { input_1d(a, b, step); });
+  transform_2d<W::kAlpha, W::kAlpha, kN>(
+      d, kN, out, [](const T* a, T* b, int64_t step, int64_t) { W::input_1d(a, b, step); });
 }
 
 template <class W, class T, int kN>
-inline void output_2d(const T* m, T* out) {  // A^T m A
-  transform_2d<kAlpha, W::kOut, kN>(
-      m, out, [](const T* a, T* b, int si, int so) { W::output_1d(a, b, si, so); });
+inline void output_2d(const T* m, int64_t point_step, T* out) {  // A^T m A
+  transform_2d<W::kAlpha, W::kOut, kN>(
+      m, point_step, out,
+      [](const T* a, T* b, int64_t si, int64_t so) { W::output_1d(a, b, si, so); });
 }
 
 template <class W, class T, int kN>
 inline void output_adjoint_2d(const T* d, T* out) {  // A d A^T
-  transform_2d<W::kOut, kAlpha, kN>(
-      d, out, [](const T* a, T* b, int si, int so) { W::output_adjoint_1d(a, b, si, so); });
+  transform_2d<W::kOut, W::kAlpha, kN>(d, kN, out, [](const T* a, T* b, int64_t si, int64_t so) {
+    W::output_adjoint_1d(a, b, si, so);
+  });
 }
 
 // The output tiles (size x size) of a layer, over the whole batch.
@@ -195,25 +241,25 @@ template <class W>
 const std::vector<Buffer>& transform_weights(const ConvGeometry& g, const float* w) {
   constexpr int kR = W::kR;
   const int64_t slivers = (g.c_out + MR - 1) / MR;
-  thread_local std::vector<Buffer> calling_thread_u(kPoints);
+  thread_local std::vector<Buffer> calling_thread_u(W::kPoints);
   std::vector<Buffer>& packed = calling_thread_u;  // the workers below write the caller's U
   for (Buffer& u : packed) u.resize(slivers * MR * g.c_in);
   parallel_for(slivers, [&](int64_t s) {
     for (int64_t ci = 0; ci < g.c_in; ++ci) {
-      float wr[kR][kR][MR] = {}, gw[kAlpha][kR][MR] = {};  // rows past C_out stay 0
+      float wr[kR][kR][MR] = {}, gw[W::kAlpha][kR][MR] = {};  // rows past C_out stay 0
       for (int64_t r = 0; r < std::min(MR, g.c_out - s * MR); ++r)
         for (int k = 0; k < kR * kR; ++k)
           wr[k / kR][k % kR][r] = w[((s * MR + r) * g.c_in + ci) * kR * kR + k];
-      for (int i = 0; i < kAlpha; ++i)
+      for (int i = 0; i < W::kAlpha; ++i)
         for (int k = 0; k < kR; ++k)
           for (int j = 0; j < kR; ++j)
             for (int r = 0; r < MR; ++r) gw[i][j][r] += W::kG[i][k] * wr[k][j][r];
-      for (int i = 0; i < kAlpha; ++i)
-        for (int j = 0; j < kAlpha; ++j) {
+      for (int i = 0; i < W::kAlpha; ++i)
+        for (int j = 0; j < W::kAlpha; ++j) {
           float u[MR] = {};
           for (int k = 0; k < kR; ++k)
             for (int r = 0; r < MR; ++r) u[r] += gw[i][k][r] * W::kG[j][k];
-          std::memcpy(packed[i * kAlpha + j].data() + (s * g.c_in + ci) * MR, u, sizeof u);
+          std::memcpy(packed[i * W::kAlpha + j].data() + (s * g.c_in + ci) * MR, u, sizeof u);
         }
     }
   });
@@ -242,30 +288,30 @@ void gather_channels8(const float* x, const int64_t (&off)[kCells][NR], int64_t 
 
 // Input transform of tiles [t0, t0 + count): store(xi, ci, sliver, lanes) receives the NR
 // transformed values of point xi, channel ci, for the tiles of one sliver.
-template <class Store>
+template <class W, class Store>
 void transform_input_tiles(const TileMap& map, const float* x, int64_t t0, int64_t count,
                            Store&& store) {
   const ConvGeometry& g = map.g;
   const int64_t channel_stride = g.channels_last ? 1 : g.h * g.w;
   for (int64_t s = 0; s * NR < count; ++s) {
-    int64_t off[kPoints][NR];
-    patch_offsets<kAlpha>(map, t0 + s * NR, count - s * NR, -g.pad_top, -g.pad_left, g.h, g.w,
-                          g.c_in, off);
+    int64_t off[W::kPoints][NR];
+    patch_offsets<W::kAlpha>(map, t0 + s * NR, count - s * NR, -g.pad_top, -g.pad_left, g.h, g.w,
+                             g.c_in, off);
     auto transform = [&](const float* d, int64_t ci) {
-      alignas(64) float out[kPoints * NR];
-      input_2d<float, NR>(d, out);
-      for (int xi = 0; xi < kPoints; ++xi) store(xi, ci, s, out + xi * NR);
+      alignas(64) float out[W::kPoints * NR];
+      input_2d<W, float, NR>(d, out);
+      for (int xi = 0; xi < W::kPoints; ++xi) store(xi, ci, s, out + xi * NR);
     };
     const int64_t blocked = g.channels_last ? g.c_in / 8 * 8 : 0;
     for (int64_t c0 = 0; c0 < blocked; c0 += 8) {
-      alignas(64) float d[8][kPoints * NR];
-      gather_channels8<kPoints>(x, off, c0, d);
+      alignas(64) float d[8][W::kPoints * NR];
+      gather_channels8<W::kPoints>(x, off, c0, d);
       for (int c = 0; c < 8; ++c) transform(d[c], c0 + c);
     }
     for (int64_t ci = blocked; ci < g.c_in; ++ci) {
-      alignas(64) float d[kPoints * NR];
+      alignas(64) float d[W::kPoints * NR];
       const float* xc = x + ci * channel_stride;
-      for (int p = 0; p < kPoints; ++p)
+      for (int p = 0; p < W::kPoints; ++p)
         for (int l = 0; l < NR; ++l) d[p * NR + l] = off[p][l] >= 0 ? xc[off[p][l]] : 0.f;
       transform(d, ci);
     }
@@ -285,10 +331,7 @@ bool transform_output_tiles(const TileMap& map, const float* m, int64_t ldm, con
     patch_offsets<kOut>(map, t0 + s * NR, count - s * NR, 0, 0, g.oh, g.ow, g.c_out, off);
     // out = A^T M A + bias for channel co, its cells p at out[p * NR + lane].
     auto transform = [&](int64_t co, float* out) {
-      alignas(64) float in[kPoints * NR];
-      for (int xi = 0; xi < kPoints; ++xi)
-        std::memcpy(in + xi * NR, m + (xi * g.c_out + co) * ldm + s * NR, sizeof(float) * NR);
-      output_2d<W, float, NR>(in, out);
+      output_2d<W, float, NR>(m + co * ldm + s * NR, g.c_out * ldm, out);
       const float b = bias ? bias[co] : 0.f;
 #pragma omp simd reduction(+ : probe)
       for (int i = 0; i < kOut * kOut * NR; ++i) {
@@ -334,12 +377,12 @@ void transform_output_gradient_nchw(const TileMap& map, const float* dy, int64_t
     int64_t off[kOut * kOut][NR];
     patch_offsets<kOut>(map, t0 + s * NR, count - s * NR, 0, 0, g.oh, g.ow, g.c_out, off);
     for (int64_t co = 0; co < g.c_out; ++co) {
-      alignas(64) float d[kOut * kOut * NR], out[kPoints * NR];
+      alignas(64) float d[kOut * kOut * NR], out[W::kPoints * NR];
       const float* dyc = dy + co * g.oh * g.ow;
       for (int p = 0; p < kOut * kOut; ++p)
         for (int l = 0; l < NR; ++l) d[p * NR + l] = off[p][l] >= 0 ? dyc[off[p][l]] : 0.f;
       output_adjoint_2d<W, float, NR>(d, out);
-      for (int xi = 0; xi < kPoints; ++xi)
+      for (int xi = 0; xi < W::kPoints; ++xi)
         std::memcpy(dm + (xi * g.c_out + co) * ldm + s * NR, out + xi * NR, sizeof(float) * NR);
     }
   }
@@ -363,22 +406,23 @@ int64_t v_stride(const ConvGeometry& g) { return round_up(g.c_in, NR); }
 int64_t m_stride(const ConvGeometry& g) { return round_up(round_up(g.c_out, MR), kLanes); }
 
 // Input transform of tiles [t0, t0 + count): v[(xi * count + t) * ldv + ci].
+template <class W>
 void transform_input_nhwc(const TileMap& map, const float* x, int64_t t0, int64_t count, float* v,
                           int64_t ldv) {
   const ConvGeometry& g = map.g;
   for (int64_t s = 0; s * NR < count; ++s) {
-    int64_t off[kPoints][NR];
-    patch_offsets<kAlpha>(map, t0 + s * NR, count - s * NR, -g.pad_top, -g.pad_left, g.h, g.w,
-                          g.c_in, off);
+    int64_t off[W::kPoints][NR];
+    patch_offsets<W::kAlpha>(map, t0 + s * NR, count - s * NR, -g.pad_top, -g.pad_left, g.h, g.w,
+                             g.c_in, off);
     for (int64_t l = 0; l < std::min(NR, count - s * NR); ++l) {
       float* row = v + (s * NR + l) * ldv;
       for (int64_t c0 = 0; c0 < g.c_in; c0 += kLanes) {
         const int64_t n = std::min(kLanes, g.c_in - c0);
-        Lanes d[kPoints], out[kPoints];
-        for (int p = 0; p < kPoints; ++p)
+        Lanes d[W::kPoints], out[W::kPoints];
+        for (int p = 0; p < W::kPoints; ++p)
           d[p] = off[p][l] >= 0 ? load_first(x + off[p][l] + c0, n) : Lanes{};
-        input_2d<Lanes, 1>(d, out);
-        for (int xi = 0; xi < kPoints; ++xi) store(row + xi * count * ldv + c0, out[xi]);
+        input_2d<W, Lanes, 1>(d, out);
+        for (int xi = 0; xi < W::kPoints; ++xi) store(row + xi * count * ldv + c0, out[xi]);
       }
     }
   }
@@ -397,11 +441,11 @@ void transform_output_gradient_nhwc(const TileMap& map, const float* dy, int64_t
       float* row = dm + (s * NR + l) * ldm;
       for (int64_t c0 = 0; c0 < g.c_out; c0 += kLanes) {
         const int64_t n = std::min(kLanes, g.c_out - c0);
-        Lanes d[kOut * kOut], out[kPoints];
+        Lanes d[kOut * kOut], out[W::kPoints];
         for (int p = 0; p < kOut * kOut; ++p)
           d[p] = off[p][l] >= 0 ? load_first(dy + off[p][l] + c0, n) : Lanes{};
         output_adjoint_2d<W, Lanes, 1>(d, out);
-        for (int xi = 0; xi < kPoints; ++xi) store(row + xi * count * ldm + c0, out[xi]);
+        for (int xi = 0; xi < W::kPoints; ++xi) store(row + xi * count * ldm + c0, out[xi]);
       }
     }
   }
@@ -415,15 +459,15 @@ bool untransform_weight_gradient(const ConvGeometry& g, const float* du, int64_t
   bool finite = true;
   for (int64_t co = 0; co < g.c_out; ++co)
     for (int64_t ci = 0; ci < g.c_in; ++ci) {
-      float gu[kR][kAlpha] = {};  // G^T dU
-      for (int xi = 0; xi < kPoints; ++xi) {
+      float gu[kR][W::kAlpha] = {};  // G^T dU
+      for (int xi = 0; xi < W::kPoints; ++xi) {
         const float v = du[xi * g.c_out * g.c_in + co * co_stride + ci * ci_stride];
-        for (int k = 0; k < kR; ++k) gu[k][xi % kAlpha] += W::kG[xi / kAlpha][k] * v;
+        for (int k = 0; k < kR; ++k) gu[k][xi % W::kAlpha] += W::kG[xi / W::kAlpha][k] * v;
       }
       for (int i = 0; i < kR; ++i)
         for (int j = 0; j < kR; ++j) {
           float v = 0.f;
-          for (int k = 0; k < kAlpha; ++k) v += gu[i][k] * W::kG[k][j];
+          for (int k = 0; k < W::kAlpha; ++k) v += gu[i][k] * W::kG[k][j];
           finite = finite && std::isfinite(v);
           dw[((co * g.c_in) + ci) * kR * kR + i * kR + j] = v;
         }
@@ -434,8 +478,9 @@ bool untransform_weight_gradient(const ConvGeometry& g, const float* du, int64_t
 // Tiles per work item: their V and M (or dM), per_tile_bytes each, should fit in `budget`
 // bytes of cache, and each thread should get several items, so that one thread held up
 // does not stall the rest.
+template <class W>
 int64_t tiles_per_item(const ConvGeometry& g, int64_t tiles, int64_t budget) {
-  const int64_t per_tile_bytes = kPoints * (g.c_in + g.c_out) * 4;
+  const int64_t per_tile_bytes = W::kPoints * (g.c_in + g.c_out) * 4;
   const int64_t cache_bound = std::min<int64_t>(256, budget / per_tile_bytes / NR * NR);
   const int64_t balance_bound = round_up(tiles / (4 * num_threads()) + 1, NR);
   return std::max<int64_t>(32, std::min(cache_bound, balance_bound));
@@ -448,8 +493,9 @@ constexpr int64_t kForwardBudget = 1 << 20;
 // The weight gradient accumulates each item's 36 GEMMs into dU (36 x C_out x C_in): small
 // items keep V and dM in L2 but stream dU once more each, and where dU is large that costs
 // more. Items get about as many bytes of V and dM as dU has, within [1 MB, 8 MB].
+template <class W>
 int64_t weight_gradient_budget(const ConvGeometry& g) {
-  const int64_t du_bytes = kPoints * g.c_out * g.c_in * 4;
+  const int64_t du_bytes = W::kPoints * g.c_out * g.c_in * 4;
   return std::clamp<int64_t>(du_bytes, 1 << 20, 8 << 20);
 }
 
@@ -460,13 +506,14 @@ bool forward_item(const TileMap& map, const std::vector<Buffer>& u, const float*
   const ConvGeometry& g = map.g;
   const int64_t width = round_up(count, NR), slivers = width / NR;
   thread_local Buffer v, m;
-  v.resize(kPoints * g.c_in * width);
-  m.resize(kPoints * g.c_out * width);
+  v.resize(W::kPoints * g.c_in * width);
+  m.resize(W::kPoints * g.c_out * width);
   // V in the GEMM's packed-B layout: v[((xi * slivers + s) * Ci + ci) * NR + lane]
-  transform_input_tiles(map, x, t0, count, [&](int xi, int64_t ci, int64_t s, const float* lanes) {
-    std::memcpy(v.data() + ((xi * slivers + s) * g.c_in + ci) * NR, lanes, sizeof(float) * NR);
-  });
-  for (int xi = 0; xi < kPoints; ++xi) {
+  transform_input_tiles<W>(
+      map, x, t0, count, [&](int xi, int64_t ci, int64_t s, const float* lanes) {
+        std::memcpy(v.data() + ((xi * slivers + s) * g.c_in + ci) * NR, lanes, sizeof(float) * NR);
+      });
+  for (int xi = 0; xi < W::kPoints; ++xi) {
     const float* vx = v.data() + xi * slivers * g.c_in * NR;
     auto weights = [&](int64_t i0, int64_t, int64_t k0, int64_t) {
       return prepacked_panel(u[xi], g.c_in, MR, i0, k0);
@@ -483,7 +530,7 @@ bool forward_item(const TileMap& map, const std::vector<Buffer>& u, const float*
 template <class W>
 bool forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y) {
   const TileMap map(g, W::kOut);
-  const int64_t tiles = map.tiles(), chunk = tiles_per_item(g, tiles, kForwardBudget);
+  const int64_t tiles = map.tiles(), chunk = tiles_per_item<W>(g, tiles, kForwardBudget);
   const std::vector<Buffer>& u = transform_weights<W>(g, w);
   const int64_t items = (tiles + chunk - 1) / chunk;
   std::vector<char> finite(items, 1);
@@ -504,8 +551,9 @@ bool forward(const ConvGeometry& g, const float* x, const float* w, const float*
 template <class W>
 bool backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
   const TileMap map(g, W::kOut);
-  const int64_t tiles = map.tiles(), chunk = tiles_per_item(g, tiles, weight_gradient_budget(g));
-  const int64_t items = (tiles + chunk - 1) / chunk, size = kPoints * g.c_out * g.c_in;
+  const int64_t tiles = map.tiles(),
+                chunk = tiles_per_item<W>(g, tiles, weight_gradient_budget<W>(g));
+  const int64_t items = (tiles + chunk - 1) / chunk, size = W::kPoints * g.c_out * g.c_in;
   const bool nhwc = g.channels_last != 0;
   const bool transposed = !nhwc && g.c_in % NR != 0 && g.c_out % NR == 0;
   const int64_t rows = transposed ? g.c_in : g.c_out, cols = transposed ? g.c_out : g.c_in;
@@ -518,12 +566,12 @@ bool backward_weight(const ConvGeometry& g, const float* dy, const float* x, flo
       const int64_t t0 = item * chunk, count = std::min(chunk, tiles - t0);
       if (nhwc) {
         const int64_t ldv = v_stride(g), ldm = m_stride(g);
-        v.resize(kPoints * count * ldv);
-        dm.resize(kPoints * count * ldm);
+        v.resize(W::kPoints * count * ldv);
+        dm.resize(W::kPoints * count * ldm);
         v_rows.resize(count);
-        transform_input_nhwc(map, x, t0, count, v.data(), ldv);
+        transform_input_nhwc<W>(map, x, t0, count, v.data(), ldv);
         transform_output_gradient_nhwc<W>(map, dy, t0, count, dm.data(), ldm);
-        for (int xi = 0; xi < kPoints; ++xi) {
+        for (int xi = 0; xi < W::kPoints; ++xi) {
           for (int64_t p = 0; p < count; ++p) v_rows[p] = v.data() + (xi * count + p) * ldv;
           const float* dmx = dm.data() + xi * count * ldm;
           float* du = partial[t].data() + xi * g.c_out * g.c_in;
@@ -535,16 +583,16 @@ bool backward_weight(const ConvGeometry& g, const float* dy, const float* x, flo
         continue;
       }
       const int64_t width = round_up(count, NR);
-      v.resize(kPoints * g.c_in * width);  // every lane is written: tiles past `count` as 0
-      dm.resize(kPoints * g.c_out * width);
-      transform_input_tiles(
+      v.resize(W::kPoints * g.c_in * width);  // every lane is written: tiles past `count` as 0
+      dm.resize(W::kPoints * g.c_out * width);
+      transform_input_tiles<W>(
           map, x, t0, count, [&](int xi, int64_t ci, int64_t s, const float* lanes) {
             std::memcpy(v.data() + (xi * g.c_in + ci) * width + s * NR, lanes, sizeof(float) * NR);
           });
       transform_output_gradient_nchw<W>(map, dy, t0, count, dm.data(), width);
       const float* left = transposed ? v.data() : dm.data();
       const float* right = transposed ? dm.data() : v.data();
-      for (int xi = 0; xi < kPoints; ++xi) {
+      for (int xi = 0; xi < W::kPoints; ++xi) {
         StridedPacker a{left + xi * rows * width, width, 1, MR, &scratch_a()};
         StridedPacker b{right + xi * cols * width, width, 1, NR, &scratch_b()};
         gemm(rows, cols, width, a, as_b(b), partial[t].data() + xi * rows * cols, cols, true);
@@ -559,14 +607,28 @@ bool backward_weight(const ConvGeometry& g, const float* dy, const float* x, flo
 
 }  // namespace
 
-bool conv2d_winograd(const ConvGeometry& g, const float* x, const float* w, const float* bias,
-                     float* y) {
-  return g.kh == 5 ? forward<F2x5>(g, x, w, bias, y) : forward<F4x3>(g, x, w, bias, y);
+bool conv2d_winograd(Algorithm a, const ConvGeometry& g, const float* x, const float* w,
+                     const float* bias, float* y) {
+  switch (a) {
+    case Algorithm::winograd_f3x3:
+      return forward<F3x3>(g, x, w, bias, y);
+    case Algorithm::winograd_f2x5:
+      return forward<F2x5>(g, x, w, bias, y);
+    default:
+      return forward<F4x3>(g, x, w, bias, y);
+  }
 }
 
-bool conv2d_winograd_backward_weight(const ConvGeometry& g, const float* dy, const float* x,
-                                     float* dw) {
-  return g.kh == 5 ? backward_weight<F2x5>(g, dy, x, dw) : backward_weight<F4x3>(g, dy, x, dw);
+bool conv2d_winograd_backward_weight(Algorithm a, const ConvGeometry& g, const float* dy,
+                                     const float* x, float* dw) {
+  switch (a) {
+    case Algorithm::winograd_f3x3:
+      return backward_weight<F3x3>(g, dy, x, dw);
+    case Algorithm::winograd_f2x5:
+      return backward_weight<F2x5>(g, dy, x, dw);
+    default:
+      return backward_weight<F4x3>(g, dy, x, dw);
+  }
 }
 
 }  // namespace fastconv::cpu::FASTCONV_ISA
