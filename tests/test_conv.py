@@ -167,6 +167,28 @@ def test_winograd_matches_direct_and_reference(isa, layout, variant, k, cin, cou
     assert not np.array_equal(dw, dw_direct), "expected the Winograd path to have run"
 
 
+def test_winograd_streams_large_nhwc_outputs(isa):
+    """NHWC outputs of 4 MiB or more (y, and dx as a forward of dy) are written with
+    streaming stores, one cache line of 16 channels per pixel, skipping the parts of the
+    last tiles that fall outside the 33 x 33 map; they must match the direct GEMM."""
+    rng = np.random.default_rng(5)
+    x, wt, b = rand(rng, 32, 33, 33, 32), rand(rng, 48, 32, 3, 3), rand(rng, 48)
+    kw = dict(padding=1, layout="NHWC")
+    y = fastconv.conv2d(x, wt, b, **kw)
+    dy = rand(rng, *y.shape)
+    dx, _, _ = fastconv.conv2d_backward(dy, x, wt, need_dw=False, **kw)
+    assert min(y.nbytes, dx.nbytes) >= 4 << 20
+    fastconv._cpu.set_winograd(False)
+    try:
+        y_direct = fastconv.conv2d(x, wt, b, **kw)
+        dx_direct, _, _ = fastconv.conv2d_backward(dy, x, wt, need_dw=False, **kw)
+    finally:
+        fastconv._cpu.set_winograd(True)
+    assert not np.array_equal(y, y_direct), "expected the Winograd path to have run"
+    assert_close(y, y_direct.astype(np.float64))
+    assert_close(dx, dx_direct.astype(np.float64))
+
+
 def test_maps_smaller_than_a_winograd_tile(isa):
     """A 2x2 output map would use 4 of an F(3x3, 3x3) tile's 9 outputs: the direct GEMM
     serves it. A 3x3 map is one whole tile: Winograd for every pass (64 tiles, two per

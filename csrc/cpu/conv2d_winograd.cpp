@@ -268,6 +268,8 @@ const std::vector<Buffer>& transform_weights(const ConvGeometry& g, const float*
 
 // ---- Forward (both layouts) and NCHW weight gradient: NR tiles per vector ----
 
+constexpr int64_t kLanes = LaneGroup<Lanes, 1>::kStep;
+
 // NHWC, 8 channels at a time: d[c][p * NR + l] = channel c0 + c of cell p of tile l, read
 // as 8-float runs and transposed in registers (instead of 64 single-float gathers).
 template <int kCells>
@@ -318,13 +320,22 @@ void transform_input_tiles(const TileMap& map, const float* x, int64_t t0, int64
   }
 }
 
+// The NHWC output transform writes each pixel's channels kBlock at a time: 8, or with
+// streaming stores 16, a whole cache line, so that no line is left half written in a
+// write-combining buffer. Plain stores to a large output first read each of its lines from
+// memory; streaming stores skip that read.
+bool streams_winograd_output(const ConvGeometry& g, const float* y) {
+  return g.channels_last && g.c_out % 16 == 0 && reinterpret_cast<uintptr_t>(y) % 64 == 0 &&
+         streams_output(g.y_size());
+}
+
 // Output transform of M (m[(xi * Co + co) * ldm + tile]) into y; false on a non-finite value.
-template <class W>
+template <class W, bool kStream>
 bool transform_output_tiles(const TileMap& map, const float* m, int64_t ldm, const float* bias,
                             int64_t t0, int64_t count, float* y) {
   const ConvGeometry& g = map.g;
   const int64_t channel_stride = g.channels_last ? 1 : g.oh * g.ow;
-  constexpr int kOut = W::kOut;
+  constexpr int kOut = W::kOut, kBlock = kStream ? 16 : 8;
   float probe = 0.f;  // becomes NaN if any output is NaN or infinite
   for (int64_t s = 0; s * NR < count; ++s) {
     int64_t off[kOut * kOut][NR];
@@ -339,20 +350,31 @@ bool transform_output_tiles(const TileMap& map, const float* m, int64_t ldm, con
         probe += out[i] * 0.f;
       }
     };
-    // NHWC, 8 channels at a time: transpose so that each pixel gets one 8-float store.
-    const int64_t blocked = g.channels_last ? g.c_out / 8 * 8 : 0;
-    for (int64_t c0 = 0; c0 < blocked; c0 += 8) {
-      alignas(64) float out[8][kOut * kOut * NR], sink[8];
-      for (int c = 0; c < 8; ++c) transform(c0 + c, out[c]);
+    // NHWC, kBlock channels at a time, transposed 8 x 8 so that each pixel gets its run
+    // (streaming: through `run`, and only the pixels inside the map).
+    const int64_t blocked = g.channels_last ? g.c_out / kBlock * kBlock : 0;
+    for (int64_t c0 = 0; c0 < blocked; c0 += kBlock) {
+      alignas(64) float out[kBlock][kOut * kOut * NR], run[8][kBlock], sink[kBlock];
+      for (int c = 0; c < kBlock; ++c) transform(c0 + c, out[c]);
       for (int p = 0; p < kOut * kOut; ++p)
         for (int lg = 0; lg < NR; lg += 8) {
-          const float* src[8];
-          float* dst[8];
-          for (int k = 0; k < 8; ++k) {
-            src[k] = out[k] + p * NR + lg;
-            dst[k] = off[p][lg + k] >= 0 ? y + off[p][lg + k] + c0 : sink;
+          float* pixel[8];
+          for (int k = 0; k < 8; ++k)
+            pixel[k] = off[p][lg + k] >= 0 ? y + off[p][lg + k] + c0 : sink;
+          for (int h = 0; h < kBlock; h += 8) {
+            const float* src[8];
+            float* dst[8];
+            for (int k = 0; k < 8; ++k) {
+              src[k] = out[h + k] + p * NR + lg;
+              dst[k] = kStream ? run[k] + h : pixel[k] + h;
+            }
+            transpose8(src, dst);
           }
-          transpose8(src, dst);
+          if (kStream)
+            for (int k = 0; k < 8; ++k)
+              if (pixel[k] != sink)
+                for (int h = 0; h < kBlock; h += kLanes)
+                  store_out<true>(pixel[k] + h, load<Lanes>(run[k] + h));
         }
     }
     for (int64_t co = blocked; co < g.c_out; ++co) {
@@ -364,6 +386,7 @@ bool transform_output_tiles(const TileMap& map, const float* m, int64_t ldm, con
           if (off[p][l] >= 0) yc[off[p][l]] = out[p * NR + l];
     }
   }
+  if (kStream) stream_fence();
   return probe == 0.f;
 }
 
@@ -397,8 +420,6 @@ inline Lanes load_first(const float* p, int64_t n) {
   std::memcpy(&v, p, sizeof(float) * n);
   return v;
 }
-
-constexpr int64_t kLanes = LaneGroup<Lanes, 1>::kStep;
 
 // Row strides of V (C_in) and M or dM (C_out): whole vectors, and room for every read a
 // GEMM tile makes past the last channel (NR of V's columns, MR of dM's rows).
@@ -524,7 +545,9 @@ bool forward_item(const TileMap& map, const std::vector<Buffer>& u, const float*
     gemm(g.c_out, width, g.c_in, weights, tiles_panel, m.data() + xi * g.c_out * width, width,
          false);
   }
-  return transform_output_tiles<W>(map, m.data(), width, bias, t0, count, y);
+  return streams_winograd_output(g, y)
+             ? transform_output_tiles<W, true>(map, m.data(), width, bias, t0, count, y)
+             : transform_output_tiles<W, false>(map, m.data(), width, bias, t0, count, y);
 }
 
 template <class W>
