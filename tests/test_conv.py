@@ -267,6 +267,18 @@ def test_nhwc_forward_reads_rows_in_place(isa, x_shape, w_shape, kw):
     _check_conv_path(isa, "forward", "gemm_nhwc", x_shape, w_shape, layout="NHWC", **kw)
 
 
+def test_nhwc_forward_streams_large_outputs(isa):
+    """An NHWC output of 4 MiB or more whose channels fill whole tiles is written with
+    streaming stores; 31713 pixels end in a partial block, stored plainly."""
+    rng = np.random.default_rng(11)
+    x, w, b = rand(rng, 33, 31, 31, 48), rand(rng, 64, 48, 1, 1), rand(rng, 64)
+    assert conv_algorithm("forward", x.shape, w.shape, layout="NHWC") == "gemm_nhwc"
+    y = fastconv.conv2d(x, w, b, layout="NHWC")
+    assert y.nbytes >= 4 << 20
+    want = x.astype(np.float64) @ w[:, :, 0, 0].T.astype(np.float64) + b
+    assert_close(y, want)
+
+
 @pytest.mark.parametrize(
     "x_shape,w_shape,kw",
     [

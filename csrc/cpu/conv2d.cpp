@@ -23,6 +23,7 @@
 #include "cpu/conv2d_winograd.h"
 #include "cpu/gemm.h"
 #include "cpu/kernels.h"
+#include "cpu/lanes.h"
 #include "cpu/parallel.h"
 #include "cpu/simd.h"
 
@@ -199,6 +200,10 @@ void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const f
   const int64_t pixels = g.n * g.oh * g.ow, blocks = (pixels + MR - 1) / MR;
   const int64_t per_item = std::clamp<int64_t>(blocks / (8 * num_threads()), 1, 32);
   const int64_t items = (blocks + per_item - 1) / per_item;
+  // A large output is written with streaming stores where every tile row is whole cache
+  // lines (NR floats are one or two).
+  const bool stream = g.groups == 1 && g.c_out % NR == 0 &&
+                      reinterpret_cast<uintptr_t>(y) % 64 == 0 && streams_output(g.y_size());
   parallel_for(items * g.groups, [&](int64_t item) {
     const int64_t grp = item % g.groups, b0 = item / g.groups * per_item;
     const int64_t nb = std::min(per_item, blocks - b0);
@@ -219,8 +224,9 @@ void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const f
         micro_tile_rows(taps, cg, rows.data() + blk * taps * MR, panel.data() + s * taps,
                         bias ? bias + grp * mg + s * NR : nullptr,
                         y + p0 * g.c_out + grp * mg + s * NR, g.c_out, std::min(MR, pixels - p0),
-                        std::min(NR, mg - s * NR));
+                        std::min(NR, mg - s * NR), stream);
     }
+    if (stream) stream_fence();
   });
 }
 

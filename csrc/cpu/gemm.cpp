@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstring>
 
+#include "cpu/lanes.h"
 #include "cpu/simd.h"
 #include "cpu/transpose.h"
 
@@ -49,16 +50,20 @@ __attribute__((always_inline)) inline void clear(Tile& acc) {
 }
 
 // C[mr x nr] (+)= the tile's corner. Edge tiles store whole vectors where they can and the
-// last, partial one of a row masked, so nothing past C is read or written.
+// last, partial one of a row masked, so nothing past C is read or written. A whole tile of
+// a large output may be written with streaming stores instead (`stream`).
 __attribute__((always_inline)) inline void store(const Tile& acc, float* c, int64_t ldc, int64_t mr,
-                                                 int64_t nr, bool accumulate) {
+                                                 int64_t nr, bool accumulate, bool stream = false) {
   if (mr == MR && nr == NR) {
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
       for (int j = 0; j < kCols; ++j) {
         float* o = c + r * ldc + j * Simd::kLanes;
-        Simd::store(o, accumulate ? Simd::add(acc[r][j], Simd::load(o)) : acc[r][j]);
+        if (stream)
+          store_out<true>(o, acc[r][j]);
+        else
+          Simd::store(o, accumulate ? Simd::add(acc[r][j], Simd::load(o)) : acc[r][j]);
       }
     return;
   }
@@ -92,7 +97,8 @@ void micro_tile(int64_t k, const float* a, const float* b, float* c, int64_t ldc
 }
 
 void micro_tile_rows(int64_t taps, int64_t k, const float* const* rows, const float* const* b,
-                     const float* bias, float* c, int64_t ldc, int64_t mr, int64_t nr) {
+                     const float* bias, float* c, int64_t ldc, int64_t mr, int64_t nr,
+                     bool stream) {
   Tile acc;
   clear(acc);
   if (bias)  // every row starts from the bias of its columns
@@ -114,7 +120,7 @@ void micro_tile_rows(int64_t taps, int64_t k, const float* const* rows, const fl
         acc, k, [&row](int64_t p, int r) { return row[r][p]; },
         [sliver](int64_t p) { return sliver + p * NR; });
   }
-  store(acc, c, ldc, mr, nr, false);
+  store(acc, c, ldc, mr, nr, false, stream);
 }
 
 void micro_tile_cols(int64_t k, const float* a, int64_t lda, const float* const* b_rows,

@@ -64,9 +64,10 @@ void micro_tile(int64_t k, const float* a, const float* b, float* c, int64_t ldc
 // of A_t is the k contiguous floats at rows[t * MR + r] (rows past mr may point anywhere
 // readable, zeros say), B_t is the NR-sliver at b[t] and bias (nr floats, or null for 0)
 // is added to every row. A convolution's taps are the parts: each row is a pixel's input
-// channels at one tap, so nothing is packed.
+// channels at one tap, so nothing is packed. With `stream`, a whole tile is written with
+// streaming stores (lanes.h: store_out), each of its rows whole cache lines where C is.
 void micro_tile_rows(int64_t taps, int64_t k, const float* const* rows, const float* const* b,
-                     const float* bias, float* c, int64_t ldc, int64_t mr, int64_t nr);
+                     const float* bias, float* c, int64_t ldc, int64_t mr, int64_t nr, bool stream);
 
 // The tile with both operands in place, for sums over pixels (weight gradients):
 // C[mr x nr] (+)= sum over p < k of a[p * lda + r] * b_rows[p][b_offset + j], i.e. A's
