@@ -7,6 +7,7 @@
 // NCHW works plane by plane; NHWC works on the contiguous channels of a pixel, a vector of
 // them at a time, and writes large outputs with streaming stores where windows do not
 // overlap (see `streams`).
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -71,6 +72,19 @@ int64_t window_rows(const PoolGeometry& g, int64_t oy) {
   return y1 - y0;
 }
 
+// NCHW items are runs of whole planes, about 16K input floats each (a 7x7 plane is 49), so
+// that handing an item to a thread costs little beside its work, and at least four per
+// thread.
+template <class Run>
+void for_plane_runs(const PoolGeometry& g, Run&& run) {
+  const int64_t planes = g.n * g.c;
+  const int64_t per_item = std::clamp<int64_t>(
+      std::min((int64_t{16} << 10) / (g.h * g.w), planes / (4 * num_threads())), 1, planes);
+  parallel_for((planes + per_item - 1) / per_item, [&](int64_t item) {
+    run(item * per_item, std::min(planes, (item + 1) * per_item));
+  });
+}
+
 template <PoolKind kind>
 void forward_plane(const PoolGeometry& g, const ColumnPlan& plan, const float* in, float* out) {
   for (int64_t oy = 0; oy < g.oh; ++oy) {
@@ -93,12 +107,12 @@ void forward_plane(const PoolGeometry& g, const ColumnPlan& plan, const float* i
   }
 }
 
+// best and where: g.ow floats and offsets of scratch, reused from plane to plane.
 template <PoolKind kind>
 void backward_plane(const PoolGeometry& g, const ColumnPlan& plan, const float* grad,
-                    const float* in, float* out) {
+                    const float* in, float* out, std::vector<float>& best,
+                    std::vector<int64_t>& where) {
   std::fill(out, out + g.h * g.w, 0.f);
-  std::vector<float> best(g.ow);
-  std::vector<int64_t> where(g.ow);
   for (int64_t oy = 0; oy < g.oh; ++oy) {
     const float* d = grad + oy * g.ow;
     if constexpr (is_extreme<kind>()) {
@@ -366,8 +380,9 @@ void forward(const PoolGeometry& g, const float* x, float* y) {
     });
   } else {
     const ColumnPlan plan(g);
-    parallel_for(g.n * g.c, [&](int64_t plane) {
-      forward_plane<kind>(g, plan, x + plane * g.h * g.w, y + plane * g.oh * g.ow);
+    for_plane_runs(g, [&](int64_t first, int64_t last) {
+      for (int64_t plane = first; plane < last; ++plane)
+        forward_plane<kind>(g, plan, x + plane * g.h * g.w, y + plane * g.oh * g.ow);
     });
   }
 }
@@ -393,9 +408,12 @@ void backward(const PoolGeometry& g, const float* dy, const float* x, float* dx)
     });
   } else {
     const ColumnPlan plan(g);
-    parallel_for(g.n * g.c, [&](int64_t plane) {
-      backward_plane<kind>(g, plan, dy + plane * g.oh * g.ow, x + plane * g.h * g.w,
-                           dx + plane * g.h * g.w);
+    for_plane_runs(g, [&](int64_t first, int64_t last) {
+      std::vector<float> best(g.ow);
+      std::vector<int64_t> where(g.ow);
+      for (int64_t plane = first; plane < last; ++plane)
+        backward_plane<kind>(g, plan, dy + plane * g.oh * g.ow, x + plane * g.h * g.w,
+                             dx + plane * g.h * g.w, best, where);
     });
   }
 }
