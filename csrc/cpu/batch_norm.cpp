@@ -78,8 +78,7 @@ template <class Map>
 void for_each_element(const NormGeometry& s, Map map) {
   const int64_t total = s.size();
   const int64_t per_row = s.channels * s.inner;
-  parallel_for((total + kApplyChunk - 1) / kApplyChunk, [&](int64_t item) {
-    const int64_t begin = item * kApplyChunk, end = std::min(total, begin + kApplyChunk);
+  parallel_runs(total, kApplyChunk, [&](int64_t begin, int64_t end) {
     if (s.inner == 1) {
       for (int64_t i = begin; i < end;) {  // whole rows of channels where possible
         const int64_t c0 = i % per_row, run = std::min(end - i, per_row - c0);

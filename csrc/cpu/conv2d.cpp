@@ -200,10 +200,9 @@ void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const f
   const int64_t pixels = g.n * g.oh * g.ow, blocks = (pixels + MR - 1) / MR;
   const int64_t per_item = std::clamp<int64_t>(blocks / (8 * num_threads()), 1, 32);
   const int64_t items = (blocks + per_item - 1) / per_item;
-  // A large output is written with streaming stores where every tile row is whole cache
-  // lines (NR floats are one or two).
-  const bool stream = g.groups == 1 && g.c_out % NR == 0 &&
-                      reinterpret_cast<uintptr_t>(y) % 64 == 0 && streams_output(g.y_size());
+  // A large output is streamed where every tile row is whole cache lines (NR floats are one
+  // or two; a last, partial column block stores plainly, its own lines).
+  const bool stream = g.groups == 1 && streams_lines(y, g.c_out, g.y_size());
   parallel_for(items * g.groups, [&](int64_t item) {
     const int64_t grp = item % g.groups, b0 = item / g.groups * per_item;
     const int64_t nb = std::min(per_item, blocks - b0);

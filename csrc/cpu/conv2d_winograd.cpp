@@ -325,8 +325,7 @@ void transform_input_tiles(const TileMap& map, const float* x, int64_t t0, int64
 // write-combining buffer. Plain stores to a large output first read each of its lines from
 // memory; streaming stores skip that read.
 bool streams_winograd_output(const ConvGeometry& g, const float* y) {
-  return g.channels_last && g.c_out % 16 == 0 && reinterpret_cast<uintptr_t>(y) % 64 == 0 &&
-         streams_output(g.y_size());
+  return g.channels_last && streams_lines(y, g.c_out, g.y_size());
 }
 
 // Output transform of M (m[(xi * Co + co) * ldm + tile]) into y; false on a non-finite value.

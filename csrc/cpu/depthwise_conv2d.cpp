@@ -370,8 +370,8 @@ const float* repeat_channels(const ConvGeometry& g, const float* x) {
   thread_local Buffer out;
   out.resize(pixels * g.c_out);
   float* o = out.data();
-  parallel_for((pixels + 255) / 256, [&](int64_t item) {
-    for (int64_t p = item * 256; p < std::min(pixels, item * 256 + 256); ++p)
+  parallel_runs(pixels, 256, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p)
       for (int64_t c = 0; c < g.c_in; ++c)
         std::fill_n(o + (p * g.c_in + c) * mult, mult, x[p * g.c_in + c]);
   });
@@ -403,8 +403,8 @@ void depthwise_conv2d_backward_input(const ConvGeometry& g, const float* dy, con
   each.resize(pixels * g.c_out);
   input_gradient_nhwc(repeated(g), dy, w, each.data());
   const float* e = each.data();
-  parallel_for((pixels + 255) / 256, [&](int64_t item) {
-    for (int64_t i = item * 256 * g.c_in; i < std::min(pixels, item * 256 + 256) * g.c_in; ++i) {
+  parallel_runs(pixels, 256, [&](int64_t p0, int64_t p1) {
+    for (int64_t i = p0 * g.c_in; i < p1 * g.c_in; ++i) {
       float sum = e[i * mult];
       for (int64_t m = 1; m < mult; ++m) sum += e[i * mult + m];
       dx[i] = sum;

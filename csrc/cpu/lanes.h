@@ -61,6 +61,12 @@ inline void store(float* p, V v) {
 // first reads each line it writes, a third of the memory traffic of a copy.
 inline bool streams_output(int64_t floats) { return 4 * floats >= int64_t{4} << 20; }
 
+// The same for an output written in runs of whole cache lines: rows of `row` floats (a
+// multiple of 16) from a line-aligned `out`, so that no line is half streamed.
+inline bool streams_lines(const float* out, int64_t row, int64_t floats) {
+  return row % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 64 == 0 && streams_output(floats);
+}
+
 // store(p, v), or with kStream a streaming store where p is aligned to V's size (x86). A
 // parallel item that streams ends with stream_fence(), which makes its stores visible to
 // the threads that read the output next.

@@ -37,6 +37,14 @@ void parallel_for(int64_t count, Body&& body) {
   for (int64_t i = 0; i < count; ++i) body(i);
 }
 
+// body(begin, end) for the runs of `per` consecutive indices that cover [0, count), one
+// item each: for work whose single indices are too small to hand out one at a time.
+template <class Body>
+void parallel_runs(int64_t count, int64_t per, Body&& body) {
+  parallel_for((count + per - 1) / per,
+               [&](int64_t item) { body(item * per, std::min(count, item * per + per)); });
+}
+
 // body(t, threads) once per thread, for partial results that are then reduced in a fixed
 // order, so that a sum does not depend on scheduling.
 template <class Body>

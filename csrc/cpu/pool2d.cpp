@@ -72,17 +72,15 @@ int64_t window_rows(const PoolGeometry& g, int64_t oy) {
   return y1 - y0;
 }
 
-// NCHW items are runs of whole planes, about 16K input floats each (a 7x7 plane is 49), so
+// NCHW items are runs of whole planes, about 64K input floats each (a 7x7 plane is 49), so
 // that handing an item to a thread costs little beside its work, and at least four per
 // thread.
 template <class Run>
 void for_plane_runs(const PoolGeometry& g, Run&& run) {
   const int64_t planes = g.n * g.c;
   const int64_t per_item = std::clamp<int64_t>(
-      std::min((int64_t{16} << 10) / (g.h * g.w), planes / (4 * num_threads())), 1, planes);
-  parallel_for((planes + per_item - 1) / per_item, [&](int64_t item) {
-    run(item * per_item, std::min(planes, (item + 1) * per_item));
-  });
+      std::min((int64_t{64} << 10) / (g.h * g.w), planes / (4 * num_threads())), 1, planes);
+  parallel_runs(planes, per_item, run);
 }
 
 template <PoolKind kind>
@@ -371,12 +369,11 @@ void forward(const PoolGeometry& g, const float* x, float* y) {
   } else if (!is_extreme<kind>() && g.oh == 1 && g.ow == 1 && g.kh - g.pad_top >= g.h &&
              g.kw - g.pad_left >= g.w) {
     // Global average or sum (one window over each whole NCHW plane): a plain reduction of
-    // contiguous floats, planes in blocks so that an item is more than a few cache lines.
-    const int64_t planes = g.n * g.c, block = 64, plane = g.h * g.w;
+    // contiguous floats.
+    const int64_t plane = g.h * g.w;
     const float divisor = kind == PoolKind::kAvg ? g.avg_divisor(plane) : 1.f;
-    parallel_for((planes + block - 1) / block, [&](int64_t item) {
-      for (int64_t p = item * block; p < std::min(planes, item * block + block); ++p)
-        y[p] = plane_sum(x + p * plane, plane) / divisor;
+    for_plane_runs(g, [&](int64_t first, int64_t last) {
+      for (int64_t p = first; p < last; ++p) y[p] = plane_sum(x + p * plane, plane) / divisor;
     });
   } else {
     const ColumnPlan plan(g);
