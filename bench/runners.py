@@ -37,15 +37,20 @@ def dy_for(case, seed=1):
 
 def fastconv_runner(case, direction, lib=fastconv, dev=lambda a: a, host=np.asarray):
     """`case` through `lib` (fastconv or fastconv.reference) on the backend `dev` moves the
-    arrays to (once, before any timing)."""
+    arrays to (once, before any timing). The backward is the one fastconv's layers run
+    (`Op.layer_backward`, e.g. max pooling from its saved argmax) where it has one."""
     op, layout = case.op, case.layout
     moved = replace(case, inputs={k: None if v is None else dev(v) for k, v in case.inputs.items()})
     if direction == "forward":
         run = lambda: op.forward(moved, lib=lib)
         return run, lambda out: [_nchw(host(out["y"]), layout)]
-    forward = op.forward(moved, lib=lib)
     dy = dev(dy_for(case))
-    run = lambda: op.backward(moved, dy, forward, lib=lib)
+    layer_backward = op.layer_backward and op.layer_backward(moved, lib)
+    if layer_backward:  # the backward fastconv's layers run
+        run = lambda: layer_backward(dy)
+    else:
+        forward = op.forward(moved, lib=lib)
+        run = lambda: op.backward(moved, dy, forward, lib=lib)
     return run, lambda out: [
         _nchw(host(out[name]), layout) if name == "x" else host(out[name]) for name in op.grads
     ]

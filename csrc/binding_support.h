@@ -4,8 +4,9 @@
 // Every op takes its buffers, then a geometry object (any Python object with the fields of
 // ConvGeometry / PoolGeometry / NormGeometry as attributes, e.g. fastconv._args'
 // dataclasses), then `stream` (a cudaStream_t as an int; ignored off the GPU). The Python
-// layer validates every call; this layer checks again that each buffer is float32,
-// C-contiguous and exactly the size its geometry says, so a direct call with a wrong buffer
+// layer validates every call; this layer checks again that each buffer has its slot's type
+// (float32, or uint8 for pooling winners), is C-contiguous and exactly the size its geometry
+// says, so a direct call with a wrong buffer
 // raises instead of touching memory. An empty batch runs no kernel: outputs summed over the
 // batch (weight and bias gradients) are zeroed, the others are empty already.
 #pragma once
@@ -87,28 +88,30 @@ inline void validate(const NormGeometry& g) {
 // ---- buffers ---------------------------------------------------------------------------
 
 enum class Role { in, optional_in, out, optional_out, summed_out };
+enum class Dtype { f32, u8 };
 
-// One buffer argument of an op: its name, role and element count for a geometry.
+// One buffer argument of an op: its name, role, element count for a geometry and type.
 template <class G>
 struct Slot {
   const char* name;
   Role role;
   int64_t (G::*size)() const;
+  Dtype dtype = Dtype::f32;
   bool output() const { return role != Role::in && role != Role::optional_in; }
   bool optional() const { return role == Role::optional_in || role == Role::optional_out; }
 };
 
 template <class G>
-Slot<G> in(const char* n, int64_t (G::*s)() const) {
-  return {n, Role::in, s};
+Slot<G> in(const char* n, int64_t (G::*s)() const, Dtype t = Dtype::f32) {
+  return {n, Role::in, s, t};
 }
 template <class G>
 Slot<G> optional_in(const char* n, int64_t (G::*s)() const) {
   return {n, Role::optional_in, s};
 }
 template <class G>
-Slot<G> out(const char* n, int64_t (G::*s)() const) {
-  return {n, Role::out, s};
+Slot<G> out(const char* n, int64_t (G::*s)() const, Dtype t = Dtype::f32) {
+  return {n, Role::out, s, t};
 }
 template <class G>
 Slot<G> optional_out(const char* n, int64_t (G::*s)() const) {
@@ -119,12 +122,21 @@ Slot<G> summed_out(const char* n, int64_t (G::*s)() const) {
   return {n, Role::summed_out, s};
 }
 
-// Where a buffer's floats are, as found by a Backend's reader.
+// Where a buffer's elements are, as found by a Backend's reader.
 struct View {
-  float* data;
+  void* data;
   int64_t size;
   bool writeable;
 };
+
+// A buffer as a kernel argument: its slot's element type decides which pointer it becomes.
+struct Buffer {
+  void* data = nullptr;
+  operator float*() const { return static_cast<float*>(data); }
+  operator uint8_t*() const { return static_cast<uint8_t*>(data); }
+};
+
+inline const char* type_name(Dtype t) { return t == Dtype::u8 ? "uint8" : "float32"; }
 
 inline void check_view(const View& v, int64_t size, const char* name, bool output) {
   if (v.size != size)
@@ -133,34 +145,42 @@ inline void check_view(const View& v, int64_t size, const char* name, bool outpu
   if (output && !v.writeable) throw py::value_error(std::string(name) + " is read-only");
 }
 
+inline bool has_format(const py::buffer_info& info, Dtype t) {
+  const char code = t == Dtype::u8 ? 'B' : 'f';
+  const std::string& f = info.format;
+  return info.itemsize == (t == Dtype::u8 ? 1 : 4) &&
+         (f == std::string(1, code) || f == std::string("<") + code ||
+          f == std::string("=") + code);
+}
+
 // A host array through the buffer protocol (NumPy).
-inline View host_view(const py::handle& object, const char* name) {
+inline View host_view(const py::handle& object, const char* name, Dtype t) {
   if (!py::isinstance<py::buffer>(object))
-    throw py::type_error(std::string(name) + " must be a float32 array, got " +
+    throw py::type_error(std::string(name) + " must be a " + type_name(t) + " array, got " +
                          std::string(py::str(object.get_type().attr("__name__"))));
   const py::buffer_info info = py::reinterpret_borrow<py::buffer>(object).request();
-  if (info.itemsize != 4 || (info.format != "f" && info.format != "<f" && info.format != "=f"))
-    throw py::type_error(std::string(name) + " must be a float32 array");
-  int64_t expected = 4;
+  if (!has_format(info, t))
+    throw py::type_error(std::string(name) + " must be a " + type_name(t) + " array");
+  int64_t expected = info.itemsize;
   for (int64_t d = info.ndim - 1; d >= 0; --d) {
     if (info.shape[d] != 1 && info.strides[d] != expected)
       throw py::value_error(std::string(name) + " must be C-contiguous");
     expected *= info.shape[d];
   }
-  return {static_cast<float*>(info.ptr), static_cast<int64_t>(info.size), !info.readonly};
+  return {info.ptr, static_cast<int64_t>(info.size), !info.readonly};
 }
 
 // A device array through __cuda_array_interface__ (CuPy, Numba, PyTorch...).
-inline View cuda_view(const py::handle& object, const char* name) {
+inline View cuda_view(const py::handle& object, const char* name, Dtype t) {
   const py::dict cai = object.attr("__cuda_array_interface__");
-  if (py::str(cai["typestr"]).cast<std::string>() != "<f4")
-    throw py::type_error(std::string(name) + " must be a float32 array");
+  if (py::str(cai["typestr"]).cast<std::string>() != (t == Dtype::u8 ? "|u1" : "<f4"))
+    throw py::type_error(std::string(name) + " must be a " + type_name(t) + " array");
   const py::tuple shape = cai["shape"];
   int64_t size = 1;
   for (const auto& d : shape) size *= d.cast<int64_t>();
   if (cai.contains("strides") && !cai["strides"].is_none()) {
     const py::tuple strides = cai["strides"];
-    int64_t expected = 4;
+    int64_t expected = t == Dtype::u8 ? 1 : 4;
     for (int64_t d = static_cast<int64_t>(shape.size()) - 1; d >= 0; --d) {
       if (shape[d].cast<int64_t>() != 1 && strides[d].cast<int64_t>() != expected)
         throw py::value_error(std::string(name) + " must be C-contiguous");
@@ -168,7 +188,7 @@ inline View cuda_view(const py::handle& object, const char* name) {
     }
   }
   const py::tuple data = cai["data"];
-  return {reinterpret_cast<float*>(data[0].cast<std::uintptr_t>()), size, !data[1].cast<bool>()};
+  return {reinterpret_cast<void*>(data[0].cast<std::uintptr_t>()), size, !data[1].cast<bool>()};
 }
 
 // ---- ops -------------------------------------------------------------------------------
@@ -185,7 +205,7 @@ void def_op(py::module_& m, const char* name, Kernel kernel,
                             std::uintptr_t stream) {
         const G g = read_geometry<G>(geometry);
         validate(g);
-        std::array<float*, sizeof...(I)> p{};
+        std::array<Buffer, sizeof...(I)> p{};
         const py::handle handles[] = {objects...};
         for (std::size_t i = 0; i < slots.size(); ++i) {
           const Slot<G>& s = slots[i];
@@ -194,9 +214,9 @@ void def_op(py::module_& m, const char* name, Kernel kernel,
               throw py::type_error(std::string(s.name) + " must be an array, got None");
             continue;
           }
-          const View v = Backend::view(handles[i], s.name);
+          const View v = Backend::view(handles[i], s.name, s.dtype);
           check_view(v, (g.*s.size)(), s.name, s.output());
-          p[i] = v.data;
+          p[i].data = v.data;
         }
         if (g.batch() == 0) {
           for (std::size_t i = 0; i < slots.size(); ++i)

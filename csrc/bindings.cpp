@@ -80,8 +80,9 @@ std::pair<int64_t, int64_t> work(const NormGeometry& g) { return {g.size(), kMem
 // How op_bindings.h reads buffers and runs kernels here.
 struct Backend {
   struct Launch {};
-  static fastconv::bindings::View view(const py::handle& object, const char* name) {
-    return fastconv::bindings::host_view(object, name);
+  static fastconv::bindings::View view(const py::handle& object, const char* name,
+                                       fastconv::bindings::Dtype t) {
+    return fastconv::bindings::host_view(object, name, t);
   }
   static void zero(float* p, int64_t count, std::uintptr_t) { std::fill(p, p + count, 0.f); }
   template <class G, class Body>
@@ -110,7 +111,7 @@ struct Backend {
    : (isa) == cpu::Isa::avx2 ? cpu::FC_AVX2::kernel(__VA_ARGS__)   \
                              : cpu::generic::kernel(__VA_ARGS__))
 #define FASTCONV_KERNEL(name)                             \
-  [](auto&, const auto& g, auto*... buffers) {            \
+  [](auto&, const auto& g, auto... buffers) {             \
     DISPATCH_ISA(cpu::active_isa(), name, g, buffers...); \
   }
 #include "op_bindings.h"

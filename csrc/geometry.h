@@ -199,6 +199,10 @@ struct PoolGeometry {
   FC_HD int64_t x_size() const { return n * c * h * w; }
   FC_HD int64_t y_size() const { return n * c * oh * ow; }
   FC_HD PoolKind pool_kind() const { return static_cast<PoolKind>(kind); }
+  // Whether the forward can save each window's winner in a byte (max/min, <= 256 cells).
+  FC_HD bool saves_winners() const {
+    return (pool_kind() == PoolKind::kMax || pool_kind() == PoolKind::kMin) && kh * kw <= 256;
+  }
   // Window of output (oy, ox) clipped to the real input: rows [y0, y1), columns [x0, x1).
   FC_HD void window(int64_t oy, int64_t ox, int64_t& y0, int64_t& y1, int64_t& x0,
                     int64_t& x1) const {

@@ -4,9 +4,22 @@
 // (launch, geometry, buffers...) that runs their kernel `name`, then include this file and
 // call bind_ops<Backend>(module). Adding an op adds one def_op line here.
 #pragma once
+#include <stdexcept>
+
 #include "binding_support.h"
 
 namespace fastconv::bindings {
+
+// A pooling kernel that keeps each window's winner in a byte (PoolGeometry::saves_winners).
+template <class Kernel>
+auto saving_winners(Kernel kernel) {
+  return [kernel](auto& launch, const PoolGeometry& g, auto... buffers) {
+    if (!g.saves_winners())
+      throw std::invalid_argument(
+          "saved winners are for max/min pooling windows of at most 256 cells");
+    kernel(launch, g, buffers...);
+  };
+}
 
 // The op list. FASTCONV_KERNEL(name) is the including module's callable
 // (launch, geometry, buffers...) for its kernel `name`.
@@ -27,6 +40,12 @@ void bind_ops(py::module_& m) {
                      out("y", &P::y_size));
   def_op<Backend, P>(m, "pool2d_backward", FASTCONV_KERNEL(pool2d_backward), in("dy", &P::y_size),
                      in("x", &P::x_size), out("dx", &P::x_size));
+  def_op<Backend, P>(m, "pool2d_forward_winners",
+                     saving_winners(FASTCONV_KERNEL(pool2d_forward_winners)), in("x", &P::x_size),
+                     out("y", &P::y_size), out("winners", &P::y_size, Dtype::u8));
+  def_op<Backend, P>(m, "pool2d_backward_winners",
+                     saving_winners(FASTCONV_KERNEL(pool2d_backward_winners)), in("dy", &P::y_size),
+                     in("winners", &P::y_size, Dtype::u8), out("dx", &P::x_size));
   def_op<Backend, N>(m, "batch_norm_forward", FASTCONV_KERNEL(batch_norm_forward),
                      in("x", &N::size), optional_in("gamma", &N::channel_size),
                      optional_in("beta", &N::channel_size), out("y", &N::size),

@@ -299,6 +299,31 @@ def pool_geometry(
     )
 
 
+MAX_ARGMAX_CELLS = 256  # an argmax is a byte per output
+
+
+def argmax_window(g: PoolGeometry, what: str):
+    if g.kh * g.kw > MAX_ARGMAX_CELLS:
+        raise ValueError(
+            f"{what}: the window {(g.kh, g.kw)} has {g.kh * g.kw} cells; argmax is one byte "
+            f"per output, for windows of at most {MAX_ARGMAX_CELLS} cells: use max_pool2d and "
+            f"max_pool2d_backward (which reads x) for larger ones"
+        )
+
+
+def bytes_array(a, name: str, xp=None):
+    """A C-contiguous uint8 array of the same library (for argmax)."""
+    xp = np if xp is None else xp
+    if not hasattr(a, "dtype") or not hasattr(a, "shape"):
+        raise TypeError(f"{name} must be a uint8 array, got {type(a).__name__}")
+    if a.dtype != np.uint8:
+        raise TypeError(
+            f"{name} has dtype {a.dtype}; it must be the uint8 array max_pool2d_with_argmax "
+            f"returned"
+        )
+    return xp.ascontiguousarray(a)
+
+
 def expect_shape(arr, shape, name: str, hint: str = ""):
     if tuple(arr.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(arr.shape)}{hint}")

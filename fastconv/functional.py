@@ -26,6 +26,8 @@ __all__ = [
     "global_avg_pool2d_backward",
     "max_pool2d",
     "max_pool2d_backward",
+    "max_pool2d_backward_argmax",
+    "max_pool2d_with_argmax",
     "min_pool2d",
     "min_pool2d_backward",
     "output_size",
@@ -343,6 +345,61 @@ def max_pool2d(x, kernel_size, *, stride=None, padding=0, layout="NCHW"):
 def max_pool2d_backward(dy, x, kernel_size, *, stride=None, padding=0, layout="NCHW"):
     """Each gradient goes to the first maximum of its window in row-major order."""
     return _pool_backward("max", dy, x, kernel_size, stride, padding, layout)
+
+
+def max_pool2d_with_argmax(x, kernel_size, *, stride=None, padding=0, layout="NCHW"):
+    """(y, argmax): max_pool2d's y, and for each output the cell of its window that won, as
+    a uint8 array of y's shape: the first maximum's position among the window's real cells
+    (those inside the input) in row-major order. Windows of at most 256 cells. The backward
+    from it (max_pool2d_backward_argmax) reads neither x nor the windows, only dy and these
+    bytes: a quarter of y's size, where x is KH*KW/stride^2 times y's."""
+    backend = _backend.resolve(x)
+    x = _args.array(x, "x", 4, backend.xp)
+    g = _args.pool_geometry(
+        x.shape,
+        kernel_size,
+        stride=stride,
+        padding=padding,
+        layout=layout,
+        kind="max",
+        what="max_pool2d_with_argmax",
+    )
+    _args.argmax_window(g, "max_pool2d_with_argmax")
+    with backend.device(x):
+        y, argmax = backend.empty(g.y_shape), backend.xp.empty(g.y_shape, backend.xp.uint8)
+    backend.kernels.pool2d_forward_winners(x, y, argmax, g)
+    return y, argmax
+
+
+def max_pool2d_backward_argmax(
+    dy, argmax, input_size, kernel_size, *, stride=None, padding=0, layout="NCHW"
+):
+    """dx of max pooling from dy and the argmax that max_pool2d_with_argmax returned with the
+    same window arguments; input_size is x's (H, W). Each gradient goes to its window's
+    winning cell; an argmax entry past its window's real cells gives no gradient."""
+    backend = _backend.resolve(dy, argmax)
+    dy = _args.array(dy, "dy", 4, backend.xp)
+    argmax = _args.bytes_array(argmax, "argmax", backend.xp)
+    h, w = _args.pair(input_size, "input_size", minimum=1)
+    nhwc = _args.channels_last(layout)
+    n, c = dy.shape[0], dy.shape[3] if nhwc else dy.shape[1]
+    x_shape = (n, h, w, c) if nhwc else (n, c, h, w)
+    g = _args.pool_geometry(
+        x_shape,
+        kernel_size,
+        stride=stride,
+        padding=padding,
+        layout=layout,
+        kind="max",
+        what="max_pool2d_backward_argmax",
+    )
+    _args.argmax_window(g, "max_pool2d_backward_argmax")
+    _args.expect_shape(dy, g.y_shape, "dy", f" (the pooled shape of an input of size {(h, w)})")
+    _args.expect_shape(argmax, g.y_shape, "argmax", " (the shape of dy)")
+    with backend.device(dy):
+        dx = backend.empty(x_shape)
+    backend.kernels.pool2d_backward_winners(dy, argmax, dx, g)
+    return dx
 
 
 def min_pool2d(x, kernel_size, *, stride=None, padding=0, layout="NCHW"):

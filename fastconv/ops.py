@@ -161,6 +161,10 @@ class Op:
     keyword_inputs: tuple = ("bias",)
     tolerance: tuple = (1e-4, 2e-5)  # rtol, atol per unit of the reference's largest value
     torch: Callable | None = None  # (torch.nn.functional, case) -> f(*forward tensors, NCHW)
+    # (case, lib) -> f(dy) -> {gradient name: array}, or None: the backward fastconv's layers
+    # run where it differs from `backward`, from what their training forward saved (run
+    # beforehand); None from it where lib has no such path for the case.
+    layer_backward: Callable | None = None
 
     @property
     def fast(self):
@@ -463,10 +467,29 @@ def _pool_output_shapes(case):
 
 
 def _pool_bytes(case, direction):
-    """fwd reads x, writes y; bwd reads dy (and x for max/min) and writes dx."""
+    """fwd reads x, writes y; bwd reads dy (and x for min; max's layer_backward a byte per
+    output where the window fits a byte, else x) and writes dx."""
     x, y = case.x.size, int(np.prod(_pool_output_shapes(case)["y"]))
-    reads_x = case.op.name.split("_")[0] in ("max", "min")
-    return 4 * (x + y if direction == "forward" else y + x * reads_x + x)
+    if direction == "forward":
+        return 4 * (x + y)
+    kind = case.op.name.split("_")[0]
+    byte_argmax = kind == "max" and _fits_argmax(_pool_geometry(case))
+    reads_x = kind == "min" or (kind == "max" and not byte_argmax)
+    return 4 * (y + x * reads_x + x) + y * byte_argmax
+
+
+def _fits_argmax(g):
+    return g.kh * g.kw <= _args.MAX_ARGMAX_CELLS
+
+
+def _max_pool_layer_backward(case, lib):
+    """MaxPooling2D's backward: from the argmax its training forward saves, not x."""
+    forward = getattr(lib, "max_pool2d_with_argmax", None)
+    g = _pool_geometry(case)
+    if forward is None or not _fits_argmax(g):
+        return None
+    _, argmax = forward(case.x, **case.params)
+    return lambda dy: {"x": lib.max_pool2d_backward_argmax(dy, argmax, (g.h, g.w), **case.params)}
 
 
 def _sample_pool(kind):
@@ -553,7 +576,12 @@ _POOL = dict(
     keyword_inputs=(),
 )
 POOLS = {
-    kind: Op(f"{kind}_pool2d", sample=_sample_pool(kind), **_POOL)
+    kind: Op(
+        f"{kind}_pool2d",
+        sample=_sample_pool(kind),
+        layer_backward=_max_pool_layer_backward if kind == "max" else None,
+        **_POOL,
+    )
     for kind in ("max", "min", "avg", "sum")
 }
 

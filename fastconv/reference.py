@@ -236,6 +236,40 @@ def max_pool2d_backward(dy, x, kernel_size, *, stride=None, padding=0, layout="N
     return _pool_backward("max", dy, x, kernel_size, stride, padding, False, layout)
 
 
+def max_pool2d_with_argmax(x, kernel_size, *, stride=None, padding=0, layout="NCHW"):
+    """(y, argmax): each window's first maximum's position among its real cells, row-major."""
+    g = _pool_geometry(x, kernel_size, stride, padding, layout, "max")
+    xc = _to_nchw(x, g.channels_last)
+    argmax = np.zeros((g.n, g.c, g.oh, g.ow), np.uint8)
+    for oy, ox, rows, cols in _windows(g):
+        argmax[:, :, oy, ox] = np.argmax(xc[:, :, rows, cols].reshape(g.n, g.c, -1), -1)
+    y = max_pool2d(x, kernel_size, stride=stride, padding=padding, layout=layout)
+    return y, _from_nchw(argmax, g.channels_last, np.uint8)
+
+
+def max_pool2d_backward_argmax(
+    dy, argmax, input_size, kernel_size, *, stride=None, padding=0, layout="NCHW"
+):
+    """Each gradient added to the cell its argmax names (none past the window's cells)."""
+    nhwc = _args.channels_last(layout)
+    dyc, pick = _to_nchw(dy, nhwc).astype(np.float64), _to_nchw(argmax, nhwc).astype(np.int64)
+    n, c = dyc.shape[:2]
+    dx = np.zeros((n, c, *input_size))
+    g = _pool_geometry(dx, kernel_size, stride, padding, "NCHW", "max")
+    n_idx, c_idx = np.indices((n, c))
+    for oy, ox, rows, cols in _windows(g):
+        width, cells = cols.stop - cols.start, (rows.stop - rows.start) * (cols.stop - cols.start)
+        at, real = pick[:, :, oy, ox], pick[:, :, oy, ox] < cells
+        spot = (
+            n_idx[real],
+            c_idx[real],
+            rows.start + at[real] // width,
+            cols.start + at[real] % width,
+        )
+        np.add.at(dx, spot, dyc[:, :, oy, ox][real])
+    return _from_nchw(dx, nhwc, dy.dtype)
+
+
 def min_pool2d(x, kernel_size, *, stride=None, padding=0, layout="NCHW"):
     return _pool("min", x, kernel_size, stride, padding, False, layout)
 

@@ -190,6 +190,30 @@ def test_pooling_bits_equal_the_harness(layout, kind, kernel, stride, padding):
     np.testing.assert_array_equal(host(dx), dx_h)
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("kernel,stride,padding", [(2, None, 0), (3, 2, 1), (16, 3, 0)])
+def test_max_pool_argmax_bits_equal_the_harness(layout, kernel, stride, padding):
+    """The saved winners and the backward from them: the same bytes and bits as the harness."""
+    rng = np.random.default_rng(13)
+    x = nchw_to(rng.integers(-2, 3, size=(2, 37, 19, 18)).astype(np.float32), layout)
+    kw = dict(stride=stride, padding=padding, layout=layout)
+    y, argmax = fastconv.max_pool2d_with_argmax(dev(x), kernel, **kw)
+    dy = rand(rng, *y.shape)
+    size = x.shape[1:3] if layout == "NHWC" else x.shape[2:4]
+    dx = fastconv.max_pool2d_backward_argmax(dev(dy), argmax, size, kernel, **kw)
+    g = _args.pool_geometry(x.shape, kernel, kind="max", **kw)
+    y_h, argmax_h, dx_h = (
+        np.empty(g.y_shape, np.float32),
+        np.empty(g.y_shape, np.uint8),
+        np.empty_like(x),
+    )
+    harness.pool2d_forward_winners(x, y_h, argmax_h, g)
+    harness.pool2d_backward_winners(dy, argmax_h, dx_h, g)
+    np.testing.assert_array_equal(host(y), y_h)
+    np.testing.assert_array_equal(host(argmax), argmax_h)
+    np.testing.assert_array_equal(host(dx), dx_h)
+
+
 def test_torch_cuda_tensors_are_accepted():
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():

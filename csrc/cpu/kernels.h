@@ -22,6 +22,9 @@
                                         float* dw);                                               \
   void pool2d_forward(const PoolGeometry& g, const float* x, float* y);                           \
   void pool2d_backward(const PoolGeometry& g, const float* dy, const float* x, float* dx);        \
+  void pool2d_forward_winners(const PoolGeometry& g, const float* x, float* y, uint8_t* winners); \
+  void pool2d_backward_winners(const PoolGeometry& g, const float* dy, const uint8_t* winners,    \
+                               float* dx);                                                        \
   void batch_norm_forward(const NormGeometry& g, const float* x, const float* gamma,              \
                           const float* beta, float* y, float* mean, float* var);                  \
   void batch_norm_inference(const NormGeometry& g, const float* x, const float* mean,             \

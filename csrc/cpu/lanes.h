@@ -156,4 +156,67 @@ inline V splat(float f) {  // every lane f (V{} + f would turn -0 into +0)
   }
 }
 
+// Small whole numbers (0-255) as bytes, one per lane of V: pooling's saved window winners.
+// x86 converts through 32-bit integers with intrinsics: GCC turns a byte-vector conversion
+// into one scalar instruction per lane.
+template <class V>
+inline V load_bytes(const uint8_t* p) {
+  constexpr int kLanes = sizeof(V) / sizeof(float);
+#if defined(__x86_64__) || defined(_M_X64)
+  if constexpr (kLanes == 16) {
+#if defined(__AVX512F__)
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return reinterpret_cast<V>(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b)));
+#endif
+  } else if constexpr (kLanes == 8) {
+#if defined(__AVX2__)
+    const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    return reinterpret_cast<V>(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b)));
+#endif
+  } else if constexpr (kLanes == 4) {
+    int32_t four;
+    std::memcpy(&four, p, sizeof four);
+    const __m128i zero = _mm_setzero_si128(), b = _mm_unpacklo_epi8(_mm_cvtsi32_si128(four), zero);
+    return reinterpret_cast<V>(_mm_cvtepi32_ps(_mm_unpacklo_epi16(b, zero)));
+  }
+#endif
+  if constexpr (kLanes == 1) {
+    return *p;
+  } else {
+    V v;
+    for (int i = 0; i < kLanes; ++i) v[i] = p[i];
+    return v;
+  }
+}
+
+template <class V>
+inline void store_bytes(uint8_t* p, V v) {
+  constexpr int kLanes = sizeof(V) / sizeof(float);
+#if defined(__x86_64__) || defined(_M_X64)
+  if constexpr (kLanes == 16) {
+#if defined(__AVX512F__)
+    const __m128i b = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(reinterpret_cast<__m512>(v)));
+    return _mm_storeu_si128(reinterpret_cast<__m128i*>(p), b);
+#endif
+  } else if constexpr (kLanes == 8) {
+#if defined(__AVX2__)
+    const __m256i i = _mm256_cvttps_epi32(reinterpret_cast<__m256>(v));
+    const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+    return _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packus_epi16(w, w));
+#endif
+  } else if constexpr (kLanes == 4) {
+    const __m128i w =
+        _mm_packs_epi32(_mm_cvttps_epi32(reinterpret_cast<__m128>(v)), _mm_setzero_si128());
+    const int32_t four = _mm_cvtsi128_si32(_mm_packus_epi16(w, w));
+    std::memcpy(p, &four, sizeof four);
+    return;
+  }
+#endif
+  if constexpr (kLanes == 1) {
+    *p = static_cast<uint8_t>(v);
+  } else {
+    for (int i = 0; i < kLanes; ++i) p[i] = static_cast<uint8_t>(v[i]);
+  }
+}
+
 }  // namespace fastconv::cpu::FASTCONV_ISA

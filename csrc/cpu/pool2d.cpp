@@ -2,8 +2,11 @@
 //
 // Windows are clipped to the real input (see PoolGeometry::window), so padding never wins a
 // max or a min and averages divide by the real cells (or KH*KW with count_include_pad).
-// Max/min backward recomputes the winner -- the first extreme in row-major order, NaN
-// counting as extreme -- instead of storing indices, so the API needs only x and dy.
+// The winner of a max/min window is the first extreme in row-major order, NaN counting as
+// extreme. The backward either recomputes it from x, or reads it from `winners`, which the
+// forward can save: one byte per output, the winner's position among the window's real cells
+// in row-major order (so windows of at most 256 cells). A saved winner outside its window's
+// cells gives no gradient: no kernel writes outside its window.
 // NCHW works plane by plane; NHWC works on the contiguous channels of a pixel, a vector of
 // them at a time, and writes large outputs with streaming stores where windows do not
 // overlap (see `streams`).
@@ -44,7 +47,9 @@ constexpr float identity() {
 struct ColumnPlan {
   std::vector<int64_t> lo, hi;        // per kx: the run of outputs whose column kx is real
   std::vector<int64_t> first, cells;  // per ox: first real input column, real columns
-  explicit ColumnPlan(const PoolGeometry& g) : lo(g.kw), hi(g.kw), first(g.ow), cells(g.ow) {
+  int64_t width;                      // of the input plane
+  explicit ColumnPlan(const PoolGeometry& g)
+      : lo(g.kw), hi(g.kw), first(g.ow), cells(g.ow), width(g.w) {
     for (int64_t kx = 0; kx < g.kw; ++kx)
       valid_outputs(g.ow, g.w, g.stride_w, kx - g.pad_left, lo[kx], hi[kx]);
     int64_t y0, y1, x0, x1;
@@ -53,6 +58,16 @@ struct ColumnPlan {
       first[ox] = x0;
       cells[ox] = x1 - x0;
     }
+  }
+  // A winner of output column ox in a window from input row y0: its offset in the plane from
+  // its cell in the window and back; `rows` is the window's real rows.
+  int64_t cell_of(int64_t y0, int64_t ox, int64_t offset) const {
+    return (offset / width - y0) * cells[ox] + offset % width - first[ox];
+  }
+  bool offset_of(int64_t y0, int64_t rows, int64_t ox, int64_t cell, int64_t& offset) const {
+    if (cell >= rows * cells[ox]) return false;
+    offset = (y0 + cell / cells[ox]) * width + first[ox] + cell % cells[ox];
+    return true;
   }
 };
 
@@ -72,6 +87,46 @@ int64_t window_rows(const PoolGeometry& g, int64_t oy) {
   return y1 - y0;
 }
 
+int64_t window_top(const PoolGeometry& g, int64_t oy) {
+  int64_t y0, y1, x0, x1;
+  g.window(oy, 0, y0, y1, x0, x1);
+  return y0;
+}
+
+// Per output of a row: its winning value and offset in the plane, reused from row to row.
+struct RowWinners {
+  std::vector<float> best;
+  std::vector<int64_t> where;
+  explicit RowWinners(const PoolGeometry& g) : best(g.ow), where(g.ow) {}
+};
+
+// The winner of every window of output row oy of a max/min plane.
+template <PoolKind kind>
+void find_row_winners(const PoolGeometry& g, const ColumnPlan& plan, const float* in, int64_t oy,
+                      RowWinners& row) {
+  const int64_t y0 = window_top(g, oy);
+  for (int64_t ox = 0; ox < g.ow; ++ox) {
+    row.best[ox] = identity<kind>();
+    row.where[ox] = y0 * g.w + plan.first[ox];  // kept if every cell equals the identity
+  }
+  // Runs visit each window's cells in row-major order, so the first extreme stays.
+  // Locals and restrict pointers: stores to best/where cannot alias g, so nothing is
+  // reloaded inside the loop and the selects compile without branches.
+  const int64_t sw = g.stride_w, width = g.w;
+  float* __restrict best_value = row.best.data();
+  int64_t* __restrict best_at = row.where.data();
+  for_window_runs(g, plan, oy, [&](int64_t iy, int64_t shift, int64_t lo, int64_t hi) {
+    const float* __restrict src = in + iy * width + shift;
+    const int64_t base = iy * width + shift;
+    for (int64_t ox = lo; ox < hi; ++ox) {
+      const float v = src[ox * sw], b = best_value[ox];
+      const bool take = wins<kind>(v, b);
+      best_value[ox] = take ? v : b;
+      best_at[ox] = take ? base + ox * sw : best_at[ox];
+    }
+  });
+}
+
 // NCHW items are runs of whole planes, about 64K input floats each (a 7x7 plane is 49), so
 // that handing an item to a thread costs little beside its work, and at least four per
 // thread.
@@ -83,10 +138,21 @@ void for_plane_runs(const PoolGeometry& g, Run&& run) {
   parallel_runs(planes, per_item, run);
 }
 
+// winners: the plane's saved winners (max/min), or nullptr.
 template <PoolKind kind>
-void forward_plane(const PoolGeometry& g, const ColumnPlan& plan, const float* in, float* out) {
+void forward_plane(const PoolGeometry& g, const ColumnPlan& plan, const float* in, float* out,
+                   uint8_t* winners, RowWinners& row) {
   for (int64_t oy = 0; oy < g.oh; ++oy) {
     float* o = out + oy * g.ow;
+    if (is_extreme<kind>() && winners) {
+      find_row_winners<kind>(g, plan, in, oy, row);
+      const int64_t y0 = window_top(g, oy);
+      for (int64_t ox = 0; ox < g.ow; ++ox) {
+        o[ox] = row.best[ox];
+        winners[oy * g.ow + ox] = static_cast<uint8_t>(plan.cell_of(y0, ox, row.where[ox]));
+      }
+      continue;
+    }
     std::fill(o, o + g.ow, identity<kind>());
     for_window_runs(g, plan, oy, [&](int64_t iy, int64_t shift, int64_t lo, int64_t hi) {
       const float* src = in + iy * g.w + shift;
@@ -105,45 +171,30 @@ void forward_plane(const PoolGeometry& g, const ColumnPlan& plan, const float* i
   }
 }
 
-// best and where: g.ow floats and offsets of scratch, reused from plane to plane.
+// Max/min winners come from the plane's saved `winners`, or without them from `in`.
 template <PoolKind kind>
 void backward_plane(const PoolGeometry& g, const ColumnPlan& plan, const float* grad,
-                    const float* in, float* out, std::vector<float>& best,
-                    std::vector<int64_t>& where) {
+                    const float* in, const uint8_t* winners, float* out, RowWinners& row) {
   std::fill(out, out + g.h * g.w, 0.f);
   for (int64_t oy = 0; oy < g.oh; ++oy) {
     const float* d = grad + oy * g.ow;
     if constexpr (is_extreme<kind>()) {
-      int64_t y0, y1, x0, x1;
-      g.window(oy, 0, y0, y1, x0, x1);
-      for (int64_t ox = 0; ox < g.ow; ++ox) {
-        best[ox] = identity<kind>();
-        where[ox] = y0 * g.w + plan.first[ox];  // kept if every cell equals the identity
+      if (winners) {
+        const int64_t y0 = window_top(g, oy), rows = window_rows(g, oy);
+        for (int64_t ox = 0, at; ox < g.ow; ++ox)
+          if (plan.offset_of(y0, rows, ox, winners[oy * g.ow + ox], at)) out[at] += d[ox];
+        continue;
       }
-      // Runs visit each window's cells in row-major order, so the first extreme stays.
-      // Locals and restrict pointers: stores to best/where cannot alias g, so nothing is
-      // reloaded inside the loop and the selects compile without branches.
-      const int64_t sw = g.stride_w, width = g.w;
-      float* __restrict best_value = best.data();
-      int64_t* __restrict best_at = where.data();
-      for_window_runs(g, plan, oy, [&](int64_t iy, int64_t shift, int64_t lo, int64_t hi) {
-        const float* __restrict src = in + iy * width + shift;
-        const int64_t base = iy * width + shift;
-        for (int64_t ox = lo; ox < hi; ++ox) {
-          const float v = src[ox * sw], b = best_value[ox];
-          const bool take = wins<kind>(v, b);
-          best_value[ox] = take ? v : b;
-          best_at[ox] = take ? base + ox * sw : best_at[ox];
-        }
-      });
-      for (int64_t ox = 0; ox < g.ow; ++ox) out[where[ox]] += d[ox];
+      find_row_winners<kind>(g, plan, in, oy, row);
+      for (int64_t ox = 0; ox < g.ow; ++ox) out[row.where[ox]] += d[ox];
     } else {
       const int64_t rows = window_rows(g, oy);
+      float* given = row.best.data();
       for (int64_t ox = 0; ox < g.ow; ++ox)
-        best[ox] = kind == PoolKind::kAvg ? d[ox] / g.avg_divisor(rows * plan.cells[ox]) : d[ox];
+        given[ox] = kind == PoolKind::kAvg ? d[ox] / g.avg_divisor(rows * plan.cells[ox]) : d[ox];
       for_window_runs(g, plan, oy, [&](int64_t iy, int64_t shift, int64_t lo, int64_t hi) {
         float* dst = out + iy * g.w + shift;
-        for (int64_t ox = lo; ox < hi; ++ox) dst[ox * g.stride_w] += best[ox];
+        for (int64_t ox = lo; ox < hi; ++ox) dst[ox * g.stride_w] += given[ox];
       });
     }
   }
@@ -177,7 +228,8 @@ struct Cells {
 // best; true if a lane met a NaN. MAXPS / MINPS keep the first of equal values, as
 // `replaces` does, but pass over NaN; a group whose window holds a NaN is redone by the rule.
 template <PoolKind kind, class V, int K>
-inline bool window_extreme(LaneGroup<V, K> lanes, const Cells& w, const float* x, V* best) {
+[[gnu::always_inline]] inline bool window_extreme(LaneGroup<V, K> lanes, const Cells& w,
+                                                  const float* x, V* best) {
   decltype(V{} != V{}) nan{};  // the lanes that met a NaN, in any of the K registers
   for (int k = 0; k < K; ++k) best[k] = splat<V>(identity<kind>());
   w.each([&](int64_t at, bool) {
@@ -198,13 +250,50 @@ inline bool window_extreme(LaneGroup<V, K> lanes, const Cells& w, const float* x
   return true;
 }
 
-// Forward of one window for the lanes at x (the image's pixel (0, 0)) into y.
+// Each lane's extreme of one window by the rule into best, and the number of its first cell
+// that holds it (row-major among the window's real cells) into cell. A strict compare keeps
+// the first of equal values; a group whose window holds a NaN is redone by the rule.
+template <PoolKind kind, class V, int K>
+[[gnu::always_inline]] inline void window_winners(LaneGroup<V, K> lanes, const Cells& w,
+                                                  const float* x, V* best, V* cell) {
+  const auto scan = [&](auto rule) {
+    for (int k = 0; k < K; ++k) {
+      best[k] = splat<V>(identity<kind>());
+      cell[k] = V{};  // the first cell wins if every cell equals the identity
+    }
+    decltype(V{} != V{}) nan{};
+    float here = 0.f;
+    w.each([&](int64_t at, bool) {
+      for (int k = 0; k < K; ++k) {
+        const V v = load<V>(x + at + k * lanes.kStep);
+        const auto take = rule(v, best[k]);
+        best[k] = take ? v : best[k];
+        cell[k] = take ? splat<V>(here) : cell[k];
+        nan |= v != v;
+      }
+      here += 1.f;
+    });
+    return any_lane(nan);
+  };
+  if (scan([](V v, V b) { return kind == PoolKind::kMax ? v > b : v < b; }))
+    scan([](V v, V b) { return PoolGeometry::replaces(kind, v, b); });
+}
+
+// Forward of one window for the lanes at x (the image's pixel (0, 0)) into y, and for
+// max/min into winners too unless it is nullptr.
 template <PoolKind kind, bool kStream, class V, int K>
 [[gnu::always_inline]] inline void forward_lanes(LaneGroup<V, K> lanes, const PoolGeometry& g,
-                                                 const Cells& w, const float* x, float* y) {
+                                                 const Cells& w, const float* x, float* y,
+                                                 uint8_t* winners) {
   V acc[K];
   if constexpr (is_extreme<kind>()) {
-    window_extreme<kind>(lanes, w, x, acc);
+    if (winners) {
+      V cell[K];
+      window_winners<kind>(lanes, w, x, acc, cell);
+      for (int k = 0; k < K; ++k) store_bytes(winners + k * lanes.kStep, cell[k]);
+    } else {
+      window_extreme<kind>(lanes, w, x, acc);
+    }
   } else {
     for (int k = 0; k < K; ++k) acc[k] = splat<V>(identity<kind>());
     w.each([&](int64_t at, bool) {
@@ -218,33 +307,48 @@ template <PoolKind kind, bool kStream, class V, int K>
 
 // Forward of output row oy of NHWC image b, all channels.
 template <PoolKind kind, bool kStream>
-void forward_nhwc_row(const PoolGeometry& g, const float* x, float* y, int64_t b, int64_t oy) {
+void forward_nhwc_row(const PoolGeometry& g, const float* x, float* y, uint8_t* winners, int64_t b,
+                      int64_t oy) {
   const float* image = x + b * g.h * g.w * g.c;
   for (int64_t ox = 0; ox < g.ow; ++ox) {
     const Cells w(g, oy, ox);
-    float* out = y + ((b * g.oh + oy) * g.ow + ox) * g.c;
+    const int64_t out = ((b * g.oh + oy) * g.ow + ox) * g.c;
     for_lane_groups(g.c, [&](auto lanes, int64_t c) {
-      forward_lanes<kind, kStream>(lanes, g, w, image + c, out + c);
+      forward_lanes<kind, kStream>(lanes, g, w, image + c, y + out + c,
+                                   winners ? winners + out + c : nullptr);
     });
   }
   if (kStream) stream_fence();
 }
 
 // Backward of one window for the lanes at x, dx (the item's pixel (0, 0)); d is the
-// window's dy. Max/min finds each lane's winning value, then walks the cells again giving
-// the gradient to the first cell that holds it (`pending` drops to 0 once given). A cell
-// no earlier window reached gets 0 + the gradient, which is what adding to a zeroed cell
-// would give (a -0 lands as +0); the others add to it.
+// window's dy and winners its saved winners (max/min), or nullptr. With them, the gradient
+// goes to the cell whose number they hold. Without, max/min finds each lane's winning value,
+// then walks the cells again giving the gradient to the first cell that holds it (`pending`
+// drops to 0 once given). A cell no earlier window reached gets 0 + the gradient, which is
+// what adding to a zeroed cell would give (a -0 lands as +0); the others add to it.
 template <PoolKind kind, bool kStream, class V, int K>
 inline void backward_lanes(LaneGroup<V, K> lanes, const PoolGeometry& g, const Cells& w,
-                           const float* d, const float* x, float* dx) {
+                           const float* d, const float* x, const uint8_t* winners, float* dx) {
   const auto put = [](float* out, bool first, V given) {
     if (first)
       store_out<kStream>(out, V{} + given);
     else
       store(out, load<V>(out) + given);
   };
-  if constexpr (is_extreme<kind>()) {
+  if (is_extreme<kind>() && winners) {
+    V given[K], cell[K];
+    for (int k = 0; k < K; ++k) {
+      given[k] = load<V>(d + k * lanes.kStep);
+      cell[k] = load_bytes<V>(winners + k * lanes.kStep);
+    }
+    float here = 0.f;
+    w.each([&](int64_t at, bool first) {
+      for (int k = 0; k < K; ++k)
+        put(dx + at + k * lanes.kStep, first, cell[k] == splat<V>(here) ? given[k] : V{});
+      here += 1.f;
+    });
+  } else if constexpr (is_extreme<kind>()) {
     V best[K], pending[K];
     for (int k = 0; k < K; ++k) pending[k] = load<V>(d + k * lanes.kStep);
     // Without a NaN in the window, holding the winning value is plain equality.
@@ -293,12 +397,14 @@ int64_t shared_rows_channel_block(const PoolGeometry& g) {
 // Backward of output rows [oy0, oy1), channels [c0, c0+cn) of NHWC image b; the item owns
 // those channels of input rows [first_owned_row(oy0), first_owned_row(oy1)). Each dx cell is
 // stored by the first window that reaches it and added to by later ones; cells that no
-// window reaches are zeroed. No zero-fill pass: dx is written to memory once.
+// window reaches are zeroed. No zero-fill pass: dx is written to memory once. Max/min reads
+// its winners from `winners` where not nullptr, else from x.
 template <PoolKind kind, bool kStream>
-void backward_nhwc_rows(const PoolGeometry& g, const float* dy, const float* x, float* dx,
-                        int64_t b, int64_t oy0, int64_t oy1, int64_t c0, int64_t cn) {
+void backward_nhwc_rows(const PoolGeometry& g, const float* dy, const float* x,
+                        const uint8_t* winners, float* dx, int64_t b, int64_t oy0, int64_t oy1,
+                        int64_t c0, int64_t cn) {
   const int64_t image = b * g.h * g.w * g.c + c0;
-  const float* xi = x + image;
+  const float* xi = x ? x + image : nullptr;
   float* dxi = dx + image;
   const auto zero = [&](int64_t r0, int64_t r1, int64_t col0, int64_t col1) {
     if (col0 >= col1) return;
@@ -323,9 +429,10 @@ void backward_nhwc_rows(const PoolGeometry& g, const float* dy, const float* x, 
       w.first_y = first_y;
       w.first_x = reached_x;
       reached_x = std::max(reached_x, w.x1);
-      const float* d = dy + ((b * g.oh + oy) * g.ow + ox) * g.c + c0;
+      const int64_t out = ((b * g.oh + oy) * g.ow + ox) * g.c + c0;
       for_lane_groups(cn, [&](auto lanes, int64_t c) {
-        backward_lanes<kind, kStream>(lanes, g, w, d + c, xi + c, dxi + c);
+        backward_lanes<kind, kStream>(lanes, g, w, dy + out + c, xi ? xi + c : nullptr,
+                                      winners ? winners + out + c : nullptr, dxi + c);
       });
     }
     zero(first_y, y1, reached_x, g.w);
@@ -358,12 +465,13 @@ bool streams(const PoolGeometry& g, int64_t count) {
   return g.kh <= g.stride_h && g.kw <= g.stride_w && streams_output(count);
 }
 
+// winners: where max/min saves its winners, or nullptr.
 template <PoolKind kind>
-void forward(const PoolGeometry& g, const float* x, float* y) {
+void forward(const PoolGeometry& g, const float* x, float* y, uint8_t* winners) {
   if (g.channels_last) {
     with_streaming(streams(g, g.n * g.oh * g.ow * g.c), [&](auto streamed) {
       parallel_for(g.n * g.oh, [&](int64_t row) {
-        forward_nhwc_row<kind, decltype(streamed)::value>(g, x, y, row / g.oh, row % g.oh);
+        forward_nhwc_row<kind, decltype(streamed)::value>(g, x, y, winners, row / g.oh, row % g.oh);
       });
     });
   } else if (!is_extreme<kind>() && g.oh == 1 && g.ow == 1 && g.kh - g.pad_top >= g.h &&
@@ -378,27 +486,33 @@ void forward(const PoolGeometry& g, const float* x, float* y) {
   } else {
     const ColumnPlan plan(g);
     for_plane_runs(g, [&](int64_t first, int64_t last) {
-      for (int64_t plane = first; plane < last; ++plane)
-        forward_plane<kind>(g, plan, x + plane * g.h * g.w, y + plane * g.oh * g.ow);
+      RowWinners row(g);
+      for (int64_t plane = first; plane < last; ++plane) {
+        const int64_t out = plane * g.oh * g.ow;
+        forward_plane<kind>(g, plan, x + plane * g.h * g.w, y + out,
+                            winners ? winners + out : nullptr, row);
+      }
     });
   }
 }
 
+// Max/min reads its winners from `winners` where not nullptr, else from x.
 template <PoolKind kind>
-void backward(const PoolGeometry& g, const float* dy, const float* x, float* dx) {
+void backward(const PoolGeometry& g, const float* dy, const float* x, const uint8_t* winners,
+              float* dx) {
   if (g.channels_last) {
     with_streaming(streams(g, g.n * g.h * g.w * g.c), [&](auto streamed) {
       constexpr bool kStream = decltype(streamed)::value;
       if (g.kh <= g.stride_h) {  // an input row meets one output row: items are (image, row)
         parallel_for(g.n * g.oh, [&](int64_t item) {
           const int64_t oy = item % g.oh;
-          backward_nhwc_rows<kind, kStream>(g, dy, x, dx, item / g.oh, oy, oy + 1, 0, g.c);
+          backward_nhwc_rows<kind, kStream>(g, dy, x, winners, dx, item / g.oh, oy, oy + 1, 0, g.c);
         });
       } else {  // rows shared by output rows: items are (image, channel block), all rows
         const int64_t block = shared_rows_channel_block(g), blocks = (g.c + block - 1) / block;
         parallel_for(g.n * blocks, [&](int64_t item) {
           const int64_t c0 = item % blocks * block;
-          backward_nhwc_rows<kind, kStream>(g, dy, x, dx, item / blocks, 0, g.oh, c0,
+          backward_nhwc_rows<kind, kStream>(g, dy, x, winners, dx, item / blocks, 0, g.oh, c0,
                                             std::min(block, g.c - c0));
         });
       }
@@ -406,41 +520,48 @@ void backward(const PoolGeometry& g, const float* dy, const float* x, float* dx)
   } else {
     const ColumnPlan plan(g);
     for_plane_runs(g, [&](int64_t first, int64_t last) {
-      std::vector<float> best(g.ow);
-      std::vector<int64_t> where(g.ow);
-      for (int64_t plane = first; plane < last; ++plane)
-        backward_plane<kind>(g, plan, dy + plane * g.oh * g.ow, x + plane * g.h * g.w,
-                             dx + plane * g.h * g.w, best, where);
+      RowWinners row(g);
+      for (int64_t plane = first; plane < last; ++plane) {
+        const int64_t in = plane * g.h * g.w, out = plane * g.oh * g.ow;
+        backward_plane<kind>(g, plan, dy + out, x ? x + in : nullptr,
+                             winners ? winners + out : nullptr, dx + in, row);
+      }
     });
+  }
+}
+
+// The kernel of g's kind: run(std::integral_constant<PoolKind, kind>{}).
+template <class Run>
+void with_kind(const PoolGeometry& g, Run&& run) {
+  switch (g.pool_kind()) {
+    case PoolKind::kMax:
+      return run(std::integral_constant<PoolKind, PoolKind::kMax>{});
+    case PoolKind::kMin:
+      return run(std::integral_constant<PoolKind, PoolKind::kMin>{});
+    case PoolKind::kAvg:
+      return run(std::integral_constant<PoolKind, PoolKind::kAvg>{});
+    case PoolKind::kSum:
+      return run(std::integral_constant<PoolKind, PoolKind::kSum>{});
   }
 }
 
 }  // namespace
 
 void pool2d_forward(const PoolGeometry& g, const float* x, float* y) {
-  switch (g.pool_kind()) {
-    case PoolKind::kMax:
-      return forward<PoolKind::kMax>(g, x, y);
-    case PoolKind::kMin:
-      return forward<PoolKind::kMin>(g, x, y);
-    case PoolKind::kAvg:
-      return forward<PoolKind::kAvg>(g, x, y);
-    case PoolKind::kSum:
-      return forward<PoolKind::kSum>(g, x, y);
-  }
+  with_kind(g, [&](auto kind) { forward<kind.value>(g, x, y, nullptr); });
 }
 
 void pool2d_backward(const PoolGeometry& g, const float* dy, const float* x, float* dx) {
-  switch (g.pool_kind()) {
-    case PoolKind::kMax:
-      return backward<PoolKind::kMax>(g, dy, x, dx);
-    case PoolKind::kMin:
-      return backward<PoolKind::kMin>(g, dy, x, dx);
-    case PoolKind::kAvg:
-      return backward<PoolKind::kAvg>(g, dy, x, dx);
-    case PoolKind::kSum:
-      return backward<PoolKind::kSum>(g, dy, x, dx);
-  }
+  with_kind(g, [&](auto kind) { backward<kind.value>(g, dy, x, nullptr, dx); });
+}
+
+void pool2d_forward_winners(const PoolGeometry& g, const float* x, float* y, uint8_t* winners) {
+  with_kind(g, [&](auto kind) { forward<kind.value>(g, x, y, winners); });
+}
+
+void pool2d_backward_winners(const PoolGeometry& g, const float* dy, const uint8_t* winners,
+                             float* dx) {
+  with_kind(g, [&](auto kind) { backward<kind.value>(g, dy, nullptr, winners, dx); });
 }
 
 }  // namespace fastconv::cpu::FASTCONV_ISA

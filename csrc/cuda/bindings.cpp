@@ -22,7 +22,8 @@ kernels::Stream as_stream(std::uintptr_t s) { return reinterpret_cast<kernels::S
 
 // How op_bindings.h reads buffers and runs kernels here.
 struct Backend {
-  static fastconv::bindings::View view(const py::handle& object, const char* name);
+  static fastconv::bindings::View view(const py::handle& object, const char* name,
+                                       fastconv::bindings::Dtype t);
   static void zero(float* p, int64_t count, std::uintptr_t stream) {
     kernels::zero(p, count, as_stream(stream));
   }
@@ -44,17 +45,18 @@ struct Backend {
 
 }  // namespace
 
-#define FASTCONV_KERNEL(name)                                    \
-  [](kernels::Launch& launch, const auto& g, auto*... buffers) { \
-    kernels::name(g, buffers..., launch);                        \
+#define FASTCONV_KERNEL(name)                                   \
+  [](kernels::Launch& launch, const auto& g, auto... buffers) { \
+    kernels::name(g, buffers..., launch);                       \
   }
 #include "op_bindings.h"
 
-fastconv::bindings::View Backend::view(const py::handle& object, const char* name) {
+fastconv::bindings::View Backend::view(const py::handle& object, const char* name,
+                                       fastconv::bindings::Dtype t) {
   if (!py::hasattr(object, "__cuda_array_interface__"))
     throw py::type_error(std::string(name) + " must be a CUDA array (CuPy), got " +
                          std::string(py::str(object.get_type().attr("__name__"))));
-  const fastconv::bindings::View v = fastconv::bindings::cuda_view(object, name);
+  const fastconv::bindings::View v = fastconv::bindings::cuda_view(object, name, t);
   if (v.size > 0) {
     try {
       kernels::require_current_device(v.data, name);

@@ -37,10 +37,11 @@ class HostLaunch final : public kernels::Launch {
 // __cuda_array_interface__ (the tests' stand-in for CuPy), and the GIL held throughout,
 // since the harness keeps one block's state in process-wide variables.
 struct Backend {
-  static fastconv::bindings::View view(const py::handle& object, const char* name) {
+  static fastconv::bindings::View view(const py::handle& object, const char* name,
+                                       fastconv::bindings::Dtype t) {
     return py::hasattr(object, "__cuda_array_interface__")
-               ? fastconv::bindings::cuda_view(object, name)
-               : fastconv::bindings::host_view(object, name);
+               ? fastconv::bindings::cuda_view(object, name, t)
+               : fastconv::bindings::host_view(object, name, t);
   }
   static void zero(float* p, int64_t count, std::uintptr_t) { std::fill(p, p + count, 0.f); }
   template <class G, class Body>
@@ -52,9 +53,9 @@ struct Backend {
 
 }  // namespace
 
-#define FASTCONV_KERNEL(name)                                    \
-  [](kernels::Launch& launch, const auto& g, auto*... buffers) { \
-    kernels::name(g, buffers..., launch);                        \
+#define FASTCONV_KERNEL(name)                                   \
+  [](kernels::Launch& launch, const auto& g, auto... buffers) { \
+    kernels::name(g, buffers..., launch);                       \
   }
 #include "op_bindings.h"
 

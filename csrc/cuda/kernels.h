@@ -43,6 +43,12 @@ void bias_backward(const ConvGeometry& g, const float* dy, float* dbias, Launch&
 void pool2d_forward(const PoolGeometry& g, const float* x, float* y, Launch& launch);
 void pool2d_backward(const PoolGeometry& g, const float* dy, const float* x, float* dx,
                      Launch& launch);
+// Max/min pooling that saves each window's winner in a byte (PoolGeometry::saves_winners),
+// and its backward from them.
+void pool2d_forward_winners(const PoolGeometry& g, const float* x, float* y, uint8_t* winners,
+                            Launch& launch);
+void pool2d_backward_winners(const PoolGeometry& g, const float* dy, const uint8_t* winners,
+                             float* dx, Launch& launch);
 
 // Batch normalisation (see NormGeometry), with its fused activation.
 void batch_norm_forward(const NormGeometry& g, const float* x, const float* gamma,

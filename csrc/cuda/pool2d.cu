@@ -6,9 +6,10 @@
 // Forward: one thread per output, or for wide windows (global pooling) several threads per
 // output whose partials are merged in a fixed order. Backward gathers: one thread per dx cell
 // loops over the outputs whose windows cover it, in the (oy, ox) order the CPU scatters
-// them, so no atomics are needed. Max/min backward first recomputes every window's winner
-// from x (the forward kernels, writing the winning cell of each window to a workspace
-// instead of y), so the gather reads one int per covering window instead of rescanning it.
+// them, so no atomics are needed. Max/min backward reads every window's winner (its cell,
+// row-major among the window's real cells): saved by the forward as one byte per output
+// (pool2d_forward_winners), or recomputed from x into an int workspace by the forward
+// kernels, so the gather reads one number per covering window instead of rescanning it.
 // Threads are ordered like memory (channels fastest for NHWC), so neighbours read neighbours.
 #include "cuda/common.cuh"
 
@@ -37,9 +38,10 @@ __device__ int winning_cell(const PoolGeometry& g, const float* x, int64_t b, in
   return best;
 }
 
-// y = the pooled values, or for max/min with y == nullptr: winners = each window's winning cell.
-template <PoolKind kind>
-__global__ void pool_forward_kernel(const PoolGeometry g, const float* x, float* y, int* winners) {
+// y = the pooled values (unless nullptr), and for max/min unless nullptr: winners = each
+// window's winning cell.
+template <PoolKind kind, class Cell>
+__global__ void pool_forward_kernel(const PoolGeometry g, const float* x, float* y, Cell* winners) {
   const int64_t total = g.y_size();
   for (int64_t i = first_element(); i < total; i += element_step()) {
     int64_t b, c, oy, ox, y0, y1, x0, x1;
@@ -47,10 +49,8 @@ __global__ void pool_forward_kernel(const PoolGeometry g, const float* x, float*
     g.window(oy, ox, y0, y1, x0, x1);
     if (is_extreme<kind>()) {
       const int cell = winning_cell<kind>(g, x, b, c, y0, y1, x0, x1);
-      if (y)
-        y[i] = x[g.offset(b, c, y0 + cell / (x1 - x0), x0 + cell % (x1 - x0), g.h, g.w)];
-      else
-        winners[i] = cell;
+      if (y) y[i] = x[g.offset(b, c, y0 + cell / (x1 - x0), x0 + cell % (x1 - x0), g.h, g.w)];
+      if (winners) winners[i] = static_cast<Cell>(cell);
       continue;
     }
     float acc = 0.f;
@@ -77,9 +77,9 @@ __device__ __forceinline__ void keep_extreme(float v, int cell, float& best, int
   }
 }
 
-template <PoolKind kind, bool kNhwc>
+template <PoolKind kind, bool kNhwc, class Cell>
 __global__ void __launch_bounds__(kWideLanes* kWideRows)
-    pool_forward_wide_kernel(const PoolGeometry g, const float* x, float* y, int* winners) {
+    pool_forward_wide_kernel(const PoolGeometry g, const float* x, float* y, Cell* winners) {
   __shared__ float values[kWideRows][kWideLanes];
   __shared__ int cells[kWideRows][kWideLanes];
   const int lane = static_cast<int>(threadIdx.x), row = static_cast<int>(threadIdx.y);
@@ -122,15 +122,13 @@ __global__ void __launch_bounds__(kWideLanes* kWideRows)
     else
       total += v;
   }
-  if (is_extreme<kind>() && !y)
-    winners[out] = total_cell;
-  else
-    y[out] = kind == PoolKind::kAvg ? total / g.avg_divisor(count) : total;
+  if (is_extreme<kind>() && winners) winners[out] = static_cast<Cell>(total_cell);
+  if (y) y[out] = kind == PoolKind::kAvg ? total / g.avg_divisor(count) : total;
 }
 
 // winners: each window's winning cell (max/min only).
-template <PoolKind kind>
-__global__ void pool_backward_kernel(const PoolGeometry g, const float* dy, const int* winners,
+template <PoolKind kind, class Cell>
+__global__ void pool_backward_kernel(const PoolGeometry g, const float* dy, const Cell* winners,
                                      float* dx) {
   const int64_t total = g.x_size();
   for (int64_t i = first_element(); i < total; i += element_step()) {
@@ -145,7 +143,8 @@ __global__ void pool_backward_kernel(const PoolGeometry g, const float* dy, cons
         int64_t y0, y1, x0, x1;
         g.window(oy, ox, y0, y1, x0, x1);
         if (is_extreme<kind>()) {
-          if (winners[out] == (iy - y0) * (x1 - x0) + (ix - x0)) acc += dy[out];
+          if (static_cast<int64_t>(winners[out]) == (iy - y0) * (x1 - x0) + (ix - x0))
+            acc += dy[out];
         } else {
           acc += kind == PoolKind::kAvg ? dy[out] / g.avg_divisor((y1 - y0) * (x1 - x0)) : dy[out];
         }
@@ -154,68 +153,75 @@ __global__ void pool_backward_kernel(const PoolGeometry g, const float* dy, cons
   }
 }
 
-// The forward pass: y, or (y == nullptr) the winners of max/min windows.
-template <PoolKind kind>
-void forward(const PoolGeometry& g, const float* x, float* y, int* winners, Stream stream) {
+// The forward pass: y and the winners of max/min windows, each unless nullptr.
+template <PoolKind kind, class Cell>
+void forward(const PoolGeometry& g, const float* x, float* y, Cell* winners, Stream stream) {
   const dim3 wide_block(kWideLanes, kWideRows);
   if (g.kh * g.kw < kWideCells) {
-    FC_LAUNCH(pool_forward_kernel<kind>, element_grid(g.y_size()), dim3(kElementThreads), stream)
-    (g, x, y, winners);
+    auto* kernel = &pool_forward_kernel<kind, Cell>;
+    FC_LAUNCH(kernel, element_grid(g.y_size()), dim3(kElementThreads), stream)(g, x, y, winners);
   } else if (g.channels_last) {
     const dim3 grid(static_cast<unsigned>(g.n * g.oh * g.ow),
                     static_cast<unsigned>(ceil_div(g.c, kWideLanes)));
-    auto* kernel = &pool_forward_wide_kernel<kind, true>;
+    auto* kernel = &pool_forward_wide_kernel<kind, true, Cell>;
     FC_LAUNCH(kernel, grid, wide_block, stream)(g, x, y, winners);
   } else {
     const dim3 grid(static_cast<unsigned>(ceil_div(g.y_size(), kWideRows)));
-    auto* kernel = &pool_forward_wide_kernel<kind, false>;
+    auto* kernel = &pool_forward_wide_kernel<kind, false, Cell>;
     FC_LAUNCH(kernel, grid, wide_block, stream)(g, x, y, winners);
   }
   check_launch("pool2d_forward");
 }
 
-template <PoolKind kind>
-void backward(const PoolGeometry& g, const float* dy, const float* x, float* dx, float* workspace,
+template <PoolKind kind, class Cell>
+void backward(const PoolGeometry& g, const float* dy, const Cell* winners, float* dx,
               Stream stream) {
-  int* winners = reinterpret_cast<int*>(workspace);
-  if (is_extreme<kind>()) forward<kind>(g, x, nullptr, winners, stream);
-  FC_LAUNCH(pool_backward_kernel<kind>, element_grid(g.x_size()), dim3(kElementThreads), stream)
-  (g, dy, winners, dx);
+  auto* kernel = &pool_backward_kernel<kind, Cell>;
+  FC_LAUNCH(kernel, element_grid(g.x_size()), dim3(kElementThreads), stream)(g, dy, winners, dx);
   check_launch("pool2d_backward");
+}
+
+// The kernel of g's kind: run(std::integral_constant<PoolKind, kind>{}).
+template <class Run>
+void with_kind(const PoolGeometry& g, Run&& run) {
+  switch (g.pool_kind()) {
+    case PoolKind::kMax:
+      return run(std::integral_constant<PoolKind, PoolKind::kMax>{});
+    case PoolKind::kMin:
+      return run(std::integral_constant<PoolKind, PoolKind::kMin>{});
+    case PoolKind::kAvg:
+      return run(std::integral_constant<PoolKind, PoolKind::kAvg>{});
+    case PoolKind::kSum:
+      return run(std::integral_constant<PoolKind, PoolKind::kSum>{});
+  }
 }
 
 }  // namespace
 
 void pool2d_forward(const PoolGeometry& g, const float* x, float* y, Launch& launch) {
-  const Stream stream = launch.stream;
-  switch (g.pool_kind()) {
-    case PoolKind::kMax:
-      return forward<PoolKind::kMax>(g, x, y, nullptr, stream);
-    case PoolKind::kMin:
-      return forward<PoolKind::kMin>(g, x, y, nullptr, stream);
-    case PoolKind::kAvg:
-      return forward<PoolKind::kAvg>(g, x, y, nullptr, stream);
-    case PoolKind::kSum:
-      return forward<PoolKind::kSum>(g, x, y, nullptr, stream);
-  }
+  with_kind(g, [&](auto kind) { forward<kind.value, int>(g, x, y, nullptr, launch.stream); });
 }
 
 void pool2d_backward(const PoolGeometry& g, const float* dy, const float* x, float* dx,
                      Launch& launch) {
   static_assert(sizeof(int) == sizeof(float), "winners live in a float workspace");
   const bool extreme = g.pool_kind() == PoolKind::kMax || g.pool_kind() == PoolKind::kMin;
-  float* workspace = extreme ? launch.workspace(g.y_size()) : nullptr;
-  const Stream stream = launch.stream;
-  switch (g.pool_kind()) {
-    case PoolKind::kMax:
-      return backward<PoolKind::kMax>(g, dy, x, dx, workspace, stream);
-    case PoolKind::kMin:
-      return backward<PoolKind::kMin>(g, dy, x, dx, workspace, stream);
-    case PoolKind::kAvg:
-      return backward<PoolKind::kAvg>(g, dy, x, dx, workspace, stream);
-    case PoolKind::kSum:
-      return backward<PoolKind::kSum>(g, dy, x, dx, workspace, stream);
-  }
+  int* winners = extreme ? reinterpret_cast<int*>(launch.workspace(g.y_size())) : nullptr;
+  with_kind(g, [&](auto kind) {
+    if (extreme) forward<kind.value, int>(g, x, nullptr, winners, launch.stream);
+    backward<kind.value, int>(g, dy, winners, dx, launch.stream);
+  });
+}
+
+void pool2d_forward_winners(const PoolGeometry& g, const float* x, float* y, uint8_t* winners,
+                            Launch& launch) {
+  with_kind(g, [&](auto kind) { forward<kind.value, uint8_t>(g, x, y, winners, launch.stream); });
+}
+
+void pool2d_backward_winners(const PoolGeometry& g, const float* dy, const uint8_t* winners,
+                             float* dx, Launch& launch) {
+  with_kind(g,
+            [&](auto kind) { backward<kind.value, uint8_t>(g, dy, winners, dx, launch.stream); });
 }
 
 }  // namespace fastconv::FASTCONV_CUDA_NS

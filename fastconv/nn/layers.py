@@ -435,15 +435,32 @@ class _Pooling2D(Layer):
         return self.output_shape
 
     def forward(self, x, training=False):
-        self._x = x
+        if training and self.kind == "max" and _keeps_argmax(self.pool_size):
+            # The backward then reads a byte per output instead of x and every window.
+            self._x, self._input_size = None, _spatial(x.shape, self.layout)
+            y, self._argmax = F.max_pool2d_with_argmax(x, self.pool_size, **self.geometry)
+            return y
+        self._x, self._argmax = x, None
         return getattr(F, f"{self.kind}_pool2d")(x, self.pool_size, **self.geometry)
 
     def backward(self, dy):
         if not self.need_input_grad:
             return None
+        if self._argmax is not None:
+            return F.max_pool2d_backward_argmax(
+                dy, self._argmax, self._input_size, self.pool_size, **self.geometry
+            )
         return getattr(F, f"{self.kind}_pool2d_backward")(
             dy, self._x, self.pool_size, **self.geometry
         )
+
+
+def _keeps_argmax(window):
+    return window[0] * window[1] <= _args.MAX_ARGMAX_CELLS
+
+
+def _spatial(shape, layout):
+    return tuple(shape[1:3]) if layout == "NHWC" else tuple(shape[2:4])
 
 
 class MaxPooling2D(_Pooling2D):
@@ -481,22 +498,27 @@ class GlobalAveragePooling2D(_GlobalPooling2D):
 class GlobalMaxPooling2D(_GlobalPooling2D):
     """The maximum over all pixels: max pooling with one window the size of the image."""
 
-    def _window(self):
-        return self._x.shape[1:3] if self.layout == "NHWC" else self._x.shape[2:4]
-
     def forward(self, x, training=False):
-        self._x = x
-        return F.max_pool2d(x, self._window(), layout=self.layout).reshape(len(x), -1)
+        self._window = _spatial(x.shape, self.layout)
+        if training and _keeps_argmax(self._window):
+            self._x = None
+            y, self._argmax = F.max_pool2d_with_argmax(x, self._window, layout=self.layout)
+        else:
+            self._x, self._argmax = x, None
+            y = F.max_pool2d(x, self._window, layout=self.layout)
+        return y.reshape(len(x), -1)
 
     def backward(self, dy):
         if not self.need_input_grad:
             return None
         n, c = dy.shape
         pooled = (n, 1, 1, c) if self.layout == "NHWC" else (n, c, 1, 1)
-        xp = array_module(dy)
-        return F.max_pool2d_backward(
-            xp.ascontiguousarray(dy).reshape(pooled), self._x, self._window(), layout=self.layout
-        )
+        dy = array_module(dy).ascontiguousarray(dy).reshape(pooled)
+        if self._argmax is not None:
+            return F.max_pool2d_backward_argmax(
+                dy, self._argmax, self._window, self._window, layout=self.layout
+            )
+        return F.max_pool2d_backward(dy, self._x, self._window, layout=self.layout)
 
 
 def _zero_padding(padding):
