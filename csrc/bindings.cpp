@@ -75,7 +75,14 @@ std::pair<int64_t, int64_t> work(const ConvGeometry& g) {
   return {g.y_size() * g.cin_per_group() * g.kh * g.kw, kComputeSerialWork};
 }
 std::pair<int64_t, int64_t> work(const PoolGeometry& g) { return {g.x_size(), kMemorySerialWork}; }
-std::pair<int64_t, int64_t> work(const NormGeometry& g) { return {g.size(), kMemorySerialWork}; }
+// An element through GELU (an erf and an exp) costs several memory-bound elements, so a
+// batch norm with GELU is worth spreading over the threads from an array that many times
+// smaller.
+std::pair<int64_t, int64_t> work(const NormGeometry& g) {
+  constexpr int64_t kGeluWeight = 8;
+  return {g.act() == fastconv::Activation::gelu ? kGeluWeight * g.size() : g.size(),
+          kMemorySerialWork};
+}
 
 // How op_bindings.h reads buffers and runs kernels here.
 struct Backend {

@@ -5,7 +5,7 @@
 // The array is viewed as (outer, channels, inner): NHWC is (N*H*W, C, 1), NCHW (N, C, H*W),
 // a Dense activation (N, C, 1). Forward is three passes (the mean, the sums of (x - mean)^2,
 // then the affine map and the activation); backward is two (sums of dz and dz * (x - mean),
-// then dx), both recomputing the activation's input from x rather than storing it. Sums are
+// then dx), recomputing the activation's input from x rather than storing it. Sums are
 // taken in float over short runs and added into double per thread, then the threads'
 // partials are added in thread order, so a result does not depend on scheduling. The
 // element loops carry `ivdep`: the callers' many input pointers would otherwise exceed
@@ -166,15 +166,22 @@ void backward(const NormGeometry& s, const float* __restrict dy, const float* __
   auto dz = [&](int64_t c, int64_t i) {
     return act == Activation::none ? dy[i] : activation_backward<act>(x[i] * fa[c] + fb[c], dy[i]);
   };
+  // Through an activation, dz costs more than a store and a load (GELU's erf and exp), so the
+  // sums pass keeps it in dx for the dx pass.
+  const auto sum_terms = [&](auto keep_dz) {
+    return [&, keep_dz](int64_t c, int64_t i, float& sum_dz, float& sum_dz_x) {
+      const float d = dz(c, i);
+      if constexpr (decltype(keep_dz)::value) dx[i] = d;
+      sum_dz += d;
+      sum_dz_x += d * (x[i] - mean[c]);
+    };
+  };
+  constexpr bool kKeepsDz = act != Activation::none;
   std::vector<double> sums(2 * channels);
-  channel_sums(
-      s,
-      [&](int64_t c, int64_t i, float& sum_dz, float& sum_dz_x) {
-        const float d = dz(c, i);
-        sum_dz += d;
-        sum_dz_x += d * (x[i] - mean[c]);
-      },
-      sums.data());
+  if (kKeepsDz && dx)
+    channel_sums(s, sum_terms(std::true_type{}), sums.data());
+  else
+    channel_sums(s, sum_terms(std::false_type{}), sums.data());
   std::vector<float> k_dz(channels), k_x(channels), k_0(channels);
   for (int64_t c = 0; c < channels; ++c) {
     const BackwardCoefficients k =
@@ -189,7 +196,9 @@ void backward(const NormGeometry& s, const float* __restrict dy, const float* __
   const float* __restrict a = k_dz.data();
   const float* __restrict b = k_x.data();
   const float* __restrict z = k_0.data();
-  for_each_element(s, [&](int64_t c, int64_t i) { dx[i] = a[c] * dz(c, i) + b[c] * x[i] + z[c]; });
+  for_each_element(s, [&](int64_t c, int64_t i) {
+    dx[i] = a[c] * (kKeepsDz ? dx[i] : dy[i]) + b[c] * x[i] + z[c];
+  });
 }
 
 }  // namespace
