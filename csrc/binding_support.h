@@ -6,9 +6,9 @@
 // dataclasses), then `stream` (a cudaStream_t as an int; ignored off the GPU). The Python
 // layer validates every call; this layer checks again that each buffer has its slot's type
 // (float32, or uint8 for pooling winners), is C-contiguous and exactly the size its geometry
-// says, so a direct call with a wrong buffer
-// raises instead of touching memory. An empty batch runs no kernel: outputs summed over the
-// batch (weight and bias gradients) are zeroed, the others are empty already.
+// says, so a direct call with a wrong buffer raises instead of touching memory. An empty
+// batch runs no kernel: outputs summed over the batch (weight and bias gradients) are zeroed,
+// the others are empty already.
 #pragma once
 #include <pybind11/pybind11.h>
 

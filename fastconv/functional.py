@@ -351,8 +351,8 @@ def max_pool2d_with_argmax(x, kernel_size, *, stride=None, padding=0, layout="NC
     """(y, argmax): max_pool2d's y, and for each output the cell of its window that won, as
     a uint8 array of y's shape: the first maximum's position among the window's real cells
     (those inside the input) in row-major order. Windows of at most 256 cells. The backward
-    from it (max_pool2d_backward_argmax) reads neither x nor the windows, only dy and these
-    bytes: a quarter of y's size, where x is KH*KW/stride^2 times y's."""
+    from it (max_pool2d_backward_argmax) reads dy and these bytes, a quarter of dy's size,
+    instead of x and every window."""
     backend = _backend.resolve(x)
     x = _args.array(x, "x", 4, backend.xp)
     g = _args.pool_geometry(
