@@ -297,18 +297,31 @@ def separable_conv2d_backward(
 # Pooling
 
 
-def _pool_forward(kind, x, kernel_size, stride, padding, layout, count_include_pad=False):
-    backend = _backend.resolve(x)
-    x = _args.array(x, "x", 4, backend.xp)
+def _pool_geometry(
+    what, kind, shape, kernel_size, stride, padding, layout, count_include_pad=False, argmax=False
+):
+    """The pooling geometry of a call; with argmax, also a window of at most 256 cells (its
+    winners are bytes)."""
     g = _args.pool_geometry(
-        x.shape,
+        shape,
         kernel_size,
         stride=stride,
         padding=padding,
         layout=layout,
         kind=kind,
         count_include_pad=count_include_pad,
-        what=f"{kind}_pool2d",
+        what=what,
+    )
+    if argmax:
+        _args.argmax_window(g, what)
+    return g
+
+
+def _pool_forward(kind, x, kernel_size, stride, padding, layout, count_include_pad=False):
+    backend = _backend.resolve(x)
+    x = _args.array(x, "x", 4, backend.xp)
+    g = _pool_geometry(
+        f"{kind}_pool2d", kind, x.shape, kernel_size, stride, padding, layout, count_include_pad
     )
     with backend.device(x):
         y = backend.empty(g.y_shape)
@@ -320,15 +333,15 @@ def _pool_backward(kind, dy, x, kernel_size, stride, padding, layout, count_incl
     backend = _backend.resolve(dy, x)
     x = _args.array(x, "x", 4, backend.xp)
     dy = _args.array(dy, "dy", 4, backend.xp)
-    g = _args.pool_geometry(
+    g = _pool_geometry(
+        f"{kind}_pool2d_backward",
+        kind,
         x.shape,
         kernel_size,
-        stride=stride,
-        padding=padding,
-        layout=layout,
-        kind=kind,
-        count_include_pad=count_include_pad,
-        what=f"{kind}_pool2d_backward",
+        stride,
+        padding,
+        layout,
+        count_include_pad,
     )
     _args.expect_shape(dy, g.y_shape, "dy", " (the shape of the forward output)")
     with backend.device(x):
@@ -355,16 +368,8 @@ def max_pool2d_with_argmax(x, kernel_size, *, stride=None, padding=0, layout="NC
     instead of x and every window."""
     backend = _backend.resolve(x)
     x = _args.array(x, "x", 4, backend.xp)
-    g = _args.pool_geometry(
-        x.shape,
-        kernel_size,
-        stride=stride,
-        padding=padding,
-        layout=layout,
-        kind="max",
-        what="max_pool2d_with_argmax",
-    )
-    _args.argmax_window(g, "max_pool2d_with_argmax")
+    what = "max_pool2d_with_argmax"
+    g = _pool_geometry(what, "max", x.shape, kernel_size, stride, padding, layout, argmax=True)
     with backend.device(x):
         y, argmax = backend.empty(g.y_shape), backend.xp.empty(g.y_shape, backend.xp.uint8)
     backend.kernels.pool2d_forward_winners(x, y, argmax, g)
@@ -384,16 +389,8 @@ def max_pool2d_backward_argmax(
     nhwc = _args.channels_last(layout)
     n, c = dy.shape[0], dy.shape[3] if nhwc else dy.shape[1]
     x_shape = (n, h, w, c) if nhwc else (n, c, h, w)
-    g = _args.pool_geometry(
-        x_shape,
-        kernel_size,
-        stride=stride,
-        padding=padding,
-        layout=layout,
-        kind="max",
-        what="max_pool2d_backward_argmax",
-    )
-    _args.argmax_window(g, "max_pool2d_backward_argmax")
+    what = "max_pool2d_backward_argmax"
+    g = _pool_geometry(what, "max", x_shape, kernel_size, stride, padding, layout, argmax=True)
     _args.expect_shape(dy, g.y_shape, "dy", f" (the pooled shape of an input of size {(h, w)})")
     _args.expect_shape(argmax, g.y_shape, "argmax", " (the shape of dy)")
     with backend.device(dy):

@@ -92,6 +92,19 @@ def conv_algorithm(
     return fastconv._cpu.conv_algorithm(g, direction)
 
 
+# (kernel, stride, padding) of pooling windows apart, tiling and overlapping, square or not.
+POOL_WINDOWS = [
+    (2, None, 0),
+    (2, 2, 1),
+    (2, 3, 0),
+    (3, 2, 1),
+    (3, 1, 1),
+    ((2, 3), 2, 0),
+    ((3, 1), 2, 0),
+    ((1, 3), (2, 1), 0),
+]
+
+
 def rand(rng, *shape):
     return rng.standard_normal(shape).astype(np.float32)
 

@@ -7,7 +7,7 @@ import pytest
 import fastconv
 from fastconv import reference as ref
 
-from op_cases import assert_close, rand
+from op_cases import POOL_WINDOWS, assert_close, rand
 
 
 def test_max_pool_known_values_and_first_max_wins():
@@ -50,19 +50,7 @@ def test_nan_wins_max_and_min():
 
 
 @pytest.mark.parametrize("kind", ["max", "min"])
-@pytest.mark.parametrize(
-    "kernel,stride,padding",
-    [
-        (2, None, 0),
-        (2, 2, 1),
-        (2, 3, 0),
-        (3, 2, 1),
-        (3, 1, 1),
-        ((2, 3), 2, 0),
-        ((3, 1), 2, 0),
-        ((1, 3), (2, 1), 0),
-    ],
-)
+@pytest.mark.parametrize("kernel,stride,padding", POOL_WINDOWS)
 @pytest.mark.parametrize("channels", [117, 133])
 def test_nhwc_extreme_backward_special_values(isa, kind, kernel, stride, padding, channels):
     """Wide NHWC pixels (117 and 133 channels: every lane group width and the float tail,

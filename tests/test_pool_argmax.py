@@ -13,19 +13,9 @@ from fastconv import _args, _backend
 from fastconv import nn as fnn
 from fastconv import reference as ref
 
-from op_cases import assert_close, examples, nchw_to, rand
+from op_cases import POOL_WINDOWS, assert_close, examples, nchw_to, rand
 
-WINDOWS = [
-    (2, None, 0),
-    (2, 2, 1),
-    (2, 3, 0),
-    (3, 2, 1),
-    (3, 1, 1),
-    ((2, 3), 2, 0),
-    ((1, 3), (2, 1), 0),
-    (3, 1, "same"),
-    (16, 1, 0),  # 256 cells, the most a byte numbers
-]
+WINDOWS = POOL_WINDOWS + [(3, 1, "same"), (16, 1, 0)]  # 16x16: the most a byte numbers
 
 
 def spatial(x, layout):
