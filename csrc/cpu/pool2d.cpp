@@ -279,21 +279,19 @@ template <PoolKind kind, class V, int K>
     scan([](V v, V b) { return PoolGeometry::replaces(kind, v, b); });
 }
 
-// Forward of one window for the lanes at x (the image's pixel (0, 0)) into y, and for
-// max/min into winners too unless it is nullptr.
-template <PoolKind kind, bool kStream, class V, int K>
+// Forward of one window for the lanes at x (the image's pixel (0, 0)) into y, and with
+// kWinners (max/min) into winners too.
+template <PoolKind kind, bool kStream, bool kWinners, class V, int K>
 [[gnu::always_inline]] inline void forward_lanes(LaneGroup<V, K> lanes, const PoolGeometry& g,
                                                  const Cells& w, const float* x, float* y,
                                                  uint8_t* winners) {
   V acc[K];
-  if constexpr (is_extreme<kind>()) {
-    if (winners) {
-      V cell[K];
-      window_winners<kind>(lanes, w, x, acc, cell);
-      for (int k = 0; k < K; ++k) store_bytes(winners + k * lanes.kStep, cell[k]);
-    } else {
-      window_extreme<kind>(lanes, w, x, acc);
-    }
+  if constexpr (kWinners) {
+    V cell[K];
+    window_winners<kind>(lanes, w, x, acc, cell);
+    for (int k = 0; k < K; ++k) store_bytes(winners + k * lanes.kStep, cell[k]);
+  } else if constexpr (is_extreme<kind>()) {
+    window_extreme<kind>(lanes, w, x, acc);
   } else {
     for (int k = 0; k < K; ++k) acc[k] = splat<V>(identity<kind>());
     w.each([&](int64_t at, bool) {
@@ -306,7 +304,7 @@ template <PoolKind kind, bool kStream, class V, int K>
 }
 
 // Forward of output row oy of NHWC image b, all channels.
-template <PoolKind kind, bool kStream>
+template <PoolKind kind, bool kStream, bool kWinners>
 void forward_nhwc_row(const PoolGeometry& g, const float* x, float* y, uint8_t* winners, int64_t b,
                       int64_t oy) {
   const float* image = x + b * g.h * g.w * g.c;
@@ -314,20 +312,20 @@ void forward_nhwc_row(const PoolGeometry& g, const float* x, float* y, uint8_t* 
     const Cells w(g, oy, ox);
     const int64_t out = ((b * g.oh + oy) * g.ow + ox) * g.c;
     for_lane_groups(g.c, [&](auto lanes, int64_t c) {
-      forward_lanes<kind, kStream>(lanes, g, w, image + c, y + out + c,
-                                   winners ? winners + out + c : nullptr);
+      forward_lanes<kind, kStream, kWinners>(lanes, g, w, image + c, y + out + c,
+                                             kWinners ? winners + out + c : nullptr);
     });
   }
   if (kStream) stream_fence();
 }
 
 // Backward of one window for the lanes at x, dx (the item's pixel (0, 0)); d is the
-// window's dy and winners its saved winners (max/min), or nullptr. With them, the gradient
+// window's dy and, with kWinners (max/min), winners its saved winners. With them, the gradient
 // goes to the cell whose number they hold. Without, max/min finds each lane's winning value,
 // then walks the cells again giving the gradient to the first cell that holds it (`pending`
 // drops to 0 once given). A cell no earlier window reached gets 0 + the gradient, which is
 // what adding to a zeroed cell would give (a -0 lands as +0); the others add to it.
-template <PoolKind kind, bool kStream, class V, int K>
+template <PoolKind kind, bool kStream, bool kWinners, class V, int K>
 inline void backward_lanes(LaneGroup<V, K> lanes, const PoolGeometry& g, const Cells& w,
                            const float* d, const float* x, const uint8_t* winners, float* dx) {
   const auto put = [](float* out, bool first, V given) {
@@ -336,7 +334,7 @@ inline void backward_lanes(LaneGroup<V, K> lanes, const PoolGeometry& g, const C
     else
       store(out, load<V>(out) + given);
   };
-  if (is_extreme<kind>() && winners) {
+  if constexpr (kWinners) {
     V given[K], cell[K];
     for (int k = 0; k < K; ++k) {
       given[k] = load<V>(d + k * lanes.kStep);
@@ -398,13 +396,13 @@ int64_t shared_rows_channel_block(const PoolGeometry& g) {
 // those channels of input rows [first_owned_row(oy0), first_owned_row(oy1)). Each dx cell is
 // stored by the first window that reaches it and added to by later ones; cells that no
 // window reaches are zeroed. No zero-fill pass: dx is written to memory once. Max/min reads
-// its winners from `winners` where not nullptr, else from x.
-template <PoolKind kind, bool kStream>
+// its winners from `winners` with kWinners, else from x.
+template <PoolKind kind, bool kStream, bool kWinners>
 void backward_nhwc_rows(const PoolGeometry& g, const float* dy, const float* x,
                         const uint8_t* winners, float* dx, int64_t b, int64_t oy0, int64_t oy1,
                         int64_t c0, int64_t cn) {
   const int64_t image = b * g.h * g.w * g.c + c0;
-  const float* xi = x ? x + image : nullptr;
+  const float* xi = kWinners ? nullptr : x + image;
   float* dxi = dx + image;
   const auto zero = [&](int64_t r0, int64_t r1, int64_t col0, int64_t col1) {
     if (col0 >= col1) return;
@@ -431,8 +429,9 @@ void backward_nhwc_rows(const PoolGeometry& g, const float* dy, const float* x,
       reached_x = std::max(reached_x, w.x1);
       const int64_t out = ((b * g.oh + oy) * g.ow + ox) * g.c + c0;
       for_lane_groups(cn, [&](auto lanes, int64_t c) {
-        backward_lanes<kind, kStream>(lanes, g, w, dy + out + c, xi ? xi + c : nullptr,
-                                      winners ? winners + out + c : nullptr, dxi + c);
+        backward_lanes<kind, kStream, kWinners>(lanes, g, w, dy + out + c,
+                                                kWinners ? nullptr : xi + c,
+                                                kWinners ? winners + out + c : nullptr, dxi + c);
       });
     }
     zero(first_y, y1, reached_x, g.w);
@@ -465,13 +464,25 @@ bool streams(const PoolGeometry& g, int64_t count) {
   return g.kh <= g.stride_h && g.kw <= g.stride_w && streams_output(count);
 }
 
+// f(std::true_type{}) where max/min saves or reads `winners`, else f(std::false_type{}): the
+// NHWC kernels are compiled both ways, so those without winners carry no test for them.
+template <PoolKind kind, class F>
+void with_winners(const uint8_t* winners, F&& f) {
+  if constexpr (is_extreme<kind>())
+    if (winners) return f(std::true_type{});
+  f(std::false_type{});
+}
+
 // winners: where max/min saves its winners, or nullptr.
 template <PoolKind kind>
 void forward(const PoolGeometry& g, const float* x, float* y, uint8_t* winners) {
   if (g.channels_last) {
     with_streaming(streams(g, g.n * g.oh * g.ow * g.c), [&](auto streamed) {
-      parallel_for(g.n * g.oh, [&](int64_t row) {
-        forward_nhwc_row<kind, decltype(streamed)::value>(g, x, y, winners, row / g.oh, row % g.oh);
+      with_winners<kind>(winners, [&](auto saved) {
+        parallel_for(g.n * g.oh, [&](int64_t row) {
+          forward_nhwc_row<kind, decltype(streamed)::value, decltype(saved)::value>(
+              g, x, y, winners, row / g.oh, row % g.oh);
+        });
       });
     });
   } else if (!is_extreme<kind>() && g.oh == 1 && g.ow == 1 && g.kh - g.pad_top >= g.h &&
@@ -502,20 +513,23 @@ void backward(const PoolGeometry& g, const float* dy, const float* x, const uint
               float* dx) {
   if (g.channels_last) {
     with_streaming(streams(g, g.n * g.h * g.w * g.c), [&](auto streamed) {
-      constexpr bool kStream = decltype(streamed)::value;
-      if (g.kh <= g.stride_h) {  // an input row meets one output row: items are (image, row)
-        parallel_for(g.n * g.oh, [&](int64_t item) {
-          const int64_t oy = item % g.oh;
-          backward_nhwc_rows<kind, kStream>(g, dy, x, winners, dx, item / g.oh, oy, oy + 1, 0, g.c);
-        });
-      } else {  // rows shared by output rows: items are (image, channel block), all rows
-        const int64_t block = shared_rows_channel_block(g), blocks = (g.c + block - 1) / block;
-        parallel_for(g.n * blocks, [&](int64_t item) {
-          const int64_t c0 = item % blocks * block;
-          backward_nhwc_rows<kind, kStream>(g, dy, x, winners, dx, item / blocks, 0, g.oh, c0,
-                                            std::min(block, g.c - c0));
-        });
-      }
+      with_winners<kind>(winners, [&](auto saved) {
+        constexpr bool kStream = decltype(streamed)::value, kWinners = decltype(saved)::value;
+        if (g.kh <= g.stride_h) {  // an input row meets one output row: items are (image, row)
+          parallel_for(g.n * g.oh, [&](int64_t item) {
+            const int64_t oy = item % g.oh;
+            backward_nhwc_rows<kind, kStream, kWinners>(g, dy, x, winners, dx, item / g.oh, oy,
+                                                        oy + 1, 0, g.c);
+          });
+        } else {  // rows shared by output rows: items are (image, channel block), all rows
+          const int64_t block = shared_rows_channel_block(g), blocks = (g.c + block - 1) / block;
+          parallel_for(g.n * blocks, [&](int64_t item) {
+            const int64_t c0 = item % blocks * block;
+            backward_nhwc_rows<kind, kStream, kWinners>(g, dy, x, winners, dx, item / blocks, 0,
+                                                        g.oh, c0, std::min(block, g.c - c0));
+          });
+        }
+      });
     });
   } else {
     const ColumnPlan plan(g);
