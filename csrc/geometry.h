@@ -6,6 +6,7 @@
 // elements long before any single dimension does.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #if defined(__CUDACC__) || defined(FASTCONV_CUDA_HARNESS)
 #define FC_HD __host__ __device__
@@ -171,6 +172,27 @@ FC_HD inline void split_filter_index(int k, int channels, int kw, int taps, bool
 
 enum class PoolKind : int64_t { kMax = 0, kMin = 1, kAvg = 2, kSum = 3 };
 
+// Max and min give each window's gradient to one winning cell; average and sum to every cell.
+FC_HD constexpr bool is_extreme(PoolKind kind) {
+  return kind == PoolKind::kMax || kind == PoolKind::kMin;
+}
+
+// run(std::integral_constant<PoolKind, kind>{}) for `kind`: the pooling kernels are compiled
+// once per kind.
+template <class Run>
+void with_pool_kind(PoolKind kind, Run&& run) {
+  switch (kind) {
+    case PoolKind::kMax:
+      return run(std::integral_constant<PoolKind, PoolKind::kMax>{});
+    case PoolKind::kMin:
+      return run(std::integral_constant<PoolKind, PoolKind::kMin>{});
+    case PoolKind::kAvg:
+      return run(std::integral_constant<PoolKind, PoolKind::kAvg>{});
+    case PoolKind::kSum:
+      return run(std::integral_constant<PoolKind, PoolKind::kSum>{});
+  }
+}
+
 struct PoolGeometry {
   int64_t n, c, h, w, kh, kw, oh, ow;
   int64_t stride_h, stride_w, pad_top, pad_left;
@@ -200,9 +222,7 @@ struct PoolGeometry {
   FC_HD int64_t y_size() const { return n * c * oh * ow; }
   FC_HD PoolKind pool_kind() const { return static_cast<PoolKind>(kind); }
   // Whether the forward can save each window's winner in a byte (max/min, <= 256 cells).
-  FC_HD bool saves_winners() const {
-    return (pool_kind() == PoolKind::kMax || pool_kind() == PoolKind::kMin) && kh * kw <= 256;
-  }
+  FC_HD bool saves_winners() const { return is_extreme(pool_kind()) && kh * kw <= 256; }
   // Window of output (oy, ox) clipped to the real input: rows [y0, y1), columns [x0, x1).
   FC_HD void window(int64_t oy, int64_t ox, int64_t& y0, int64_t& y1, int64_t& x0,
                     int64_t& x1) const {

@@ -302,8 +302,13 @@ def pool_geometry(
 MAX_ARGMAX_CELLS = 256  # an argmax is a byte per output
 
 
+def fits_argmax(window) -> bool:
+    """Whether a (KH, KW) pooling window numbers its cells in a byte."""
+    return window[0] * window[1] <= MAX_ARGMAX_CELLS
+
+
 def argmax_window(g: PoolGeometry, what: str):
-    if g.kh * g.kw > MAX_ARGMAX_CELLS:
+    if not fits_argmax((g.kh, g.kw)):
         raise ValueError(
             f"{what}: the window {(g.kh, g.kw)} has {g.kh * g.kw} cells; argmax is one byte "
             f"per output, for windows of at most {MAX_ARGMAX_CELLS} cells: use max_pool2d and "

@@ -469,24 +469,21 @@ def _pool_output_shapes(case):
 def _pool_bytes(case, direction):
     """fwd reads x, writes y; bwd reads dy (and x for min; max's layer_backward a byte per
     output where the window fits a byte, else x) and writes dx."""
-    x, y = case.x.size, int(np.prod(_pool_output_shapes(case)["y"]))
+    g = _pool_geometry(case)
+    x, y = case.x.size, int(np.prod(g.y_shape))
     if direction == "forward":
         return 4 * (x + y)
     kind = case.op.name.split("_")[0]
-    byte_argmax = kind == "max" and _fits_argmax(_pool_geometry(case))
+    byte_argmax = kind == "max" and _args.fits_argmax((g.kh, g.kw))
     reads_x = kind == "min" or (kind == "max" and not byte_argmax)
     return 4 * (y + x * reads_x + x) + y * byte_argmax
-
-
-def _fits_argmax(g):
-    return g.kh * g.kw <= _args.MAX_ARGMAX_CELLS
 
 
 def _max_pool_layer_backward(case, lib):
     """MaxPooling2D's backward: from the argmax its training forward saves, not x."""
     forward = getattr(lib, "max_pool2d_with_argmax", None)
     g = _pool_geometry(case)
-    if forward is None or not _fits_argmax(g):
+    if forward is None or not _args.fits_argmax((g.kh, g.kw)):
         return None
     _, argmax = forward(case.x, **case.params)
     return lambda dy: {"x": lib.max_pool2d_backward_argmax(dy, argmax, (g.h, g.w), **case.params)}

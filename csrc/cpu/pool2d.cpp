@@ -27,11 +27,6 @@ inline bool wins(float v, float best) {
   return PoolGeometry::replaces(kind, v, best);
 }
 
-template <PoolKind kind>
-constexpr bool is_extreme() {
-  return kind == PoolKind::kMax || kind == PoolKind::kMin;
-}
-
 // The starting value of a window: every window holds a real cell, which beats it or ties.
 template <PoolKind kind>
 constexpr float identity() {
@@ -144,7 +139,7 @@ void forward_plane(const PoolGeometry& g, const ColumnPlan& plan, const float* i
                    uint8_t* winners, RowWinners& row) {
   for (int64_t oy = 0; oy < g.oh; ++oy) {
     float* o = out + oy * g.ow;
-    if (is_extreme<kind>() && winners) {
+    if (is_extreme(kind) && winners) {
       find_row_winners<kind>(g, plan, in, oy, row);
       const int64_t y0 = window_top(g, oy);
       for (int64_t ox = 0; ox < g.ow; ++ox) {
@@ -158,7 +153,7 @@ void forward_plane(const PoolGeometry& g, const ColumnPlan& plan, const float* i
       const float* src = in + iy * g.w + shift;
       for (int64_t ox = lo; ox < hi; ++ox) {
         const float v = src[ox * g.stride_w];
-        if constexpr (is_extreme<kind>())
+        if constexpr (is_extreme(kind))
           o[ox] = wins<kind>(v, o[ox]) ? v : o[ox];
         else
           o[ox] += v;
@@ -178,7 +173,7 @@ void backward_plane(const PoolGeometry& g, const ColumnPlan& plan, const float* 
   std::fill(out, out + g.h * g.w, 0.f);
   for (int64_t oy = 0; oy < g.oh; ++oy) {
     const float* d = grad + oy * g.ow;
-    if constexpr (is_extreme<kind>()) {
+    if constexpr (is_extreme(kind)) {
       if (winners) {
         const int64_t y0 = window_top(g, oy), rows = window_rows(g, oy);
         for (int64_t ox = 0, at; ox < g.ow; ++ox)
@@ -290,7 +285,7 @@ template <PoolKind kind, bool kStream, bool kWinners, class V, int K>
     V cell[K];
     window_winners<kind>(lanes, w, x, acc, cell);
     for (int k = 0; k < K; ++k) store_bytes(winners + k * lanes.kStep, cell[k]);
-  } else if constexpr (is_extreme<kind>()) {
+  } else if constexpr (is_extreme(kind)) {
     window_extreme<kind>(lanes, w, x, acc);
   } else {
     for (int k = 0; k < K; ++k) acc[k] = splat<V>(identity<kind>());
@@ -346,7 +341,7 @@ inline void backward_lanes(LaneGroup<V, K> lanes, const PoolGeometry& g, const C
         put(dx + at + k * lanes.kStep, first, cell[k] == splat<V>(here) ? given[k] : V{});
       here += 1.f;
     });
-  } else if constexpr (is_extreme<kind>()) {
+  } else if constexpr (is_extreme(kind)) {
     V best[K], pending[K];
     for (int k = 0; k < K; ++k) pending[k] = load<V>(d + k * lanes.kStep);
     // Without a NaN in the window, holding the winning value is plain equality.
@@ -468,7 +463,7 @@ bool streams(const PoolGeometry& g, int64_t count) {
 // NHWC kernels are compiled both ways, so those without winners carry no test for them.
 template <PoolKind kind, class F>
 void with_winners(const uint8_t* winners, F&& f) {
-  if constexpr (is_extreme<kind>())
+  if constexpr (is_extreme(kind))
     if (winners) return f(std::true_type{});
   f(std::false_type{});
 }
@@ -485,7 +480,7 @@ void forward(const PoolGeometry& g, const float* x, float* y, uint8_t* winners) 
         });
       });
     });
-  } else if (!is_extreme<kind>() && g.oh == 1 && g.ow == 1 && g.kh - g.pad_top >= g.h &&
+  } else if (!is_extreme(kind) && g.oh == 1 && g.ow == 1 && g.kh - g.pad_top >= g.h &&
              g.kw - g.pad_left >= g.w) {
     // Global average or sum (one window over each whole NCHW plane): a plain reduction of
     // contiguous floats.
@@ -544,38 +539,24 @@ void backward(const PoolGeometry& g, const float* dy, const float* x, const uint
   }
 }
 
-// The kernel of g's kind: run(std::integral_constant<PoolKind, kind>{}).
-template <class Run>
-void with_kind(const PoolGeometry& g, Run&& run) {
-  switch (g.pool_kind()) {
-    case PoolKind::kMax:
-      return run(std::integral_constant<PoolKind, PoolKind::kMax>{});
-    case PoolKind::kMin:
-      return run(std::integral_constant<PoolKind, PoolKind::kMin>{});
-    case PoolKind::kAvg:
-      return run(std::integral_constant<PoolKind, PoolKind::kAvg>{});
-    case PoolKind::kSum:
-      return run(std::integral_constant<PoolKind, PoolKind::kSum>{});
-  }
-}
-
 }  // namespace
 
 void pool2d_forward(const PoolGeometry& g, const float* x, float* y) {
-  with_kind(g, [&](auto kind) { forward<kind.value>(g, x, y, nullptr); });
+  with_pool_kind(g.pool_kind(), [&](auto kind) { forward<kind.value>(g, x, y, nullptr); });
 }
 
 void pool2d_backward(const PoolGeometry& g, const float* dy, const float* x, float* dx) {
-  with_kind(g, [&](auto kind) { backward<kind.value>(g, dy, x, nullptr, dx); });
+  with_pool_kind(g.pool_kind(), [&](auto kind) { backward<kind.value>(g, dy, x, nullptr, dx); });
 }
 
 void pool2d_forward_winners(const PoolGeometry& g, const float* x, float* y, uint8_t* winners) {
-  with_kind(g, [&](auto kind) { forward<kind.value>(g, x, y, winners); });
+  with_pool_kind(g.pool_kind(), [&](auto kind) { forward<kind.value>(g, x, y, winners); });
 }
 
 void pool2d_backward_winners(const PoolGeometry& g, const float* dy, const uint8_t* winners,
                              float* dx) {
-  with_kind(g, [&](auto kind) { backward<kind.value>(g, dy, nullptr, winners, dx); });
+  with_pool_kind(g.pool_kind(),
+                 [&](auto kind) { backward<kind.value>(g, dy, nullptr, winners, dx); });
 }
 
 }  // namespace fastconv::cpu::FASTCONV_ISA

@@ -16,11 +16,6 @@
 namespace fastconv::FASTCONV_CUDA_NS {
 namespace {
 
-template <PoolKind kind>
-FC_HD constexpr bool is_extreme() {
-  return kind == PoolKind::kMax || kind == PoolKind::kMin;
-}
-
 // Cell (row-major within the clipped window) of the first extreme of a window of plane (b, c).
 template <PoolKind kind>
 __device__ int winning_cell(const PoolGeometry& g, const float* x, int64_t b, int64_t c, int64_t y0,
@@ -47,7 +42,7 @@ __global__ void pool_forward_kernel(const PoolGeometry g, const float* x, float*
     int64_t b, c, oy, ox, y0, y1, x0, x1;
     ConvGeometry::split_offset(g.channels_last != 0, g.c, g.oh, g.ow, i, b, c, oy, ox);
     g.window(oy, ox, y0, y1, x0, x1);
-    if (is_extreme<kind>()) {
+    if (is_extreme(kind)) {
       const int cell = winning_cell<kind>(g, x, b, c, y0, y1, x0, x1);
       if (y) y[i] = x[g.offset(b, c, y0 + cell / (x1 - x0), x0 + cell % (x1 - x0), g.h, g.w)];
       if (winners) winners[i] = static_cast<Cell>(cell);
@@ -104,7 +99,7 @@ __global__ void __launch_bounds__(kWideLanes* kWideRows)
   int acc_cell = -1;
   for (int t = part; t < count; t += parts) {
     const float v = x[g.offset(b, c, y0 + t / width, x0 + t % width, g.h, g.w)];
-    if (is_extreme<kind>())
+    if (is_extreme(kind))
       keep_extreme<kind>(v, t, acc, acc_cell);
     else
       acc += v;
@@ -117,12 +112,12 @@ __global__ void __launch_bounds__(kWideLanes* kWideRows)
   int total_cell = -1;
   for (int p = 0; p < parts; ++p) {
     const float v = kNhwc ? values[p][lane] : values[row][p];
-    if (is_extreme<kind>())
+    if (is_extreme(kind))
       keep_extreme<kind>(v, kNhwc ? cells[p][lane] : cells[row][p], total, total_cell);
     else
       total += v;
   }
-  if (is_extreme<kind>() && winners) winners[out] = static_cast<Cell>(total_cell);
+  if (is_extreme(kind) && winners) winners[out] = static_cast<Cell>(total_cell);
   if (y) y[out] = kind == PoolKind::kAvg ? total / g.avg_divisor(count) : total;
 }
 
@@ -142,7 +137,7 @@ __global__ void pool_backward_kernel(const PoolGeometry g, const float* dy, cons
         const int64_t out = g.offset(b, c, oy, ox, g.oh, g.ow);
         int64_t y0, y1, x0, x1;
         g.window(oy, ox, y0, y1, x0, x1);
-        if (is_extreme<kind>()) {
+        if (is_extreme(kind)) {
           if (static_cast<int64_t>(winners[out]) == (iy - y0) * (x1 - x0) + (ix - x0))
             acc += dy[out];
         } else {
@@ -181,33 +176,19 @@ void backward(const PoolGeometry& g, const float* dy, const Cell* winners, float
   check_launch("pool2d_backward");
 }
 
-// The kernel of g's kind: run(std::integral_constant<PoolKind, kind>{}).
-template <class Run>
-void with_kind(const PoolGeometry& g, Run&& run) {
-  switch (g.pool_kind()) {
-    case PoolKind::kMax:
-      return run(std::integral_constant<PoolKind, PoolKind::kMax>{});
-    case PoolKind::kMin:
-      return run(std::integral_constant<PoolKind, PoolKind::kMin>{});
-    case PoolKind::kAvg:
-      return run(std::integral_constant<PoolKind, PoolKind::kAvg>{});
-    case PoolKind::kSum:
-      return run(std::integral_constant<PoolKind, PoolKind::kSum>{});
-  }
-}
-
 }  // namespace
 
 void pool2d_forward(const PoolGeometry& g, const float* x, float* y, Launch& launch) {
-  with_kind(g, [&](auto kind) { forward<kind.value, int>(g, x, y, nullptr, launch.stream); });
+  with_pool_kind(g.pool_kind(),
+                 [&](auto kind) { forward<kind.value, int>(g, x, y, nullptr, launch.stream); });
 }
 
 void pool2d_backward(const PoolGeometry& g, const float* dy, const float* x, float* dx,
                      Launch& launch) {
   static_assert(sizeof(int) == sizeof(float), "winners live in a float workspace");
-  const bool extreme = g.pool_kind() == PoolKind::kMax || g.pool_kind() == PoolKind::kMin;
+  const bool extreme = is_extreme(g.pool_kind());
   int* winners = extreme ? reinterpret_cast<int*>(launch.workspace(g.y_size())) : nullptr;
-  with_kind(g, [&](auto kind) {
+  with_pool_kind(g.pool_kind(), [&](auto kind) {
     if (extreme) forward<kind.value, int>(g, x, nullptr, winners, launch.stream);
     backward<kind.value, int>(g, dy, winners, dx, launch.stream);
   });
@@ -215,13 +196,15 @@ void pool2d_backward(const PoolGeometry& g, const float* dy, const float* x, flo
 
 void pool2d_forward_winners(const PoolGeometry& g, const float* x, float* y, uint8_t* winners,
                             Launch& launch) {
-  with_kind(g, [&](auto kind) { forward<kind.value, uint8_t>(g, x, y, winners, launch.stream); });
+  with_pool_kind(g.pool_kind(),
+                 [&](auto kind) { forward<kind.value, uint8_t>(g, x, y, winners, launch.stream); });
 }
 
 void pool2d_backward_winners(const PoolGeometry& g, const float* dy, const uint8_t* winners,
                              float* dx, Launch& launch) {
-  with_kind(g,
-            [&](auto kind) { backward<kind.value, uint8_t>(g, dy, winners, dx, launch.stream); });
+  with_pool_kind(g.pool_kind(), [&](auto kind) {
+    backward<kind.value, uint8_t>(g, dy, winners, dx, launch.stream);
+  });
 }
 
 }  // namespace fastconv::FASTCONV_CUDA_NS

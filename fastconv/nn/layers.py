@@ -435,7 +435,7 @@ class _Pooling2D(Layer):
         return self.output_shape
 
     def forward(self, x, training=False):
-        if training and self.kind == "max" and _keeps_argmax(self.pool_size):
+        if training and self.kind == "max" and _args.fits_argmax(self.pool_size):
             # The backward then reads a byte per output instead of x and every window.
             self._x, self._input_size = None, _spatial(x.shape, self.layout)
             y, self._argmax = F.max_pool2d_with_argmax(x, self.pool_size, **self.geometry)
@@ -455,12 +455,8 @@ class _Pooling2D(Layer):
         )
 
 
-def _keeps_argmax(window):
-    return window[0] * window[1] <= _args.MAX_ARGMAX_CELLS
-
-
 def _spatial(shape, layout):
-    return tuple(shape[1:3]) if layout == "NHWC" else tuple(shape[2:4])
+    return _args.split_activation(shape, _args.channels_last(layout))[2:]
 
 
 class MaxPooling2D(_Pooling2D):
@@ -500,7 +496,7 @@ class GlobalMaxPooling2D(_GlobalPooling2D):
 
     def forward(self, x, training=False):
         self._window = _spatial(x.shape, self.layout)
-        if training and _keeps_argmax(self._window):
+        if training and _args.fits_argmax(self._window):
             self._x = None
             y, self._argmax = F.max_pool2d_with_argmax(x, self._window, layout=self.layout)
         else:
