@@ -166,6 +166,9 @@ def header(
         f"{torch_config}, fastconv {fastconv.__version__} (git {git_revision(REPO)}), "
         f"compiler: {compiler_description(REPO)}",
         f"- Threads: {args.threads} for fastconv and PyTorch; NumPy's BLAS: {blas_threads}",
+        f"- Memory: fastconv's outputs of 1 MiB or more come from its block cache (limit "
+        f"{fastconv.array_cache_stats()['limit'] / 2**20:g} MiB), so a repeated call writes into "
+        f"pages it already owns; PyTorch's come from its CPU allocator",
         f"- Layouts: fastconv NCHW and NHWC, PyTorch NCHW and channels_last; batch "
         f"{args.batch or (16 if args.quick else 128)} unless the input column says otherwise",
         f"- Ceilings, the fastest of several repetitions at the start of this run: register-only "

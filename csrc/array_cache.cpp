@@ -1,12 +1,14 @@
 // fastconv._array_cache: a NumPy memory handler that keeps large freed blocks for reuse.
 //
-// A training step allocates the same few dozen activation and gradient arrays, tens of MB
-// each, every step. glibc serves blocks that large with fresh mmap pages, so every step pays
-// the kernel for zeroing them again on first touch, a sizeable share of a CIFAR-10 step.
-// While a fastconv.array_cache() block is open, this handler parks freed
-// blocks of at least kMinBytes by exact size, up to a byte limit, and hands them back to the
-// next request of that size. Everything else goes to malloc/free untouched, so arrays that
-// outlive the block, or were allocated before it, are freed as usual.
+// Blocks that large come from glibc as fresh mmap pages, and the kernel zeroes every page on
+// first touch: for a memory-bound kernel writing a new 64 MB output that zeroing takes longer
+// than the kernel itself. Code that allocates outputs of the same sizes call after call (a
+// training step, an inference loop) need not pay it every time. This handler parks freed
+// blocks of at least kMinBytes by exact size, up to a byte limit, dropping the longest-parked
+// first, and hands them back to the next request of that size. Two kinds of arrays are
+// allocated through it: fastconv's own outputs (empty()), always, and every NumPy array made
+// in a context inside a fastconv.array_cache() block. Everything else goes to malloc/free
+// untouched.
 #define PY_SSIZE_T_CLEAN
 #define NPY_NO_DEPRECATED_API NPY_1_22_API_VERSION
 #include <Python.h>
@@ -17,6 +19,8 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
+#include <list>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -25,24 +29,58 @@ namespace {
 
 constexpr size_t kMinBytes = size_t(1) << 20;  // smaller blocks come from malloc's own bins
 constexpr size_t kHugePageBytes = size_t(4) << 20;
+constexpr size_t kDefaultLimit = size_t(1) << 30;
+
+struct Parked {
+  size_t size;
+  void* block;
+};
 
 struct Cache {
   std::mutex mutex;
-  std::unordered_map<size_t, std::vector<void*>> free_blocks;
+  std::list<Parked> parked;  // longest-parked first
+  // per size, its entries in `parked` in the same order, so the last is the warmest
+  std::unordered_map<size_t, std::vector<std::list<Parked>::iterator>> by_size;
   size_t cached_bytes = 0;
-  size_t limit = 0;
-  int open_blocks = 0;  // nested array_cache() blocks; caching is on while > 0
+  size_t base_limit = kDefaultLimit;  // outside array_cache() blocks
+  size_t limit = kDefaultLimit;
+  int open_blocks = 0;
   unsigned long long hits = 0, misses = 0;
 
+  void* take(size_t size) {  // caller holds the mutex
+    auto it = by_size.find(size);
+    if (it == by_size.end()) {
+      ++misses;
+      return nullptr;
+    }
+    auto entry = it->second.back();
+    void* block = entry->block;
+    it->second.pop_back();
+    if (it->second.empty()) by_size.erase(it);
+    parked.erase(entry);
+    cached_bytes -= size;
+    ++hits;
+    return block;
+  }
+
+  bool park(void* block, size_t size) {  // caller holds the mutex
+    if (size > limit) return false;
+    parked.push_back({size, block});
+    by_size[size].push_back(std::prev(parked.end()));
+    cached_bytes += size;
+    release_down_to(limit);
+    return true;
+  }
+
   void release_down_to(size_t bytes) {  // caller holds the mutex
-    for (auto it = free_blocks.begin(); it != free_blocks.end() && cached_bytes > bytes;) {
-      auto& list = it->second;
-      while (!list.empty() && cached_bytes > bytes) {
-        std::free(list.back());
-        list.pop_back();
-        cached_bytes -= it->first;
-      }
-      it = list.empty() ? free_blocks.erase(it) : std::next(it);
+    while (cached_bytes > bytes) {
+      const Parked oldest = parked.front();
+      auto same_size = by_size.find(oldest.size);
+      same_size->second.erase(same_size->second.begin());
+      if (same_size->second.empty()) by_size.erase(same_size);
+      parked.pop_front();
+      cached_bytes -= oldest.size;
+      std::free(oldest.block);
     }
   }
 };
@@ -52,17 +90,7 @@ Cache g_cache;
 void* take_cached(size_t size) {
   if (size < kMinBytes) return nullptr;
   std::lock_guard<std::mutex> lock(g_cache.mutex);
-  if (g_cache.open_blocks == 0) return nullptr;
-  auto it = g_cache.free_blocks.find(size);
-  if (it == g_cache.free_blocks.end() || it->second.empty()) {
-    ++g_cache.misses;
-    return nullptr;
-  }
-  void* p = it->second.back();
-  it->second.pop_back();
-  g_cache.cached_bytes -= size;
-  ++g_cache.hits;
-  return p;
+  return g_cache.take(size);
 }
 
 void* fresh(size_t size) {
@@ -95,15 +123,10 @@ void* cache_calloc(void*, size_t count, size_t elsize) {
 void* cache_realloc(void*, void* ptr, size_t size) { return std::realloc(ptr, size ? size : 1); }
 
 void cache_free(void*, void* ptr, size_t size) {
-  if (ptr && size >= kMinBytes) {
+  // the usable-size check guards the exact-size key against a caller passing a wrong size
+  if (ptr && size >= kMinBytes && malloc_usable_size(ptr) >= size) {
     std::lock_guard<std::mutex> lock(g_cache.mutex);
-    // the usable-size check guards the exact-size key against a caller passing a wrong size
-    if (g_cache.open_blocks > 0 && g_cache.cached_bytes + size <= g_cache.limit &&
-        malloc_usable_size(ptr) >= size) {
-      g_cache.free_blocks[size].push_back(ptr);
-      g_cache.cached_bytes += size;
-      return;
-    }
+    if (g_cache.park(ptr, size)) return;
   }
   std::free(ptr);
 }
@@ -140,21 +163,68 @@ PyObject* exit_block(PyObject*, PyObject* args) {
   Py_DECREF(replaced);
   std::lock_guard<std::mutex> lock(g_cache.mutex);
   g_cache.open_blocks = g_cache.open_blocks > 0 ? g_cache.open_blocks - 1 : 0;
-  g_cache.limit = g_cache.open_blocks > 0 ? previous_limit : 0;
+  g_cache.limit = g_cache.open_blocks > 0 ? previous_limit : g_cache.base_limit;
   g_cache.release_down_to(g_cache.limit);
+  Py_RETURN_NONE;
+}
+
+// empty(nbytes) -> a new uint8 array allocated through the handler, whatever the context's.
+PyObject* empty(PyObject*, PyObject* arg) {
+  const Py_ssize_t nbytes = PyLong_AsSsize_t(arg);
+  if (nbytes < 0) {
+    if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_OverflowError)) return nullptr;
+    PyErr_Clear();  // as np.empty answers an impossible size: ValueError
+    PyErr_SetString(PyExc_ValueError, "array is too big: nbytes must be in [0, 2**63)");
+    return nullptr;
+  }
+  PyObject* previous = PyDataMem_SetHandler(g_handler_capsule);
+  if (!previous) return nullptr;
+  npy_intp dims[1] = {nbytes};
+  PyObject* array = PyArray_SimpleNew(1, dims, NPY_UINT8);
+  PyObject* ours = PyDataMem_SetHandler(previous);
+  Py_DECREF(previous);
+  if (!ours) {
+    Py_XDECREF(array);
+    return nullptr;
+  }
+  Py_DECREF(ours);
+  return array;
+}
+
+// set_limit(bytes) -> the previous limit outside array_cache() blocks.
+PyObject* set_limit(PyObject*, PyObject* arg) {
+  const unsigned long long limit = PyLong_AsUnsignedLongLong(arg);
+  if (PyErr_Occurred()) return nullptr;
+  std::lock_guard<std::mutex> lock(g_cache.mutex);
+  const unsigned long long previous = g_cache.base_limit;
+  g_cache.base_limit = limit;
+  if (g_cache.open_blocks == 0) {
+    g_cache.limit = limit;
+    g_cache.release_down_to(limit);
+  }
+  return PyLong_FromUnsignedLongLong(previous);
+}
+
+PyObject* release(PyObject*, PyObject*) {
+  std::lock_guard<std::mutex> lock(g_cache.mutex);
+  g_cache.release_down_to(0);
   Py_RETURN_NONE;
 }
 
 PyObject* stats(PyObject*, PyObject*) {
   std::lock_guard<std::mutex> lock(g_cache.mutex);
-  return Py_BuildValue("{s:K,s:K,s:K,s:K,s:i}", "hits", g_cache.hits, "misses", g_cache.misses,
-                       "cached_bytes", (unsigned long long)g_cache.cached_bytes, "min_bytes",
+  return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:i}", "hits", g_cache.hits, "misses", g_cache.misses,
+                       "cached_bytes", (unsigned long long)g_cache.cached_bytes, "limit",
+                       (unsigned long long)g_cache.limit, "min_bytes",
                        (unsigned long long)kMinBytes, "open_blocks", g_cache.open_blocks);
 }
 
 PyMethodDef g_methods[] = {
     {"enter", enter, METH_VARARGS, "Install the caching handler; returns what to restore."},
     {"exit", exit_block, METH_VARARGS, "Restore the previous handler and limit."},
+    {"empty", empty, METH_O, "A new uint8 array of nbytes, allocated through the handler."},
+    {"set_limit", set_limit, METH_O, "Set the limit outside blocks; returns the previous one."},
+    {"release", release, METH_NOARGS, "Free every parked block."},
     {"stats", stats, METH_NOARGS, "Counters of the cache: hits, misses, cached_bytes, ..."},
     {nullptr, nullptr, 0, nullptr}};
 

@@ -16,7 +16,7 @@ except ImportError as error:  # pragma: no cover - only a broken install gets he
 from . import _build_info, functional, reference
 from ._gpu import available as cuda_available
 from .functional import *  # noqa: F403 - the API, listed once in functional.__all__
-from .memory import array_cache, array_cache_stats
+from .memory import array_cache, array_cache_stats, empty_cache, set_cache_limit
 
 __version__ = _build_info.VERSION
 __all__ = [
@@ -24,9 +24,11 @@ __all__ = [
     "array_cache",
     "array_cache_stats",
     "cuda_available",
+    "empty_cache",
     "get_num_threads",
     "isa",
     "reference",
+    "set_cache_limit",
     "set_num_threads",
     "set_winograd",
     "winograd",

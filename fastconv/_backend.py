@@ -16,10 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _cpu
+from .memory import cached_bytes_array
 
 _DLPACK_CUDA = (2, 13)  # kDLCUDA, kDLCUDAManaged
 _ALIGNMENT = 64  # bytes: a cache line, and one AVX-512 register
 _ALIGN_FROM = 16 << 10  # bytes; smaller outputs (per-channel vectors) skip the realignment
+_CACHE_FROM = 1 << 20  # bytes; what malloc serves with fresh pages, which the kernel zeroes
 
 
 def on_gpu(a) -> bool:
@@ -51,16 +53,22 @@ def to_numpy(a):
     return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
 
 
-def aligned_empty(shape) -> np.ndarray:
-    """An uninitialised float32 NumPy array; from 16 KiB up its data starts on a 64-byte
-    boundary. malloc aligns to 16 bytes, and then every 64-byte vector load or store of an
-    NHWC kernel straddles two cache lines: 8-12 % of a memory-bound kernel's time."""
-    nbytes = 4 * math.prod(shape)
+def aligned_empty(shape, dtype=np.float32) -> np.ndarray:
+    """An uninitialised NumPy array; from 16 KiB up its data starts on a 64-byte boundary.
+    malloc aligns to 16 bytes, and then every 64-byte vector load or store of an NHWC kernel
+    straddles two cache lines: 8-12 % of a memory-bound kernel's time. From 1 MiB up it comes
+    from fastconv.memory's cache, so that a call repeated with the same shapes writes into
+    pages it already owns instead of pages the kernel must zero first."""
+    dtype = np.dtype(dtype)
+    nbytes = dtype.itemsize * math.prod(shape)
     if nbytes < _ALIGN_FROM:  # a few vectors: the alignment would cost more than it saves
-        return np.empty(shape, np.float32)
-    raw = np.empty(nbytes + _ALIGNMENT, np.uint8)
+        return np.empty(shape, dtype)
+    if nbytes + _ALIGNMENT >= _CACHE_FROM:
+        raw = cached_bytes_array(nbytes + _ALIGNMENT)
+    else:
+        raw = np.empty(nbytes + _ALIGNMENT, np.uint8)
     start = -raw.ctypes.data % _ALIGNMENT
-    return raw[start : start + nbytes].view(np.float32).reshape(shape)
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
 @dataclass(frozen=True)
@@ -70,11 +78,11 @@ class Backend:
     kernels: object
     xp: object
 
-    def empty(self, shape):
-        """An uninitialised float32 output of this backend (CuPy's are 256-byte aligned)."""
+    def empty(self, shape, dtype=np.float32):
+        """An uninitialised output of this backend (CuPy's are 256-byte aligned)."""
         if self.xp is np:
-            return aligned_empty(tuple(shape))
-        return self.xp.empty(tuple(shape), dtype=self.xp.float32)
+            return aligned_empty(tuple(shape), dtype)
+        return self.xp.empty(tuple(shape), dtype=dtype)
 
     def device(self, a):
         """Context in which arrays are allocated beside `a` (its GPU; nothing on the host)."""

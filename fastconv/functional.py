@@ -371,7 +371,7 @@ def max_pool2d_with_argmax(x, kernel_size, *, stride=None, padding=0, layout="NC
     what = "max_pool2d_with_argmax"
     g = _pool_geometry(what, "max", x.shape, kernel_size, stride, padding, layout, argmax=True)
     with backend.device(x):
-        y, argmax = backend.empty(g.y_shape), backend.xp.empty(g.y_shape, backend.xp.uint8)
+        y, argmax = backend.empty(g.y_shape), backend.empty(g.y_shape, "uint8")
     backend.kernels.pool2d_forward_winners(x, y, argmax, g)
     return y, argmax
 

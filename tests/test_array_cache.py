@@ -1,5 +1,9 @@
-"""fastconv.array_cache: large freed blocks are reused inside the block, nothing else changes."""
+"""fastconv's block cache: large freed blocks of its outputs, and of every NumPy array made
+inside an array_cache() block, are reused by the next request of the same size."""
 
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -13,6 +17,13 @@ handler_name = np._core.multiarray.get_handler_name
 
 def address(a):
     return a.__array_interface__["data"][0]
+
+
+@pytest.fixture(autouse=True)
+def empty_cache_first():
+    fastconv.empty_cache()
+    yield
+    fastconv.empty_cache()
 
 
 def test_freed_block_is_reused_and_zeros_are_zero():
@@ -29,19 +40,23 @@ def test_freed_block_is_reused_and_zeros_are_zero():
         assert address(c) != where
 
 
-def test_handler_is_active_only_inside_and_cache_empties_on_exit():
+def test_handler_is_active_only_inside_and_the_limit_returns_on_exit():
+    outside_limit = fastconv.array_cache_stats()["limit"]
     assert handler_name() != "fastconv_array_cache"
-    with fastconv.array_cache():
+    with fastconv.array_cache(limit_bytes=2 * BIG):
         assert handler_name() == "fastconv_array_cache"
+        assert fastconv.array_cache_stats()["limit"] == 2 * BIG
         kept = np.arange(BIG // 8, dtype=np.float64)
         dropped = np.ones(BIG // 4, np.float32)
         del dropped
         assert fastconv.array_cache_stats()["cached_bytes"] == BIG
     stats = fastconv.array_cache_stats()
-    assert (stats["cached_bytes"], stats["open_blocks"]) == (0, 0)
+    assert (stats["limit"], stats["open_blocks"]) == (outside_limit, 0)
     assert handler_name() != "fastconv_array_cache"
     np.testing.assert_array_equal(kept, np.arange(BIG // 8, dtype=np.float64))
-    del kept  # freed by the handler that made it, now straight to free()
+    del kept  # freed by the handler that made it: parked too
+    assert fastconv.array_cache_stats()["cached_bytes"] == 2 * BIG
+    fastconv.empty_cache()
     assert fastconv.array_cache_stats()["cached_bytes"] == 0
 
 
@@ -69,14 +84,108 @@ def test_limit_bounds_the_parked_bytes():
         assert fastconv.array_cache_stats()["cached_bytes"] == 0
 
 
-def test_nested_blocks_keep_caching_until_the_outermost_ends():
-    with fastconv.array_cache():
-        with fastconv.array_cache():
-            a = np.empty(BIG, np.uint8)
+def test_nested_blocks_restore_the_enclosing_limit():
+    with fastconv.array_cache(limit_bytes=4 * BIG):
+        with fastconv.array_cache(limit_bytes=0):
+            a, b = np.empty(BIG, np.uint8), np.empty(BIG, np.uint8)
+            del a
+            assert fastconv.array_cache_stats()["cached_bytes"] == 0
         assert handler_name() == "fastconv_array_cache"
-        del a
+        assert fastconv.array_cache_stats()["limit"] == 4 * BIG
+        del b
         assert fastconv.array_cache_stats()["cached_bytes"] == BIG
-    assert fastconv.array_cache_stats()["cached_bytes"] == 0
+    assert handler_name() != "fastconv_array_cache"
+
+
+def test_the_longest_parked_block_goes_first():
+    sizes = [BIG, BIG + 4096, BIG + 8192]
+    with fastconv.array_cache(limit_bytes=sizes[1] + sizes[2]):
+        blocks = [np.empty(size, np.uint8) for size in sizes]
+        where = [address(block) for block in blocks]
+        for _ in sizes:  # parked in order: the first is dropped to make room for the last
+            del blocks[0]
+        assert fastconv.array_cache_stats()["cached_bytes"] == sizes[1] + sizes[2]
+        hits = fastconv.array_cache_stats()["hits"]
+        second, third = np.empty(sizes[1], np.uint8), np.empty(sizes[2], np.uint8)
+        assert (address(second), address(third)) == (where[1], where[2])
+        first = np.empty(sizes[0], np.uint8)
+        assert fastconv.array_cache_stats()["hits"] == hits + 2
+        assert fastconv.array_cache_stats()["cached_bytes"] == 0
+        del first, second, third
+
+
+def test_fastconv_outputs_reuse_their_blocks_outside_any_block():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((8, 32, 32, 64)).astype(np.float32)  # 2 MiB in, 2 MiB out
+    w = rng.standard_normal((64, 1, 3, 3)).astype(np.float32)
+    expected = fastconv.reference.depthwise_conv2d(x, w, padding=1, layout="NHWC")
+    first = fastconv.depthwise_conv2d(x, w, padding=1, layout="NHWC")
+    where = address(first)
+    assert where % 64 == 0
+    del first
+    hits = fastconv.array_cache_stats()["hits"]
+    again = fastconv.depthwise_conv2d(x, w, padding=1, layout="NHWC")
+    assert address(again) == where
+    assert fastconv.array_cache_stats()["hits"] == hits + 1
+    np.testing.assert_allclose(again, expected, rtol=1e-5, atol=1e-5)
+    assert handler_name() != "fastconv_array_cache"
+
+
+def test_argmax_outputs_come_from_the_cache_too():
+    x = np.random.default_rng(2).standard_normal((16, 64, 64, 64)).astype(np.float32)
+    y, argmax = fastconv.max_pool2d_with_argmax(x, 2, layout="NHWC")  # 1 MiB of bytes
+    where = address(argmax)
+    del y, argmax
+    y, argmax = fastconv.max_pool2d_with_argmax(x, 2, layout="NHWC")
+    assert address(argmax) == where
+    np.testing.assert_array_equal(y, fastconv.reference.max_pool2d(x, 2, layout="NHWC"))
+
+
+def test_a_zero_limit_parks_nothing():
+    previous = fastconv.set_cache_limit(0)
+    try:
+        dropped = fastconv.max_pool2d(np.ones((16, 64, 64, 64), np.float32), 1, layout="NHWC")
+        del dropped
+        assert fastconv.array_cache_stats()["cached_bytes"] == 0
+    finally:
+        assert fastconv.set_cache_limit(previous) == 0
+    assert fastconv.array_cache_stats()["limit"] == previous
+
+
+def test_lowering_the_limit_frees_parked_blocks():
+    previous = fastconv.set_cache_limit(4 * BIG)
+    try:
+        a, b = np.empty(BIG, np.uint8), np.empty(BIG, np.uint8)
+        del a, b  # made by NumPy's own handler: never parked
+        assert fastconv.array_cache_stats()["cached_bytes"] == 0
+        with fastconv.array_cache(limit_bytes=4 * BIG):
+            a, b = np.empty(BIG, np.uint8), np.empty(BIG, np.uint8)
+        del a, b
+        assert fastconv.array_cache_stats()["cached_bytes"] == 2 * BIG
+        fastconv.set_cache_limit(BIG)
+        assert fastconv.array_cache_stats()["cached_bytes"] == BIG
+    finally:
+        fastconv.set_cache_limit(previous)
+
+
+def limit_seen_by_a_new_process(value):
+    env = {**os.environ, "FASTCONV_CACHE_LIMIT": value}
+    code = "import fastconv; print(fastconv.array_cache_stats()['limit'])"
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_the_environment_sets_the_limit():
+    run = limit_seen_by_a_new_process("12345")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "12345"
+
+
+def test_a_bad_environment_limit_is_explained():
+    run = limit_seen_by_a_new_process("lots")
+    assert run.returncode != 0
+    assert "FASTCONV_CACHE_LIMIT must be a byte count >= 0, got 'lots'" in run.stderr
 
 
 def test_resize_in_place_keeps_the_data():
@@ -114,3 +223,13 @@ def test_bad_limit_is_rejected(limit, error):
         with fastconv.array_cache(limit):
             pass
     assert fastconv.array_cache_stats()["open_blocks"] == 0
+    before = fastconv.array_cache_stats()["limit"]
+    with pytest.raises(error, match="limit_bytes"):
+        fastconv.set_cache_limit(limit)
+    assert fastconv.array_cache_stats()["limit"] == before
+
+
+@pytest.mark.parametrize("nbytes", [-1, 2**70])
+def test_an_impossible_size_is_a_value_error(nbytes):
+    with pytest.raises(ValueError, match="too big"):
+        fastconv.memory.cached_bytes_array(nbytes)
