@@ -186,8 +186,20 @@ def depthwise_conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, layout
 
 
 def depthwise_conv2d_backward(
-    dy, x, w, *, stride=1, padding=0, dilation=1, layout="NCHW", need_dx=True, need_dw=True
+    dy,
+    x,
+    w,
+    *,
+    stride=1,
+    padding=0,
+    dilation=1,
+    layout="NCHW",
+    need_dx=True,
+    need_dw=True,
+    need_dbias=True,
 ):
+    """Gradients (dx, dw, dbias); need_dx, need_dw and need_dbias=False skip one (it comes
+    back as None), as in conv2d_backward."""
     groups = _depthwise_groups(x, w, layout, "depthwise_conv2d_backward")
     return _conv_backward(
         dy,
@@ -195,6 +207,7 @@ def depthwise_conv2d_backward(
         w,
         "depthwise_conv2d_backward",
         need_dx,
+        need_dbias,
         need_dw=need_dw,
         stride=stride,
         padding=padding,
@@ -220,13 +233,18 @@ def pointwise_conv2d(x, w, bias=None, *, layout="NCHW"):
     )
 
 
-def pointwise_conv2d_backward(dy, x, w, *, layout="NCHW", need_dx=True, need_dw=True):
+def pointwise_conv2d_backward(
+    dy, x, w, *, layout="NCHW", need_dx=True, need_dw=True, need_dbias=True
+):
+    """Gradients (dx, dw, dbias); need_dx, need_dw and need_dbias=False skip one (it comes
+    back as None), as in conv2d_backward."""
     return _conv_backward(
         dy,
         x,
         w,
         "pointwise_conv2d_backward",
         need_dx,
+        need_dbias,
         w_ndim=2,
         need_dw=need_dw,
         stride=1,
@@ -289,6 +307,7 @@ def separable_conv2d_backward(
         layout=layout,
         need_dx=need_dx,
         need_dw=need_dw,
+        need_dbias=False,  # the depthwise half has no bias
     )
     return dx, ddw, dpw, dbias
 

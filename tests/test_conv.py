@@ -88,6 +88,27 @@ def test_optional_gradients_are_skipped():
     assert_close(dw, ref.conv2d_backward(dy, x, w)[1])
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_depthwise_and_pointwise_skip_dbias_on_request(layout):
+    rng = np.random.default_rng(4)
+    x, dy = rand(rng, 2, 6, 7, 7), rand(rng, 2, 6, 7, 7)
+    wd, wp = rand(rng, 6, 1, 3, 3), rand(rng, 5, 6)
+    dyp = rand(rng, 2, 5, 7, 7)
+    if layout == "NHWC":
+        x, dy, dyp = (a.transpose(0, 2, 3, 1).copy() for a in (x, dy, dyp))
+    depthwise = fastconv.depthwise_conv2d_backward(
+        dy, x, wd, padding=1, layout=layout, need_dbias=False
+    )
+    pointwise = fastconv.pointwise_conv2d_backward(dyp, x, wp, layout=layout, need_dbias=False)
+    for got, expected in (
+        (depthwise, ref.depthwise_conv2d_backward(dy, x, wd, padding=1, layout=layout)),
+        (pointwise, ref.pointwise_conv2d_backward(dyp, x, wp, layout=layout)),
+    ):
+        assert got[2] is None
+        assert_close(got[0], expected[0])
+        assert_close(got[1], expected[1])
+
+
 def test_empty_batch():
     y = fastconv.conv2d(np.zeros((0, 3, 5, 5), np.float32), np.ones((4, 3, 3, 3), np.float32))
     assert y.shape == (0, 4, 3, 3)

@@ -329,6 +329,7 @@ class DepthwiseConv2D(_ConvBase):
             self.params["depthwise_kernel"],
             need_dx=self.need_input_grad,
             need_dw=self.trainable,
+            need_dbias=self.trainable and "bias" in self.params,
             **self.geometry,
         )
         self._store_grads(depthwise_kernel=dw, bias=db)
