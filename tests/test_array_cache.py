@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 
 import fastconv
+from fastconv import ops
+
+from op_cases import ops_with
 
 BIG = 3 << 20  # bytes: above the 1 MiB threshold
 handler_name = np._core.multiarray.get_handler_name
@@ -233,3 +236,40 @@ def test_bad_limit_is_rejected(limit, error):
 def test_an_impossible_size_is_a_value_error(nbytes):
     with pytest.raises(ValueError, match="too big"):
         fastconv.memory.cached_bytes_array(nbytes)
+
+
+def outputs_of(op, case):
+    forward = op.forward(case)
+    outputs = list(forward.values())
+    if op.backward_args is not None:
+        outputs += op.backward(case, np.ones(forward["y"].shape, np.float32), forward).values()
+    layer_backward = op.layer_backward and op.layer_backward(case, fastconv)
+    if layer_backward:  # max pooling from its saved argmax
+        outputs += layer_backward(np.ones(forward["y"].shape, np.float32)).values()
+    return [a for a in outputs if a is not None]
+
+
+# (k, stride, pad) of the layers: a 3x3 conv or overlapping pool, stride 2, 2x2 tiles, 1x1, 5x5
+WINDOWS = [(3, 1, 1), (3, 2, 1), (2, 2, 0), (1, 1, 0), (5, 1, 2)]
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("op", ops_with())
+def test_every_output_element_is_written_into_a_reused_block(isa, op, layout):
+    """Outputs reuse freed blocks as they are: a kernel that left an element unwritten
+    would return what the block held. Each layer runs, its outputs are filled with NaN (255
+    for argmax bytes, which no window has) and freed, and the same call again must return
+    the same bits."""
+    for k, stride, pad in WINDOWS:
+        case = ops.layer(op.name, 4, 32, 32, 48, k, stride, pad, activation="gelu")
+        case = case.in_layout(layout)
+        first = outputs_of(op, case)
+        expected = [a.copy() for a in first]
+        for output in first:
+            output.fill(255 if output.dtype == np.uint8 else np.nan)
+        hits = fastconv.array_cache_stats()["hits"]
+        del first, output
+        again = outputs_of(op, case)
+        assert fastconv.array_cache_stats()["hits"] > hits  # a poisoned block came back
+        for got, want in zip(again, expected, strict=True):
+            np.testing.assert_array_equal(got, want)
