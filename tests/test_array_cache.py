@@ -171,22 +171,29 @@ def test_lowering_the_limit_frees_parked_blocks():
         fastconv.set_cache_limit(previous)
 
 
-def limit_seen_by_a_new_process(value):
+def limit_seen_by_a_new_process(value, folder):
+    """From `folder`: python -c puts the current folder first on sys.path, and in a source
+    checkout's root that is the package without its compiled modules."""
     env = {**os.environ, "FASTCONV_CACHE_LIMIT": value}
     code = "import fastconv; print(fastconv.array_cache_stats()['limit'])"
     return subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
-def test_the_environment_sets_the_limit():
-    run = limit_seen_by_a_new_process("12345")
+def test_the_environment_sets_the_limit(tmp_path):
+    run = limit_seen_by_a_new_process("12345", tmp_path)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "12345"
 
 
-def test_a_bad_environment_limit_is_explained():
-    run = limit_seen_by_a_new_process("lots")
+def test_a_bad_environment_limit_is_explained(tmp_path):
+    run = limit_seen_by_a_new_process("lots", tmp_path)
     assert run.returncode != 0
     assert "FASTCONV_CACHE_LIMIT must be a byte count >= 0, got 'lots'" in run.stderr
 
