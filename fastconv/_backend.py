@@ -16,12 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _cpu
-from .memory import cached_bytes_array
+from .memory import MIN_BYTES, cached_bytes_array
 
 _DLPACK_CUDA = (2, 13)  # kDLCUDA, kDLCUDAManaged
 _ALIGNMENT = 64  # bytes: a cache line, and one AVX-512 register
 _ALIGN_FROM = 16 << 10  # bytes; smaller outputs (per-channel vectors) skip the realignment
-_CACHE_FROM = 1 << 20  # bytes; what malloc serves with fresh pages, which the kernel zeroes
 
 
 def on_gpu(a) -> bool:
@@ -63,7 +62,7 @@ def aligned_empty(shape, dtype=np.float32) -> np.ndarray:
     nbytes = dtype.itemsize * math.prod(shape)
     if nbytes < _ALIGN_FROM:  # a few vectors: the alignment would cost more than it saves
         return np.empty(shape, dtype)
-    if nbytes + _ALIGNMENT >= _CACHE_FROM:
+    if nbytes + _ALIGNMENT >= MIN_BYTES:
         raw = cached_bytes_array(nbytes + _ALIGNMENT)
     else:
         raw = np.empty(nbytes + _ALIGNMENT, np.uint8)

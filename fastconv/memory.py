@@ -22,15 +22,18 @@ from . import _array_cache
 
 DEFAULT_LIMIT_BYTES = 4 << 30
 LIMIT_VARIABLE = "FASTCONV_CACHE_LIMIT"
+MIN_BYTES = _array_cache.stats()["min_bytes"]  # smaller blocks are never parked
 
 
 def _byte_count(value, name: str) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got bool")
     try:
         count = operator.index(value)
     except TypeError:
         raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
-    if count < 0:
-        raise ValueError(f"{name} must be >= 0, got {count}")
+    if not 0 <= count < 2**64:
+        raise ValueError(f"{name} must be a byte count in [0, 2**64), got {count}")
     return count
 
 

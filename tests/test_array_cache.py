@@ -227,7 +227,10 @@ def test_training_results_do_not_depend_on_the_cache():
             del cached
 
 
-@pytest.mark.parametrize("limit, error", [(1.5, TypeError), ("1", TypeError), (-1, ValueError)])
+@pytest.mark.parametrize(
+    "limit, error",
+    [(1.5, TypeError), ("1", TypeError), (True, TypeError), (-1, ValueError), (2**64, ValueError)],
+)
 def test_bad_limit_is_rejected(limit, error):
     with pytest.raises(error, match="limit_bytes"):
         with fastconv.array_cache(limit):
