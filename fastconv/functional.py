@@ -283,19 +283,8 @@ def separable_conv2d_backward(
     mid = depthwise_conv2d(
         x, depthwise_w, stride=stride, padding=padding, dilation=dilation, layout=layout
     )
-    dmid, dpw, dbias = _conv_backward(
-        dy,
-        mid,
-        pointwise_w,
-        "pointwise_conv2d_backward",
-        need_dbias=need_dw,
-        w_ndim=2,
-        need_dw=need_dw,
-        stride=1,
-        padding=0,
-        dilation=1,
-        groups=1,
-        layout=layout,
+    dmid, dpw, dbias = pointwise_conv2d_backward(
+        dy, mid, pointwise_w, layout=layout, need_dw=need_dw, need_dbias=need_dw
     )
     dx, ddw, _ = depthwise_conv2d_backward(
         dmid,
