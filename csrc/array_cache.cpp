@@ -30,6 +30,7 @@ namespace {
 constexpr size_t kMinBytes = size_t(1) << 20;  // smaller blocks come from malloc's own bins
 constexpr size_t kHugePageBytes = size_t(4) << 20;
 constexpr size_t kDefaultLimit = size_t(1) << 30;
+constexpr size_t kAlignment = 64;  // a cache line, and one AVX-512 register
 
 struct Parked {
   size_t size;
@@ -168,26 +169,76 @@ PyObject* exit_block(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
-// empty(nbytes) -> a new uint8 array allocated through the handler, whatever the context's.
-PyObject* empty(PyObject*, PyObject* arg) {
-  const Py_ssize_t nbytes = PyLong_AsSsize_t(arg);
-  if (nbytes < 0) {
-    if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_OverflowError)) return nullptr;
-    PyErr_Clear();  // as np.empty answers an impossible size: ValueError
-    PyErr_SetString(PyExc_ValueError, "array is too big: nbytes must be in [0, 2**63)");
+// An output's block goes back through cache_free when its array dies: the array's base is a
+// capsule holding the block, with the block's size as the capsule's context.
+constexpr char kBlockName[] = "fastconv_block";
+
+void return_block(PyObject* capsule) {
+  void* block = PyCapsule_GetPointer(capsule, kBlockName);
+  cache_free(nullptr, block, reinterpret_cast<size_t>(PyCapsule_GetContext(capsule)));
+}
+
+// Bytes of an array of `dims` with `itemsize`-byte elements, or -1 with ValueError set.
+Py_ssize_t array_bytes(const PyArray_Dims& dims, Py_ssize_t itemsize) {
+  Py_ssize_t bytes = itemsize;
+  for (int i = 0; i < dims.len; ++i) {
+    if (dims.ptr[i] < 0) {
+      PyErr_SetString(PyExc_ValueError, "negative dimensions are not allowed");
+      return -1;
+    }
+    if (dims.ptr[i] && bytes > (PY_SSIZE_T_MAX - Py_ssize_t(kAlignment)) / dims.ptr[i]) {
+      PyErr_SetString(PyExc_ValueError, "array is too big: more than 2**63 bytes");
+      return -1;
+    }
+    bytes *= dims.ptr[i];
+  }
+  return bytes;
+}
+
+// A new C-contiguous array of `dims` whose data starts on a 64-byte boundary, its block
+// taken through the cache; nullptr with an exception set on failure. Borrows descr.
+PyObject* aligned_array(PyArray_Descr* descr, const PyArray_Dims& dims) {
+  const Py_ssize_t nbytes = array_bytes(dims, PyDataType_ELSIZE(descr));
+  if (nbytes < 0) return nullptr;
+  const size_t size = size_t(nbytes) + kAlignment;
+  void* block = cache_malloc(nullptr, size);
+  if (!block) return PyErr_NoMemory();
+  PyObject* owner = PyCapsule_New(block, kBlockName, return_block);
+  if (!owner) {
+    cache_free(nullptr, block, size);
     return nullptr;
   }
-  PyObject* previous = PyDataMem_SetHandler(g_handler_capsule);
-  if (!previous) return nullptr;
-  npy_intp dims[1] = {nbytes};
-  PyObject* array = PyArray_SimpleNew(1, dims, NPY_UINT8);
-  PyObject* ours = PyDataMem_SetHandler(previous);
-  Py_DECREF(previous);
-  if (!ours) {
-    Py_XDECREF(array);
+  PyCapsule_SetContext(owner, reinterpret_cast<void*>(size));
+  const uintptr_t start = reinterpret_cast<uintptr_t>(block);
+  void* data = reinterpret_cast<void*>((start + kAlignment - 1) & ~uintptr_t(kAlignment - 1));
+  Py_INCREF(descr);  // NewFromDescr steals it, even when it fails
+  PyObject* array = PyArray_NewFromDescr(&PyArray_Type, descr, dims.len, dims.ptr, nullptr, data,
+                                         NPY_ARRAY_CARRAY, nullptr);
+  if (!array) {
+    Py_DECREF(owner);
     return nullptr;
   }
-  Py_DECREF(ours);
+  if (PyArray_SetBaseObject(reinterpret_cast<PyArrayObject*>(array), owner) < 0) {
+    Py_DECREF(array);  // SetBaseObject stole owner even so
+    return nullptr;
+  }
+  return array;
+}
+
+// empty(shape, dtype) -> an uninitialised aligned_array, whatever the context's handler.
+// Taking the block directly, not by swapping the context's handler in and out, saves
+// microseconds per output.
+PyObject* empty(PyObject*, PyObject* args) {
+  PyObject* shape;
+  PyArray_Descr* descr = nullptr;
+  if (!PyArg_ParseTuple(args, "OO&", &shape, PyArray_DescrConverter, &descr)) return nullptr;
+  PyArray_Dims dims = {nullptr, 0};
+  PyObject* array = nullptr;
+  if (PyArray_IntpConverter(shape, &dims)) {
+    array = aligned_array(descr, dims);
+    PyDimMem_FREE(dims.ptr);
+  }
+  Py_DECREF(descr);
   return array;
 }
 
@@ -222,7 +273,7 @@ PyObject* stats(PyObject*, PyObject*) {
 PyMethodDef g_methods[] = {
     {"enter", enter, METH_VARARGS, "Install the caching handler; returns what to restore."},
     {"exit", exit_block, METH_VARARGS, "Restore the previous handler and limit."},
-    {"empty", empty, METH_O, "A new uint8 array of nbytes, allocated through the handler."},
+    {"empty", empty, METH_VARARGS, "A new 64-byte aligned array, allocated through the cache."},
     {"set_limit", set_limit, METH_O, "Set the limit outside blocks; returns the previous one."},
     {"release", release, METH_NOARGS, "Free every parked block."},
     {"stats", stats, METH_NOARGS, "Counters of the cache: hits, misses, cached_bytes, ..."},

@@ -8,6 +8,7 @@ that says how to fix the call.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass
@@ -143,6 +144,48 @@ def _foreign_device_array(x, name, xp):
         ) from None
 
 
+# Types a remembered geometry's arguments may have; True: the key keeps the type beside the
+# value, as 2.0 and True equal 2 but are refused where 2 is accepted.
+_KEY_TYPES = {int: False, str: False, type(None): False, bool: True, float: True}
+_REMEMBERED = 512  # geometries per builder; a network has a few dozen
+
+
+def _key(values) -> tuple:
+    """values as a dict key that no values of other types match; KeyError for a value that
+    is not an int, str, None, bool, float or a tuple of those."""
+    key = []
+    for value in values:
+        kind = type(value)
+        if kind is tuple:
+            key.append(_key(value))
+        else:
+            key.append((kind, value) if _KEY_TYPES[kind] else value)
+    return tuple(key)
+
+
+def _remembered(build):
+    """build, remembering its results by its arguments. A training loop asks for the same
+    few geometries every step, and validating the arguments anew costs several microseconds
+    of calls that may take tens. Failures are not remembered, nor calls with other argument
+    types (lists, NumPy scalars): those are built every time."""
+    results = {}
+
+    @functools.wraps(build)
+    def remembered(*args, **kwargs):
+        try:
+            key = (_key(args), _key(kwargs.values()), tuple(kwargs))
+        except KeyError:
+            return build(*args, **kwargs)
+        result = results.get(key)
+        if result is None:
+            if len(results) >= _REMEMBERED:
+                results.clear()
+            result = results[key] = build(*args, **kwargs)
+        return result
+
+    return remembered
+
+
 @dataclass(frozen=True)
 class ConvGeometry:
     """csrc/geometry.h's ConvGeometry: the native modules read these fields by name."""
@@ -222,6 +265,7 @@ def split_activation(shape, nhwc: bool):
     return n, c, h, w
 
 
+@_remembered
 def conv_geometry(
     x_shape, w_shape, *, stride, padding, dilation, groups, layout, what="conv2d"
 ) -> ConvGeometry:
@@ -259,6 +303,7 @@ def conv_geometry(
     )
 
 
+@_remembered
 def pool_geometry(
     x_shape, kernel_size, *, stride, padding, layout, kind, count_include_pad=False, what="pool2d"
 ) -> PoolGeometry:
@@ -347,6 +392,7 @@ class NormGeometry:
     activation: int
 
 
+@_remembered
 def norm_geometry(shape, axis, eps, activation, what: str) -> NormGeometry:
     """The NormGeometry of a batch normalisation over every axis of `shape` but the channel
     `axis` (not the batch axis 0)."""

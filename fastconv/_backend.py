@@ -10,17 +10,14 @@ when such an array appears, so CPU-only machines never load CUDA.
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import _cpu
-from .memory import MIN_BYTES, cached_bytes_array
+from .memory import cached_empty
 
 _DLPACK_CUDA = (2, 13)  # kDLCUDA, kDLCUDAManaged
-_ALIGNMENT = 64  # bytes: a cache line, and one AVX-512 register
-_ALIGN_FROM = 16 << 10  # bytes; smaller outputs (per-channel vectors) skip the realignment
 
 
 def on_gpu(a) -> bool:
@@ -52,24 +49,6 @@ def to_numpy(a):
     return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
 
 
-def aligned_empty(shape, dtype=np.float32) -> np.ndarray:
-    """An uninitialised NumPy array; from 16 KiB up its data starts on a 64-byte boundary.
-    malloc aligns to 16 bytes, and then every 64-byte vector load or store of an NHWC kernel
-    straddles two cache lines: 8-12 % of a memory-bound kernel's time. From 1 MiB up it comes
-    from fastconv.memory's cache, so that a call repeated with the same shapes writes into
-    pages it already owns instead of pages the kernel must zero first."""
-    dtype = np.dtype(dtype)
-    nbytes = dtype.itemsize * math.prod(shape)
-    if nbytes < _ALIGN_FROM:  # a few vectors: the alignment would cost more than it saves
-        return np.empty(shape, dtype)
-    if nbytes + _ALIGNMENT >= MIN_BYTES:
-        raw = cached_bytes_array(nbytes + _ALIGNMENT)
-    else:
-        raw = np.empty(nbytes + _ALIGNMENT, np.uint8)
-    start = -raw.ctypes.data % _ALIGNMENT
-    return raw[start : start + nbytes].view(dtype).reshape(shape)
-
-
 @dataclass(frozen=True)
 class Backend:
     """The kernels and array module of one call."""
@@ -78,9 +57,10 @@ class Backend:
     xp: object
 
     def empty(self, shape, dtype=np.float32):
-        """An uninitialised output of this backend (CuPy's are 256-byte aligned)."""
+        """An uninitialised output of this backend: 64-byte aligned from fastconv's cache on
+        the host (memory.cached_empty), 256-byte aligned from CuPy's pool on the GPU."""
         if self.xp is np:
-            return aligned_empty(tuple(shape), dtype)
+            return cached_empty(shape, dtype)
         return self.xp.empty(tuple(shape), dtype=dtype)
 
     def device(self, a):

@@ -242,10 +242,23 @@ def test_bad_limit_is_rejected(limit, error):
     assert fastconv.array_cache_stats()["limit"] == before
 
 
-@pytest.mark.parametrize("nbytes", [-1, 2**70])
-def test_an_impossible_size_is_a_value_error(nbytes):
-    with pytest.raises(ValueError, match="too big"):
-        fastconv.memory.cached_bytes_array(nbytes)
+@pytest.mark.parametrize(
+    "shape, message", [((-1,), "negative"), ((2**40, 2**30), "too big"), ((2**63 - 1,), "too big")]
+)
+def test_an_impossible_size_is_a_value_error(shape, message):
+    with pytest.raises(ValueError, match=message):
+        fastconv.memory.cached_empty(shape, np.float32)
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (3, 0, 5), (7,), (300, 301), (2, 1024, 1024)])
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8, np.float64])
+def test_cached_empty_is_an_aligned_writable_array_of_the_shape(shape, dtype):
+    a = fastconv.memory.cached_empty(shape, dtype)
+    assert (a.shape, a.dtype) == (shape, np.dtype(dtype))
+    assert a.flags.c_contiguous and a.flags.writeable and a.flags.owndata is False
+    assert address(a) % 64 == 0
+    a[...] = 7
+    assert np.all(a == 7)
 
 
 def outputs_of(op, case):

@@ -136,6 +136,46 @@ def test_count_include_pad_must_be_bool():
     )
 
 
+@pytest.mark.parametrize(
+    "good, bad, exc",
+    [
+        (dict(stride=1), dict(stride=True), TypeError),
+        (dict(stride=2), dict(stride=2.0), TypeError),
+        (dict(stride=(2, 1)), dict(stride=(2, 1.0)), TypeError),
+        (dict(padding=((1, 1), (0, 0))), dict(padding=((1, 1), (0, False))), TypeError),
+        (dict(groups=1), dict(groups=1.0), TypeError),
+        (dict(groups=1), dict(groups=np.True_), TypeError),
+    ],
+)
+def test_a_remembered_geometry_never_answers_an_equal_value_of_another_type(good, bad, exc):
+    """Geometries are remembered by their arguments, and True == 1 == 1.0: the bad call
+    after an equal good one must still be refused."""
+    expected = fastconv.reference.conv2d(X, W, **good)
+    for _ in range(2):
+        np.testing.assert_allclose(fastconv.conv2d(X, W, **good), expected, atol=1e-5)
+        raises(exc, next(iter(bad)), fastconv.conv2d, X, W, **bad)
+
+
+def test_geometry_is_remembered_and_lists_still_work():
+    from fastconv import _args
+
+    build = dict(stride=2, padding=1, layout="NHWC", kind="max", count_include_pad=False)
+    first = _args.pool_geometry((2, 8, 8, 4), 3, **build)
+    assert _args.pool_geometry((2, 8, 8, 4), 3, **build) is first
+    from_list = _args.pool_geometry((2, 8, 8, 4), [3, 3], **{**build, "stride": [2, 2]})
+    assert from_list == first and from_list is not first
+    assert _args.pool_geometry((2, 9, 8, 4), 3, **build).oh == 5
+    assert first.oh == 4
+    raises(
+        TypeError,
+        "count_include_pad",
+        _args.pool_geometry,
+        (2, 8, 8, 4),
+        3,
+        **{**build, "count_include_pad": 0},
+    )
+
+
 def test_native_layer_rejects_mismatched_buffers():
     """Direct calls into the extension with a wrong buffer raise instead of reading past it."""
     from dataclasses import replace
