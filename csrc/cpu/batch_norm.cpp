@@ -22,6 +22,7 @@ namespace fastconv::cpu::FASTCONV_ISA {
 namespace {
 
 constexpr int64_t kRowBlock = 64;         // NHWC rows summed in float before going into double
+constexpr int64_t kChannelTile = 32;      // NHWC channels whose sums stay in registers
 constexpr int64_t kLanes = 8;             // independent float partial sums along a plane
 constexpr int64_t kApplyChunk = 1 << 15;  // elements per work item of an element-wise pass
 
@@ -37,20 +38,25 @@ void channel_sums(const NormGeometry& s, Terms terms, double* out) {
     const int64_t o0 = s.outer * t / nt, o1 = s.outer * (t + 1) / nt;
     double* acc = partial[t].data();
     if (s.inner == 1) {
-      std::vector<float> first(channels), second(channels);
-      for (int64_t ob = o0; ob < o1; ob += kRowBlock) {
-        std::fill(first.begin(), first.end(), 0.f);
-        std::fill(second.begin(), second.end(), 0.f);
-        float* __restrict f = first.data();
-        float* __restrict g = second.data();
+      // A tile of whole registers keeps its sums in registers across the rows; the last,
+      // narrower tile keeps them in memory.
+      const auto tile = [&](int64_t ob, int64_t c0, auto width) {
+        float f[kChannelTile] = {}, g[kChannelTile] = {};
         for (int64_t o = ob; o < std::min(ob + kRowBlock, o1); ++o)
 #pragma GCC ivdep
-          for (int64_t c = 0; c < channels; ++c) terms(c, o * channels + c, f[c], g[c]);
-        for (int64_t c = 0; c < channels; ++c) {
-          acc[c] += f[c];
-          acc[channels + c] += g[c];
+          for (int64_t k = 0; k < width; ++k) terms(c0 + k, o * channels + c0 + k, f[k], g[k]);
+        for (int64_t k = 0; k < width; ++k) {
+          acc[c0 + k] += f[k];
+          acc[channels + c0 + k] += g[k];
         }
-      }
+      };
+      for (int64_t ob = o0; ob < o1; ob += kRowBlock)
+        for (int64_t c0 = 0; c0 < channels; c0 += kChannelTile) {
+          if (channels - c0 >= kChannelTile)
+            tile(ob, c0, std::integral_constant<int64_t, kChannelTile>{});
+          else
+            tile(ob, c0, channels - c0);
+        }
     } else {
       for (int64_t o = o0; o < o1; ++o)
         for (int64_t c = 0; c < channels; ++c) {
