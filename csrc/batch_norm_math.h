@@ -5,9 +5,10 @@
 //
 // The activations are written without branches so that the CPU loops calling them
 // vectorise. GELU is the exact form z * Phi(z) (the default of Keras and PyTorch); Phi comes
-// from the Abramowitz & Stegun 7.1.26 erf (|error| < 1.5e-7) and exp from exp_nonpositive:
-// libm's expf would stop GCC from vectorising. Clamps are written as `a < b ? b : a` (std::max's
-// own definition, which keeps a NaN in `a`) because std::max is not a device function.
+// from the Abramowitz & Stegun 7.1.26 erf (|error| < 1.5e-7) and exp from a Cody-Waite
+// reduction with Cephes' polynomial (about 1 ulp): libm's expf would stop GCC from
+// vectorising. Clamps are written as `a < b ? b : a` (std::max's own definition, which keeps a
+// NaN in `a`) because std::max is not a device function.
 //
 // The functions live in the including kernel's namespace: the CPU sources are compiled once
 // per instruction set (cpu::avx2, cpu::generic), and one inline function shared by both
@@ -33,23 +34,20 @@
 namespace fastconv::FASTCONV_BATCH_NORM_NS {
 
 // exp(v) for v <= 0; below -87 it returns exp(-87) (~1.6e-38) rather than a subnormal.
-// exp(v) = 2^n 2^f with n = round(v log2 e) and f in [-1/2, 1/2], 2^f from a degree-5
-// polynomial fitted for relative error (about 1.7e-7 in float). Rounding v log2 e costs a
-// relative error of about |v| 6e-8, which the callers scale by exp(v) itself: the error it
-// leaves in Phi stays below 1e-8.
 FC_HD inline float exp_nonpositive(float v) {
   v = v < -87.f ? -87.f : v;
   constexpr float kRound = 12582912.f;  // 1.5 * 2^23: adding it rounds to an integer n
   constexpr uint32_t kRoundBits = 0x4B400000;
-  const float t = v * 1.44269504f;
-  const float shifted = t + kRound;
-  const float f = t - (shifted - kRound);
-  float p = 1.326471451e-3f;
-  p = p * f + 9.671512991e-3f;
-  p = p * f + 5.550733954e-2f;
-  p = p * f + 2.402224243e-1f;
-  p = p * f + 6.931470037e-1f;
-  p = p * f + 1.f;
+  const float shifted = v * 1.44269504f + kRound;
+  const float n = shifted - kRound;
+  const float r = (v - n * 0.693359375f) + n * 2.12194440e-4f;  // v - n ln 2, in two parts
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
   uint32_t bits;  // unsigned: a NaN's bits would overflow a signed shift
   memcpy(&bits, &shifted, sizeof bits);
   bits = (bits - kRoundBits + 127) << 23;  // 2^n: n is in the low bits of `shifted`
@@ -58,17 +56,16 @@ FC_HD inline float exp_nonpositive(float v) {
   return p * two_to_n;
 }
 
-// Phi(z), the standard normal CDF; sets `density` to phi(z). The polynomial's coefficients
-// are Abramowitz & Stegun's halved, as 1 - Phi(|z|) = erfc(|z| / sqrt 2) / 2.
+// Phi(z), the standard normal CDF; sets `density` to phi(z).
 FC_HD inline float normal_cdf(float z, float& density) {
   const float a = fabsf(z) * 0.70710678f;
   const float e = exp_nonpositive(-a * a);  // exp(-z^2 / 2)
   density = 0.39894228f * e;
   const float t = 1.f / (1.f + 0.3275911f * a);
   const float poly =
-      t * (0.127414796f +
-           t * (-0.142248368f + t * (0.7107068705f + t * (-0.7265760135f + t * 0.5307027145f))));
-  const float tail = poly * e;              // 1 - Phi(|z|)
+      t * (0.254829592f +
+           t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+  const float tail = 0.5f * poly * e;       // 1 - Phi(|z|)
   return 0.5f + copysignf(0.5f - tail, z);  // Phi(z) = 1 - tail for z >= 0, else tail
 }
 
