@@ -87,7 +87,8 @@ inline void validate(const NormGeometry& g) {
 
 // ---- buffers ---------------------------------------------------------------------------
 
-enum class Role { in, optional_in, out, optional_out, summed_out };
+// A summed output (a gradient summed over the batch) is zeroed when the batch is empty.
+enum class Role { in, optional_in, out, optional_out, summed_out, optional_summed_out };
 enum class Dtype { f32, u8 };
 
 // One buffer argument of an op: its name, role, element count for a geometry and type.
@@ -98,7 +99,11 @@ struct Slot {
   int64_t (G::*size)() const;
   Dtype dtype = Dtype::f32;
   bool output() const { return role != Role::in && role != Role::optional_in; }
-  bool optional() const { return role == Role::optional_in || role == Role::optional_out; }
+  bool optional() const {
+    return role == Role::optional_in || role == Role::optional_out ||
+           role == Role::optional_summed_out;
+  }
+  bool summed() const { return role == Role::summed_out || role == Role::optional_summed_out; }
 };
 
 template <class G>
@@ -120,6 +125,10 @@ Slot<G> optional_out(const char* n, int64_t (G::*s)() const) {
 template <class G>
 Slot<G> summed_out(const char* n, int64_t (G::*s)() const) {
   return {n, Role::summed_out, s};
+}
+template <class G>
+Slot<G> optional_summed_out(const char* n, int64_t (G::*s)() const) {
+  return {n, Role::optional_summed_out, s};
 }
 
 // Where a buffer's elements are, as found by a Backend's reader.
@@ -220,8 +229,7 @@ void def_op(py::module_& m, const char* name, Kernel kernel,
         }
         if (g.batch() == 0) {
           for (std::size_t i = 0; i < slots.size(); ++i)
-            if (slots[i].role == Role::summed_out)
-              Backend::zero(p[i], (g.*slots[i].size)(), stream);
+            if (slots[i].summed() && p[i].data) Backend::zero(p[i], (g.*slots[i].size)(), stream);
           return;
         }
         Backend::run(name, g, stream, [&](auto& launch) { kernel(launch, g, p[I]...); });

@@ -347,6 +347,48 @@ def test_depthwise_nhwc_tiles(isa, x_shape, k, kw):
 
 
 @pytest.mark.parametrize(
+    "x_shape,k,kw",
+    [
+        ((2, 9, 10, 48), (7, 7), dict(padding=3)),
+        ((2, 11, 9, 33), (5, 5), dict(padding=2)),  # channels end mid-vector
+        ((1, 6, 7, 200), (3, 3), dict(padding="same", dilation=2)),  # several channel blocks
+        ((2, 8, 9, 24), (3, 2), dict(padding=((2, 0), (1, 0)))),  # padded on one side only
+        ((2, 10, 10, 5), (3, 3), dict()),  # no padding: dy is smaller than x
+        ((3, 1, 17, 16), (1, 3), dict(padding=(0, 1))),  # one row, one vector of channels
+    ],
+)
+def test_depthwise_nhwc_one_pass_backward(isa, x_shape, k, kw):
+    """dx, dw and dbias of a stride-1 NHWC depthwise layer in one pass over dy and x: the
+    reference's values, and dx bit for bit that of the dx-only pass (the same sums)."""
+    rng = np.random.default_rng(x_shape[3])
+    c = x_shape[3]
+    x, w = rand(rng, *x_shape), rand(rng, c, 1, *k)
+    kw = dict(layout="NHWC", **kw)
+    dy = rand(rng, *fastconv.depthwise_conv2d(x, w, **kw).shape)
+    got = fastconv.depthwise_conv2d_backward(dy, x, w, **kw)
+    for g, want in zip(got, ref.depthwise_conv2d_backward(dy, x, w, **kw)):
+        assert_close(g, want)
+    dx_only = fastconv.depthwise_conv2d_backward(dy, x, w, need_dw=False, need_dbias=False, **kw)
+    np.testing.assert_array_equal(got[0], dx_only[0])
+
+
+def test_depthwise_nhwc_one_pass_backward_with_infinite_border_pixels(isa):
+    """The one pass pairs x's border pixels with the zeros that pad dy, inf * 0 = NaN where
+    dw's sum has no such term; dw is then summed again without them."""
+    rng = np.random.default_rng(5)
+    x, w = rand(rng, 2, 6, 7, 16), rand(rng, 16, 1, 3, 3)
+    x[0, 0, 0, 3] = np.inf
+    x[1, 5, 6, 9] = -np.inf
+    kw = dict(padding=1, layout="NHWC")
+    dy = rand(rng, 2, 6, 7, 16)
+    got = fastconv.depthwise_conv2d_backward(dy, x, w, **kw)
+    want = ref.depthwise_conv2d_backward(dy, x, w, **kw)
+    assert np.isfinite(want[1][3]).sum() == 5  # the taps that pair the pixel with padding
+    for g, expected in zip(got, want):
+        _assert_close_with_specials(g, expected)
+
+
+@pytest.mark.parametrize(
     "x_shape,mult,k,kw",
     [
         ((2, 9, 10, 24), 2, 3, dict(padding=1)),

@@ -166,6 +166,7 @@ def test_empty_batch(harness):
     y = fastconv.conv2d(x, w)
     dx, dw, db = fastconv.conv2d_backward(y, x, w)
     assert y.shape == (0, 4, 3, 3) and dx.shape == x.shape and not dw.any() and not db.any()
+    assert not fastconv.conv2d_backward(y, x, w, need_dbias=False)[1].any()
 
 
 def test_harness_rejects_bad_buffers():

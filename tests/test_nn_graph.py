@@ -155,8 +155,8 @@ def test_frozen_base_gets_no_update_no_backward_and_keeps_bn_statistics(monkeypa
     def no_conv_backward(*_args):
         raise AssertionError("a conv backward ran below the first trainable layer")
 
-    monkeypatch.setattr(_cpu, "conv2d_backward_input", no_conv_backward)
-    monkeypatch.setattr(_cpu, "conv2d_backward_weight", no_conv_backward)
+    for op in ("conv2d_backward", "conv2d_backward_input", "conv2d_backward_weight"):
+        monkeypatch.setattr(_cpu, op, no_conv_backward)
     model.fit(*synthetic(), batch_size=16, epochs=2, verbose=False, print_fn=lambda _: None)
     after = base.get_weight_dict()
     for k in before:  # kernels, biases, gamma, beta and the moving statistics

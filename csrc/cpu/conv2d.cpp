@@ -574,6 +574,16 @@ void conv2d_backward_weight(const ConvGeometry& g, const float* dy, const float*
   backward_weight_by(select_conv_algorithm(g, Direction::backward_weight, kBuildIsa), g, dy, x, dw);
 }
 
+void conv2d_backward(const ConvGeometry& g, const float* dy, const float* x, const float* w,
+                     float* dx, float* dw, float* dbias) {
+  if (select_conv_algorithm(g, Direction::backward_input, kBuildIsa) == Algorithm::depthwise_nhwc &&
+      depthwise_conv2d_backward(g, dy, x, w, dx, dw, dbias))
+    return;
+  conv2d_backward_input(g, dy, w, dx);
+  conv2d_backward_weight(g, dy, x, dw);
+  if (dbias) bias_backward(g, dy, dbias);
+}
+
 void bias_backward(const ConvGeometry& g, const float* dy, float* dbias) {
   const int64_t P = g.oh * g.ow, C = g.c_out;
   if (!g.channels_last) {

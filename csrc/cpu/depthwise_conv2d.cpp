@@ -154,8 +154,15 @@ void channel_row(const ChannelRow& t, int64_t count, int64_t channels) {
   }
 }
 
-// Items are bands of output rows of one image, few enough rows that a padded frame
-// stays in L2 (256 KiB) and enough items for the threads.
+// Output rows per parallel item, an item being a band of rows of one image: few enough that
+// a padded frame stays in L2 (256 KiB), and enough items for the threads.
+int64_t band_rows(const ConvGeometry& g, const Frame& f) {
+  const int64_t band = std::clamp<int64_t>(g.n * g.oh / (8 * num_threads()), 1, g.oh);
+  if (!f.copies) return band;
+  const int64_t rows = (int64_t{256} << 10) / (4 * f.cols * f.c) - (g.kh - 1) * g.dil_h;
+  return std::clamp<int64_t>((rows - 1) / g.stride_h + 1, 1, band);
+}
+
 void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const float* bias,
                   float* y) {
   const Frame f(g);
@@ -163,12 +170,7 @@ void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const f
   const std::vector<float> wt = tap_major(g, w, ld);
   std::vector<float> b(ld, 0.f);
   if (bias) std::copy(bias, bias + g.c_out, b.begin());
-  int64_t band = std::clamp<int64_t>(g.n * g.oh / (8 * num_threads()), 1, g.oh);
-  if (f.copies) {
-    const int64_t rows = (int64_t{256} << 10) / (4 * f.cols * f.c) - (g.kh - 1) * g.dil_h;
-    band = std::clamp<int64_t>((rows - 1) / g.stride_h + 1, 1, band);
-  }
-  const int64_t bands = (g.oh + band - 1) / band;
+  const int64_t band = band_rows(g, f), bands = (g.oh + band - 1) / band;
   const bool stream = g.c_out % Simd::kLanes == 0 && streams_output(g.y_size());
   with_streaming(stream, [&](auto streamed) {
     parallel_for(g.n * bands, [&](int64_t item) {
@@ -231,27 +233,174 @@ template <bool kStream, class V, int K>
 }
 
 // Stride 1, M = 1, NHWC: dx is the forward of dy with each filter flipped, padded so that the
-// output has the input's size, by the tiles. Not where that padding would be negative, nor
-// with a weight that is not finite: the padding's zeros times it would make NaN where dx's
-// sum has no such term. Returns whether it ran.
-bool backward_input_as_forward(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
-  const int64_t top = g.dil_h * (g.kh - 1) - g.pad_top, left = g.dil_w * (g.kw - 1) - g.pad_left;
-  if (g.stride_h != 1 || g.stride_w != 1 || g.c_out != g.c_in || top < 0 || left < 0 ||
-      !all_finite(w, g.w_size()))
-    return false;
-  const int64_t taps = g.kh * g.kw;
-  std::vector<float> flipped(g.w_size());
-  for (int64_t c = 0; c < g.c_out; ++c)
-    for (int64_t t = 0; t < taps; ++t) flipped[c * taps + taps - 1 - t] = w[c * taps + t];
+// output has the input's size. Not where that padding would be negative, nor with a weight
+// that is not finite: the padding's zeros times it would make NaN where dx's sum has no such
+// term.
+bool transposes_as_forward(const ConvGeometry& g, const float* w) {
+  return g.stride_h == 1 && g.stride_w == 1 && g.c_out == g.c_in &&
+         g.dil_h * (g.kh - 1) >= g.pad_top && g.dil_w * (g.kw - 1) >= g.pad_left &&
+         all_finite(w, g.w_size());
+}
+
+// That forward's geometry: dy in, dx out.
+ConvGeometry transposed(const ConvGeometry& g) {
   ConvGeometry t = g;
   t.h = g.oh;
   t.w = g.ow;
   t.oh = g.h;
   t.ow = g.w;
-  t.pad_top = top;
-  t.pad_left = left;
-  forward_nhwc(t, dy, flipped.data(), nullptr, dx);
+  t.pad_top = g.dil_h * (g.kh - 1) - g.pad_top;
+  t.pad_left = g.dil_w * (g.kw - 1) - g.pad_left;
+  return t;
+}
+
+std::vector<float> flipped(const ConvGeometry& g, const float* w) {
+  const int64_t taps = g.kh * g.kw;
+  std::vector<float> out(g.w_size());
+  for (int64_t c = 0; c < g.c_out; ++c)
+    for (int64_t t = 0; t < taps; ++t) out[c * taps + taps - 1 - t] = w[c * taps + t];
+  return out;
+}
+
+// dx by the tiles of the forward; returns whether it ran.
+bool backward_input_as_forward(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
+  if (!transposes_as_forward(g, w)) return false;
+  forward_nhwc(transposed(g), dy, flipped(g, w).data(), nullptr, dx);
   return true;
+}
+
+// dx, dw and dbias in one pass over dy and x (stride 1, M = 1, NHWC), where the separate
+// passes read dy three times. dx is the transposed forward above; tap k of dx pixel q's
+// window holds the dy value that the forward's tap K - 1 - k paired with x[q], so the same
+// loaded value adds x[q] * dy to dw's sum for that tap (the frame's zeros add nothing).
+struct GradientRow {
+  const float* window;  // the frame window of the row's first dx pixel
+  int64_t step;         // floats between neighbouring windows
+  const int64_t* tap_offset;
+  int64_t taps;
+  const float* w;  // flipped filters, tap-major, ld floats per tap
+  int64_t ld;
+  const float* x;  // the row's first pixel; dx likewise
+  float* dx;
+  float* dw;  // the band's float sums, tap-major like w
+  int64_t c;
+};
+
+// P pixels from `first` x the channel vector at c (`tail` channels with kTail). dw's sums
+// for a tap take the P products in two chains, then go through memory once per tile.
+template <int P, bool kTail, bool kStream>
+void gradient_tile(const GradientRow& r, int64_t first, int64_t c, int tail) {
+  using V = Simd::V;
+  const auto load = [&](const float* p) {
+    return kTail ? Simd::load_part(p, tail) : Simd::load(p);
+  };
+  const float* x = r.x + first * r.c + c;
+  const float* window = r.window + first * r.step + c;
+  V xq[P], acc[P];
+#pragma GCC unroll 16
+  for (int p = 0; p < P; ++p) {
+    xq[p] = load(x + p * r.c);
+    acc[p] = Simd::zero();
+  }
+  for (int64_t k = 0; k < r.taps; ++k) {
+    const V wk = Simd::load(r.w + k * r.ld + c);
+    const float* tap = window + r.tap_offset[k];
+    V sums[2] = {Simd::zero(), Simd::zero()};
+#pragma GCC unroll 16
+    for (int p = 0; p < P; ++p) {
+      const V d = load(tap + p * r.step);
+      acc[p] = Simd::fma(d, wk, acc[p]);
+      sums[p % 2] = Simd::fma(xq[p], d, sums[p % 2]);
+    }
+    float* s = r.dw + k * r.ld + c;
+    Simd::store(s, Simd::add(Simd::load(s), Simd::add(sums[0], sums[1])));
+  }
+  float* dx = r.dx + first * r.c + c;
+#pragma GCC unroll 16
+  for (int p = 0; p < P; ++p) {
+    if (kTail)
+      Simd::store_part(dx + p * r.c, acc[p], tail);
+    else
+      store_out<kStream>(dx + p * r.c, acc[p]);
+  }
+}
+
+template <bool kStream>
+void gradient_row(const GradientRow& r, int64_t cols) {
+  constexpr int64_t L = Simd::kLanes;
+  in_halving_tiles<kTileRegisters / 3>(cols, [&](auto n, int64_t first) {
+    constexpr int P = decltype(n)::value;
+    int64_t c = 0;
+    for (; c + L <= r.c; c += L) gradient_tile<P, false, kStream>(r, first, c, L);
+    if (c < r.c) gradient_tile<P, true, kStream>(r, first, c, static_cast<int>(r.c - c));
+  });
+}
+
+// sums[0, C) += the channels of `pixels` consecutive NHWC pixels from p.
+void add_pixels(const float* p, int64_t pixels, int64_t channels, float* sums) {
+  constexpr int64_t L = Simd::kLanes;
+  for (int64_t c = 0; c < channels; c += L) {
+    const int lanes = static_cast<int>(std::min(L, channels - c));
+    Simd::V s = Simd::load(sums + c);
+    for (int64_t i = 0; i < pixels; ++i)
+      s = Simd::add(s, Simd::load_part(p + i * channels + c, lanes));
+    Simd::store(sums + c, s);
+  }
+}
+
+// Bands of dx rows as in forward_nhwc, split evenly over the threads, each with its own
+// double sums of dw (taps x ld) and dbias (ld), reduced in thread order.
+void backward_nhwc(const ConvGeometry& g, const float* dy, const float* x, const float* w,
+                   float* dx, float* dw, float* dbias) {
+  const ConvGeometry t = transposed(g);
+  const Frame f(t);
+  const int64_t taps = g.kh * g.kw, ld = round_up(g.c_in, Simd::kLanes), size = (taps + 1) * ld;
+  const std::vector<float> wt = tap_major(g, flipped(g, w).data(), ld);
+  const int64_t band = band_rows(t, f), bands = (g.h + band - 1) / band, items = g.n * bands;
+  const int threads = static_cast<int>(std::min<int64_t>(num_threads(), items));
+  std::vector<std::vector<double>> partial(threads, std::vector<double>(size, 0.0));
+  const bool stream = g.c_in % Simd::kLanes == 0 && streams_output(g.x_size());
+  parallel_threads(threads, [&](int th, int team) {
+    thread_local Buffer buf;
+    std::vector<float> sums(size);
+    with_streaming(stream, [&](auto streamed) {
+      for (int64_t item = items * th / team; item < items * (th + 1) / team; ++item) {
+        const int64_t n = item / bands, iy0 = item % bands * band, iy1 = std::min(g.h, iy0 + band);
+        const float* frame = frame_band(t, f, dy, n, iy0, iy1, buf);
+        std::fill(sums.begin(), sums.end(), 0.f);
+        for (int64_t iy = iy0; iy < iy1; ++iy) {
+          const int64_t pixel = (n * g.h + iy) * g.w * g.c_in;
+          const GradientRow row{frame + (iy - iy0) * f.window_row(t),
+                                f.step,
+                                f.tap_offset.data(),
+                                taps,
+                                wt.data(),
+                                ld,
+                                x + pixel,
+                                dx + pixel,
+                                sums.data(),
+                                g.c_in};
+          gradient_row<decltype(streamed)::value>(row, g.w);
+        }
+        // The band's own dy rows (oh <= h here), which its frame has just read.
+        const int64_t r0 = std::min(iy0, g.oh), r1 = iy1 == g.h ? g.oh : std::min(iy1, g.oh);
+        if (dbias)
+          add_pixels(dy + (n * g.oh + r0) * g.ow * g.c_out, (r1 - r0) * g.ow, g.c_out,
+                     sums.data() + taps * ld);
+        for (int64_t i = 0; i < size; ++i) partial[th][i] += sums[i];
+      }
+      if (decltype(streamed)::value) stream_fence();
+    });
+  });
+  for (int64_t c = 0; c < g.c_in; ++c)
+    for (int64_t k = 0; k <= taps; ++k) {
+      double total = 0.0;
+      for (int th = 0; th < threads; ++th) total += partial[th][k * ld + c];
+      if (k < taps)
+        dw[c * taps + taps - 1 - k] = static_cast<float>(total);
+      else if (dbias)
+        dbias[c] = static_cast<float>(total);
+    }
 }
 
 // NHWC dx by gathering (M = 1): input pixel (iy, ix) collects every output whose window
@@ -410,6 +559,15 @@ void depthwise_conv2d_backward_input(const ConvGeometry& g, const float* dy, con
       dx[i] = sum;
     }
   });
+}
+
+bool depthwise_conv2d_backward(const ConvGeometry& g, const float* dy, const float* x,
+                               const float* w, float* dx, float* dw, float* dbias) {
+  if (!g.channels_last || !transposes_as_forward(g, w)) return false;
+  backward_nhwc(g, dy, x, w, dx, dw, dbias);
+  // A non-finite x at the border meets the frame's zeros (NaN) where dw's sum has no term.
+  if (!all_finite(dw, g.w_size())) backward_weight_nhwc(g, dy, x, dw);
+  return true;
 }
 
 void depthwise_conv2d_backward_weight(const ConvGeometry& g, const float* dy, const float* x,

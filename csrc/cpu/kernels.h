@@ -14,12 +14,18 @@
   void conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* w, float* dx);  \
   void conv2d_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw); \
   void bias_backward(const ConvGeometry& g, const float* dy, float* dbias);                       \
+  /* dx, dw and (where dbias is not null) dbias in one call, one pass where a kernel can: */      \
+  void conv2d_backward(const ConvGeometry& g, const float* dy, const float* x, const float* w,    \
+                       float* dx, float* dw, float* dbias);                                       \
   void depthwise_conv2d_forward(const ConvGeometry& g, const float* x, const float* w,            \
                                 const float* bias, float* y);                                     \
   void depthwise_conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* w,    \
                                        float* dx);                                                \
   void depthwise_conv2d_backward_weight(const ConvGeometry& g, const float* dy, const float* x,   \
                                         float* dw);                                               \
+  /* The one-pass dx, dw and dbias, where it applies; returns whether it ran. */                  \
+  bool depthwise_conv2d_backward(const ConvGeometry& g, const float* dy, const float* x,          \
+                                 const float* w, float* dx, float* dw, float* dbias);             \
   void pool2d_forward(const PoolGeometry& g, const float* x, float* y);                           \
   void pool2d_backward(const PoolGeometry& g, const float* dy, const float* x, float* dx);        \
   void pool2d_forward_winners(const PoolGeometry& g, const float* x, float* y, uint8_t* winners); \

@@ -419,4 +419,11 @@ void bias_backward(const ConvGeometry& g, const float* dy, float* dbias, Launch&
   sum_partials(workspace, splits, g.c_out, dbias, stream);
 }
 
+void conv2d_backward(const ConvGeometry& g, const float* dy, const float* x, const float* w,
+                     float* dx, float* dw, float* dbias, Launch& launch) {
+  conv2d_backward_input(g, dy, w, dx, launch);
+  conv2d_backward_weight(g, dy, x, dw, launch);
+  if (dbias) bias_backward(g, dy, dbias, launch);
+}
+
 }  // namespace fastconv::FASTCONV_CUDA_NS

@@ -39,6 +39,9 @@ void conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* 
 void conv2d_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw,
                             Launch& launch);
 void bias_backward(const ConvGeometry& g, const float* dy, float* dbias, Launch& launch);
+// dx, dw and (where dbias is not null) dbias: the three kernels queued in turn.
+void conv2d_backward(const ConvGeometry& g, const float* dy, const float* x, const float* w,
+                     float* dx, float* dw, float* dbias, Launch& launch);
 
 void pool2d_forward(const PoolGeometry& g, const float* x, float* y, Launch& launch);
 void pool2d_backward(const PoolGeometry& g, const float* dy, const float* x, float* dx,
