@@ -342,8 +342,11 @@ void add_pixels(const float* p, int64_t pixels, int64_t channels, float* sums) {
   for (int64_t c = 0; c < channels; c += L) {
     const int lanes = static_cast<int>(std::min(L, channels - c));
     Simd::V s = Simd::load(sums + c);
-    for (int64_t i = 0; i < pixels; ++i)
-      s = Simd::add(s, Simd::load_part(p + i * channels + c, lanes));
+    if (lanes == L)
+      for (int64_t i = 0; i < pixels; ++i) s = Simd::add(s, Simd::load(p + i * channels + c));
+    else  // a part of a vector, which AVX2 loads through memory
+      for (int64_t i = 0; i < pixels; ++i)
+        s = Simd::add(s, Simd::load_part(p + i * channels + c, lanes));
     Simd::store(sums + c, s);
   }
 }
