@@ -96,6 +96,18 @@ def test_global_avg_pool(isa, layout):
     )
 
 
+@pytest.mark.parametrize(
+    "h,w", [(1, 1), (1, 7), (3, 5), (4, 4), (1, 17), (7, 7), (5, 13), (9, 9), (32, 33)]
+)
+def test_global_avg_pool_nchw_plane_sizes(isa, h, w):
+    """An NCHW plane is summed as groups of vectors, single vectors, then single floats: every
+    mix of them, on integers, whose sums are exact in any order, so the mean is known."""
+    x = np.random.default_rng(h * w).integers(-50, 50, (2, 5, h, w)).astype(np.float32)
+    want = (x.astype(np.float64).sum(axis=(2, 3)) / (h * w)).astype(np.float32)
+    np.testing.assert_array_equal(fastconv.global_avg_pool2d(x), want)
+    np.testing.assert_array_equal(fastconv.sum_pool2d(x, (h, w)).reshape(2, 5), x.sum(axis=(2, 3)))
+
+
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("kind,kernel,stride", [("max", 2, None), ("max", 3, 2), ("avg", 2, None)])
 def test_pooling_cifar_sized(isa, layout, kind, kernel, stride):

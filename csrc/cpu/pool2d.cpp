@@ -436,8 +436,30 @@ void backward_nhwc_rows(const PoolGeometry& g, const float* dy, const float* x,
   if (kStream) stream_fence();
 }
 
-// Sum of n contiguous floats in K independent lane groups (fixed order, so repeatable):
-// one running sum would wait on each add.
+// The sum of a vector's lanes, adding its halves until four lanes are left: a register's
+// halves add in two instructions, where 16 lanes one by one would be a chain of 16 adds.
+typedef float Floats4 __attribute__((vector_size(16)));
+inline float lane_sum(Floats4 v) { return (v[0] + v[2]) + (v[1] + v[3]); }
+#if defined(__AVX__)
+typedef float Floats8 __attribute__((vector_size(32)));
+inline float lane_sum(Floats8 v) {
+  const __m256 r = reinterpret_cast<__m256>(v);
+  return lane_sum(reinterpret_cast<Floats4>(
+      _mm_add_ps(_mm256_castps256_ps128(r), _mm256_extractf128_ps(r, 1))));
+}
+#endif
+#if defined(__AVX512F__)
+typedef float Floats16 __attribute__((vector_size(64)));
+inline float lane_sum(Floats16 v) {
+  const __m512 r = reinterpret_cast<__m512>(v);
+  return lane_sum(reinterpret_cast<Floats8>(
+      _mm256_add_ps(_mm512_castps512_ps256(r), _mm512_extractf32x8_ps(r, 1))));
+}
+#endif
+
+// Sum of n contiguous floats (a fixed order, so repeatable): whole vectors in K independent
+// sums, as one running sum would wait on each add, then their lanes, then the last n % lanes
+// floats. A small plane (7x7 is 49 floats) is still mostly whole vectors.
 inline float plane_sum(const float* p, int64_t n) {
   constexpr int K = 4;
   constexpr int64_t kStep = LaneGroup<Lanes, 1>::kStep;
@@ -445,10 +467,9 @@ inline float plane_sum(const float* p, int64_t n) {
   int64_t i = 0;
   for (; i + K * kStep <= n; i += K * kStep)
     for (int k = 0; k < K; ++k) acc[k] += load<Lanes>(p + i + k * kStep);
-  float total = 0.f;
+  for (; i + kStep <= n; i += kStep) acc[0] += load<Lanes>(p + i);  // fewer than K left
+  float total = lane_sum((acc[0] + acc[1]) + (acc[2] + acc[3]));
   for (; i < n; ++i) total += p[i];
-  for (int k = 1; k < K; ++k) acc[0] += acc[k];
-  for (int64_t l = 0; l < kStep; ++l) total += acc[0][l];
   return total;
 }
 
