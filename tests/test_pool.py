@@ -123,3 +123,23 @@ def test_pooling_cifar_sized(isa, layout, kind, kernel, stride):
         getattr(fastconv, f"{kind}_pool2d_backward")(dy, x, kernel, **kw),
         getattr(ref, f"{kind}_pool2d_backward")(dy, x, kernel, **kw),
     )
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("kind,kernel,stride", [("max", 2, None), ("avg", 3, 3), ("max", 3, 2)])
+def test_nhwc_row_runs_cross_images(isa, threads, kind, kernel, stride):
+    """NHWC items are runs of output rows that may end mid-image (11 images of 7 rows): each
+    run's rows in each image, the input rows between windows zeroed by their owner."""
+    rng = np.random.default_rng(threads)
+    x = rand(rng, 11, 15, 15, 20)
+    kw = dict(stride=stride, layout="NHWC")
+    before = fastconv.get_num_threads()
+    fastconv.set_num_threads(threads)
+    try:
+        y = getattr(fastconv, f"{kind}_pool2d")(x, kernel, **kw)
+        dy = rand(rng, *y.shape)
+        dx = getattr(fastconv, f"{kind}_pool2d_backward")(dy, x, kernel, **kw)
+    finally:
+        fastconv.set_num_threads(before)
+    assert_close(y, getattr(ref, f"{kind}_pool2d")(x, kernel, **kw))
+    assert_close(dx, getattr(ref, f"{kind}_pool2d_backward")(dy, x, kernel, **kw))

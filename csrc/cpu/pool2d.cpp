@@ -133,6 +133,17 @@ void for_plane_runs(const PoolGeometry& g, Run&& run) {
   parallel_runs(planes, per_item, run);
 }
 
+// NHWC items are runs of output rows (of one image or several), sized as the plane runs: a
+// thread then reads consecutive input rows, and short rows (7x7 maps) are not handed out
+// one at a time.
+template <class Run>
+void for_row_runs(const PoolGeometry& g, Run&& run) {
+  const int64_t rows = g.n * g.oh, row_floats = std::max<int64_t>(1, g.stride_h * g.w * g.c);
+  const int64_t per_item = std::clamp<int64_t>(
+      std::min((int64_t{64} << 10) / row_floats, rows / (4 * num_threads())), 1, rows);
+  parallel_runs(rows, per_item, run);
+}
+
 // winners: the plane's saved winners (max/min), or nullptr.
 template <PoolKind kind>
 void forward_plane(const PoolGeometry& g, const ColumnPlan& plan, const float* in, float* out,
@@ -495,9 +506,10 @@ void forward(const PoolGeometry& g, const float* x, float* y, uint8_t* winners) 
   if (g.channels_last) {
     with_streaming(streams(g, g.n * g.oh * g.ow * g.c), [&](auto streamed) {
       with_winners<kind>(winners, [&](auto saved) {
-        parallel_for(g.n * g.oh, [&](int64_t row) {
-          forward_nhwc_row<kind, decltype(streamed)::value, decltype(saved)::value>(
-              g, x, y, winners, row / g.oh, row % g.oh);
+        for_row_runs(g, [&](int64_t first, int64_t last) {
+          for (int64_t row = first; row < last; ++row)
+            forward_nhwc_row<kind, decltype(streamed)::value, decltype(saved)::value>(
+                g, x, y, winners, row / g.oh, row % g.oh);
         });
       });
     });
@@ -531,11 +543,14 @@ void backward(const PoolGeometry& g, const float* dy, const float* x, const uint
     with_streaming(streams(g, g.n * g.h * g.w * g.c), [&](auto streamed) {
       with_winners<kind>(winners, [&](auto saved) {
         constexpr bool kStream = decltype(streamed)::value, kWinners = decltype(saved)::value;
-        if (g.kh <= g.stride_h) {  // an input row meets one output row: items are (image, row)
-          parallel_for(g.n * g.oh, [&](int64_t item) {
-            const int64_t oy = item % g.oh;
-            backward_nhwc_rows<kind, kStream, kWinners>(g, dy, x, winners, dx, item / g.oh, oy,
-                                                        oy + 1, 0, g.c);
+        if (g.kh <= g.stride_h) {  // an input row meets one output row: items are row runs
+          for_row_runs(g, [&](int64_t first, int64_t last) {
+            for (int64_t row = first; row < last;) {  // the run's rows in each image
+              const int64_t oy = row % g.oh, rows = std::min(g.oh - oy, last - row);
+              backward_nhwc_rows<kind, kStream, kWinners>(g, dy, x, winners, dx, row / g.oh, oy,
+                                                          oy + rows, 0, g.c);
+              row += rows;
+            }
           });
         } else {  // rows shared by output rows: items are (image, channel block), all rows
           const int64_t block = shared_rows_channel_block(g), blocks = (g.c + block - 1) / block;
