@@ -286,6 +286,9 @@ struct GradientRow {
   int64_t c;
 };
 
+// Pixels ahead of a tile whose x is prefetched.
+constexpr int kPrefetchPixels = 8;
+
 // P pixels from `first` x the channel vector at c (`tail` channels with kTail). dw's sums
 // for a tap take the P products in two chains, then go through memory once per tile.
 template <int P, bool kTail, bool kStream>
@@ -301,6 +304,9 @@ void gradient_tile(const GradientRow& r, int64_t first, int64_t c, int tail) {
   for (int p = 0; p < P; ++p) {
     xq[p] = load(x + p * r.c);
     acc[p] = Simd::zero();
+    // A tile reads one vector of each pixel's C channels: a stride through memory that the
+    // hardware prefetchers do not run far enough ahead of.
+    __builtin_prefetch(x + (kPrefetchPixels + p) * r.c);
   }
   for (int64_t k = 0; k < r.taps; ++k) {
     const V wk = Simd::load(r.w + k * r.ld + c);
