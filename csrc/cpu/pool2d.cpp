@@ -122,26 +122,28 @@ void find_row_winners(const PoolGeometry& g, const ColumnPlan& plan, const float
   });
 }
 
-// NCHW items are runs of whole planes, about 64K input floats each (a 7x7 plane is 49), so
-// that handing an item to a thread costs little beside its work, and at least four per
-// thread.
+// run(first, last) over runs of `count` units of `floats` input floats each: about 64K
+// input floats per run, so that handing a run to a thread costs little beside its work, and
+// at least four runs per thread.
 template <class Run>
-void for_plane_runs(const PoolGeometry& g, Run&& run) {
-  const int64_t planes = g.n * g.c;
+void for_runs(int64_t count, int64_t floats, Run&& run) {
   const int64_t per_item = std::clamp<int64_t>(
-      std::min((int64_t{64} << 10) / (g.h * g.w), planes / (4 * num_threads())), 1, planes);
-  parallel_runs(planes, per_item, run);
+      std::min((int64_t{64} << 10) / std::max<int64_t>(1, floats), count / (4 * num_threads())), 1,
+      count);
+  parallel_runs(count, per_item, run);
 }
 
-// NHWC items are runs of output rows (of one image or several), sized as the plane runs: a
-// thread then reads consecutive input rows, and short rows (7x7 maps) are not handed out
-// one at a time.
+// NCHW items are runs of whole planes (a 7x7 plane is 49 floats).
+template <class Run>
+void for_plane_runs(const PoolGeometry& g, Run&& run) {
+  for_runs(g.n * g.c, g.h * g.w, run);
+}
+
+// NHWC items are runs of output rows (of one image or several): a thread then reads
+// consecutive input rows, and short rows (7x7 maps) are not handed out one at a time.
 template <class Run>
 void for_row_runs(const PoolGeometry& g, Run&& run) {
-  const int64_t rows = g.n * g.oh, row_floats = std::max<int64_t>(1, g.stride_h * g.w * g.c);
-  const int64_t per_item = std::clamp<int64_t>(
-      std::min((int64_t{64} << 10) / row_floats, rows / (4 * num_threads())), 1, rows);
-  parallel_runs(rows, per_item, run);
+  for_runs(g.n * g.oh, g.stride_h * g.w * g.c, run);
 }
 
 // winners: the plane's saved winners (max/min), or nullptr.
