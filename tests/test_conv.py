@@ -300,6 +300,19 @@ def test_nhwc_forward_streams_large_outputs(isa):
     assert_close(y, want)
 
 
+def test_direct_forward_streams_large_outputs(isa):
+    """A direct NHWC forward (3 input channels) with an output of 4 MiB or more and 32
+    channels, two whole cache lines per pixel, is written with streaming stores; the 63 x 65
+    map ends rows mid-tile. Checked against the float64 reference, padding included."""
+    rng = np.random.default_rng(12)
+    x, w, b = rand(rng, 9, 63, 65, 3), rand(rng, 32, 3, 3, 3), rand(rng, 32)
+    kw = dict(padding=1, layout="NHWC")
+    assert conv_algorithm("forward", x.shape, w.shape, **kw) == "direct_nhwc"
+    y = fastconv.conv2d(x, w, b, **kw)
+    assert y.nbytes >= 4 << 20
+    assert_close(y, ref.conv2d(x, w, b, **kw))
+
+
 @pytest.mark.parametrize(
     "x_shape,w_shape,kw",
     [
