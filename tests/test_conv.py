@@ -244,6 +244,21 @@ def test_winograd_keeps_nan_local():
     assert np.isfinite(y[1:]).all()
 
 
+@pytest.mark.parametrize(
+    "x_shape,w_shape,expected",
+    [
+        ((8, 16, 15, 16), (24, 16, 3, 3), "winograd_f4x3"),  # C_out ends mid-vector
+        ((64, 3, 3, 32), (16, 32, 3, 3), "winograd_f3x3"),
+        ((8, 8, 9, 32), (20, 32, 5, 5), "winograd_f2x5"),
+    ],
+)
+def test_winograd_nhwc_by_channels_keeps_specials(isa, x_shape, w_shape, expected):
+    """NHWC Winograd forwards with C_in a multiple of 16 and a small U work along the
+    channels (AVX-512); a NaN and an Inf in x send the call to the direct GEMM, so they reach
+    exactly the outputs whose windows hold them."""
+    _check_conv_path(isa, "forward", expected, x_shape, w_shape, layout="NHWC", padding="same")
+
+
 def _check_conv_path(isa, direction, expected, x_shape, w_shape, seed=0, **kw):
     """Asserts that the selector runs `expected` for this pass on `isa`, then checks every
     output of forward and backward against the reference, with a NaN and an Inf in x (they

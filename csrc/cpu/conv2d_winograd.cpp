@@ -25,6 +25,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#if __has_include(<unistd.h>)
+#include <unistd.h>  // sysconf
+#endif
 
 #include "cpu/conv2d_winograd.h"
 #include "cpu/gemm.h"
@@ -549,16 +552,125 @@ bool forward_item(const TileMap& map, const std::vector<Buffer>& u, const float*
              : transform_output_tiles<W, false>(map, m.data(), width, bias, t0, count, y);
 }
 
+// ---- NHWC forward where U fits in L2: a register of channels per vector, no transposes ----
+//
+// The forward above transposes every patch and output tile between pixels and tile lanes,
+// which costs as much as its GEMMs where a layer has few channels. Here V[xi] (T x Ci) and
+// M[xi] (T x Co) keep channels contiguous, as in the NHWC weight gradient, and the GEMMs
+// M[xi] = V[xi] U[xi]^T read V's rows in place and stream U[xi]^T as the wide operand:
+// cheap while all of U stays in a core's L2, with a quarter of it left for V and M. Layers
+// whose C_in ends mid-vector keep the forward above, which moves channels 8 at a time, and
+// so does the AVX2 build: with 16 registers, a tile's 36 vectors of points spill, and that
+// path measured half as fast as the transposing one.
+int64_t l2_bytes() {
+  static const int64_t bytes = [] {
+#ifdef _SC_LEVEL2_CACHE_SIZE
+    const long reported = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    if (reported > 0) return static_cast<int64_t>(reported);
+#endif
+    return int64_t{1} << 20;
+  }();
+  return bytes;
+}
+
+template <class W>
+bool forward_by_channels(const ConvGeometry& g) {
+  return kLanes == 16 && g.channels_last && g.c_in % kLanes == 0 &&
+         W::kPoints * g.c_in * g.c_out * 4 <= l2_bytes() * 3 / 4;
+}
+
+// U[xi]^T (Ci x Co) in NR-slivers of output channels (the packed-B format), from the
+// MR-slivers of U[xi] (Co x Ci) that transform_weights writes.
+template <class W>
+const std::vector<Buffer>& transposed_weights(const ConvGeometry& g, const std::vector<Buffer>& u) {
+  const int64_t slivers = (g.c_out + NR - 1) / NR;
+  thread_local std::vector<Buffer> calling_thread_ut(W::kPoints);
+  for (int xi = 0; xi < W::kPoints; ++xi) {
+    Buffer& ut = calling_thread_ut[xi];
+    ut.assign(slivers * NR * g.c_in, 0.f);
+    for (int64_t co = 0; co < g.c_out; ++co)
+      for (int64_t ci = 0; ci < g.c_in; ++ci)
+        ut[(co / NR * g.c_in + ci) * NR + co % NR] = u[xi][(co / MR * g.c_in + ci) * MR + co % MR];
+  }
+  return calling_thread_ut;
+}
+
+// y = A^T M A + bias for tiles [t0, t0 + count), M given as m[(xi * count + t) * ldm + co];
+// false on a non-finite value.
+template <class W, bool kStream>
+bool transform_output_nhwc(const TileMap& map, const float* m, int64_t ldm, const float* bias,
+                           int64_t t0, int64_t count, float* y) {
+  const ConvGeometry& g = map.g;
+  constexpr int kOut = W::kOut;
+  Lanes probe{};  // becomes NaN in a lane if any output there is NaN or infinite
+  for (int64_t s = 0; s * NR < count; ++s) {
+    int64_t off[kOut * kOut][NR];
+    patch_offsets<kOut>(map, t0 + s * NR, count - s * NR, 0, 0, g.oh, g.ow, g.c_out, off);
+    for (int64_t l = 0; l < std::min(NR, count - s * NR); ++l) {
+      const float* row = m + (s * NR + l) * ldm;
+      for (int64_t c0 = 0; c0 < g.c_out; c0 += kLanes) {
+        const int64_t n = std::min(kLanes, g.c_out - c0);
+        Lanes points[W::kPoints], out[kOut * kOut];
+        for (int xi = 0; xi < W::kPoints; ++xi)
+          points[xi] = load_first(row + xi * count * ldm + c0, n);
+        output_2d<W, Lanes, 1>(points, 1, out);
+        const Lanes b = bias ? load_first(bias + c0, n) : Lanes{};
+        for (int p = 0; p < kOut * kOut; ++p) {
+          const Lanes v = out[p] + b;
+          probe += v * 0.f;
+          if (off[p][l] < 0) continue;
+          if (n == kLanes)
+            store_out<kStream>(y + off[p][l] + c0, v);
+          else
+            std::memcpy(y + off[p][l] + c0, &v, sizeof(float) * n);
+        }
+      }
+    }
+  }
+  if (kStream) stream_fence();
+  return !any_lane(probe != probe);
+}
+
+template <class W>
+bool forward_item_by_channels(const TileMap& map, const std::vector<Buffer>& ut, const float* x,
+                              const float* bias, int64_t t0, int64_t count, float* y) {
+  const ConvGeometry& g = map.g;
+  const int64_t ldv = v_stride(g), ldm = m_stride(g);
+  thread_local Buffer v, m;
+  thread_local std::vector<const float*> rows;
+  v.resize(W::kPoints * count * ldv);
+  m.resize(W::kPoints * count * ldm);
+  rows.resize(round_up(count, MR));
+  transform_input_nhwc<W>(map, x, t0, count, v.data(), ldv);
+  for (int xi = 0; xi < W::kPoints; ++xi) {
+    const float* vx = v.data() + xi * count * ldv;
+    for (int64_t t = 0; t < round_up(count, MR); ++t) rows[t] = vx + std::min(t, count - 1) * ldv;
+    float* mx = m.data() + xi * count * ldm;
+    for (int64_t o0 = 0; o0 < g.c_out; o0 += NR) {
+      const float* sliver = ut[xi].data() + o0 * g.c_in;
+      for (int64_t t = 0; t < count; t += MR)
+        micro_tile_rows(1, g.c_in, rows.data() + t, &sliver, nullptr, mx + t * ldm + o0, ldm,
+                        std::min(MR, count - t), std::min(NR, g.c_out - o0), false);
+    }
+  }
+  return streams_winograd_output(g, y)
+             ? transform_output_nhwc<W, true>(map, m.data(), ldm, bias, t0, count, y)
+             : transform_output_nhwc<W, false>(map, m.data(), ldm, bias, t0, count, y);
+}
+
 template <class W>
 bool forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y) {
   const TileMap map(g, W::kOut);
   const int64_t tiles = map.tiles(), chunk = tiles_per_item<W>(g, tiles, kForwardBudget);
   const std::vector<Buffer>& u = transform_weights<W>(g, w);
+  const bool by_channels = forward_by_channels<W>(g);
+  const std::vector<Buffer>& ut = by_channels ? transposed_weights<W>(g, u) : u;
   const int64_t items = (tiles + chunk - 1) / chunk;
   std::vector<char> finite(items, 1);
   parallel_for(items, [&](int64_t item) {
     const int64_t t0 = item * chunk, count = std::min(chunk, tiles - t0);
-    finite[item] = forward_item<W>(map, u, x, bias, t0, count, y);
+    finite[item] = by_channels ? forward_item_by_channels<W>(map, ut, x, bias, t0, count, y)
+                               : forward_item<W>(map, u, x, bias, t0, count, y);
   });
   for (char f : finite)
     if (!f) return false;
