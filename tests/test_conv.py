@@ -248,12 +248,13 @@ def test_winograd_keeps_nan_local():
     "x_shape,w_shape,expected",
     [
         ((8, 16, 15, 16), (24, 16, 3, 3), "winograd_f4x3"),  # C_out ends mid-vector
+        ((8, 16, 15, 24), (40, 24, 3, 3), "winograd_f4x3"),  # C_in too: its last 8 masked
         ((64, 3, 3, 32), (16, 32, 3, 3), "winograd_f3x3"),
         ((8, 8, 9, 32), (20, 32, 5, 5), "winograd_f2x5"),
     ],
 )
 def test_winograd_nhwc_by_channels_keeps_specials(isa, x_shape, w_shape, expected):
-    """NHWC Winograd forwards with C_in a multiple of 16 and a small U work along the
+    """NHWC Winograd forwards with C_in a multiple of 8 and a small U work along the
     channels (AVX-512); a NaN and an Inf in x send the call to the direct GEMM, so they reach
     exactly the outputs whose windows hold them."""
     _check_conv_path(isa, "forward", expected, x_shape, w_shape, layout="NHWC", padding="same")

@@ -415,9 +415,13 @@ void transform_output_gradient_nchw(const TileMap& map, const float* dy, int64_t
 
 // ---- NHWC weight gradient: a register of channels per vector, one tile at a time ----
 
-// The first n <= kStep lanes at p, the rest 0: a layer's last channels.
+// The first n <= kStep lanes at p, the rest 0: a layer's last channels (AVX-512: one masked
+// load, which reads nothing past them).
 inline Lanes load_first(const float* p, int64_t n) {
   if (n == LaneGroup<Lanes, 1>::kStep) return load<Lanes>(p);
+#if defined(__AVX512F__)
+  return reinterpret_cast<Lanes>(_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p));
+#endif
   Lanes v{};
   std::memcpy(&v, p, sizeof(float) * n);
   return v;
@@ -558,10 +562,11 @@ bool forward_item(const TileMap& map, const std::vector<Buffer>& u, const float*
 // which costs as much as its GEMMs where a layer has few channels. Here V[xi] (T x Ci) and
 // M[xi] (T x Co) keep channels contiguous, as in the NHWC weight gradient, and the GEMMs
 // M[xi] = V[xi] U[xi]^T read V's rows in place and stream U[xi]^T as the wide operand:
-// cheap while all of U stays in a core's L2, with a quarter of it left for V and M. Layers
-// whose C_in ends mid-vector keep the forward above, which moves channels 8 at a time, and
-// so does the AVX2 build: with 16 registers, a tile's 36 vectors of points spill, and that
-// path measured half as fast as the transposing one.
+// cheap while all of U stays in a core's L2, with a quarter of it left for V and M. C_in
+// must be a multiple of 8 (24 channels: a whole and a half vector, the half read masked);
+// other layers keep the forward above, and so does the AVX2 build: with 16 registers, a
+// tile's 36 vectors of points spill, and that path measured half as fast as the transposing
+// one.
 int64_t l2_bytes() {
   static const int64_t bytes = [] {
 #ifdef _SC_LEVEL2_CACHE_SIZE
@@ -575,7 +580,7 @@ int64_t l2_bytes() {
 
 template <class W>
 bool forward_by_channels(const ConvGeometry& g) {
-  return kLanes == 16 && g.channels_last && g.c_in % kLanes == 0 &&
+  return kLanes == 16 && g.channels_last && g.c_in % 8 == 0 &&
          W::kPoints * g.c_in * g.c_out * 4 <= l2_bytes() * 3 / 4;
 }
 
