@@ -35,6 +35,7 @@ __all__ = [
     "pointwise_conv2d_backward",
     "separable_conv2d",
     "separable_conv2d_backward",
+    "separable_conv2d_backward_from_mid",
     "sum_pool2d",
     "sum_pool2d_backward",
 ]
@@ -281,22 +282,50 @@ def separable_conv2d_backward(
     need_dx=True,
     need_dw=True,
 ):
-    """Gradients (dx, d_depthwise_w, d_pointwise_w, dbias); the depthwise output is recomputed.
-    need_dw=False skips both weights' gradients and dbias (all three come back as None)."""
-    mid = depthwise_conv2d(
-        x, depthwise_w, stride=stride, padding=padding, dilation=dilation, layout=layout
-    )
+    """Gradients (dx, d_depthwise_w, d_pointwise_w, dbias); the depthwise output is computed
+    again (separable_conv2d_backward_from_mid takes the forward's instead). need_dw=False
+    skips both weights' gradients and dbias (all three come back as None)."""
+    geometry = dict(stride=stride, padding=padding, dilation=dilation, layout=layout)
+    mid = depthwise_conv2d(x, depthwise_w, **geometry)
+    return _separable_backward(dy, x, mid, depthwise_w, pointwise_w, geometry, need_dx, need_dw)
+
+
+def separable_conv2d_backward_from_mid(
+    dy,
+    x,
+    mid,
+    depthwise_w,
+    pointwise_w,
+    *,
+    stride=1,
+    padding=0,
+    dilation=1,
+    layout="NCHW",
+    need_dx=True,
+    need_dw=True,
+):
+    """separable_conv2d_backward given mid, the depthwise output the forward computed
+    (depthwise_conv2d(x, depthwise_w, ...)), as a training forward can keep it."""
+    what = "separable_conv2d_backward_from_mid"
+    geometry = dict(stride=stride, padding=padding, dilation=dilation, layout=layout)
+    backend = _backend.resolve(dy, x, mid)
+    groups = _depthwise_groups(x, depthwise_w, layout, what)
+    x, depthwise_w, _ = _conv_inputs(x, depthwise_w, None, backend.xp, 4)
+    g = _args.conv_geometry(x.shape, depthwise_w.shape, what=what, groups=groups, **geometry)
+    mid = _args.array(mid, "mid", 4, backend.xp)
+    _args.expect_shape(mid, g.y_shape, "mid", " (the depthwise output of x)")
+    return _separable_backward(dy, x, mid, depthwise_w, pointwise_w, geometry, need_dx, need_dw)
+
+
+def _separable_backward(dy, x, mid, depthwise_w, pointwise_w, geometry, need_dx, need_dw):
     dmid, dpw, dbias = pointwise_conv2d_backward(
-        dy, mid, pointwise_w, layout=layout, need_dw=need_dw, need_dbias=need_dw
+        dy, mid, pointwise_w, layout=geometry["layout"], need_dw=need_dw, need_dbias=need_dw
     )
     dx, ddw, _ = depthwise_conv2d_backward(
         dmid,
         x,
         depthwise_w,
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        layout=layout,
+        **geometry,
         need_dx=need_dx,
         need_dw=need_dw,
         need_dbias=False,  # the depthwise half has no bias

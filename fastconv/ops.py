@@ -429,6 +429,19 @@ CONV2D = Op(
 )
 DEPTHWISE_CONV2D = replace(CONV2D, name="depthwise_conv2d", sample=_sample_conv("depthwise"))
 POINTWISE_CONV2D = replace(CONV2D, name="pointwise_conv2d", sample=_sample_pointwise)
+
+
+def _separable_layer_backward(case, lib):
+    """SeparableConv2D's backward: from the depthwise output its training forward keeps."""
+    backward = getattr(lib, "separable_conv2d_backward_from_mid", None)
+    if backward is None:
+        return None
+    x, dw, pw = (case.inputs[name] for name in ("x", "depthwise_w", "pointwise_w"))
+    mid = lib.depthwise_conv2d(x, dw, **case.params)
+    grads = ("x", "depthwise_w", "pointwise_w", "bias")
+    return lambda dy: dict(zip(grads, backward(dy, x, mid, dw, pw, **case.params)))
+
+
 SEPARABLE_CONV2D = Op(
     "separable_conv2d",
     forward_args=("x", "depthwise_w", "pointwise_w"),
@@ -436,6 +449,7 @@ SEPARABLE_CONV2D = Op(
     grads=("x", "depthwise_w", "pointwise_w", "bias"),
     sample=_sample_separable,
     torch=_torch_separable,
+    layer_backward=_separable_layer_backward,
     **_CONV,
 )
 

@@ -211,24 +211,6 @@ def check_conv(dev, host, x, w, b, kwargs, rng, op="conv2d"):
         assert_close(host(g), r)
 
 
-def check_pointwise(dev, host, x, w, b, layout, rng):
-    y = host(fastconv.pointwise_conv2d(dev(x), dev(w), dev(b), layout=layout))
-    assert_close(y, ref.pointwise_conv2d(x, w, b, layout=layout))
-    dy = rand(rng, *y.shape)
-    got = fastconv.pointwise_conv2d_backward(dev(dy), dev(x), dev(w), layout=layout)
-    for g, r in zip(got, ref.pointwise_conv2d_backward(dy, x, w, layout=layout)):
-        assert_close(host(g), r)
-
-
-def check_separable(dev, host, x, dw, pw, b, kwargs, rng):
-    y = host(fastconv.separable_conv2d(dev(x), dev(dw), dev(pw), dev(b), **kwargs))
-    assert_close(y, ref.separable_conv2d(x, dw, pw, b, **kwargs))
-    dy = rand(rng, *y.shape)
-    got = fastconv.separable_conv2d_backward(dev(dy), dev(x), dev(dw), dev(pw), **kwargs)
-    for g, r in zip(got, ref.separable_conv2d_backward(dy, x, dw, pw, **kwargs)):
-        assert_close(host(g), r)
-
-
 def check_pool(dev, host, kind, x, kernel, kwargs, rng):
     forward = getattr(fastconv, f"{kind}_pool2d")
     backward = getattr(fastconv, f"{kind}_pool2d_backward")

@@ -72,6 +72,24 @@ KERNEL_LAYERS = [
 ]
 
 
+def test_separable_backward_from_the_kept_or_a_recomputed_depthwise_output():
+    """A training forward keeps the depthwise output for the backward; after an inference
+    forward the backward computes it again. The gradients are the same numbers."""
+    layer = _build(nn.SeparableConv2D(5, 3, padding="same"), (7, 7, 3))
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 7, 7, 3)).astype(np.float32)
+    dy = rng.standard_normal((2, 7, 7, 5)).astype(np.float32)
+    results = []
+    for training in (True, False):
+        layer.forward(x, training=training)
+        results.append((layer.backward(dy), dict(layer.grads)))
+    (dx_kept, kept), (dx_again, again) = results
+    np.testing.assert_array_equal(dx_kept, dx_again)
+    assert kept.keys() == again.keys() == {"depthwise_kernel", "pointwise_kernel", "bias"}
+    for name in kept:
+        np.testing.assert_array_equal(kept[name], again[name])
+
+
 @pytest.mark.parametrize("make, shape", KERNEL_LAYERS)
 def test_kernel_layer_gradients(make, shape):
     layer = _build(make(), shape)

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import fastconv
 from fastconv import ops
 
 from op_cases import CPU_LIMITS, HypothesisDraw, check_case, examples, ops_with
@@ -26,6 +27,28 @@ def test_op_table_knows_the_output_shapes(op, data):
     case = op.sample(HypothesisDraw(data), CPU_LIMITS)
     got = {name: tuple(a.shape) for name, a in op.forward(case).items()}
     assert got == {name: tuple(shape) for name, shape in op.shapes(case).items()}
+
+
+@pytest.mark.parametrize("op", ops_with(lambda op: op.layer_backward is not None))
+@settings(max_examples=examples(40))
+@given(data=st.data())
+def test_layer_backward_gives_the_backward_gradients(isa, op, data):
+    """The backward fastconv's layers run from what their training forward keeps (max
+    pooling: the argmax; separable: the depthwise output) gives the op's backward's numbers,
+    bit for bit: the same kernels on the same values."""
+    case = op.sample(HypothesisDraw(data), CPU_LIMITS)
+    layer_backward = op.layer_backward(case, fastconv)
+    if layer_backward is None:  # a window too large for a byte of argmax
+        return
+    forward = op.forward(case)
+    dy = np.random.default_rng(3).standard_normal(forward["y"].shape).astype(np.float32)
+    want = op.backward(case, dy, forward)
+    got = layer_backward(dy)
+    for name in op.grads:
+        if want.get(name) is None:
+            assert got.get(name) is None, name
+        else:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
 @pytest.mark.parametrize("op", ops_with())

@@ -112,6 +112,16 @@ def test_bias_and_gradient_shapes():
         np.zeros((3, 4), np.float32),
         X,
     )
+    raises(  # the depthwise output of X and DW is (2, 8, 6, 6)
+        ValueError,
+        "mid must have shape",
+        fastconv.separable_conv2d_backward_from_mid,
+        np.zeros((2, 5, 6, 6), np.float32),
+        X,
+        np.zeros((2, 8, 8, 8), np.float32),
+        DW,
+        np.zeros((5, 8), np.float32),
+    )
 
 
 @pytest.mark.parametrize("kind", POOLS)
@@ -304,7 +314,10 @@ def test_malformed_calls_raise_instead_of_crashing(name):
     """Every function, every argument slot, a zoo of odd values: only Python exceptions."""
     fn = getattr(fastconv, name)
     backward = name.endswith("_backward")
-    if "separable" in name:
+    if name.endswith("_from_mid"):  # dy, x, mid, depthwise_w, pointwise_w
+        mid, pointwise = np.zeros((2, 8, 6, 6), np.float32), np.zeros((5, 8), np.float32)
+        base = [np.zeros((2, 5, 6, 6), np.float32), X, mid, DW, pointwise]
+    elif "separable" in name:
         base = [X, DW, np.zeros((5, 8), np.float32)]
     elif "pointwise" in name:
         base = [X, PW]

@@ -389,25 +389,24 @@ class SeparableConv2D(_ConvBase):
         return self.output_shape
 
     def forward(self, x, training=False):
+        # Training keeps the depthwise output, which the backward would otherwise recompute.
         self._x = x
-        return F.separable_conv2d(
-            x,
-            self.params["depthwise_kernel"],
-            self.params["pointwise_kernel"],
-            self.params.get("bias"),
-            **self.geometry,
+        mid = F.depthwise_conv2d(x, self.params["depthwise_kernel"], **self.geometry)
+        self._mid = mid if training else None
+        layout = self.geometry["layout"]
+        return F.pointwise_conv2d(
+            mid, self.params["pointwise_kernel"], self.params.get("bias"), layout=layout
         )
 
     def backward(self, dy):
-        dx, ddw, dpw, db = F.separable_conv2d_backward(
-            dy,
-            self._x,
-            self.params["depthwise_kernel"],
-            self.params["pointwise_kernel"],
-            need_dx=self.need_input_grad,
-            need_dw=self.trainable,
-            **self.geometry,
-        )
+        weights = self.params["depthwise_kernel"], self.params["pointwise_kernel"]
+        flags = dict(need_dx=self.need_input_grad, need_dw=self.trainable, **self.geometry)
+        if self._mid is None:
+            dx, ddw, dpw, db = F.separable_conv2d_backward(dy, self._x, *weights, **flags)
+        else:
+            dx, ddw, dpw, db = F.separable_conv2d_backward_from_mid(
+                dy, self._x, self._mid, *weights, **flags
+            )
         self._store_grads(depthwise_kernel=ddw, pointwise_kernel=dpw, bias=db)
         return dx
 
