@@ -150,9 +150,14 @@ def separable_conv2d(
 def separable_conv2d_backward(
     dy, x, depthwise_w, pointwise_w, *, stride=1, padding=0, dilation=1, layout="NCHW"
 ):
-    mid = depthwise_conv2d(
-        x, depthwise_w, stride=stride, padding=padding, dilation=dilation, layout=layout
-    )
+    geometry = dict(stride=stride, padding=padding, dilation=dilation, layout=layout)
+    mid = depthwise_conv2d(x, depthwise_w, **geometry)
+    return separable_conv2d_backward_from_mid(dy, x, mid, depthwise_w, pointwise_w, **geometry)
+
+
+def separable_conv2d_backward_from_mid(
+    dy, x, mid, depthwise_w, pointwise_w, *, stride=1, padding=0, dilation=1, layout="NCHW"
+):
     dmid, dpw, dbias = pointwise_conv2d_backward(dy, mid, pointwise_w, layout=layout)
     dx, ddw, _ = depthwise_conv2d_backward(
         dmid, x, depthwise_w, stride=stride, padding=padding, dilation=dilation, layout=layout
