@@ -235,34 +235,35 @@ void patch_offsets(const TileMap& map, int64_t t_first, int64_t tiles, int64_t s
   }
 }
 
-// U[xi] = G g G^T for every (co, ci) (g the r x r kernel), written straight into MR-slivers of a
-// (Co x Ci) matrix per xi (the GEMM's packed-A format), MR output channels at a time so that each
-// store is MR contiguous floats: no transposing pass over a (pairs x 36) intermediate.
+// U[xi] = G g G^T for every (co, ci) (g the r x r kernel), written straight into kWidth-slivers
+// of a (Co x Ci) matrix per xi, kWidth output channels at a time so that each store is kWidth
+// contiguous floats: no transposing pass over a (pairs x 36) intermediate. kWidth = MR gives
+// the GEMM's packed-A format (U as the left operand), NR its packed-B format of U^T.
 // The buffers belong to the calling thread and are reused from call to call: U of a wide
 // layer is megabytes, and fresh pages would cost a page fault each.
-template <class W>
+template <class W, int64_t kWidth = MR>
 const std::vector<Buffer>& transform_weights(const ConvGeometry& g, const float* w) {
   constexpr int kR = W::kR;
-  const int64_t slivers = (g.c_out + MR - 1) / MR;
+  const int64_t slivers = (g.c_out + kWidth - 1) / kWidth;
   thread_local std::vector<Buffer> calling_thread_u(W::kPoints);
   std::vector<Buffer>& packed = calling_thread_u;  // the workers below write the caller's U
-  for (Buffer& u : packed) u.resize(slivers * MR * g.c_in);
+  for (Buffer& u : packed) u.resize(slivers * kWidth * g.c_in);
   parallel_for(slivers, [&](int64_t s) {
     for (int64_t ci = 0; ci < g.c_in; ++ci) {
-      float wr[kR][kR][MR] = {}, gw[W::kAlpha][kR][MR] = {};  // rows past C_out stay 0
-      for (int64_t r = 0; r < std::min(MR, g.c_out - s * MR); ++r)
+      float wr[kR][kR][kWidth] = {}, gw[W::kAlpha][kR][kWidth] = {};  // rows past C_out stay 0
+      for (int64_t r = 0; r < std::min(kWidth, g.c_out - s * kWidth); ++r)
         for (int k = 0; k < kR * kR; ++k)
-          wr[k / kR][k % kR][r] = w[((s * MR + r) * g.c_in + ci) * kR * kR + k];
+          wr[k / kR][k % kR][r] = w[((s * kWidth + r) * g.c_in + ci) * kR * kR + k];
       for (int i = 0; i < W::kAlpha; ++i)
         for (int k = 0; k < kR; ++k)
           for (int j = 0; j < kR; ++j)
-            for (int r = 0; r < MR; ++r) gw[i][j][r] += W::kG[i][k] * wr[k][j][r];
+            for (int r = 0; r < kWidth; ++r) gw[i][j][r] += W::kG[i][k] * wr[k][j][r];
       for (int i = 0; i < W::kAlpha; ++i)
         for (int j = 0; j < W::kAlpha; ++j) {
-          float u[MR] = {};
+          float u[kWidth] = {};
           for (int k = 0; k < kR; ++k)
-            for (int r = 0; r < MR; ++r) u[r] += gw[i][k][r] * W::kG[j][k];
-          std::memcpy(packed[i * W::kAlpha + j].data() + (s * g.c_in + ci) * MR, u, sizeof u);
+            for (int r = 0; r < kWidth; ++r) u[r] += gw[i][k][r] * W::kG[j][k];
+          std::memcpy(packed[i * W::kAlpha + j].data() + (s * g.c_in + ci) * kWidth, u, sizeof u);
         }
     }
   });
@@ -584,22 +585,6 @@ bool forward_by_channels(const ConvGeometry& g) {
          W::kPoints * g.c_in * g.c_out * 4 <= l2_bytes() * 3 / 4;
 }
 
-// U[xi]^T (Ci x Co) in NR-slivers of output channels (the packed-B format), from the
-// MR-slivers of U[xi] (Co x Ci) that transform_weights writes.
-template <class W>
-const std::vector<Buffer>& transposed_weights(const ConvGeometry& g, const std::vector<Buffer>& u) {
-  const int64_t slivers = (g.c_out + NR - 1) / NR;
-  thread_local std::vector<Buffer> calling_thread_ut(W::kPoints);
-  for (int xi = 0; xi < W::kPoints; ++xi) {
-    Buffer& ut = calling_thread_ut[xi];
-    ut.assign(slivers * NR * g.c_in, 0.f);
-    for (int64_t co = 0; co < g.c_out; ++co)
-      for (int64_t ci = 0; ci < g.c_in; ++ci)
-        ut[(co / NR * g.c_in + ci) * NR + co % NR] = u[xi][(co / MR * g.c_in + ci) * MR + co % MR];
-  }
-  return calling_thread_ut;
-}
-
 // y = A^T M A + bias for tiles [t0, t0 + count), M given as m[(xi * count + t) * ldm + co];
 // false on a non-finite value.
 template <class W, bool kStream>
@@ -652,7 +637,7 @@ bool forward_item_by_channels(const TileMap& map, const std::vector<Buffer>& ut,
     for (int64_t t = 0; t < round_up(count, MR); ++t) rows[t] = vx + std::min(t, count - 1) * ldv;
     float* mx = m.data() + xi * count * ldm;
     for (int64_t o0 = 0; o0 < g.c_out; o0 += NR) {
-      const float* sliver = ut[xi].data() + o0 * g.c_in;
+      const float* sliver = ut[xi].data() + o0 * g.c_in;  // NR-sliver o0 / NR of U[xi]^T
       for (int64_t t = 0; t < count; t += MR)
         micro_tile_rows(1, g.c_in, rows.data() + t, &sliver, nullptr, mx + t * ldm + o0, ldm,
                         std::min(MR, count - t), std::min(NR, g.c_out - o0), false);
@@ -667,14 +652,14 @@ template <class W>
 bool forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y) {
   const TileMap map(g, W::kOut);
   const int64_t tiles = map.tiles(), chunk = tiles_per_item<W>(g, tiles, kForwardBudget);
-  const std::vector<Buffer>& u = transform_weights<W>(g, w);
   const bool by_channels = forward_by_channels<W>(g);
-  const std::vector<Buffer>& ut = by_channels ? transposed_weights<W>(g, u) : u;
+  const std::vector<Buffer>& u =
+      by_channels ? transform_weights<W, NR>(g, w) : transform_weights<W, MR>(g, w);
   const int64_t items = (tiles + chunk - 1) / chunk;
   std::vector<char> finite(items, 1);
   parallel_for(items, [&](int64_t item) {
     const int64_t t0 = item * chunk, count = std::min(chunk, tiles - t0);
-    finite[item] = by_channels ? forward_item_by_channels<W>(map, ut, x, bias, t0, count, y)
+    finite[item] = by_channels ? forward_item_by_channels<W>(map, u, x, bias, t0, count, y)
                                : forward_item<W>(map, u, x, bias, t0, count, y);
   });
   for (char f : finite)
