@@ -274,6 +274,12 @@ const std::vector<Buffer>& transform_weights(const ConvGeometry& g, const float*
 
 constexpr int64_t kLanes = LaneGroup<Lanes, 1>::kStep;
 
+// The distance in floats between consecutive points' blocks of V, M or dM: at least `floats`
+// and an odd number of cache lines. A transform reads or writes a tile's 36 points one after
+// another; at a multiple of 4 KiB apart they would all fall in one set of L1 and evict each
+// other, at an odd number of lines apart they fall in 36 different sets.
+int64_t point_stride(int64_t floats) { return ((floats + 15) / 16 | 1) * 16; }
+
 // NHWC, 8 channels at a time: d[c][p * NR + l] = channel c0 + c of cell p of tile l, read
 // as 8-float runs and transposed in registers (instead of 64 single-float gathers).
 template <int kCells>
@@ -332,10 +338,10 @@ bool streams_winograd_output(const ConvGeometry& g, const float* y) {
   return g.channels_last && streams_lines(y, g.c_out, g.y_size());
 }
 
-// Output transform of M (m[(xi * Co + co) * ldm + tile]) into y; false on a non-finite value.
+// Output transform of M (m[xi * m_step + co * ldm + tile]) into y; false on a non-finite value.
 template <class W, bool kStream>
-bool transform_output_tiles(const TileMap& map, const float* m, int64_t ldm, const float* bias,
-                            int64_t t0, int64_t count, float* y) {
+bool transform_output_tiles(const TileMap& map, const float* m, int64_t ldm, int64_t m_step,
+                            const float* bias, int64_t t0, int64_t count, float* y) {
   const ConvGeometry& g = map.g;
   const int64_t channel_stride = g.channels_last ? 1 : g.oh * g.ow;
   constexpr int kOut = W::kOut, kBlock = kStream ? 16 : 8;
@@ -345,7 +351,7 @@ bool transform_output_tiles(const TileMap& map, const float* m, int64_t ldm, con
     patch_offsets<kOut>(map, t0 + s * NR, count - s * NR, 0, 0, g.oh, g.ow, g.c_out, off);
     // out = A^T M A + bias for channel co, its cells p at out[p * NR + lane].
     auto transform = [&](int64_t co, float* out) {
-      output_2d<W, float, NR>(m + co * ldm + s * NR, g.c_out * ldm, out);
+      output_2d<W, float, NR>(m + co * ldm + s * NR, m_step, out);
       const float b = bias ? bias[co] : 0.f;
 #pragma omp simd reduction(+ : probe)
       for (int i = 0; i < kOut * kOut * NR; ++i) {
@@ -393,10 +399,10 @@ bool transform_output_tiles(const TileMap& map, const float* m, int64_t ldm, con
   return probe == 0.f;
 }
 
-// dM = A dY A^T for tiles [t0, t0 + count) of NCHW dy: dm[(xi * Co + co) * ldm + tile].
+// dM = A dY A^T for tiles [t0, t0 + count) of NCHW dy: dm[xi * m_step + co * ldm + tile].
 template <class W>
 void transform_output_gradient_nchw(const TileMap& map, const float* dy, int64_t t0, int64_t count,
-                                    float* dm, int64_t ldm) {
+                                    float* dm, int64_t ldm, int64_t m_step) {
   const ConvGeometry& g = map.g;
   constexpr int kOut = W::kOut;
   for (int64_t s = 0; s * NR < count; ++s) {
@@ -409,7 +415,7 @@ void transform_output_gradient_nchw(const TileMap& map, const float* dy, int64_t
         for (int l = 0; l < NR; ++l) d[p * NR + l] = off[p][l] >= 0 ? dyc[off[p][l]] : 0.f;
       output_adjoint_2d<W, float, NR>(d, out);
       for (int xi = 0; xi < W::kPoints; ++xi)
-        std::memcpy(dm + (xi * g.c_out + co) * ldm + s * NR, out + xi * NR, sizeof(float) * NR);
+        std::memcpy(dm + xi * m_step + co * ldm + s * NR, out + xi * NR, sizeof(float) * NR);
     }
   }
 }
@@ -433,10 +439,10 @@ inline Lanes load_first(const float* p, int64_t n) {
 int64_t v_stride(const ConvGeometry& g) { return round_up(g.c_in, NR); }
 int64_t m_stride(const ConvGeometry& g) { return round_up(round_up(g.c_out, MR), kLanes); }
 
-// Input transform of tiles [t0, t0 + count): v[(xi * count + t) * ldv + ci].
+// Input transform of tiles [t0, t0 + count): v[xi * v_step + t * ldv + ci].
 template <class W>
 void transform_input_nhwc(const TileMap& map, const float* x, int64_t t0, int64_t count, float* v,
-                          int64_t ldv) {
+                          int64_t ldv, int64_t v_step) {
   const ConvGeometry& g = map.g;
   for (int64_t s = 0; s * NR < count; ++s) {
     int64_t off[W::kPoints][NR];
@@ -450,16 +456,16 @@ void transform_input_nhwc(const TileMap& map, const float* x, int64_t t0, int64_
         for (int p = 0; p < W::kPoints; ++p)
           d[p] = off[p][l] >= 0 ? load_first(x + off[p][l] + c0, n) : Lanes{};
         input_2d<W, Lanes, 1>(d, out);
-        for (int xi = 0; xi < W::kPoints; ++xi) store(row + xi * count * ldv + c0, out[xi]);
+        for (int xi = 0; xi < W::kPoints; ++xi) store(row + xi * v_step + c0, out[xi]);
       }
     }
   }
 }
 
-// dM = A dY A^T for tiles [t0, t0 + count) of dy: dm[(xi * count + t) * ldm + co].
+// dM = A dY A^T for tiles [t0, t0 + count) of dy: dm[xi * m_step + t * ldm + co].
 template <class W>
 void transform_output_gradient_nhwc(const TileMap& map, const float* dy, int64_t t0, int64_t count,
-                                    float* dm, int64_t ldm) {
+                                    float* dm, int64_t ldm, int64_t m_step) {
   const ConvGeometry& g = map.g;
   constexpr int kOut = W::kOut;
   for (int64_t s = 0; s * NR < count; ++s) {
@@ -473,7 +479,7 @@ void transform_output_gradient_nhwc(const TileMap& map, const float* dy, int64_t
         for (int p = 0; p < kOut * kOut; ++p)
           d[p] = off[p][l] >= 0 ? load_first(dy + off[p][l] + c0, n) : Lanes{};
         output_adjoint_2d<W, Lanes, 1>(d, out);
-        for (int xi = 0; xi < W::kPoints; ++xi) store(row + xi * count * ldm + c0, out[xi]);
+        for (int xi = 0; xi < W::kPoints; ++xi) store(row + xi * m_step + c0, out[xi]);
       }
     }
   }
@@ -514,9 +520,22 @@ int64_t tiles_per_item(const ConvGeometry& g, int64_t tiles, int64_t budget) {
   return std::max<int64_t>(32, std::min(cache_bound, balance_bound));
 }
 
-// The forward's items keep V and M in a core's L2 (1 MB or more on current x86 server
-// cores); a larger budget would stream them from L3 instead.
-constexpr int64_t kForwardBudget = 1 << 20;
+// A core's L2 in bytes, as the OS reports it (1 MiB where it does not).
+int64_t l2_bytes() {
+  static const int64_t bytes = [] {
+#ifdef _SC_LEVEL2_CACHE_SIZE
+    const long reported = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    if (reported > 0) return static_cast<int64_t>(reported);
+#endif
+    return int64_t{1} << 20;
+  }();
+  return bytes;
+}
+
+// The forward's items keep V and M in half a core's L2, the other half left to the weights
+// and the patches of x: a larger budget streams them from L3 (measured: on a 1 MiB L2, items
+// sized for 1 MiB ran 8-10 % slower than items sized for half of it).
+int64_t forward_budget() { return l2_bytes() / 2; }
 
 // The weight gradient accumulates each item's 36 GEMMs into dU (36 x C_out x C_in): small
 // items keep V and dM in L2 but stream dU once more each, and where dU is large that costs
@@ -532,29 +551,29 @@ template <class W>
 bool forward_item(const TileMap& map, const std::vector<Buffer>& u, const float* x,
                   const float* bias, int64_t t0, int64_t count, float* y) {
   const ConvGeometry& g = map.g;
-  const int64_t width = round_up(count, NR), slivers = width / NR;
+  const int64_t width = round_up(count, NR);
+  const int64_t v_step = point_stride(g.c_in * width), m_step = point_stride(g.c_out * width);
   thread_local Buffer v, m;
-  v.resize(W::kPoints * g.c_in * width);
-  m.resize(W::kPoints * g.c_out * width);
-  // V in the GEMM's packed-B layout: v[((xi * slivers + s) * Ci + ci) * NR + lane]
+  v.resize(W::kPoints * v_step);
+  m.resize(W::kPoints * m_step);
+  // V in the GEMM's packed-B layout: v[xi * v_step + (s * Ci + ci) * NR + lane]
   transform_input_tiles<W>(
       map, x, t0, count, [&](int xi, int64_t ci, int64_t s, const float* lanes) {
-        std::memcpy(v.data() + ((xi * slivers + s) * g.c_in + ci) * NR, lanes, sizeof(float) * NR);
+        std::memcpy(v.data() + xi * v_step + (s * g.c_in + ci) * NR, lanes, sizeof(float) * NR);
       });
   for (int xi = 0; xi < W::kPoints; ++xi) {
-    const float* vx = v.data() + xi * slivers * g.c_in * NR;
+    const float* vx = v.data() + xi * v_step;
     auto weights = [&](int64_t i0, int64_t, int64_t k0, int64_t) {
       return prepacked_panel(u[xi], g.c_in, MR, i0, k0);
     };
     auto tiles_panel = [&](int64_t k0, int64_t, int64_t, int64_t) {
       return Panel{vx + k0 * NR, g.c_in * NR};
     };
-    gemm(g.c_out, width, g.c_in, weights, tiles_panel, m.data() + xi * g.c_out * width, width,
-         false);
+    gemm(g.c_out, width, g.c_in, weights, tiles_panel, m.data() + xi * m_step, width, false);
   }
   return streams_winograd_output(g, y)
-             ? transform_output_tiles<W, true>(map, m.data(), width, bias, t0, count, y)
-             : transform_output_tiles<W, false>(map, m.data(), width, bias, t0, count, y);
+             ? transform_output_tiles<W, true>(map, m.data(), width, m_step, bias, t0, count, y)
+             : transform_output_tiles<W, false>(map, m.data(), width, m_step, bias, t0, count, y);
 }
 
 // ---- NHWC forward where U fits in L2: a register of channels per vector, no transposes ----
@@ -563,21 +582,11 @@ bool forward_item(const TileMap& map, const std::vector<Buffer>& u, const float*
 // which costs as much as its GEMMs where a layer has few channels. Here V[xi] (T x Ci) and
 // M[xi] (T x Co) keep channels contiguous, as in the NHWC weight gradient, and the GEMMs
 // M[xi] = V[xi] U[xi]^T read V's rows in place and stream U[xi]^T as the wide operand:
-// cheap while all of U stays in a core's L2, with a quarter of it left for V and M. C_in
+// cheap while U takes at most three quarters of a core's L2. C_in
 // must be a multiple of 8 (24 channels: a whole and a half vector, the half read masked);
 // other layers keep the forward above, and so does the AVX2 build: with 16 registers, a
 // tile's 36 vectors of points spill, and that path measured half as fast as the transposing
 // one.
-int64_t l2_bytes() {
-  static const int64_t bytes = [] {
-#ifdef _SC_LEVEL2_CACHE_SIZE
-    const long reported = sysconf(_SC_LEVEL2_CACHE_SIZE);
-    if (reported > 0) return static_cast<int64_t>(reported);
-#endif
-    return int64_t{1} << 20;
-  }();
-  return bytes;
-}
 
 template <class W>
 bool forward_by_channels(const ConvGeometry& g) {
@@ -585,11 +594,11 @@ bool forward_by_channels(const ConvGeometry& g) {
          W::kPoints * g.c_in * g.c_out * 4 <= l2_bytes() * 3 / 4;
 }
 
-// y = A^T M A + bias for tiles [t0, t0 + count), M given as m[(xi * count + t) * ldm + co];
+// y = A^T M A + bias for tiles [t0, t0 + count), M given as m[xi * m_step + t * ldm + co];
 // false on a non-finite value.
 template <class W, bool kStream>
-bool transform_output_nhwc(const TileMap& map, const float* m, int64_t ldm, const float* bias,
-                           int64_t t0, int64_t count, float* y) {
+bool transform_output_nhwc(const TileMap& map, const float* m, int64_t ldm, int64_t m_step,
+                           const float* bias, int64_t t0, int64_t count, float* y) {
   const ConvGeometry& g = map.g;
   constexpr int kOut = W::kOut;
   Lanes probe{};  // becomes NaN in a lane if any output there is NaN or infinite
@@ -601,8 +610,7 @@ bool transform_output_nhwc(const TileMap& map, const float* m, int64_t ldm, cons
       for (int64_t c0 = 0; c0 < g.c_out; c0 += kLanes) {
         const int64_t n = std::min(kLanes, g.c_out - c0);
         Lanes points[W::kPoints], out[kOut * kOut];
-        for (int xi = 0; xi < W::kPoints; ++xi)
-          points[xi] = load_first(row + xi * count * ldm + c0, n);
+        for (int xi = 0; xi < W::kPoints; ++xi) points[xi] = load_first(row + xi * m_step + c0, n);
         output_2d<W, Lanes, 1>(points, 1, out);
         const Lanes b = bias ? load_first(bias + c0, n) : Lanes{};
         for (int p = 0; p < kOut * kOut; ++p) {
@@ -626,16 +634,17 @@ bool forward_item_by_channels(const TileMap& map, const std::vector<Buffer>& ut,
                               const float* bias, int64_t t0, int64_t count, float* y) {
   const ConvGeometry& g = map.g;
   const int64_t ldv = v_stride(g), ldm = m_stride(g);
+  const int64_t v_step = point_stride(count * ldv), m_step = point_stride(count * ldm);
   thread_local Buffer v, m;
   thread_local std::vector<const float*> rows;
-  v.resize(W::kPoints * count * ldv);
-  m.resize(W::kPoints * count * ldm);
+  v.resize(W::kPoints * v_step);
+  m.resize(W::kPoints * m_step);
   rows.resize(round_up(count, MR));
-  transform_input_nhwc<W>(map, x, t0, count, v.data(), ldv);
+  transform_input_nhwc<W>(map, x, t0, count, v.data(), ldv, v_step);
   for (int xi = 0; xi < W::kPoints; ++xi) {
-    const float* vx = v.data() + xi * count * ldv;
+    const float* vx = v.data() + xi * v_step;
     for (int64_t t = 0; t < round_up(count, MR); ++t) rows[t] = vx + std::min(t, count - 1) * ldv;
-    float* mx = m.data() + xi * count * ldm;
+    float* mx = m.data() + xi * m_step;
     for (int64_t o0 = 0; o0 < g.c_out; o0 += NR) {
       const float* sliver = ut[xi].data() + o0 * g.c_in;  // NR-sliver o0 / NR of U[xi]^T
       for (int64_t t = 0; t < count; t += MR)
@@ -644,14 +653,14 @@ bool forward_item_by_channels(const TileMap& map, const std::vector<Buffer>& ut,
     }
   }
   return streams_winograd_output(g, y)
-             ? transform_output_nhwc<W, true>(map, m.data(), ldm, bias, t0, count, y)
-             : transform_output_nhwc<W, false>(map, m.data(), ldm, bias, t0, count, y);
+             ? transform_output_nhwc<W, true>(map, m.data(), ldm, m_step, bias, t0, count, y)
+             : transform_output_nhwc<W, false>(map, m.data(), ldm, m_step, bias, t0, count, y);
 }
 
 template <class W>
 bool forward(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y) {
   const TileMap map(g, W::kOut);
-  const int64_t tiles = map.tiles(), chunk = tiles_per_item<W>(g, tiles, kForwardBudget);
+  const int64_t tiles = map.tiles(), chunk = tiles_per_item<W>(g, tiles, forward_budget());
   const bool by_channels = forward_by_channels<W>(g);
   const std::vector<Buffer>& u =
       by_channels ? transform_weights<W, NR>(g, w) : transform_weights<W, MR>(g, w);
@@ -690,14 +699,15 @@ bool backward_weight(const ConvGeometry& g, const float* dy, const float* x, flo
       const int64_t t0 = item * chunk, count = std::min(chunk, tiles - t0);
       if (nhwc) {
         const int64_t ldv = v_stride(g), ldm = m_stride(g);
-        v.resize(W::kPoints * count * ldv);
-        dm.resize(W::kPoints * count * ldm);
+        const int64_t v_step = point_stride(count * ldv), m_step = point_stride(count * ldm);
+        v.resize(W::kPoints * v_step);
+        dm.resize(W::kPoints * m_step);
         v_rows.resize(count);
-        transform_input_nhwc<W>(map, x, t0, count, v.data(), ldv);
-        transform_output_gradient_nhwc<W>(map, dy, t0, count, dm.data(), ldm);
+        transform_input_nhwc<W>(map, x, t0, count, v.data(), ldv, v_step);
+        transform_output_gradient_nhwc<W>(map, dy, t0, count, dm.data(), ldm, m_step);
         for (int xi = 0; xi < W::kPoints; ++xi) {
-          for (int64_t p = 0; p < count; ++p) v_rows[p] = v.data() + (xi * count + p) * ldv;
-          const float* dmx = dm.data() + xi * count * ldm;
+          for (int64_t p = 0; p < count; ++p) v_rows[p] = v.data() + xi * v_step + p * ldv;
+          const float* dmx = dm.data() + xi * m_step;
           float* du = partial[t].data() + xi * g.c_out * g.c_in;
           for (int64_t c0 = 0; c0 < g.c_in; c0 += NR)
             for (int64_t o0 = 0; o0 < g.c_out; o0 += MR)
@@ -707,18 +717,21 @@ bool backward_weight(const ConvGeometry& g, const float* dy, const float* x, flo
         continue;
       }
       const int64_t width = round_up(count, NR);
-      v.resize(W::kPoints * g.c_in * width);  // every lane is written: tiles past `count` as 0
-      dm.resize(W::kPoints * g.c_out * width);
+      const int64_t v_step = point_stride(g.c_in * width), m_step = point_stride(g.c_out * width);
+      v.resize(W::kPoints * v_step);  // every lane is written: tiles past `count` as 0
+      dm.resize(W::kPoints * m_step);
       transform_input_tiles<W>(
           map, x, t0, count, [&](int xi, int64_t ci, int64_t s, const float* lanes) {
-            std::memcpy(v.data() + (xi * g.c_in + ci) * width + s * NR, lanes, sizeof(float) * NR);
+            std::memcpy(v.data() + xi * v_step + ci * width + s * NR, lanes, sizeof(float) * NR);
           });
-      transform_output_gradient_nchw<W>(map, dy, t0, count, dm.data(), width);
+      transform_output_gradient_nchw<W>(map, dy, t0, count, dm.data(), width, m_step);
       const float* left = transposed ? v.data() : dm.data();
       const float* right = transposed ? dm.data() : v.data();
+      const int64_t left_step = transposed ? v_step : m_step;
+      const int64_t right_step = transposed ? m_step : v_step;
       for (int xi = 0; xi < W::kPoints; ++xi) {
-        StridedPacker a{left + xi * rows * width, width, 1, MR, &scratch_a()};
-        StridedPacker b{right + xi * cols * width, width, 1, NR, &scratch_b()};
+        StridedPacker a{left + xi * left_step, width, 1, MR, &scratch_a()};
+        StridedPacker b{right + xi * right_step, width, 1, NR, &scratch_b()};
         gemm(rows, cols, width, a, as_b(b), partial[t].data() + xi * rows * cols, cols, true);
       }
     }
