@@ -260,6 +260,37 @@ def test_winograd_nhwc_by_channels_keeps_specials(isa, x_shape, w_shape, expecte
     _check_conv_path(isa, "forward", expected, x_shape, w_shape, layout="NHWC", padding="same")
 
 
+@pytest.mark.parametrize(
+    "x_shape,w_shape,kw,expected",
+    [
+        # large enough to run on several threads
+        ((4, 16, 16, 64), (48, 64, 1, 1), {}, "gemm_nhwc"),  # the threads split the pixels
+        ((1, 16, 16, 256), (64, 256, 1, 1), {}, "gemm_nhwc"),  # few pixels: dW's columns
+        ((4, 32, 32, 3), (24, 3, 3, 3), dict(padding=1), "direct_nhwc"),
+        ((6, 32, 32, 3), (32, 3, 2, 2), {}, "direct_nhwc"),
+    ],
+)
+def test_nhwc_weight_gradient_sums_dbias(isa, x_shape, w_shape, kw, expected):
+    """The NHWC GEMM and direct weight gradients add up dbias from the dy they read: every
+    pixel once, with 1 to 3 threads, whichever way the threads split the work, and dw as
+    the weight gradient alone gives it, bit for bit."""
+    kw = dict(layout="NHWC", **kw)
+    assert conv_algorithm("backward_weight", x_shape, w_shape, **kw) == expected
+    rng = np.random.default_rng(w_shape[0])
+    x, w = rand(rng, *x_shape), rand(rng, *w_shape)
+    dy = rand(rng, *fastconv.conv2d(x, w, **kw).shape)
+    threads = fastconv.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            fastconv.set_num_threads(n)
+            _, dw, db = fastconv.conv2d_backward(dy, x, w, **kw)
+            assert_close(db, dy.astype(np.float64).sum(axis=(0, 1, 2)))
+            dw_alone = fastconv.conv2d_backward(dy, x, w, need_dx=False, need_dbias=False, **kw)[1]
+            np.testing.assert_array_equal(dw, dw_alone)
+    finally:
+        fastconv.set_num_threads(threads)
+
+
 def _check_conv_path(isa, direction, expected, x_shape, w_shape, seed=0, **kw):
     """Asserts that the selector runs `expected` for this pass on `isa`, then checks every
     output of forward and backward against the reference, with a NaN and an Inf in x (they

@@ -18,6 +18,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "cpu/bias_sums.h"
 #include "cpu/conv2d_algorithm.h"
 #include "cpu/conv2d_direct.h"
 #include "cpu/conv2d_winograd.h"
@@ -444,7 +445,11 @@ void backward_weight_nchw(const ConvGeometry& g, const float* dy, const float* x
 // pixels are few for the size of dW (small maps, wide layers): then they split dW's column
 // blocks (tap, channel block) and each sums all the pixels into its own, with no partial to
 // zero and reduce. Either way every element sums its chunks in the same order.
-void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
+//
+// With `bias` (one group only), the threads also add up the copied chunks of dy for the bias
+// gradient, each chunk once (by thread 0 where every thread reads every chunk).
+void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x, float* dw,
+                          BiasSums* bias = nullptr) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
   const int64_t K = cg * taps, pixels = g.n * g.oh * g.ow, ld = round_up(mg, MR);
   const int64_t chunks = (pixels + kPixelChunk - 1) / kPixelChunk, blocks = taps * (cg / NR);
@@ -463,6 +468,7 @@ void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x
         for (int64_t j = 0; j < pc; ++j)
           std::memcpy(grads.data() + j * ld, dy + (p0 + j) * g.c_out + grp * mg,
                       sizeof(float) * mg);
+        if (bias && (t == 0 || !split_columns)) bias->add_block(t, grads.data(), pc, ld);
         for_tap_rows(
             g, x, grp * cg, zero_row(cg), p0, pc,
             [&](int64_t i, int64_t tap, const float* row) { rows[tap * kPixelChunk + i] = row; });
@@ -580,6 +586,17 @@ void conv2d_backward(const ConvGeometry& g, const float* dy, const float* x, con
       depthwise_conv2d_backward(g, dy, x, w, dx, dw, dbias))
     return;
   conv2d_backward_input(g, dy, w, dx);
+  // The NHWC GEMM and direct weight gradients read every pixel of dy: they sum dbias too.
+  const Algorithm a = select_conv_algorithm(g, Direction::backward_weight, kBuildIsa);
+  if (dbias && g.channels_last && g.groups == 1 &&
+      (a == Algorithm::gemm_nhwc || a == Algorithm::direct_nhwc)) {
+    BiasSums bias(num_threads(), g.c_out);
+    if (a == Algorithm::gemm_nhwc)
+      backward_weight_nhwc(g, dy, x, dw, &bias);
+    else
+      conv2d_direct_backward_weight(g, dy, x, dw, &bias);
+    return bias.finish(dbias);
+  }
   conv2d_backward_weight(g, dy, x, dw);
   if (dbias) bias_backward(g, dy, dbias);
 }
@@ -601,23 +618,14 @@ void bias_backward(const ConvGeometry& g, const float* dy, float* dbias) {
     return;
   }
   const int threads = num_threads();
-  std::vector<std::vector<double>> partial(threads, std::vector<double>(C, 0.0));
+  BiasSums sums(threads, C);
   parallel_threads(threads, [&](int t, int team) {
     int64_t begin, end;
     split_range(g.n * P, team, t, begin, end);
-    std::vector<float> block(C);
-    for (int64_t p = begin; p < end; p += P) {  // float sums per image-sized block
-      std::fill(block.begin(), block.end(), 0.f);
-      for (int64_t q = p; q < std::min(end, p + P); ++q)
-        for (int64_t c = 0; c < C; ++c) block[c] += dy[q * C + c];
-      for (int64_t c = 0; c < C; ++c) partial[t][c] += block[c];
-    }
+    for (int64_t p = begin; p < end; p += P)  // image-sized blocks
+      sums.add_block(t, dy + p * C, std::min(end - p, P), C);
   });
-  for (int64_t c = 0; c < C; ++c) {
-    double total = 0.0;
-    for (int t = 0; t < threads; ++t) total += partial[t][c];
-    dbias[c] = static_cast<float>(total);
-  }
+  sums.finish(dbias);
 }
 
 }  // namespace fastconv::cpu::FASTCONV_ISA

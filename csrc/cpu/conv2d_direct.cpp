@@ -269,7 +269,8 @@ void forward(const ConvGeometry& g, const float* x, const float* w, const float*
 // fixed order. A gradient row is read in whole vectors: past a pixel's C_out channels into
 // the next pixel's (sums that are dropped), except at the end of dy, where it is copied.
 template <class S>
-void weight_gradient(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
+void weight_gradient(const ConvGeometry& g, const float* dy, const float* x, float* dw,
+                     BiasSums* bias) {
   const Frame f(g);
   const std::vector<int64_t> offset = tap_channel_offsets(f);
   const int64_t taps = static_cast<int64_t>(offset.size()), ld = round_up(g.c_out, S::kLanes),
@@ -303,6 +304,7 @@ void weight_gradient(const ConvGeometry& g, const float* dy, const float* x, flo
         }
         gradient_row<S>(row, taps, ld);
       }
+      if (bias) bias->add_block(t, dy + (b * g.oh + oy0) * row_floats, (oy1 - oy0) * g.ow, g.c_out);
       r += oy1 - oy0;
     }
   });
@@ -368,8 +370,8 @@ void conv2d_direct_backward_input(const ConvGeometry& g, const float* dy, const 
 }
 
 void conv2d_direct_backward_weight(const ConvGeometry& g, const float* dy, const float* x,
-                                   float* dw) {
-  with_output_vectors(g.c_out, [&](auto s) { weight_gradient<decltype(s)>(g, dy, x, dw); });
+                                   float* dw, BiasSums* bias) {
+  with_output_vectors(g.c_out, [&](auto s) { weight_gradient<decltype(s)>(g, dy, x, dw, bias); });
 }
 
 }  // namespace fastconv::cpu::FASTCONV_ISA

@@ -2,6 +2,7 @@
 // conv2d.cpp where select_conv_algorithm (conv2d_algorithm.h) picks direct_nhwc: one group,
 // C_in * KH * KW small, any stride, padding and dilation.
 #pragma once
+#include "cpu/bias_sums.h"
 #include "geometry.h"
 
 namespace fastconv::cpu::FASTCONV_ISA {
@@ -9,6 +10,7 @@ void conv2d_direct_forward(const ConvGeometry& g, const float* x, const float* w
                            float* y);
 void conv2d_direct_backward_input(const ConvGeometry& g, const float* dy, const float* w,
                                   float* dx);
+// With `bias`, the threads also add up every row of dy for the bias gradient.
 void conv2d_direct_backward_weight(const ConvGeometry& g, const float* dy, const float* x,
-                                   float* dw);
+                                   float* dw, BiasSums* bias = nullptr);
 }  // namespace fastconv::cpu::FASTCONV_ISA
