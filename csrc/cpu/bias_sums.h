@@ -6,7 +6,10 @@
 #include <cstdint>
 #include <vector>
 
-namespace fastconv::cpu {
+// In the build's namespace, as every header with code compiled per ISA: an inline member in a
+// shared namespace would be one symbol, and the linker would hand the generic build the
+// AVX-512 build's instructions.
+namespace fastconv::cpu::FASTCONV_ISA {
 
 class BiasSums {
  public:
@@ -43,4 +46,4 @@ class BiasSums {
   std::vector<std::vector<double>> total_;
 };
 
-}  // namespace fastconv::cpu
+}  // namespace fastconv::cpu::FASTCONV_ISA
