@@ -15,6 +15,7 @@
 // kernels) runs is select_conv_algorithm's choice (conv2d_algorithm.h).
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <stdexcept>
 #include <vector>
 
@@ -446,10 +447,10 @@ void backward_weight_nchw(const ConvGeometry& g, const float* dy, const float* x
 // blocks (tap, channel block) and each sums all the pixels into its own, with no partial to
 // zero and reduce. Either way every element sums its chunks in the same order.
 //
-// With `bias` (one group only), the threads also add up the copied chunks of dy for the bias
+// With `bias` (one group), the threads also add up the copied chunks of dy for the bias
 // gradient, each chunk once (by thread 0 where every thread reads every chunk).
 void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x, float* dw,
-                          BiasSums* bias = nullptr) {
+                          BiasSums* bias) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
   const int64_t K = cg * taps, pixels = g.n * g.oh * g.ow, ld = round_up(mg, MR);
   const int64_t chunks = (pixels + kPixelChunk - 1) / kPixelChunk, blocks = taps * (cg / NR);
@@ -519,27 +520,36 @@ void backward_weight_nhwc_packed(const ConvGeometry& g, const float* dy, const f
       for (int64_t t = 0; t < taps; ++t) dw[(o * cg + ci) * taps + t] = sum[o * K + t * cg + ci];
 }
 
-// The weight gradient by algorithm `a`; Winograd falls back as in forward_by.
-void backward_weight_by(Algorithm a, const ConvGeometry& g, const float* dy, const float* x,
-                        float* dw) {
+// The weight gradient by algorithm `a`; Winograd falls back as in forward_by. Given `bias`,
+// the NHWC GEMM (one group) and direct kernels, which read every pixel of dy, sum the bias
+// gradient into it too; true where one did.
+bool backward_weight_by(Algorithm a, const ConvGeometry& g, const float* dy, const float* x,
+                        float* dw, BiasSums* bias) {
   switch (a) {
     case Algorithm::winograd_f4x3:
     case Algorithm::winograd_f3x3:
     case Algorithm::winograd_f2x5:
-      if (conv2d_winograd_backward_weight(a, g, dy, x, dw)) return;
+      if (conv2d_winograd_backward_weight(a, g, dy, x, dw)) return false;
       return backward_weight_by(
-          select_direct_conv_algorithm(g, Direction::backward_weight, kBuildIsa), g, dy, x, dw);
+          select_direct_conv_algorithm(g, Direction::backward_weight, kBuildIsa), g, dy, x, dw,
+          bias);
     case Algorithm::gemm_nchw:
-      return backward_weight_nchw(g, dy, x, dw);
+      backward_weight_nchw(g, dy, x, dw);
+      return false;
     case Algorithm::gemm_nhwc:
-      return backward_weight_nhwc(g, dy, x, dw);
+      if (g.groups != 1) bias = nullptr;
+      backward_weight_nhwc(g, dy, x, dw, bias);
+      return bias != nullptr;
     case Algorithm::gemm_nhwc_packed:
-      return backward_weight_nhwc_packed(g, dy, x, dw);
+      backward_weight_nhwc_packed(g, dy, x, dw);
+      return false;
     case Algorithm::direct_nhwc:
-      return conv2d_direct_backward_weight(g, dy, x, dw);
+      conv2d_direct_backward_weight(g, dy, x, dw, bias);
+      return bias != nullptr;
     case Algorithm::depthwise_nchw:
     case Algorithm::depthwise_nhwc:
-      return depthwise_conv2d_backward_weight(g, dy, x, dw);
+      depthwise_conv2d_backward_weight(g, dy, x, dw);
+      return false;
     default:
       wrong_algorithm(a, "weight gradient");
   }
@@ -577,7 +587,8 @@ void conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* 
 }
 
 void conv2d_backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
-  backward_weight_by(select_conv_algorithm(g, Direction::backward_weight, kBuildIsa), g, dy, x, dw);
+  backward_weight_by(select_conv_algorithm(g, Direction::backward_weight, kBuildIsa), g, dy, x, dw,
+                     nullptr);
 }
 
 void conv2d_backward(const ConvGeometry& g, const float* dy, const float* x, const float* w,
@@ -586,18 +597,11 @@ void conv2d_backward(const ConvGeometry& g, const float* dy, const float* x, con
       depthwise_conv2d_backward(g, dy, x, w, dx, dw, dbias))
     return;
   conv2d_backward_input(g, dy, w, dx);
-  // The NHWC GEMM and direct weight gradients read every pixel of dy: they sum dbias too.
-  const Algorithm a = select_conv_algorithm(g, Direction::backward_weight, kBuildIsa);
-  if (dbias && g.channels_last && g.groups == 1 &&
-      (a == Algorithm::gemm_nhwc || a == Algorithm::direct_nhwc)) {
-    BiasSums bias(num_threads(), g.c_out);
-    if (a == Algorithm::gemm_nhwc)
-      backward_weight_nhwc(g, dy, x, dw, &bias);
-    else
-      conv2d_direct_backward_weight(g, dy, x, dw, &bias);
-    return bias.finish(dbias);
-  }
-  conv2d_backward_weight(g, dy, x, dw);
+  std::optional<BiasSums> bias;
+  if (dbias) bias.emplace(num_threads(), g.c_out);
+  if (backward_weight_by(select_conv_algorithm(g, Direction::backward_weight, kBuildIsa), g, dy, x,
+                         dw, bias ? &*bias : nullptr))
+    return bias->finish(dbias);
   if (dbias) bias_backward(g, dy, dbias);
 }
 

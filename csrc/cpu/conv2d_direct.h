@@ -12,5 +12,5 @@ void conv2d_direct_backward_input(const ConvGeometry& g, const float* dy, const 
                                   float* dx);
 // With `bias`, the threads also add up every row of dy for the bias gradient.
 void conv2d_direct_backward_weight(const ConvGeometry& g, const float* dy, const float* x,
-                                   float* dw, BiasSums* bias = nullptr);
+                                   float* dw, BiasSums* bias);
 }  // namespace fastconv::cpu::FASTCONV_ISA

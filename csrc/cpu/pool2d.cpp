@@ -248,10 +248,13 @@ struct NanWatch {
       marks |= v != v;
   }
   [[gnu::always_inline]] bool met() const {
-    if constexpr (!kSums) return any_lane(marks);
-    V total = sums[0];
-    for (int k = 1; k < K; ++k) total = total + sums[k];
-    return any_lane(total != total);
+    if constexpr (kSums) {
+      V total = sums[0];
+      for (int k = 1; k < K; ++k) total = total + sums[k];
+      return any_lane(total != total);
+    } else {
+      return any_lane(marks);
+    }
   }
 };
 
