@@ -372,6 +372,8 @@ def test_direct_forward_streams_large_outputs(isa):
         ((2, 13, 13, 15), (100, 15, 3, 3), dict(stride=2, padding=1)),  # several column blocks
         ((1, 23, 23, 3), (64, 3, 7, 7), dict(stride=2, padding=3)),  # an ImageNet stem
         ((2, 12, 12, 4), (36, 4, 1, 1), dict()),  # pointwise
+        ((2, 9, 40, 3), (24, 3, 3, 2), dict(padding=((2, 1), (0, 1)))),  # dx rows of 3 vectors
+        ((1, 6, 5, 7), (9, 7, 2, 3), dict(padding=((0, 3), (4, 0)), dilation=2)),  # pad > kernel
     ],
 )
 def test_nhwc_few_input_channels_run_direct(isa, x_shape, w_shape, kw):
