@@ -221,6 +221,9 @@ void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const f
         panel[s * taps + t] = packed[grp].data() + (s * K + t * cg) * NR;
     for (int64_t blk = 0; blk < nb; ++blk) {  // a block's rows stay in L1 across the slivers
       const int64_t p0 = (b0 + blk) * MR;
+      if (blk + 1 < nb)
+        for (int64_t r = 0; r < taps * MR; ++r)
+          prefetch_floats(rows[(blk + 1) * taps * MR + r], cg);
       for (int64_t s = 0; s < slivers; ++s)
         micro_tile_rows(taps, cg, rows.data() + blk * taps * MR, panel.data() + s * taps,
                         bias ? bias + grp * mg + s * NR : nullptr,
