@@ -504,6 +504,7 @@ def test_depthwise_nhwc_input_gradient_with_an_infinite_weight(isa):
     ],
 )
 def test_nhwc_weight_gradient(isa, x_shape, w_shape, kw, expected):
-    """NHWC dW in place (micro_tile_cols: dy from a padded chunk copy, x at each pixel's tap
-    row) where C_g is a multiple of every build's NR, packed otherwise."""
+    """NHWC dW in place (micro_tile_cols: dy read in place where C_out is whole micro-tile rows,
+    else from a padded chunk copy; x at each pixel's tap row) where C_g is a multiple of every
+    build's NR, packed otherwise."""
     _check_conv_path(isa, "backward_weight", expected, x_shape, w_shape, layout="NHWC", **kw)

@@ -464,15 +464,24 @@ void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x
     int64_t begin, end, col_begin = 0, col_end = blocks;  // chunks; (tap, channel block)s
     split_range(chunks, split_columns ? 1 : team, split_columns ? 0 : t, begin, end);
     if (split_columns) split_range(blocks, team, t, col_begin, col_end);
-    std::vector<float> grads(kPixelChunk * ld, 0.f);
+    // A micro-tile reads MR channels of dy per pixel: in place where a group's channels are
+    // whole tiles, else from a copy with rows of ld floats, zero past the group's channels.
+    const bool in_place = g.groups == 1 && mg % MR == 0;
+    std::vector<float> copy(in_place ? 0 : kPixelChunk * ld, 0.f);
     std::vector<const float*> rows(taps * kPixelChunk);  // rows[tap * chunk + pixel]
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       const int64_t p0 = chunk * kPixelChunk, pc = std::min(kPixelChunk, pixels - p0);
       for (int64_t grp = 0; grp < g.groups; ++grp) {
-        for (int64_t j = 0; j < pc; ++j)
-          std::memcpy(grads.data() + j * ld, dy + (p0 + j) * g.c_out + grp * mg,
-                      sizeof(float) * mg);
-        if (bias && (t == 0 || !split_columns)) bias->add_block(t, grads.data(), pc, ld);
+        const float* grads = dy + p0 * g.c_out;
+        int64_t grads_ld = g.c_out;
+        if (!in_place) {
+          for (int64_t j = 0; j < pc; ++j)
+            std::memcpy(copy.data() + j * ld, dy + (p0 + j) * g.c_out + grp * mg,
+                        sizeof(float) * mg);
+          grads = copy.data();
+          grads_ld = ld;
+        }
+        if (bias && (t == 0 || !split_columns)) bias->add_block(t, grads, pc, grads_ld);
         for_tap_rows(
             g, x, grp * cg, zero_row(cg), p0, pc,
             [&](int64_t i, int64_t tap, const float* row) { rows[tap * kPixelChunk + i] = row; });
@@ -480,7 +489,7 @@ void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x
         for (int64_t col = col_begin; col < col_end; ++col) {
           const int64_t tap = col / (cg / NR), c0 = col % (cg / NR) * NR;
           for (int64_t o0 = 0; o0 < mg; o0 += MR)
-            micro_tile_cols(pc, grads.data() + o0, ld, rows.data() + tap * kPixelChunk, c0,
+            micro_tile_cols(pc, grads + o0, grads_ld, rows.data() + tap * kPixelChunk, c0,
                             out + o0 * K + tap * cg + c0, K, std::min(MR, mg - o0), NR, true);
         }
       }
