@@ -33,6 +33,7 @@ namespace fastconv::cpu::FASTCONV_ISA {
 namespace {
 
 constexpr int64_t kPixelChunk = 256;  // NCHW: output pixels per work item (B panel in L2)
+constexpr int64_t kTilePixels = 64;   // NHWC weight gradient: the depth of a micro-tile's sum
 
 // visit(j, offset) for output pixels p0 + j, j < count, of tap (ky, kx) on one NCHW plane;
 // offset is the input element's offset in the plane, or -1 where the tap reads padding.
@@ -486,12 +487,16 @@ void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x
             g, x, grp * cg, zero_row(cg), p0, pc,
             [&](int64_t i, int64_t tap, const float* row) { rows[tap * kPixelChunk + i] = row; });
         float* out = partial[split_columns ? 0 : t].data() + grp * mg * K;
-        for (int64_t col = col_begin; col < col_end; ++col) {
-          const int64_t tap = col / (cg / NR), c0 = col % (cg / NR) * NR;
-          for (int64_t o0 = 0; o0 < mg; o0 += MR)
-            micro_tile_cols(pc, grads + o0, grads_ld, rows.data() + tap * kPixelChunk, c0,
-                            out + o0 * K + tap * cg + c0, K, std::min(MR, mg - o0), NR, true);
-        }
+        // kTilePixels at a time, so that a column block's slice of x stays in L1 across the
+        // rows of dW and the slice of dy in L2 across the column blocks.
+        for (int64_t q0 = 0; q0 < pc; q0 += kTilePixels)
+          for (int64_t col = col_begin; col < col_end; ++col) {
+            const int64_t tap = col / (cg / NR), c0 = col % (cg / NR) * NR;
+            for (int64_t o0 = 0; o0 < mg; o0 += MR)
+              micro_tile_cols(std::min(kTilePixels, pc - q0), grads + q0 * grads_ld + o0, grads_ld,
+                              rows.data() + tap * kPixelChunk + q0, c0,
+                              out + o0 * K + tap * cg + c0, K, std::min(MR, mg - o0), NR, true);
+          }
       }
     }
   });
