@@ -336,10 +336,30 @@ void backward_input_by_gather(const ConvGeometry& g, const float* dy, const floa
   const auto a_panel = [&](int64_t i0, int64_t, int64_t k0, int64_t) {
     return prepacked_panel(weights, g.c_out, MR, i0, k0);
   };
+  // dx row iy of image b from the tap rows d: each channel's sums into `sums`, then
+  // interleaved into the row's pixels.
+  const auto gather_row = [&](const float* d, int64_t b, int64_t iy, float* sums) {
+    for (int64_t ci = 0; ci < g.c_in; ++ci)
+      for (int64_t v = 0; v < width; v += L) {
+        Simd::V sum = Simd::zero();
+        for (int64_t ky = 0; ky < g.kh; ++ky) {
+          const int64_t oy = iy + g.pad_top - ky * g.dil_h;
+          if (oy < 0 || oy >= g.oh) continue;
+          const float* tap =
+              d + (ci * kernel + ky * g.kw) * plane + oy * row + halo + g.pad_left + v;
+          for (int64_t kx = 0; kx < g.kw; ++kx)
+            sum = Simd::add(sum, Simd::load(tap + kx * (plane - g.dil_w)));
+        }
+        Simd::store(sums + ci * width + v, sum);
+      }
+    float* out = dx + (b * g.h + iy) * g.w * g.c_in;
+    for (int64_t ix = 0; ix < g.w; ++ix)
+      for (int64_t ci = 0; ci < g.c_in; ++ci) out[ix * g.c_in + ci] = sums[ci * width + ix];
+  };
   parallel_threads(num_threads(), [&](int t, int team) {
-    thread_local Buffer d, dx_row;
+    thread_local Buffer d, sums;
     d.assign(taps * plane, 0.f);  // the GEMMs leave the zeros past the row ends alone
-    dx_row.resize(g.c_in * width);
+    sums.resize(g.c_in * width);
     for (int64_t b = g.n * t / team; b < g.n * (t + 1) / team; ++b) {
       for (int64_t oy = 0; oy < g.oh; ++oy) {
         const float* pixels = dy + (b * g.oh + oy) * dy_row;
@@ -347,24 +367,7 @@ void backward_input_by_gather(const ConvGeometry& g, const float* dy, const floa
         StridedPacker packer{pixels, g.c_out, 1, NR, &scratch_b()};
         gemm(taps, g.ow, g.c_out, a_panel, as_b(packer), d.data() + oy * row + halo, plane, false);
       }
-      for (int64_t iy = 0; iy < g.h; ++iy) {
-        for (int64_t ci = 0; ci < g.c_in; ++ci)
-          for (int64_t v = 0; v < width; v += L) {
-            Simd::V sum = Simd::zero();
-            for (int64_t ky = 0; ky < g.kh; ++ky) {
-              const int64_t oy = iy + g.pad_top - ky * g.dil_h;
-              if (oy < 0 || oy >= g.oh) continue;
-              const float* tap =
-                  d.data() + (ci * kernel + ky * g.kw) * plane + oy * row + halo + g.pad_left + v;
-              for (int64_t kx = 0; kx < g.kw; ++kx)
-                sum = Simd::add(sum, Simd::load(tap + kx * (plane - g.dil_w)));
-            }
-            Simd::store(dx_row.data() + ci * width + v, sum);
-          }
-        float* out = dx + (b * g.h + iy) * g.w * g.c_in;
-        for (int64_t ix = 0; ix < g.w; ++ix)
-          for (int64_t ci = 0; ci < g.c_in; ++ci) out[ix * g.c_in + ci] = dx_row[ci * width + ix];
-      }
+      for (int64_t iy = 0; iy < g.h; ++iy) gather_row(d.data(), b, iy, sums.data());
     }
   });
 }
