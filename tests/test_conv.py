@@ -188,6 +188,27 @@ def test_winograd_matches_direct_and_reference(isa, layout, variant, k, cin, cou
     assert not np.array_equal(dw, dw_direct), "expected the Winograd path to have run"
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("n", [4, 40])
+def test_winograd_weight_gradient_on_any_thread_count(isa, layout, n):
+    """Each thread's first item of tiles writes its partial dU, later ones add to it, and a
+    thread left without tiles contributes zeros: 64 tiles are two items (with 3 threads one
+    gets none), 640 are several per thread. dw matches the reference on 1 to 3 threads."""
+    rng = np.random.default_rng(n)
+    kw = dict(padding=1, layout=layout)
+    x, wt = nchw_to(rand(rng, n, 16, 16, 16), layout), rand(rng, 24, 16, 3, 3)
+    assert conv_algorithm("backward_weight", x.shape, wt.shape, **kw) == "winograd_f4x3"
+    dy = rand(rng, *fastconv.conv2d(x, wt, **kw).shape)
+    want = ref.conv2d_backward(dy, x, wt, **kw)[1]
+    threads = fastconv.get_num_threads()
+    try:
+        for count in (1, 2, 3):
+            fastconv.set_num_threads(count)
+            assert_close(fastconv.conv2d_backward(dy, x, wt, need_dx=False, **kw)[1], want)
+    finally:
+        fastconv.set_num_threads(threads)
+
+
 def test_winograd_streams_large_nhwc_outputs(isa):
     """NHWC outputs of 4 MiB or more (y, and dx as a forward of dy) are written with
     streaming stores, one cache line of 16 channels per pixel, skipping the parts of the

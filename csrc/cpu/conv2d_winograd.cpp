@@ -485,28 +485,42 @@ void transform_output_gradient_nhwc(const TileMap& map, const float* dy, int64_t
   }
 }
 
-// dw[co][ci] = G^T dU[co][ci] G, dU given as du[xi * Co * Ci + co * co_stride + ci * ci_stride].
+// dw[co][ci] = G^T dU[co][ci] G, dU the sum in thread order of the first `count` partials,
+// each du[xi * rows * cols + row * cols + col] with (row, col) = (co, ci), or (ci, co) where
+// `transposed`: one row per work item, a register of columns at a time.
 template <class W>
-bool untransform_weight_gradient(const ConvGeometry& g, const float* du, int64_t co_stride,
-                                 int64_t ci_stride, float* dw) {
+bool untransform_weight_gradient(const ConvGeometry& g, const std::vector<Buffer>& partial,
+                                 int count, bool transposed, float* dw) {
   constexpr int kR = W::kR;
-  bool finite = true;
-  for (int64_t co = 0; co < g.c_out; ++co)
-    for (int64_t ci = 0; ci < g.c_in; ++ci) {
-      float gu[kR][W::kAlpha] = {};  // G^T dU
+  const int64_t rows = transposed ? g.c_in : g.c_out, cols = transposed ? g.c_out : g.c_in;
+  std::vector<char> finite(rows, 1);
+  parallel_for(rows, [&](int64_t row) {
+    Lanes probe{};  // becomes NaN in a lane if any gradient there is NaN or infinite
+    for (int64_t c0 = 0; c0 < cols; c0 += kLanes) {
+      const int64_t n = std::min(kLanes, cols - c0);
+      Lanes gu[kR][W::kAlpha] = {};  // G^T dU
       for (int xi = 0; xi < W::kPoints; ++xi) {
-        const float v = du[xi * g.c_out * g.c_in + co * co_stride + ci * ci_stride];
+        const int64_t at = (xi * rows + row) * cols + c0;
+        Lanes v = load_first(partial[0].data() + at, n);
+        for (int t = 1; t < count; ++t) v += load_first(partial[t].data() + at, n);
         for (int k = 0; k < kR; ++k) gu[k][xi % W::kAlpha] += W::kG[xi / W::kAlpha][k] * v;
       }
+      alignas(64) float taps[kR * kR][kLanes];
       for (int i = 0; i < kR; ++i)
         for (int j = 0; j < kR; ++j) {
-          float v = 0.f;
+          Lanes v{};
           for (int k = 0; k < W::kAlpha; ++k) v += gu[i][k] * W::kG[k][j];
-          finite = finite && std::isfinite(v);
-          dw[((co * g.c_in) + ci) * kR * kR + i * kR + j] = v;
+          probe += v * 0.f;
+          store(taps[i * kR + j], v);
         }
+      for (int64_t l = 0; l < n; ++l) {
+        const int64_t co = transposed ? c0 + l : row, ci = transposed ? row : c0 + l;
+        for (int p = 0; p < kR * kR; ++p) dw[(co * g.c_in + ci) * kR * kR + p] = taps[p][l];
+      }
     }
-  return finite;
+    finite[row] = !any_lane(probe != probe);
+  });
+  return std::all_of(finite.begin(), finite.end(), [](char f) { return f != 0; });
 }
 
 // Tiles per work item: their V and M (or dM), per_tile_bytes each, should fit in `budget`
@@ -676,70 +690,94 @@ bool forward(const ConvGeometry& g, const float* x, const float* w, const float*
   return true;
 }
 
+// One item's share of dU (NHWC): the GEMMs read V and dM in place, and each micro-tile
+// asks for the next one's rows of dU first: a wide layer's dU is megabytes, and a tile that
+// waited for its rows to arrive from memory would leave the FMA units idle half the time.
+template <class W>
+void weight_gradient_item_nhwc(const TileMap& map, const float* dy, const float* x, int64_t t0,
+                               int64_t count, float* du, bool accumulate) {
+  const ConvGeometry& g = map.g;
+  const int64_t ldv = v_stride(g), ldm = m_stride(g);
+  const int64_t v_step = point_stride(count * ldv), m_step = point_stride(count * ldm);
+  thread_local Buffer v, dm;
+  thread_local std::vector<const float*> v_rows;
+  v.resize(W::kPoints * v_step);
+  dm.resize(W::kPoints * m_step);
+  v_rows.resize(count);
+  transform_input_nhwc<W>(map, x, t0, count, v.data(), ldv, v_step);
+  transform_output_gradient_nhwc<W>(map, dy, t0, count, dm.data(), ldm, m_step);
+  for (int xi = 0; xi < W::kPoints; ++xi) {
+    for (int64_t p = 0; p < count; ++p) v_rows[p] = v.data() + xi * v_step + p * ldv;
+    const float* dmx = dm.data() + xi * m_step;
+    float* dux = du + xi * g.c_out * g.c_in;
+    for (int64_t c0 = 0; c0 < g.c_in; c0 += NR) {
+      const int64_t nr = std::min(NR, g.c_in - c0);
+      for (int64_t o0 = 0; o0 < g.c_out; o0 += MR) {
+        for (int64_t r = o0 + MR; r < std::min(o0 + 2 * MR, g.c_out); ++r)
+          prefetch_floats(dux + r * g.c_in + c0, nr);
+        micro_tile_cols(count, dmx + o0, ldm, v_rows.data(), c0, dux + o0 * g.c_in + c0, g.c_in,
+                        std::min(MR, g.c_out - o0), nr, accumulate);
+      }
+    }
+  }
+}
+
+// One item's share of dU (NCHW): packed GEMMs, dU^T where `transposed`.
+template <class W>
+void weight_gradient_item_nchw(const TileMap& map, const float* dy, const float* x, int64_t t0,
+                               int64_t count, float* du, bool transposed, bool accumulate) {
+  const ConvGeometry& g = map.g;
+  const int64_t width = round_up(count, NR);
+  const int64_t v_step = point_stride(g.c_in * width), m_step = point_stride(g.c_out * width);
+  thread_local Buffer v, dm;
+  v.resize(W::kPoints * v_step);  // every lane is written: tiles past `count` as 0
+  dm.resize(W::kPoints * m_step);
+  transform_input_tiles<W>(
+      map, x, t0, count, [&](int xi, int64_t ci, int64_t s, const float* lanes) {
+        std::memcpy(v.data() + xi * v_step + ci * width + s * NR, lanes, sizeof(float) * NR);
+      });
+  transform_output_gradient_nchw<W>(map, dy, t0, count, dm.data(), width, m_step);
+  const float* left = transposed ? v.data() : dm.data();
+  const float* right = transposed ? dm.data() : v.data();
+  const int64_t left_step = transposed ? v_step : m_step;
+  const int64_t right_step = transposed ? m_step : v_step;
+  const int64_t rows = transposed ? g.c_in : g.c_out, cols = transposed ? g.c_out : g.c_in;
+  for (int xi = 0; xi < W::kPoints; ++xi) {
+    StridedPacker a{left + xi * left_step, width, 1, MR, &scratch_a()};
+    StridedPacker b{right + xi * right_step, width, 1, NR, &scratch_b()};
+    gemm(rows, cols, width, a, as_b(b), du + xi * rows * cols, cols, accumulate);
+  }
+}
+
 // dU[xi] (Co x Ci) = sum over tiles of dM[xi]^T V[xi] (NHWC; NCHW: dM[xi] V[xi]^T): 36 GEMMs
-// whose depth is the tiles, accumulated per thread and reduced in thread order. NHWC reads
-// both operands in place (micro_tile_cols), rows of dM and of V being tiles. NCHW packs
-// them; where C_in is not a multiple of NR but C_out is (the first layer after a
-// 24-channel stem), its GEMMs compute dU^T = V dM^T, so that no micro-tile column is padding.
+// whose depth is the tiles, accumulated per thread (each thread's first item writes its
+// partial, so nothing is zeroed first) and reduced in thread order. NHWC reads both
+// operands in place (micro_tile_cols), rows of dM and of V being tiles. NCHW packs them;
+// where C_in is not a multiple of NR but C_out is (the first layer after a 24-channel
+// stem), its GEMMs compute dU^T = V dM^T, so that no micro-tile column is padding.
 template <class W>
 bool backward_weight(const ConvGeometry& g, const float* dy, const float* x, float* dw) {
   const TileMap map(g, W::kOut);
   const int64_t tiles = map.tiles(),
                 chunk = tiles_per_item<W>(g, tiles, weight_gradient_budget<W>(g));
   const int64_t items = (tiles + chunk - 1) / chunk, size = W::kPoints * g.c_out * g.c_in;
-  const bool nhwc = g.channels_last != 0;
-  const bool transposed = !nhwc && g.c_in % NR != 0 && g.c_out % NR == 0;
-  const int64_t rows = transposed ? g.c_in : g.c_out, cols = transposed ? g.c_out : g.c_in;
-  const int threads = num_threads();
-  std::vector<Buffer>& partial = zeroed_partials(threads, size);
-  parallel_threads(threads, [&](int t, int team) {
-    thread_local Buffer v, dm;
-    thread_local std::vector<const float*> v_rows;
-    for (int64_t item = items * t / team; item < items * (t + 1) / team; ++item) {
+  const bool transposed = !g.channels_last && g.c_in % NR != 0 && g.c_out % NR == 0;
+  std::vector<Buffer>& partial = partial_buffers(num_threads(), size);
+  int team_size = 1;
+  parallel_threads(num_threads(), [&](int t, int team) {
+    if (t == 0) team_size = team;
+    const int64_t first = items * t / team, last = items * (t + 1) / team;
+    float* du = partial[t].data();
+    if (first == last) std::fill(du, du + size, 0.f);
+    for (int64_t item = first; item < last; ++item) {
       const int64_t t0 = item * chunk, count = std::min(chunk, tiles - t0);
-      if (nhwc) {
-        const int64_t ldv = v_stride(g), ldm = m_stride(g);
-        const int64_t v_step = point_stride(count * ldv), m_step = point_stride(count * ldm);
-        v.resize(W::kPoints * v_step);
-        dm.resize(W::kPoints * m_step);
-        v_rows.resize(count);
-        transform_input_nhwc<W>(map, x, t0, count, v.data(), ldv, v_step);
-        transform_output_gradient_nhwc<W>(map, dy, t0, count, dm.data(), ldm, m_step);
-        for (int xi = 0; xi < W::kPoints; ++xi) {
-          for (int64_t p = 0; p < count; ++p) v_rows[p] = v.data() + xi * v_step + p * ldv;
-          const float* dmx = dm.data() + xi * m_step;
-          float* du = partial[t].data() + xi * g.c_out * g.c_in;
-          for (int64_t c0 = 0; c0 < g.c_in; c0 += NR)
-            for (int64_t o0 = 0; o0 < g.c_out; o0 += MR)
-              micro_tile_cols(count, dmx + o0, ldm, v_rows.data(), c0, du + o0 * g.c_in + c0,
-                              g.c_in, std::min(MR, g.c_out - o0), std::min(NR, g.c_in - c0), true);
-        }
-        continue;
-      }
-      const int64_t width = round_up(count, NR);
-      const int64_t v_step = point_stride(g.c_in * width), m_step = point_stride(g.c_out * width);
-      v.resize(W::kPoints * v_step);  // every lane is written: tiles past `count` as 0
-      dm.resize(W::kPoints * m_step);
-      transform_input_tiles<W>(
-          map, x, t0, count, [&](int xi, int64_t ci, int64_t s, const float* lanes) {
-            std::memcpy(v.data() + xi * v_step + ci * width + s * NR, lanes, sizeof(float) * NR);
-          });
-      transform_output_gradient_nchw<W>(map, dy, t0, count, dm.data(), width, m_step);
-      const float* left = transposed ? v.data() : dm.data();
-      const float* right = transposed ? dm.data() : v.data();
-      const int64_t left_step = transposed ? v_step : m_step;
-      const int64_t right_step = transposed ? m_step : v_step;
-      for (int xi = 0; xi < W::kPoints; ++xi) {
-        StridedPacker a{left + xi * left_step, width, 1, MR, &scratch_a()};
-        StridedPacker b{right + xi * right_step, width, 1, NR, &scratch_b()};
-        gemm(rows, cols, width, a, as_b(b), partial[t].data() + xi * rows * cols, cols, true);
-      }
+      if (g.channels_last)
+        weight_gradient_item_nhwc<W>(map, dy, x, t0, count, du, item > first);
+      else
+        weight_gradient_item_nchw<W>(map, dy, x, t0, count, du, transposed, item > first);
     }
   });
-  const float* du = partial[0].data();
-  reduce_partials(partial, partial[0].data(), size);
-  return transposed ? untransform_weight_gradient<W>(g, du, 1, g.c_out, dw)
-                    : untransform_weight_gradient<W>(g, du, g.c_in, 1, dw);
+  return untransform_weight_gradient<W>(g, partial, team_size, transposed, dw);
 }
 
 }  // namespace

@@ -220,10 +220,16 @@ Buffer& scratch_b() {
   return buffer;
 }
 
-std::vector<Buffer>& zeroed_partials(int threads, int64_t size) {
+std::vector<Buffer>& partial_buffers(int threads, int64_t size) {
   thread_local std::vector<Buffer> partials;
   partials.resize(threads);
-  for (Buffer& p : partials) p.assign(size, 0.f);
+  for (Buffer& p : partials) p.resize(size);
+  return partials;
+}
+
+std::vector<Buffer>& zeroed_partials(int threads, int64_t size) {
+  std::vector<Buffer>& partials = partial_buffers(threads, size);
+  for (Buffer& p : partials) std::fill(p.begin(), p.end(), 0.f);
   return partials;
 }
 

@@ -124,9 +124,11 @@ void gemm(int64_t M, int64_t N, int64_t K, APanel&& a_panel, BPanel&& b_panel, f
 Buffer& scratch_a();
 Buffer& scratch_b();
 
-// `threads` zeroed buffers of `size` floats for per-thread partial sums, owned by the
-// calling thread and reused from call to call: a gradient's partials can be megabytes, and
-// fresh pages would cost a page fault each on first touch.
+// `threads` buffers of `size` floats for per-thread partial sums, owned by the calling
+// thread and reused from call to call: a gradient's partials can be megabytes, and fresh
+// pages would cost a page fault each on first touch. partial_buffers leaves their contents
+// as they were, for a caller whose threads each write theirs in full.
+std::vector<Buffer>& partial_buffers(int threads, int64_t size);
 std::vector<Buffer>& zeroed_partials(int threads, int64_t size);
 
 // Packer for an operand held as a strided matrix: rows [i0, i0+m) at depth [k0, k0+k).
