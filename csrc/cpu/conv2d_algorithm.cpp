@@ -13,15 +13,11 @@ bool is_depthwise(const ConvGeometry& g) { return g.groups > 1 && g.groups == g.
 // weights and enough channels to fill the GEMMs. A map that is not a whole number of tiles
 // leaves outputs of its last tiles unused; the forward still wins there where the direct
 // GEMM is slow to begin with (AVX-512's 16-wide tiles over few pixels, the portable build)
-// but not against AVX2's. The weight gradient's GEMMs have the tiles as their depth and
-// write one C_out x C_in product per transform point: with fewer than 512 tiles and fewer
-// than two per channel of the wider side (a wide layer on a small batch of 7x7 maps) the
-// direct GEMM measured faster.
+// but not against AVX2's. The weight gradient's GEMMs have the tiles as their depth: from
+// 64 tiles on, even a wide layer on a small batch of 7x7 maps (128 tiles for 512 channels)
+// measured at least as fast as the direct GEMM.
 bool winograd_applies(const ConvGeometry& g, Direction d, int64_t tile, Isa isa) {
   const int64_t tiles = g.n * ((g.oh + tile - 1) / tile) * ((g.ow + tile - 1) / tile);
-  if (d == Direction::backward_weight &&
-      tiles < std::min<int64_t>(512, 2 * std::max(g.c_in, g.c_out)))
-    return false;
   const bool partial_tiles = d == Direction::forward && isa != Isa::avx2;
   const int64_t smallest_map = partial_tiles ? std::min<int64_t>(3, tile) : tile;
   return d != Direction::backward_input && g.stride_h == 1 && g.stride_w == 1 && g.dil_h == 1 &&
