@@ -150,16 +150,19 @@ std::vector<Buffer>& weight_buffers(int64_t groups) {
 }
 
 // W_g reordered to (Mg x K') with K' = (ky, kx, ci): the NHWC depth order; valid until the
-// next call on this thread.
+// next call on this thread. A 1x1 kernel is already in that order.
 const float* weights_tap_major(const ConvGeometry& g, const float* w, int64_t group) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
-  thread_local std::vector<float> out;
-  out.resize(mg * cg * taps);
   const float* wg = w + group * mg * cg * taps;
-  for (int64_t o = 0; o < mg; ++o)
+  if (taps == 1) return wg;
+  thread_local std::vector<float> reordered;
+  std::vector<float>& out = reordered;  // written by the workers below
+  out.resize(mg * cg * taps);
+  parallel_for(mg, [&](int64_t o) {
     for (int64_t ci = 0; ci < cg; ++ci)
       for (int64_t t = 0; t < taps; ++t)
         out[(o * taps + t) * cg + ci] = wg[(o * cg + ci) * taps + t];
+  });
   return out.data();
 }
 
@@ -274,14 +277,15 @@ void forward(const ConvGeometry& g, const float* x, const float* w, const float*
 // handle that as cropping.
 void backward_input_as_forward(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
-  thread_local std::vector<float> flipped;
+  thread_local std::vector<float> flipped_weights;
+  std::vector<float>& flipped = flipped_weights;  // written by the workers below
   flipped.resize(g.w_size());
-  for (int64_t grp = 0; grp < g.groups; ++grp)
+  parallel_for(g.c_in, [&](int64_t c) {  // one input channel's filters (C_in of the transposed)
+    const int64_t grp = c / cg, ci = c % cg;
     for (int64_t o = 0; o < mg; ++o)
-      for (int64_t ci = 0; ci < cg; ++ci)
-        for (int64_t t = 0; t < taps; ++t)
-          flipped[((grp * cg + ci) * mg + o) * taps + (taps - 1 - t)] =
-              w[((grp * mg + o) * cg + ci) * taps + t];
+      for (int64_t t = 0; t < taps; ++t)
+        flipped[(c * mg + o) * taps + (taps - 1 - t)] = w[((grp * mg + o) * cg + ci) * taps + t];
+  });
   ConvGeometry t = g;
   t.c_in = g.c_out;
   t.c_out = g.c_in;
@@ -440,6 +444,20 @@ void backward_weight_nchw(const ConvGeometry& g, const float* dy, const float* x
   reduce_partials(partial, dw, g.w_size());
 }
 
+// dw (C_out, C_g, KH, KW) from per-thread partial sums of dW_g (Mg x K') in the NHWC depth
+// order (ky, kx, ci): summed in thread order and reordered, one output channel per item.
+void tap_major_to_weights(const ConvGeometry& g, const std::vector<Buffer>& partial, float* dw) {
+  const int64_t cg = g.cin_per_group(), taps = g.kh * g.kw, K = cg * taps;
+  parallel_for(g.c_out, [&](int64_t o) {
+    for (int64_t tap = 0; tap < taps; ++tap)
+      for (int64_t ci = 0; ci < cg; ++ci) {
+        float sum = partial[0][o * K + tap * cg + ci];
+        for (size_t t = 1; t < partial.size(); ++t) sum += partial[t][o * K + tap * cg + ci];
+        dw[(o * cg + ci) * taps + tap] = sum;
+      }
+  });
+}
+
 // NHWC weight gradient with both operands in place: dW_g (Mg x K') += dy^T x_rows, summed
 // over chunks of pixels. A tile is MR output channels x NR channels of one tap; its depth
 // steps are the chunk's pixels: MR gradients from a zero-padded copy of the chunk's dy
@@ -500,12 +518,7 @@ void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x
       }
     }
   });
-  const float* sum = partial[0].data();
-  reduce_partials(partial, partial[0].data(), g.w_size());
-  for (int64_t o = 0; o < g.c_out; ++o)
-    for (int64_t ci = 0; ci < cg; ++ci)
-      for (int64_t tap = 0; tap < taps; ++tap)
-        dw[(o * cg + ci) * taps + tap] = sum[o * K + tap * cg + ci];
+  tap_major_to_weights(g, partial, dw);
 }
 
 // The same gradient with x's columns packed per chunk (NhwcTapColumnPacker): for C_g that
@@ -530,11 +543,7 @@ void backward_weight_nhwc_packed(const ConvGeometry& g, const float* dy, const f
       }
     }
   });
-  const float* sum = partial[0].data();
-  reduce_partials(partial, partial[0].data(), g.w_size());
-  for (int64_t o = 0; o < g.c_out; ++o)
-    for (int64_t ci = 0; ci < cg; ++ci)
-      for (int64_t t = 0; t < taps; ++t) dw[(o * cg + ci) * taps + t] = sum[o * K + t * cg + ci];
+  tap_major_to_weights(g, partial, dw);
 }
 
 // The weight gradient by algorithm `a`; Winograd falls back as in forward_by. Given `bias`,

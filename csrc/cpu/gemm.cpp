@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "cpu/lanes.h"
+#include "cpu/parallel.h"
 #include "cpu/simd.h"
 #include "cpu/transpose.h"
 
@@ -179,7 +180,11 @@ void pack_strided(const float* src, int64_t rs, int64_t cs, int64_t i0, int64_t 
 void prepack(Buffer& packed, const float* src, int64_t rs, int64_t cs, int64_t m, int64_t k,
              int64_t width) {
   packed.resize(round_up(m, width) * k);
-  pack_strided(src, rs, cs, 0, m, 0, k, width, packed.data());
+  float* out = packed.data();
+  parallel_for((m + width - 1) / width, [&](int64_t s) {
+    pack_strided(src, rs, cs, s * width, std::min(width, m - s * width), 0, k, width,
+                 out + s * k * width);
+  });
 }
 
 double fma_peak_gflops(double seconds) {

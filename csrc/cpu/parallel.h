@@ -60,12 +60,16 @@ void parallel_threads(int threads, Body&& body) {
 }
 
 // Sums per-thread partial results in thread order into out[0, size), so the result does
-// not depend on which thread finished first; out may be partials[0] itself.
+// not depend on which thread finished first; out may be partials[0] itself. The threads
+// split the elements.
 template <class Partials>
 void reduce_partials(const Partials& partials, float* out, int64_t size) {
-  if (out != partials[0].data()) std::copy(partials[0].begin(), partials[0].begin() + size, out);
-  for (size_t t = 1; t < partials.size(); ++t)
-    for (int64_t i = 0; i < size; ++i) out[i] += partials[t][i];
+  parallel_runs(size, 16384, [&](int64_t begin, int64_t end) {
+    if (out != partials[0].data())
+      std::copy(partials[0].begin() + begin, partials[0].begin() + end, out + begin);
+    for (size_t t = 1; t < partials.size(); ++t)
+      for (int64_t i = begin; i < end; ++i) out[i] += partials[t][i];
+  });
 }
 
 }  // namespace fastconv::cpu
