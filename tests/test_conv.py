@@ -312,6 +312,21 @@ def test_nhwc_weight_gradient_sums_dbias(isa, x_shape, w_shape, kw, expected):
         fastconv.set_num_threads(threads)
 
 
+@pytest.mark.parametrize(
+    "x_shape,w_shape,kw",
+    [
+        ((16, 16, 16, 48), (48, 48, 1, 1), {}),  # C_out 48: a sliver of NR=32 and one of 16
+        ((8, 15, 15, 48), (40, 48, 3, 3), dict(padding=1, stride=2)),  # 32 + 8
+        ((8, 15, 15, 64), (17, 64, 3, 3), dict(padding=1, stride=2)),  # 16 + 1
+    ],
+)
+def test_nhwc_gemm_with_a_last_sliver_of_half_width_or_less(isa, x_shape, w_shape, kw):
+    """A last sliver of output channels that fits in half of the register tile's columns runs
+    a half-width tile (AVX-512: 16 of 32, AVX2: 8 of 16), as does a last block of input
+    channels in the weight gradient; every pass matches the reference, NaN and Inf included."""
+    _check_conv_path(isa, "forward", "gemm_nhwc", x_shape, w_shape, layout="NHWC", **kw)
+
+
 def _check_conv_path(isa, direction, expected, x_shape, w_shape, seed=0, **kw):
     """Asserts that the selector runs `expected` for this pass on `isa`, then checks every
     output of forward and backward against the reference, with a NaN and an Inf in x (they

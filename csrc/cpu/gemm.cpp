@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <type_traits>
 
 #include "cpu/lanes.h"
 #include "cpu/parallel.h"
@@ -16,50 +17,55 @@ using V = Simd::V;
 constexpr int kCols = NR / Simd::kLanes;  // vectors per tile row
 static_assert(NR % Simd::kLanes == 0, "a tile row is whole vectors");
 
-using Tile = V[MR][kCols];
+template <int C>
+using Tile = V[MR][C];
 
 // The MR x NR register tile: MR * kCols accumulators, kCols B vectors and a broadcast of A
 // per row. Each depth step is kCols loads, MR broadcasts and MR * kCols independent FMAs,
 // enough to keep both FMA pipes busy through their latency. GCC keeps the arrays in
 // registers once the constant-count loops are unrolled and these helpers inlined (no spills
-// in the loop: check with -S after changing MR or NR).
+// in the loop: check with -S after changing MR or NR). The helpers take the vectors per row
+// C as a parameter: a tile whose columns fit in half of them runs a half-width tile.
 //
 // acc += A * B over depth k, where a(p, r) is A's element (row r, depth p) and b(p) points
-// at B's row p (NR floats).
-template <class A, class B>
-__attribute__((always_inline)) inline void multiply_add(Tile& acc, int64_t k, A a, B b) {
+// at B's row p (NR floats, of which the first C vectors are read).
+template <int C, class A, class B>
+__attribute__((always_inline)) inline void multiply_add(Tile<C>& acc, int64_t k, A a, B b) {
 #pragma GCC unroll 4
   for (int64_t p = 0; p < k; ++p) {
     const float* row = b(p);
-    V bv[kCols];
+    V bv[C];
 #pragma GCC unroll 4
-    for (int j = 0; j < kCols; ++j) bv[j] = Simd::load(row + j * Simd::kLanes);
+    for (int j = 0; j < C; ++j) bv[j] = Simd::load(row + j * Simd::kLanes);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
       const V ar = Simd::splat(a(p, r));
 #pragma GCC unroll 4
-      for (int j = 0; j < kCols; ++j) acc[r][j] = Simd::fma(ar, bv[j], acc[r][j]);
+      for (int j = 0; j < C; ++j) acc[r][j] = Simd::fma(ar, bv[j], acc[r][j]);
     }
   }
 }
 
-__attribute__((always_inline)) inline void clear(Tile& acc) {
+template <int C>
+__attribute__((always_inline)) inline void clear(Tile<C>& acc) {
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
-    for (int j = 0; j < kCols; ++j) acc[r][j] = Simd::zero();
+    for (int j = 0; j < C; ++j) acc[r][j] = Simd::zero();
 }
 
 // C[mr x nr] (+)= the tile's corner. Edge tiles store whole vectors where they can and the
 // last, partial one of a row masked, so nothing past C is read or written. A whole tile of
 // a large output may be written with streaming stores instead (`stream`).
-__attribute__((always_inline)) inline void store(const Tile& acc, float* c, int64_t ldc, int64_t mr,
-                                                 int64_t nr, bool accumulate, bool stream = false) {
-  if (mr == MR && nr == NR) {
+template <int C>
+__attribute__((always_inline)) inline void store(const Tile<C>& acc, float* c, int64_t ldc,
+                                                 int64_t mr, int64_t nr, bool accumulate,
+                                                 bool stream = false) {
+  if (mr == MR && nr == C * Simd::kLanes) {
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
-      for (int j = 0; j < kCols; ++j) {
+      for (int j = 0; j < C; ++j) {
         float* o = c + r * ldc + j * Simd::kLanes;
         if (stream)
           store_out<true>(o, acc[r][j]);
@@ -71,7 +77,7 @@ __attribute__((always_inline)) inline void store(const Tile& acc, float* c, int6
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
-    for (int j = 0; j < kCols; ++j) {
+    for (int j = 0; j < C; ++j) {
       const int64_t n = std::min<int64_t>(nr - j * Simd::kLanes, Simd::kLanes);
       if (r >= mr || n <= 0) continue;
       float* o = c + r * ldc + j * Simd::kLanes;
@@ -85,54 +91,75 @@ __attribute__((always_inline)) inline void store(const Tile& acc, float* c, int6
     }
 }
 
+// f(std::integral_constant<int, C>{}) with C the vectors per row that cover nr columns: all
+// kCols, or half of them for a last sliver that holds no more (C_out = 48 is a sliver of 32
+// and one of 16), which then costs half the FMAs and loads.
+template <class F>
+__attribute__((always_inline)) inline void with_columns(int64_t nr, F&& f) {
+  constexpr int kHalf = kCols / 2;
+  if constexpr (kHalf > 0)
+    if (nr <= kHalf * Simd::kLanes) return f(std::integral_constant<int, kHalf>{});
+  f(std::integral_constant<int, kCols>{});
+}
+
 }  // namespace
 
 void micro_tile(int64_t k, const float* a, const float* b, float* c, int64_t ldc, int64_t mr,
                 int64_t nr, bool accumulate) {
-  Tile acc;
-  clear(acc);
-  multiply_add(
-      acc, k, [a](int64_t p, int r) { return a[p * MR + r]; },
-      [b](int64_t p) { return b + p * NR; });
-  store(acc, c, ldc, mr, nr, accumulate);
+  with_columns(
+      nr, [&](auto columns) __attribute__((always_inline)) {
+        Tile<columns.value> acc;
+        clear(acc);
+        multiply_add(
+            acc, k, [a](int64_t p, int r) { return a[p * MR + r]; },
+            [b](int64_t p) { return b + p * NR; });
+        store(acc, c, ldc, mr, nr, accumulate);
+      });
 }
 
 void micro_tile_rows(int64_t taps, int64_t k, const float* const* rows, const float* const* b,
                      const float* bias, float* c, int64_t ldc, int64_t mr, int64_t nr,
                      bool stream) {
-  Tile acc;
-  clear(acc);
-  if (bias)  // every row starts from the bias of its columns
+  with_columns(
+      nr, [&](auto columns) __attribute__((always_inline)) {
+        constexpr int C = columns.value;
+        Tile<C> acc;
+        clear(acc);
+        if (bias)  // every row starts from the bias of its columns
 #pragma GCC unroll 4
-    for (int j = 0; j < kCols; ++j) {
-      const int64_t n = std::min<int64_t>(nr - j * Simd::kLanes, Simd::kLanes);
-      const V v = n <= 0 ? Simd::zero()
-                  : n == Simd::kLanes
-                      ? Simd::load(bias + j * Simd::kLanes)
-                      : Simd::load_part(bias + j * Simd::kLanes, static_cast<int>(n));
+          for (int j = 0; j < C; ++j) {
+            const int64_t n = std::min<int64_t>(nr - j * Simd::kLanes, Simd::kLanes);
+            const V v = n <= 0 ? Simd::zero()
+                        : n == Simd::kLanes
+                            ? Simd::load(bias + j * Simd::kLanes)
+                            : Simd::load_part(bias + j * Simd::kLanes, static_cast<int>(n));
 #pragma GCC unroll 16
-      for (int r = 0; r < MR; ++r) acc[r][j] = v;
-    }
-  for (int64_t t = 0; t < taps; ++t) {
-    const float* row[MR];
-    for (int r = 0; r < MR; ++r) row[r] = rows[t * MR + r];
-    const float* sliver = b[t];
-    multiply_add(
-        acc, k, [&row](int64_t p, int r) { return row[r][p]; },
-        [sliver](int64_t p) { return sliver + p * NR; });
-  }
-  store(acc, c, ldc, mr, nr, false, stream);
+            for (int r = 0; r < MR; ++r) acc[r][j] = v;
+          }
+        for (int64_t t = 0; t < taps; ++t) {
+          const float* row[MR];
+          for (int r = 0; r < MR; ++r) row[r] = rows[t * MR + r];
+          const float* sliver = b[t];
+          multiply_add(
+              acc, k, [&row](int64_t p, int r) { return row[r][p]; },
+              [sliver](int64_t p) { return sliver + p * NR; });
+        }
+        store(acc, c, ldc, mr, nr, false, stream);
+      });
 }
 
 void micro_tile_cols(int64_t k, const float* a, int64_t lda, const float* const* b_rows,
                      int64_t b_offset, float* c, int64_t ldc, int64_t mr, int64_t nr,
                      bool accumulate) {
-  Tile acc;
-  clear(acc);
-  multiply_add(
-      acc, k, [a, lda](int64_t p, int r) { return a[p * lda + r]; },
-      [b_rows, b_offset](int64_t p) { return b_rows[p] + b_offset; });
-  store(acc, c, ldc, mr, nr, accumulate);
+  with_columns(
+      nr, [&](auto columns) __attribute__((always_inline)) {
+        Tile<columns.value> acc;
+        clear(acc);
+        multiply_add(
+            acc, k, [a, lda](int64_t p, int r) { return a[p * lda + r]; },
+            [b_rows, b_offset](int64_t p) { return b_rows[p] + b_offset; });
+        store(acc, c, ldc, mr, nr, accumulate);
+      });
 }
 
 void pack_rows(const float* const* rows, int64_t n, int64_t k, int64_t width, float* dst) {
