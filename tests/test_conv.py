@@ -327,6 +327,22 @@ def test_nhwc_gemm_with_a_last_sliver_of_half_width_or_less(isa, x_shape, w_shap
     _check_conv_path(isa, "forward", "gemm_nhwc", x_shape, w_shape, layout="NHWC", **kw)
 
 
+def test_nhwc_gemm_with_weights_larger_than_l2(isa):
+    """Weights of 1.2 MB (3x3, 128 -> 288 channels) exceed half of any L2 seen: the forward
+    runs its items sliver by sliver (a last sliver of 288 - 256 = 32 channels, or 16 + 16);
+    every pass matches the reference."""
+    _check_conv_path(
+        isa,
+        "forward",
+        "gemm_nhwc",
+        (3, 9, 9, 128),
+        (288, 128, 3, 3),
+        layout="NHWC",
+        padding=1,
+        stride=2,
+    )
+
+
 def _check_conv_path(isa, direction, expected, x_shape, w_shape, seed=0, **kw):
     """Asserts that the selector runs `expected` for this pass on `isa`, then checks every
     output of forward and backward against the reference, with a NaN and an Inf in x (they

@@ -195,7 +195,10 @@ void forward_nchw(const ConvGeometry& g, const float* x, const float* w, const f
 //
 // Work items are runs of MR-pixel blocks. A tile runs its whole depth in registers and
 // stores each output once; the weights (K' x Mg) stream from L2, which the hardware
-// prefetcher keeps up with, so the taps are not blocked for L1.
+// prefetcher keeps up with, so the taps are not blocked for L1. Weights larger than half of
+// L2 (3x3 256->512: 4.5 MiB) would stream from L3 once per block; then an item holds as many
+// blocks as half of L2 keeps the x rows of, and runs them sliver by sliver, so that each
+// sliver's weights come from L3 once per item.
 void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const float* bias,
                   float* y) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
@@ -204,7 +207,9 @@ void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const f
   for (int64_t grp = 0; grp < g.groups; ++grp)
     prepack(packed[grp], weights_tap_major(g, w, grp), K, 1, mg, K, NR);
   const int64_t pixels = g.n * g.oh * g.ow, blocks = (pixels + MR - 1) / MR;
-  const int64_t per_item = std::clamp<int64_t>(blocks / (8 * num_threads()), 1, 32);
+  const bool by_sliver = K * slivers * NR * 4 > l2_bytes() / 2;
+  const int64_t per_item = std::clamp<int64_t>(
+      by_sliver ? l2_bytes() / 2 / (K * MR * 4) : blocks / (8 * num_threads()), 1, 32);
   const int64_t items = (blocks + per_item - 1) / per_item;
   // A large output is streamed where every tile row is whole cache lines (NR floats are one
   // or two; a last, partial column block stores plainly, its own lines).
@@ -223,16 +228,23 @@ void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const f
     for (int64_t s = 0; s < slivers; ++s)
       for (int64_t t = 0; t < taps; ++t)
         panel[s * taps + t] = packed[grp].data() + (s * K + t * cg) * NR;
-    for (int64_t blk = 0; blk < nb; ++blk) {  // a block's rows stay in L1 across the slivers
+    const auto tile = [&](int64_t blk, int64_t s) {
       const int64_t p0 = (b0 + blk) * MR;
-      if (blk + 1 < nb)
-        for (int64_t r = 0; r < taps * MR; ++r)
-          prefetch_floats(rows[(blk + 1) * taps * MR + r], cg);
+      micro_tile_rows(taps, cg, rows.data() + blk * taps * MR, panel.data() + s * taps,
+                      bias ? bias + grp * mg + s * NR : nullptr,
+                      y + p0 * g.c_out + grp * mg + s * NR, g.c_out, std::min(MR, pixels - p0),
+                      std::min(NR, mg - s * NR), stream);
+    };
+    if (by_sliver) {
       for (int64_t s = 0; s < slivers; ++s)
-        micro_tile_rows(taps, cg, rows.data() + blk * taps * MR, panel.data() + s * taps,
-                        bias ? bias + grp * mg + s * NR : nullptr,
-                        y + p0 * g.c_out + grp * mg + s * NR, g.c_out, std::min(MR, pixels - p0),
-                        std::min(NR, mg - s * NR), stream);
+        for (int64_t blk = 0; blk < nb; ++blk) tile(blk, s);
+    } else {
+      for (int64_t blk = 0; blk < nb; ++blk) {  // a block's rows stay in L1 across the slivers
+        if (blk + 1 < nb)
+          for (int64_t r = 0; r < taps * MR; ++r)
+            prefetch_floats(rows[(blk + 1) * taps * MR + r], cg);
+        for (int64_t s = 0; s < slivers; ++s) tile(blk, s);
+      }
     }
     if (stream) stream_fence();
   });

@@ -25,9 +25,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#if __has_include(<unistd.h>)
-#include <unistd.h>  // sysconf
-#endif
 
 #include "cpu/conv2d_winograd.h"
 #include "cpu/gemm.h"
@@ -532,18 +529,6 @@ int64_t tiles_per_item(const ConvGeometry& g, int64_t tiles, int64_t budget) {
   const int64_t cache_bound = std::min<int64_t>(256, budget / per_tile_bytes / NR * NR);
   const int64_t balance_bound = round_up(tiles / (4 * num_threads()) + 1, NR);
   return std::max<int64_t>(32, std::min(cache_bound, balance_bound));
-}
-
-// A core's L2 in bytes, as the OS reports it (1 MiB where it does not).
-int64_t l2_bytes() {
-  static const int64_t bytes = [] {
-#ifdef _SC_LEVEL2_CACHE_SIZE
-    const long reported = sysconf(_SC_LEVEL2_CACHE_SIZE);
-    if (reported > 0) return static_cast<int64_t>(reported);
-#endif
-    return int64_t{1} << 20;
-  }();
-  return bytes;
 }
 
 // The forward's items keep V and M in half a core's L2, the other half left to the weights

@@ -4,6 +4,9 @@
 #include <chrono>
 #include <cstring>
 #include <type_traits>
+#if __has_include(<unistd.h>)
+#include <unistd.h>  // sysconf
+#endif
 
 #include "cpu/lanes.h"
 #include "cpu/parallel.h"
@@ -240,6 +243,17 @@ double fma_peak_gflops(double seconds) {
   volatile float keep = sink[0];  // the chains' results are used
   (void)keep;
   return 2.0 * Simd::kLanes * kChains * steps / elapsed * 1e-9;
+}
+
+int64_t l2_bytes() {
+  static const int64_t bytes = [] {
+#ifdef _SC_LEVEL2_CACHE_SIZE
+    const long reported = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    if (reported > 0) return static_cast<int64_t>(reported);
+#endif
+    return int64_t{1} << 20;
+  }();
+  return bytes;
 }
 
 Buffer& scratch_a() {

@@ -120,6 +120,10 @@ void gemm(int64_t M, int64_t N, int64_t K, APanel&& a_panel, BPanel&& b_panel, f
   }
 }
 
+// A core's L2 in bytes, as the OS reports it (1 MiB where it does not): the budget of the
+// blocks that kernels keep in cache.
+int64_t l2_bytes();
+
 // Per-thread packing buffers, reused across calls (OpenMP keeps its threads alive).
 Buffer& scratch_a();
 Buffer& scratch_b();
