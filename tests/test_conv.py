@@ -545,8 +545,12 @@ def test_depthwise_nhwc_input_gradient_with_an_infinite_weight(isa):
         ((1, 13, 11, 32), (64, 32, 5, 5), dict(padding=2), "gemm_nhwc"),  # 143 pixels
         ((2, 12, 12, 64), (24, 32, 3, 3), dict(padding="same", groups=2, dilation=2), "gemm_nhwc"),
         ((3, 9, 9, 96), (33, 96, 1, 1), dict(), "gemm_nhwc"),
-        ((2, 12, 12, 24), (40, 24, 3, 3), dict(stride=2, padding=1), "gemm_nhwc_packed"),
+        ((2, 12, 12, 36), (40, 36, 3, 3), dict(stride=2, padding=1), "gemm_nhwc_packed"),
         ((2, 10, 9, 20), (8, 20, 3, 3), dict(padding=1), "gemm_nhwc_packed"),
+        # a tap's last block of input channels is half of NR: in place, half-width tiles
+        ((2, 12, 12, 48), (40, 48, 3, 3), dict(stride=2, padding=1), "gemm_nhwc"),  # AVX-512
+        ((2, 12, 12, 24), (40, 24, 3, 3), dict(stride=2, padding=1), "half of NR"),  # AVX2
+        ((16, 16, 16, 48), (48, 48, 1, 1), dict(), "gemm_nhwc"),
         (
             (2, 11, 12, 6),
             (15, 2, 2, 2),
@@ -557,6 +561,9 @@ def test_depthwise_nhwc_input_gradient_with_an_infinite_weight(isa):
 )
 def test_nhwc_weight_gradient(isa, x_shape, w_shape, kw, expected):
     """NHWC dW in place (micro_tile_cols: dy read in place where C_out is whole micro-tile rows,
-    else from a padded chunk copy; x at each pixel's tap row) where C_g is a multiple of every
-    build's NR, packed otherwise."""
+    else from a padded chunk copy; x at each pixel's tap row) where C_g is a multiple of the
+    build's NR or half of NR past one, packed otherwise."""
+    if expected == "half of NR":  # in place where C_g % NR is NR / 2 (AVX2: 24 = 16 + 8)
+        nr = {"avx512": 32}.get(isa, 16)
+        expected = "gemm_nhwc" if x_shape[-1] % nr == nr // 2 else "gemm_nhwc_packed"
     _check_conv_path(isa, "backward_weight", expected, x_shape, w_shape, layout="NHWC", **kw)

@@ -474,7 +474,8 @@ void tap_major_to_weights(const ConvGeometry& g, const std::vector<Buffer>& part
 // over chunks of pixels. A tile is MR output channels x NR channels of one tap; its depth
 // steps are the chunk's pixels: MR gradients from a zero-padded copy of the chunk's dy
 // (Mg rounded up to MR, so no read runs past it) and NR inputs at the pixel's tap row.
-// Needs C_g to be a multiple of NR, so that a sliver never straddles two taps.
+// Needs C_g to be a multiple of NR, or half of NR past one: a tap's last column block is
+// then a half-width tile, which reads exactly its channels (C_g = 48 with NR = 32).
 //
 // The threads split the pixels, each summing a partial dW that is then reduced, unless the
 // pixels are few for the size of dW (small maps, wide layers): then they split dW's column
@@ -487,7 +488,8 @@ void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x
                           BiasSums* bias) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
   const int64_t K = cg * taps, pixels = g.n * g.oh * g.ow, ld = round_up(mg, MR);
-  const int64_t chunks = (pixels + kPixelChunk - 1) / kPixelChunk, blocks = taps * (cg / NR);
+  const int64_t chunks = (pixels + kPixelChunk - 1) / kPixelChunk;
+  const int64_t tap_blocks = (cg + NR - 1) / NR, blocks = taps * tap_blocks;
   const int threads = num_threads();
   const bool split_columns = chunks < 4 * threads && blocks >= 4 * threads;
   std::vector<Buffer>& partial = zeroed_partials(split_columns ? 1 : threads, g.w_size());
@@ -521,11 +523,12 @@ void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x
         // rows of dW and the slice of dy in L2 across the column blocks.
         for (int64_t q0 = 0; q0 < pc; q0 += kTilePixels)
           for (int64_t col = col_begin; col < col_end; ++col) {
-            const int64_t tap = col / (cg / NR), c0 = col % (cg / NR) * NR;
+            const int64_t tap = col / tap_blocks, c0 = col % tap_blocks * NR;
             for (int64_t o0 = 0; o0 < mg; o0 += MR)
               micro_tile_cols(std::min(kTilePixels, pc - q0), grads + q0 * grads_ld + o0, grads_ld,
                               rows.data() + tap * kPixelChunk + q0, c0,
-                              out + o0 * K + tap * cg + c0, K, std::min(MR, mg - o0), NR, true);
+                              out + o0 * K + tap * cg + c0, K, std::min(MR, mg - o0),
+                              std::min(NR, cg - c0), true);
           }
       }
     }

@@ -82,8 +82,10 @@ Algorithm select_direct_conv_algorithm(const ConvGeometry& g, Direction d, Isa i
   // few floats long and their tiles mostly empty; the direct kernels' registers run along
   // the output channels instead, for every pass.
   if (nhwc && g.groups == 1 && g.c_in < 16) return Algorithm::direct_nhwc;
-  // The in-place weight gradient reads NR input channels of one tap per tile column block.
-  if (d == Direction::backward_weight && nhwc && g.cin_per_group() % gemm_tile(isa).nr != 0)
+  // The in-place weight gradient reads NR input channels of one tap per tile column block,
+  // or half of them in a tap's last block.
+  const int64_t nr = gemm_tile(isa).nr, last_block = g.cin_per_group() % nr;
+  if (d == Direction::backward_weight && nhwc && last_block != 0 && last_block != nr / 2)
     return Algorithm::gemm_nhwc_packed;
   if (d == Direction::backward_input) {
     // The transposed forward packs dy once per input channel group; with few input channels
