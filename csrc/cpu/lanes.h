@@ -31,8 +31,9 @@ struct LaneGroup {
 
 // body(group, c) over channels [0, channels), c advancing by the group's width: groups of
 // 8 registers (as many chains as AVX2's 16 registers hold with their temporaries), then 4,
-// then single registers and floats.
-template <class Body>
+// then (with kPairs) 2, then single registers and floats. kPairs suits a body with much
+// work per call besides its loads, which a few channels would otherwise repeat per register.
+template <bool kPairs = false, class Body>
 inline void for_lane_groups(int64_t channels, Body&& body) {
   int64_t c = 0;
   for (; c + LaneGroup<Lanes, 8>::kWidth <= channels; c += LaneGroup<Lanes, 8>::kWidth)
@@ -40,6 +41,10 @@ inline void for_lane_groups(int64_t channels, Body&& body) {
   if (c + LaneGroup<Lanes, 4>::kWidth <= channels) {
     body(LaneGroup<Lanes, 4>{}, c);
     c += LaneGroup<Lanes, 4>::kWidth;
+  }
+  if (kPairs && c + LaneGroup<Lanes, 2>::kWidth <= channels) {
+    body(LaneGroup<Lanes, 2>{}, c);
+    c += LaneGroup<Lanes, 2>::kWidth;
   }
   for (; c + LaneGroup<Lanes, 1>::kWidth <= channels; c += LaneGroup<Lanes, 1>::kWidth)
     body(LaneGroup<Lanes, 1>{}, c);

@@ -462,7 +462,9 @@ void backward_nhwc_rows(const PoolGeometry& g, const float* dy, const float* x,
       w.first_x = reached_x;
       reached_x = std::max(reached_x, w.x1);
       const int64_t out = ((b * g.oh + oy) * g.ow + ox) * g.c + c0;
-      for_lane_groups(cn, [&](auto lanes, int64_t c) {
+      // max/min finds each window's winner before it writes: pairs of registers halve the
+      // windows walked per channel where a pixel has few channels
+      for_lane_groups<is_extreme(kind)>(cn, [&](auto lanes, int64_t c) {
         backward_lanes<kind, kStream, kWinners>(lanes, g, w, dy + out + c,
                                                 kWinners ? nullptr : xi + c,
                                                 kWinners ? winners + out + c : nullptr, dxi + c);
