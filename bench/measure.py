@@ -7,7 +7,7 @@ import re
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import median
 
@@ -68,6 +68,23 @@ class Ceilings:
     copy_mib: int
     copy_threads: int
     fma_gflops: dict = field(default_factory=dict)  # ISA -> register-only FMA peak, all threads
+
+    def highest(self, other: "Ceilings") -> "Ceilings":
+        """Each ceiling at the higher of two measurements: on a shared machine a measurement
+        can catch the cores at half speed, and a ceiling is what the machine can do at best."""
+        copy_gbs, copy_threads = max(
+            (self.copy_gbs, self.copy_threads), (other.copy_gbs, other.copy_threads)
+        )
+        return replace(
+            self,
+            sgemm_gflops=max(self.sgemm_gflops, other.sgemm_gflops),
+            copy_gbs=copy_gbs,
+            copy_threads=copy_threads,
+            fma_gflops={
+                isa: max(peak, other.fma_gflops.get(isa, peak))
+                for isa, peak in self.fma_gflops.items()
+            },
+        )
 
     def balance(self, isa: str) -> float:
         """FLOP per byte above which an op is compute-bound with `isa`'s kernels (the roofline

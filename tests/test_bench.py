@@ -27,6 +27,16 @@ TINY = [
 CEILINGS = Ceilings(100.0, 10.0, 2048, 256, 1, {"avx2": 80.0})
 
 
+def test_ceilings_keep_the_higher_of_two_measurements():
+    """A measurement that caught the cores at half speed does not lower a ceiling."""
+    slow = Ceilings(90.0, 20.0, 2048, 256, 2, {"avx2": 40.0, "avx512": 240.0})
+    fast = Ceilings(80.0, 30.0, 2048, 256, 1, {"avx2": 45.0, "avx512": 480.0})
+    both = slow.highest(fast)
+    assert (both.sgemm_gflops, both.copy_gbs, both.copy_threads) == (90.0, 30.0, 1)
+    assert both.fma_gflops == {"avx2": 45.0, "avx512": 480.0}
+    assert both == fast.highest(slow)
+
+
 def test_every_op_family_is_benchmarked():
     timed = {layer.op for layer in cases.all_layers()}
     assert timed >= {
