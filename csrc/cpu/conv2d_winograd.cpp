@@ -436,6 +436,20 @@ inline Lanes load_first(const float* p, int64_t n) {
 int64_t v_stride(const ConvGeometry& g) { return round_up(g.c_in, NR); }
 int64_t m_stride(const ConvGeometry& g) { return round_up(round_up(g.c_out, MR), kLanes); }
 
+// The layout of an NHWC item's V (count x C_in per transform point) and M or dM (count x
+// C_out): row strides, the distances between points' blocks, and the buffers sized for them.
+struct NhwcItem {
+  int64_t ldv, ldm, v_step, m_step;
+  NhwcItem(const ConvGeometry& g, int points, int64_t count, Buffer& v, Buffer& m)
+      : ldv(v_stride(g)),
+        ldm(m_stride(g)),
+        v_step(point_stride(count * ldv)),
+        m_step(point_stride(count * ldm)) {
+    v.resize(points * v_step);
+    m.resize(points * m_step);
+  }
+};
+
 // Input transform of tiles [t0, t0 + count): v[xi * v_step + t * ldv + ci].
 template <class W>
 void transform_input_nhwc(const TileMap& map, const float* x, int64_t t0, int64_t count, float* v,
@@ -632,12 +646,10 @@ template <class W>
 bool forward_item_by_channels(const TileMap& map, const std::vector<Buffer>& ut, const float* x,
                               const float* bias, int64_t t0, int64_t count, float* y) {
   const ConvGeometry& g = map.g;
-  const int64_t ldv = v_stride(g), ldm = m_stride(g);
-  const int64_t v_step = point_stride(count * ldv), m_step = point_stride(count * ldm);
   thread_local Buffer v, m;
   thread_local std::vector<const float*> rows;
-  v.resize(W::kPoints * v_step);
-  m.resize(W::kPoints * m_step);
+  const NhwcItem item(g, W::kPoints, count, v, m);
+  const int64_t ldv = item.ldv, ldm = item.ldm, v_step = item.v_step, m_step = item.m_step;
   rows.resize(round_up(count, MR));
   transform_input_nhwc<W>(map, x, t0, count, v.data(), ldv, v_step);
   for (int xi = 0; xi < W::kPoints; ++xi) {
@@ -682,12 +694,10 @@ template <class W>
 void weight_gradient_item_nhwc(const TileMap& map, const float* dy, const float* x, int64_t t0,
                                int64_t count, float* du, bool accumulate) {
   const ConvGeometry& g = map.g;
-  const int64_t ldv = v_stride(g), ldm = m_stride(g);
-  const int64_t v_step = point_stride(count * ldv), m_step = point_stride(count * ldm);
   thread_local Buffer v, dm;
   thread_local std::vector<const float*> v_rows;
-  v.resize(W::kPoints * v_step);
-  dm.resize(W::kPoints * m_step);
+  const NhwcItem item(g, W::kPoints, count, v, dm);
+  const int64_t ldv = item.ldv, ldm = item.ldm, v_step = item.v_step, m_step = item.m_step;
   v_rows.resize(count);
   transform_input_nhwc<W>(map, x, t0, count, v.data(), ldv, v_step);
   transform_output_gradient_nhwc<W>(map, dy, t0, count, dm.data(), ldm, m_step);
