@@ -207,9 +207,10 @@ void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const f
   for (int64_t grp = 0; grp < g.groups; ++grp)
     prepack(packed[grp], weights_tap_major(g, w, grp), K, 1, mg, K, NR);
   const int64_t pixels = g.n * g.oh * g.ow, blocks = (pixels + MR - 1) / MR;
-  const bool by_sliver = K * slivers * NR * 4 > l2_bytes() / 2;
-  const int64_t per_item = std::clamp<int64_t>(
-      by_sliver ? l2_bytes() / 2 / (K * MR * 4) : blocks / (8 * num_threads()), 1, 32);
+  const int64_t half_l2 = l2_bytes() / 2;
+  const bool by_sliver = K * slivers * NR * 4 > half_l2;
+  const int64_t per_item =
+      std::clamp<int64_t>(by_sliver ? half_l2 / (K * MR * 4) : blocks / (8 * num_threads()), 1, 32);
   const int64_t items = (blocks + per_item - 1) / per_item;
   // A large output is streamed where every tile row is whole cache lines (NR floats are one
   // or two; a last, partial column block stores plainly, its own lines).

@@ -648,8 +648,7 @@ bool forward_item_by_channels(const TileMap& map, const std::vector<Buffer>& ut,
   const ConvGeometry& g = map.g;
   thread_local Buffer v, m;
   thread_local std::vector<const float*> rows;
-  const NhwcItem item(g, W::kPoints, count, v, m);
-  const int64_t ldv = item.ldv, ldm = item.ldm, v_step = item.v_step, m_step = item.m_step;
+  const auto [ldv, ldm, v_step, m_step] = NhwcItem(g, W::kPoints, count, v, m);
   rows.resize(round_up(count, MR));
   transform_input_nhwc<W>(map, x, t0, count, v.data(), ldv, v_step);
   for (int xi = 0; xi < W::kPoints; ++xi) {
@@ -696,8 +695,7 @@ void weight_gradient_item_nhwc(const TileMap& map, const float* dy, const float*
   const ConvGeometry& g = map.g;
   thread_local Buffer v, dm;
   thread_local std::vector<const float*> v_rows;
-  const NhwcItem item(g, W::kPoints, count, v, dm);
-  const int64_t ldv = item.ldv, ldm = item.ldm, v_step = item.v_step, m_step = item.m_step;
+  const auto [ldv, ldm, v_step, m_step] = NhwcItem(g, W::kPoints, count, v, dm);
   v_rows.resize(count);
   transform_input_nhwc<W>(map, x, t0, count, v.data(), ldv, v_step);
   transform_output_gradient_nhwc<W>(map, dy, t0, count, dm.data(), ldm, m_step);
