@@ -35,7 +35,7 @@ void bind_ops(py::module_& m) {
   def_op<Backend, C>(m, "conv2d_backward_weight", FASTCONV_KERNEL(conv2d_backward_weight),
                      in("dy", &C::y_size), in("x", &C::x_size), summed_out("dw", &C::w_size));
   def_op<Backend, C>(m, "conv2d_backward", FASTCONV_KERNEL(conv2d_backward), in("dy", &C::y_size),
-                     in("x", &C::x_size), in("w", &C::w_size), out("dx", &C::x_size),
+                     in("x", &C::x_size), in("w", &C::w_size), optional_out("dx", &C::x_size),
                      summed_out("dw", &C::w_size), optional_summed_out("dbias", &C::bias_size));
   def_op<Backend, C>(m, "bias_backward", FASTCONV_KERNEL(bias_backward), in("dy", &C::y_size),
                      summed_out("dbias", &C::bias_size));

@@ -100,13 +100,11 @@ def _conv_backward(
         dx = backend.empty(g.x_shape) if need_dx else None
         dw = backend.empty(w.shape) if need_dw else None
         dbias = backend.empty((g.c_out,)) if need_dbias else None
-    if need_dx and need_dw:  # one call, which can read dy once for all three
+    if need_dw:  # one call, which can read dy once for every gradient asked for
         backend.kernels.conv2d_backward(dy, x, w, dx, dw, dbias, g)
         return dx, dw, dbias
     if need_dx:
         backend.kernels.conv2d_backward_input(dy, w, dx, g)
-    if need_dw:
-        backend.kernels.conv2d_backward_weight(dy, x, dw, g)
     if need_dbias:
         backend.kernels.bias_backward(dy, dbias, g)
     return dx, dw, dbias

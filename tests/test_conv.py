@@ -294,7 +294,7 @@ def test_winograd_nhwc_by_channels_keeps_specials(isa, x_shape, w_shape, expecte
 def test_nhwc_weight_gradient_sums_dbias(isa, x_shape, w_shape, kw, expected):
     """The NHWC GEMM and direct weight gradients add up dbias from the dy they read: every
     pixel once, with 1 to 3 threads, whichever way the threads split the work, and dw as
-    the weight gradient alone gives it, bit for bit."""
+    the weight gradient alone gives it, bit for bit; without dx (a first layer) too."""
     kw = dict(layout="NHWC", **kw)
     assert conv_algorithm("backward_weight", x_shape, w_shape, **kw) == expected
     rng = np.random.default_rng(w_shape[0])
@@ -308,8 +308,25 @@ def test_nhwc_weight_gradient_sums_dbias(isa, x_shape, w_shape, kw, expected):
             assert_close(db, dy.astype(np.float64).sum(axis=(0, 1, 2)))
             dw_alone = fastconv.conv2d_backward(dy, x, w, need_dx=False, need_dbias=False, **kw)[1]
             np.testing.assert_array_equal(dw, dw_alone)
+            no_dx, dw_first, db_first = fastconv.conv2d_backward(dy, x, w, need_dx=False, **kw)
+            assert no_dx is None
+            np.testing.assert_array_equal(dw_first, dw)
+            np.testing.assert_array_equal(db_first, db)
     finally:
         fastconv.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 8, 17, 24, 40, 100])
+def test_nhwc_dbias_alone_sums_every_channel(isa, channels):
+    """dbias without dw: channel counts that are no whole number of vectors on any ISA, down
+    to pixels narrower than one vector, whose sums read past a pixel's channels."""
+    rng = np.random.default_rng(channels)
+    x, w = rand(rng, 3, 9, 7, 5), rand(rng, channels, 5, 3, 3)
+    dy = rand(rng, 3, 7, 5, channels)
+    dx, dw, db = fastconv.conv2d_backward(dy, x, w, need_dw=False, layout="NHWC")
+    assert dw is None
+    assert_close(db, dy.astype(np.float64).sum(axis=(0, 1, 2)))
+    assert_close(dx, ref.conv2d_backward(dy, x, w, layout="NHWC")[0])
 
 
 @pytest.mark.parametrize(

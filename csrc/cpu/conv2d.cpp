@@ -635,10 +635,11 @@ void conv2d_backward_weight(const ConvGeometry& g, const float* dy, const float*
 
 void conv2d_backward(const ConvGeometry& g, const float* dy, const float* x, const float* w,
                      float* dx, float* dw, float* dbias) {
-  if (select_conv_algorithm(g, Direction::backward_input, kBuildIsa) == Algorithm::depthwise_nhwc &&
+  if (dx &&
+      select_conv_algorithm(g, Direction::backward_input, kBuildIsa) == Algorithm::depthwise_nhwc &&
       depthwise_conv2d_backward(g, dy, x, w, dx, dw, dbias))
     return;
-  conv2d_backward_input(g, dy, w, dx);
+  if (dx) conv2d_backward_input(g, dy, w, dx);
   std::optional<BiasSums> bias;
   if (dbias) bias.emplace(num_threads(), g.c_out);
   if (backward_weight_by(select_conv_algorithm(g, Direction::backward_weight, kBuildIsa), g, dy, x,

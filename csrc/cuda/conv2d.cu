@@ -421,7 +421,7 @@ void bias_backward(const ConvGeometry& g, const float* dy, float* dbias, Launch&
 
 void conv2d_backward(const ConvGeometry& g, const float* dy, const float* x, const float* w,
                      float* dx, float* dw, float* dbias, Launch& launch) {
-  conv2d_backward_input(g, dy, w, dx, launch);
+  if (dx) conv2d_backward_input(g, dy, w, dx, launch);
   conv2d_backward_weight(g, dy, x, dw, launch);
   if (dbias) bias_backward(g, dy, dbias, launch);
 }
