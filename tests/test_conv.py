@@ -568,6 +568,10 @@ def test_depthwise_nhwc_input_gradient_with_an_infinite_weight(isa):
         ((2, 12, 12, 48), (40, 48, 3, 3), dict(stride=2, padding=1), "gemm_nhwc"),  # AVX-512
         ((2, 12, 12, 24), (40, 24, 3, 3), dict(stride=2, padding=1), "half of NR"),  # AVX2
         ((16, 16, 16, 48), (48, 48, 1, 1), dict(), "gemm_nhwc"),
+        # x's pixels 1 KiB apart and 128 output channels: x's rows copied side by side first
+        ((2, 9, 9, 256), (128, 256, 1, 1), dict(), "gemm_nhwc"),
+        ((2, 9, 9, 256), (136, 256, 3, 3), dict(stride=2, padding=1), "gemm_nhwc"),
+        ((1, 4, 4, 768), (2048, 48, 1, 1), dict(groups=16), "gemm_nhwc"),  # AVX-512: 32 + 16
         (
             (2, 11, 12, 6),
             (15, 2, 2, 2),
@@ -578,8 +582,9 @@ def test_depthwise_nhwc_input_gradient_with_an_infinite_weight(isa):
 )
 def test_nhwc_weight_gradient(isa, x_shape, w_shape, kw, expected):
     """NHWC dW in place (micro_tile_cols: dy read in place where C_out is whole micro-tile rows,
-    else from a padded chunk copy; x at each pixel's tap row) where C_g is a multiple of the
-    build's NR or half of NR past one, packed otherwise."""
+    else from a padded chunk copy; x at each pixel's tap row, or from a copy of a column
+    block's rows) where C_g is a multiple of the build's NR or half of NR past one, packed
+    otherwise."""
     if expected == "half of NR":  # in place where C_g % NR is NR / 2 (AVX2: 24 = 16 + 8)
         nr = {"avx512": 32}.get(isa, 16)
         expected = "gemm_nhwc" if x_shape[-1] % nr == nr // 2 else "gemm_nhwc_packed"

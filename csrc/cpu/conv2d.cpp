@@ -503,6 +503,15 @@ void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x
     const bool in_place = g.groups == 1 && mg % MR == 0;
     std::vector<float> copy(in_place ? 0 : kPixelChunk * ld, 0.f);
     std::vector<const float*> rows(taps * kPixelChunk);  // rows[tap * chunk + pixel]
+    // x's pixels a multiple of 1 KiB apart put a micro-tile's kTilePixels rows of x in 4 of
+    // an L1's 64 sets, where they evict each other from one row of tiles to the next: a column
+    // block's rows are then copied side by side first, where 16 rows of tiles or more share
+    // the copy (with 6 rows of 8, the copy cost more than it saved).
+    const bool copies_x = g.c_in * sizeof(float) % 1024 == 0 && mg >= 16 * MR;
+    std::vector<float> x_block(copies_x ? kTilePixels * NR : 0);
+    std::vector<const float*> x_block_rows(copies_x ? kTilePixels : 0);
+    for (int64_t i = 0; i < static_cast<int64_t>(x_block_rows.size()); ++i)
+      x_block_rows[i] = x_block.data() + i * NR;
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       const int64_t p0 = chunk * kPixelChunk, pc = std::min(kPixelChunk, pixels - p0);
       for (int64_t grp = 0; grp < g.groups; ++grp) {
@@ -525,11 +534,21 @@ void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x
         for (int64_t q0 = 0; q0 < pc; q0 += kTilePixels)
           for (int64_t col = col_begin; col < col_end; ++col) {
             const int64_t tap = col / tap_blocks, c0 = col % tap_blocks * NR;
+            const int64_t depth = std::min(kTilePixels, pc - q0), width = std::min(NR, cg - c0);
+            const float* const* x_rows = rows.data() + tap * kPixelChunk + q0;
+            int64_t x_offset = c0;
+            if (copies_x) {
+              for (int64_t i = 0; i < depth; ++i)  // a whole row in a few moves
+                if (width == NR)
+                  std::memcpy(x_block.data() + i * NR, x_rows[i] + c0, sizeof(float) * NR);
+                else
+                  std::memcpy(x_block.data() + i * NR, x_rows[i] + c0, sizeof(float) * width);
+              x_rows = x_block_rows.data();
+              x_offset = 0;
+            }
             for (int64_t o0 = 0; o0 < mg; o0 += MR)
-              micro_tile_cols(std::min(kTilePixels, pc - q0), grads + q0 * grads_ld + o0, grads_ld,
-                              rows.data() + tap * kPixelChunk + q0, c0,
-                              out + o0 * K + tap * cg + c0, K, std::min(MR, mg - o0),
-                              std::min(NR, cg - c0), true);
+              micro_tile_cols(depth, grads + q0 * grads_ld + o0, grads_ld, x_rows, x_offset,
+                              out + o0 * K + tap * cg + c0, K, std::min(MR, mg - o0), width, true);
           }
       }
     }
