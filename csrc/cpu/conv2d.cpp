@@ -502,7 +502,10 @@ void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x
     // whole tiles, else from a copy with rows of ld floats, zero past the group's channels.
     const bool in_place = g.groups == 1 && mg % MR == 0;
     std::vector<float> copy(in_place ? 0 : kPixelChunk * ld, 0.f);
-    std::vector<const float*> rows(taps * kPixelChunk);  // rows[tap * chunk + pixel]
+    // rows[tap * rows_ld + pixel]: a line past the chunk, as taps 2 KiB apart would share
+    // two of an L1's 64 sets, and filling them pixel by pixel missed on every store.
+    const int64_t rows_ld = kPixelChunk + 8;
+    std::vector<const float*> rows(taps * rows_ld);
     // x's pixels a multiple of 1 KiB apart put a micro-tile's kTilePixels rows of x in 4 of
     // an L1's 64 sets, where they evict each other from one row of tiles to the next: a column
     // block's rows are then copied side by side first, where 16 rows of tiles or more share
@@ -527,7 +530,7 @@ void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x
         if (bias && (t == 0 || !split_columns)) bias->add_block(t, grads, pc, grads_ld);
         for_tap_rows(
             g, x, grp * cg, zero_row(cg), p0, pc,
-            [&](int64_t i, int64_t tap, const float* row) { rows[tap * kPixelChunk + i] = row; });
+            [&](int64_t i, int64_t tap, const float* row) { rows[tap * rows_ld + i] = row; });
         float* out = partial[split_columns ? 0 : t].data() + grp * mg * K;
         // kTilePixels at a time, so that a column block's slice of x stays in L1 across the
         // rows of dW and the slice of dy in L2 across the column blocks.
@@ -535,7 +538,7 @@ void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x
           for (int64_t col = col_begin; col < col_end; ++col) {
             const int64_t tap = col / tap_blocks, c0 = col % tap_blocks * NR;
             const int64_t depth = std::min(kTilePixels, pc - q0), width = std::min(NR, cg - c0);
-            const float* const* x_rows = rows.data() + tap * kPixelChunk + q0;
+            const float* const* x_rows = rows.data() + tap * rows_ld + q0;
             int64_t x_offset = c0;
             if (copies_x) {
               for (int64_t i = 0; i < depth; ++i)  // a whole row in a few moves
