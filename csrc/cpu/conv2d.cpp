@@ -509,7 +509,7 @@ void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x
     // x's pixels a multiple of 1 KiB apart put a micro-tile's kTilePixels rows of x in 4 of
     // an L1's 64 sets, where they evict each other from one row of tiles to the next: a column
     // block's rows are then copied side by side first, where 16 rows of tiles or more share
-    // the copy (with 6 rows of 8, the copy cost more than it saved).
+    // the copy (with the 6 or 8 rows of 48 or 64 output channels it cost more than it saved).
     const bool copies_x = g.c_in * sizeof(float) % 1024 == 0 && mg >= 16 * MR;
     std::vector<float> x_block(copies_x ? kTilePixels * NR : 0);
     std::vector<const float*> x_block_rows(copies_x ? kTilePixels : 0);
