@@ -471,6 +471,16 @@ void tap_major_to_weights(const ConvGeometry& g, const std::vector<Buffer>& part
   });
 }
 
+// Floats [c0, c0 + width) of rows[0, depth) into `block`, rows NR floats apart; a whole
+// column block (width NR) in a few moves each.
+void copy_block(const float* const* rows, int64_t depth, int64_t c0, int64_t width, float* block) {
+  for (int64_t i = 0; i < depth; ++i)
+    if (width == NR)
+      std::memcpy(block + i * NR, rows[i] + c0, sizeof(float) * NR);
+    else
+      std::memcpy(block + i * NR, rows[i] + c0, sizeof(float) * width);
+}
+
 // NHWC weight gradient with both operands in place: dW_g (Mg x K') += dy^T x_rows, summed
 // over chunks of pixels. A tile is MR output channels x NR channels of one tap; its depth
 // steps are the chunk's pixels: MR gradients from a zero-padded copy of the chunk's dy
@@ -541,11 +551,7 @@ void backward_weight_nhwc(const ConvGeometry& g, const float* dy, const float* x
             const float* const* x_rows = rows.data() + tap * rows_ld + q0;
             int64_t x_offset = c0;
             if (copies_x) {
-              for (int64_t i = 0; i < depth; ++i)  // a whole row in a few moves
-                if (width == NR)
-                  std::memcpy(x_block.data() + i * NR, x_rows[i] + c0, sizeof(float) * NR);
-                else
-                  std::memcpy(x_block.data() + i * NR, x_rows[i] + c0, sizeof(float) * width);
+              copy_block(x_rows, depth, c0, width, x_block.data());
               x_rows = x_block_rows.data();
               x_offset = 0;
             }
