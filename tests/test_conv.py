@@ -589,3 +589,39 @@ def test_nhwc_weight_gradient(isa, x_shape, w_shape, kw, expected):
         nr = {"avx512": 32}.get(isa, 16)
         expected = "gemm_nhwc" if x_shape[-1] % nr == nr // 2 else "gemm_nhwc_packed"
     _check_conv_path(isa, "backward_weight", expected, x_shape, w_shape, layout="NHWC", **kw)
+
+
+@pytest.mark.parametrize(
+    "x_shape,w_shape,pad,kw",
+    [
+        ((2, 7, 7, 96), (40, 96, 1, 1), 0, dict()),  # dx's 96 channels: whole and half slivers
+        ((2, 7, 6, 40), (72, 40, 3, 3), 1, dict()),
+        ((2, 9, 8, 48), (96, 24, 3, 3), 1, dict(groups=2)),
+        ((1, 9, 9, 33), (17, 33, 5, 5), 2, dict()),
+        ((2, 8, 9, 40), (12, 20, 3, 2), 1, dict(groups=2, dilation=(2, 1))),
+    ],
+)
+def test_nhwc_input_gradient_packs_the_flipped_kernel_from_w(isa, x_shape, w_shape, pad, kw):
+    """Stride-1 NHWC dx is the forward of dy with the kernel flipped and its channels swapped;
+    where that forward is the NHWC GEMM, its operand is packed from w as it is (taps in
+    reverse order, channels crossed within each group), not from a flipped copy."""
+    n, h, w_, _ = x_shape
+    c_out, _, kh, kw_ = w_shape
+    groups = kw.get("groups", 1)
+    dil = kw.get("dilation", 1)
+    dil_h, dil_w = (dil, dil) if isinstance(dil, int) else dil
+    oh, ow = h + 2 * pad - dil_h * (kh - 1), w_ + 2 * pad - dil_w * (kw_ - 1)
+    flipped_w = (x_shape[-1], c_out // groups, kh, kw_)
+    flipped_pad = ((dil_h * (kh - 1) - pad,) * 2, (dil_w * (kw_ - 1) - pad,) * 2)
+    flipped = dict(kw, padding=flipped_pad, layout="NHWC")
+    assert conv_algorithm("forward", (n, oh, ow, c_out), flipped_w, **flipped) == "gemm_nhwc"
+    _check_conv_path(
+        isa,
+        "backward_input",
+        "backward_input_as_forward",
+        x_shape,
+        w_shape,
+        padding=pad,
+        layout="NHWC",
+        **kw,
+    )

@@ -189,6 +189,42 @@ void forward_nchw(const ConvGeometry& g, const float* x, const float* w, const f
   });
 }
 
+// The NHWC forward's B operand, each group's weights as NR-slivers of output channels over
+// the depth (tap, input channel), packed from w in one pass. With `flipped`, w holds the
+// weights of the convolution whose input gradient g computes: g's input and output channels
+// swapped and its taps in reverse order, so that the flipped kernel is never written out.
+void pack_weights_nhwc(const ConvGeometry& g, const float* w, bool flipped,
+                       std::vector<Buffer>& packed) {
+  const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
+  const int64_t K = cg * taps, slivers = (mg + NR - 1) / NR;
+  for (Buffer& b : packed) b.resize(slivers * K * NR);
+  if (!flipped) {  // a filter is a row of depth (i, t): 8x8 transposes put it in (t, i) order
+    thread_local std::vector<int64_t> tap_major;
+    std::vector<int64_t>& order = tap_major;  // read by the workers below
+    order.resize(K);
+    for (int64_t q = 0; q < K; ++q) order[q] = q % taps * cg + q / taps;
+    parallel_for(g.groups * slivers, [&](int64_t item) {
+      const int64_t s = item % slivers, grp = item / slivers, n = std::min(NR, mg - s * NR);
+      const float* rows[NR];
+      for (int64_t r = 0; r < n; ++r) rows[r] = w + (grp * mg + s * NR + r) * K;
+      pack_rows(rows, n, K, NR, packed[grp].data() + s * K * NR, taps > 1 ? order.data() : nullptr);
+    });
+    return;
+  }
+  // Weight (o, i, t) of a group is at o * taps + i * mg * taps + taps - 1 - t: for one (i, t),
+  // the sliver's NR weights lie within NR * taps floats.
+  parallel_for(g.groups * slivers * taps, [&](int64_t item) {
+    const int64_t t = item % taps, s = item / taps % slivers, grp = item / taps / slivers;
+    const int64_t n = std::min(NR, mg - s * NR);
+    const float* from = w + grp * mg * K + s * NR * taps + taps - 1 - t;
+    float* to = packed[grp].data() + (s * K + t * cg) * NR;
+    for (int64_t i = 0; i < cg; ++i, from += mg * taps, to += NR) {
+      for (int64_t j = 0; j < n; ++j) to[j] = from[j * taps];
+      std::fill(to + n, to + NR, 0.f);
+    }
+  });
+}
+
 // NHWC forward as an implicit GEMM: y (pixels x Mg) = rows (pixels x K') * W_g^T, where a
 // pixel's row at tap t is its C_g input channels there, read in place by micro_tile_rows
 // (padding reads a row of zeros): nothing of x is packed.
@@ -200,24 +236,27 @@ void forward_nchw(const ConvGeometry& g, const float* x, const float* w, const f
 // blocks as half of L2 keeps the x rows of, and runs them sliver by sliver, so that each
 // sliver's weights come from L3 once per item.
 void forward_nhwc(const ConvGeometry& g, const float* x, const float* w, const float* bias,
-                  float* y) {
+                  float* y, bool flipped = false) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
   const int64_t K = cg * taps, slivers = (mg + NR - 1) / NR;
   std::vector<Buffer>& packed = weight_buffers(g.groups);
-  for (int64_t grp = 0; grp < g.groups; ++grp)
-    prepack(packed[grp], weights_tap_major(g, w, grp), K, 1, mg, K, NR);
+  pack_weights_nhwc(g, w, flipped, packed);
   const int64_t pixels = g.n * g.oh * g.ow, blocks = (pixels + MR - 1) / MR;
   const int64_t half_l2 = l2_bytes() / 2;
   const bool by_sliver = K * slivers * NR * 4 > half_l2;
-  const int64_t per_item =
+  const int64_t most_per_item =
       std::clamp<int64_t>(by_sliver ? half_l2 / (K * MR * 4) : blocks / (8 * num_threads()), 1, 32);
-  const int64_t items = (blocks + per_item - 1) / per_item;
+  // A whole number of items per thread, of near-equal size: with few blocks (a small batch of
+  // 7x7 maps), items of the most blocks each left one thread idle for up to a third of the
+  // call.
+  const int64_t items =
+      std::min(blocks, round_up((blocks + most_per_item - 1) / most_per_item, num_threads()));
   // A large output is streamed where every tile row is whole cache lines (NR floats are one
   // or two; a last, partial column block stores plainly, its own lines).
   const bool stream = g.groups == 1 && streams_lines(y, g.c_out, g.y_size());
   parallel_for(items * g.groups, [&](int64_t item) {
-    const int64_t grp = item % g.groups, b0 = item / g.groups * per_item;
-    const int64_t nb = std::min(per_item, blocks - b0);
+    const int64_t grp = item % g.groups, run = item / g.groups;
+    const int64_t b0 = run * blocks / items, nb = (run + 1) * blocks / items - b0;
     thread_local std::vector<const float*> rows;  // rows[(block * taps + t) * MR + r]
     rows.resize(nb * taps * MR);
     for_tap_rows(g, x, grp * cg, zero_row(cg), b0 * MR, nb * MR,
@@ -287,18 +326,10 @@ void forward(const ConvGeometry& g, const float* x, const float* w, const float*
 // Stride 1: dx is the forward convolution of dy with the kernel flipped in space and with
 // input/output channels swapped, padded so that the output has the input's size. Padding
 // may come out negative (more padding than the kernel reach): the gather's bounds checks
-// handle that as cropping.
+// handle that as cropping. The NHWC GEMM packs its operand from w as it is; the other
+// algorithms get the flipped kernel written out.
 void backward_input_as_forward(const ConvGeometry& g, const float* dy, const float* w, float* dx) {
   const int64_t mg = g.cout_per_group(), cg = g.cin_per_group(), taps = g.kh * g.kw;
-  thread_local std::vector<float> flipped_weights;
-  std::vector<float>& flipped = flipped_weights;  // written by the workers below
-  flipped.resize(g.w_size());
-  parallel_for(g.c_in, [&](int64_t c) {  // one input channel's filters (C_in of the transposed)
-    const int64_t grp = c / cg, ci = c % cg;
-    for (int64_t o = 0; o < mg; ++o)
-      for (int64_t t = 0; t < taps; ++t)
-        flipped[(c * mg + o) * taps + (taps - 1 - t)] = w[((grp * mg + o) * cg + ci) * taps + t];
-  });
   ConvGeometry t = g;
   t.c_in = g.c_out;
   t.c_out = g.c_in;
@@ -308,6 +339,17 @@ void backward_input_as_forward(const ConvGeometry& g, const float* dy, const flo
   t.ow = g.w;
   t.pad_top = g.dil_h * (g.kh - 1) - g.pad_top;
   t.pad_left = g.dil_w * (g.kw - 1) - g.pad_left;
+  if (select_conv_algorithm(t, Direction::forward, kBuildIsa) == Algorithm::gemm_nhwc)
+    return forward_nhwc(t, dy, w, nullptr, dx, true);
+  thread_local std::vector<float> flipped_weights;
+  std::vector<float>& flipped = flipped_weights;  // written by the workers below
+  flipped.resize(g.w_size());
+  parallel_for(g.c_in, [&](int64_t c) {  // one input channel's filters (C_in of the transposed)
+    const int64_t grp = c / cg, ci = c % cg;
+    for (int64_t o = 0; o < mg; ++o)
+      for (int64_t k = 0; k < taps; ++k)
+        flipped[(c * mg + o) * taps + (taps - 1 - k)] = w[((grp * mg + o) * cg + ci) * taps + k];
+  });
   forward(t, dy, flipped.data(), nullptr, dx);
 }
 

@@ -165,7 +165,8 @@ void micro_tile_cols(int64_t k, const float* a, int64_t lda, const float* const*
       });
 }
 
-void pack_rows(const float* const* rows, int64_t n, int64_t k, int64_t width, float* dst) {
+void pack_rows(const float* const* rows, int64_t n, int64_t k, int64_t width, float* dst,
+               const int64_t* order) {
   // 8 rows x 8 depths at a time, read as 8-float runs and transposed in registers, instead
   // of gathered one float at a time (the Winograd weight gradient packs as much as it
   // multiplies); rows past n are zeros.
@@ -177,12 +178,13 @@ void pack_rows(const float* const* rows, int64_t n, int64_t k, int64_t width, fl
       float* to[8];
       for (int j = 0; j < 8; ++j) {
         from[j] = r0 + j < n ? rows[r0 + j] + p : zeros;
-        to[j] = dst + (p + j) * width + r0;
+        to[j] = dst + (order ? order[p + j] : p + j) * width + r0;
       }
       transpose8(from, to);
     }
   for (; p < k; ++p)
-    for (int64_t r = 0; r < width; ++r) dst[p * width + r] = r < n ? rows[r][p] : 0.f;
+    for (int64_t r = 0; r < width; ++r)
+      dst[(order ? order[p] : p) * width + r] = r < n ? rows[r][p] : 0.f;
 }
 
 void pack_strided(const float* src, int64_t rs, int64_t cs, int64_t i0, int64_t m, int64_t k0,

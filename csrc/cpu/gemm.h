@@ -83,10 +83,11 @@ void micro_tile_cols(int64_t k, const float* a, int64_t lda, const float* const*
 void pack_strided(const float* src, int64_t rs, int64_t cs, int64_t i0, int64_t m, int64_t k0,
                   int64_t k, int64_t width, float* dst);
 
-// dst[p * width + r] = rows[r][p] for p < k and r < width, zero for r >= n: n <= width rows
-// whose depth is contiguous, wherever each row lives, packed into one sliver; width is a
-// multiple of 8 (NR).
-void pack_rows(const float* const* rows, int64_t n, int64_t k, int64_t width, float* dst);
+// dst[d(p) * width + r] = rows[r][p] for p < k and r < width, zero for r >= n: n <= width
+// rows whose depth is contiguous, wherever each row lives, packed into one sliver; width is
+// a multiple of 8 (NR). The depth order d is `order` (a permutation of [0, k)), or p itself.
+void pack_rows(const float* const* rows, int64_t n, int64_t k, int64_t width, float* dst,
+               const int64_t* order = nullptr);
 
 // Pre-packs a whole M x K operand into `packed` (resized), as width-slivers spanning the
 // full depth K, so that sliver s, depth block k0 is at data + s*K*width + k0*width.
