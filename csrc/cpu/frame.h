@@ -41,12 +41,19 @@ inline const float* frame_band(const ConvGeometry& g, const Frame& f, const floa
   const int64_t first = oy0 * g.stride_h, row = f.cols * f.c;
   if (!f.copies) return x + (b * g.h + first) * row;
   const int64_t count = (oy1 - 1 - oy0) * g.stride_h + (g.kh - 1) * g.dil_h + 1;
-  buf.assign(count * row, 0.f);
+  buf.resize(count * row);
+  // Each float written once: zeros only where the frame pads.
+  const int64_t left = g.pad_left * f.c, inside = g.w * g.c_in;
   for (int64_t r = 0; r < count; ++r) {
+    float* out = buf.data() + r * row;
     const int64_t iy = first + r - g.pad_top;
-    if (iy >= 0 && iy < g.h)
-      std::memcpy(buf.data() + r * row + g.pad_left * f.c, x + (b * g.h + iy) * g.w * g.c_in,
-                  sizeof(float) * g.w * g.c_in);
+    if (iy < 0 || iy >= g.h) {
+      std::fill(out, out + row, 0.f);
+      continue;
+    }
+    std::fill(out, out + left, 0.f);
+    std::memcpy(out + left, x + (b * g.h + iy) * inside, sizeof(float) * inside);
+    std::fill(out + left + inside, out + row, 0.f);
   }
   return buf.data();
 }
