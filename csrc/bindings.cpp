@@ -52,8 +52,9 @@ int configured_threads() {
 }
 
 // Waking a second thread costs microseconds on a quiet machine and a whole scheduler slice
-// on a busy one; below about 2^21 multiply-adds (or 2^19 elements of a memory-bound op) a
-// call runs on the calling thread alone.
+// on a busy one; below about 2^19 multiply-adds (or 2^16 elements of a memory-bound op) a
+// call runs on the calling thread alone. Above those sizes a second thread already pays on
+// a quiet machine, as it does in PyTorch from 32K elements.
 SerialIfSmall::SerialIfSmall(int64_t work, int64_t threshold) : previous_(t_serial) {
   t_serial = previous_ || work < threshold;
 }
@@ -68,10 +69,12 @@ using fastconv::ConvGeometry;
 using fastconv::NormGeometry;
 using fastconv::PoolGeometry;
 
-constexpr int64_t kComputeSerialWork = int64_t{1} << 21, kMemorySerialWork = int64_t{1} << 19;
+constexpr int64_t kComputeSerialWork = int64_t{1} << 19, kMemorySerialWork = int64_t{1} << 16;
 
-// (work, the work below which a call runs serially) of a call.
+// (work, the work below which a call runs serially) of a call. A depthwise convolution
+// loads a vector per FMA: it is memory-bound, and counted in elements like pooling.
 std::pair<int64_t, int64_t> work(const ConvGeometry& g) {
+  if (g.groups > 1 && g.groups == g.c_in) return {g.x_size() + g.y_size(), kMemorySerialWork};
   return {g.y_size() * g.cin_per_group() * g.kh * g.kw, kComputeSerialWork};
 }
 std::pair<int64_t, int64_t> work(const PoolGeometry& g) { return {g.x_size(), kMemorySerialWork}; }
